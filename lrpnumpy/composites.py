@@ -1,0 +1,145 @@
+"""Which rule each layer of a network gets: composites and a name registry.
+
+A :class:`Composite` picks a layer's rule in this order: an explicit layer
+index, then the *first-layer* map (for the first layer matching one of its
+types), then the layer-type map, then the layer's own default rule
+(LRP-0 on Linear/Conv2d, Norm on sum/average pooling, winner-takes-all on
+max pooling, Pass elsewhere).  The named composites mirror Zennit's.
+"""
+
+from .errors import RuleParameterError
+from .layers import Conv2d, Linear
+from .rules import AlphaBeta, Epsilon, Flat, Gamma, Rule, ZBox, ZPlus
+
+
+def _pairs(mapping):
+    items = mapping.items() if isinstance(mapping, dict) else (mapping or ())
+    pairs = []
+    for types, rule in items:
+        if not isinstance(rule, Rule):
+            raise RuleParameterError(f"composite maps {types!r} to {rule!r}, which is not a Rule object")
+        pairs.append((types, rule))
+    return pairs
+
+
+class Composite:
+    """Rules per layer type, per first matching layer, and per layer index.
+
+    Parameters
+    ----------
+    layer_map : dict or list of (type or tuple of types, Rule)
+        The first entry whose types match a layer (``isinstance``) wins.
+    index_map : dict of int to Rule
+        Rules for given layer indices (negative indices count from the end);
+        these win over everything else.
+    first_map : dict or list of (type or tuple of types, Rule)
+        Applied to the first layer matching any of its types only.
+    """
+
+    def __init__(self, layer_map=None, index_map=None, first_map=None):
+        self.layer_map = _pairs(layer_map)
+        self.first_map = _pairs(first_map)
+        self.index_map = dict(index_map or {})
+        for i, rule in self.index_map.items():
+            if not isinstance(i, int) or not isinstance(rule, Rule):
+                raise RuleParameterError(f"index_map needs int -> Rule, got {i!r} -> {rule!r}")
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(layer_map={self.layer_map!r}, first_map={self.first_map!r}, "
+                f"index_map={self.index_map!r})")
+
+    def rules(self, net):
+        """One rule per layer of ``net`` (None where the layer's default applies)."""
+        rules = [None] * len(net)
+        for i, layer in enumerate(net):
+            rules[i] = next((rule for types, rule in self.layer_map if isinstance(layer, types)), None)
+        for types, rule in self.first_map:
+            first = next((i for i, layer in enumerate(net) if isinstance(layer, types)), None)
+            if first is not None:
+                rules[first] = rule
+        for i, rule in self.index_map.items():
+            if not -len(net) <= i < len(net):
+                raise RuleParameterError(f"rule index {i} is out of range for a network of {len(net)} layers")
+            rules[i] = rule
+        return rules
+
+
+_WEIGHTED = (Conv2d, Linear)
+
+
+class EpsilonPlus(Composite):
+    """Linear -> Epsilon, Conv2d -> ZPlus."""
+
+    def __init__(self, epsilon=1e-6, **kw):
+        super().__init__([(Linear, Epsilon(epsilon)), (Conv2d, ZPlus())], **kw)
+
+
+class EpsilonAlpha2Beta1(Composite):
+    """Linear -> Epsilon, Conv2d -> AlphaBeta(2, 1)."""
+
+    def __init__(self, epsilon=1e-6, **kw):
+        super().__init__([(Linear, Epsilon(epsilon)), (Conv2d, AlphaBeta(2, 1))], **kw)
+
+
+class EpsilonGammaBox(Composite):
+    """First Conv2d -> ZBox(low, high), other Conv2d -> Gamma, Linear -> Epsilon."""
+
+    def __init__(self, low, high, epsilon=1e-6, gamma=0.25, **kw):
+        super().__init__([(Linear, Epsilon(epsilon)), (Conv2d, Gamma(gamma))],
+                         first_map=[(Conv2d, ZBox(low, high))], **kw)
+
+
+class EpsilonPlusFlat(Composite):
+    """The first Conv2d or Linear -> Flat, the rest as :class:`EpsilonPlus`."""
+
+    def __init__(self, epsilon=1e-6, **kw):
+        super().__init__([(Linear, Epsilon(epsilon)), (Conv2d, ZPlus())], first_map=[(_WEIGHTED, Flat())], **kw)
+
+
+class EpsilonAlpha2Beta1Flat(Composite):
+    """The first Conv2d or Linear -> Flat, the rest as :class:`EpsilonAlpha2Beta1`."""
+
+    def __init__(self, epsilon=1e-6, **kw):
+        super().__init__([(Linear, Epsilon(epsilon)), (Conv2d, AlphaBeta(2, 1))],
+                         first_map=[(_WEIGHTED, Flat())], **kw)
+
+
+class DeepTaylor(Composite):
+    """The paper's deep Taylor LRP rules: ZBox on the first layer, ZPlus on other Conv2d and Linear."""
+
+    def __init__(self, low, high, **kw):
+        super().__init__([(_WEIGHTED, ZPlus())], first_map=[(_WEIGHTED, ZBox(low, high))], **kw)
+
+
+class SingleRule(Composite):
+    """One rule on every Conv2d and Linear layer."""
+
+    def __init__(self, rule, **kw):
+        super().__init__([(_WEIGHTED, rule)], **kw)
+
+
+REGISTRY = {
+    "epsilon_plus": EpsilonPlus,
+    "epsilon_alpha2_beta1": EpsilonAlpha2Beta1,
+    "epsilon_gamma_box": EpsilonGammaBox,
+    "epsilon_plus_flat": EpsilonPlusFlat,
+    "epsilon_alpha2_beta1_flat": EpsilonAlpha2Beta1Flat,
+    "deep_taylor": DeepTaylor,
+}
+
+
+def get(name, **kwargs):
+    """Build a registered composite by name, e.g. ``get("epsilon_gamma_box", low=0, high=1)``."""
+    try:
+        cls = REGISTRY[name]
+    except KeyError:
+        raise RuleParameterError(f"unknown composite {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise RuleParameterError(f"composite {name!r}: {exc}") from None
+
+
+def register(name, cls):
+    """Add a composite class (or factory) to the registry under ``name``."""
+    REGISTRY[name] = cls

@@ -1,0 +1,39 @@
+"""The exceptions lrpnumpy raises.
+
+Every error the package raises on bad input derives from :class:`LRPError`, so
+``except lrpnumpy.errors.LRPError`` catches all of them.  Each class also derives
+from the built-in exception a Python user would expect (``ValueError`` for bad
+values, ``TypeError`` for bad dtypes), so generic handlers keep working.
+"""
+
+
+class LRPError(Exception):
+    """Base class of every lrpnumpy error."""
+
+
+class ShapeError(LRPError, ValueError):
+    """An array has the wrong rank, shape or number of channels."""
+
+
+class DTypeError(LRPError, TypeError):
+    """An array has an unsupported dtype, or dtypes that do not match."""
+
+
+class NonFiniteError(LRPError, ValueError):
+    """An array holds NaN or infinity where finite numbers are required."""
+
+
+class RuleParameterError(LRPError, ValueError):
+    """A rule or composite was given an invalid parameter."""
+
+
+class TargetError(LRPError, ValueError):
+    """The target class is out of range or has the wrong shape."""
+
+
+class ModelFormatError(LRPError, ValueError):
+    """A model file is malformed, truncated or inconsistent."""
+
+
+class UnsupportedLayerError(LRPError, NotImplementedError):
+    """A layer, operator, attribute or rule/layer pairing is not supported."""

@@ -1,0 +1,187 @@
+"""``explain``: forward pass, initial relevance, and the reverse LRP loop."""
+
+import numbers
+
+import numpy as np
+
+from .composites import Composite, SingleRule
+from .errors import RuleParameterError, ShapeError, TargetError
+from .layers import Sequential, Softmax
+from .layers.base import check_array, check_finite
+from .rules import Rule
+
+
+def explain(model, x, target=None, rule=None, composite=None, relevance_out=None):
+    """Explain ``model``'s prediction for ``x`` with LRP.
+
+    Parameters
+    ----------
+    model : Sequential
+        A trailing Softmax is skipped: the logits are explained.
+    x : ndarray, float32 or float64
+        Input batch, e.g. of shape (N, C, H, W); same dtype as the model.
+    target : None, int or sequence of int, optional
+        The class explained: the predicted class (None), one class for
+        every sample (int), or one per sample.
+    rule : Rule or dict of int to Rule, optional
+        One rule for every Linear and Conv2d layer, or rules by layer index.
+        Other layers keep their default rule.
+    composite : Composite, optional
+        Rules by layer type (see :mod:`lrpnumpy.composites`).  Not together
+        with ``rule``.
+    relevance_out : ndarray, optional
+        Relevance at the output, shape of the output; overrides ``target``.
+
+    Returns
+    -------
+    Explanation
+
+    Notes
+    -----
+    The initial relevance is the target logit, zero elsewhere:
+    ``R_out = output * onehot(target)``.
+    """
+    if not isinstance(model, Sequential) or len(model) == 0:
+        raise ShapeError(f"model must be a non-empty lrpnumpy Sequential, got {type(model).__name__}")
+    check_finite(check_array(x, "x"), "x")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ShapeError(f"x must be a batch with a leading sample axis, got shape {x.shape}")
+    net = model[:-1] if isinstance(model[-1], Softmax) and len(model) > 1 else model
+    rules = _rules(net, rule, composite)
+
+    output = net.forward(x)
+    R = _initial_relevance(output, target, relevance_out)
+    relevances = [R]
+    for layer, layer_rule in zip(reversed(net.layers), reversed(rules)):
+        R = layer.lrp(R, layer_rule)
+        relevances.insert(0, R)
+    ledgers = [layer.conservation() for layer in net]
+    return Explanation(R, output, relevances, net, [r if r is not None else l.default_rule
+                                                    for r, l in zip(rules, net)], ledgers)
+
+
+def _rules(net, rule, composite):
+    if rule is not None and composite is not None:
+        raise RuleParameterError("give either rule or composite, not both")
+    if composite is not None:
+        if not isinstance(composite, Composite):
+            raise RuleParameterError(f"composite must be a Composite, got {composite!r}")
+        return composite.rules(net)
+    if rule is None:
+        return [None] * len(net)
+    if isinstance(rule, Rule):
+        return SingleRule(rule).rules(net)
+    if isinstance(rule, dict):
+        return Composite(index_map=rule).rules(net)
+    raise RuleParameterError(f"rule must be a Rule object or a dict {{layer index: Rule}}, got {rule!r}")
+
+
+def _initial_relevance(output, target, relevance_out):
+    if relevance_out is not None:
+        R = check_finite(check_array(np.asarray(relevance_out) if not isinstance(relevance_out, np.ndarray)
+                                     else relevance_out, "relevance_out"), "relevance_out")
+        if R.shape != output.shape:
+            raise ShapeError(f"relevance_out must have the output's shape {output.shape}, got {R.shape}")
+        return R.astype(output.dtype, copy=False)
+    if output.ndim != 2:
+        raise ShapeError(f"a target class needs an output of shape (N, classes), got {output.shape}; "
+                         f"pass relevance_out instead")
+    n, k = output.shape
+    if target is None:
+        t = output.argmax(axis=1)
+    else:
+        t = np.asarray(target)
+        if t.dtype == bool or not np.issubdtype(t.dtype, np.integer):
+            raise TargetError(f"target must be an int or ints, got {target!r}")
+        if t.ndim == 0:
+            t = np.full(n, int(t))
+        if t.shape != (n,):
+            raise TargetError(f"target needs one class per sample ({n}), got shape {t.shape}")
+        if (t < 0).any() or (t >= k).any():
+            raise TargetError(f"target {target!r} out of range: the model has {k} classes (0..{k - 1})")
+    R = np.zeros_like(output)
+    R[np.arange(n), t] = output[np.arange(n), t]
+    return R
+
+
+class Explanation:
+    """The result of :func:`explain`.
+
+    Attributes
+    ----------
+    relevance : ndarray
+        Relevance of the input, shape of ``x``.
+    output : ndarray
+        The model's output (logits when a trailing Softmax was skipped).
+    layers : list of ndarray
+        Relevance at the input of every explained layer, in order, then the
+        output relevance last (``len(network) + 1`` arrays).
+    network : Sequential
+        The layers explained.
+    rules : list of Rule
+        The rule each layer used.
+    """
+
+    def __init__(self, relevance, output, layers, network, rules, ledgers):
+        self.relevance, self.output, self.layers = relevance, output, layers
+        self.network, self.rules, self._ledgers = network, rules, ledgers
+
+    def __repr__(self):
+        return (f"Explanation(relevance shape {self.relevance.shape}, {len(self.network)} layers, "
+                f"sum R in/out = {self.relevance.sum():.6g}/{self.layers[-1].sum():.6g})")
+
+    def conservation(self):
+        """Per-layer conservation table; see :class:`ConservationReport`."""
+        return ConservationReport([
+            dict(index=i, layer=repr(layer), rule=repr(rule), **ledger)
+            for i, (layer, rule, ledger) in enumerate(zip(self.network, self.rules, self._ledgers))])
+
+
+class ConservationReport:
+    """Sum of relevance at every layer and what biases and stabilizers absorbed.
+
+    ``rows`` holds one dict per layer with ``index``, ``layer``, ``rule`` and
+    per-sample arrays (shape (N,)) ``relevance_in``, ``relevance_out``,
+    ``bias``, ``stabilizer``, ``dropped``; for each layer
+    ``relevance_in + bias + stabilizer + dropped == relevance_out`` up to
+    rounding.  ``str(report)`` prints the table summed over the batch;
+    :meth:`to_text` can show one sample.
+    """
+
+    columns = ("relevance_in", "relevance_out", "bias", "stabilizer", "dropped")
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def residual(self):
+        """Per layer and sample: ``relevance_out - relevance_in - bias - stabilizer - dropped``."""
+        return np.array([r["relevance_out"] - r["relevance_in"] - r["bias"] - r["stabilizer"] - r["dropped"]
+                         for r in self.rows])
+
+    def to_dict(self, sample=None):
+        """Rows with plain floats (summed over the batch, or for one ``sample``), for JSON."""
+        pick = (lambda v: float(np.sum(v))) if sample is None else (lambda v: float(v[sample]))
+        return [{k: (pick(v) if k in self.columns else v) for k, v in row.items()} for row in self.rows]
+
+    def to_text(self, sample=None):
+        """The table as text; sums over the batch, or for one ``sample``."""
+        rows = self.to_dict(sample)
+        width = max(len(r["layer"]) for r in rows)
+        rwidth = max(len(r["rule"]) for r in rows)
+        head = (f"{'#':>3}  {'layer':<{width}}  {'rule':<{rwidth}}  {'sum R in':>13}  {'sum R out':>13}  "
+                f"{'bias':>11}  {'stabilizer':>11}  {'dropped':>11}")
+        lines = [head, "-" * len(head)]
+        for r in rows:
+            lines.append(f"{r['index']:>3}  {r['layer']:<{width}}  {r['rule']:<{rwidth}}  "
+                         f"{r['relevance_in']:>13.6e}  {r['relevance_out']:>13.6e}  {r['bias']:>11.3e}  "
+                         f"{r['stabilizer']:>11.3e}  {r['dropped']:>11.3e}")
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.to_text()

@@ -1,0 +1,151 @@
+"""Plain NumPy kernels: the reference every faster backend is tested against.
+
+All functions take arrays and ints only.  Activations are NCHW, convolution
+weights (out, in/groups, kh, kw), and ``padding`` is always the 4-tuple
+``(top, bottom, left, right)``; the layers normalise user input before they
+call in here.  Padding is zero padding (``-inf`` for max pooling).
+"""
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def output_size(size, kernel, stride, pad_before, pad_after, dilation=1):
+    """Number of window positions along one axis."""
+    return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _pad(x, padding, value=0.0):
+    pt, pb, pl, pr = padding
+    if pt == pb == pl == pr == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=value)
+
+
+def _windows(xp, kh, kw, sh, sw, dh, dw, oh, ow):
+    """View of shape (N, C, oh, ow, kh, kw) over a padded input."""
+    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    v = sliding_window_view(xp, (span_h, span_w), axis=(2, 3))
+    return v[:, :, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw, ::dh, ::dw]
+
+
+def _tap(i, j, sh, sw, dh, dw, oh, ow):
+    """Slice of the padded input that kernel tap (i, j) touches at every output position."""
+    return (slice(None), slice(None),
+            slice(i * dh, i * dh + (oh - 1) * sh + 1, sh),
+            slice(j * dw, j * dw + (ow - 1) * sw + 1, sw))
+
+
+def _unpad(xp, padding, h, w):
+    pt, _, pl, _ = padding
+    return xp[:, :, pt:pt + h, pl:pl + w]
+
+
+def conv2d(x, w, sh, sw, padding, dh, dw, groups):
+    """Cross-correlation ``y[n,o] = sum_c,i,j w[o,c,i,j] x[n,c,sh*p+dh*i, sw*q+dw*j]`` (no bias)."""
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    oh = output_size(h, kh, sh, padding[0], padding[1], dh)
+    ow = output_size(wd, kw, sw, padding[2], padding[3], dw)
+    win = _windows(_pad(x, padding), kh, kw, sh, sw, dh, dw, oh, ow)
+    og = o // groups
+    y = np.empty((n, o, oh, ow), dtype=np.result_type(x, w))
+    for g in range(groups):
+        cols = win[:, g * cg:(g + 1) * cg]
+        wg = w[g * og:(g + 1) * og]
+        # (N, oh, ow, og) -> (N, og, oh, ow)
+        y[:, g * og:(g + 1) * og] = np.tensordot(cols, wg, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)
+    return y
+
+
+def conv2d_grad_input(gy, w, h, wd, sh, sw, padding, dh, dw, groups):
+    """Adjoint of :func:`conv2d` with respect to its input, for an input of size (h, wd)."""
+    n, o, oh, ow = gy.shape
+    _, cg, kh, kw = w.shape
+    og = o // groups
+    pt, pb, pl, pr = padding
+    gxp = np.zeros((n, cg * groups, h + pt + pb, wd + pl + pr), dtype=np.result_type(gy, w))
+    for g in range(groups):
+        # (N, oh, ow, cg, kh, kw): every output position's contribution to its window
+        cols = np.tensordot(gy[:, g * og:(g + 1) * og], w[g * og:(g + 1) * og], axes=([1], [0]))
+        target = gxp[:, g * cg:(g + 1) * cg]
+        for i in range(kh):
+            for j in range(kw):
+                target[_tap(i, j, sh, sw, dh, dw, oh, ow)] += cols[..., i, j].transpose(0, 3, 1, 2)
+    return _unpad(gxp, padding, h, wd)
+
+
+def conv2d_grad_weight(x, gy, kh, kw, sh, sw, padding, dh, dw, groups):
+    """Gradient of ``<conv2d(x, w), gy>`` with respect to ``w``."""
+    n, c, h, wd = x.shape
+    _, o, oh, ow = gy.shape
+    cg, og = c // groups, o // groups
+    win = _windows(_pad(x, padding), kh, kw, sh, sw, dh, dw, oh, ow)
+    gw = np.empty((o, cg, kh, kw), dtype=np.result_type(x, gy))
+    for g in range(groups):
+        gw[g * og:(g + 1) * og] = np.tensordot(gy[:, g * og:(g + 1) * og], win[:, g * cg:(g + 1) * cg],
+                                               axes=([0, 2, 3], [0, 2, 3]))
+    return gw
+
+
+def sum_pool2d(x, kh, kw, sh, sw, padding):
+    """Sum over every (kh, kw) window, zero padding."""
+    oh = output_size(x.shape[2], kh, sh, padding[0], padding[1])
+    ow = output_size(x.shape[3], kw, sw, padding[2], padding[3])
+    return _windows(_pad(x, padding), kh, kw, sh, sw, 1, 1, oh, ow).sum(axis=(4, 5))
+
+
+def sum_pool2d_grad(gy, h, wd, kh, kw, sh, sw, padding):
+    """Adjoint of :func:`sum_pool2d`."""
+    n, c, oh, ow = gy.shape
+    pt, pb, pl, pr = padding
+    gxp = np.zeros((n, c, h + pt + pb, wd + pl + pr), dtype=gy.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            gxp[_tap(i, j, sh, sw, 1, 1, oh, ow)] += gy
+    return _unpad(gxp, padding, h, wd)
+
+
+def max_pool2d(x, kh, kw, sh, sw, padding):
+    """Window maxima and, per output, the row-major index of the first maximum in its window."""
+    oh = output_size(x.shape[2], kh, sh, padding[0], padding[1])
+    ow = output_size(x.shape[3], kw, sw, padding[2], padding[3])
+    win = _windows(_pad(x, padding, -np.inf), kh, kw, sh, sw, 1, 1, oh, ow)
+    win = win.reshape(win.shape[:4] + (kh * kw,))
+    idx = win.argmax(axis=4)
+    return np.take_along_axis(win, idx[..., None], axis=4)[..., 0], idx
+
+
+def max_pool2d_grad(gy, idx, h, wd, kh, kw, sh, sw, padding):
+    """Route each output gradient to the window element ``idx`` chose (overlaps add up)."""
+    n, c, oh, ow = gy.shape
+    pt, pb, pl, pr = padding
+    gxp = np.zeros((n, c, h + pt + pb, wd + pl + pr), dtype=gy.dtype)
+    zero = gy.dtype.type(0)
+    for i in range(kh):
+        for j in range(kw):
+            gxp[_tap(i, j, sh, sw, 1, 1, oh, ow)] += np.where(idx == i * kw + j, gy, zero)
+    return _unpad(gxp, padding, h, wd)
+
+
+def max_pool2d_ties(x, y, kh, kw, sh, sw, padding):
+    """Number of window elements equal to each window's maximum."""
+    oh, ow = y.shape[2:]
+    win = _windows(_pad(x, padding, -np.inf), kh, kw, sh, sw, 1, 1, oh, ow)
+    return (win == y[..., None, None]).sum(axis=(4, 5))
+
+
+def max_pool2d_grad_split(gy, x, y, kh, kw, sh, sw, padding):
+    """Like :func:`max_pool2d_grad`, but split each output equally among tied maxima."""
+    n, c, h, wd = x.shape
+    oh, ow = y.shape[2:]
+    pt, pb, pl, pr = padding
+    share = gy / max_pool2d_ties(x, y, kh, kw, sh, sw, padding)
+    xp = _pad(x, padding, -np.inf)
+    gxp = np.zeros(xp.shape, dtype=gy.dtype)
+    zero = gy.dtype.type(0)
+    for i in range(kh):
+        for j in range(kw):
+            tap = _tap(i, j, sh, sw, 1, 1, oh, ow)
+            gxp[tap] += np.where(xp[tap] == y, share, zero)
+    return _unpad(gxp, padding, h, wd)

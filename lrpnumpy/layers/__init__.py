@@ -1,0 +1,13 @@
+"""lrpnumpy's own layers: forward, exact-gradient backward and LRP."""
+
+from .activation import ReLU, Softmax, Tanh
+from .base import AffineLayer, Layer
+from .conv import Conv2d
+from .linear import Linear
+from .norm import BatchNorm2d
+from .pool import AvgPool2d, MaxPool2d, SumPool2d
+from .sequential import Sequential
+from .shape import Dropout, Flatten
+
+__all__ = ["Layer", "AffineLayer", "Linear", "Conv2d", "ReLU", "Tanh", "Softmax", "SumPool2d", "AvgPool2d",
+           "MaxPool2d", "Flatten", "Dropout", "BatchNorm2d", "Sequential"]

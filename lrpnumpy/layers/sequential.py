@@ -1,0 +1,74 @@
+"""A chain of layers."""
+
+from ..errors import ShapeError
+from .base import Layer, as_dtype
+
+
+class Sequential(Layer):
+    """Layers applied in order; ``backward`` runs them in reverse.
+
+    Supports ``len(net)``, ``net[i]`` (a slice gives a new Sequential sharing
+    the layers) and iteration.
+    """
+
+    def __init__(self, *layers):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise ShapeError(f"Sequential item {i} is {type(layer).__name__}, not an lrpnumpy Layer")
+        self.layers = list(layers)
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Sequential(*self.layers[i])
+        return self.layers[i]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __repr__(self):
+        body = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential({body}\n)"
+
+    def forward(self, a):
+        for layer in self.layers:
+            a = layer.forward(a)
+        return a
+
+    def backward(self, grad):
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+        return grad
+
+    def lrp(self, R, rules=None):
+        """Relevance at the input from relevance ``R`` at the output.
+
+        ``rules`` is a list with one rule (or None for the layer's default)
+        per layer; without it every layer uses its default rule.
+        """
+        rules = [None] * len(self) if rules is None else rules
+        for layer, rule in zip(reversed(self.layers), reversed(rules)):
+            R = layer.lrp(R, rule)
+        return R
+
+    def clear(self):
+        for layer in self.layers:
+            layer.clear()
+
+    def astype(self, dtype):
+        as_dtype(dtype)
+        return Sequential(*(layer.astype(dtype) for layer in self.layers))
+
+    def copy(self):
+        return Sequential(*(layer.copy() for layer in self.layers))
+
+    @property
+    def dtype(self):
+        for layer in self.layers:
+            if layer.dtype is not None:
+                return layer.dtype
+        return None

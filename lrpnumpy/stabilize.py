@@ -1,0 +1,36 @@
+"""The single stabilizer used by every division in lrpnumpy's rules."""
+
+import numpy as np
+
+
+def stabilize(z, epsilon):
+    r"""Move a denominator away from zero: ``z + epsilon * sign(z)``.
+
+    Parameters
+    ----------
+    z : ndarray
+        The denominator (the rule's pre-activations).
+    epsilon : float
+        Non-negative stabilizer.
+
+    Returns
+    -------
+    ndarray
+        ``z + epsilon * sign(z)`` with the convention ``sign(0) = +1`` (as in
+        Zennit), so the result is never closer to zero than ``epsilon``.
+        Entries that are still exactly zero (only possible for
+        ``epsilon == 0``) become ``+inf``: dividing relevance by them gives
+        0, so relevance that reaches a neuron with a zero denominator is
+        dropped (and reported as such by the conservation table) instead of
+        turning into NaN or infinity.
+
+    Notes
+    -----
+    .. math:: \operatorname{stabilize}(z, \epsilon) = z + \epsilon\,
+              (\mathbb{1}[z \ge 0] - \mathbb{1}[z < 0])
+    """
+    eps = z.dtype.type(epsilon)
+    out = z + np.where(z >= 0, eps, -eps)
+    if epsilon == 0:
+        out[out == 0] = np.inf
+    return out

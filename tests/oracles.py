@@ -1,0 +1,124 @@
+"""Slow, obvious references: layers as explicit matrices, rules as the formulas on those matrices.
+
+Nothing here calls lrpnumpy's kernels: each matrix is built entry by entry from
+the definition of the layer, and each rule is its formula written with ``@``.
+"""
+
+import numpy as np
+
+
+def conv_matrix(weight, in_shape, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1):
+    """Matrix M with ``conv(x).ravel() == M @ x.ravel()`` for one sample of shape (C, H, W)."""
+    c, h, w = in_shape
+    o, cg, kh, kw = weight.shape
+    pt, pb, pl, pr = padding
+    oh = (h + pt + pb - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + pl + pr - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    M = np.zeros((o, oh, ow, c, h, w))
+    og = o // groups
+    for oc in range(o):
+        g = oc // og
+        for ci in range(cg):
+            for p in range(oh):
+                for q in range(ow):
+                    for i in range(kh):
+                        for j in range(kw):
+                            r = p * stride[0] - pt + i * dilation[0]
+                            s = q * stride[1] - pl + j * dilation[1]
+                            if 0 <= r < h and 0 <= s < w:
+                                M[oc, p, q, g * cg + ci, r, s] += weight[oc, ci, i, j]
+    return M.reshape(o * oh * ow, c * h * w), (o, oh, ow)
+
+
+def sum_pool_matrix(in_shape, kernel, stride, padding=(0, 0, 0, 0), scale=1.0):
+    """Matrix of a sum pool (times ``scale``) over one sample of shape (C, H, W)."""
+    c = in_shape[0]
+    depthwise_ones = np.ones((c, 1) + tuple(kernel))
+    M, shape = conv_matrix(depthwise_ones, in_shape, stride, padding, groups=c)
+    return M * scale, shape
+
+
+def max_pool_selection(x, kernel, stride, padding=(0, 0, 0, 0)):
+    """0/1 matrix S (one sample) with ``maxpool(x) == S @ x``: the first maximum of each window wins."""
+    c, h, w = x.shape
+    pt, pb, pl, pr = padding
+    oh = (h + pt + pb - kernel[0]) // stride[0] + 1
+    ow = (w + pl + pr - kernel[1]) // stride[1] + 1
+    S = np.zeros((c, oh, ow, c, h, w))
+    T = np.zeros_like(S)  # ties shared equally
+    for ch in range(c):
+        for p in range(oh):
+            for q in range(ow):
+                best, where, tied = -np.inf, None, []
+                for i in range(kernel[0]):
+                    for j in range(kernel[1]):
+                        r, s = p * stride[0] - pt + i, q * stride[1] - pl + j
+                        if 0 <= r < h and 0 <= s < w:
+                            if x[ch, r, s] > best:
+                                best, where, tied = x[ch, r, s], (r, s), [(r, s)]
+                            elif x[ch, r, s] == best:
+                                tied.append((r, s))
+                S[(ch, p, q, ch) + where] = 1
+                for rs in tied:
+                    T[(ch, p, q, ch) + rs] = 1 / len(tied)
+    return S.reshape(c * oh * ow, -1), T.reshape(c * oh * ow, -1)
+
+
+# ----- the rules, on one sample: x (I,), M (J, I), b (J,) or zeros, R (J,) -----
+
+def stab(z, eps):
+    return z + eps * np.where(z >= 0, 1.0, -1.0)
+
+
+def div(R, z):
+    """R / z with 0 where z == 0 (LRP-0's convention for zero denominators)."""
+    return np.divide(R, z, out=np.zeros_like(R), where=z != 0)
+
+
+def pos(v):
+    return np.maximum(v, 0)
+
+
+def neg(v):
+    return np.minimum(v, 0)
+
+
+def epsilon(x, M, b, R, eps):
+    return x * (M.T @ div(R, stab(M @ x + b, eps)))
+
+
+def zplus(x, M, b, R, eps):
+    s = div(R, stab(pos(M) @ pos(x) + neg(M) @ neg(x) + pos(b), eps))
+    return pos(x) * (pos(M).T @ s) + neg(x) * (neg(M).T @ s)
+
+
+def alpha_beta(x, M, b, R, eps, alpha, beta):
+    sp = div(R, stab(pos(M) @ pos(x) + neg(M) @ neg(x) + pos(b), eps))
+    sn = div(R, stab(neg(M) @ pos(x) + pos(M) @ neg(x) + neg(b), eps))
+    return (alpha * (pos(x) * (pos(M).T @ sp) + neg(x) * (neg(M).T @ sp))
+            - beta * (pos(x) * (neg(M).T @ sn) + neg(x) * (pos(M).T @ sn)))
+
+
+def gamma(x, M, b, R, eps, g):
+    Mp, Mn = M + g * pos(M), M + g * neg(M)
+    bp, bn = b + g * pos(b), b + g * neg(b)
+    z = M @ x + b
+    gp = (z > 0) * div(R, stab(Mp @ pos(x) + Mn @ neg(x) + bp, eps))
+    gn = (z < 0) * div(R, stab(Mn @ pos(x) + Mp @ neg(x) + bn, eps))
+    return pos(x) * (Mp.T @ gp) + neg(x) * (Mn.T @ gp) + pos(x) * (Mn.T @ gn) + neg(x) * (Mp.T @ gn)
+
+
+def zbox(x, M, b, R, eps, low, high):
+    z = (M @ x + b) - (pos(M) @ low + pos(b)) - (neg(M) @ high + neg(b))
+    g = div(R, stab(z, eps))
+    return x * (M.T @ g) - low * (pos(M).T @ g) - high * (neg(M).T @ g)
+
+
+def flat(M_ones, R, eps):
+    """``M_ones``: the layer's matrix with every weight set to 1."""
+    return M_ones.T @ div(R, stab(M_ones @ np.ones(M_ones.shape[1]), eps))
+
+
+def wsquare(M, b, R, eps):
+    M2 = M ** 2
+    return M2.T @ div(R, stab(M2 @ np.ones(M.shape[1]) + b ** 2, eps))

@@ -1,0 +1,178 @@
+"""explain(), composites, the conservation table, fold_batchnorm and input errors."""
+
+import numpy as np
+import pytest
+
+import lrpnumpy as L
+from lrpnumpy import composites
+from lrpnumpy.errors import LRPError, NonFiniteError, RuleParameterError, ShapeError, TargetError
+
+
+def cnn(rng, bias=True):
+    net = L.Sequential(
+        L.Conv2d(1, 4, 3, padding=1, rng=rng), L.ReLU(), L.MaxPool2d(2),
+        L.Conv2d(4, 6, 3, stride=1, rng=rng), L.ReLU(), L.AvgPool2d(2),
+        L.Flatten(), L.Linear(6 * 2 * 2, 5, rng=rng), L.ReLU(), L.Linear(5, 3, rng=rng), L.Softmax())
+    for layer in net:
+        if bias and getattr(layer, "bias", None) is not None:
+            layer.bias = rng.normal(size=layer.bias.shape) * 0.1
+    return net
+
+
+COMPOSITES = [L.EpsilonPlus(), L.EpsilonAlpha2Beta1(), L.EpsilonGammaBox(0, 1), L.EpsilonPlusFlat(),
+              L.EpsilonAlpha2Beta1Flat(), L.DeepTaylor(0, 1)]
+
+
+@pytest.mark.parametrize("composite", COMPOSITES, ids=lambda c: type(c).__name__)
+def test_batch_equals_single_samples(composite, rng):
+    net = cnn(rng)
+    x = rng.random((4, 1, 12, 12))
+    batch = L.explain(net, x, target=[0, 1, 2, 1], composite=composite)
+    for n in range(4):
+        one = L.explain(net, x[n:n + 1], target=[0, 1, 2, 1][n], composite=composite)
+        np.testing.assert_allclose(batch.relevance[n:n + 1], one.relevance, rtol=1e-12, atol=1e-15)
+
+
+def test_explanation_structure(rng):
+    net = cnn(rng)
+    x = rng.random((2, 1, 12, 12))
+    e = L.explain(net, x, target=1, composite=L.EpsilonPlus())
+    assert e.relevance.shape == x.shape
+    assert e.output.shape == (2, 3)  # logits: the trailing softmax is skipped
+    np.testing.assert_allclose(e.output, net[:-1].forward(x))
+    assert len(e.layers) == len(net) and e.layers[0] is e.relevance  # 10 explained layers + output
+    np.testing.assert_array_equal(e.layers[-1], np.eye(3)[[1, 1]] * e.output)
+    assert [type(r).__name__ for r in e.rules] == ["ZPlus", "Pass", "WinnerTakesAll", "ZPlus", "Pass", "Norm",
+                                                   "Pass", "Epsilon", "Pass", "Epsilon"]
+
+
+def test_conservation_report(rng):
+    net = cnn(rng)
+    x = rng.random((3, 1, 12, 12))
+    e = L.explain(net, x, composite=L.EpsilonGammaBox(0, 1))
+    report = e.conservation()
+    assert len(report) == len(e.network)
+    for row, R_in, R_out in zip(report, e.layers[:-1], e.layers[1:]):
+        np.testing.assert_allclose(row["relevance_in"], R_in.reshape(3, -1).sum(1), rtol=1e-12)
+        np.testing.assert_allclose(row["relevance_out"], R_out.reshape(3, -1).sum(1), rtol=1e-12)
+    assert np.abs(report.residual()).max() < 1e-12
+    text = str(report)
+    assert "ZBox" in text and "Gamma" in text and "stabilizer" in text
+    assert report.to_dict(sample=0)[0]["layer"].startswith("Conv2d")
+
+
+def test_targets_and_relevance_out(rng):
+    net = cnn(rng)
+    x = rng.random((2, 1, 12, 12))
+    e = L.explain(net, x)
+    pred = e.output.argmax(1)
+    np.testing.assert_array_equal(e.layers[-1], np.eye(3)[pred] * e.output)
+    R_out = rng.normal(size=(2, 3))
+    e2 = L.explain(net, x, relevance_out=R_out, rule=L.Epsilon())
+    np.testing.assert_array_equal(e2.layers[-1], R_out)
+    # linearity: explaining two classes at once = the sum of explaining each
+    a = L.explain(net, x, target=0, rule=L.Epsilon()).relevance
+    b = L.explain(net, x, target=2, rule=L.Epsilon()).relevance
+    both = np.eye(3)[0] + np.eye(3)[2]
+    c = L.explain(net, x, relevance_out=both * e.output, rule=L.Epsilon()).relevance
+    np.testing.assert_allclose(a + b, c, rtol=1e-10, atol=1e-14)
+
+
+def test_rule_by_index_and_composite_precedence(rng):
+    net = cnn(rng)
+    x = rng.random((1, 1, 12, 12))
+    e = L.explain(net, x, rule={0: L.Flat(), -1: L.Epsilon(0.5)})
+    assert isinstance(e.rules[0], L.Flat) and e.rules[-1] == L.Epsilon(0.5)
+    assert isinstance(e.rules[3], L.LRP0)  # default of other weighted layers
+    c = L.Composite(layer_map={L.Conv2d: L.ZPlus()}, index_map={3: L.Gamma()}, first_map=[(L.Conv2d, L.Flat())])
+    rules = c.rules(net)
+    assert isinstance(rules[0], L.Flat) and isinstance(rules[3], L.Gamma) and rules[7] is None
+    flat = composites.get("epsilon_plus_flat").rules(L.Sequential(L.Flatten(), L.Linear(4, 2), L.Linear(2, 2)))
+    assert isinstance(flat[1], L.Flat) and isinstance(flat[2], L.Epsilon)
+    egb = composites.get("epsilon_gamma_box", low=-1, high=2).rules(net)
+    assert isinstance(egb[0], L.ZBox) and isinstance(egb[3], L.Gamma) and isinstance(egb[7], L.Epsilon)
+    dt = L.DeepTaylor(0, 1).rules(net)
+    assert isinstance(dt[0], L.ZBox) and isinstance(dt[3], L.ZPlus) and isinstance(dt[9], L.ZPlus)
+
+
+def test_composite_registry_errors():
+    with pytest.raises(RuleParameterError, match="unknown composite 'nope'"):
+        composites.get("nope")
+    with pytest.raises(RuleParameterError, match="epsilon_gamma_box"):
+        composites.get("epsilon_gamma_box")  # low/high missing
+    with pytest.raises(RuleParameterError):
+        L.Composite(layer_map={L.Conv2d: "zplus"})
+
+
+def test_no_nan_for_zero_input_dead_relus_and_empty_windows(rng):
+    net = cnn(rng, bias=False)
+    x = np.zeros((2, 1, 12, 12))
+    for composite in COMPOSITES:
+        for e in (L.explain(net, x, composite=composite), L.explain(net, x, rule=L.LRP0())):
+            assert all(np.isfinite(R).all() for R in e.layers)
+    # dead ReLUs: a large negative bias kills every unit of the first layer
+    dead = cnn(rng)
+    dead[0].bias[:] = -100.0
+    x = rng.random((2, 1, 12, 12))
+    for rule in (L.LRP0(), L.ZPlus(), L.Gamma(), L.AlphaBeta(), L.Epsilon(0)):
+        e = L.explain(dead, x, rule=rule, relevance_out=np.ones((2, 3)))
+        assert all(np.isfinite(R).all() for R in e.layers)
+        assert e.conservation().residual().max() < 1e-12
+    # all-zero pooling windows
+    pool = L.Sequential(L.SumPool2d(2), L.Flatten(), L.Linear(4, 2))
+    x = np.zeros((1, 1, 4, 4))
+    x[0, 0, 0, 0] = 1.0
+    e = L.explain(pool, x, relevance_out=np.ones((1, 2)), rule=L.Epsilon())
+    assert np.isfinite(e.relevance).all()
+
+
+def test_fold_batchnorm(rng):
+    bn = L.BatchNorm2d(4)
+    bn.weight, bn.bias = rng.normal(size=4), rng.normal(size=4)
+    bn.running_mean, bn.running_var = rng.normal(size=4), rng.random(4) + 0.1
+    net = L.Sequential(L.Conv2d(2, 4, 3, rng=rng, bias=False), bn, L.ReLU(), L.Flatten(), L.Linear(4 * 4 * 4, 3))
+    folded = L.fold_batchnorm(net)
+    assert len(folded) == 4 and not any(isinstance(layer, L.BatchNorm2d) for layer in folded)
+    x = rng.normal(size=(2, 2, 6, 6))
+    np.testing.assert_allclose(folded.forward(x), net.forward(x), rtol=1e-12, atol=1e-12)
+    assert net[0].bias is None  # the original is untouched
+    lone = L.Sequential(L.BatchNorm2d(2), L.Flatten())
+    assert isinstance(L.fold_batchnorm(lone)[0], L.BatchNorm2d)
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (np.full((1, 1, 12, 12), np.nan), NonFiniteError, "NaN or infinity"),
+    (np.ones((1, 1, 12, 12), np.float16), LRPError, "float16"),
+    (np.ones((1, 1, 12, 12), np.int32), LRPError, "int32"),
+    (np.ones((1, 2, 12, 12)), ShapeError, "expects 1 channels"),
+    (np.ones((1, 12, 12)), ShapeError, "4-D input"),
+    ([[1.0]], LRPError, "numpy ndarray"),
+])
+def test_bad_inputs(bad, error, message, rng):
+    with pytest.raises(error, match=message):
+        L.explain(cnn(rng), bad)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(target=3), "out of range"), (dict(target=-1), "out of range"), (dict(target=[0]), "one class per sample"),
+    (dict(target=1.5), "int"), (dict(target=True), "int"),
+])
+def test_bad_targets(kwargs, message, rng):
+    with pytest.raises(TargetError, match=message):
+        L.explain(cnn(rng), rng.random((2, 1, 12, 12)), **kwargs)
+
+
+def test_bad_rule_arguments(rng):
+    net, x = cnn(rng), rng.random((1, 1, 12, 12))
+    with pytest.raises(RuleParameterError, match="either rule or composite"):
+        L.explain(net, x, rule=L.Epsilon(), composite=L.EpsilonPlus())
+    with pytest.raises(RuleParameterError, match="Rule object"):
+        L.explain(net, x, rule="epsilon")
+    with pytest.raises(RuleParameterError, match="out of range"):
+        L.explain(net, x, rule={20: L.Epsilon()})
+    with pytest.raises(ShapeError, match="relevance_out"):
+        L.explain(net, x, relevance_out=np.ones((1, 4)))
+    with pytest.raises(NonFiniteError):
+        L.explain(net, x, relevance_out=np.full((1, 3), np.inf))
+    with pytest.raises(ShapeError, match="ZBox bound"):
+        L.explain(net, x, composite=L.EpsilonGammaBox(np.zeros(3), np.ones(3)))

@@ -1,0 +1,221 @@
+"""Layers: forward against explicit matrices, exact gradients by finite differences, adjoints, dtypes."""
+
+import numpy as np
+import pytest
+
+import lrpnumpy as L
+from lrpnumpy.errors import DTypeError, RuleParameterError, ShapeError
+import oracles as O
+
+
+def fd_check(layer, x, rng, h=1e-6):
+    """Central differences of <layer(x), g> w.r.t. x (and the weight) against backward."""
+    y = layer.forward(x)
+    g = rng.normal(size=y.shape)
+    analytic = layer.backward(g)
+    f = lambda: np.sum(layer.forward(x) * g)  # noqa: E731
+    numeric = np.empty_like(x)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + h
+        fp = f()
+        x[i] = old - h
+        fm = f()
+        x[i] = old
+        numeric[i] = (fp - fm) / (2 * h)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-7)
+    for name in ("weight", "bias"):
+        p = getattr(layer, name, None)
+        if p is None or not hasattr(layer, "grad_" + name):
+            continue
+        layer.forward(x)
+        layer.backward(g)
+        analytic_p = getattr(layer, "grad_" + name)
+        numeric_p = np.empty_like(p)
+        for i in np.ndindex(p.shape):
+            old = p[i]
+            p[i] = old + h
+            fp = f()
+            p[i] = old - h
+            fm = f()
+            p[i] = old
+            numeric_p[i] = (fp - fm) / (2 * h)
+        np.testing.assert_allclose(analytic_p, numeric_p, rtol=1e-6, atol=1e-7)
+
+
+def biased(layer, rng):
+    layer.bias = rng.normal(size=layer.bias.shape)
+    return layer
+
+
+GRAD_CASES = {
+    "linear": (lambda r: biased(L.Linear(5, 4, rng=r), r), (3, 5)),
+    "conv": (lambda r: biased(L.Conv2d(2, 3, 3, rng=r), r), (2, 2, 5, 6)),
+    "conv_stride_pad": (lambda r: biased(L.Conv2d(2, 3, (3, 2), stride=2, padding=(1, 2), rng=r), r), (2, 2, 7, 6)),
+    "conv_asym_dil_groups": (lambda r: biased(L.Conv2d(4, 6, 2, padding=(1, 0, 0, 2), dilation=(2, 1), groups=2,
+                                                       rng=r), r), (1, 4, 5, 5)),
+    "conv_1x1": (lambda r: biased(L.Conv2d(3, 2, 1, rng=r), r), (2, 3, 3, 3)),
+    "relu": (lambda r: L.ReLU(), (2, 3, 4, 4)),
+    "tanh": (lambda r: L.Tanh(), (2, 7)),
+    "softmax": (lambda r: L.Softmax(), (3, 6)),
+    "sumpool": (lambda r: L.SumPool2d(2), (2, 2, 4, 6)),
+    "avgpool_pad": (lambda r: L.AvgPool2d(3, stride=2, padding=1), (2, 2, 5, 5)),
+    "maxpool": (lambda r: L.MaxPool2d(2), (2, 2, 4, 6)),
+    "maxpool_overlap_pad": (lambda r: L.MaxPool2d(3, stride=2, padding=1), (2, 2, 7, 6)),
+    "maxpool_overlap": (lambda r: L.MaxPool2d((2, 3), stride=1), (1, 2, 5, 5)),
+    "flatten": (lambda r: L.Flatten(), (2, 3, 2, 2)),
+    "dropout": (lambda r: L.Dropout(0.3), (2, 5)),
+    "batchnorm": (lambda r: _bn(r), (2, 3, 4, 4)),
+}
+
+
+def _bn(rng):
+    bn = L.BatchNorm2d(3)
+    bn.weight, bn.bias = rng.normal(size=3), rng.normal(size=3)
+    bn.running_mean, bn.running_var = rng.normal(size=3), rng.random(3) + 0.5
+    return bn
+
+
+@pytest.mark.parametrize("name", sorted(GRAD_CASES))
+def test_backward_is_the_exact_gradient(name, rng):
+    make, shape = GRAD_CASES[name]
+    layer = make(rng)
+    x = rng.normal(size=shape)
+    fd_check(layer, x, rng)
+
+
+def test_sequential_backward_is_the_gradient(rng):
+    net = L.Sequential(L.Conv2d(1, 2, 3, padding=1, rng=rng), L.ReLU(), L.MaxPool2d(2), L.Flatten(),
+                       L.Linear(8, 3, rng=rng), L.Softmax())
+    fd_check(net, rng.normal(size=(2, 1, 4, 4)), rng)
+
+
+LINEAR_OPS = ["linear", "conv", "conv_stride_pad", "conv_asym_dil_groups", "conv_1x1", "sumpool", "avgpool_pad",
+              "maxpool_overlap_pad", "flatten", "dropout"]
+
+
+@pytest.mark.parametrize("name", LINEAR_OPS)
+def test_adjoint(name, rng):
+    """<A x, y> == <x, A^T y> for the linear part of each layer (bias removed)."""
+    make, shape = GRAD_CASES[name]
+    layer = make(rng)
+    x = rng.normal(size=shape)
+    if hasattr(layer, "forward_with"):
+        Ax = layer.forward_with(x, layer.weight)
+        y = rng.normal(size=Ax.shape)
+        ATy = layer.backward_with(y, layer.weight, x.shape)
+    else:  # max pooling: linear once the winners are fixed
+        Ax = layer.forward(x)
+        y = rng.normal(size=Ax.shape)
+        ATy = layer.backward(y)
+        x = x * (ATy != 0) if name.startswith("maxpool") else x
+    assert np.isclose(np.vdot(Ax, y), np.vdot(x, ATy), rtol=1e-12)
+
+
+CONV_CASES = [dict(), dict(stride=2), dict(padding=1), dict(stride=(2, 1), padding=(0, 2)),
+              dict(padding=(2, 0, 1, 1)), dict(dilation=2), dict(groups=2), dict(kernel_size=1)]
+
+
+@pytest.mark.parametrize("kw", CONV_CASES, ids=str)
+def test_conv_forward_matches_matrix(kw, rng):
+    kw = dict(kw)
+    k = kw.pop("kernel_size", 3)
+    layer = L.Conv2d(4, 6, k, rng=rng, **kw)
+    layer.bias = rng.normal(size=6)
+    x = rng.normal(size=(2, 4, 7, 8))
+    y = layer.forward(x)
+    M, shape = O.conv_matrix(layer.weight, x.shape[1:], layer.stride, layer.padding, layer.dilation, layer.groups)
+    for n in range(2):
+        want = (M @ x[n].ravel()).reshape(shape) + layer.bias[:, None, None]
+        np.testing.assert_allclose(y[n], want, rtol=1e-12, atol=1e-12)
+
+
+def test_pools_forward_match_definition(rng):
+    x = rng.normal(size=(2, 3, 6, 7))
+    y = L.MaxPool2d(3, stride=2, padding=1).forward(x)
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    for p in range(y.shape[2]):
+        for q in range(y.shape[3]):
+            np.testing.assert_array_equal(y[:, :, p, q], xp[:, :, 2 * p:2 * p + 3, 2 * q:2 * q + 3].max(axis=(2, 3)))
+    a = L.AvgPool2d(2).forward(x)
+    np.testing.assert_allclose(a, x[:, :, :6, :6].reshape(2, 3, 3, 2, 3, 2).mean(axis=(3, 5)), rtol=1e-12)
+    s = L.SumPool2d(2).forward(x)
+    np.testing.assert_allclose(s, 4 * a, rtol=1e-12)
+
+
+def test_maxpool_ties_go_to_first_index():
+    x = np.ones((1, 1, 2, 2))
+    pool = L.MaxPool2d(2)
+    pool.forward(x)
+    np.testing.assert_array_equal(pool.backward(np.ones((1, 1, 1, 1)))[0, 0], [[1, 0], [0, 0]])
+    np.testing.assert_array_equal(pool.backward_split(np.ones((1, 1, 1, 1)))[0, 0], [[.25, .25], [.25, .25]])
+
+
+def test_float32_stays_float32(rng):
+    net = L.Sequential(L.Conv2d(1, 3, 3, padding=1, rng=0), L.ReLU(), L.MaxPool2d(2), L.Conv2d(3, 2, 2),
+                       L.ReLU(), L.AvgPool2d(1), L.Flatten(), L.Linear(2, 4, rng=0), L.Softmax()).astype(np.float32)
+    x = rng.random((2, 1, 4, 4)).astype(np.float32)
+    assert net.forward(x).dtype == np.float32
+    assert net.backward(np.ones((2, 4), np.float32)).dtype == np.float32
+    for composite in (L.EpsilonPlus(), L.EpsilonGammaBox(0, 1), L.EpsilonAlpha2Beta1Flat()):
+        e = L.explain(net, x, composite=composite)
+        assert all(R.dtype == np.float32 for R in e.layers)
+
+
+def test_dtype_mismatch_and_bad_dtypes(rng):
+    layer = L.Linear(3, 2)
+    with pytest.raises(DTypeError, match="float32 but its parameters are float64"):
+        layer.forward(np.ones((1, 3), np.float32))
+    with pytest.raises(DTypeError, match="float16"):
+        layer.forward(np.ones((1, 3), np.float16))
+    with pytest.raises(DTypeError, match="int64"):
+        layer.forward(np.ones((1, 3), np.int64))
+    with pytest.raises(DTypeError):
+        L.Linear(3, 2, dtype=np.float16)
+
+
+def test_shape_errors(rng):
+    with pytest.raises(ShapeError, match=r"expects 3 channels on axis 1, got shape \(1, 2, 5, 5\)"):
+        L.Conv2d(3, 4, 3).forward(np.ones((1, 2, 5, 5)))
+    with pytest.raises(ShapeError, match="4-D input"):
+        L.Conv2d(3, 4, 3).forward(np.ones((3, 5, 5)))
+    with pytest.raises(ShapeError, match="expects 6 features"):
+        L.Linear(6, 2).forward(np.ones((1, 5)))
+    with pytest.raises(ShapeError, match="smaller than"):
+        L.Conv2d(1, 1, 5).forward(np.ones((1, 1, 3, 3)))
+    with pytest.raises(ShapeError, match="smaller than the window"):
+        L.MaxPool2d(4).forward(np.ones((1, 1, 3, 3)))
+
+
+@pytest.mark.parametrize("make", [lambda: L.Conv2d(3, 4, 0), lambda: L.Conv2d(3, 4, 3, stride=0),
+                                  lambda: L.Conv2d(3, 4, 3, padding=-1), lambda: L.Conv2d(3, 4, 3, groups=2),
+                                  lambda: L.MaxPool2d(2, padding=2), lambda: L.Dropout(1.0),
+                                  lambda: L.Linear(0, 3), lambda: L.BatchNorm2d(3, eps=0)])
+def test_invalid_layer_parameters(make):
+    with pytest.raises(RuleParameterError):
+        make()
+
+
+def test_repr_and_container():
+    net = L.Sequential(L.Conv2d(1, 2, 3, stride=2, padding=1), L.ReLU(), L.Flatten(), L.Linear(8, 2))
+    assert len(net) == 4 and isinstance(net[0], L.Conv2d) and isinstance(net[1:], L.Sequential)
+    assert [type(layer).__name__ for layer in net] == ["Conv2d", "ReLU", "Flatten", "Linear"]
+    assert "(0): Conv2d(1, 2, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), bias=True)" in repr(net)
+    assert repr(L.MaxPool2d(3, 2, 1)) == "MaxPool2d(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))"
+    with pytest.raises(ShapeError):
+        L.Sequential(L.ReLU(), "relu")
+
+
+def test_init_is_seeded_he_normal():
+    a, b = L.Conv2d(16, 32, 3, rng=7), L.Conv2d(16, 32, 3, rng=7)
+    np.testing.assert_array_equal(a.weight, b.weight)
+    big = L.Linear(1000, 1000, rng=0)
+    assert abs(big.weight.std() - np.sqrt(2 / 1000)) < 1e-3
+
+
+def test_clear_drops_cache(rng):
+    layer = L.Linear(3, 2)
+    layer.forward(rng.random((1, 3)))
+    layer.clear()
+    with pytest.raises(ShapeError, match="call forward before lrp"):
+        layer.lrp(np.ones((1, 2)))

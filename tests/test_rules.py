@@ -1,0 +1,296 @@
+"""Every rule against its matrix-form oracle, identities between rules, and conservation."""
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings, strategies as st
+
+import lrpnumpy as L
+from lrpnumpy.errors import RuleParameterError, UnsupportedLayerError
+import oracles as O
+
+
+def layer_matrix(layer, in_shape):
+    """(M, b_full, out_shape) of an affine layer for one sample of shape ``in_shape``."""
+    if isinstance(layer, L.Linear):
+        b = layer.bias if layer.bias is not None else np.zeros(layer.out_features)
+        return layer.weight, b, (layer.out_features,)
+    if isinstance(layer, L.Conv2d):
+        M, shape = O.conv_matrix(layer.weight, in_shape, layer.stride, layer.padding, layer.dilation, layer.groups)
+        b = np.zeros(shape) if layer.bias is None else np.broadcast_to(layer.bias[:, None, None], shape)
+        return M, b.ravel(), shape
+    M, shape = O.sum_pool_matrix(in_shape, layer.kernel_size, layer.stride, layer.padding, layer.scale)
+    return M, np.zeros(M.shape[0]), shape
+
+
+def ones_matrix(layer, in_shape):
+    if isinstance(layer, L.Linear):
+        return np.ones_like(layer.weight)
+    if isinstance(layer, L.Conv2d):
+        return O.conv_matrix(np.ones_like(layer.weight), in_shape, layer.stride, layer.padding, layer.dilation,
+                             layer.groups)[0]
+    return layer_matrix(layer, in_shape)[0] != 0
+
+
+def with_bias(layer, rng):
+    if getattr(layer, "bias", None) is not None:
+        layer.bias = rng.normal(size=layer.bias.shape)
+    return layer
+
+
+LAYERS = {
+    "linear": lambda rng: (with_bias(L.Linear(7, 5, rng=rng), rng), (3, 7)),
+    "linear_nobias": lambda rng: (L.Linear(7, 5, bias=False, rng=rng), (3, 7)),
+    "conv": lambda rng: (with_bias(L.Conv2d(2, 3, 3, rng=rng), rng), (2, 2, 6, 5)),
+    "conv_stride_pad": lambda rng: (with_bias(L.Conv2d(2, 3, (3, 2), stride=(2, 1), padding=(1, 2), rng=rng), rng),
+                                    (2, 2, 7, 5)),
+    "conv_asym_dil_groups": lambda rng: (with_bias(L.Conv2d(4, 2, 2, padding=(0, 1, 2, 0), dilation=2, groups=2,
+                                                            rng=rng), rng), (2, 4, 6, 6)),
+    "conv_nobias": lambda rng: (L.Conv2d(2, 3, 3, stride=2, padding=1, bias=False, rng=rng), (2, 2, 6, 6)),
+}
+
+
+def make(name, rng, positive=False):
+    layer, shape = LAYERS[name](rng)
+    x = rng.normal(size=shape)
+    if positive:
+        x = np.abs(x)
+    y = layer.forward(x)
+    R = rng.normal(size=y.shape)
+    return layer, x, R
+
+
+def per_sample(oracle, layer, x, R):
+    out = np.empty_like(x)
+    for n in range(x.shape[0]):
+        M, b, _ = layer_matrix(layer, x.shape[1:])
+        out[n] = oracle(x[n].ravel(), M, b, R[n].ravel()).reshape(x.shape[1:])
+    return out
+
+
+ORACLES = {
+    "lrp0": (L.LRP0(), lambda x, M, b, R: O.epsilon(x, M, b, R, 0.0)),
+    "epsilon": (L.Epsilon(0.3), lambda x, M, b, R: O.epsilon(x, M, b, R, 0.3)),
+    "zplus": (L.ZPlus(), lambda x, M, b, R: O.zplus(x, M, b, R, 1e-6)),
+    "alpha2beta1": (L.AlphaBeta(2, 1), lambda x, M, b, R: O.alpha_beta(x, M, b, R, 1e-6, 2, 1)),
+    "alpha1beta0": (L.AlphaBeta(1, 0), lambda x, M, b, R: O.alpha_beta(x, M, b, R, 1e-6, 1, 0)),
+    "gamma": (L.Gamma(0.25), lambda x, M, b, R: O.gamma(x, M, b, R, 1e-6, 0.25)),
+    "wsquare": (L.WSquare(), lambda x, M, b, R: O.wsquare(M, b, R, 1e-6)),
+}
+
+
+@pytest.mark.parametrize("layer_name", sorted(LAYERS))
+@pytest.mark.parametrize("rule_name", sorted(ORACLES))
+@pytest.mark.parametrize("positive", [False, True])
+def test_rule_matches_matrix_oracle(layer_name, rule_name, positive, rng):
+    layer, x, R = make(layer_name, rng, positive)
+    rule, oracle = ORACLES[rule_name]
+    np.testing.assert_allclose(layer.lrp(R, rule), per_sample(oracle, layer, x, R), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("layer_name", sorted(LAYERS))
+def test_zbox_matches_oracle(layer_name, rng):
+    layer, x, R = make(layer_name, rng)
+    low = -np.abs(rng.normal(size=x.shape[1:])) + np.minimum(x.min(axis=0), 0)
+    high = np.abs(rng.normal(size=x.shape[1:])) + np.maximum(x.max(axis=0), 0)
+    got = layer.lrp(R, L.ZBox(low, high))
+    want = per_sample(lambda xs, M, b, Rs: O.zbox(xs, M, b, Rs, 1e-6, low.ravel(), high.ravel()), layer, x, R)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("layer_name", sorted(LAYERS))
+def test_flat_matches_oracle(layer_name, rng):
+    layer, x, R = make(layer_name, rng)
+    got = layer.lrp(R, L.Flat())
+    M1 = ones_matrix(layer, x.shape[1:])
+    want = np.stack([O.flat(M1, R[n].ravel(), 1e-6).reshape(x.shape[1:]) for n in range(len(x))])
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+POOLS = [L.SumPool2d(2), L.AvgPool2d(3, stride=2, padding=1), L.SumPool2d((2, 3), stride=1, padding=(0, 1, 1, 0))]
+
+
+@pytest.mark.parametrize("pool", POOLS, ids=repr)
+@pytest.mark.parametrize("rule", [L.Norm(), L.Epsilon(0.01), L.LRP0()], ids=repr)
+def test_pooling_rules_match_oracle(pool, rule, rng):
+    x = np.abs(rng.normal(size=(2, 3, 6, 7)))
+    R = rng.normal(size=pool.forward(x).shape)
+    got = pool.lrp(R, rule)
+    want = per_sample(lambda xs, M, b, Rs: O.epsilon(xs, M, b, Rs, rule.epsilon), pool, x, R)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+MAXPOOLS = [L.MaxPool2d(2), L.MaxPool2d(3, stride=1, padding=1), L.MaxPool2d((3, 2), stride=(2, 1))]
+
+
+@pytest.mark.parametrize("pool", MAXPOOLS, ids=repr)
+def test_maxpool_rules_match_oracle(pool, rng):
+    # small integers: many ties inside windows
+    x = rng.integers(0, 3, size=(2, 2, 6, 6)).astype(np.float64)
+    R = rng.normal(size=pool.forward(x).shape)
+    first = pool.lrp(R, L.WinnerTakesAll())
+    split = pool.lrp(R, L.WinnerTakesAll(ties="split"))
+    norm = pool.lrp(R, L.Norm())
+    for n in range(len(x)):
+        S, T = O.max_pool_selection(x[n], pool.kernel_size, pool.stride, pool.padding)
+        M, _ = O.sum_pool_matrix(x.shape[1:], pool.kernel_size, pool.stride, pool.padding)
+        np.testing.assert_allclose(first[n].ravel(), S.T @ R[n].ravel(), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(split[n].ravel(), T.T @ R[n].ravel(), rtol=1e-12, atol=1e-14)
+        want = O.epsilon(x[n].ravel(), M, np.zeros(M.shape[0]), R[n].ravel(), 1e-6)
+        np.testing.assert_allclose(norm[n].ravel(), want, rtol=1e-10, atol=1e-12)
+    assert np.isclose(first.sum(), R.sum()) and np.isclose(split.sum(), R.sum())
+
+
+# ----- identities -----
+
+def relu_net(rng, bias):
+    return L.Sequential(L.Conv2d(2, 4, 3, padding=1, bias=bias, rng=rng), L.ReLU(), L.MaxPool2d(2),
+                        L.Conv2d(4, 5, 3, stride=2, bias=bias, rng=rng), L.ReLU(), L.Flatten(),
+                        L.Linear(5, 3, bias=bias, rng=rng))
+
+
+def test_lrp0_equals_gradient_times_input_without_bias(rng):
+    net = relu_net(rng, bias=False)
+    x = rng.normal(size=(3, 2, 6, 6))
+    out = net.forward(x)
+    onehot = np.zeros_like(out)
+    onehot[np.arange(3), [0, 2, 1]] = 1
+    grad = net.backward(onehot)
+    e = L.explain(net, x, target=[0, 2, 1], rule=L.LRP0())
+    np.testing.assert_allclose(e.relevance, grad * x, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("layer_name", sorted(LAYERS))
+def test_alpha1_beta0_equals_zplus(layer_name, rng):
+    layer, x, R = make(layer_name, rng)
+    np.testing.assert_array_equal(layer.lrp(R, L.AlphaBeta(1, 0)), layer.lrp(R, L.ZPlus()))
+
+
+@pytest.mark.parametrize("layer_name", sorted(LAYERS))
+def test_epsilon_tends_to_lrp0(layer_name, rng):
+    layer, x, R = make(layer_name, rng)
+    R0 = layer.lrp(R, L.LRP0())
+    errors = [np.abs(layer.lrp(R, L.Epsilon(eps)) - R0).max() for eps in (1e-2, 1e-4, 1e-6, 1e-8)]
+    assert all(b < a for a, b in zip(errors, errors[1:]))
+    assert errors[-1] < 1e-5 * np.abs(R0).max()
+
+
+def test_gamma_zero_is_lrp0_on_positive_input(rng):
+    layer, x, R = make("conv_nobias", rng, positive=True)
+    np.testing.assert_allclose(layer.lrp(R, L.Gamma(0.0, epsilon=0)), layer.lrp(R, L.LRP0()), rtol=1e-12)
+
+
+# ----- conservation (hypothesis) -----
+
+@st.composite
+def affine_cases(draw):
+    seed = draw(st.integers(0, 2 ** 32 - 1))
+    rng = np.random.default_rng(seed)
+    if draw(st.booleans()):
+        i, o, n = draw(st.integers(1, 9)), draw(st.integers(1, 6)), draw(st.integers(1, 3))
+        layer = L.Linear(i, o, bias=draw(st.booleans()), rng=rng)
+        shape = (n, i)
+    else:
+        c, o = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+        k = draw(st.integers(1, 3))
+        s = draw(st.integers(1, 3))
+        p = draw(st.integers(0, k - 1))
+        h, w = draw(st.integers(k, 7)), draw(st.integers(k, 7))
+        layer = L.Conv2d(c, o, k, stride=s, padding=p, bias=draw(st.booleans()), rng=rng)
+        shape = (draw(st.integers(1, 2)), c, h, w)
+    if layer.bias is not None:
+        layer.bias = rng.normal(size=layer.bias.shape)
+    x = rng.normal(size=shape)
+    if draw(st.booleans()):
+        x = np.abs(x)
+    return layer, x, rng
+
+
+RULES_CONSERVING = [L.LRP0(), L.Epsilon(1e-12), L.ZPlus(1e-12), L.Gamma(0.25, 1e-12), L.AlphaBeta(2, 1, 1e-12),
+                    L.Flat(1e-12), L.WSquare(1e-12)]
+
+
+def _denominators_safe(layer, rule, x):
+    """No denominator of the rule is near zero (so the stabilizer is negligible)."""
+    groups = rule.groups(layer, x)
+    for g in groups:
+        z = sum(layer.forward_with(xk, wk, bk) for xk, wk, bk in g.terms)
+        if g.mask is not None:
+            z = z[g.mask]
+        if z.size and np.abs(z).min() < 1e-3:
+            return False
+    return True
+
+
+@settings(max_examples=60, deadline=None)
+@given(affine_cases(), st.sampled_from(RULES_CONSERVING))
+def test_conservation_bias_free(case, rule):
+    layer, x, rng = case
+    layer.bias = None
+    y = layer.forward(x)
+    R = rng.normal(size=y.shape)
+    assume(_denominators_safe(layer, rule, x))
+    R_in = layer.lrp(R, rule)
+    if isinstance(rule, L.Gamma):
+        R = np.where(layer.forward(x) != 0, R, 0)
+    scale = np.abs(R).sum()
+    assert abs(R_in.sum() - R.sum()) <= 1e-10 * scale
+
+
+@settings(max_examples=60, deadline=None)
+@given(affine_cases(), st.sampled_from(RULES_CONSERVING + [L.Epsilon(0.1), L.ZPlus(), L.Gamma()]),
+       st.booleans())
+def test_ledger_accounts_for_bias_and_stabilizer(case, rule, zbox):
+    layer, x, rng = case
+    if zbox:
+        rule = L.ZBox(x.min() - 1, x.max() + 1, epsilon=rule.epsilon)
+    y = layer.forward(x)
+    R = rng.normal(size=y.shape)
+    R_in = layer.lrp(R, rule)
+    led = layer.conservation()
+    scale = np.abs(R).sum() + np.abs(led["bias"]).sum() + np.abs(R_in).sum()
+    np.testing.assert_allclose(led["relevance_in"], R_in.reshape(len(x), -1).sum(1), rtol=0, atol=1e-12 * scale)
+    total = led["relevance_in"] + led["bias"] + led["stabilizer"] + led["dropped"]
+    np.testing.assert_allclose(total, led["relevance_out"], rtol=0, atol=1e-10 * scale)
+
+
+@settings(max_examples=40, deadline=None)
+@given(affine_cases())
+def test_zbox_conserves_with_or_without_bias(case):
+    layer, x, rng = case
+    rule = L.ZBox(x.min() - 1, x.max() + 1, epsilon=1e-12)
+    y = layer.forward(x)
+    R = rng.normal(size=y.shape)
+    assume(_denominators_safe(layer, rule, x))
+    assert abs(layer.lrp(R, rule).sum() - R.sum()) <= 1e-10 * np.abs(R).sum()
+
+
+# ----- parameters -----
+
+@pytest.mark.parametrize("make_rule", [
+    lambda: L.Epsilon(-1), lambda: L.Epsilon(float("nan")), lambda: L.Epsilon("0.1"),
+    lambda: L.AlphaBeta(2, 0), lambda: L.AlphaBeta(0.5, -0.5), lambda: L.Gamma(-0.1),
+    lambda: L.ZBox(1, 0), lambda: L.ZBox(np.zeros(3), np.ones(2)), lambda: L.ZBox(0, np.inf),
+    lambda: L.WinnerTakesAll("random"), lambda: L.ZPlus(epsilon=-1e-6)])
+def test_invalid_rule_parameters(make_rule):
+    with pytest.raises(RuleParameterError):
+        make_rule()
+
+
+def test_rule_layer_mismatch(rng):
+    pool = L.SumPool2d(2)
+    pool.forward(rng.random((1, 1, 4, 4)))
+    with pytest.raises(UnsupportedLayerError, match="needs a layer with weights"):
+        pool.lrp(np.ones((1, 1, 2, 2)), L.ZPlus())
+    relu = L.ReLU()
+    relu.forward(rng.random((1, 3)))
+    with pytest.raises(UnsupportedLayerError):
+        relu.lrp(np.ones((1, 3)), L.Epsilon())
+    with pytest.raises(UnsupportedLayerError):
+        pool.lrp(np.ones((1, 1, 2, 2)), L.WinnerTakesAll())
+
+
+def test_rule_repr_and_equality():
+    assert repr(L.Epsilon(0.25)) == "Epsilon(epsilon=0.25)"
+    assert repr(L.AlphaBeta()) == "AlphaBeta(alpha=2.0, beta=1.0, epsilon=1e-06)"
+    assert L.Gamma(0.25) == L.Gamma(0.25) and L.Gamma(0.25) != L.Gamma(0.5)
+    assert "ZBox(low=0.0, high=1.0" in repr(L.ZBox(0, 1))
