@@ -3,23 +3,23 @@
 The public API: layers, rules, composites, :func:`explain` and the errors.
 """
 
-from . import composites, errors, rules
+from . import composites, errors, io, rules
 from .canonize import fold_batchnorm
 from .composites import (Composite, DeepTaylor, EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat, EpsilonGammaBox,
                          EpsilonPlus, EpsilonPlusFlat)
 from .explain import ConservationReport, Explanation, explain
 from .layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d, ReLU,
                      Sequential, Softmax, SumPool2d, Tanh)
-from .rules import LRP0, AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, WinnerTakesAll, WSquare, ZBox, ZPlus
+from .rules import LRP0, AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Rho, WinnerTakesAll, WSquare, ZBox, ZPlus
 from .stabilize import stabilize
 
 __all__ = [
     "explain", "Explanation", "ConservationReport", "fold_batchnorm", "stabilize",
     "Layer", "Linear", "Conv2d", "ReLU", "Tanh", "Softmax", "SumPool2d", "AvgPool2d", "MaxPool2d", "Flatten",
     "Dropout", "BatchNorm2d", "Sequential",
-    "LRP0", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "Flat", "WSquare", "Norm", "Pass",
+    "LRP0", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "Flat", "WSquare", "Norm", "Pass", "Rho",
     "WinnerTakesAll",
     "Composite", "EpsilonPlus", "EpsilonAlpha2Beta1", "EpsilonGammaBox", "EpsilonPlusFlat",
     "EpsilonAlpha2Beta1Flat", "DeepTaylor",
-    "composites", "rules", "errors",
+    "composites", "rules", "errors", "io",
 ]

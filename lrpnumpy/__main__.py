@@ -1,9 +1,54 @@
-"""Command line: ``python -m lrpnumpy demo`` (and, with the verify module, ``verify``)."""
+"""Command line: ``lrpnumpy demo`` and ``lrpnumpy verify MODEL``."""
 
 import argparse
+import json
 import sys
 
+import numpy as np
+
 from .errors import LRPError
+
+BUILTIN_MODELS = ("small_cnn",)
+
+
+def _load_model(name):
+    if name in BUILTIN_MODELS:
+        from .demo import small_cnn
+        return small_cnn()
+    from .io import load
+    return load(name)
+
+
+def _verify(args):
+    from . import verify
+    from .composites import get
+    from .explain import explain
+    from .errors import ShapeError
+    net = _load_model(args.model)
+    if args.input:
+        x = np.load(args.input, allow_pickle=False)
+    elif getattr(net, "input_shape", None):
+        x = np.random.default_rng(args.seed).random((args.batch,) + tuple(net.input_shape))
+    else:
+        raise ShapeError(f"{args.model}: the model does not record its input shape; pass --input X.npy")
+    rows = verify.compare(net, x, target=args.target, against=args.against, methods=args.rules, rtol=args.rtol)
+    method = next((r["method"] for r in rows if r["method"] in verify.ZENNIT_COMPOSITES), None)
+    report = None
+    if method:
+        kwargs = dict(low=float(x.min()), high=float(x.max())) if method == "epsilon_gamma_box" else {}
+        report = explain(net.astype(np.float64), x.astype(np.float64), args.target,
+                         composite=get(method, **kwargs)).conservation()
+    if args.json:
+        print(json.dumps({"rows": rows, "conservation": report.to_dict() if report else None,
+                          "conservation_method": method}, indent=2))
+    else:
+        print(verify.format_rows(rows, args.rtol))
+        if report:
+            print(f"\nper-layer conservation, lrpnumpy {method} (sums over the batch):\n{report}")
+    if args.plot and report:
+        from .viz import plot_conservation
+        plot_conservation(report, title=f"{args.model}: {method}").savefig(args.plot, dpi=120)
+    return 0 if all(r["passed"] for r in rows) else 1
 
 
 def main(argv=None):
@@ -11,15 +56,27 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="explain a small built-in network and print the conservation table")
     demo.add_argument("--composite", default="epsilon_gamma_box")
+    ver = sub.add_parser("verify", help="compare lrpnumpy's relevance with Zennit and Captum")
+    ver.add_argument("model", help=f"a native .npz model file, or a built-in: {', '.join(BUILTIN_MODELS)}")
+    ver.add_argument("--input", help=".npy batch of inputs (default: random inputs of the model's shape)")
+    ver.add_argument("--against", nargs="+", default=["zennit"], choices=["zennit", "captum"])
+    ver.add_argument("--rules", nargs="+", help="method names, e.g. epsilon zplus epsilon_gamma_box")
+    ver.add_argument("--target", type=int, help="class to explain (default: the predicted class)")
+    ver.add_argument("--rtol", type=float, default=1e-10)
+    ver.add_argument("--batch", type=int, default=2, help="random inputs: batch size")
+    ver.add_argument("--seed", type=int, default=0)
+    ver.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    ver.add_argument("--plot", help="save the conservation plot to this PNG file")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
             from .demo import run
             run(args.composite)
-    except LRPError as exc:
+            return 0
+        return _verify(args)
+    except (LRPError, OSError) as exc:
         print(f"lrpnumpy: error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ def small_cnn(seed=0, dtype=np.float64):
     net = Sequential(
         Conv2d(1, 6, 5, padding=2, rng=rng), ReLU(), MaxPool2d(2),
         Conv2d(6, 16, 5, rng=rng), ReLU(), MaxPool2d(2), Flatten(),
-        Linear(400, 120, rng=rng), ReLU(), Linear(120, 84, rng=rng), ReLU(), Linear(84, 10, rng=rng), Softmax())
+        Linear(400, 120, rng=rng), ReLU(), Linear(120, 84, rng=rng), ReLU(), Linear(84, 10, rng=rng), Softmax(),
+        input_shape=(1, 28, 28))
     for layer in net:
         if getattr(layer, "bias", None) is not None:
             layer.bias = rng.normal(scale=0.05, size=layer.bias.shape)

@@ -41,12 +41,7 @@ def explain(model, x, target=None, rule=None, composite=None, relevance_out=None
     The initial relevance is the target logit, zero elsewhere:
     ``R_out = output * onehot(target)``.
     """
-    if not isinstance(model, Sequential) or len(model) == 0:
-        raise ShapeError(f"model must be a non-empty lrpnumpy Sequential, got {type(model).__name__}")
-    check_finite(check_array(x, "x"), "x")
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise ShapeError(f"x must be a batch with a leading sample axis, got shape {x.shape}")
-    net = model[:-1] if isinstance(model[-1], Softmax) and len(model) > 1 else model
+    net = logit_network(model, x)
     rules = _rules(net, rule, composite)
 
     output = net.forward(x)
@@ -58,6 +53,16 @@ def explain(model, x, target=None, rule=None, composite=None, relevance_out=None
     ledgers = [layer.conservation() for layer in net]
     return Explanation(R, output, relevances, net, [r if r is not None else l.default_rule
                                                     for r, l in zip(rules, net)], ledgers)
+
+
+def logit_network(model, x):
+    """Check ``model`` and ``x``; return the network without a trailing Softmax."""
+    if not isinstance(model, Sequential) or len(model) == 0:
+        raise ShapeError(f"model must be a non-empty lrpnumpy Sequential, got {type(model).__name__}")
+    check_finite(check_array(x, "x"), "x")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ShapeError(f"x must be a batch with a leading sample axis, got shape {x.shape}")
+    return model[:-1] if isinstance(model[-1], Softmax) and len(model) > 1 else model
 
 
 def _rules(net, rule, composite):
@@ -83,6 +88,11 @@ def _initial_relevance(output, target, relevance_out):
         if R.shape != output.shape:
             raise ShapeError(f"relevance_out must have the output's shape {output.shape}, got {R.shape}")
         return R.astype(output.dtype, copy=False)
+    return output * target_onehot(output, target)
+
+
+def target_onehot(output, target):
+    """One-hot array of the output's shape marking the target class of each sample (None: the argmax)."""
     if output.ndim != 2:
         raise ShapeError(f"a target class needs an output of shape (N, classes), got {output.shape}; "
                          f"pass relevance_out instead")
@@ -99,9 +109,9 @@ def _initial_relevance(output, target, relevance_out):
             raise TargetError(f"target needs one class per sample ({n}), got shape {t.shape}")
         if (t < 0).any() or (t >= k).any():
             raise TargetError(f"target {target!r} out of range: the model has {k} classes (0..{k - 1})")
-    R = np.zeros_like(output)
-    R[np.arange(n), t] = output[np.arange(n), t]
-    return R
+    onehot = np.zeros_like(output)
+    onehot[np.arange(n), t] = 1
+    return onehot
 
 
 class Explanation:

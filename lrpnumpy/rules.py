@@ -384,6 +384,43 @@ class Norm(AffineRule):
         return [Group(_terms((a, layer.weight, layer.bias)))]
 
 
+class Rho(AffineRule):
+    r"""The LRP tutorial's generic rule: one modified copy of the layer, inputs not split by sign.
+
+    ``z = rho(W) a + b'``, ``R_in = a * rho(W)^T [R / stabilize(z)]`` with
+
+    * ``rho``: ``"identity"`` (``W``), ``"gamma"`` (``W + gamma W+``) or ``"positive"`` (``W+``);
+    * ``bias``: ``"rho"`` (``b' = rho(b)``, as in the tutorial), ``"raw"`` (``b' = b``, as in
+      Captum) or ``"zero"``.
+
+    Captum's ``GammaRule`` is ``Rho("gamma", gamma, bias="raw", epsilon=1e-9)``, its
+    ``Alpha1_Beta0_Rule`` is ``Rho("positive", bias="raw", epsilon=1e-9)``.  On inputs of both
+    signs these differ from :class:`Gamma` and :class:`ZPlus`, which split ``a`` into ``a+`` and
+    ``a-``.
+    """
+
+    def __init__(self, rho="identity", gamma=0.25, bias="rho", epsilon=1e-6):
+        if rho not in ("identity", "gamma", "positive"):
+            raise RuleParameterError(f"Rho rho must be 'identity', 'gamma' or 'positive', got {rho!r}")
+        if bias not in ("rho", "raw", "zero"):
+            raise RuleParameterError(f"Rho bias must be 'rho', 'raw' or 'zero', got {bias!r}")
+        if not (isinstance(gamma, numbers.Real) and np.isfinite(gamma) and gamma >= 0):
+            raise RuleParameterError(f"Rho gamma must be a finite number >= 0, got {gamma!r}")
+        self.rho, self.gamma, self.bias = rho, float(gamma), bias
+        self.epsilon = _check_epsilon(epsilon)
+
+    def _rho(self, p):
+        if self.rho == "gamma":
+            return p + p.dtype.type(self.gamma) * _pos(p)
+        return _pos(p) if self.rho == "positive" else p
+
+    def groups(self, layer, a):
+        b = layer.bias
+        if b is not None:
+            b = {"rho": self._rho, "raw": lambda v: v, "zero": lambda v: None}[self.bias](b)
+        return [Group(_terms((a, self._rho(layer.weight), b)))]
+
+
 class Pass(Rule):
     """Relevance passes through unchanged (reshaped to the input's shape)."""
 

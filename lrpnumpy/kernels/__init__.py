@@ -6,7 +6,7 @@ Kernels take arrays and ints only; layers validate their input first.
 """
 
 from .reference import (conv2d, conv2d_grad_input, conv2d_grad_weight, max_pool2d,  # noqa: F401
-                        max_pool2d_grad, max_pool2d_grad_split, output_size, sum_pool2d,
+                        max_pool2d_gather, max_pool2d_grad, max_pool2d_grad_split, output_size, sum_pool2d,
                         sum_pool2d_grad)
 
 BACKEND = "numpy"

@@ -116,6 +116,14 @@ def max_pool2d(x, kh, kw, sh, sw, padding):
     return np.take_along_axis(win, idx[..., None], axis=4)[..., 0], idx
 
 
+def max_pool2d_gather(x, idx, kh, kw, sh, sw, padding):
+    """The element of each window of ``x`` that ``idx`` points at (max pooling with fixed winners)."""
+    oh, ow = idx.shape[2:]
+    win = _windows(_pad(x, padding), kh, kw, sh, sw, 1, 1, oh, ow)
+    win = win.reshape(win.shape[:4] + (kh * kw,))
+    return np.take_along_axis(win, idx[..., None], axis=4)[..., 0]
+
+
 def max_pool2d_grad(gy, idx, h, wd, kh, kw, sh, sw, padding):
     """Route each output gradient to the window element ``idx`` chose (overlaps add up)."""
     n, c, oh, ow = gy.shape

@@ -82,11 +82,14 @@ class AvgPool2d(SumPool2d):
         self.scale = 1.0 / (self.kernel_size[0] * self.kernel_size[1])
 
 
-class MaxPool2d(_Pool2d, Layer):
+class MaxPool2d(_Pool2d, AffineLayer):
     """Maximum over each window (padding counts as ``-inf``).
 
     The gradient goes to the first maximum of each window in row-major window
-    order (as in PyTorch); gradients of overlapping windows add up.
+    order (as in PyTorch); gradients of overlapping windows add up.  Once
+    :meth:`forward` has picked the winners, max pooling is a linear
+    selection, which :meth:`forward_with` / :meth:`backward_with` apply to
+    other inputs (so rules such as ``Epsilon`` run on it, as Captum does).
 
     Parameters
     ----------
@@ -108,9 +111,18 @@ class MaxPool2d(_Pool2d, Layer):
         y, self.argmax = kernels.max_pool2d(a, *self._geometry())
         return y
 
+    def forward_with(self, x, weight=None, bias=None):
+        """Select, in ``x``, the elements that won the last :meth:`forward`."""
+        return kernels.max_pool2d_gather(x, self.argmax, *self._geometry())
+
+    def backward_with(self, grad, weight, input_shape):
+        return kernels.max_pool2d_grad(grad, self.argmax, input_shape[2], input_shape[3], *self._geometry())
+
+    def bias_view(self, bias):
+        return bias
+
     def backward(self, grad):
-        h, w = self.input.shape[2:]
-        return kernels.max_pool2d_grad(grad, self.argmax, h, w, *self._geometry())
+        return self.backward_with(grad, None, self.input.shape)
 
     def backward_split(self, grad):
         """Like :meth:`backward`, but each window's gradient is split equally among tied maxima."""

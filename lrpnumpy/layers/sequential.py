@@ -8,10 +8,12 @@ class Sequential(Layer):
     """Layers applied in order; ``backward`` runs them in reverse.
 
     Supports ``len(net)``, ``net[i]`` (a slice gives a new Sequential sharing
-    the layers) and iteration.
+    the layers) and iteration.  ``input_shape`` optionally records the shape
+    of one sample (e.g. ``(1, 28, 28)``), for tools that make inputs.
     """
 
-    def __init__(self, *layers):
+    def __init__(self, *layers, input_shape=None):
+        self.input_shape = None if input_shape is None else tuple(input_shape)
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         for i, layer in enumerate(layers):
@@ -24,7 +26,8 @@ class Sequential(Layer):
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return Sequential(*self.layers[i])
+            keeps_input = i.start in (None, 0) and len(self.layers[i]) > 0
+            return Sequential(*self.layers[i], input_shape=self.input_shape if keeps_input else None)
         return self.layers[i]
 
     def __iter__(self):
@@ -61,10 +64,10 @@ class Sequential(Layer):
 
     def astype(self, dtype):
         as_dtype(dtype)
-        return Sequential(*(layer.astype(dtype) for layer in self.layers))
+        return Sequential(*(layer.astype(dtype) for layer in self.layers), input_shape=self.input_shape)
 
     def copy(self):
-        return Sequential(*(layer.copy() for layer in self.layers))
+        return Sequential(*(layer.copy() for layer in self.layers), input_shape=self.input_shape)
 
     @property
     def dtype(self):

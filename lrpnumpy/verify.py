@@ -1,0 +1,321 @@
+"""Check lrpnumpy's numbers against Zennit and Captum on the same network, weights and inputs.
+
+:func:`to_torch` builds the equivalent PyTorch module (float64, same weights); :func:`compare`
+runs a method on both sides and reports the largest differences.  Relevance is seeded on both
+sides with the target logit (``onehot * output``); gradient methods with the one-hot vector.
+
+Known differences, reproduced here by configuring lrpnumpy (see :data:`NOTES`):
+
+* Zennit: the conventions lrpnumpy's rules follow.  ReLU passes relevance, max pooling uses
+  the gradient (first index wins ties), average pooling the Norm rule, epsilon 1e-6; BatchNorm
+  must be folded (its merge canonizer is not applied by default); the first layer is only
+  hooked when the input requires grad (set here); Python-float ZBox bounds become float32
+  tensors in Zennit, so they are passed as float64 tensors.
+* Captum: keeps the raw bias in every rule (its gamma rule changes only ``W <- W + gamma W+``,
+  its alpha1-beta0 rule only ``W <- W+``, neither splits inputs by sign), uses epsilon 1e-9,
+  and applies its epsilon rule to pooling layers (max pooling included).  lrpnumpy reproduces
+  it with :class:`~lrpnumpy.rules.Rho` (``bias="raw"``) and ``Epsilon(1e-9)`` on pooling.
+"""
+
+import numpy as np
+
+from . import composites as C
+from . import methods as M
+from .canonize import fold_batchnorm
+from .errors import LRPError, UnsupportedLayerError
+from .explain import explain, logit_network, target_onehot
+from .layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, SumPool2d,
+                     Tanh)
+from .rules import (AlphaBeta, Epsilon, Flat, Gamma, Rho, WSquare, ZBox, ZPlus)
+
+ZENNIT_RULE_METHODS = ("epsilon", "zplus", "alpha_beta_2_1", "alpha_beta_1_0", "gamma", "zbox", "flat", "wsquare")
+ZENNIT_COMPOSITES = ("epsilon_plus", "epsilon_alpha2_beta1", "epsilon_gamma_box", "epsilon_plus_flat",
+                     "epsilon_alpha2_beta1_flat")
+GRADIENT_METHODS = ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad")
+CAPTUM_METHODS = ("epsilon", "gamma", "alpha_beta_1_0")
+
+NOTES = {
+    ("zennit", "*"): "same conventions; relevance seeded with the target logit",
+    ("captum", "epsilon"): "Captum: epsilon 1e-9 on Conv/Linear and on every pooling layer (max pooling too); "
+                           "lrpnumpy: Epsilon(1e-9) on the same layers",
+    ("captum", "gamma"): "Captum: W + gamma W+ with the raw bias, no sign split of inputs, epsilon 1e-9; "
+                         "lrpnumpy: Rho('gamma', bias='raw', epsilon=1e-9) (differs from Zennit's Gamma)",
+    ("captum", "alpha_beta_1_0"): "Captum: W+ with the raw bias, no sign split of inputs, epsilon 1e-9; "
+                                  "lrpnumpy: Rho('positive', bias='raw', epsilon=1e-9) (differs from ZPlus)",
+}
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as exc:
+        raise UnsupportedLayerError("verification needs PyTorch: pip install 'lrpnumpy[reference]'") from exc
+    return torch
+
+
+def to_torch(net):
+    """The equivalent float64 PyTorch module (same weights, eval mode).
+
+    Flatten is applied functionally (Captum has no rule for ``nn.Flatten``); sum pooling is an
+    ``nn.AvgPool2d`` subclass scaled by ``kh * kw``, so Zennit and Captum treat it as average
+    pooling.  A trailing Softmax is dropped: the logits are compared.
+    """
+    torch = _torch()
+    nn = torch.nn
+
+    class SumPool(nn.AvgPool2d):
+        def forward(self, x):
+            return super().forward(x) * (self.kernel_size[0] * self.kernel_size[1])
+
+    class Chain(nn.Module):
+        def __init__(self, steps):
+            super().__init__()
+            self.steps = steps
+            self.layers = nn.ModuleList([s for s in steps if s != "flatten"])
+
+        def forward(self, x):
+            modules = iter(self.layers)
+            for step in self.steps:
+                x = x.flatten(1) if step == "flatten" else next(modules)(x)
+            return x
+
+    def t(a):
+        return nn.Parameter(torch.from_numpy(np.array(a, dtype=np.float64)), requires_grad=False)
+
+    def symmetric(layer):
+        p = layer.padding
+        if p[0] != p[1] or p[2] != p[3]:
+            raise UnsupportedLayerError(f"{layer!r}: asymmetric padding has no direct PyTorch equivalent here")
+        return p[0], p[2]
+
+    steps = []
+    for layer in _without_softmax(net):
+        if isinstance(layer, Linear):
+            m = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+        elif isinstance(layer, Conv2d):
+            m = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                          padding=symmetric(layer), dilation=layer.dilation, groups=layer.groups,
+                          bias=layer.bias is not None)
+        elif isinstance(layer, AvgPool2d):
+            m = nn.AvgPool2d(layer.kernel_size, layer.stride, symmetric(layer), count_include_pad=True)
+        elif isinstance(layer, SumPool2d):
+            m = SumPool(layer.kernel_size, layer.stride, symmetric(layer), count_include_pad=True)
+        elif isinstance(layer, MaxPool2d):
+            m = nn.MaxPool2d(layer.kernel_size, layer.stride, symmetric(layer))
+        elif isinstance(layer, ReLU):
+            m = nn.ReLU()
+        elif isinstance(layer, Tanh):
+            m = nn.Tanh()
+        elif isinstance(layer, Dropout):
+            m = nn.Dropout(layer.p)
+        elif isinstance(layer, BatchNorm2d):
+            m = nn.BatchNorm2d(layer.num_features, eps=layer.eps)
+            m.running_mean = torch.from_numpy(layer.running_mean.astype(np.float64))
+            m.running_var = torch.from_numpy(layer.running_var.astype(np.float64))
+        elif isinstance(layer, Flatten):
+            steps.append("flatten")
+            continue
+        else:
+            raise UnsupportedLayerError(f"{layer!r} has no PyTorch equivalent in lrpnumpy.verify")
+        if getattr(layer, "weight", None) is not None:
+            m.weight = t(layer.weight)
+        if getattr(layer, "bias", None) is not None:
+            m.bias = t(layer.bias)
+        steps.append(m.double())
+    return Chain(steps).double().eval()
+
+
+def _without_softmax(net):
+    from .layers import Softmax
+    return net[:-1] if len(net) > 1 and isinstance(net[-1], Softmax) else net
+
+
+def _bounds(net, x):
+    """Scalar bounds below and above every Conv2d/Linear input (for ZBox on every layer)."""
+    net.forward(x)
+    inputs = [layer.input for layer in net if isinstance(layer, (Conv2d, Linear))]
+    return min(0.0, min(float(a.min()) for a in inputs)) - 1.0, max(float(a.max()) for a in inputs) + 1.0
+
+
+def _lrpnumpy_rule(method, low, high):
+    return {"epsilon": Epsilon(), "zplus": ZPlus(), "alpha_beta_2_1": AlphaBeta(2, 1),
+            "alpha_beta_1_0": AlphaBeta(1, 0), "gamma": Gamma(0.25), "zbox": ZBox(low, high), "flat": Flat(),
+            "wsquare": WSquare()}[method]
+
+
+def _zennit_composite(method, low, high):
+    from zennit import composites as zc, rules as zr
+    from zennit.layer import Sum
+    from zennit.types import Activation, AvgPool, BatchNorm, Convolution
+    import torch
+    # Zennit turns Python-float bounds into float32 tensors; float64 tensors keep them exact.
+    low, high = torch.tensor(low, dtype=torch.float64), torch.tensor(high, dtype=torch.float64)
+    if method in ZENNIT_COMPOSITES:
+        cls = {"epsilon_plus": zc.EpsilonPlus, "epsilon_alpha2_beta1": zc.EpsilonAlpha2Beta1,
+               "epsilon_gamma_box": zc.EpsilonGammaBox, "epsilon_plus_flat": zc.EpsilonPlusFlat,
+               "epsilon_alpha2_beta1_flat": zc.EpsilonAlpha2Beta1Flat}[method]
+        return cls(low=low, high=high) if method == "epsilon_gamma_box" else cls()
+    rule = {"epsilon": lambda: zr.Epsilon(1e-6), "zplus": zr.ZPlus, "alpha_beta_2_1": lambda: zr.AlphaBeta(2, 1),
+            "alpha_beta_1_0": lambda: zr.AlphaBeta(1, 0), "gamma": lambda: zr.Gamma(0.25),
+            "zbox": lambda: zr.ZBox(low, high), "flat": zr.Flat, "wsquare": zr.WSquare}[method]()
+    base = [(Activation, zr.Pass()), (Sum, zr.Norm()), (AvgPool, zr.Norm()), (BatchNorm, zr.Pass())]
+    return zc.LayerMapComposite(base + [((Convolution, torch.nn.Linear), rule)])
+
+
+def _run_lrpnumpy(method, net, x, target, low, high, against, noise, alphas):
+    if method in GRADIENT_METHODS:
+        return {"gradient": lambda: M.gradient(net, x, target),
+                "gradient_x_input": lambda: M.gradient_x_input(net, x, target),
+                "integrated_gradients": lambda: M.integrated_gradients(net, x, target, alphas=alphas),
+                "smoothgrad": lambda: M.smoothgrad(net, x, target, n=len(noise) + 1, noise=noise)}[method]()
+    if against == "captum":
+        pools = (SumPool2d, MaxPool2d)
+        rule = {"epsilon": Epsilon(1e-9), "gamma": Rho("gamma", 0.25, bias="raw", epsilon=1e-9),
+                "alpha_beta_1_0": Rho("positive", bias="raw", epsilon=1e-9)}[method]
+        comp = C.Composite([((Conv2d, Linear), rule), (pools, Epsilon(1e-9))])
+        return explain(net, x, target, composite=comp).relevance
+    if method in ZENNIT_COMPOSITES:
+        kwargs = dict(low=low, high=high) if method == "epsilon_gamma_box" else {}
+        return explain(net, x, target, composite=C.get(method, **kwargs)).relevance
+    return explain(net, x, target, rule=_lrpnumpy_rule(method, low, high)).relevance
+
+
+def _run_zennit(method, tnet, x, onehot, low, high, noise, alphas):
+    import torch
+    from zennit.attribution import Gradient
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    oh = torch.from_numpy(onehot)
+    if method in GRADIENT_METHODS:
+        out, grad = Gradient(model=tnet)(xt, oh)
+        if method == "gradient":
+            return grad.numpy()
+        if method == "gradient_x_input":
+            return (grad * xt).detach().numpy()
+        if method == "integrated_gradients":
+            from zennit.attribution import IntegratedGradients
+            _, attr = IntegratedGradients(model=tnet, n_iter=len(alphas))(xt, oh)
+            return attr.detach().numpy()
+        from zennit.attribution import SmoothGrad
+        draws = iter(torch.from_numpy(noise))
+        original = torch.randn_like
+        torch.randn_like = lambda t, **kw: next(draws).to(t)  # the same standard-normal draws as lrpnumpy
+        try:
+            _, attr = SmoothGrad(model=tnet, n_iter=len(noise) + 1, noise_level=0.1)(xt, oh)
+        finally:
+            torch.randn_like = original
+        return attr.detach().numpy()
+    with Gradient(model=tnet, composite=_zennit_composite(method, low, high)) as attributor:
+        _, rel = attributor(xt, lambda out: out * oh)
+    return rel.detach().numpy()
+
+
+def _run_captum(method, tnet, x, target):
+    import torch
+    from captum.attr import LRP
+    from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule, GammaRule
+    for m in tnet.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            m.rule = {"epsilon": EpsilonRule, "gamma": GammaRule, "alpha_beta_1_0": Alpha1_Beta0_Rule}[method]()
+        elif isinstance(m, torch.nn.AvgPool2d) and type(m) is not torch.nn.AvgPool2d:
+            m.rule = EpsilonRule()  # our sum pool: an AvgPool2d subclass Captum does not list
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    rel = LRP(tnet).attribute(xt, target=torch.from_numpy(np.asarray(target)))
+    return rel.detach().numpy()
+
+
+def available(name):
+    """Whether the reference implementation ``name`` ("zennit" or "captum") can be imported."""
+    try:
+        __import__({"zennit": "zennit", "captum": "captum.attr"}[name])
+        return True
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return False
+
+
+def default_methods(against):
+    if against == "captum":
+        return CAPTUM_METHODS
+    return ZENNIT_RULE_METHODS + ZENNIT_COMPOSITES + GRADIENT_METHODS
+
+
+def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10, n_steps=8, seed=0):
+    """Run each method in lrpnumpy and in each reference implementation; report the differences.
+
+    Parameters
+    ----------
+    model : Sequential
+        Converted to float64 (and BatchNorm folded into the layer before it) for both sides.
+    x : ndarray
+        Input batch.
+    target : None, int or sequence of int
+        Class per sample; None: lrpnumpy's predicted class (used on both sides).
+    against : sequence of {"zennit", "captum"}
+    methods : sequence of str, optional
+        Method names (snake case); default: every method the implementation supports.
+    rtol : float
+        A row passes when ``max_abs <= rtol * max|reference|``.
+    n_steps : int
+        Steps of integrated gradients and passes of SmoothGrad.
+    seed : int
+        Seed of SmoothGrad's noise (the same draws on both sides).
+
+    Returns
+    -------
+    list of dict
+        One row per (method, implementation): ``method``, ``against``, ``max_abs``, ``max_rel``
+        (``max_abs / max|reference|``), ``sum_lrpnumpy``, ``sum_reference`` (over the batch),
+        ``passed``, ``note``.
+    """
+    net = fold_batchnorm(logit_network(model, x)).astype(np.float64)
+    x = x.astype(np.float64)
+    onehot = target_onehot(net.forward(x), target)
+    target = onehot.argmax(axis=1)
+    low, high = float(x.min()), float(x.max())
+    zlow, zhigh = _bounds(net, x)
+    noise = np.random.default_rng(seed).standard_normal((n_steps - 1,) + x.shape)
+    alphas = None
+    rows = []
+    for impl in against:
+        if impl not in ("zennit", "captum"):
+            raise UnsupportedLayerError(f"unknown reference implementation {impl!r}; use 'zennit' or 'captum'")
+        if not available(impl):
+            raise UnsupportedLayerError(f"{impl} is not installed: pip install 'lrpnumpy[reference]'")
+        if impl == "zennit":
+            import torch
+            alphas = torch.linspace(1.0 / n_steps, 1.0, n_steps).double().numpy()  # Zennit's float32 steps
+        for method in (methods or default_methods(impl)):
+            supported = CAPTUM_METHODS if impl == "captum" else default_methods("zennit")
+            if method not in supported:
+                raise UnsupportedLayerError(f"method {method!r} is not compared with {impl}; "
+                                            f"choose from {', '.join(supported)}")
+            lo, hi = (zlow, zhigh) if method == "zbox" else (low, high)
+            ours = _run_lrpnumpy(method, net, x, target, lo, hi, impl, noise, alphas)
+            tnet = to_torch(net)
+            if impl == "zennit":
+                theirs = _run_zennit(method, tnet, x, onehot, lo, hi, noise, alphas)
+            else:
+                theirs = _run_captum(method, tnet, x, target)
+            max_abs = float(np.abs(ours - theirs).max())
+            scale = float(np.abs(theirs).max())
+            max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else np.inf)
+            rows.append(dict(method=method, against=impl, max_abs=max_abs, max_rel=max_rel,
+                             sum_lrpnumpy=float(ours.sum()), sum_reference=float(theirs.sum()),
+                             passed=bool(max_rel <= rtol),
+                             note=NOTES.get((impl, method), NOTES.get((impl, "*"), ""))))
+    return rows
+
+
+def format_rows(rows, rtol):
+    """The comparison as a text table."""
+    head = (f"{'method':<26} {'against':<7} {'max abs diff':>12} {'max rel diff':>12} {'sum R lrpnumpy':>16} "
+            f"{'sum R reference':>16}  result (rtol {rtol:g})")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['method']:<26} {r['against']:<7} {r['max_abs']:>12.3e} {r['max_rel']:>12.3e} "
+                     f"{r['sum_lrpnumpy']:>16.10g} {r['sum_reference']:>16.10g}  {'pass' if r['passed'] else 'FAIL'}")
+    notes = sorted({(r["against"], r["note"]) for r in rows if r["note"]})
+    lines += ["", "notes:"] + [f"  {impl}: {note}" for impl, note in notes]
+    return "\n".join(lines)
+
+
+__all__ = ["compare", "to_torch", "format_rows", "available", "LRPError"]

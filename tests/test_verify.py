@@ -1,0 +1,134 @@
+"""Agreement with Zennit and Captum (marker ``reference``), and the verify command line."""
+
+import json
+
+import numpy as np
+import pytest
+
+import lrpnumpy as L
+from lrpnumpy import verify
+from lrpnumpy.__main__ import main
+
+needs_zennit = pytest.mark.skipif(not verify.available("zennit"),
+                                  reason="zennit/torch not installed: pip install -e '.[reference]'")
+needs_captum = pytest.mark.skipif(not verify.available("captum"),
+                                  reason="captum/torch not installed: pip install -e '.[reference]'")
+
+
+def _biases(net, rng):
+    for layer in net:
+        if getattr(layer, "bias", None) is not None:
+            layer.bias = rng.normal(scale=0.1, size=layer.bias.shape)
+    return net
+
+
+def make_net(arch, seed, bias):
+    rng = np.random.default_rng(seed)
+    if arch == "cnn_max_avg":
+        net = L.Sequential(
+            L.Conv2d(3, 6, 3, stride=2, padding=1, bias=bias, rng=rng), L.ReLU(),
+            L.MaxPool2d(3, stride=2, padding=1),
+            L.Conv2d(6, 8, 3, padding=1, bias=bias, rng=rng), L.ReLU(), L.AvgPool2d(2),
+            L.Flatten(), L.Linear(8 * 2 * 2, 12, bias=bias, rng=rng), L.ReLU(), L.Linear(12, 5, bias=bias, rng=rng))
+        shape = (3, 16, 16)
+    elif arch == "cnn_sum_groups":
+        net = L.Sequential(
+            L.Conv2d(2, 4, 3, bias=bias, rng=rng), L.ReLU(), L.SumPool2d(2),
+            L.Conv2d(4, 6, 2, dilation=2, groups=2, bias=bias, rng=rng), L.ReLU(), L.MaxPool2d(2, stride=1),
+            L.Flatten(), L.Linear(6, 4, bias=bias, rng=rng), L.Softmax())
+        shape = (2, 10, 10)
+    else:
+        net = L.Sequential(L.Linear(20, 16, bias=bias, rng=rng), L.ReLU(), L.Linear(16, 8, bias=bias, rng=rng),
+                           L.ReLU(), L.Dropout(0.5), L.Linear(8, 3, bias=bias, rng=rng))
+        shape = (20,)
+    x = rng.random((3,) + shape)
+    return _biases(net, rng), x
+
+
+CASES = [(arch, seed, bias) for arch in ("cnn_max_avg", "cnn_sum_groups", "mlp") for seed in (0, 1)
+         for bias in (True, False)]
+
+
+@pytest.mark.reference
+@needs_zennit
+@pytest.mark.parametrize("arch, seed, bias", CASES)
+def test_agrees_with_zennit(arch, seed, bias):
+    net, x = make_net(arch, seed, bias)
+    rows = verify.compare(net, x, against=("zennit",), rtol=1e-10)
+    assert {r["method"] for r in rows} == set(verify.default_methods("zennit"))
+    failed = [(r["method"], r["max_rel"]) for r in rows if not r["passed"]]
+    assert not failed, failed
+    for r in rows:
+        assert np.isclose(r["sum_lrpnumpy"], r["sum_reference"], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.reference
+@needs_captum
+@pytest.mark.parametrize("arch, seed, bias", [c for c in CASES if c[0] != "cnn_sum_groups"] +
+                         [("cnn_sum_groups", 0, True)])
+def test_agrees_with_captum_when_configured(arch, seed, bias):
+    net, x = make_net(arch, seed, bias)
+    rows = verify.compare(net, x, against=("captum",), rtol=1e-10)
+    assert [r["method"] for r in rows] == list(verify.CAPTUM_METHODS)
+    failed = [(r["method"], r["max_rel"]) for r in rows if not r["passed"]]
+    assert not failed, failed
+    assert all("Captum" in r["note"] for r in rows)
+
+
+@pytest.mark.reference
+@needs_zennit
+def test_zennit_batchnorm_is_folded_for_both_sides():
+    rng = np.random.default_rng(3)
+    bn = L.BatchNorm2d(4)
+    bn.weight, bn.bias = rng.normal(size=4), rng.normal(size=4)
+    bn.running_mean, bn.running_var = rng.normal(size=4), rng.random(4) + 0.5
+    net = L.Sequential(L.Conv2d(1, 4, 3, rng=rng), bn, L.ReLU(), L.Flatten(), L.Linear(4 * 4 * 4, 3, rng=rng))
+    rows = verify.compare(net, rng.random((2, 1, 6, 6)), methods=["epsilon_plus", "gamma"])
+    assert all(r["passed"] for r in rows)
+
+
+@pytest.mark.reference
+@needs_zennit
+def test_differences_are_detected():
+    """A deliberately different rule must fail the comparison (the check can fail)."""
+    net, x = make_net("cnn_max_avg", 0, True)
+    import lrpnumpy.verify as V
+    original = V._lrpnumpy_rule
+    V._lrpnumpy_rule = lambda method, low, high: L.Epsilon(1e-3)
+    try:
+        rows = V.compare(net, x, methods=["epsilon"])
+    finally:
+        V._lrpnumpy_rule = original
+    assert not rows[0]["passed"] and rows[0]["max_rel"] > 1e-8
+
+
+@pytest.mark.reference
+@needs_zennit
+def test_cli_verify_json_and_table(tmp_path, capsys):
+    net, x = make_net("cnn_max_avg", 1, True)
+    net.input_shape = x.shape[1:]
+    L.io.save(net, tmp_path / "net.npz")
+    np.save(tmp_path / "x.npy", x)
+    code = main(["verify", str(tmp_path / "net.npz"), "--input", str(tmp_path / "x.npy"), "--rules", "epsilon",
+                 "epsilon_plus", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and [r["method"] for r in out["rows"]] == ["epsilon", "epsilon_plus"]
+    assert out["conservation_method"] == "epsilon_plus" and len(out["conservation"]) == len(net)
+    code = main(["verify", str(tmp_path / "net.npz"), "--rules", "zplus", "--plot", str(tmp_path / "c.png")])
+    text = capsys.readouterr().out
+    assert code == 0 and "zplus" in text and "pass" in text
+
+
+def test_cli_verify_errors(tmp_path, capsys):
+    net, _ = make_net("mlp", 0, True)
+    L.io.save(net, tmp_path / "net.npz")
+    assert main(["verify", str(tmp_path / "net.npz")]) == 2
+    assert "pass --input" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path / "missing.npz")]) == 2
+    assert "not a readable" in capsys.readouterr().err
+
+
+def test_to_torch_refuses_asymmetric_padding():
+    pytest.importorskip("torch", reason="torch not installed")
+    with pytest.raises(L.errors.UnsupportedLayerError, match="asymmetric padding"):
+        verify.to_torch(L.Sequential(L.Conv2d(1, 1, 3, padding=(0, 1, 0, 0))))
