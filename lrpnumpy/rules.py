@@ -59,12 +59,16 @@ class Group(NamedTuple):
 
 
 def four_steps(layer, groups, R, epsilon, ledger=None):
-    """Run the four LRP steps for each group of terms and add up the input relevance.
+    """Run the four LRP steps for every group of terms and add up the input relevance.
+
+    Terms that share an input array are run together: one forward pass with all their
+    weights, one backward pass for all their gradients (the backward pass is linear in
+    ``s``, so ``sum_k backward(s_k; W_k)`` is a single pass with the stacked weights).
 
     Parameters
     ----------
     layer : AffineLayer
-        Provides ``forward_with`` / ``backward_with`` / ``bias_view``.
+        Provides ``forward_many`` / ``backward_many`` / ``bias_view``.
     groups : list of Group
     R : ndarray
         Relevance at the layer's output.
@@ -82,30 +86,47 @@ def four_steps(layer, groups, R, epsilon, ledger=None):
     ndarray
         Relevance at the layer's input (shape of the cached input).
     """
-    R_in = None
-    kept = 0
-    for group in groups:
-        # step 1: z = forward pass of the rule-modified layer (summed over its terms)
-        z = sum(layer.forward_with(x, w, b) for x, w, b in group.terms)
-        zs = stabilize(z, epsilon)
-        Rg = R if group.mask is None else np.where(group.mask, R, R.dtype.type(0))
-        # step 2: s = R / z
-        s = Rg / zs
-        for x, w, _ in group.terms:
-            # step 3: c = backward pass of the modified layer applied to s
-            c = layer.backward_with(s, w, x.shape)
-            # step 4: R = a * c
-            Rk = group.coef * (x * c)
-            R_in = Rk if R_in is None else R_in + Rk
-        if ledger is not None:
-            finite = np.isfinite(zs)
-            bias = sum(layer.bias_view(b) for _, _, b in group.terms if b is not None)
-            _add(ledger, "bias", group.coef * _sums(s * bias))
-            _add(ledger, "stabilizer", group.coef * _sums(s * np.where(finite, zs - z, 0)))
-            kept = kept + group.coef * _sums(np.where(finite, Rg, 0))
+    inputs = _terms_by_input(groups)
+    biases = [sum(layer.bias_view(b) for _, _, b in g.terms if b is not None) for g in groups]
+
+    # step 1: z = forward pass of the rule-modified layer (each group: the sum of its terms)
+    z = list(biases)
+    for x, uses in inputs:
+        for (gi, _), out in zip(uses, layer.forward_many(x, [w for _, w in uses])):
+            z[gi] = z[gi] + out
+    zs = [stabilize(zg, epsilon) for zg in z]
+
+    # step 2: s = R / z
+    Rg = [R if g.mask is None else np.where(g.mask, R, R.dtype.type(0)) for g in groups]
+    s = [Rgi / zsi for Rgi, zsi in zip(Rg, zs)]
+
+    # step 3: c = backward pass of the modified layer applied to s (scaled by the group's coefficient)
+    # step 4: R = a * c (summed over the inputs the terms use)
+    R_in = sum(x * layer.backward_many([(groups[gi].coef * s[gi], w) for gi, w in uses], x.shape)
+               for x, uses in inputs)
+
     if ledger is not None:
+        kept = 0
+        for g, zg, zsg, sg, Rgi, bias in zip(groups, z, zs, s, Rg, biases):
+            finite = np.isfinite(zsg)
+            _add(ledger, "bias", g.coef * _sums(sg * bias))
+            _add(ledger, "stabilizer", g.coef * _sums(sg * np.where(finite, zsg - zg, 0)))
+            kept = kept + g.coef * _sums(np.where(finite, Rgi, 0))
         _add(ledger, "dropped", _sums(R) - kept)
     return R_in
+
+
+def _terms_by_input(groups):
+    """``[(x, [(group index, weight), ...]), ...]``: the terms grouped by their input array (identity)."""
+    inputs = []
+    for gi, g in enumerate(groups):
+        for x, w, _ in g.terms:
+            uses = next((u for xx, u in inputs if xx is x), None)
+            if uses is None:
+                inputs.append((x, [(gi, w)]))
+            else:
+                uses.append((gi, w))
+    return inputs
 
 
 def _sums(v):
@@ -134,7 +155,9 @@ def _neg(v):
 def _split(a):
     """``(a+, a-)``, with ``a-`` None when it is all zero (as after a ReLU): its terms vanish."""
     neg = np.minimum(a, 0)
-    return np.maximum(a, 0), (neg if neg.any() else None)
+    if not neg.any():
+        return a, None  # a+ is a itself: no copy, and passes on a share one forward pass
+    return np.maximum(a, 0), neg
 
 
 def _terms(*terms):
@@ -281,7 +304,8 @@ class Gamma(AffineRule):
         g = W.dtype.type(self.gamma)
         Wp, Wn = W + g * _pos(W), W + g * _neg(W)
         bp, bn = (None, None) if b is None else (b + g * _pos(b), b + g * _neg(b))
-        z = layer.forward_with(a, W, b)
+        # the sign of the original z = W a + b picks the branch; forward() already computed it
+        z = layer.output if (layer.input is a and layer.output is not None) else layer.forward_with(a, W, b)
         return [Group(_terms((ap, Wp, bp), (an, Wn, None)), mask=z > 0),
                 Group(_terms((ap, Wn, bn), (an, Wp, None)), mask=z < 0)]
 

@@ -131,9 +131,11 @@ class Layer:
         return out
 
     def clear(self):
-        """Drop the cached input and LRP ledger."""
+        """Drop the cached input (and output) and the LRP ledger."""
         self.input = None
         self.ledger = None
+        if "output" in self.__dict__:
+            self.output = None
 
     def astype(self, dtype):
         """A copy of the layer with every parameter converted to ``dtype``."""
@@ -195,6 +197,9 @@ class AffineLayer(Layer):
 
     weight = None
     bias = None
+    #: The output of the last :meth:`forward` (the array the next layer receives, so keeping
+    #: it costs no memory in a network); rules that need ``z = W a + b`` reuse it.
+    output = None
 
     def forward_with(self, x, weight, bias=None):
         raise NotImplementedError
@@ -205,3 +210,11 @@ class AffineLayer(Layer):
     def bias_view(self, bias):
         """``bias`` reshaped to broadcast against the layer's output."""
         raise NotImplementedError
+
+    def forward_many(self, x, weights):
+        """``[forward_with(x, w) for w in weights]`` (no bias); layers may do it in one pass."""
+        return [self.forward_with(x, w) for w in weights]
+
+    def backward_many(self, pairs, input_shape):
+        """``sum(backward_with(s, w) for s, w in pairs)``; layers may do it in one pass."""
+        return sum(self.backward_with(s, w, input_shape) for s, w in pairs)

@@ -78,6 +78,19 @@ class Conv2d(AffineLayer):
     def bias_view(self, bias):
         return bias[:, None, None]
 
+    def forward_many(self, x, weights):
+        # One convolution with the weights stacked along the output channels.
+        if len(weights) == 1 or self.groups != 1:
+            return super().forward_many(x, weights)
+        return np.split(self.forward_with(x, np.concatenate(weights)), len(weights), axis=1)
+
+    def backward_many(self, pairs, input_shape):
+        # sum_k W_k^T s_k is one transposed convolution with stacked weights and gradients.
+        if len(pairs) == 1 or self.groups != 1:
+            return super().backward_many(pairs, input_shape)
+        return self.backward_with(np.concatenate([s for s, _ in pairs], axis=1),
+                                  np.concatenate([w for _, w in pairs]), input_shape)
+
     def forward(self, a):
         self._check_input(a, 4, self.in_channels)
         n, c, oh, ow = self.output_shape(a.shape)
@@ -85,7 +98,8 @@ class Conv2d(AffineLayer):
             raise ShapeError(f"{self!r}: input of spatial size {a.shape[2:]} is smaller than the "
                              f"(dilated) kernel after padding")
         self.input = a
-        return self.forward_with(a, self.weight, self.bias)
+        self.output = self.forward_with(a, self.weight, self.bias)
+        return self.output
 
     def backward(self, grad):
         kh, kw = self.kernel_size

@@ -40,9 +40,21 @@ class Linear(AffineLayer):
     def bias_view(self, bias):
         return bias
 
+    def forward_many(self, x, weights):
+        if len(weights) == 1:
+            return [x @ weights[0].T]
+        y = x @ np.concatenate(weights).T
+        return np.split(y, len(weights), axis=1)
+
+    def backward_many(self, pairs, input_shape):
+        if len(pairs) == 1:
+            return pairs[0][0] @ pairs[0][1]
+        return np.concatenate([s for s, _ in pairs], axis=1) @ np.concatenate([w for _, w in pairs])
+
     def forward(self, a):
         self.input = self._check_input(a, 2, self.in_features, "features")
-        return self.forward_with(a, self.weight, self.bias)
+        self.output = self.forward_with(a, self.weight, self.bias)
+        return self.output
 
     def backward(self, grad):
         self.grad_weight = grad.T @ self.input

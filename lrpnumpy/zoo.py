@@ -1,0 +1,56 @@
+"""Reference architectures with seeded random weights (for benchmarks, demos and tests)."""
+
+import numpy as np
+
+from .layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential, SumPool2d
+
+
+def _seeded(net, rng, bias_scale):
+    for layer in net:
+        if getattr(layer, "bias", None) is not None:
+            layer.bias = rng.normal(scale=bias_scale, size=layer.bias.shape).astype(layer.bias.dtype)
+    return net
+
+
+def lenet5(seed=0, dtype=np.float64, bias_scale=0.05):
+    """LeNet-5 on 1x28x28: conv5 1->6 pad 2, pool, conv5 6->16, pool, 400-120-84-10."""
+    rng = np.random.default_rng(seed)
+    kw = dict(rng=rng, dtype=dtype)
+    return _seeded(Sequential(
+        Conv2d(1, 6, 5, padding=2, **kw), ReLU(), MaxPool2d(2),
+        Conv2d(6, 16, 5, **kw), ReLU(), MaxPool2d(2), Flatten(),
+        Linear(400, 120, **kw), ReLU(), Linear(120, 84, **kw), ReLU(), Linear(84, 10, **kw),
+        input_shape=(1, 28, 28)), rng, bias_scale)
+
+
+def toolbox_lenet(seed=0, dtype=np.float64, bias_scale=0.05):
+    """The LRP Toolbox's LeNet on 1x32x32: conv5 1->10, sumpool, conv5 10->25, sumpool, conv4 25->100,
+    sumpool, conv1 100->10, flatten."""
+    rng = np.random.default_rng(seed)
+    kw = dict(rng=rng, dtype=dtype)
+    return _seeded(Sequential(
+        Conv2d(1, 10, 5, **kw), ReLU(), SumPool2d(2), Conv2d(10, 25, 5, **kw), ReLU(), SumPool2d(2),
+        Conv2d(25, 100, 4, **kw), ReLU(), SumPool2d(2), Conv2d(100, 10, 1, **kw), Flatten(),
+        input_shape=(1, 32, 32)), rng, bias_scale)
+
+
+VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def vgg16(seed=0, dtype=np.float64, bias_scale=0.01, num_classes=1000):
+    """VGG-16 (configuration D, no batch norm) on 3x224x224."""
+    rng = np.random.default_rng(seed)
+    kw = dict(rng=rng, dtype=dtype)
+    layers, c = [], 3
+    for v in VGG16_CONFIG:
+        if v == "M":
+            layers.append(MaxPool2d(2))
+        else:
+            layers += [Conv2d(c, v, 3, padding=1, **kw), ReLU()]
+            c = v
+    layers += [Flatten(), Linear(512 * 7 * 7, 4096, **kw), ReLU(), Linear(4096, 4096, **kw), ReLU(),
+               Linear(4096, num_classes, **kw)]
+    return _seeded(Sequential(*layers, input_shape=(3, 224, 224)), rng, bias_scale)
+
+
+MODELS = {"lenet5": lenet5, "toolbox_lenet": toolbox_lenet, "vgg16": vgg16}

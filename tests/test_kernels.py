@@ -1,0 +1,145 @@
+"""Every numba kernel against the NumPy reference (1e-12 relative in float64), on odd shapes."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lrpnumpy import kernels
+from lrpnumpy.kernels import reference as ref
+
+nb = pytest.importorskip("lrpnumpy.kernels.numba_kernels", reason="numba is not installed")
+
+# (N, C, H, W), O, (kh, kw), (sh, sw), padding, (dh, dw), groups
+CONV_CASES = [
+    ((1, 3, 7, 6), 4, (3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ((2, 3, 9, 8), 5, (3, 2), (2, 3), (1, 1, 2, 2), (1, 1), 1),
+    ((3, 4, 8, 8), 6, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 2),
+    ((2, 6, 5, 7), 4, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ((1, 2, 9, 9), 3, (3, 3), (2, 2), (0, 1, 2, 0), (2, 1), 1),
+    ((2, 2, 6, 6), 2, (4, 4), (3, 3), (1, 1, 1, 1), (1, 1), 2),
+    ((2, 5, 6, 5), 3, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),
+]
+
+
+def _close(a, b):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * max(1.0, np.abs(b).max()))
+
+
+def _noncontiguous(a):
+    """The same values in a non-contiguous layout."""
+    big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+    big[..., ::2] = a
+    return big[..., ::2]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_conv_kernels_agree(case, contiguous, rng):
+    shape, o, (kh, kw), (sh, sw), pad, (dh, dw), groups = case
+    x = rng.normal(size=shape)
+    w = rng.normal(size=(o, shape[1] // groups, kh, kw))
+    xin = x if contiguous else _noncontiguous(x)
+    y = ref.conv2d(x, w, sh, sw, pad, dh, dw, groups)
+    _close(nb.conv2d(xin, w, sh, sw, pad, dh, dw, groups), y)
+    g = rng.normal(size=y.shape)
+    gin = g if contiguous else _noncontiguous(g)
+    _close(nb.conv2d_grad_input(gin, w, shape[2], shape[3], sh, sw, pad, dh, dw, groups),
+           ref.conv2d_grad_input(g, w, shape[2], shape[3], sh, sw, pad, dh, dw, groups))
+    _close(nb.conv2d_grad_weight(xin, gin, kh, kw, sh, sw, pad, dh, dw, groups),
+           ref.conv2d_grad_weight(x, g, kh, kw, sh, sw, pad, dh, dw, groups))
+
+
+POOL_CASES = [((1, 2, 6, 6), (2, 2), (2, 2), (0, 0, 0, 0)), ((3, 3, 7, 8), (3, 3), (2, 2), (1, 1, 1, 1)),
+              ((2, 1, 5, 7), (2, 3), (1, 2), (0, 1, 1, 0)), ((2, 2, 4, 4), (1, 1), (1, 1), (0, 0, 0, 0))]
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+@pytest.mark.parametrize("ties", [False, True])
+def test_pool_kernels_agree(case, ties, rng):
+    shape, (kh, kw), (sh, sw), pad = case
+    x = rng.integers(0, 3, size=shape).astype(float) if ties else rng.normal(size=shape)
+    y, idx = ref.max_pool2d(x, kh, kw, sh, sw, pad)
+    y2, idx2 = nb.max_pool2d(_noncontiguous(x), kh, kw, sh, sw, pad)
+    _close(y2, y)
+    np.testing.assert_array_equal(idx2, idx)
+    g = rng.normal(size=y.shape)
+    _close(nb.max_pool2d_grad(g, idx, shape[2], shape[3], kh, kw, sh, sw, pad),
+           ref.max_pool2d_grad(g, idx, shape[2], shape[3], kh, kw, sh, sw, pad))
+    z = rng.normal(size=shape)
+    _close(nb.max_pool2d_gather(z, idx, kh, kw, sh, sw, pad), ref.max_pool2d_gather(z, idx, kh, kw, sh, sw, pad))
+    _close(nb.sum_pool2d(x, kh, kw, sh, sw, pad), ref.sum_pool2d(x, kh, kw, sh, sw, pad))
+    s = ref.sum_pool2d(x, kh, kw, sh, sw, pad)
+    gs = rng.normal(size=s.shape)
+    _close(nb.sum_pool2d_grad(_noncontiguous(gs), shape[2], shape[3], kh, kw, sh, sw, pad),
+           ref.sum_pool2d_grad(gs, shape[2], shape[3], kh, kw, sh, sw, pad))
+
+
+def test_float32_stays_float32(rng):
+    x = rng.normal(size=(2, 3, 6, 6)).astype(np.float32)
+    w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    y = nb.conv2d(x, w, 1, 1, (1, 1, 1, 1), 1, 1, 1)
+    assert y.dtype == np.float32
+    assert nb.conv2d_grad_input(y, w, 6, 6, 1, 1, (1, 1, 1, 1), 1, 1, 1).dtype == np.float32
+    assert nb.conv2d_grad_weight(x, y, 3, 3, 1, 1, (1, 1, 1, 1), 1, 1, 1).dtype == np.float32
+    m, idx = nb.max_pool2d(x, 2, 2, 2, 2, (0, 0, 0, 0))
+    assert m.dtype == np.float32 and nb.sum_pool2d(x, 2, 2, 2, 2, (0, 0, 0, 0)).dtype == np.float32
+    assert nb.max_pool2d_grad(m, idx, 6, 6, 2, 2, 2, 2, (0, 0, 0, 0)).dtype == np.float32
+
+
+def test_explain_agrees_across_backends(rng):
+    import lrpnumpy as L
+    from lrpnumpy import zoo
+    net = zoo.lenet5()
+    x = rng.random((3, 1, 28, 28))
+    results = {}
+    for backend in ("numpy", "numba"):
+        previous = kernels.set_backend(backend)
+        try:
+            results[backend] = [L.explain(net, x, composite=c).relevance
+                                for c in (L.EpsilonPlus(), L.EpsilonGammaBox(0, 1), L.EpsilonAlpha2Beta1Flat())]
+        finally:
+            kernels.set_backend(previous)
+    for a, b in zip(results["numba"], results["numpy"]):
+        _close(a, b)
+
+
+def test_environment_forces_the_reference():
+    code = "import lrpnumpy.kernels as k; print(k.BACKEND, k.conv2d.__module__)"
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, LRPNUMPY_KERNELS="numpy"),
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["numpy", "lrpnumpy.kernels.reference"]
+    assert kernels.BACKEND == "numba"
+    with pytest.raises(ValueError):
+        kernels.set_backend("cuda")
+
+
+def test_works_without_numba():
+    code = ("import sys; sys.modules['numba'] = None\n"
+            "import numpy as np, lrpnumpy as L\n"
+            "from lrpnumpy import zoo\n"
+            "e = L.explain(zoo.lenet5(), np.ones((1, 1, 28, 28)), composite=L.EpsilonPlus())\n"
+            "print(L.kernels.BACKEND, np.isfinite(e.relevance).all())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["numpy", "True"]
+
+
+def test_kernel_bodies_run_as_plain_python():
+    """NUMBA_DISABLE_JIT=1 runs the kernel bodies as Python (as a coverage run would)."""
+    code = ("import numpy as np\n"
+            "from lrpnumpy.kernels import numba_kernels as nb, reference as ref\n"
+            "rng = np.random.default_rng(0)\n"
+            "x, w = rng.normal(size=(1, 2, 5, 5)), rng.normal(size=(3, 2, 3, 3))\n"
+            "y = nb.conv2d(x, w, 2, 1, (1, 0, 1, 1), 1, 1, 1)\n"
+            "g = nb.conv2d_grad_input(y, w, 5, 5, 2, 1, (1, 0, 1, 1), 1, 1, 1)\n"
+            "m, i = nb.max_pool2d(x, 2, 2, 1, 1, (0, 0, 0, 0))\n"
+            "ok = np.allclose(y, ref.conv2d(x, w, 2, 1, (1, 0, 1, 1), 1, 1, 1), rtol=1e-12)\n"
+            "ok &= np.allclose(g, ref.conv2d_grad_input(y, w, 5, 5, 2, 1, (1, 0, 1, 1), 1, 1, 1), rtol=1e-12)\n"
+            "ok &= np.array_equal(m, ref.max_pool2d(x, 2, 2, 1, 1, (0, 0, 0, 0))[0])\n"
+            "print(ok)")
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, NUMBA_DISABLE_JIT="1"),
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True"]
