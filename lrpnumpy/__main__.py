@@ -8,13 +8,10 @@ import numpy as np
 
 from .errors import LRPError
 
-BUILTIN_MODELS = ("small_cnn",)
-
-
 def _load_model(name):
-    if name in BUILTIN_MODELS:
-        from .demo import small_cnn
-        return small_cnn()
+    from .zoo import MODELS
+    if name in MODELS:
+        return MODELS[name]()
     from .io import load
     return load(name)
 
@@ -57,7 +54,7 @@ def main(argv=None):
     demo = sub.add_parser("demo", help="explain a small built-in network and print the conservation table")
     demo.add_argument("--composite", default="epsilon_gamma_box")
     ver = sub.add_parser("verify", help="compare lrpnumpy's relevance with Zennit and Captum")
-    ver.add_argument("model", help=f"a native .npz model file, or a built-in: {', '.join(BUILTIN_MODELS)}")
+    ver.add_argument("model", help="a native .npz model file, or a built-in: lenet5, toolbox_lenet, vgg16")
     ver.add_argument("--input", help=".npy batch of inputs (default: random inputs of the model's shape)")
     ver.add_argument("--against", nargs="+", default=["zennit"], choices=["zennit", "captum"])
     ver.add_argument("--rules", nargs="+", help="method names, e.g. epsilon zplus epsilon_gamma_box")

@@ -102,7 +102,7 @@ def four_steps(layer, groups, R, epsilon, ledger=None):
 
     # step 3: c = backward pass of the modified layer applied to s (scaled by the group's coefficient)
     # step 4: R = a * c (summed over the inputs the terms use)
-    R_in = sum(x * layer.backward_many([(groups[gi].coef * s[gi], w) for gi, w in uses], x.shape)
+    R_in = sum(x * layer.backward_many([(_scaled(groups[gi].coef, s[gi]), w) for gi, w in uses], x.shape)
                for x, uses in inputs)
 
     if ledger is not None:
@@ -114,6 +114,10 @@ def four_steps(layer, groups, R, epsilon, ledger=None):
             kept = kept + g.coef * _sums(np.where(finite, Rgi, 0))
         _add(ledger, "dropped", _sums(R) - kept)
     return R_in
+
+
+def _scaled(coef, s):
+    return s if coef == 1 else s * s.dtype.type(coef)
 
 
 def _terms_by_input(groups):
@@ -154,10 +158,9 @@ def _neg(v):
 
 def _split(a):
     """``(a+, a-)``, with ``a-`` None when it is all zero (as after a ReLU): its terms vanish."""
-    neg = np.minimum(a, 0)
-    if not neg.any():
+    if a.min() >= 0:
         return a, None  # a+ is a itself: no copy, and passes on a share one forward pass
-    return np.maximum(a, 0), neg
+    return np.maximum(a, 0), np.minimum(a, 0)
 
 
 def _terms(*terms):

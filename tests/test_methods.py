@@ -100,8 +100,9 @@ def test_native_bad_files(tmp_path, rng):
 
 def test_pictures(tmp_path, rng):
     from lrpnumpy import viz
-    from lrpnumpy.demo import sample_input, small_cnn
-    e = L.explain(small_cnn(), sample_input(), composite=L.EpsilonPlus())
+    from lrpnumpy.demo import sample_input
+    from lrpnumpy.zoo import lenet5
+    e = L.explain(lenet5(), sample_input(), composite=L.EpsilonPlus())
     fig = viz.plot_conservation(e.conservation())
     fig.savefig(tmp_path / "c.png")
     viz.heatmap(e.relevance[0]).figure.savefig(tmp_path / "h.png")

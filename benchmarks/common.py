@@ -1,0 +1,84 @@
+"""Shared pieces of the benchmark scripts: timing, the matmul rate, multiply-add counting."""
+
+import contextlib
+import time
+
+import numpy as np
+
+from lrpnumpy import kernels
+from lrpnumpy.layers import Linear
+
+
+def median_time(fn, repeat, min_time=0.0):
+    """Median wall time of ``fn()`` over ``repeat`` runs (more runs until ``min_time`` is spent)."""
+    times = []
+    while len(times) < repeat or sum(times) < min_time:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def matmul_rate(dtype, n=2048, repeat=3):
+    """GFLOP/s of numpy.matmul on n x n matrices."""
+    a = np.random.default_rng(0).random((n, n)).astype(dtype)
+    a @ a
+    return 2 * n ** 3 / median_time(lambda: a @ a, repeat) / 1e9
+
+
+@contextlib.contextmanager
+def count_macs():
+    """Count the multiply-adds of every convolution and linear pass run inside the block.
+
+    Yields a dict with ``conv`` and ``linear`` counts and ``conv_seconds`` (time spent in the
+    convolution kernels), filled in as the passes run.
+    """
+    counts = {"conv": 0, "linear": 0, "conv_seconds": 0.0}
+    saved = {name: getattr(kernels, name) for name in ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")}
+
+    def timed(fn, macs):
+        def wrapper(*args):
+            t = time.perf_counter()
+            out = fn(*args)
+            counts["conv_seconds"] += time.perf_counter() - t
+            counts["conv"] += macs(args, out)
+            return out
+        return wrapper
+
+    def conv_macs(args, y):  # x, w, ...: every output takes (in/groups)*kh*kw multiply-adds
+        return y.size * int(np.prod(args[1].shape[1:]))
+
+    def grad_in_macs(args, gx):  # gy, w, ...: the transposed pass does the same work
+        gy, w = args[0], args[1]
+        return gy.size * int(np.prod(w.shape[1:]))
+
+    def grad_w_macs(args, gw):  # x, gy, ...
+        gy = args[1]
+        return gy.size * int(np.prod(gw.shape[1:]))
+
+    kernels.conv2d = timed(saved["conv2d"], conv_macs)
+    kernels.conv2d_grad_input = timed(saved["conv2d_grad_input"], grad_in_macs)
+    kernels.conv2d_grad_weight = timed(saved["conv2d_grad_weight"], grad_w_macs)
+    # Linear does its own matmuls (forward_many does not call forward_with): count each entry point.
+    originals = {name: getattr(Linear, name) for name in ("forward_with", "backward_with", "forward_many",
+                                                          "backward_many")}
+    Linear.forward_with = lambda self, x, w, b=None: _add(counts, x.shape[0] * w.size,
+                                                          originals["forward_with"](self, x, w, b))
+    Linear.backward_with = lambda self, g, w, shape: _add(counts, g.shape[0] * w.size,
+                                                          originals["backward_with"](self, g, w, shape))
+    Linear.forward_many = lambda self, x, ws: _add(counts, x.shape[0] * sum(w.size for w in ws),
+                                                   originals["forward_many"](self, x, ws))
+    Linear.backward_many = lambda self, pairs, shape: _add(counts, sum(s.shape[0] * w.size for s, w in pairs),
+                                                           originals["backward_many"](self, pairs, shape))
+    try:
+        yield counts
+    finally:
+        for name, fn in saved.items():
+            setattr(kernels, name, fn)
+        for name, fn in originals.items():
+            setattr(Linear, name, fn)
+
+
+def _add(counts, macs, result):
+    counts["linear"] += macs
+    return result
