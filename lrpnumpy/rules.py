@@ -34,7 +34,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .errors import RuleParameterError, ShapeError, UnsupportedLayerError
-from .layers import AffineLayer, Conv2d, Layer, Linear, MaxPool2d, SumPool2d
+from .layers import AffineLayer, Conv2d, GlobalAvgPool2d, Layer, Linear, MaxPool2d, SumPool2d
 from .stabilize import stabilize
 
 
@@ -482,5 +482,5 @@ class WinnerTakesAll(Rule):
 # sum/average pooling, winner-takes-all on max pooling, Pass elsewhere.
 Layer.default_rule = Pass()
 Linear.default_rule = Conv2d.default_rule = LRP0()
-SumPool2d.default_rule = Norm()
+SumPool2d.default_rule = GlobalAvgPool2d.default_rule = Norm()
 MaxPool2d.default_rule = WinnerTakesAll()

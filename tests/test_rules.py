@@ -18,7 +18,9 @@ def layer_matrix(layer, in_shape):
         M, shape = O.conv_matrix(layer.weight, in_shape, layer.stride, layer.padding, layer.dilation, layer.groups)
         b = np.zeros(shape) if layer.bias is None else np.broadcast_to(layer.bias[:, None, None], shape)
         return M, b.ravel(), shape
-    M, shape = O.sum_pool_matrix(in_shape, layer.kernel_size, layer.stride, layer.padding, layer.scale)
+    M, shape = O.sum_pool_matrix(in_shape, layer.kernel_size, layer.stride, layer.padding)
+    if isinstance(layer, L.AvgPool2d):  # divide each window by its size (here: kh * kw, padding included)
+        M = M / (layer.kernel_size[0] * layer.kernel_size[1])
     return M, np.zeros(M.shape[0]), shape
 
 

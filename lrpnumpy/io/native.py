@@ -12,13 +12,14 @@ from ..errors import ModelFormatError, UnsupportedLayerError
 
 FORMAT, VERSION = "lrpnumpy", 1
 
-_POOL = ("kernel_size", "stride", "padding")
+_POOL = ("kernel_size", "stride", "padding", "ceil_mode")
 #: Constructor arguments of each layer type, read from the attributes of the same name.
 ARGS = {
     "Linear": ("in_features", "out_features"),
     "Conv2d": ("in_channels", "out_channels", "kernel_size", "stride", "padding", "groups", "dilation"),
-    "SumPool2d": _POOL, "AvgPool2d": _POOL, "MaxPool2d": _POOL,
-    "Softmax": ("axis",), "Dropout": ("p",), "BatchNorm2d": ("num_features", "eps"),
+    "SumPool2d": _POOL + ("scale",), "AvgPool2d": _POOL + ("count_include_pad",), "MaxPool2d": _POOL,
+    "GlobalAvgPool2d": (), "LRN": ("size", "alpha", "beta", "bias"),
+    "Softmax": ("axis", "flatten"), "Dropout": ("p",), "BatchNorm2d": ("num_features", "eps"),
     "ReLU": (), "Tanh": (), "Flatten": (),
 }
 

@@ -4,10 +4,10 @@ from .activation import ReLU, Softmax, Tanh
 from .base import AffineLayer, Layer
 from .conv import Conv2d
 from .linear import Linear
-from .norm import BatchNorm2d
-from .pool import AvgPool2d, MaxPool2d, SumPool2d
+from .norm import LRN, BatchNorm2d
+from .pool import AvgPool2d, GlobalAvgPool2d, MaxPool2d, SumPool2d
 from .sequential import Sequential
 from .shape import Dropout, Flatten
 
-__all__ = ["Layer", "AffineLayer", "Linear", "Conv2d", "ReLU", "Tanh", "Softmax", "SumPool2d", "AvgPool2d",
+__all__ = ["Layer", "AffineLayer", "Linear", "Conv2d", "ReLU", "Tanh", "Softmax", "SumPool2d", "AvgPool2d", "GlobalAvgPool2d", "LRN",
            "MaxPool2d", "Flatten", "Dropout", "BatchNorm2d", "Sequential"]

@@ -37,16 +37,22 @@ class Tanh(Layer):
 class Softmax(Layer):
     """``exp(x) / sum(exp(x))`` along ``axis``.
 
-    ``explain`` skips a trailing Softmax and explains the logits.
+    With ``flatten=True`` (ONNX before opset 13) the input is seen as 2-D, the axes from
+    ``axis`` on flattened into one, and normalised over that.  ``explain`` skips a trailing
+    Softmax and explains the logits.
     """
 
-    def __init__(self, axis=1):
-        self.axis = axis
+    def __init__(self, axis=1, flatten=False):
+        self.axis, self.flatten = int(axis), bool(flatten)
 
     def __repr__(self):
-        return f"Softmax(axis={self.axis})"
+        return f"Softmax(axis={self.axis}{', flatten=True' if self.flatten else ''})"
 
     def _softmax(self, a):
+        if self.flatten:
+            axis = self.axis % a.ndim
+            lead = int(np.prod(a.shape[:axis]))
+            return Softmax(axis=1)._softmax(a.reshape(lead, -1)).reshape(a.shape)
         e = np.exp(a - a.max(axis=self.axis, keepdims=True))
         return e / e.sum(axis=self.axis, keepdims=True)
 
@@ -59,4 +65,9 @@ class Softmax(Layer):
 
     def backward(self, grad):
         y = self._softmax(self.input)
+        if self.flatten:
+            shape, axis = y.shape, self.axis % y.ndim
+            lead = int(np.prod(shape[:axis]))
+            y2, g2 = y.reshape(lead, -1), grad.reshape(lead, -1)
+            return (y2 * (g2 - (g2 * y2).sum(axis=1, keepdims=True))).reshape(shape)
         return y * (grad - (grad * y).sum(axis=self.axis, keepdims=True))

@@ -46,3 +46,52 @@ class BatchNorm2d(Layer):
 
     def backward(self, grad):
         return grad * self.scale_shift()[0][:, None, None]
+
+
+def _channel_window_sum(v, before, after):
+    """``out[:, c] = sum(v[:, c - before : c + after + 1])``, the window clipped to the channels."""
+    c = v.shape[1]
+    csum = np.concatenate([np.zeros_like(v[:, :1]), np.cumsum(v, axis=1)], axis=1)
+    hi = np.minimum(np.arange(c) + after + 1, c)
+    lo = np.maximum(np.arange(c) - before, 0)
+    return csum[:, hi] - csum[:, lo]
+
+
+class LRN(Layer):
+    """Local response normalisation across channels (AlexNet; ONNX ``LRN``, Caffe ``ACROSS_CHANNELS``).
+
+    ``y_c = x_c / (bias + alpha / size * sum_{i in W(c)} x_i^2) ** beta`` with the window
+    ``W(c) = [c - floor((size-1)/2), c + ceil((size-1)/2)]`` clipped to the channels.
+    ``backward`` is the exact gradient; for LRP the layer passes relevance through (its
+    default rule is Pass), as is usual for this normalisation.
+    """
+
+    def __init__(self, size, alpha=1e-4, beta=0.75, bias=1.0):
+        if not (isinstance(size, numbers.Integral) and size >= 1):
+            raise RuleParameterError(f"LRN size must be an int >= 1, got {size!r}")
+        for name, v in (("alpha", alpha), ("beta", beta), ("bias", bias)):
+            if not (isinstance(v, numbers.Real) and np.isfinite(v)):
+                raise RuleParameterError(f"LRN {name} must be a finite number, got {v!r}")
+        if bias <= 0:
+            raise RuleParameterError(f"LRN bias must be > 0 (it keeps the denominator positive), got {bias!r}")
+        self.size, self.alpha, self.beta, self.bias = int(size), float(alpha), float(beta), float(bias)
+        self.before, self.after = (self.size - 1) // 2, self.size // 2
+
+    def __repr__(self):
+        return f"LRN(size={self.size}, alpha={self.alpha}, beta={self.beta}, bias={self.bias})"
+
+    def _denominator(self, a):
+        t = a.dtype.type
+        return t(self.bias) + t(self.alpha / self.size) * _channel_window_sum(a * a, self.before, self.after)
+
+    def forward(self, a):
+        self.input = self._check_input(a, 4)
+        return a * self._denominator(a) ** a.dtype.type(-self.beta)
+
+    def backward(self, grad):
+        a = self.input
+        t = a.dtype.type
+        d = self._denominator(a)
+        # channel c's denominator sums over W(c); input i enters the denominators of c in [i - after, i + before]
+        inner = _channel_window_sum(grad * a * d ** t(-self.beta - 1), self.after, self.before)
+        return grad * d ** t(-self.beta) - t(2 * self.alpha * self.beta / self.size) * a * inner

@@ -1,31 +1,63 @@
 """Sum, average and max pooling over NCHW input."""
 
+import math
+import numbers
+
 import numpy as np
 
 from .. import kernels
 from ..errors import RuleParameterError, ShapeError
-from .base import AffineLayer, Layer, padding4, pair, short_padding
+from .base import AffineLayer, padding4, pair, short_padding
+
+
+def ceil_output_size(size, kernel, stride, pad_before, pad_after):
+    """Output size with ceil rounding (PyTorch, ONNX and Caffe): a last window that would start in the
+    bottom/right padding is dropped."""
+    out = math.ceil((size + pad_before + pad_after - kernel) / stride) + 1
+    if (out - 1) * stride >= size + pad_before:
+        out -= 1
+    return out
 
 
 class _Pool2d:
-    """Window geometry shared by the pooling layers."""
+    """Window geometry shared by the pooling layers.
 
-    def _init_geometry(self, kernel_size, stride, padding):
+    With ``ceil_mode`` the output size rounds up; the extra bottom/right rows the last windows
+    need are padding (zero for sums, ``-inf`` for max), added per input size.
+    """
+
+    ceil_mode = False
+
+    def _init_geometry(self, kernel_size, stride, padding, ceil_mode):
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = self.kernel_size if stride is None else pair(stride, "stride")
         self.padding = padding4(padding)
+        self.ceil_mode = bool(ceil_mode)
 
-    def __repr__(self):
+    def _repr_extra(self):
         extra = f", stride={self.stride}" if self.stride != self.kernel_size else ""
         extra += f", padding={short_padding(self.padding)}" if any(self.padding) else ""
-        return f"{type(self).__name__}(kernel_size={self.kernel_size}{extra})"
+        return extra + (", ceil_mode=True" if self.ceil_mode else "")
 
-    def _geometry(self):
-        return self.kernel_size + self.stride + (self.padding,)
+    def __repr__(self):
+        return f"{type(self).__name__}(kernel_size={self.kernel_size}{self._repr_extra()})"
+
+    def effective_padding(self, h, w):
+        """Padding (top, bottom, left, right) for an h x w input, ceil-mode rows included."""
+        pt, pb, pl, pr = self.padding
+        if not self.ceil_mode:
+            return self.padding
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        oh, ow = ceil_output_size(h, kh, sh, pt, pb), ceil_output_size(w, kw, sw, pl, pr)
+        return (pt, pb + max(0, (oh - 1) * sh + kh - (h + pt + pb)),
+                pl, pr + max(0, (ow - 1) * sw + kw - (w + pl + pr)))
+
+    def _geometry(self, h, w):
+        return self.kernel_size + self.stride + (self.effective_padding(h, w),)
 
     def output_shape(self, input_shape):
         n, c, h, w = input_shape
-        (kh, kw), (sh, sw), p = self.kernel_size, self.stride, self.padding
+        (kh, kw), (sh, sw), p = self.kernel_size, self.stride, self.effective_padding(h, w)
         return (n, c, kernels.output_size(h, kh, sh, p[0], p[1]), kernels.output_size(w, kw, sw, p[2], p[3]))
 
     def _check_pool_input(self, a):
@@ -36,7 +68,7 @@ class _Pool2d:
 
 
 class SumPool2d(_Pool2d, AffineLayer):
-    """Sum over each ``kernel_size`` window (zero padding); a linear map without parameters.
+    """Sum over each ``kernel_size`` window (zero padding), times ``scale``: a linear map.
 
     Parameters
     ----------
@@ -44,21 +76,33 @@ class SumPool2d(_Pool2d, AffineLayer):
     stride : int or (int, int), optional
         Defaults to ``kernel_size``.
     padding : int, (ph, pw) or (top, bottom, left, right)
+    ceil_mode : bool
+        Round the output size up (see :func:`ceil_output_size`).
+    scale : float
+        Every window sum is multiplied by it (the LRP Toolbox's sum pooling uses
+        ``1 / sqrt(kh * kw)``).
     """
 
-    #: Every window sum is multiplied by this (1 here; 1/k^2 for AvgPool2d).
-    scale = 1.0
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, scale=1.0):
+        self._init_geometry(kernel_size, stride, padding, ceil_mode)
+        if not (isinstance(scale, numbers.Real) and np.isfinite(scale) and scale > 0):
+            raise RuleParameterError(f"SumPool2d scale must be a finite number > 0, got {scale!r}")
+        self.scale = float(scale)
 
-    def __init__(self, kernel_size, stride=None, padding=0):
-        self._init_geometry(kernel_size, stride, padding)
+    def __repr__(self):
+        extra = f", scale={self.scale!r}" if self.scale != 1.0 else ""
+        return f"SumPool2d(kernel_size={self.kernel_size}{self._repr_extra()}{extra})"
+
+    def _divide(self, y, h, w):
+        return y if self.scale == 1.0 else y * y.dtype.type(self.scale)
 
     def forward_with(self, x, weight=None, bias=None):
-        y = kernels.sum_pool2d(x, *self._geometry())
-        return y if self.scale == 1.0 else y * x.dtype.type(self.scale)
+        h, w = x.shape[2:]
+        return self._divide(kernels.sum_pool2d(x, *self._geometry(h, w)), h, w)
 
     def backward_with(self, grad, weight, input_shape):
-        g = kernels.sum_pool2d_grad(grad, input_shape[2], input_shape[3], *self._geometry())
-        return g if self.scale == 1.0 else g * grad.dtype.type(self.scale)
+        h, w = input_shape[2:]
+        return kernels.sum_pool2d_grad(self._divide(grad, h, w), h, w, *self._geometry(h, w))
 
     def bias_view(self, bias):
         return bias
@@ -72,14 +116,66 @@ class SumPool2d(_Pool2d, AffineLayer):
 
 
 class AvgPool2d(SumPool2d):
-    """Mean over each window: a :class:`SumPool2d` scaled by ``1 / (kh * kw)``.
+    """Mean over each window: a :class:`SumPool2d` divided by the window's size.
 
-    Padded positions count in the divisor (PyTorch's ``count_include_pad=True``).
+    Parameters
+    ----------
+    kernel_size, stride, padding, ceil_mode
+        As for :class:`SumPool2d`.
+    count_include_pad : bool
+        True (PyTorch's default): padded positions count in the divisor, which is the window
+        clipped to the padded extent (so ceil-mode rows past it do not count; PyTorch and
+        Caffe).  False (ONNX's default): only positions inside the input count.
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0):
-        super().__init__(kernel_size, stride, padding)
-        self.scale = 1.0 / (self.kernel_size[0] * self.kernel_size[1])
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+        self._divisors = {}
+
+    def __repr__(self):
+        extra = "" if self.count_include_pad else ", count_include_pad=False"
+        return f"AvgPool2d(kernel_size={self.kernel_size}{self._repr_extra()}{extra})"
+
+    def divisor(self, h, w):
+        """(oh, ow) array: how many positions each window averages over, for an h x w input."""
+        if (h, w) not in self._divisors:
+            pt, pb, pl, pr = self.padding
+            if self.count_include_pad:  # ones over the padded extent, extra ceil rows outside it
+                ones = np.ones((1, 1, h + pt + pb, w + pl + pr))
+                eff = self.effective_padding(h, w)
+                pad = (0, eff[1] - pb, 0, eff[3] - pr)
+            else:
+                ones, pad = np.ones((1, 1, h, w)), self.effective_padding(h, w)
+            self._divisors[(h, w)] = kernels.reference.sum_pool2d(ones, *self.kernel_size, *self.stride, pad)[0, 0]
+        return self._divisors[(h, w)]
+
+    def _divide(self, y, h, w):
+        return y / self.divisor(h, w).astype(y.dtype)
+
+
+class GlobalAvgPool2d(AffineLayer):
+    """Mean over all spatial positions: (N, C, H, W) -> (N, C, 1, 1)."""
+
+    def __repr__(self):
+        return "GlobalAvgPool2d()"
+
+    def forward_with(self, x, weight=None, bias=None):
+        return x.mean(axis=(2, 3), keepdims=True)
+
+    def backward_with(self, grad, weight, input_shape):
+        h, w = input_shape[2:]
+        return np.broadcast_to(grad / grad.dtype.type(h * w), input_shape).copy()
+
+    def bias_view(self, bias):
+        return bias
+
+    def forward(self, a):
+        self.input = self._check_input(a, 4)
+        return self.forward_with(a)
+
+    def backward(self, grad):
+        return self.backward_with(grad, None, self.input.shape)
 
 
 class MaxPool2d(_Pool2d, AffineLayer):
@@ -97,26 +193,30 @@ class MaxPool2d(_Pool2d, AffineLayer):
     stride : int or (int, int), optional
         Defaults to ``kernel_size``.
     padding : int, (ph, pw) or (top, bottom, left, right)
-        At most half the kernel on each side, so no window is all padding.
+        At most ``kernel - 1`` on each side, so every window overlaps the input.
+    ceil_mode : bool
+        Round the output size up (see :func:`ceil_output_size`).
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0):
-        self._init_geometry(kernel_size, stride, padding)
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
+        self._init_geometry(kernel_size, stride, padding, ceil_mode)
         (kh, kw), p = self.kernel_size, self.padding
-        if max(p[0], p[1]) > kh // 2 or max(p[2], p[3]) > kw // 2:
-            raise RuleParameterError(f"MaxPool2d padding {p} must be at most half the kernel {self.kernel_size}")
+        if max(p[0], p[1]) > kh - 1 or max(p[2], p[3]) > kw - 1:
+            raise RuleParameterError(f"MaxPool2d padding {p} must be at most kernel - 1 on each side (kernel "
+                                     f"{self.kernel_size}), so that no window lies entirely in the padding")
 
     def forward(self, a):
         self.input = self._check_pool_input(a)
-        y, self.argmax = kernels.max_pool2d(a, *self._geometry())
+        y, self.argmax = kernels.max_pool2d(a, *self._geometry(*a.shape[2:]))
         return y
 
     def forward_with(self, x, weight=None, bias=None):
         """Select, in ``x``, the elements that won the last :meth:`forward`."""
-        return kernels.max_pool2d_gather(x, self.argmax, *self._geometry())
+        return kernels.max_pool2d_gather(x, self.argmax, *self._geometry(*x.shape[2:]))
 
     def backward_with(self, grad, weight, input_shape):
-        return kernels.max_pool2d_grad(grad, self.argmax, input_shape[2], input_shape[3], *self._geometry())
+        h, w = input_shape[2:]
+        return kernels.max_pool2d_grad(grad, self.argmax, h, w, *self._geometry(h, w))
 
     def bias_view(self, bias):
         return bias
@@ -127,12 +227,13 @@ class MaxPool2d(_Pool2d, AffineLayer):
     def backward_split(self, grad):
         """Like :meth:`backward`, but each window's gradient is split equally among tied maxima."""
         y = self.forward(self.input)
-        return kernels.max_pool2d_grad_split(grad, self.input, y, *self._geometry())
+        return kernels.max_pool2d_grad_split(grad, self.input, y, *self._geometry(*self.input.shape[2:]))
 
     def sum_pool(self):
         """The :class:`SumPool2d` with the same windows."""
-        return SumPool2d(self.kernel_size, self.stride, self.padding)
+        return SumPool2d(self.kernel_size, self.stride, self.padding, self.ceil_mode)
 
     def clear(self):
         super().clear()
         self.argmax = None
+

@@ -1,0 +1,102 @@
+"""lrpnumpy against Zennit (PyTorch CPU, 2 threads) on the same model, weights and inputs.
+
+    python benchmarks/compare_zennit.py --model lenet5 vgg16 toolbox_lenet --batch 1 64 \\
+        --composite epsilon_plus [--json OUT]
+
+For each model it first checks that the relevance maps agree: float64, 1e-10 relative (the
+largest absolute difference over the largest reference value); float32, 1e-3.  Then it times
+forward + explain of both in this process (float32, medians) and prints the ratio of
+lrpnumpy's time to Zennit's.  Needs the 'reference' extra (torch, zennit); without it the script
+says so and exits.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import median_time  # noqa: E402
+
+import lrpnumpy as L  # noqa: E402
+from lrpnumpy import composites, verify, zoo  # noqa: E402
+
+
+def setup(model, batch, dtype, composite, seed=0):
+    net = zoo.MODELS[model](seed=seed, dtype=dtype)
+    x = np.random.default_rng(seed).random((batch,) + net.input_shape).astype(dtype)
+    kwargs = dict(low=0.0, high=1.0) if composite == "epsilon_gamma_box" else {}
+    return net, x, composites.get(composite, **kwargs), kwargs
+
+
+def zennit_runner(net, x, composite, kwargs):
+    import torch
+    from zennit.attribution import Gradient
+    tnet = verify.to_torch(net)
+    tnet = tnet.float() if x.dtype == np.float32 else tnet
+    zc = verify._zennit_composite(composite, kwargs.get("low", 0.0), kwargs.get("high", 1.0))
+    xt = torch.from_numpy(x)
+    target = L.explain(net, x, composite=composites.get(composite, **kwargs)).output.argmax(1)
+    classes = L.explain(net, x[:1], composite=composites.get(composite, **kwargs)).output.shape[1]
+    onehot = torch.from_numpy(np.eye(classes, dtype=x.dtype)[target])
+
+    def run():
+        with Gradient(model=tnet, composite=zc) as attributor:
+            _, rel = attributor(xt.clone().requires_grad_(True), lambda out: out * onehot.reshape(out.shape))
+        return rel.detach().numpy()
+    return run
+
+
+def check(model, composite, batch=2):
+    rows = {}
+    for dtype, tol in ((np.float64, 1e-10), (np.float32, 1e-3)):
+        net, x, comp, kwargs = setup(model, batch, dtype, composite)
+        ours = L.explain(net, x, composite=comp).relevance
+        theirs = zennit_runner(net, x, composite, kwargs)()
+        rel = float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+        assert rel <= tol, f"{model} {np.dtype(dtype).name}: relevance differs from Zennit by {rel:.3e} > {tol:g}"
+        rows[np.dtype(dtype).name] = rel
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", nargs="+", default=["lenet5", "toolbox_lenet"], choices=sorted(zoo.MODELS))
+    p.add_argument("--batch", nargs="+", type=int, default=[1, 64])
+    p.add_argument("--composite", default="epsilon_plus", choices=list(verify.ZENNIT_COMPOSITES))
+    p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--json")
+    args = p.parse_args()
+    if not verify.available("zennit"):
+        print("compare_zennit: torch/zennit are not installed (pip install -e '.[reference]'); nothing to compare")
+        return 0
+    import torch
+    torch.set_num_threads(2)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; lrpnumpy kernels: {L.kernels.BACKEND}")
+    results = []
+    for model in args.model:
+        agree = check(model, args.composite)
+        print(f"{model}: relevance agrees with Zennit, max relative difference float64 {agree['float64']:.1e}, "
+              f"float32 {agree['float32']:.1e}")
+        for batch in args.batch:
+            net, x, comp, kwargs = setup(model, batch, np.float32, args.composite)
+            zrun = zennit_runner(net, x, args.composite, kwargs)
+            ours = median_time(lambda: L.explain(net, x, composite=comp), args.repeat, 0.5 if model != "vgg16" else 0)
+            theirs = median_time(zrun, args.repeat, 0.5 if model != "vgg16" else 0)
+            row = dict(model=model, batch=batch, composite=args.composite, lrpnumpy_ms=1e3 * ours,
+                       zennit_ms=1e3 * theirs, lrpnumpy_img_s=batch / ours, zennit_img_s=batch / theirs,
+                       ratio=ours / theirs, agree=agree)
+            results.append(row)
+            print(f"  batch {batch:>3}: lrpnumpy {1e3 * ours:9.2f} ms ({batch / ours:8.1f} img/s)   "
+                  f"zennit {1e3 * theirs:9.2f} ms ({batch / theirs:8.1f} img/s)   time ratio {ours / theirs:.2f}",
+                  flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

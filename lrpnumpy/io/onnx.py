@@ -1,0 +1,360 @@
+"""Load ONNX classifiers (chains of supported operators) into lrpnumpy networks.
+
+ONNX already uses lrpnumpy's layouts (NCHW, Conv weights (out, in/groups, kh, kw)); what this
+module converts is operator semantics: Gemm's alpha/beta/transB, ``auto_pad``, Softmax before and
+after opset 13, MatMul + Add, BatchNormalization (folded into the layer before it when possible),
+and weights given as initializers, ``Constant`` or ``ConstantOfShape`` nodes.
+"""
+
+import math
+
+import numpy as np
+
+from .. import layers as Lyr
+from ..canonize import fold_batchnorm
+from ..errors import LRPError, ModelFormatError, UnsupportedLayerError
+
+SUPPORTED = ("Conv", "Gemm", "MatMul", "Add", "Relu", "Tanh", "MaxPool", "AveragePool", "GlobalAveragePool",
+             "Flatten", "Reshape", "Softmax", "BatchNormalization", "Dropout", "Identity", "LRN", "Constant",
+             "ConstantOfShape")
+
+
+def _onnx():
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError as exc:
+        raise UnsupportedLayerError("loading ONNX models needs the onnx package: pip install 'lrpnumpy[onnx]'") \
+            from exc
+    return onnx, numpy_helper
+
+
+class _Node:
+    """One node's attributes with defaults, and errors that name the node."""
+
+    def __init__(self, node, where):
+        onnx, _ = _onnx()
+        self.node, self.where = node, where
+        self.attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        self.label = f"{where}: node {node.name or node.output[0]!r} ({node.op_type})"
+
+    def get(self, name, default=None):
+        v = self.attrs.get(name, default)
+        return v.decode() if isinstance(v, bytes) else v
+
+    def unsupported(self, what):
+        return UnsupportedLayerError(f"{self.label}: {what}")
+
+    def ints(self, name, default, length=2):
+        v = list(self.get(name, default))
+        if len(v) != length:
+            raise self.unsupported(f"attribute {name}={v}: only 2-D (NCHW) operators are supported")
+        return v
+
+
+def load_onnx(path):
+    """Load an ONNX model (file path, bytes or ``ModelProto``) that is a chain of supported operators.
+
+    Returns
+    -------
+    Sequential
+        In the model's dtype, with ``input_shape`` set when the graph input has a static shape.
+
+    Raises
+    ------
+    ModelFormatError
+        The file is not a readable ONNX model, or its weights are missing, misshapen or not finite.
+    UnsupportedLayerError
+        An operator or attribute value outside the supported set, or a graph that is not a chain;
+        the message names the node, the operator and the attribute.
+    """
+    onnx, numpy_helper = _onnx()
+    where = path if isinstance(path, str) else "<onnx model>"
+    try:
+        model = path if isinstance(path, onnx.ModelProto) else (
+            onnx.load_model_from_string(path) if isinstance(path, bytes) else onnx.load(path))
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several kinds; all mean "not ONNX"
+        raise ModelFormatError(f"{where}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    try:
+        return _convert(model, where, onnx, numpy_helper)
+    except LRPError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a malformed graph must not escape as a raw traceback
+        raise ModelFormatError(f"{where}: malformed ONNX graph ({type(exc).__name__}: {exc})") from None
+
+
+def _convert(model, where, onnx, numpy_helper):
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    consts = {}
+    for init in graph.initializer:
+        consts[init.name] = _array(numpy_helper, init, where)
+    nodes = []
+    for node in graph.node:  # fold constant-producing nodes
+        if node.op_type == "Constant":
+            consts[node.output[0]] = _constant_value(_Node(node, where), numpy_helper)
+        elif node.op_type == "ConstantOfShape" and node.input[0] in consts:
+            n = _Node(node, where)
+            value = n.get("value")
+            fill = numpy_helper.to_array(value).ravel() if value is not None else np.zeros(1, np.float32)
+            consts[node.output[0]] = np.full(consts[node.input[0]].astype(np.int64), fill[0], dtype=fill.dtype)
+        elif node.op_type in ("Transpose", "Identity", "Unsqueeze") and node.input \
+                and all(i in consts for i in node.input if i):
+            consts[node.output[0]] = _fold(_Node(node, where), [consts[i] for i in node.input if i])
+        else:
+            nodes.append(node)
+    data_inputs = [i for i in graph.input if i.name not in consts]
+    if len(data_inputs) != 1:
+        raise UnsupportedLayerError(f"{where}: expected one data input, found {[i.name for i in data_inputs]}")
+    inp = data_inputs[0]
+    if inp.type.tensor_type.elem_type not in (1, 11):
+        raise UnsupportedLayerError(f"{where}: input {inp.name!r} must be float32 or float64 "
+                                    f"(ONNX elem_type {inp.type.tensor_type.elem_type})")
+    dtype = np.float32 if inp.type.tensor_type.elem_type == 1 else np.float64
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+    shape = tuple(dims[1:]) if dims and all(d is not None for d in dims[1:]) else None  # tracked per layer
+
+    current, layers = inp.name, []
+    used = {}
+    for node in nodes:
+        for name in node.input:
+            used[name] = used.get(name, 0) + 1
+    for node in nodes:
+        n = _Node(node, where)
+        data = [i for i in node.input if i and i not in consts]
+        if data != [current]:
+            raise UnsupportedLayerError(f"{n.label}: the graph is not a chain (its data inputs are {data}, "
+                                        f"expected the previous output {current!r})")
+        if node.op_type not in SUPPORTED:
+            raise n.unsupported(f"operator not supported; supported: {', '.join(SUPPORTED)}")
+        for extra in node.output[1:]:
+            if extra and used.get(extra):
+                raise n.unsupported(f"its second output {extra!r} is used; only the first output is supported")
+        new = _HANDLERS[node.op_type](n, consts, layers, shape, opset, dtype)
+        for layer in new:
+            shape = _track(layer, shape, dtype, n)
+        layers.extend(new)
+        current = node.output[0]
+    outputs = [o.name for o in graph.output]
+    if outputs != [current]:
+        raise UnsupportedLayerError(f"{where}: graph outputs {outputs} are not the end of the chain {current!r}")
+    input_shape = tuple(dims[1:]) if dims and all(d is not None for d in dims[1:]) else None
+    return fold_batchnorm(Lyr.Sequential(*layers, input_shape=input_shape))
+
+
+def _array(numpy_helper, tensor, where):
+    try:
+        a = numpy_helper.to_array(tensor)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelFormatError(f"{where}: tensor {tensor.name!r} cannot be read ({exc})") from None
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ModelFormatError(f"{where}: tensor {tensor.name!r} holds NaN or infinity")
+    return a
+
+
+def _constant_value(n, numpy_helper):
+    if "value" in n.attrs:
+        return numpy_helper.to_array(n.attrs["value"])
+    for key in ("value_float", "value_int"):
+        if key in n.attrs:
+            return np.array(n.attrs[key])
+    for key in ("value_floats", "value_ints"):
+        if key in n.attrs:
+            return np.array(list(n.attrs[key]))
+    raise n.unsupported(f"Constant attributes {sorted(n.attrs)} are not supported")
+
+
+def _fold(n, values):
+    """Evaluate a shape-only operator on constants (weights transposed or reshaped at export)."""
+    x = values[0]
+    if n.node.op_type == "Transpose":
+        return np.transpose(x, n.get("perm"))
+    if n.node.op_type == "Unsqueeze":
+        axes = list(n.get("axes", [])) or [int(a) for a in np.asarray(values[1]).ravel()]
+        for axis in sorted(a % (x.ndim + len(axes)) for a in axes):
+            x = np.expand_dims(x, axis)
+        return x
+    return x
+
+
+def _track(layer, shape, dtype, n):
+    """Output shape (without batch) of ``layer`` for an input of ``shape``; None when unknown."""
+    if shape is None:
+        return None
+    try:
+        y = layer.forward(np.zeros((1,) + tuple(shape), dtype))
+    except LRPError as exc:
+        raise UnsupportedLayerError(f"{n.label}: does not fit its input of shape {shape}: {exc}") from None
+    layer.clear()
+    return y.shape[1:]
+
+
+def _weight(n, consts, i, dtype, what):
+    name = n.node.input[i] if len(n.node.input) > i else ""
+    if not name:
+        return None
+    if name not in consts:
+        raise n.unsupported(f"{what} {name!r} must be a constant (initializer or Constant node)")
+    w = np.asarray(consts[name])
+    if w.dtype.kind != "f":
+        raise ModelFormatError(f"{n.label}: {what} {name!r} has dtype {w.dtype}, expected floats")
+    return w.astype(dtype, copy=False)
+
+
+def _pads(n, shape, kernel, stride, dilation):
+    """(top, bottom, left, right) from ``pads`` or ``auto_pad``."""
+    auto = n.get("auto_pad", "NOTSET")
+    if auto in ("NOTSET", ""):
+        p = n.ints("pads", [0, 0, 0, 0], 4)
+        return (p[0], p[2], p[1], p[3])
+    if auto == "VALID":
+        return (0, 0, 0, 0)
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        raise n.unsupported(f"attribute auto_pad={auto!r}")
+    if shape is None:
+        raise n.unsupported(f"auto_pad={auto} needs a static input shape")
+    out = []
+    for size, k, s, d in zip(shape[-2:], kernel, stride, dilation):
+        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        small, big = total // 2, total - total // 2
+        out += [small, big] if auto == "SAME_UPPER" else [big, small]
+    return tuple(out)
+
+
+def _conv(n, consts, layers, shape, opset, dtype):
+    w = _weight(n, consts, 1, dtype, "weight")
+    if w is None or w.ndim != 4:
+        raise n.unsupported("only 2-D convolutions with a constant 4-D weight are supported")
+    b = _weight(n, consts, 2, dtype, "bias")
+    kernel = n.ints("kernel_shape", w.shape[2:])
+    if tuple(kernel) != w.shape[2:]:
+        raise ModelFormatError(f"{n.label}: kernel_shape {kernel} does not match the weight {w.shape}")
+    stride, dilation, group = n.ints("strides", [1, 1]), n.ints("dilations", [1, 1]), int(n.get("group", 1))
+    pads = _pads(n, shape, kernel, stride, dilation)
+    layer = Lyr.Conv2d(w.shape[1] * group, w.shape[0], kernel, stride=stride, padding=pads, groups=group,
+                       dilation=dilation, bias=b is not None, dtype=dtype)
+    layer.weight = w
+    if b is not None:
+        layer.bias = b.reshape(-1)
+    return [layer]
+
+
+def _pool_common(n, shape):
+    kernel = n.ints("kernel_shape", None) if "kernel_shape" in n.attrs else None
+    if kernel is None:
+        raise n.unsupported("kernel_shape is required")
+    stride = n.ints("strides", [1, 1])
+    if n.ints("dilations", [1, 1]) != [1, 1]:
+        raise n.unsupported(f"attribute dilations={n.get('dilations')}: dilated pooling is not supported")
+    pads = _pads(n, shape, kernel, stride, [1, 1])
+    return kernel, stride, pads, bool(n.get("ceil_mode", 0))
+
+
+def _maxpool(n, consts, layers, shape, opset, dtype):
+    kernel, stride, pads, ceil = _pool_common(n, shape)
+    try:
+        return [Lyr.MaxPool2d(kernel, stride, pads, ceil_mode=ceil)]
+    except LRPError as exc:
+        raise n.unsupported(f"attribute pads={list(n.get('pads', []))}: {exc}") from None
+
+
+def _avgpool(n, consts, layers, shape, opset, dtype):
+    kernel, stride, pads, ceil = _pool_common(n, shape)
+    return [Lyr.AvgPool2d(kernel, stride, pads, ceil_mode=ceil, count_include_pad=bool(n.get("count_include_pad", 0)))]
+
+
+def _gemm(n, consts, layers, shape, opset, dtype):
+    if n.get("transA", 0):
+        raise n.unsupported("attribute transA=1: the data input must not be transposed")
+    b_mat = _weight(n, consts, 1, dtype, "B")
+    if b_mat is None or b_mat.ndim != 2:
+        raise n.unsupported("B must be a constant matrix")
+    w = b_mat if n.get("transB", 0) else b_mat.T
+    w = w * dtype(n.get("alpha", 1.0))
+    c = _weight(n, consts, 2, dtype, "C")
+    layer = Lyr.Linear(w.shape[1], w.shape[0], bias=c is not None, dtype=dtype)
+    layer.weight = np.ascontiguousarray(w)
+    if c is not None:
+        if c.size not in (1, w.shape[0]) or (c.ndim == 2 and c.shape[0] != 1):
+            raise n.unsupported(f"bias C of shape {c.shape}: only a scalar or one value per output is supported")
+        layer.bias = np.broadcast_to(c.reshape(-1) * dtype(n.get("beta", 1.0)), (w.shape[0],)).copy()
+    return [layer]
+
+
+def _matmul(n, consts, layers, shape, opset, dtype):
+    w = _weight(n, consts, 1, dtype, "B")
+    if w is None or w.ndim != 2 or n.node.input[0] in consts:
+        raise n.unsupported("only x @ B with a constant matrix B is supported")
+    layer = Lyr.Linear(w.shape[0], w.shape[1], bias=False, dtype=dtype)
+    layer.weight = np.ascontiguousarray(w.T)
+    return [layer]
+
+
+def _add(n, consts, layers, shape, opset, dtype):
+    b = _weight(n, consts, 1 if n.node.input[0] not in consts else 0, dtype, "addend")
+    prev = layers[-1] if layers else None
+    if not isinstance(prev, (Lyr.Linear, Lyr.Conv2d)):
+        raise n.unsupported("Add is supported only as the bias of the MatMul/Conv before it")
+    out = prev.weight.shape[0]
+    if b.size == 1:
+        per_output = np.full(out, b.reshape(-1)[0], dtype)
+    elif b.size == out and b.shape[-1 if isinstance(prev, Lyr.Linear) else max(0, b.ndim - 3)] == out:
+        per_output = b.reshape(-1)
+    else:
+        raise n.unsupported(f"addend of shape {b.shape} is not a bias of {out} outputs")
+    prev.bias = per_output.astype(dtype) if prev.bias is None else prev.bias + per_output
+    return []
+
+
+def _flatten(n, consts, layers, shape, opset, dtype):
+    axis = int(n.get("axis", 1))
+    rank = None if shape is None else len(shape) + 1
+    if axis < 0 and rank is not None:
+        axis += rank
+    if axis != 1:
+        raise n.unsupported(f"attribute axis={n.get('axis')}: only flattening everything but the batch axis "
+                            f"(axis=1) is supported")
+    return [Lyr.Flatten()]
+
+
+def _reshape(n, consts, layers, shape, opset, dtype):
+    target = consts.get(n.node.input[1]) if len(n.node.input) > 1 else None
+    if target is None:
+        raise n.unsupported("the target shape must be a constant")
+    target = [int(t) for t in np.asarray(target).ravel()]
+    if len(target) == 2 and target[0] in (0, -1, 1) and (target[1] == -1 or shape is None
+                                                         or target[1] == int(np.prod(shape))):
+        if target[0] == -1 and target[1] == -1:
+            raise ModelFormatError(f"{n.label}: shape {target} has two -1 entries")
+        return [Lyr.Flatten()]
+    raise n.unsupported(f"target shape {target}: only reshaping to (batch, features) is supported")
+
+
+def _softmax(n, consts, layers, shape, opset, dtype):
+    if opset < 13:
+        return [Lyr.Softmax(axis=int(n.get("axis", 1)), flatten=True)]
+    return [Lyr.Softmax(axis=int(n.get("axis", -1)))]
+
+
+def _batchnorm(n, consts, layers, shape, opset, dtype):
+    if n.get("training_mode", 0):
+        raise n.unsupported("attribute training_mode=1: only inference is supported")
+    scale, bias, mean, var = (_weight(n, consts, i, dtype, what) for i, what in
+                              ((1, "scale"), (2, "B"), (3, "mean"), (4, "var")))
+    if shape is not None and len(shape) != 3:
+        raise n.unsupported(f"input of rank {len(shape) + 1}: only 4-D (NCHW) batch normalisation is supported")
+    layer = Lyr.BatchNorm2d(scale.size, eps=float(n.get("epsilon", 1e-5)), dtype=dtype)
+    layer.weight, layer.bias, layer.running_mean, layer.running_var = scale, bias, mean, var
+    return [layer]
+
+
+def _lrn(n, consts, layers, shape, opset, dtype):
+    return [Lyr.LRN(int(n.get("size")), n.get("alpha", 1e-4), n.get("beta", 0.75), n.get("bias", 1.0))]
+
+
+_HANDLERS = {
+    "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "Add": _add, "MaxPool": _maxpool, "AveragePool": _avgpool,
+    "GlobalAveragePool": lambda *a: [Lyr.GlobalAvgPool2d()], "Relu": lambda *a: [Lyr.ReLU()],
+    "Tanh": lambda *a: [Lyr.Tanh()], "Flatten": _flatten, "Reshape": _reshape, "Softmax": _softmax,
+    "BatchNormalization": _batchnorm, "Dropout": lambda *a: [], "Identity": lambda *a: [], "LRN": _lrn,
+}

@@ -1,0 +1,221 @@
+"""ONNX loader against the onnx package's own conformance data and real models."""
+
+import glob
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+import lrpnumpy as L
+from lrpnumpy.errors import LRPError, ModelFormatError, UnsupportedLayerError
+
+onnx = pytest.importorskip("onnx", reason="the onnx package is not installed (pip install -e '.[onnx]')")
+from onnx import helper, numpy_helper  # noqa: E402
+
+from lrpnumpy.io import load_onnx  # noqa: E402
+
+DATA = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
+PREFIXES = ("test_conv_", "test_maxpool_", "test_averagepool_", "test_gemm_", "test_relu", "test_softmax_",
+            "test_flatten_", "test_batchnorm_", "test_globalaveragepool", "test_lrn", "test_dropout", "test_identity")
+
+# Node test cases that must raise UnsupportedLayerError (what they need is outside the supported set).
+UNSUPPORTED = {
+    "1-D/3-D operators": ["test_averagepool_1d_default", "test_averagepool_3d_default",
+                          "test_averagepool_3d_dilations_small", "test_maxpool_1d_default", "test_maxpool_3d_default",
+                          "test_maxpool_3d_dilations", "test_maxpool_3d_dilations_use_ref_impl",
+                          "test_maxpool_3d_dilations_use_ref_impl_large"]
+    + [f"test_averagepool_3d_dilations_large_count_include_pad_is_{a}_ceil_mode_is_{b}"
+       for a in (0, 1) for b in ("True", "False")],
+    "dilated pooling": ["test_averagepool_2d_dilations", "test_maxpool_2d_dilations"],
+    "training-mode batch norm": ["test_batchnorm_epsilon_training_mode", "test_batchnorm_example_training_mode"],
+    "flattening into the batch axis": ["test_flatten_axis0", "test_flatten_axis2", "test_flatten_axis3",
+                                       "test_flatten_negative_axis1", "test_flatten_negative_axis2",
+                                       "test_flatten_negative_axis4"],
+    "transposed data or a per-sample bias in Gemm": ["test_gemm_all_attributes", "test_gemm_transposeA",
+                                                     "test_gemm_default_matrix_bias"],
+    "second outputs (masks, argmax)": ["test_dropout_default_mask", "test_dropout_default_mask_ratio",
+                                       "test_maxpool_with_argmax_2d_precomputed_pads",
+                                       "test_maxpool_with_argmax_2d_precomputed_strides"],
+    "non-float inputs": ["test_identity_opt", "test_identity_sequence", "test_maxpool_2d_uint8"],
+}
+EXPECTED_UNSUPPORTED = {name for names in UNSUPPORTED.values() for name in names}
+
+
+def _node_cases():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # collecting every case runs NumPy code that warns
+        from onnx.backend.test.case.node import collect_testcases
+        cases = collect_testcases()
+    return {c.name: c for c in cases if c.name.startswith(PREFIXES) and "expanded" not in c.name}
+
+
+NODE_CASES = _node_cases()
+
+
+def as_chain(case):
+    """The node test's model with every input but the first turned into an initializer (weights)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(case.model)
+    inputs, outputs = case.data_sets[0]
+    graph = model.graph
+    for info, value in zip(list(graph.input)[1:], inputs[1:]):
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value), info.name))
+    del graph.input[1:]
+    return model, inputs[0], outputs[0]
+
+
+@pytest.mark.parametrize("name", sorted(NODE_CASES))
+def test_onnx_node_conformance(name):
+    case = NODE_CASES[name]
+    model, x, expected = as_chain(case)
+    if name in EXPECTED_UNSUPPORTED:
+        with pytest.raises(UnsupportedLayerError, match="node|input|graph"):
+            load_onnx(model).forward(np.asarray(x))
+        return
+    net = load_onnx(model)
+    out = net.forward(np.asarray(x))
+    assert out.dtype == np.asarray(expected).dtype
+    # rtol 1e-5, or the case's own tolerance where its stored output is rounded (e.g. 4 digits)
+    np.testing.assert_allclose(out, expected, rtol=max(1e-5, case.rtol), atol=max(1e-6, case.atol))
+
+
+def test_every_listed_unsupported_case_exists():
+    assert EXPECTED_UNSUPPORTED <= set(NODE_CASES)
+    assert len(set(NODE_CASES) - EXPECTED_UNSUPPORTED) >= 50
+
+
+def _read_tensor(path):
+    t = onnx.TensorProto()
+    with open(path, "rb") as f:
+        t.ParseFromString(f.read())
+    return numpy_helper.to_array(t)
+
+
+PYTORCH_CONVERTED_SUPPORTED = [
+    "test_AvgPool2d", "test_AvgPool2d_stride", "test_BatchNorm2d_eval", "test_BatchNorm2d_momentum_eval",
+    "test_Conv2d", "test_Conv2d_depthwise", "test_Conv2d_depthwise_padded", "test_Conv2d_depthwise_strided",
+    "test_Conv2d_depthwise_with_multiplier", "test_Conv2d_dilated", "test_Conv2d_groups", "test_Conv2d_groups_thnn",
+    "test_Conv2d_no_bias", "test_Conv2d_padding", "test_Conv2d_strided", "test_Linear", "test_Linear_no_bias",
+    "test_MaxPool2d", "test_ReLU", "test_Softmax", "test_Tanh", "test_softmax_functional_dim3",
+    "test_softmax_lastdim"]
+
+
+def _pytorch_converted():
+    return sorted(os.path.basename(os.path.dirname(p)) for p in glob.glob(f"{DATA}/pytorch-converted/*/model.onnx"))
+
+
+@pytest.mark.parametrize("name", _pytorch_converted())
+def test_pytorch_converted_models(name):
+    folder = f"{DATA}/pytorch-converted/{name}"
+    if name not in PYTORCH_CONVERTED_SUPPORTED:
+        with pytest.raises(UnsupportedLayerError):
+            load_onnx(f"{folder}/model.onnx")
+        return
+    net = load_onnx(f"{folder}/model.onnx")
+    x, y = _read_tensor(f"{folder}/test_data_set_0/input_0.pb"), _read_tensor(f"{folder}/test_data_set_0/output_0.pb")
+    np.testing.assert_allclose(net.forward(x), y, rtol=1e-5, atol=1e-6)
+
+
+LIGHT_CHAINS = ["light_bvlc_alexnet", "light_vgg19", "light_zfnet512"]
+
+
+@pytest.mark.parametrize("name", sorted(os.path.basename(p)[:-5] for p in glob.glob(f"{DATA}/light/*.onnx")))
+def test_light_models(name):
+    path = f"{DATA}/light/{name}.onnx"
+    if name not in LIGHT_CHAINS:  # residual/inception/concat graphs: not a chain
+        with pytest.raises(UnsupportedLayerError, match="node"):
+            load_onnx(path)
+        return
+    net = load_onnx(path)
+    # the onnx test runner feeds these models arange(n) / n in the input's shape
+    shape = (1,) + net.input_shape
+    x = (np.arange(np.prod(shape)).reshape(shape) / np.prod(shape)).astype(np.float32)
+    np.testing.assert_allclose(net.forward(x), _read_tensor(f"{DATA}/light/{name}_output_0.pb"), rtol=1e-5,
+                               atol=1e-6)
+    e = L.explain(net, x, composite=L.EpsilonPlus())  # and it can be explained at once
+    assert np.isfinite(e.relevance).all() and isinstance(net[-1], L.Softmax)
+
+
+def _chain_model(nodes, inits, in_shape, out_name, opset=13):
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info(out_name, onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_matmul_add_bias_constant_nodes_and_batchnorm_folding(rng):
+    w = rng.normal(size=(4, 3, 3, 3))
+    bn = {"s": rng.random(4) + 0.5, "b": rng.normal(size=4), "m": rng.normal(size=4), "v": rng.random(4) + 0.5}
+    fc = rng.normal(size=(4 * 4 * 4, 5))
+    const = helper.make_node("Constant", [], ["fb"], value=numpy_helper.from_array(rng.normal(size=5).astype(
+        np.float32)))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["n"], epsilon=1e-3),
+             helper.make_node("Relu", ["n"], ["r"]), helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("MatMul", ["f", "fw"], ["mm"]), const, helper.make_node("Add", ["mm", "fb"], ["y"])]
+    model = _chain_model(nodes, dict(w=w, fw=fc, **bn), [1, 3, 4, 4], "y")
+    net = load_onnx(model)
+    assert [type(layer).__name__ for layer in net] == ["Conv2d", "ReLU", "Flatten", "Linear"]  # BN folded
+    x = rng.random((2, 3, 4, 4)).astype(np.float32)
+    conv = L.Conv2d(3, 4, 3, padding=1, bias=False)
+    conv.weight = w
+    c = conv.forward(x.astype(np.float64))
+    n = (c - bn["m"][:, None, None]) / np.sqrt(bn["v"][:, None, None] + 1e-3) * bn["s"][:, None, None] \
+        + bn["b"][:, None, None]
+    fb = numpy_helper.to_array(const.attribute[0].t)
+    want = np.maximum(n, 0).reshape(2, -1) @ fc + fb
+    np.testing.assert_allclose(net.forward(x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_not_a_chain_and_unknown_ops_name_the_node():
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="first"), helper.make_node("Relu", ["x"], ["b"], name="fork"),
+             helper.make_node("Add", ["a", "b"], ["y"], name="join")]
+    with pytest.raises(UnsupportedLayerError, match="'fork' \\(Relu\\): the graph is not a chain"):
+        load_onnx(_chain_model(nodes, {}, [1, 3], "y"))
+    nodes = [helper.make_node("Sigmoid", ["x"], ["y"], name="sig")]
+    with pytest.raises(UnsupportedLayerError, match="'sig' \\(Sigmoid\\): operator not supported"):
+        load_onnx(_chain_model(nodes, {}, [1, 3], "y"))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="c", auto_pad="SAME_WRONG")]
+    with pytest.raises(UnsupportedLayerError, match="auto_pad='SAME_WRONG'"):
+        load_onnx(_chain_model(nodes, {"w": np.ones((1, 1, 3, 3))}, [1, 1, 5, 5], "y"))
+
+
+def test_bad_files(tmp_path, rng):
+    for name, content in (("empty.onnx", b""), ("text.onnx", b"not a model at all"),
+                          ("garbage.onnx", bytes(rng.integers(0, 256, 300, dtype=np.uint8)))):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(LRPError):
+            load_onnx(str(tmp_path / name))
+    w = np.ones((2, 1, 3, 3))
+    w[0, 0, 0, 0] = np.nan
+    with pytest.raises(ModelFormatError, match="NaN"):
+        load_onnx(_chain_model([helper.make_node("Conv", ["x", "w"], ["y"])], {"w": w}, [1, 1, 5, 5], "y"))
+    with pytest.raises(LRPError, match="not a chain"):  # a missing weight looks like a second data input
+        load_onnx(_chain_model([helper.make_node("Conv", ["x", "missing"], ["y"])], {}, [1, 1, 5, 5], "y"))
+
+
+def test_torch_exported_models_match(tmp_path):
+    torch = pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[reference]')")
+    nn = torch.nn
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(6)
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), bn, nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
+                          nn.Conv2d(6, 8, 3, stride=2, padding=(1, 0)), nn.ReLU(),
+                          nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False), nn.Flatten(),
+                          nn.Linear(8 * 2 * 1, 10), nn.Softmax(dim=1)).eval()
+    x = torch.rand(2, 3, 13, 13)
+    with torch.no_grad():
+        want = model(x).numpy()
+    path = str(tmp_path / "m.onnx")
+    try:
+        torch.onnx.export(model, (x,), path, dynamo=False, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "n"}})
+    except Exception as exc:  # noqa: BLE001 - exporter availability varies between torch builds
+        pytest.skip(f"torch.onnx.export is not usable here: {type(exc).__name__}: {exc}")
+    net = load_onnx(path)
+    np.testing.assert_allclose(net.forward(x.numpy()), want, rtol=1e-5, atol=1e-6)
+    assert not any(isinstance(layer, L.BatchNorm2d) for layer in net)
