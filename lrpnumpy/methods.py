@@ -16,7 +16,7 @@ from .layers.base import check_array, check_finite
 
 def _grad(net, x, target):
     out = net.forward(x)
-    return net.backward(target_onehot(out, target))
+    return net.backward(target_onehot(out, target), param_grads=False)
 
 
 def gradient(model, x, target=None):

@@ -213,8 +213,12 @@ def test_repr_and_container():
 def test_init_is_seeded_he_normal():
     a, b = L.Conv2d(16, 32, 3, rng=7), L.Conv2d(16, 32, 3, rng=7)
     np.testing.assert_array_equal(a.weight, b.weight)
-    big = L.Linear(1000, 1000, rng=0)
+    big = L.Linear(1000, 1100, rng=0)
     assert abs(big.weight.std() - np.sqrt(2 / 1000)) < 1e-3
+    # drawn in chunks: the same values as one draw, in float32 and float64 alike
+    np.testing.assert_array_equal(big.weight, np.random.default_rng(0).standard_normal((1100, 1000))
+                                  * np.sqrt(2 / 1000))
+    np.testing.assert_array_equal(L.Linear(1000, 1100, rng=0, dtype=np.float32).weight, big.weight.astype(np.float32))
 
 
 def test_clear_drops_cache(rng):

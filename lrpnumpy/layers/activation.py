@@ -16,7 +16,7 @@ class ReLU(Layer):
         self.input = check_array(a, f"input of {self!r}")
         return np.maximum(a, 0)
 
-    def backward(self, grad):
+    def backward(self, grad, param_grads=True):
         return np.where(self.input > 0, grad, grad.dtype.type(0))
 
 
@@ -30,7 +30,7 @@ class Tanh(Layer):
         self.input = check_array(a, f"input of {self!r}")
         return np.tanh(a)
 
-    def backward(self, grad):
+    def backward(self, grad, param_grads=True):
         return grad * (1 - np.tanh(self.input) ** 2)
 
 
@@ -63,7 +63,7 @@ class Softmax(Layer):
         self.input = a
         return self._softmax(a)
 
-    def backward(self, grad):
+    def backward(self, grad, param_grads=True):
         y = self._softmax(self.input)
         if self.flatten:
             shape, axis = y.shape, self.axis % y.ndim

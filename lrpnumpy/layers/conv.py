@@ -4,7 +4,7 @@ import numpy as np
 
 from .. import kernels
 from ..errors import RuleParameterError, ShapeError
-from .base import AffineLayer, as_dtype, make_rng, padding4, pair, short_padding
+from .base import AffineLayer, as_dtype, he_normal, padding4, pair, short_padding
 
 
 class Conv2d(AffineLayer):
@@ -42,7 +42,7 @@ class Conv2d(AffineLayer):
         kh, kw = self.kernel_size
         fan_in = in_channels // groups * kh * kw
         shape = (out_channels, in_channels // groups, kh, kw)
-        self.weight = (make_rng(rng).standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(dt)
+        self.weight = he_normal(rng, shape, fan_in, dt)
         self.bias = np.zeros(out_channels, dtype=dt) if bias else None
 
     def __repr__(self):
@@ -101,8 +101,9 @@ class Conv2d(AffineLayer):
         self.output = self.forward_with(a, self.weight, self.bias)
         return self.output
 
-    def backward(self, grad):
-        kh, kw = self.kernel_size
-        self.grad_weight = kernels.conv2d_grad_weight(self.input, grad, kh, kw, *self._geometry())
-        self.grad_bias = None if self.bias is None else grad.sum(axis=(0, 2, 3))
+    def backward(self, grad, param_grads=True):
+        if param_grads:
+            kh, kw = self.kernel_size
+            self.grad_weight = kernels.conv2d_grad_weight(self.input, grad, kh, kw, *self._geometry())
+            self.grad_bias = None if self.bias is None else grad.sum(axis=(0, 2, 3))
         return self.backward_with(grad, self.weight, self.input.shape)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .base import AffineLayer, as_dtype, make_rng, pair
+from .base import AffineLayer, as_dtype, he_normal, pair
 
 
 class Linear(AffineLayer):
@@ -23,8 +23,7 @@ class Linear(AffineLayer):
     def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float64):
         self.in_features, self.out_features = pair((in_features, out_features), "(in_features, out_features)")
         dt = as_dtype(dtype)
-        std = np.sqrt(2.0 / self.in_features)
-        self.weight = (make_rng(rng).standard_normal((self.out_features, self.in_features)) * std).astype(dt)
+        self.weight = he_normal(rng, (self.out_features, self.in_features), self.in_features, dt)
         self.bias = np.zeros(self.out_features, dtype=dt) if bias else None
 
     def __repr__(self):
@@ -56,7 +55,8 @@ class Linear(AffineLayer):
         self.output = self.forward_with(a, self.weight, self.bias)
         return self.output
 
-    def backward(self, grad):
-        self.grad_weight = grad.T @ self.input
-        self.grad_bias = None if self.bias is None else grad.sum(axis=0)
+    def backward(self, grad, param_grads=True):
+        if param_grads:
+            self.grad_weight = grad.T @ self.input
+            self.grad_bias = None if self.bias is None else grad.sum(axis=0)
         return self.backward_with(grad, self.weight, self.input.shape)

@@ -44,7 +44,7 @@ class BatchNorm2d(Layer):
         scale, shift = self.scale_shift()
         return a * scale[:, None, None] + shift[:, None, None]
 
-    def backward(self, grad):
+    def backward(self, grad, param_grads=True):
         return grad * self.scale_shift()[0][:, None, None]
 
 
@@ -88,7 +88,7 @@ class LRN(Layer):
         self.input = self._check_input(a, 4)
         return a * self._denominator(a) ** a.dtype.type(-self.beta)
 
-    def backward(self, grad):
+    def backward(self, grad, param_grads=True):
         a = self.input
         t = a.dtype.type
         d = self._denominator(a)

@@ -111,7 +111,7 @@ class SumPool2d(_Pool2d, AffineLayer):
         self.input = self._check_pool_input(a)
         return self.forward_with(a)
 
-    def backward(self, grad):
+    def backward(self, grad, param_grads=True):
         return self.backward_with(grad, None, self.input.shape)
 
 
@@ -174,7 +174,7 @@ class GlobalAvgPool2d(AffineLayer):
         self.input = self._check_input(a, 4)
         return self.forward_with(a)
 
-    def backward(self, grad):
+    def backward(self, grad, param_grads=True):
         return self.backward_with(grad, None, self.input.shape)
 
 
@@ -221,7 +221,7 @@ class MaxPool2d(_Pool2d, AffineLayer):
     def bias_view(self, bias):
         return bias
 
-    def backward(self, grad):
+    def backward(self, grad, param_grads=True):
         return self.backward_with(grad, None, self.input.shape)
 
     def backward_split(self, grad):

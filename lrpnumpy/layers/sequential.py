@@ -42,9 +42,9 @@ class Sequential(Layer):
             a = layer.forward(a)
         return a
 
-    def backward(self, grad):
+    def backward(self, grad, param_grads=True):
         for layer in reversed(self.layers):
-            grad = layer.backward(grad)
+            grad = layer.backward(grad, param_grads)
         return grad
 
     def lrp(self, R, rules=None):

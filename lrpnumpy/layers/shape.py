@@ -16,7 +16,7 @@ class Flatten(Layer):
         self.input = check_array(a, f"input of {self!r}")
         return a.reshape(a.shape[0], -1)
 
-    def backward(self, grad):
+    def backward(self, grad, param_grads=True):
         return grad.reshape(self.input.shape)
 
 
@@ -35,5 +35,5 @@ class Dropout(Layer):
         self.input = check_array(a, f"input of {self!r}")
         return a
 
-    def backward(self, grad):
+    def backward(self, grad, param_grads=True):
         return grad
