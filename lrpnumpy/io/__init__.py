@@ -2,5 +2,6 @@
 
 from .native import load, save
 from .onnx import load_onnx
+from .toolbox import from_nhwc, load_lrp_toolbox, save_lrp_toolbox
 
-__all__ = ["load", "save", "load_onnx"]
+__all__ = ["load", "save", "load_onnx", "load_lrp_toolbox", "save_lrp_toolbox", "from_nhwc"]
