@@ -12,8 +12,8 @@ def _load_model(name):
     from .zoo import MODELS
     if name in MODELS:
         return MODELS[name]()
-    from .io import load
-    return load(name)
+    from .io import load_model
+    return load_model(name)
 
 
 def _verify(args):
@@ -54,7 +54,7 @@ def main(argv=None):
     demo = sub.add_parser("demo", help="explain a small built-in network and print the conservation table")
     demo.add_argument("--composite", default="epsilon_gamma_box")
     ver = sub.add_parser("verify", help="compare lrpnumpy's relevance with Zennit and Captum")
-    ver.add_argument("model", help="a native .npz model file, or a built-in: lenet5, toolbox_lenet, vgg16")
+    ver.add_argument("model", help="a model file (.npz, .onnx, .txt) or a built-in: lenet5, toolbox_lenet, vgg16")
     ver.add_argument("--input", help=".npy batch of inputs (default: random inputs of the model's shape)")
     ver.add_argument("--against", nargs="+", default=["zennit"], choices=["zennit", "captum"])
     ver.add_argument("--rules", nargs="+", help="method names, e.g. epsilon zplus epsilon_gamma_box")

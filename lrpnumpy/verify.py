@@ -24,8 +24,8 @@ from . import methods as M
 from .canonize import fold_batchnorm
 from .errors import LRPError, UnsupportedLayerError
 from .explain import explain, logit_network, target_onehot
-from .layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, SumPool2d,
-                     Tanh)
+from .layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Linear, MaxPool2d, ReLU,
+                     SumPool2d, Tanh)
 from .rules import (AlphaBeta, Epsilon, Flat, Gamma, Rho, WSquare, ZBox, ZPlus)
 
 ZENNIT_RULE_METHODS = ("epsilon", "zplus", "alpha_beta_2_1", "alpha_beta_1_0", "gamma", "zbox", "flat", "wsquare")
@@ -97,11 +97,16 @@ def to_torch(net):
                           padding=symmetric(layer), dilation=layer.dilation, groups=layer.groups,
                           bias=layer.bias is not None)
         elif isinstance(layer, AvgPool2d):
-            m = nn.AvgPool2d(layer.kernel_size, layer.stride, symmetric(layer), count_include_pad=True)
+            m = nn.AvgPool2d(layer.kernel_size, layer.stride, symmetric(layer), ceil_mode=layer.ceil_mode,
+                             count_include_pad=layer.count_include_pad)
         elif isinstance(layer, SumPool2d):
+            if layer.scale != 1.0 or layer.ceil_mode:
+                raise UnsupportedLayerError(f"{layer!r}: only plain sum pooling has a PyTorch equivalent here")
             m = SumPool(layer.kernel_size, layer.stride, symmetric(layer), count_include_pad=True)
         elif isinstance(layer, MaxPool2d):
-            m = nn.MaxPool2d(layer.kernel_size, layer.stride, symmetric(layer))
+            m = nn.MaxPool2d(layer.kernel_size, layer.stride, symmetric(layer), ceil_mode=layer.ceil_mode)
+        elif isinstance(layer, GlobalAvgPool2d):
+            m = nn.AdaptiveAvgPool2d(1)
         elif isinstance(layer, ReLU):
             m = nn.ReLU()
         elif isinstance(layer, Tanh):
@@ -169,7 +174,7 @@ def _run_lrpnumpy(method, net, x, target, low, high, against, noise, alphas):
                 "integrated_gradients": lambda: M.integrated_gradients(net, x, target, alphas=alphas),
                 "smoothgrad": lambda: M.smoothgrad(net, x, target, n=len(noise) + 1, noise=noise)}[method]()
     if against == "captum":
-        pools = (SumPool2d, MaxPool2d)
+        pools = (SumPool2d, MaxPool2d, GlobalAvgPool2d)
         rule = {"epsilon": Epsilon(1e-9), "gamma": Rho("gamma", 0.25, bias="raw", epsilon=1e-9),
                 "alpha_beta_1_0": Rho("positive", bias="raw", epsilon=1e-9)}[method]
         comp = C.Composite([((Conv2d, Linear), rule), (pools, Epsilon(1e-9))])

@@ -132,3 +132,14 @@ def test_to_torch_refuses_asymmetric_padding():
     pytest.importorskip("torch", reason="torch not installed")
     with pytest.raises(L.errors.UnsupportedLayerError, match="asymmetric padding"):
         verify.to_torch(L.Sequential(L.Conv2d(1, 1, 3, padding=(0, 1, 0, 0))))
+
+
+@pytest.mark.reference
+@needs_zennit
+def test_agrees_with_zennit_on_ceil_mode_and_global_pooling():
+    rng = np.random.default_rng(5)
+    net = L.Sequential(L.Conv2d(2, 4, 3, padding=1, rng=rng), L.ReLU(), L.MaxPool2d(3, 2, ceil_mode=True),
+                       L.Conv2d(4, 4, 3, rng=rng), L.ReLU(), L.AvgPool2d(2, ceil_mode=True, count_include_pad=False),
+                       L.Conv2d(4, 6, 1, rng=rng), L.ReLU(), L.GlobalAvgPool2d(), L.Flatten(), L.Linear(6, 3, rng=rng))
+    rows = verify.compare(_biases(net, rng), rng.random((2, 2, 12, 12)), methods=["epsilon_plus", "gamma", "zbox"])
+    assert all(r["passed"] for r in rows), [(r["method"], r["max_rel"]) for r in rows]

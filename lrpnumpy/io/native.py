@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 
 from .. import layers as Lyr
-from ..errors import ModelFormatError, UnsupportedLayerError
+from ..errors import LRPError, ModelFormatError, UnsupportedLayerError
 
 FORMAT, VERSION = "lrpnumpy", 1
 
@@ -55,6 +55,16 @@ def save(net, path):
 
 
 def load(path):
+    """Read a network written by :func:`save`; see :func:`_load`."""
+    try:
+        return _load(path)
+    except LRPError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged file must not escape as a raw traceback
+        raise ModelFormatError(f"{path}: damaged lrpnumpy model ({type(exc).__name__}: {exc})") from None
+
+
+def _load(path):
     """Read a network written by :func:`save`.
 
     Raises

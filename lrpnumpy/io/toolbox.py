@@ -22,7 +22,7 @@ import tempfile
 import numpy as np
 
 from .. import layers as Lyr
-from ..errors import ModelFormatError, ShapeError, UnsupportedLayerError
+from ..errors import LRPError, ModelFormatError, ShapeError, UnsupportedLayerError
 
 
 def from_nhwc(x):
@@ -111,6 +111,15 @@ def load_lrp_toolbox(path, input_shape=None):
     UnsupportedLayerError
         For an unknown layer name.
     """
+    try:
+        return _load(path, input_shape)
+    except (LRPError, OSError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged file must not escape as a raw traceback
+        raise ModelFormatError(f"{path}: damaged LRP Toolbox model ({type(exc).__name__}: {exc})") from None
+
+
+def _load(path, input_shape):
     r = _Reader(path)
     layers, shape = [], None if input_shape is None else tuple(input_shape)
     flat_from = None  # (C, H, W) of the map the last Flatten flattened
