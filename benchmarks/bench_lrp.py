@@ -13,7 +13,6 @@ passes actually run (2 FLOP each).
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import tracemalloc
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import count_macs, matmul_rate, median_time  # noqa: E402
+from common import count_macs, matmul_rate, median_time, peak_rss_mb  # noqa: E402
 
 import lrpnumpy as L  # noqa: E402
 from lrpnumpy import composites, kernels, zoo  # noqa: E402
@@ -74,7 +73,7 @@ def run_row(model, batch, dtype, composite, repeat):
     t = time.perf_counter()
     L.explain(net, x, composite=comp)  # warm-up: loads the JIT cache, touches memory
     first = time.perf_counter() - t
-    explain_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before anything else runs
+    explain_rss = peak_rss_mb()  # before anything else runs
     onehot = np.zeros((batch, net.forward(x).shape[1]), dt)
     onehot[:, 0] = 1
     big = model == "vgg16"

@@ -9,6 +9,23 @@ from lrpnumpy import kernels
 from lrpnumpy.layers import Linear
 
 
+def peak_rss_mb():
+    """This process's peak resident memory in MB.
+
+    Reads VmHWM from /proc (Linux): unlike ``getrusage``'s ru_maxrss, it is not inherited from
+    the parent that started this process (a child's ru_maxrss starts at the parent's peak).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def median_time(fn, repeat, min_time=0.0):
     """Median wall time of ``fn()`` over ``repeat`` runs (more runs until ``min_time`` is spent)."""
     times = []
