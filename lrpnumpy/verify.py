@@ -256,7 +256,8 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
         Class per sample; None: lrpnumpy's predicted class (used on both sides).
     against : sequence of {"zennit", "captum"}
     methods : sequence of str, optional
-        Method names (snake case); default: every method the implementation supports.
+        Method names (snake case); default: every method the implementation supports.  A method
+        is compared with each implementation that has it.
     rtol : float
         A row passes when ``max_abs <= rtol * max|reference|``.
     n_steps : int
@@ -279,6 +280,10 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
     zlow, zhigh = _bounds(net, x)
     noise = np.random.default_rng(seed).standard_normal((n_steps - 1,) + x.shape)
     alphas = None
+    for method in methods or ():
+        if not any(method in default_methods(impl) for impl in against):
+            raise UnsupportedLayerError(f"method {method!r} is not compared with {', '.join(against)}; choose from "
+                                        f"{', '.join(sorted(set().union(*(default_methods(i) for i in against))))}")
     rows = []
     for impl in against:
         if impl not in ("zennit", "captum"):
@@ -289,10 +294,8 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
             import torch
             alphas = torch.linspace(1.0 / n_steps, 1.0, n_steps).double().numpy()  # Zennit's float32 steps
         for method in (methods or default_methods(impl)):
-            supported = CAPTUM_METHODS if impl == "captum" else default_methods("zennit")
-            if method not in supported:
-                raise UnsupportedLayerError(f"method {method!r} is not compared with {impl}; "
-                                            f"choose from {', '.join(supported)}")
+            if method not in default_methods(impl):
+                continue  # e.g. the composites have no Captum counterpart; checked below
             lo, hi = (zlow, zhigh) if method == "zbox" else (low, high)
             ours = _run_lrpnumpy(method, net, x, target, lo, hi, impl, noise, alphas)
             tnet = to_torch(net)

@@ -8,39 +8,34 @@ from lrpnumpy.errors import DTypeError, RuleParameterError, ShapeError
 import oracles as O
 
 
-def fd_check(layer, x, rng, h=1e-6):
-    """Central differences of <layer(x), g> w.r.t. x (and the weight) against backward."""
+def numeric_grad(f, arr, h=1e-6):
+    """Central differences of the scalar f() with respect to every entry of ``arr`` (changed in place)."""
+    out = np.empty_like(arr)
+    for i in np.ndindex(arr.shape):
+        old = arr[i]
+        arr[i] = old + h
+        fp = f()
+        arr[i] = old - h
+        fm = f()
+        arr[i] = old
+        out[i] = (fp - fm) / (2 * h)
+    return out
+
+
+def fd_check(layer, x, rng):
+    """Central differences of <layer(x), g> w.r.t. x (and the weight and bias) against backward."""
     y = layer.forward(x)
     g = rng.normal(size=y.shape)
     analytic = layer.backward(g)
     f = lambda: np.sum(layer.forward(x) * g)  # noqa: E731
-    numeric = np.empty_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + h
-        fp = f()
-        x[i] = old - h
-        fm = f()
-        x[i] = old
-        numeric[i] = (fp - fm) / (2 * h)
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(analytic, numeric_grad(f, x), rtol=1e-6, atol=1e-7)
     for name in ("weight", "bias"):
         p = getattr(layer, name, None)
         if p is None or not hasattr(layer, "grad_" + name):
             continue
         layer.forward(x)
         layer.backward(g)
-        analytic_p = getattr(layer, "grad_" + name)
-        numeric_p = np.empty_like(p)
-        for i in np.ndindex(p.shape):
-            old = p[i]
-            p[i] = old + h
-            fp = f()
-            p[i] = old - h
-            fm = f()
-            p[i] = old
-            numeric_p[i] = (fp - fm) / (2 * h)
-        np.testing.assert_allclose(analytic_p, numeric_p, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(getattr(layer, "grad_" + name), numeric_grad(f, p), rtol=1e-6, atol=1e-7)
 
 
 def biased(layer, rng):

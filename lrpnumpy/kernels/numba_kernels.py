@@ -225,8 +225,9 @@ def conv2d_grad_weight(x, gy, kh, kw, sh, sw, padding, dh, dw, groups):
     return gw.reshape(o, cg, kh, kw)
 
 
-# Pooling loops run over window taps outside and output columns q inside, so the inner loop is
-# long and branch-free (the valid range of q for each tap is computed once).
+# Sum pooling and its adjoint run over window taps outside and output columns q inside, so the
+# inner loop is long and branch-free (the valid range of q for each tap is computed once).  Max
+# pooling keeps one output per iteration: measured faster, its comparison is data dependent.
 
 @numba.jit(**_jit)
 def _sum_pool(x, kh, kw, sh, sw, pt, pl, oh, ow):
