@@ -270,7 +270,7 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
     list of dict
         One row per (method, implementation): ``method``, ``against``, ``max_abs``, ``max_rel``
         (``max_abs / max|reference|``), ``sum_lrpnumpy``, ``sum_reference`` (over the batch),
-        ``passed``, ``note``.
+        ``sums_lrpnumpy``, ``sums_reference`` (one per sample), ``passed``, ``note``.
     """
     net = fold_batchnorm(logit_network(model, x)).astype(np.float64)
     x = x.astype(np.float64)
@@ -308,9 +308,14 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
             max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else np.inf)
             rows.append(dict(method=method, against=impl, max_abs=max_abs, max_rel=max_rel,
                              sum_lrpnumpy=float(ours.sum()), sum_reference=float(theirs.sum()),
+                             sums_lrpnumpy=_per_sample(ours), sums_reference=_per_sample(theirs),
                              passed=bool(max_rel <= rtol),
                              note=NOTES.get((impl, method), NOTES.get((impl, "*"), ""))))
     return rows
+
+
+def _per_sample(r):
+    return [float(v) for v in r.reshape(len(r), -1).sum(axis=1)]
 
 
 def format_rows(rows, rtol):

@@ -60,6 +60,8 @@ def test_agrees_with_zennit(arch, seed, bias):
     assert not failed, failed
     for r in rows:
         assert np.isclose(r["sum_lrpnumpy"], r["sum_reference"], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(r["sums_lrpnumpy"], r["sums_reference"], rtol=1e-9, atol=1e-12)
+        assert len(r["sums_lrpnumpy"]) == len(x)
 
 
 @pytest.mark.reference
