@@ -67,7 +67,7 @@ def fresh_process(model, composite, cache_dir):
 def run_row(model, batch, dtype, composite, repeat):
     """Measure one row in this process; returns a dict."""
     dt = np.dtype(dtype)
-    net = zoo.MODELS[model](dtype=dt)
+    net = zoo.MODELS[model](dtype=dt).freeze()  # frozen: rules keep W+, W + gamma W+, ... between calls
     x = np.random.default_rng(0).random((batch,) + net.input_shape).astype(dt)
     comp = build_composite(composite, x)
     t = time.perf_counter()

@@ -25,7 +25,7 @@ from lrpnumpy import composites, verify, zoo  # noqa: E402
 
 
 def setup(model, batch, dtype, composite, seed=0):
-    net = zoo.MODELS[model](seed=seed, dtype=dtype)
+    net = zoo.MODELS[model](seed=seed, dtype=dtype).freeze()  # rules keep their modified weights
     x = np.random.default_rng(seed).random((batch,) + net.input_shape).astype(dtype)
     kwargs = dict(low=0.0, high=1.0) if composite == "epsilon_gamma_box" else {}
     return net, x, composites.get(composite, **kwargs), kwargs

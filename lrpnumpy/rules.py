@@ -156,6 +156,12 @@ def _neg(v):
     return None if v is None else np.minimum(v, 0)
 
 
+def _sign_split(layer):
+    """``(W+, W-, b+, b-)`` of the layer, cached while it is frozen."""
+    W, b = layer.weight, layer.bias
+    return layer.derived("sign-split", lambda: (_pos(W), _neg(W), _pos(b), _neg(b)))
+
+
 def _split(a):
     """``(a+, a-)``, with ``a-`` None when it is all zero (as after a ReLU): its terms vanish."""
     if a.min() >= 0:
@@ -245,8 +251,8 @@ class ZPlus(AffineRule):
 
     def groups(self, layer, a):
         ap, an = _split(a)
-        W, b = layer.weight, layer.bias
-        return [Group(_terms((ap, _pos(W), _pos(b)), (an, _neg(W), None)))]
+        Wp, Wn, bp, _ = _sign_split(layer)
+        return [Group(_terms((ap, Wp, bp), (an, Wn, None)))]
 
 
 class AlphaBeta(AffineRule):
@@ -278,11 +284,10 @@ class AlphaBeta(AffineRule):
 
     def groups(self, layer, a):
         ap, an = _split(a)
-        W, b = layer.weight, layer.bias
-        Wp, Wn = _pos(W), _neg(W)
-        groups = [Group(_terms((ap, Wp, _pos(b)), (an, Wn, None)), self.alpha)]
+        Wp, Wn, bp, bn = _sign_split(layer)
+        groups = [Group(_terms((ap, Wp, bp), (an, Wn, None)), self.alpha)]
         if self.beta:
-            groups.append(Group(_terms((ap, Wn, _neg(b)), (an, Wp, None)), -self.beta))
+            groups.append(Group(_terms((ap, Wn, bn), (an, Wp, None)), -self.beta))
         return groups
 
 
@@ -305,8 +310,11 @@ class Gamma(AffineRule):
         ap, an = _split(a)
         W, b = layer.weight, layer.bias
         g = W.dtype.type(self.gamma)
-        Wp, Wn = W + g * _pos(W), W + g * _neg(W)
-        bp, bn = (None, None) if b is None else (b + g * _pos(b), b + g * _neg(b))
+
+        def modified():
+            bp, bn = (None, None) if b is None else (b + g * _pos(b), b + g * _neg(b))
+            return W + g * _pos(W), W + g * _neg(W), bp, bn
+        Wp, Wn, bp, bn = layer.derived(("gamma", self.gamma), modified)
         # the sign of the original z = W a + b picks the branch; forward() already computed it
         z = layer.output if (layer.input is a and layer.output is not None) else layer.forward_with(a, W, b)
         return [Group(_terms((ap, Wp, bp), (an, Wn, None)), mask=z > 0),
@@ -352,9 +360,10 @@ class ZBox(AffineRule):
     def groups(self, layer, a):
         W, b = layer.weight, layer.bias
         low, high = self._bound(self.low, a), self._bound(self.high, a)
+        Wp, Wn, bp, bn = _sign_split(layer)
         # -(W+ l + b+) - (W- h + b-) as forward passes of the negated bounds.
-        return [Group(_terms((a, W, b), (-low, _pos(W), _neg(-b) if b is not None else None),
-                             (-high, _neg(W), -_neg(b) if b is not None else None)))]
+        return [Group(_terms((a, W, b), (-low, Wp, None if b is None else -bp),
+                             (-high, Wn, None if b is None else -bn)))]
 
 
 def _short(v):
@@ -375,7 +384,7 @@ class Flat(AffineRule):
         self.epsilon = _check_epsilon(epsilon)
 
     def groups(self, layer, a):
-        ones = None if layer.weight is None else np.ones_like(layer.weight)
+        ones = None if layer.weight is None else layer.derived("ones", lambda: np.ones_like(layer.weight))
         return [Group(_terms((np.ones_like(a), ones, None)))]
 
 
@@ -386,8 +395,9 @@ class WSquare(AffineRule):
         self.epsilon = _check_epsilon(epsilon)
 
     def groups(self, layer, a):
-        b = layer.bias
-        return [Group(_terms((np.ones_like(a), layer.weight ** 2, None if b is None else b ** 2)))]
+        W, b = layer.weight, layer.bias
+        W2, b2 = layer.derived("square", lambda: (W ** 2, None if b is None else b ** 2))
+        return [Group(_terms((np.ones_like(a), W2, b2)))]
 
 
 class Norm(AffineRule):
@@ -442,10 +452,13 @@ class Rho(AffineRule):
         return _pos(p) if self.rho == "positive" else p
 
     def groups(self, layer, a):
-        b = layer.bias
-        if b is not None:
-            b = {"rho": self._rho, "raw": lambda v: v, "zero": lambda v: None}[self.bias](b)
-        return [Group(_terms((a, self._rho(layer.weight), b)))]
+        W, b = layer.weight, layer.bias
+
+        def modified():
+            bias = None if b is None else {"rho": self._rho, "raw": lambda v: v, "zero": lambda v: None}[self.bias](b)
+            return self._rho(W), bias
+        rho_w, rho_b = layer.derived(("rho", self.rho, self.gamma, self.bias), modified)
+        return [Group(_terms((a, rho_w, rho_b)))]
 
 
 class Pass(Rule):

@@ -176,3 +176,36 @@ def test_bad_rule_arguments(rng):
         L.explain(net, x, relevance_out=np.full((1, 3), np.inf))
     with pytest.raises(ShapeError, match="ZBox bound"):
         L.explain(net, x, composite=L.EpsilonGammaBox(np.zeros(3), np.ones(3)))
+
+
+ALL_RULES = [L.Epsilon(), L.ZPlus(), L.AlphaBeta(2, 1), L.AlphaBeta(1, 0), L.Gamma(), L.ZBox(-1, 2), L.Flat(),
+             L.WSquare(), L.Rho("gamma", bias="raw"), L.Rho("positive", bias="zero"), L.LRP0()]
+
+
+@pytest.mark.parametrize("rule", ALL_RULES, ids=repr)
+def test_frozen_networks_cache_derived_weights_without_changing_results(rule, rng):
+    net = cnn(rng)
+    x = rng.random((2, 1, 12, 12)) - 0.3  # negative inputs too: every term runs
+    plain = L.explain(net, x, rule=rule).relevance
+    frozen = net.copy().freeze()
+    first = L.explain(frozen, x, rule=rule).relevance
+    again = L.explain(frozen, x, rule=rule).relevance
+    np.testing.assert_array_equal(first, plain)
+    np.testing.assert_array_equal(again, plain)
+
+
+def test_frozen_cache_follows_new_weights(rng):
+    net = cnn(rng).freeze()
+    x = rng.random((1, 1, 12, 12))
+    L.explain(net, x, composite=L.EpsilonGammaBox(0, 1))
+    cached = net[3].derived(("gamma", 0.25), lambda: None)
+    assert cached is not None and not cached[0].flags.writeable  # W + gamma W+ was kept
+    with pytest.raises(ValueError, match="read-only"):
+        net[3].weight[0, 0, 0, 0] = 1.0
+    new = net[3].weight * 2
+    net[3].weight = new  # a new array: what was derived from the old one is not used
+    got = L.explain(net, x, composite=L.EpsilonGammaBox(0, 1)).relevance
+    fresh = net.copy()  # unfrozen copy, same weights
+    np.testing.assert_array_equal(got, L.explain(fresh, x, composite=L.EpsilonGammaBox(0, 1)).relevance)
+    net.clear()
+    assert "_derived" not in vars(net[3])

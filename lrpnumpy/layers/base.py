@@ -152,11 +152,45 @@ class Layer:
         return out
 
     def clear(self):
-        """Drop the cached input (and output) and the LRP ledger."""
+        """Drop the cached input (and output), the LRP ledger and cached derived weights."""
         self.input = None
         self.ledger = None
         if "output" in self.__dict__:
             self.output = None
+        self.__dict__.pop("_derived", None)
+
+    def freeze(self):
+        """Make the parameters read-only, so that rules may cache what they derive from them.
+
+        Frozen parameters cannot be changed in place; assign new arrays instead (which also
+        discards what was derived from the old ones).  Returns the layer.
+        """
+        for name in self.params:
+            value = getattr(self, name)
+            if value is not None:
+                value.flags.writeable = False
+        return self
+
+    def derived(self, key, compute, inputs=None):
+        """``compute()``, cached on the layer while ``inputs`` are read-only and the same objects.
+
+        ``inputs`` defaults to the layer's parameters: rules cache W+, W + gamma W+, ... this way
+        between calls on a frozen network (see :meth:`freeze`); on an unfrozen one they are
+        recomputed each time, so in-place changes of the weights are always seen.
+        """
+        inputs = tuple(getattr(self, n) for n in self.params) if inputs is None else tuple(inputs)
+        if not inputs or any(v is not None and v.flags.writeable for v in inputs):
+            return compute()
+        cache = self.__dict__.setdefault("_derived", {})
+        hit = cache.get(key)
+        if hit is not None and len(hit[0]) == len(inputs) and all(a is b for a, b in zip(hit[0], inputs)):
+            return hit[1]
+        value = compute()
+        for v in (value if isinstance(value, tuple) else (value,)):
+            if isinstance(v, np.ndarray):
+                v.flags.writeable = False
+        cache[key] = (inputs, value)  # holding the inputs keeps their identity meaningful
+        return value
 
     def astype(self, dtype):
         """A copy of the layer with every parameter converted to ``dtype``."""

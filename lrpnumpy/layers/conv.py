@@ -82,14 +82,16 @@ class Conv2d(AffineLayer):
         # One convolution with the weights stacked along the output channels.
         if len(weights) == 1 or self.groups != 1:
             return super().forward_many(x, weights)
-        return np.split(self.forward_with(x, np.concatenate(weights)), len(weights), axis=1)
+        stacked = self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights)
+        return np.split(self.forward_with(x, stacked), len(weights), axis=1)
 
     def backward_many(self, pairs, input_shape):
         # sum_k W_k^T s_k is one transposed convolution with stacked weights and gradients.
         if len(pairs) == 1 or self.groups != 1:
             return super().backward_many(pairs, input_shape)
-        return self.backward_with(np.concatenate([s for s, _ in pairs], axis=1),
-                                  np.concatenate([w for _, w in pairs]), input_shape)
+        weights = [w for _, w in pairs]
+        stacked = self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights)
+        return self.backward_with(np.concatenate([s for s, _ in pairs], axis=1), stacked, input_shape)
 
     def forward(self, a):
         self._check_input(a, 4, self.in_channels)

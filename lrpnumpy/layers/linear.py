@@ -42,13 +42,15 @@ class Linear(AffineLayer):
     def forward_many(self, x, weights):
         if len(weights) == 1:
             return [x @ weights[0].T]
-        y = x @ np.concatenate(weights).T
+        y = x @ self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights).T
         return np.split(y, len(weights), axis=1)
 
     def backward_many(self, pairs, input_shape):
         if len(pairs) == 1:
             return pairs[0][0] @ pairs[0][1]
-        return np.concatenate([s for s, _ in pairs], axis=1) @ np.concatenate([w for _, w in pairs])
+        weights = [w for _, w in pairs]
+        stacked = self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights)
+        return np.concatenate([s for s, _ in pairs], axis=1) @ stacked
 
     def forward(self, a):
         self.input = self._check_input(a, 2, self.in_features, "features")

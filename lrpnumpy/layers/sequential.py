@@ -62,6 +62,11 @@ class Sequential(Layer):
         for layer in self.layers:
             layer.clear()
 
+    def freeze(self):
+        for layer in self.layers:
+            layer.freeze()
+        return self
+
     def astype(self, dtype):
         as_dtype(dtype)
         return Sequential(*(layer.astype(dtype) for layer in self.layers), input_shape=self.input_shape)
