@@ -107,11 +107,15 @@ def four_steps(layer, groups, R, epsilon, ledger=None):
 
     if ledger is not None:
         kept = 0
-        for g, zg, zsg, sg, Rgi, bias in zip(groups, z, zs, s, Rg, biases):
-            finite = np.isfinite(zsg)
-            _add(ledger, "bias", g.coef * _sums(sg * bias))
-            _add(ledger, "stabilizer", g.coef * _sums(sg * np.where(finite, zsg - zg, 0)))
-            kept = kept + g.coef * _sums(np.where(finite, Rgi, 0))
+        for g, zg, zsg, sg, Rgi in zip(groups, z, zs, s, Rg):
+            bias = sum(b for _, _, b in g.terms if b is not None)
+            if not np.isscalar(bias):  # sum s * b, reduced per output channel first
+                _add(ledger, "bias", g.coef * (sg.reshape(len(sg), bias.size, -1).sum(axis=2) @ bias))
+            if epsilon > 0:  # every denominator is finite, moved by +-epsilon
+                _add(ledger, "stabilizer", g.coef * _sums(sg * (zsg - zg)))
+                kept = kept + g.coef * _sums(Rgi)
+            else:  # no stabilizer; zero denominators (inf after stabilize) pass nothing on
+                kept = kept + g.coef * _sums(np.where(np.isfinite(zsg), Rgi, 0))
         _add(ledger, "dropped", _sums(R) - kept)
     return R_in
 
