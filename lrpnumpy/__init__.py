@@ -15,7 +15,8 @@ from .stabilize import stabilize
 
 __all__ = [
     "explain", "Explanation", "ConservationReport", "fold_batchnorm", "stabilize",
-    "Layer", "Linear", "Conv2d", "ReLU", "Tanh", "Softmax", "SumPool2d", "AvgPool2d", "GlobalAvgPool2d", "MaxPool2d", "LRN", "Flatten",
+    "Layer", "Linear", "Conv2d", "ReLU", "Tanh", "Softmax", "SumPool2d", "AvgPool2d", "GlobalAvgPool2d",
+    "MaxPool2d", "LRN", "Flatten",
     "Dropout", "BatchNorm2d", "Sequential",
     "LRP0", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "Flat", "WSquare", "Norm", "Pass", "Rho",
     "WinnerTakesAll",

@@ -1,6 +1,5 @@
 """``explain``: forward pass, initial relevance, and the reverse LRP loop."""
 
-import numbers
 
 import numpy as np
 
@@ -51,8 +50,8 @@ def explain(model, x, target=None, rule=None, composite=None, relevance_out=None
         R = layer.lrp(R, layer_rule)
         relevances.insert(0, R)
     ledgers = [layer.conservation() for layer in net]
-    return Explanation(R, output, relevances, net, [r if r is not None else l.default_rule
-                                                    for r, l in zip(rules, net)], ledgers)
+    used = [rule if rule is not None else layer.default_rule for rule, layer in zip(rules, net)]
+    return Explanation(R, output, relevances, net, used, ledgers)
 
 
 def logit_network(model, x):

@@ -22,10 +22,10 @@ import numpy as np
 from . import composites as C
 from . import methods as M
 from .canonize import fold_batchnorm
-from .errors import LRPError, UnsupportedLayerError
+from .errors import UnsupportedLayerError
 from .explain import explain, logit_network, target_onehot
 from .layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Linear, MaxPool2d, ReLU,
-                     SumPool2d, Tanh)
+                     Softmax, SumPool2d, Tanh)
 from .rules import (AlphaBeta, Epsilon, Flat, Gamma, Rho, WSquare, ZBox, ZPlus)
 
 ZENNIT_RULE_METHODS = ("epsilon", "zplus", "alpha_beta_2_1", "alpha_beta_1_0", "gamma", "zbox", "flat", "wsquare")
@@ -131,7 +131,6 @@ def to_torch(net):
 
 
 def _without_softmax(net):
-    from .layers import Softmax
     return net[:-1] if len(net) > 1 and isinstance(net[-1], Softmax) else net
 
 
@@ -331,4 +330,4 @@ def format_rows(rows, rtol):
     return "\n".join(lines)
 
 
-__all__ = ["compare", "to_torch", "format_rows", "available", "LRPError"]
+__all__ = ["compare", "to_torch", "format_rows", "available"]

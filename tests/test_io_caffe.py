@@ -142,8 +142,10 @@ def test_legacy_v1_layers_and_unpacked_data(tmp_path, rng):
 layers { name: "relu1" type: RELU bottom: "conv1" top: "conv1" }
 layers { name: "pool1" type: POOLING bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
 layers { name: "norm1" type: LRN bottom: "pool1" top: "norm1" lrn_param { local_size: 3 alpha: 0.01 beta: 0.75 } }
-layers { name: "pool2" type: POOLING bottom: "norm1" top: "pool2" pooling_param { pool: AVE kernel_size: 2 stride: 2 pad: 1 } }
-layers { name: "fc" type: INNER_PRODUCT bottom: "pool2" top: "fc" inner_product_param { num_output: 4 transpose: true bias_term: false } }
+layers { name: "pool2" type: POOLING bottom: "norm1" top: "pool2"
+         pooling_param { pool: AVE kernel_size: 2 stride: 2 pad: 1 } }
+layers { name: "fc" type: INNER_PRODUCT bottom: "pool2" top: "fc"
+         inner_product_param { num_output: 4 transpose: true bias_term: false } }
 layers { name: "prob" type: SOFTMAX bottom: "fc" top: "prob" }
 """
     (tmp_path / "v1.prototxt").write_text(v1)

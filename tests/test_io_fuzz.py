@@ -13,8 +13,8 @@ from lrpnumpy.io import load_model
 def valid_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("models")
     rng = np.random.default_rng(0)
-    net = L.Sequential(L.Conv2d(1, 2, 3, rng=rng), L.ReLU(), L.MaxPool2d(2), L.Flatten(), L.Linear(2 * 3 * 3, 3, rng=rng),
-                       L.Softmax(), input_shape=(1, 8, 8))
+    net = L.Sequential(L.Conv2d(1, 2, 3, rng=rng), L.ReLU(), L.MaxPool2d(2), L.Flatten(),
+                       L.Linear(2 * 3 * 3, 3, rng=rng), L.Softmax(), input_shape=(1, 8, 8))
     files = {}
     L.io.save(net, d / "m.npz")
     files["native"] = (d / "m.npz", None)

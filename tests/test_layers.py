@@ -188,7 +188,8 @@ def test_shape_errors(rng):
 
 @pytest.mark.parametrize("make", [lambda: L.Conv2d(3, 4, 0), lambda: L.Conv2d(3, 4, 3, stride=0),
                                   lambda: L.Conv2d(3, 4, 3, padding=-1), lambda: L.Conv2d(3, 4, 3, groups=2),
-                                  lambda: L.MaxPool2d(2, padding=2), lambda: L.MaxPool2d(3, padding=(0, 3, 0, 0)), lambda: L.Dropout(1.0),
+                                  lambda: L.MaxPool2d(2, padding=2), lambda: L.MaxPool2d(3, padding=(0, 3, 0, 0)),
+                                  lambda: L.Dropout(1.0),
                                   lambda: L.Linear(0, 3), lambda: L.BatchNorm2d(3, eps=0)])
 def test_invalid_layer_parameters(make):
     with pytest.raises(RuleParameterError):

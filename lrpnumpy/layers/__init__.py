@@ -9,5 +9,5 @@ from .pool import AvgPool2d, GlobalAvgPool2d, MaxPool2d, SumPool2d
 from .sequential import Sequential
 from .shape import Dropout, Flatten
 
-__all__ = ["Layer", "AffineLayer", "Linear", "Conv2d", "ReLU", "Tanh", "Softmax", "SumPool2d", "AvgPool2d", "GlobalAvgPool2d", "LRN",
-           "MaxPool2d", "Flatten", "Dropout", "BatchNorm2d", "Sequential"]
+__all__ = ["Layer", "AffineLayer", "Linear", "Conv2d", "ReLU", "Tanh", "Softmax", "SumPool2d", "AvgPool2d",
+           "GlobalAvgPool2d", "LRN", "MaxPool2d", "Flatten", "Dropout", "BatchNorm2d", "Sequential"]
