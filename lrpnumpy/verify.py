@@ -96,6 +96,9 @@ def to_torch(net):
             m = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
                           padding=symmetric(layer), dilation=layer.dilation, groups=layer.groups,
                           bias=layer.bias is not None)
+        elif isinstance(layer, (SumPool2d, MaxPool2d)) and not isinstance(layer, MaxPool2d) \
+                and layer.dilation != (1, 1):
+            raise UnsupportedLayerError(f"{layer!r}: PyTorch has no dilated sum/average pooling")
         elif isinstance(layer, AvgPool2d):
             m = nn.AvgPool2d(layer.kernel_size, layer.stride, symmetric(layer), ceil_mode=layer.ceil_mode,
                              count_include_pad=layer.count_include_pad)
@@ -104,7 +107,8 @@ def to_torch(net):
                 raise UnsupportedLayerError(f"{layer!r}: only plain sum pooling has a PyTorch equivalent here")
             m = SumPool(layer.kernel_size, layer.stride, symmetric(layer), count_include_pad=True)
         elif isinstance(layer, MaxPool2d):
-            m = nn.MaxPool2d(layer.kernel_size, layer.stride, symmetric(layer), ceil_mode=layer.ceil_mode)
+            m = nn.MaxPool2d(layer.kernel_size, layer.stride, symmetric(layer), dilation=layer.dilation,
+                             ceil_mode=layer.ceil_mode)
         elif isinstance(layer, GlobalAvgPool2d):
             m = nn.AdaptiveAvgPool2d(1)
         elif isinstance(layer, ReLU):

@@ -30,20 +30,20 @@ def conv_matrix(weight, in_shape, stride=(1, 1), padding=(0, 0, 0, 0), dilation=
     return M.reshape(o * oh * ow, c * h * w), (o, oh, ow)
 
 
-def sum_pool_matrix(in_shape, kernel, stride, padding=(0, 0, 0, 0), scale=1.0):
+def sum_pool_matrix(in_shape, kernel, stride, padding=(0, 0, 0, 0), scale=1.0, dilation=(1, 1)):
     """Matrix of a sum pool (times ``scale``) over one sample of shape (C, H, W)."""
     c = in_shape[0]
     depthwise_ones = np.ones((c, 1) + tuple(kernel))
-    M, shape = conv_matrix(depthwise_ones, in_shape, stride, padding, groups=c)
+    M, shape = conv_matrix(depthwise_ones, in_shape, stride, padding, dilation, groups=c)
     return M * scale, shape
 
 
-def max_pool_selection(x, kernel, stride, padding=(0, 0, 0, 0)):
+def max_pool_selection(x, kernel, stride, padding=(0, 0, 0, 0), dilation=(1, 1)):
     """0/1 matrix S (one sample) with ``maxpool(x) == S @ x``: the first maximum of each window wins."""
     c, h, w = x.shape
     pt, pb, pl, pr = padding
-    oh = (h + pt + pb - kernel[0]) // stride[0] + 1
-    ow = (w + pl + pr - kernel[1]) // stride[1] + 1
+    oh = (h + pt + pb - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    ow = (w + pl + pr - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
     S = np.zeros((c, oh, ow, c, h, w))
     T = np.zeros_like(S)  # ties shared equally
     for ch in range(c):
@@ -52,7 +52,7 @@ def max_pool_selection(x, kernel, stride, padding=(0, 0, 0, 0)):
                 best, where, tied = -np.inf, None, []
                 for i in range(kernel[0]):
                     for j in range(kernel[1]):
-                        r, s = p * stride[0] - pt + i, q * stride[1] - pl + j
+                        r, s = p * stride[0] - pt + i * dilation[0], q * stride[1] - pl + j * dilation[1]
                         if 0 <= r < h and 0 <= s < w:
                             if x[ch, r, s] > best:
                                 best, where, tied = x[ch, r, s], (r, s), [(r, s)]

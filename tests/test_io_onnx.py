@@ -27,7 +27,6 @@ UNSUPPORTED = {
                           "test_maxpool_3d_dilations_use_ref_impl_large"]
     + [f"test_averagepool_3d_dilations_large_count_include_pad_is_{a}_ceil_mode_is_{b}"
        for a in (0, 1) for b in ("True", "False")],
-    "dilated pooling": ["test_averagepool_2d_dilations", "test_maxpool_2d_dilations"],
     "training-mode batch norm": ["test_batchnorm_epsilon_training_mode", "test_batchnorm_example_training_mode"],
     "flattening into the batch axis": ["test_flatten_axis0", "test_flatten_axis2", "test_flatten_axis3",
                                        "test_flatten_negative_axis1", "test_flatten_negative_axis2",
@@ -97,7 +96,7 @@ PYTORCH_CONVERTED_SUPPORTED = [
     "test_Conv2d", "test_Conv2d_depthwise", "test_Conv2d_depthwise_padded", "test_Conv2d_depthwise_strided",
     "test_Conv2d_depthwise_with_multiplier", "test_Conv2d_dilated", "test_Conv2d_groups", "test_Conv2d_groups_thnn",
     "test_Conv2d_no_bias", "test_Conv2d_padding", "test_Conv2d_strided", "test_Linear", "test_Linear_no_bias",
-    "test_MaxPool2d", "test_ReLU", "test_Softmax", "test_Tanh", "test_softmax_functional_dim3",
+    "test_MaxPool2d", "test_MaxPool2d_stride_padding_dilation", "test_ReLU", "test_Softmax", "test_Tanh", "test_softmax_functional_dim3",
     "test_softmax_lastdim"]
 
 

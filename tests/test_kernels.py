@@ -53,29 +53,33 @@ def test_conv_kernels_agree(case, contiguous, rng):
            ref.conv2d_grad_weight(x, g, kh, kw, sh, sw, pad, dh, dw, groups))
 
 
-POOL_CASES = [((1, 2, 6, 6), (2, 2), (2, 2), (0, 0, 0, 0)), ((3, 3, 7, 8), (3, 3), (2, 2), (1, 1, 1, 1)),
-              ((2, 1, 5, 7), (2, 3), (1, 2), (0, 1, 1, 0)), ((2, 2, 4, 4), (1, 1), (1, 1), (0, 0, 0, 0))]
+# (N, C, H, W), kernel, stride, padding, dilation
+POOL_CASES = [((1, 2, 6, 6), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),
+              ((3, 3, 7, 8), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
+              ((2, 1, 5, 7), (2, 3), (1, 2), (0, 1, 1, 0), (1, 1)),
+              ((2, 2, 4, 4), (1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),
+              ((2, 2, 9, 8), (3, 2), (2, 1), (2, 1, 1, 0), (2, 3))]
 
 
 @pytest.mark.parametrize("case", POOL_CASES, ids=str)
 @pytest.mark.parametrize("ties", [False, True])
 def test_pool_kernels_agree(case, ties, rng):
-    shape, (kh, kw), (sh, sw), pad = case
+    shape, (kh, kw), (sh, sw), pad, (dh, dw) = case
+    geo = (kh, kw, sh, sw, pad, dh, dw)
     x = rng.integers(0, 3, size=shape).astype(float) if ties else rng.normal(size=shape)
-    y, idx = ref.max_pool2d(x, kh, kw, sh, sw, pad)
-    y2, idx2 = nb.max_pool2d(_noncontiguous(x), kh, kw, sh, sw, pad)
+    y, idx = ref.max_pool2d(x, *geo)
+    y2, idx2 = nb.max_pool2d(_noncontiguous(x), *geo)
     _close(y2, y)
     np.testing.assert_array_equal(idx2, idx)
     g = rng.normal(size=y.shape)
-    _close(nb.max_pool2d_grad(g, idx, shape[2], shape[3], kh, kw, sh, sw, pad),
-           ref.max_pool2d_grad(g, idx, shape[2], shape[3], kh, kw, sh, sw, pad))
+    _close(nb.max_pool2d_grad(g, idx, shape[2], shape[3], *geo), ref.max_pool2d_grad(g, idx, shape[2], shape[3], *geo))
     z = rng.normal(size=shape)
-    _close(nb.max_pool2d_gather(z, idx, kh, kw, sh, sw, pad), ref.max_pool2d_gather(z, idx, kh, kw, sh, sw, pad))
-    _close(nb.sum_pool2d(x, kh, kw, sh, sw, pad), ref.sum_pool2d(x, kh, kw, sh, sw, pad))
-    s = ref.sum_pool2d(x, kh, kw, sh, sw, pad)
+    _close(nb.max_pool2d_gather(z, idx, *geo), ref.max_pool2d_gather(z, idx, *geo))
+    _close(nb.sum_pool2d(x, *geo), ref.sum_pool2d(x, *geo))
+    s = ref.sum_pool2d(x, *geo)
     gs = rng.normal(size=s.shape)
-    _close(nb.sum_pool2d_grad(_noncontiguous(gs), shape[2], shape[3], kh, kw, sh, sw, pad),
-           ref.sum_pool2d_grad(gs, shape[2], shape[3], kh, kw, sh, sw, pad))
+    _close(nb.sum_pool2d_grad(_noncontiguous(gs), shape[2], shape[3], *geo),
+           ref.sum_pool2d_grad(gs, shape[2], shape[3], *geo))
 
 
 def test_float32_stays_float32(rng):

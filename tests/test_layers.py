@@ -58,6 +58,9 @@ GRAD_CASES = {
     "maxpool": (lambda r: L.MaxPool2d(2), (2, 2, 4, 6)),
     "maxpool_overlap_pad": (lambda r: L.MaxPool2d(3, stride=2, padding=1), (2, 2, 7, 6)),
     "maxpool_overlap": (lambda r: L.MaxPool2d((2, 3), stride=1), (1, 2, 5, 5)),
+    "maxpool_dilated_ceil": (lambda r: L.MaxPool2d(2, stride=2, padding=1, dilation=2, ceil_mode=True), (2, 2, 7, 6)),
+    "avgpool_dilated_ceil": (lambda r: L.AvgPool2d(2, stride=2, padding=1, dilation=(2, 1), ceil_mode=True,
+                                                   count_include_pad=False), (2, 2, 7, 6)),
     "flatten": (lambda r: L.Flatten(), (2, 3, 2, 2)),
     "dropout": (lambda r: L.Dropout(0.3), (2, 5)),
     "batchnorm": (lambda r: _bn(r), (2, 3, 4, 4)),
@@ -86,7 +89,7 @@ def test_sequential_backward_is_the_gradient(rng):
 
 
 LINEAR_OPS = ["linear", "conv", "conv_stride_pad", "conv_asym_dil_groups", "conv_1x1", "sumpool", "avgpool_pad",
-              "maxpool_overlap_pad", "flatten", "dropout"]
+              "maxpool_overlap_pad", "maxpool_dilated_ceil", "avgpool_dilated_ceil", "flatten", "dropout"]
 
 
 @pytest.mark.parametrize("name", LINEAR_OPS)

@@ -121,7 +121,8 @@ def test_pooling_rules_match_oracle(pool, rule, rng):
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
-MAXPOOLS = [L.MaxPool2d(2), L.MaxPool2d(3, stride=1, padding=1), L.MaxPool2d((3, 2), stride=(2, 1))]
+MAXPOOLS = [L.MaxPool2d(2), L.MaxPool2d(3, stride=1, padding=1), L.MaxPool2d((3, 2), stride=(2, 1)),
+            L.MaxPool2d(2, stride=1, padding=(1, 0, 2, 1), dilation=(2, 3))]
 
 
 @pytest.mark.parametrize("pool", MAXPOOLS, ids=repr)
@@ -133,8 +134,8 @@ def test_maxpool_rules_match_oracle(pool, rng):
     split = pool.lrp(R, L.WinnerTakesAll(ties="split"))
     norm = pool.lrp(R, L.Norm())
     for n in range(len(x)):
-        S, T = O.max_pool_selection(x[n], pool.kernel_size, pool.stride, pool.padding)
-        M, _ = O.sum_pool_matrix(x.shape[1:], pool.kernel_size, pool.stride, pool.padding)
+        S, T = O.max_pool_selection(x[n], pool.kernel_size, pool.stride, pool.padding, pool.dilation)
+        M, _ = O.sum_pool_matrix(x.shape[1:], pool.kernel_size, pool.stride, pool.padding, dilation=pool.dilation)
         np.testing.assert_allclose(first[n].ravel(), S.T @ R[n].ravel(), rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(split[n].ravel(), T.T @ R[n].ravel(), rtol=1e-12, atol=1e-14)
         want = O.epsilon(x[n].ravel(), M, np.zeros(M.shape[0]), R[n].ravel(), 1e-6)

@@ -140,7 +140,7 @@ def test_to_torch_refuses_asymmetric_padding():
 @needs_zennit
 def test_agrees_with_zennit_on_ceil_mode_and_global_pooling():
     rng = np.random.default_rng(5)
-    net = L.Sequential(L.Conv2d(2, 4, 3, padding=1, rng=rng), L.ReLU(), L.MaxPool2d(3, 2, ceil_mode=True),
+    net = L.Sequential(L.Conv2d(2, 4, 3, padding=1, rng=rng), L.ReLU(), L.MaxPool2d(3, 2, ceil_mode=True, dilation=2),
                        L.Conv2d(4, 4, 3, rng=rng), L.ReLU(), L.AvgPool2d(2, ceil_mode=True, count_include_pad=False),
                        L.Conv2d(4, 6, 1, rng=rng), L.ReLU(), L.GlobalAvgPool2d(), L.Flatten(), L.Linear(6, 3, rng=rng))
     rows = verify.compare(_biases(net, rng), rng.random((2, 2, 12, 12)), methods=["epsilon_plus", "gamma", "zbox"])

@@ -12,7 +12,7 @@ from ..errors import LRPError, ModelFormatError, UnsupportedLayerError
 
 FORMAT, VERSION = "lrpnumpy", 1
 
-_POOL = ("kernel_size", "stride", "padding", "ceil_mode")
+_POOL = ("kernel_size", "stride", "padding", "ceil_mode", "dilation")
 #: Constructor arguments of each layer type, read from the attributes of the same name.
 ARGS = {
     "Linear": ("in_features", "out_features"),

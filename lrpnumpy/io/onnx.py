@@ -243,24 +243,23 @@ def _pool_common(n, shape):
     kernel = n.ints("kernel_shape", None) if "kernel_shape" in n.attrs else None
     if kernel is None:
         raise n.unsupported("kernel_shape is required")
-    stride = n.ints("strides", [1, 1])
-    if n.ints("dilations", [1, 1]) != [1, 1]:
-        raise n.unsupported(f"attribute dilations={n.get('dilations')}: dilated pooling is not supported")
-    pads = _pads(n, shape, kernel, stride, [1, 1])
-    return kernel, stride, pads, bool(n.get("ceil_mode", 0))
+    stride, dilation = n.ints("strides", [1, 1]), n.ints("dilations", [1, 1])
+    pads = _pads(n, shape, kernel, stride, dilation)
+    return kernel, stride, pads, bool(n.get("ceil_mode", 0)), dilation
 
 
 def _maxpool(n, consts, layers, shape, opset, dtype):
-    kernel, stride, pads, ceil = _pool_common(n, shape)
+    kernel, stride, pads, ceil, dilation = _pool_common(n, shape)
     try:
-        return [Lyr.MaxPool2d(kernel, stride, pads, ceil_mode=ceil)]
+        return [Lyr.MaxPool2d(kernel, stride, pads, ceil_mode=ceil, dilation=dilation)]
     except LRPError as exc:
         raise n.unsupported(f"attribute pads={list(n.get('pads', []))}: {exc}") from None
 
 
 def _avgpool(n, consts, layers, shape, opset, dtype):
-    kernel, stride, pads, ceil = _pool_common(n, shape)
-    return [Lyr.AvgPool2d(kernel, stride, pads, ceil_mode=ceil, count_include_pad=bool(n.get("count_include_pad", 0)))]
+    kernel, stride, pads, ceil, dilation = _pool_common(n, shape)
+    return [Lyr.AvgPool2d(kernel, stride, pads, ceil_mode=ceil, count_include_pad=bool(n.get("count_include_pad", 0)),
+                          dilation=dilation)]
 
 
 def _gemm(n, consts, layers, shape, opset, dtype):

@@ -235,7 +235,7 @@ def save_lrp_toolbox(net, path, input_shape=None):
             (kh, kw), (s0, s1) = layer.kernel_size, layer.stride
             toolbox_scale = isinstance(layer, Lyr.MaxPool2d) or math.isclose(layer.scale, 1 / math.sqrt(kh * kw),
                                                                                rel_tol=1e-12)
-            if any(layer.padding) or layer.ceil_mode or not toolbox_scale:
+            if any(layer.padding) or layer.ceil_mode or layer.dilation != (1, 1) or not toolbox_scale:
                 raise UnsupportedLayerError(f"{where}: the Toolbox format has unpadded pooling only, and sum "
                                             f"pooling scaled by 1/sqrt(h*w)")
             out.append(f"{'MaxPool' if isinstance(layer, Lyr.MaxPool2d) else 'SumPool'} {kh} {kw} {s0} {s1}\n")

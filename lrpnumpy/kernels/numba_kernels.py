@@ -230,41 +230,41 @@ def conv2d_grad_weight(x, gy, kh, kw, sh, sw, padding, dh, dw, groups):
 # pooling keeps one output per iteration: measured faster, its comparison is data dependent.
 
 @numba.jit(**_jit)
-def _sum_pool(x, kh, kw, sh, sw, pt, pl, oh, ow):
+def _sum_pool(x, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
     n, c, h, w = x.shape
     y = np.zeros((n, c, oh, ow), dtype=x.dtype)
     for plane in prange(n * c):
         b, ci = plane // c, plane % c
         for i in range(kh):
-            p0, p1 = _valid(h, oh, sh, pt, i)
+            p0, p1 = _valid(h, oh, sh, pt, i * dh)
             for j in range(kw):
-                q0, q1 = _valid(w, ow, sw, pl, j)
+                q0, q1 = _valid(w, ow, sw, pl, j * dw)
                 for p in range(p0, p1):
-                    r, s0 = p * sh - pt + i, q0 * sw - pl + j
+                    r, s0 = p * sh - pt + i * dh, q0 * sw - pl + j * dw
                     for q in range(q1 - q0):
                         y[b, ci, p, q0 + q] += x[b, ci, r, s0 + q * sw]
     return y
 
 
 @numba.jit(**_jit)
-def _sum_pool_grad(gy, h, w, kh, kw, sh, sw, pt, pl):
+def _sum_pool_grad(gy, h, w, kh, kw, sh, sw, pt, pl, dh, dw):
     n, c, oh, ow = gy.shape
     gx = np.zeros((n, c, h, w), dtype=gy.dtype)
     for plane in prange(n * c):
         b, ci = plane // c, plane % c
         for i in range(kh):
-            p0, p1 = _valid(h, oh, sh, pt, i)
+            p0, p1 = _valid(h, oh, sh, pt, i * dh)
             for j in range(kw):
-                q0, q1 = _valid(w, ow, sw, pl, j)
+                q0, q1 = _valid(w, ow, sw, pl, j * dw)
                 for p in range(p0, p1):
-                    r, s0 = p * sh - pt + i, q0 * sw - pl + j
+                    r, s0 = p * sh - pt + i * dh, q0 * sw - pl + j * dw
                     for q in range(q1 - q0):
                         gx[b, ci, r, s0 + q * sw] += gy[b, ci, p, q0 + q]
     return gx
 
 
 @numba.jit(**_jit)
-def _max_pool(x, kh, kw, sh, sw, pt, pl, oh, ow):
+def _max_pool(x, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
     n, c, h, w = x.shape
     y = np.empty((n, c, oh, ow), dtype=x.dtype)
     idx = np.empty((n, c, oh, ow), dtype=np.int64)
@@ -275,7 +275,7 @@ def _max_pool(x, kh, kw, sh, sw, pt, pl, oh, ow):
                 best, arg = -np.inf, 0
                 for i in range(kh):
                     for j in range(kw):
-                        r, s = p * sh - pt + i, q * sw - pl + j
+                        r, s = p * sh - pt + i * dh, q * sw - pl + j * dw
                         v = x[b, ci, r, s] if (0 <= r < h and 0 <= s < w) else -np.inf
                         if v > best:  # strictly greater: the first maximum wins ties
                             best, arg = v, i * kw + j
@@ -285,7 +285,7 @@ def _max_pool(x, kh, kw, sh, sw, pt, pl, oh, ow):
 
 
 @numba.jit(**_jit)
-def _max_pool_gather(x, idx, kw, sh, sw, pt, pl):
+def _max_pool_gather(x, idx, kw, sh, sw, pt, pl, dh, dw):
     n, c, h, w = x.shape
     _, _, oh, ow = idx.shape
     y = np.zeros((n, c, oh, ow), dtype=x.dtype)
@@ -294,14 +294,14 @@ def _max_pool_gather(x, idx, kw, sh, sw, pt, pl):
         for p in range(oh):
             for q in range(ow):
                 k = idx[b, ci, p, q]
-                r, s = p * sh - pt + k // kw, q * sw - pl + k % kw
+                r, s = p * sh - pt + (k // kw) * dh, q * sw - pl + (k % kw) * dw
                 if 0 <= r < h and 0 <= s < w:
                     y[b, ci, p, q] = x[b, ci, r, s]
     return y
 
 
 @numba.jit(**_jit)
-def _max_pool_grad(gy, idx, h, w, kw, sh, sw, pt, pl):
+def _max_pool_grad(gy, idx, h, w, kw, sh, sw, pt, pl, dh, dw):
     n, c, oh, ow = gy.shape
     gx = np.zeros((n, c, h, w), dtype=gy.dtype)
     for plane in prange(n * c):
@@ -309,31 +309,31 @@ def _max_pool_grad(gy, idx, h, w, kw, sh, sw, pt, pl):
         for p in range(oh):
             for q in range(ow):
                 k = idx[b, ci, p, q]
-                r, s = p * sh - pt + k // kw, q * sw - pl + k % kw
+                r, s = p * sh - pt + (k // kw) * dh, q * sw - pl + (k % kw) * dw
                 if 0 <= r < h and 0 <= s < w:
                     gx[b, ci, r, s] += gy[b, ci, p, q]
     return gx
 
 
-def sum_pool2d(x, kh, kw, sh, sw, padding):
-    oh = output_size(x.shape[2], kh, sh, padding[0], padding[1])
-    ow = output_size(x.shape[3], kw, sw, padding[2], padding[3])
-    return _sum_pool(np.ascontiguousarray(x), kh, kw, sh, sw, padding[0], padding[2], oh, ow)
+def sum_pool2d(x, kh, kw, sh, sw, padding, dh=1, dw=1):
+    oh = output_size(x.shape[2], kh, sh, padding[0], padding[1], dh)
+    ow = output_size(x.shape[3], kw, sw, padding[2], padding[3], dw)
+    return _sum_pool(np.ascontiguousarray(x), kh, kw, sh, sw, padding[0], padding[2], dh, dw, oh, ow)
 
 
-def sum_pool2d_grad(gy, h, wd, kh, kw, sh, sw, padding):
-    return _sum_pool_grad(np.ascontiguousarray(gy), h, wd, kh, kw, sh, sw, padding[0], padding[2])
+def sum_pool2d_grad(gy, h, wd, kh, kw, sh, sw, padding, dh=1, dw=1):
+    return _sum_pool_grad(np.ascontiguousarray(gy), h, wd, kh, kw, sh, sw, padding[0], padding[2], dh, dw)
 
 
-def max_pool2d(x, kh, kw, sh, sw, padding):
-    oh = output_size(x.shape[2], kh, sh, padding[0], padding[1])
-    ow = output_size(x.shape[3], kw, sw, padding[2], padding[3])
-    return _max_pool(np.ascontiguousarray(x), kh, kw, sh, sw, padding[0], padding[2], oh, ow)
+def max_pool2d(x, kh, kw, sh, sw, padding, dh=1, dw=1):
+    oh = output_size(x.shape[2], kh, sh, padding[0], padding[1], dh)
+    ow = output_size(x.shape[3], kw, sw, padding[2], padding[3], dw)
+    return _max_pool(np.ascontiguousarray(x), kh, kw, sh, sw, padding[0], padding[2], dh, dw, oh, ow)
 
 
-def max_pool2d_gather(x, idx, kh, kw, sh, sw, padding):
-    return _max_pool_gather(np.ascontiguousarray(x), idx, kw, sh, sw, padding[0], padding[2])
+def max_pool2d_gather(x, idx, kh, kw, sh, sw, padding, dh=1, dw=1):
+    return _max_pool_gather(np.ascontiguousarray(x), idx, kw, sh, sw, padding[0], padding[2], dh, dw)
 
 
-def max_pool2d_grad(gy, idx, h, wd, kh, kw, sh, sw, padding):
-    return _max_pool_grad(np.ascontiguousarray(gy), idx, h, wd, kw, sh, sw, padding[0], padding[2])
+def max_pool2d_grad(gy, idx, h, wd, kh, kw, sh, sw, padding, dh=1, dw=1):
+    return _max_pool_grad(np.ascontiguousarray(gy), idx, h, wd, kw, sh, sw, padding[0], padding[2], dh, dw)

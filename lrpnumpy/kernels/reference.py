@@ -88,43 +88,43 @@ def conv2d_grad_weight(x, gy, kh, kw, sh, sw, padding, dh, dw, groups):
     return gw
 
 
-def sum_pool2d(x, kh, kw, sh, sw, padding):
-    """Sum over every (kh, kw) window, zero padding."""
-    oh = output_size(x.shape[2], kh, sh, padding[0], padding[1])
-    ow = output_size(x.shape[3], kw, sw, padding[2], padding[3])
-    return _windows(_pad(x, padding), kh, kw, sh, sw, 1, 1, oh, ow).sum(axis=(4, 5))
+def sum_pool2d(x, kh, kw, sh, sw, padding, dh=1, dw=1):
+    """Sum over every (kh, kw) window (taps ``dh``, ``dw`` apart), zero padding."""
+    oh = output_size(x.shape[2], kh, sh, padding[0], padding[1], dh)
+    ow = output_size(x.shape[3], kw, sw, padding[2], padding[3], dw)
+    return _windows(_pad(x, padding), kh, kw, sh, sw, dh, dw, oh, ow).sum(axis=(4, 5))
 
 
-def sum_pool2d_grad(gy, h, wd, kh, kw, sh, sw, padding):
+def sum_pool2d_grad(gy, h, wd, kh, kw, sh, sw, padding, dh=1, dw=1):
     """Adjoint of :func:`sum_pool2d`."""
     n, c, oh, ow = gy.shape
     pt, pb, pl, pr = padding
     gxp = np.zeros((n, c, h + pt + pb, wd + pl + pr), dtype=gy.dtype)
     for i in range(kh):
         for j in range(kw):
-            gxp[_tap(i, j, sh, sw, 1, 1, oh, ow)] += gy
+            gxp[_tap(i, j, sh, sw, dh, dw, oh, ow)] += gy
     return _unpad(gxp, padding, h, wd)
 
 
-def max_pool2d(x, kh, kw, sh, sw, padding):
+def max_pool2d(x, kh, kw, sh, sw, padding, dh=1, dw=1):
     """Window maxima and, per output, the row-major index of the first maximum in its window."""
-    oh = output_size(x.shape[2], kh, sh, padding[0], padding[1])
-    ow = output_size(x.shape[3], kw, sw, padding[2], padding[3])
-    win = _windows(_pad(x, padding, -np.inf), kh, kw, sh, sw, 1, 1, oh, ow)
+    oh = output_size(x.shape[2], kh, sh, padding[0], padding[1], dh)
+    ow = output_size(x.shape[3], kw, sw, padding[2], padding[3], dw)
+    win = _windows(_pad(x, padding, -np.inf), kh, kw, sh, sw, dh, dw, oh, ow)
     win = win.reshape(win.shape[:4] + (kh * kw,))
     idx = win.argmax(axis=4)
     return np.take_along_axis(win, idx[..., None], axis=4)[..., 0], idx
 
 
-def max_pool2d_gather(x, idx, kh, kw, sh, sw, padding):
+def max_pool2d_gather(x, idx, kh, kw, sh, sw, padding, dh=1, dw=1):
     """The element of each window of ``x`` that ``idx`` points at (max pooling with fixed winners)."""
     oh, ow = idx.shape[2:]
-    win = _windows(_pad(x, padding), kh, kw, sh, sw, 1, 1, oh, ow)
+    win = _windows(_pad(x, padding), kh, kw, sh, sw, dh, dw, oh, ow)
     win = win.reshape(win.shape[:4] + (kh * kw,))
     return np.take_along_axis(win, idx[..., None], axis=4)[..., 0]
 
 
-def max_pool2d_grad(gy, idx, h, wd, kh, kw, sh, sw, padding):
+def max_pool2d_grad(gy, idx, h, wd, kh, kw, sh, sw, padding, dh=1, dw=1):
     """Route each output gradient to the window element ``idx`` chose (overlaps add up)."""
     n, c, oh, ow = gy.shape
     pt, pb, pl, pr = padding
@@ -132,28 +132,28 @@ def max_pool2d_grad(gy, idx, h, wd, kh, kw, sh, sw, padding):
     zero = gy.dtype.type(0)
     for i in range(kh):
         for j in range(kw):
-            gxp[_tap(i, j, sh, sw, 1, 1, oh, ow)] += np.where(idx == i * kw + j, gy, zero)
+            gxp[_tap(i, j, sh, sw, dh, dw, oh, ow)] += np.where(idx == i * kw + j, gy, zero)
     return _unpad(gxp, padding, h, wd)
 
 
-def max_pool2d_ties(x, y, kh, kw, sh, sw, padding):
+def max_pool2d_ties(x, y, kh, kw, sh, sw, padding, dh=1, dw=1):
     """Number of window elements equal to each window's maximum."""
     oh, ow = y.shape[2:]
-    win = _windows(_pad(x, padding, -np.inf), kh, kw, sh, sw, 1, 1, oh, ow)
+    win = _windows(_pad(x, padding, -np.inf), kh, kw, sh, sw, dh, dw, oh, ow)
     return (win == y[..., None, None]).sum(axis=(4, 5))
 
 
-def max_pool2d_grad_split(gy, x, y, kh, kw, sh, sw, padding):
+def max_pool2d_grad_split(gy, x, y, kh, kw, sh, sw, padding, dh=1, dw=1):
     """Like :func:`max_pool2d_grad`, but split each output equally among tied maxima."""
     n, c, h, wd = x.shape
     oh, ow = y.shape[2:]
     pt, pb, pl, pr = padding
-    share = gy / max_pool2d_ties(x, y, kh, kw, sh, sw, padding)
+    share = gy / max_pool2d_ties(x, y, kh, kw, sh, sw, padding, dh, dw)
     xp = _pad(x, padding, -np.inf)
     gxp = np.zeros(xp.shape, dtype=gy.dtype)
     zero = gy.dtype.type(0)
     for i in range(kh):
         for j in range(kw):
-            tap = _tap(i, j, sh, sw, 1, 1, oh, ow)
+            tap = _tap(i, j, sh, sw, dh, dw, oh, ow)
             gxp[tap] += np.where(xp[tap] == y, share, zero)
     return _unpad(gxp, padding, h, wd)

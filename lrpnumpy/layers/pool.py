@@ -27,16 +27,23 @@ class _Pool2d:
     """
 
     ceil_mode = False
+    dilation = (1, 1)
 
-    def _init_geometry(self, kernel_size, stride, padding, ceil_mode):
+    def _init_geometry(self, kernel_size, stride, padding, ceil_mode, dilation=1):
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = self.kernel_size if stride is None else pair(stride, "stride")
         self.padding = padding4(padding)
         self.ceil_mode = bool(ceil_mode)
+        self.dilation = pair(dilation, "dilation")
+
+    def _span(self):
+        """The window's extent: ``dilation * (kernel - 1) + 1`` per axis."""
+        return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation))
 
     def _repr_extra(self):
         extra = f", stride={self.stride}" if self.stride != self.kernel_size else ""
         extra += f", padding={short_padding(self.padding)}" if any(self.padding) else ""
+        extra += f", dilation={self.dilation}" if self.dilation != (1, 1) else ""
         return extra + (", ceil_mode=True" if self.ceil_mode else "")
 
     def __repr__(self):
@@ -47,17 +54,17 @@ class _Pool2d:
         pt, pb, pl, pr = self.padding
         if not self.ceil_mode:
             return self.padding
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        (kh, kw), (sh, sw) = self._span(), self.stride
         oh, ow = ceil_output_size(h, kh, sh, pt, pb), ceil_output_size(w, kw, sw, pl, pr)
         return (pt, pb + max(0, (oh - 1) * sh + kh - (h + pt + pb)),
                 pl, pr + max(0, (ow - 1) * sw + kw - (w + pl + pr)))
 
     def _geometry(self, h, w):
-        return self.kernel_size + self.stride + (self.effective_padding(h, w),)
+        return self.kernel_size + self.stride + (self.effective_padding(h, w),) + self.dilation
 
     def output_shape(self, input_shape):
         n, c, h, w = input_shape
-        (kh, kw), (sh, sw), p = self.kernel_size, self.stride, self.effective_padding(h, w)
+        (kh, kw), (sh, sw), p = self._span(), self.stride, self.effective_padding(h, w)
         return (n, c, kernels.output_size(h, kh, sh, p[0], p[1]), kernels.output_size(w, kw, sw, p[2], p[3]))
 
     def _check_pool_input(self, a):
@@ -81,10 +88,12 @@ class SumPool2d(_Pool2d, AffineLayer):
     scale : float
         Every window sum is multiplied by it (the LRP Toolbox's sum pooling uses
         ``1 / sqrt(kh * kw)``).
+    dilation : int or (int, int)
+        Spacing between the window's taps.
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, scale=1.0):
-        self._init_geometry(kernel_size, stride, padding, ceil_mode)
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, scale=1.0, dilation=1):
+        self._init_geometry(kernel_size, stride, padding, ceil_mode, dilation)
         if not (isinstance(scale, numbers.Real) and np.isfinite(scale) and scale > 0):
             raise RuleParameterError(f"SumPool2d scale must be a finite number > 0, got {scale!r}")
         self.scale = float(scale)
@@ -128,8 +137,8 @@ class AvgPool2d(SumPool2d):
         Caffe).  False (ONNX's default): only positions inside the input count.
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
-        super().__init__(kernel_size, stride, padding, ceil_mode)
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, dilation=1):
+        super().__init__(kernel_size, stride, padding, ceil_mode, dilation=dilation)
         self.count_include_pad = bool(count_include_pad)
         self._divisors = {}
 
@@ -147,7 +156,8 @@ class AvgPool2d(SumPool2d):
                 pad = (0, eff[1] - pb, 0, eff[3] - pr)
             else:
                 ones, pad = np.ones((1, 1, h, w)), self.effective_padding(h, w)
-            self._divisors[(h, w)] = kernels.reference.sum_pool2d(ones, *self.kernel_size, *self.stride, pad)[0, 0]
+            self._divisors[(h, w)] = kernels.reference.sum_pool2d(ones, *self.kernel_size, *self.stride, pad,
+                                                                  *self.dilation)[0, 0]
         return self._divisors[(h, w)]
 
     def _divide(self, y, h, w):
@@ -193,17 +203,21 @@ class MaxPool2d(_Pool2d, AffineLayer):
     stride : int or (int, int), optional
         Defaults to ``kernel_size``.
     padding : int, (ph, pw) or (top, bottom, left, right)
-        At most ``kernel - 1`` on each side, so every window overlaps the input.
+        At most ``kernel - 1`` (of the dilated kernel) on each side, so every window overlaps the
+        input.
     ceil_mode : bool
         Round the output size up (see :func:`ceil_output_size`).
+    dilation : int or (int, int)
+        Spacing between the window's taps.
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
-        self._init_geometry(kernel_size, stride, padding, ceil_mode)
-        (kh, kw), p = self.kernel_size, self.padding
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, dilation=1):
+        self._init_geometry(kernel_size, stride, padding, ceil_mode, dilation)
+        (kh, kw), p = self._span(), self.padding
         if max(p[0], p[1]) > kh - 1 or max(p[2], p[3]) > kw - 1:
-            raise RuleParameterError(f"MaxPool2d padding {p} must be at most kernel - 1 on each side (kernel "
-                                     f"{self.kernel_size}), so that no window lies entirely in the padding")
+            raise RuleParameterError(f"MaxPool2d padding {p} must be at most (dilated) kernel - 1 on each side "
+                                     f"(kernel {self.kernel_size}, dilation {self.dilation}), so that no window "
+                                     f"lies entirely in the padding")
 
     def forward(self, a):
         self.input = self._check_pool_input(a)
@@ -231,7 +245,7 @@ class MaxPool2d(_Pool2d, AffineLayer):
 
     def sum_pool(self):
         """The :class:`SumPool2d` with the same windows."""
-        return SumPool2d(self.kernel_size, self.stride, self.padding, self.ceil_mode)
+        return SumPool2d(self.kernel_size, self.stride, self.padding, self.ceil_mode, dilation=self.dilation)
 
     def clear(self):
         super().clear()
