@@ -206,7 +206,7 @@ class AffineRule(Rule):
 
     def relevance(self, layer, a, R, ledger=None):
         if not isinstance(layer, AffineLayer):
-            raise UnsupportedLayerError(f"{self!r} applies to Linear, Conv2d and sum/average pooling, "
+            raise UnsupportedLayerError(f"{self!r} applies to affine layers (Linear, Conv2d, pooling), "
                                         f"not to {layer!r}")
         if self.needs_weight and layer.weight is None:
             raise UnsupportedLayerError(f"{self!r} needs a layer with weights; {layer!r} has none "
