@@ -96,8 +96,7 @@ def to_torch(net):
             m = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
                           padding=symmetric(layer), dilation=layer.dilation, groups=layer.groups,
                           bias=layer.bias is not None)
-        elif isinstance(layer, (SumPool2d, MaxPool2d)) and not isinstance(layer, MaxPool2d) \
-                and layer.dilation != (1, 1):
+        elif isinstance(layer, SumPool2d) and layer.dilation != (1, 1):
             raise UnsupportedLayerError(f"{layer!r}: PyTorch has no dilated sum/average pooling")
         elif isinstance(layer, AvgPool2d):
             m = nn.AvgPool2d(layer.kernel_size, layer.stride, symmetric(layer), ceil_mode=layer.ceil_mode,
