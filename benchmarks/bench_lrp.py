@@ -29,8 +29,7 @@ from lrpnumpy import composites, kernels, zoo  # noqa: E402
 
 
 def build_composite(name, x):
-    kwargs = dict(low=float(x.min()), high=float(x.max())) if name in ("epsilon_gamma_box", "deep_taylor") else {}
-    return composites.get(name, **kwargs)
+    return composites.get(name, data=x)
 
 
 def check_backends(model, composite, seed=0):
@@ -56,8 +55,7 @@ def fresh_process(model, composite, cache_dir):
             f"import numpy as np, lrpnumpy as L\nfrom lrpnumpy import zoo, composites\n"
             f"net = zoo.{model}(dtype=np.float32)\n"
             f"x = np.random.default_rng(0).random((1,) + net.input_shape).astype(np.float32)\n"
-            f"L.explain(net, x, composite=composites.get({composite!r}"
-            f"{', low=0.0, high=1.0' if composite in ('epsilon_gamma_box', 'deep_taylor') else ''}))\n"
+            f"L.explain(net, x, composite=composites.get({composite!r}, bounds=(0.0, 1.0)))\n"
             f"print(time.perf_counter() - t0)")
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -78,8 +76,7 @@ def run_row(model, batch, dtype, composite, repeat):
     onehot[:, 0] = 1
     big = model == "vgg16"
     t_fwd = median_time(lambda: net.forward(x), repeat, 0 if big else 0.5)
-    t_grad = median_time(lambda: (net.forward(x), net.backward(onehot, param_grads=False)), repeat,
-                         0 if big else 0.5)
+    t_grad = median_time(lambda: net.backward(onehot, net.forward_trace(x)[1]), repeat, 0 if big else 0.5)
     t_exp = median_time(lambda: L.explain(net, x, composite=comp), repeat, 0 if big else 0.5)
     with count_macs() as counts:
         L.explain(net, x, composite=comp)

@@ -79,14 +79,14 @@ def count_macs():
     # Linear does its own matmuls (forward_many does not call forward_with): count each entry point.
     originals = {name: getattr(Linear, name) for name in ("forward_with", "backward_with", "forward_many",
                                                           "backward_many")}
-    Linear.forward_with = lambda self, x, w, b=None: _add(counts, x.shape[0] * w.size,
-                                                          originals["forward_with"](self, x, w, b))
-    Linear.backward_with = lambda self, g, w, shape: _add(counts, g.shape[0] * w.size,
-                                                          originals["backward_with"](self, g, w, shape))
-    Linear.forward_many = lambda self, x, ws: _add(counts, x.shape[0] * sum(w.size for w in ws),
-                                                   originals["forward_many"](self, x, ws))
-    Linear.backward_many = lambda self, pairs, shape: _add(counts, sum(s.shape[0] * w.size for s, w in pairs),
-                                                           originals["backward_many"](self, pairs, shape))
+    Linear.forward_with = lambda self, x, w, b=None, step=None: _add(
+        counts, x.shape[0] * w.size, originals["forward_with"](self, x, w, b, step))
+    Linear.backward_with = lambda self, g, w, step: _add(counts, g.shape[0] * w.size,
+                                                         originals["backward_with"](self, g, w, step))
+    Linear.forward_many = lambda self, x, ws, step: _add(counts, x.shape[0] * sum(w.size for w in ws),
+                                                         originals["forward_many"](self, x, ws, step))
+    Linear.backward_many = lambda self, pairs, step: _add(counts, sum(s.shape[0] * w.size for s, w in pairs),
+                                                          originals["backward_many"](self, pairs, step))
     try:
         yield counts
     finally:

@@ -4,7 +4,8 @@
         --composite epsilon_plus [--json OUT]
 
 For each model it first checks that the relevance maps agree: float64, 1e-10 relative (the
-largest absolute difference over the largest reference value); float32, 1e-3.  Then it times
+largest absolute difference over the largest reference value); float32, 1e-2 (vgg16's 16
+layers of float32 rounding reach 4e-3 with torch 2.14.1; a wrong network differs by O(1)).  Then it times
 forward + explain of both in this process (float32, medians) and prints the ratio of
 lrpnumpy's time to Zennit's.  Needs the 'reference' extra (torch, zennit); without it the script
 says so and exits.
@@ -27,8 +28,7 @@ from lrpnumpy import composites, verify, zoo  # noqa: E402
 def setup(model, batch, dtype, composite, seed=0):
     net = zoo.MODELS[model](seed=seed, dtype=dtype).freeze()  # rules keep their modified weights
     x = np.random.default_rng(seed).random((batch,) + net.input_shape).astype(dtype)
-    kwargs = dict(low=0.0, high=1.0) if composite == "epsilon_gamma_box" else {}
-    return net, x, composites.get(composite, **kwargs), kwargs
+    return net, x, composites.get(composite, bounds=(0.0, 1.0)), dict(low=0.0, high=1.0)
 
 
 def zennit_runner(net, x, composite, kwargs):
@@ -38,8 +38,8 @@ def zennit_runner(net, x, composite, kwargs):
     tnet = tnet.float() if x.dtype == np.float32 else tnet
     zc = verify._zennit_composite(composite, kwargs.get("low", 0.0), kwargs.get("high", 1.0))
     xt = torch.from_numpy(x)
-    target = L.explain(net, x, composite=composites.get(composite, **kwargs)).output.argmax(1)
-    classes = L.explain(net, x[:1], composite=composites.get(composite, **kwargs)).output.shape[1]
+    output = net.forward(x)
+    target, classes = output.argmax(1), output.shape[1]
     onehot = torch.from_numpy(np.eye(classes, dtype=x.dtype)[target])
 
     def run():
@@ -51,7 +51,7 @@ def zennit_runner(net, x, composite, kwargs):
 
 def check(model, composite, batch=2):
     rows = {}
-    for dtype, tol in ((np.float64, 1e-10), (np.float32, 1e-3)):
+    for dtype, tol in ((np.float64, 1e-10), (np.float32, 1e-2)):
         net, x, comp, kwargs = setup(model, batch, dtype, composite)
         ours = L.explain(net, x, composite=comp).relevance
         theirs = zennit_runner(net, x, composite, kwargs)()

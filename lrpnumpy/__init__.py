@@ -1,9 +1,10 @@
 """lrpnumpy: Layer-wise Relevance Propagation in plain NumPy, step by step.
 
-The public API: layers, rules, composites, :func:`explain` and the errors.
+The public API: layers, rules, composites, :func:`explain`, the gradient methods, the traces
+of forward passes, verification against other implementations, and the errors.
 """
 
-from . import composites, errors, io, rules
+from . import composites, errors, io, kernels, methods, rules, verify, viz, zoo
 from .canonize import fold_batchnorm
 from .composites import (Composite, DeepTaylor, EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat, EpsilonGammaBox,
                          EpsilonPlus, EpsilonPlusFlat)
@@ -12,9 +13,10 @@ from .layers import (LRN, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Glob
                      MaxPool2d, ReLU, Sequential, Softmax, SumPool2d, Tanh)
 from .rules import LRP0, AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Rho, WinnerTakesAll, WSquare, ZBox, ZPlus
 from .stabilize import stabilize
+from .trace import Step, Trace
 
 __all__ = [
-    "explain", "Explanation", "ConservationReport", "fold_batchnorm", "stabilize",
+    "explain", "Explanation", "ConservationReport", "fold_batchnorm", "stabilize", "Step", "Trace",
     "Layer", "Linear", "Conv2d", "ReLU", "Tanh", "Softmax", "SumPool2d", "AvgPool2d", "GlobalAvgPool2d",
     "MaxPool2d", "LRN", "Flatten",
     "Dropout", "BatchNorm2d", "Sequential",
@@ -22,5 +24,5 @@ __all__ = [
     "WinnerTakesAll",
     "Composite", "EpsilonPlus", "EpsilonAlpha2Beta1", "EpsilonGammaBox", "EpsilonPlusFlat",
     "EpsilonAlpha2Beta1Flat", "DeepTaylor",
-    "composites", "rules", "errors", "io",
+    "composites", "rules", "errors", "io", "kernels", "methods", "verify", "viz", "zoo",
 ]

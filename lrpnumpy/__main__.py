@@ -32,9 +32,8 @@ def _verify(args):
     method = next((r["method"] for r in rows if r["method"] in verify.ZENNIT_COMPOSITES), None)
     report = None
     if method:
-        kwargs = dict(low=float(x.min()), high=float(x.max())) if method == "epsilon_gamma_box" else {}
         report = explain(net.astype(np.float64), x.astype(np.float64), args.target,
-                         composite=get(method, **kwargs)).conservation()
+                         composite=get(method, data=x)).conservation()
     if args.json:
         print(json.dumps({"rows": rows, "conservation": report.to_dict() if report else None,
                           "conservation_method": method}, indent=2))

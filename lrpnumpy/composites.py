@@ -2,14 +2,27 @@
 
 A :class:`Composite` picks a layer's rule in this order: an explicit layer
 index, then the *first-layer* map (for the first layer matching one of its
-types), then the layer-type map, then the layer's own default rule
-(LRP-0 on Linear/Conv2d, Norm on sum/average pooling, winner-takes-all on
-max pooling, Pass elsewhere).  The named composites mirror Zennit's.
+types), then the layer-type map, then :data:`DEFAULT_RULES` (LRP-0 on
+Linear/Conv2d, Norm on sum/average pooling, winner-takes-all on max pooling,
+Pass elsewhere), as Zennit's base layer map does.  The named composites mirror
+Zennit's; a composite that needs parameters says so in ``needs``, and
+:func:`get` can take them from data.
 """
 
+import numpy as np
+
 from .errors import RuleParameterError
-from .layers import Conv2d, Linear
-from .rules import AlphaBeta, Epsilon, Flat, Gamma, Rule, ZBox, ZPlus
+from .layers import Conv2d, GlobalAvgPool2d, Layer, Linear, MaxPool2d, SumPool2d
+from .rules import LRP0, AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Rule, WinnerTakesAll, ZBox, ZPlus
+
+#: The rule of every layer that nothing else gives one: the first matching entry wins.
+DEFAULT_RULES = [((Linear, Conv2d), LRP0()), ((SumPool2d, GlobalAvgPool2d), Norm()), (MaxPool2d, WinnerTakesAll()),
+                 (Layer, Pass())]
+
+
+def default_rule(layer):
+    """The rule :data:`DEFAULT_RULES` gives ``layer``."""
+    return next(rule for types, rule in DEFAULT_RULES if isinstance(layer, types))
 
 
 def _pairs(mapping):
@@ -24,6 +37,8 @@ def _pairs(mapping):
 
 class Composite:
     """Rules per layer type, per first matching layer, and per layer index.
+
+    Layers no entry matches get :func:`default_rule`.
 
     Parameters
     ----------
@@ -48,8 +63,11 @@ class Composite:
         return (f"{type(self).__name__}(layer_map={self.layer_map!r}, first_map={self.first_map!r}, "
                 f"index_map={self.index_map!r})")
 
+    #: Constructor parameters without a default that :func:`get` can take from data ("low", "high").
+    needs = ()
+
     def rules(self, net):
-        """One rule per layer of ``net`` (None where the layer's default applies)."""
+        """One rule per layer of ``net`` (None where :func:`default_rule` applies)."""
         rules = [None] * len(net)
         for i, layer in enumerate(net):
             rules[i] = next((rule for types, rule in self.layer_map if isinstance(layer, types)), None)
@@ -84,6 +102,8 @@ class EpsilonAlpha2Beta1(Composite):
 class EpsilonGammaBox(Composite):
     """First Conv2d -> ZBox(low, high), other Conv2d -> Gamma, Linear -> Epsilon."""
 
+    needs = ("low", "high")
+
     def __init__(self, low, high, epsilon=1e-6, gamma=0.25, **kw):
         super().__init__([(Linear, Epsilon(epsilon)), (Conv2d, Gamma(gamma))],
                          first_map=[(Conv2d, ZBox(low, high))], **kw)
@@ -107,6 +127,8 @@ class EpsilonAlpha2Beta1Flat(Composite):
 class DeepTaylor(Composite):
     """The paper's deep Taylor LRP rules: ZBox on the first layer, ZPlus on other Conv2d and Linear."""
 
+    needs = ("low", "high")
+
     def __init__(self, low, high, **kw):
         super().__init__([(_WEIGHTED, ZPlus())], first_map=[(_WEIGHTED, ZBox(low, high))], **kw)
 
@@ -128,12 +150,42 @@ REGISTRY = {
 }
 
 
-def get(name, **kwargs):
-    """Build a registered composite by name, e.g. ``get("epsilon_gamma_box", low=0, high=1)``."""
+def get(name, data=None, bounds=None, **kwargs):
+    """Build a registered composite by name.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`REGISTRY`, e.g. ``"epsilon_gamma_box"``.
+    data : ndarray, optional
+        Supplies ``low`` and ``high`` (its minimum and maximum) to composites that need them
+        (their ``needs``) and were not given them; other composites ignore it.
+    bounds : (float, float), optional
+        ``(low, high)`` for composites that need them; others ignore it.
+    **kwargs
+        Passed to the composite's constructor.
+
+    Examples
+    --------
+    >>> get("epsilon_gamma_box", low=0.0, high=1.0)    # doctest: +SKIP
+    >>> get(name, data=x)   # any registered name: bounds from the data where needed  # doctest: +SKIP
+    """
     try:
         cls = REGISTRY[name]
     except KeyError:
         raise RuleParameterError(f"unknown composite {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+    needs = getattr(cls, "needs", ())
+    if bounds is not None and "low" in needs:
+        kwargs.setdefault("low", bounds[0])
+        kwargs.setdefault("high", bounds[1])
+    if data is not None and "low" in needs and ("low" not in kwargs or "high" not in kwargs):
+        data = np.asarray(data)
+        kwargs.setdefault("low", float(data.min()))
+        kwargs.setdefault("high", float(data.max()))
+    missing = [k for k in needs if k not in kwargs]
+    if missing:
+        raise RuleParameterError(f"composite {name!r} needs {', '.join(missing)} (give them, or data=... to take "
+                                 f"them from the data's range)")
     try:
         return cls(**kwargs)
     except TypeError as exc:

@@ -17,8 +17,7 @@ def sample_input():
 
 def run(composite="epsilon_gamma_box", out=print):
     net, x = lenet5(), sample_input()
-    kwargs = dict(low=0.0, high=1.0) if composite in ("epsilon_gamma_box", "deep_taylor") else {}
-    e = explain(net, x, composite=composites.get(composite, **kwargs))
+    e = explain(net, x, composite=composites.get(composite, bounds=(0.0, 1.0)))  # pixels lie in [0, 1]
     out(f"network:\n{net}\n")
     out(f"predicted class {int(e.output.argmax())}, logit {e.output.max():.6f}; composite {composite}\n")
     out(str(e.conservation()))

@@ -3,7 +3,8 @@
 Every error the package raises on bad input derives from :class:`LRPError`, so
 ``except lrpnumpy.errors.LRPError`` catches all of them.  Each class also derives
 from the built-in exception a Python user would expect (``ValueError`` for bad
-values, ``TypeError`` for bad dtypes), so generic handlers keep working.
+values, ``TypeError`` for bad dtypes, ``ImportError`` for a missing package), so
+generic handlers keep working.
 """
 
 
@@ -23,8 +24,16 @@ class NonFiniteError(LRPError, ValueError):
     """An array holds NaN or infinity where finite numbers are required."""
 
 
-class RuleParameterError(LRPError, ValueError):
-    """A rule or composite was given an invalid parameter."""
+class ParameterError(LRPError, ValueError):
+    """An invalid argument to a constructor or function (base of the two kinds below)."""
+
+
+class RuleParameterError(ParameterError):
+    """A rule, composite or explanation method was given an invalid parameter."""
+
+
+class LayerParameterError(ParameterError):
+    """A layer was given an invalid configuration (sizes, stride, padding, ...)."""
 
 
 class TargetError(LRPError, ValueError):
@@ -37,3 +46,7 @@ class ModelFormatError(LRPError, ValueError):
 
 class UnsupportedLayerError(LRPError, NotImplementedError):
     """A layer, operator, attribute or rule/layer pairing is not supported."""
+
+
+class MissingDependencyError(LRPError, ImportError):
+    """An optional package that this feature needs is not installed."""

@@ -1,12 +1,14 @@
-"""``explain``: forward pass, initial relevance, and the reverse LRP loop."""
+"""``explain``: the traced forward pass, the initial relevance, and the one backward walk of the rules.
 
+Every explanation method in lrpnumpy returns an :class:`Explanation`.
+"""
 
 import numpy as np
 
-from .composites import Composite, SingleRule
-from .errors import RuleParameterError, ShapeError, TargetError
+from .composites import Composite, SingleRule, default_rule
+from .errors import LRPError, RuleParameterError, ShapeError, TargetError
 from .layers import Sequential, Softmax
-from .layers.base import check_array, check_finite
+from .layers.base import check_array, check_finite, per_sample_sum
 from .rules import Rule
 
 
@@ -34,24 +36,34 @@ def explain(model, x, target=None, rule=None, composite=None, relevance_out=None
     Returns
     -------
     Explanation
+        With the relevance at every layer and the conservation report.
 
     Notes
     -----
     The initial relevance is the target logit, zero elsewhere:
-    ``R_out = output * onehot(target)``.
+    ``R_out = output * onehot(target)``.  The forward pass returns a trace; the rules
+    read each layer's input and output from it, walking it backward.  Nothing is
+    written to the network, so one network can be explained by several threads at once.
     """
     net = logit_network(model, x)
-    rules = _rules(net, rule, composite)
+    chosen = _rules(net, rule, composite)
+    rules = [r if r is not None else default_rule(layer) for r, layer in zip(chosen, net)]
 
-    output = net.forward(x)
-    R = _initial_relevance(output, target, relevance_out)
-    relevances = [R]
-    for layer, layer_rule in zip(reversed(net.layers), reversed(rules)):
-        R = layer.lrp(R, layer_rule)
-        relevances.insert(0, R)
-    ledgers = [layer.conservation() for layer in net]
-    used = [rule if rule is not None else layer.default_rule for rule, layer in zip(rules, net)]
-    return Explanation(R, output, relevances, net, used, ledgers)
+    output, trace = net.forward_trace(x)
+    R, t = _initial_relevance(output, target, relevance_out)
+    relevances, ledgers = [None] * len(trace), [None] * len(trace)
+
+    def visit(step, R_out):
+        R_in, absorbed = rules[step.index].propagate(step, R_out)
+        ledgers[step.index] = dict(absorbed, relevance_in=per_sample_sum(R_in), relevance_out=per_sample_sum(R_out))
+        relevances[step.index] = R_in
+        return R_in
+
+    relevance = trace.reverse(R, visit)
+    return Explanation(relevance, output, t, method="lrp",
+                       params={"rule": rule, "composite": composite} if relevance_out is None else
+                       {"rule": rule, "composite": composite, "relevance_out": "given"},
+                       layers=relevances + [R], network=net, rules=rules, ledgers=ledgers)
 
 
 def logit_network(model, x):
@@ -81,69 +93,99 @@ def _rules(net, rule, composite):
 
 
 def _initial_relevance(output, target, relevance_out):
+    """``(R, target)``: the relevance at the output and the class of each sample (None when given R)."""
     if relevance_out is not None:
         R = check_finite(check_array(np.asarray(relevance_out) if not isinstance(relevance_out, np.ndarray)
                                      else relevance_out, "relevance_out"), "relevance_out")
         if R.shape != output.shape:
             raise ShapeError(f"relevance_out must have the output's shape {output.shape}, got {R.shape}")
-        return R.astype(output.dtype, copy=False)
-    return output * target_onehot(output, target)
+        return R.astype(output.dtype, copy=False), None
+    t = target_classes(output, target)
+    return output * onehot(output, t), t
 
 
-def target_onehot(output, target):
-    """One-hot array of the output's shape marking the target class of each sample (None: the argmax)."""
+def target_classes(output, target):
+    """The target class of each sample as an int array of shape (N,) (None: the argmax of ``output``)."""
     if output.ndim != 2:
         raise ShapeError(f"a target class needs an output of shape (N, classes), got {output.shape}; "
                          f"pass relevance_out instead")
     n, k = output.shape
     if target is None:
-        t = output.argmax(axis=1)
-    else:
-        t = np.asarray(target)
-        if t.dtype == bool or not np.issubdtype(t.dtype, np.integer):
-            raise TargetError(f"target must be an int or ints, got {target!r}")
-        if t.ndim == 0:
-            t = np.full(n, int(t))
-        if t.shape != (n,):
-            raise TargetError(f"target needs one class per sample ({n}), got shape {t.shape}")
-        if (t < 0).any() or (t >= k).any():
-            raise TargetError(f"target {target!r} out of range: the model has {k} classes (0..{k - 1})")
-    onehot = np.zeros_like(output)
-    onehot[np.arange(n), t] = 1
-    return onehot
+        return output.argmax(axis=1)
+    t = np.asarray(target)
+    if t.dtype == bool or not np.issubdtype(t.dtype, np.integer):
+        raise TargetError(f"target must be an int or ints, got {target!r}")
+    if t.ndim == 0:
+        t = np.full(n, int(t))
+    if t.shape != (n,):
+        raise TargetError(f"target needs one class per sample ({n}), got shape {t.shape}")
+    if (t < 0).any() or (t >= k).any():
+        raise TargetError(f"target {target!r} out of range: the model has {k} classes (0..{k - 1})")
+    return t.astype(np.int64)
+
+
+def onehot(output, classes):
+    """One-hot array of the output's shape and dtype marking ``classes`` (one per sample)."""
+    out = np.zeros_like(output)
+    out[np.arange(len(classes)), classes] = 1
+    return out
+
+
+def target_onehot(output, target):
+    """One-hot array of the output's shape marking the target class of each sample (None: the argmax)."""
+    return onehot(output, target_classes(output, target))
 
 
 class Explanation:
-    """The result of :func:`explain`.
+    """What every explanation method returns.
 
     Attributes
     ----------
     relevance : ndarray
-        Relevance of the input, shape of ``x``.
+        Relevance (attribution) of each input feature, shape of ``x``.
     output : ndarray
-        The model's output (logits when a trailing Softmax was skipped).
-    layers : list of ndarray
-        Relevance at the input of every explained layer, in order, then the
+        The model's output for ``x`` (logits when a trailing Softmax was skipped).
+    target : ndarray of int, shape (N,), or None
+        The class explained for each sample (None when the output relevance was given).
+    method : str
+        The method that produced it (``"lrp"``, ``"gradient"``, ...).
+    params : dict
+        The method's parameters (rule or composite, steps, noise level, ...).
+    layers : list of ndarray or None
+        LRP only: relevance at the input of every explained layer, in order, then the
         output relevance last (``len(network) + 1`` arrays).
-    network : Sequential
-        The layers explained.
-    rules : list of Rule
-        The rule each layer used.
+    network : Sequential or None
+        LRP only: the layers explained.
+    rules : list of Rule or None
+        LRP only: the rule each layer used.
     """
 
-    def __init__(self, relevance, output, layers, network, rules, ledgers):
-        self.relevance, self.output, self.layers = relevance, output, layers
-        self.network, self.rules, self._ledgers = network, rules, ledgers
+    def __init__(self, relevance, output, target=None, method="lrp", params=None, layers=None, network=None,
+                 rules=None, ledgers=None):
+        self.relevance, self.output, self.target = relevance, output, target
+        self.method, self.params = method, dict(params or {})
+        self.layers, self.network, self.rules, self._ledgers = layers, network, rules, ledgers
 
     def __repr__(self):
-        return (f"Explanation(relevance shape {self.relevance.shape}, {len(self.network)} layers, "
-                f"sum R in/out = {self.relevance.sum():.6g}/{self.layers[-1].sum():.6g})")
+        extra = ""
+        if self.layers is not None:
+            extra = (f", {len(self.network)} layers, sum R in/out = {self.relevance.sum():.6g}/"
+                     f"{self.layers[-1].sum():.6g}")
+        return f"Explanation({self.method}, relevance shape {self.relevance.shape}{extra})"
 
     def conservation(self):
-        """Per-layer conservation table; see :class:`ConservationReport`."""
+        """Per-layer conservation table (LRP only); see :class:`ConservationReport`."""
+        if self._ledgers is None:
+            raise LRPError(f"a {self.method} explanation has no per-layer conservation report; it is LRP's")
         return ConservationReport([
-            dict(index=i, layer=repr(layer), rule=repr(rule), **ledger)
+            dict(index=i, layer=repr(layer), rule=repr(rule), **_full(ledger))
             for i, (layer, rule, ledger) in enumerate(zip(self.network, self.rules, self._ledgers))])
+
+
+def _full(ledger):
+    """The ledger with every column (zeros for what the rule did not report)."""
+    n = ledger["relevance_out"].shape
+    return {k: ledger.get(k, np.zeros(n)) for k in ("relevance_out", "relevance_in", "bias", "stabilizer", "dropped")}
 
 
 class ConservationReport:

@@ -1,8 +1,10 @@
 """Gradient-based explanations: sensitivity, gradient x input, integrated gradients, SmoothGrad.
 
 All explain the target logit (a trailing Softmax is skipped, as in :func:`lrpnumpy.explain`)
-and return an array of the input's shape.  The options reproduce Zennit's attributors
-exactly when given the same steps and noise.
+and return an :class:`~lrpnumpy.explain.Explanation`.  Integrated gradients and SmoothGrad
+average any explanation method (the gradient by default; ``method=lrpnumpy.explain`` with a
+composite gives SmoothGrad of LRP), as Zennit's attributors do.  The options reproduce
+Zennit's attributors exactly when given the same steps and noise.
 """
 
 import numbers
@@ -10,26 +12,46 @@ import numbers
 import numpy as np
 
 from .errors import RuleParameterError, ShapeError
-from .explain import logit_network, target_onehot
+from .explain import Explanation, logit_network, onehot, target_classes
 from .layers.base import check_array, check_finite
 
 
-def _grad(net, x, target):
-    out = net.forward(x)
-    return net.backward(target_onehot(out, target), param_grads=False)
+def _gradient(net, x, target):
+    """``(gradient of the target logits, output, target classes)``; ``target`` None: the predicted class."""
+    out, trace = net.forward_trace(x)
+    t = target_classes(out, target)
+    return net.backward(onehot(out, t), trace), out, t
 
 
 def gradient(model, x, target=None):
     """Sensitivity: the gradient of the target logit with respect to ``x``."""
-    return _grad(logit_network(model, x), x, target)
+    g, out, t = _gradient(logit_network(model, x), x, target)
+    return Explanation(g, out, t, method="gradient")
 
 
 def gradient_x_input(model, x, target=None):
     """Gradient times input."""
-    return gradient(model, x, target) * x
+    g, out, t = _gradient(logit_network(model, x), x, target)
+    return Explanation(g * x, out, t, method="gradient_x_input")
 
 
-def integrated_gradients(model, x, target=None, n=20, baseline=None, alphas=None):
+def _averaged(model, x, target, points, method, kwargs):
+    """The mean of ``method``'s relevance over ``points`` (inputs shaped like ``x``), for the class
+    ``target`` resolves to at ``x``; returns ``(mean, output at x, classes)``."""
+    net = logit_network(model, x)
+    out = net.forward(x)
+    t = target_classes(out, target)
+    total = np.zeros_like(x)
+    for point in points:
+        if method is None:
+            total += _gradient(net, point, t)[0] / x.dtype.type(len(points))
+        else:
+            r = method(model, point, t, **kwargs)
+            total += getattr(r, "relevance", r) / x.dtype.type(len(points))
+    return total, out, t
+
+
+def integrated_gradients(model, x, target=None, n=20, baseline=None, alphas=None, method=None, **kwargs):
     r"""Integrated gradients, a Riemann sum along the straight path from ``baseline`` to ``x``.
 
     ``(x - b) * mean_k grad(b + alpha_k (x - b))`` with ``alpha_k = k / n``, ``k = 1..n``
@@ -40,27 +62,41 @@ def integrated_gradients(model, x, target=None, n=20, baseline=None, alphas=None
     n : int
         Number of steps.
     baseline : ndarray, optional
-        Zeros by default; shape of ``x``.
+        Zeros by default; shape and dtype of ``x``.
     alphas : sequence of float, optional
         The path positions, overriding ``n`` (e.g. to reproduce float32-rounded steps).
+    method : callable, optional
+        ``method(model, x, target, **kwargs) -> Explanation`` averaged along the path instead of
+        the gradient (as Zennit's IntegratedGradients attributor with a composite).
+    **kwargs
+        Passed to ``method``.
+
+    Notes
+    -----
+    ``target=None`` explains the class predicted for ``x`` at every point of the path.
     """
-    net = logit_network(model, x)
-    b = np.zeros_like(x) if baseline is None else check_finite(check_array(baseline, "baseline"), "baseline")
-    if b.shape != x.shape:
-        raise ShapeError(f"baseline must have the shape of x {x.shape}, got {b.shape}")
+    x_b = _baseline(x, baseline)
     if alphas is None:
         if not (isinstance(n, numbers.Integral) and n >= 1):
             raise RuleParameterError(f"integrated_gradients n must be an int >= 1, got {n!r}")
         alphas = np.linspace(1.0 / n, 1.0, n)
     alphas = np.asarray(alphas, dtype=np.float64)
-    total = np.zeros_like(x)
-    for alpha in alphas:
-        total += _grad(net, b + x.dtype.type(alpha) * (x - b), target) / x.dtype.type(len(alphas))
-    return total * (x - b)
+    points = [x_b + x.dtype.type(alpha) * (x - x_b) for alpha in alphas]
+    mean, out, t = _averaged(model, x, target, points, method, kwargs)
+    return Explanation(mean * (x - x_b), out, t, method="integrated_gradients",
+                       params=dict(alphas=alphas, method=_name(method), **kwargs))
 
 
-def smoothgrad(model, x, target=None, n=20, noise_level=0.1, noise=None, rng=None):
-    r"""SmoothGrad: the gradient averaged over noisy copies of ``x``.
+def _baseline(x, baseline):
+    check_finite(check_array(x, "x"), "x")
+    b = np.zeros_like(x) if baseline is None else check_finite(check_array(baseline, "baseline"), "baseline")
+    if b.shape != x.shape:
+        raise ShapeError(f"baseline must have the shape of x {x.shape}, got {b.shape}")
+    return b
+
+
+def smoothgrad(model, x, target=None, n=20, noise_level=0.1, noise=None, rng=None, method=None, **kwargs):
+    r"""SmoothGrad: the gradient (or ``method``'s relevance) averaged over noisy copies of ``x``.
 
     As in Zennit: ``n - 1`` passes with Gaussian noise of standard deviation
     ``noise_level * (max - min)`` of each sample, plus one pass without noise.
@@ -70,8 +106,13 @@ def smoothgrad(model, x, target=None, n=20, noise_level=0.1, noise=None, rng=Non
     noise : ndarray of shape (n - 1, *x.shape), optional
         Standard-normal draws (scaled here by the per-sample std) to use instead of ``rng``.
     rng : None, int or numpy.random.Generator
+    method : callable, optional
+        ``method(model, x, target, **kwargs) -> Explanation`` averaged instead of the gradient
+        (``method=lrpnumpy.explain, composite=...`` gives SmoothGrad of LRP).
+    **kwargs
+        Passed to ``method``.
     """
-    net = logit_network(model, x)
+    check_finite(check_array(x, "x"), "x")
     if not (isinstance(n, numbers.Integral) and n >= 1):
         raise RuleParameterError(f"smoothgrad n must be an int >= 1, got {n!r}")
     if noise is None:
@@ -81,8 +122,11 @@ def smoothgrad(model, x, target=None, n=20, noise_level=0.1, noise=None, rng=Non
         raise ShapeError(f"noise must have shape {(n - 1,) + x.shape}, got {noise.shape}")
     axes = tuple(range(1, x.ndim))
     std = noise_level * (x.max(axis=axes, keepdims=True) - x.min(axis=axes, keepdims=True))
-    total = np.zeros_like(x)
-    for k in range(n):
-        eps = noise[k] * std if k < n - 1 else 0
-        total += _grad(net, x + eps, target) / x.dtype.type(n)
-    return total
+    points = [x + (noise[k] * std if k < n - 1 else 0) for k in range(n)]
+    mean, out, t = _averaged(model, x, target, points, method, kwargs)
+    return Explanation(mean, out, t, method="smoothgrad",
+                       params=dict(n=n, noise_level=noise_level, method=_name(method), **kwargs))
+
+
+def _name(method):
+    return "gradient" if method is None else getattr(method, "__name__", repr(method))

@@ -14,7 +14,14 @@ A rule only says which terms ``(x_k, W_k, b_k)`` make up ``z``: one for the
 epsilon rule, two for ``z+`` (positive and negative inputs), three for
 ``z^B``.  Rules that mix two denominators (alpha-beta, gamma) do the four
 steps once per *group* of terms, with a coefficient (``alpha``, ``-beta``) or
-a mask on ``R``.  :func:`four_steps` is the one place where this happens.
+a mask on ``R``.  :func:`four_steps` is the one place where this is written
+out, literally; :func:`four_steps_fast` does the same with fewer passes and is
+what ``explain`` runs; :func:`ledger` reads what biases and stabilizers
+absorbed from the values of the four steps.
+
+Rules read what they need from the layer's :class:`~lrpnumpy.trace.Step` of
+the traced forward pass (its input, its output, max-pool winners); they keep
+nothing of a call.
 
 Notation: ``x+ = max(x, 0)``, ``x- = min(x, 0)``, likewise ``W+``, ``b+``.
 The conventions are Zennit's (Anders et al., 2021), checked numerically
@@ -34,16 +41,21 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .errors import RuleParameterError, ShapeError, UnsupportedLayerError
-from .layers import AffineLayer, Conv2d, GlobalAvgPool2d, Layer, Linear, MaxPool2d, SumPool2d
+from .layers import AffineLayer, MaxPool2d
 from .stabilize import stabilize
 
 
 class Term(NamedTuple):
-    """One forward pass ``forward(x; weight, bias)`` of the modified layer."""
+    """One forward pass ``forward(x; weight, bias)`` of the modified layer.
+
+    ``vanishes`` marks a term whose input is known to be all zero (the negative part of an
+    input after a ReLU): it adds nothing, and the fast path skips it.
+    """
 
     x: np.ndarray
     weight: Optional[np.ndarray]
     bias: Optional[np.ndarray] = None
+    vanishes: bool = False
 
 
 class Group(NamedTuple):
@@ -58,66 +70,99 @@ class Group(NamedTuple):
     mask: Optional[np.ndarray] = None
 
 
-def four_steps(layer, groups, R, epsilon, ledger=None):
-    """Run the four LRP steps for every group of terms and add up the input relevance.
+class Values(NamedTuple):
+    """What the four steps computed for one group: the ledger is read from these."""
 
-    Terms that share an input array are run together: one forward pass with all their
-    weights, one backward pass for all their gradients (the backward pass is linear in
-    ``s``, so ``sum_k backward(s_k; W_k)`` is a single pass with the stacked weights).
+    z: np.ndarray    # step 1, before stabilizing
+    zs: np.ndarray   # step 1, stabilized
+    s: np.ndarray    # step 2 (before the group's coefficient)
+    R: np.ndarray    # the relevance the group redistributes (R, masked)
+
+
+def four_steps(layer, step, groups, R, epsilon):
+    """The four LRP steps, literally, as the LRP tutorial writes them.
+
+    This is the reference: :func:`four_steps_fast`, which explain uses, is tested equal to it
+    for every rule and layer.
 
     Parameters
     ----------
     layer : AffineLayer
-        Provides ``forward_many`` / ``backward_many`` / ``bias_view``.
+        Provides ``forward_with`` / ``backward_with``: the layer's map and its adjoint
+        (its gradient) with any parameters.
+    step : Step
+        The layer's step of the traced forward pass (input shape, max-pool winners).
     groups : list of Group
+        The rule's terms ``(x_k, W_k, b_k)``.
     R : ndarray
         Relevance at the layer's output.
     epsilon : float
         Stabilizer, see :func:`lrpnumpy.stabilize.stabilize`.
-    ledger : dict, optional
-        Receives per-sample sums of the relevance absorbed by biases
-        (``sum s * b``), by the stabilizer (``sum s * (stabilize(z) - z)``) and
-        dropped at zero denominators or outside every group's mask.  It
-        assumes, as every rule here ensures, that each output neuron's
-        group coefficients add up to 1.
 
     Returns
     -------
-    ndarray
-        Relevance at the layer's input (shape of the cached input).
+    R_in : ndarray
+        Relevance at the layer's input.
+    values : list of Values
+        Each group's z, stabilized z, s and relevance, for :func:`ledger`.
+    """
+    R_in, values = 0, []
+    for g in groups:
+        R_g = R if g.mask is None else np.where(g.mask, R, R.dtype.type(0))
+        z = sum(layer.forward_with(x, w, b, step) for x, w, b, _ in g.terms)           # step 1: z
+        zs = stabilize(z, epsilon)
+        s = R_g / zs                                                                    # step 2: s = R / z
+        c = [layer.backward_with(_scaled(g.coef, s), w, step) for _, w, _, _ in g.terms]  # step 3: c = backward(s)
+        R_in = R_in + sum(x * c_k for (x, _, _, _), c_k in zip(g.terms, c))            # step 4: R = a * c
+        values.append(Values(z, zs, s, R_g))
+    return R_in, values
+
+
+def four_steps_fast(layer, step, groups, R, epsilon):
+    """:func:`four_steps` with fewer passes; same arguments, same results up to rounding.
+
+    Terms whose input vanishes are skipped, and terms that share an input array run together:
+    one forward pass with all their weights, one backward pass for all their gradients (the
+    backward pass is linear in ``s``, so ``sum_k backward(s_k; W_k)`` is a single pass with the
+    stacked weights).  Biases are added to ``z`` once per group.
     """
     inputs = _terms_by_input(groups)
-    biases = [sum(layer.bias_view(b) for _, _, b in g.terms if b is not None) for g in groups]
-
     # step 1: z = forward pass of the rule-modified layer (each group: the sum of its terms)
-    z = list(biases)
+    z = [sum(layer.bias_view(t.bias) for t in g.terms if t.bias is not None) for g in groups]
     for x, uses in inputs:
-        for (gi, _), out in zip(uses, layer.forward_many(x, [w for _, w in uses])):
+        for (gi, _), out in zip(uses, layer.forward_many(x, [w for _, w in uses], step)):
             z[gi] = z[gi] + out
     zs = [stabilize(zg, epsilon) for zg in z]
-
     # step 2: s = R / z
-    Rg = [R if g.mask is None else np.where(g.mask, R, R.dtype.type(0)) for g in groups]
-    s = [Rgi / zsi for Rgi, zsi in zip(Rg, zs)]
-
+    R_g = [R if g.mask is None else np.where(g.mask, R, R.dtype.type(0)) for g in groups]
+    s = [Rg / zsg for Rg, zsg in zip(R_g, zs)]
     # step 3: c = backward pass of the modified layer applied to s (scaled by the group's coefficient)
     # step 4: R = a * c (summed over the inputs the terms use)
-    R_in = sum(x * layer.backward_many([(_scaled(groups[gi].coef, s[gi]), w) for gi, w in uses], x.shape)
+    R_in = sum(x * layer.backward_many([(_scaled(groups[gi].coef, s[gi]), w) for gi, w in uses], step)
                for x, uses in inputs)
+    return R_in, [Values(*v) for v in zip(z, zs, s, R_g)]
 
-    if ledger is not None:
-        kept = 0
-        for g, zg, zsg, sg, Rgi in zip(groups, z, zs, s, Rg):
-            bias = sum(b for _, _, b in g.terms if b is not None)
-            if not np.isscalar(bias):  # sum s * b, reduced per output channel first
-                _add(ledger, "bias", g.coef * (sg.reshape(len(sg), bias.size, -1).sum(axis=2) @ bias))
-            if epsilon > 0:  # every denominator is finite, moved by +-epsilon
-                _add(ledger, "stabilizer", g.coef * _sums(sg * (zsg - zg)))
-                kept = kept + g.coef * _sums(Rgi)
-            else:  # no stabilizer; zero denominators (inf after stabilize) pass nothing on
-                kept = kept + g.coef * _sums(np.where(np.isfinite(zsg), Rgi, 0))
-        _add(ledger, "dropped", _sums(R) - kept)
-    return R_in
+
+def ledger(groups, values, R, epsilon):
+    """Per-sample sums of the relevance the four steps did not pass on, by cause.
+
+    Returns a dict with ``bias`` (``sum s * b``), ``stabilizer`` (``sum s * (stabilize(z) -
+    z)``) and ``dropped`` (relevance at zero denominators or outside every group's mask); keys
+    with nothing to report are left out.  Assumes, as every rule here ensures, that each
+    output neuron's group coefficients add up to 1.
+    """
+    out, kept = {}, 0
+    for g, v in zip(groups, values):
+        bias = sum(t.bias for t in g.terms if t.bias is not None)
+        if not np.isscalar(bias):  # sum s * b, reduced per output channel first
+            _add(out, "bias", g.coef * (v.s.reshape(len(v.s), bias.size, -1).sum(axis=2) @ bias))
+        if epsilon > 0:  # every denominator is finite, moved by +-epsilon
+            _add(out, "stabilizer", g.coef * _sums(v.s * (v.zs - v.z)))
+            kept = kept + g.coef * _sums(v.R)
+        else:  # no stabilizer; zero denominators (inf after stabilize) pass nothing on
+            kept = kept + g.coef * _sums(np.where(np.isfinite(v.zs), v.R, 0))
+    _add(out, "dropped", _sums(R) - kept)
+    return out
 
 
 def _scaled(coef, s):
@@ -125,15 +170,17 @@ def _scaled(coef, s):
 
 
 def _terms_by_input(groups):
-    """``[(x, [(group index, weight), ...]), ...]``: the terms grouped by their input array (identity)."""
+    """``[(x, [(group index, weight), ...]), ...]``: the terms that do not vanish, grouped by input (identity)."""
     inputs = []
     for gi, g in enumerate(groups):
-        for x, w, _ in g.terms:
-            uses = next((u for xx, u in inputs if xx is x), None)
+        for t in g.terms:
+            if t.vanishes:
+                continue
+            uses = next((u for xx, u in inputs if xx is t.x), None)
             if uses is None:
-                inputs.append((x, [(gi, w)]))
+                inputs.append((t.x, [(gi, t.weight)]))
             else:
-                uses.append((gi, w))
+                uses.append((gi, t.weight))
     return inputs
 
 
@@ -142,8 +189,8 @@ def _sums(v):
     return v.reshape(v.shape[0], -1).sum(axis=1)
 
 
-def _add(ledger, key, value):
-    ledger[key] = ledger.get(key, 0) + value
+def _add(values, key, value):
+    values[key] = values.get(key, 0) + value
 
 
 def _check_epsilon(epsilon, name="epsilon"):
@@ -167,21 +214,45 @@ def _sign_split(layer):
 
 
 def _split(a):
-    """``(a+, a-)``, with ``a-`` None when it is all zero (as after a ReLU): its terms vanish."""
+    """``(a+, a-, a- vanishes)``; when ``a`` has no negative part (as after a ReLU), ``a+`` is ``a``
+    itself (no copy, and terms on it share one pass) and ``a-`` is zeros the fast path never reads."""
     if a.min() >= 0:
-        return a, None  # a+ is a itself: no copy, and passes on a share one forward pass
-    return np.maximum(a, 0), np.minimum(a, 0)
-
-
-def _terms(*terms):
-    """Drop terms whose input is None (known to be zero)."""
-    return [Term(*t) for t in terms if t[0] is not None]
+        return a, np.zeros(a.shape, a.dtype), True
+    return np.maximum(a, 0), np.minimum(a, 0), False
 
 
 class Rule:
-    """Base class.  ``relevance(layer, a, R, ledger)`` returns the input relevance."""
+    """Base class: a rule turns the relevance at a layer's output into relevance at its input.
 
-    def relevance(self, layer, a, R, ledger=None):
+    :meth:`propagate` is what ``explain`` calls; subclasses implement ``_propagate``.
+    """
+
+    def propagate(self, step, R):
+        """``(R_in, ledger)``: relevance at the input of ``step.layer`` and what was absorbed.
+
+        Parameters
+        ----------
+        step : Step
+            The layer's step of the traced forward pass.
+        R : ndarray
+            Relevance at the layer's output (its shape and dtype).
+
+        Returns
+        -------
+        R_in : ndarray
+            Relevance at the layer's input.
+        ledger : dict of str to ndarray of shape (N,)
+            Per-sample relevance absorbed by ``bias`` and ``stabilizer``, and ``dropped``
+            (see :func:`ledger`); empty for rules that pass everything on.
+        """
+        step.layer.check_grad(R, step, "relevance")
+        return self._propagate(step, R)
+
+    def relevance(self, step, R):
+        """Relevance at the input of ``step.layer`` (the first part of :meth:`propagate`)."""
+        return self.propagate(step, R)[0]
+
+    def _propagate(self, step, R):
         raise NotImplementedError
 
     def __repr__(self):
@@ -196,22 +267,37 @@ class Rule:
 
 
 class AffineRule(Rule):
-    """A rule given by groups of terms on an affine layer, run through :func:`four_steps`."""
+    """A rule given by groups of terms on an affine layer, run through the four steps."""
 
     epsilon = 0.0
     needs_weight = True
 
-    def groups(self, layer, a):
+    def groups(self, layer, step):
+        """The rule's terms on ``layer`` for the input of ``step``: a list of :class:`Group`."""
         raise NotImplementedError
 
-    def relevance(self, layer, a, R, ledger=None):
+    def layer_for(self, step):
+        """The affine layer the four steps run on (the step's own layer; checked)."""
+        layer = step.layer
         if not isinstance(layer, AffineLayer):
             raise UnsupportedLayerError(f"{self!r} applies to affine layers (Linear, Conv2d, pooling), "
                                         f"not to {layer!r}")
         if self.needs_weight and layer.weight is None:
             raise UnsupportedLayerError(f"{self!r} needs a layer with weights; {layer!r} has none "
                                         f"(use Norm() or Epsilon() on pooling layers)")
-        return four_steps(layer, self.groups(layer, a), R, self.epsilon, ledger)
+        return layer
+
+    def _propagate(self, step, R):
+        layer = self.layer_for(step)
+        groups = self.groups(layer, step)
+        R_in, values = four_steps_fast(layer, step, groups, R, self.epsilon)
+        return R_in, ledger(groups, values, R, self.epsilon)
+
+    def reference(self, step, R):
+        """The relevance by :func:`four_steps` itself: the literal form the fast path is tested against."""
+        step.layer.check_grad(R, step, "relevance")
+        layer = self.layer_for(step)
+        return four_steps(layer, step, self.groups(layer, step), R, self.epsilon)[0]
 
 
 class Epsilon(AffineRule):
@@ -228,8 +314,8 @@ class Epsilon(AffineRule):
     def __init__(self, epsilon=1e-6):
         self.epsilon = _check_epsilon(epsilon)
 
-    def groups(self, layer, a):
-        return [Group(_terms((a, layer.weight, layer.bias)))]
+    def groups(self, layer, step):
+        return [Group([Term(step.input, layer.weight, layer.bias)])]
 
 
 class LRP0(Epsilon):
@@ -253,10 +339,10 @@ class ZPlus(AffineRule):
     def __init__(self, epsilon=1e-6):
         self.epsilon = _check_epsilon(epsilon)
 
-    def groups(self, layer, a):
-        ap, an = _split(a)
+    def groups(self, layer, step):
+        ap, an, vanishes = _split(step.input)
         Wp, Wn, bp, _ = _sign_split(layer)
-        return [Group(_terms((ap, Wp, bp), (an, Wn, None)))]
+        return [Group([Term(ap, Wp, bp), Term(an, Wn, None, vanishes)])]
 
 
 class AlphaBeta(AffineRule):
@@ -286,12 +372,12 @@ class AlphaBeta(AffineRule):
         self.alpha, self.beta = float(alpha), float(beta)
         self.epsilon = _check_epsilon(epsilon)
 
-    def groups(self, layer, a):
-        ap, an = _split(a)
+    def groups(self, layer, step):
+        ap, an, vanishes = _split(step.input)
         Wp, Wn, bp, bn = _sign_split(layer)
-        groups = [Group(_terms((ap, Wp, bp), (an, Wn, None)), self.alpha)]
+        groups = [Group([Term(ap, Wp, bp), Term(an, Wn, None, vanishes)], self.alpha)]
         if self.beta:
-            groups.append(Group(_terms((ap, Wn, bn), (an, Wp, None)), -self.beta))
+            groups.append(Group([Term(ap, Wn, bn), Term(an, Wp, None, vanishes)], -self.beta))
         return groups
 
 
@@ -310,8 +396,8 @@ class Gamma(AffineRule):
         self.gamma = float(gamma)
         self.epsilon = _check_epsilon(epsilon)
 
-    def groups(self, layer, a):
-        ap, an = _split(a)
+    def groups(self, layer, step):
+        ap, an, vanishes = _split(step.input)
         W, b = layer.weight, layer.bias
         g = W.dtype.type(self.gamma)
 
@@ -319,10 +405,9 @@ class Gamma(AffineRule):
             bp, bn = (None, None) if b is None else (b + g * _pos(b), b + g * _neg(b))
             return W + g * _pos(W), W + g * _neg(W), bp, bn
         Wp, Wn, bp, bn = layer.derived(("gamma", self.gamma), modified)
-        # the sign of the original z = W a + b picks the branch; forward() already computed it
-        z = layer.output if (layer.input is a and layer.output is not None) else layer.forward_with(a, W, b)
-        return [Group(_terms((ap, Wp, bp), (an, Wn, None)), mask=z > 0),
-                Group(_terms((ap, Wn, bn), (an, Wp, None)), mask=z < 0)]
+        z = step.output  # the sign of the original z = W a + b picks the branch
+        return [Group([Term(ap, Wp, bp), Term(an, Wn, None, vanishes)], mask=z > 0),
+                Group([Term(ap, Wn, bn), Term(an, Wp, None, vanishes)], mask=z < 0)]
 
 
 class ZBox(AffineRule):
@@ -361,13 +446,13 @@ class ZBox(AffineRule):
         except ValueError as exc:
             raise ShapeError(f"ZBox bound of shape {v.shape} does not broadcast to the input {a.shape}") from exc
 
-    def groups(self, layer, a):
-        W, b = layer.weight, layer.bias
+    def groups(self, layer, step):
+        a, W, b = step.input, layer.weight, layer.bias
         low, high = self._bound(self.low, a), self._bound(self.high, a)
         Wp, Wn, bp, bn = _sign_split(layer)
         # -(W+ l + b+) - (W- h + b-) as forward passes of the negated bounds.
-        return [Group(_terms((a, W, b), (-low, Wp, None if b is None else -bp),
-                             (-high, Wn, None if b is None else -bn)))]
+        return [Group([Term(a, W, b), Term(-low, Wp, None if b is None else -bp),
+                       Term(-high, Wn, None if b is None else -bn)])]
 
 
 def _short(v):
@@ -387,9 +472,9 @@ class Flat(AffineRule):
     def __init__(self, epsilon=1e-6):
         self.epsilon = _check_epsilon(epsilon)
 
-    def groups(self, layer, a):
+    def groups(self, layer, step):
         ones = None if layer.weight is None else layer.derived("ones", lambda: np.ones_like(layer.weight))
-        return [Group(_terms((np.ones_like(a), ones, None)))]
+        return [Group([Term(np.ones_like(step.input), ones, None)])]
 
 
 class WSquare(AffineRule):
@@ -398,10 +483,10 @@ class WSquare(AffineRule):
     def __init__(self, epsilon=1e-6):
         self.epsilon = _check_epsilon(epsilon)
 
-    def groups(self, layer, a):
+    def groups(self, layer, step):
         W, b = layer.weight, layer.bias
         W2, b2 = layer.derived("square", lambda: (W ** 2, None if b is None else b ** 2))
-        return [Group(_terms((np.ones_like(a), W2, b2)))]
+        return [Group([Term(np.ones_like(step.input), W2, b2)])]
 
 
 class Norm(AffineRule):
@@ -416,13 +501,12 @@ class Norm(AffineRule):
     def __init__(self, epsilon=1e-6):
         self.epsilon = _check_epsilon(epsilon)
 
-    def relevance(self, layer, a, R, ledger=None):
-        if isinstance(layer, MaxPool2d):
-            layer = layer.sum_pool()
-        return super().relevance(layer, a, R, ledger)
+    def layer_for(self, step):
+        layer = super().layer_for(step)
+        return layer.sum_pool() if isinstance(layer, MaxPool2d) else layer
 
-    def groups(self, layer, a):
-        return [Group(_terms((a, layer.weight, layer.bias)))]
+    def groups(self, layer, step):
+        return [Group([Term(step.input, layer.weight, layer.bias)])]
 
 
 class Rho(AffineRule):
@@ -455,21 +539,25 @@ class Rho(AffineRule):
             return p + p.dtype.type(self.gamma) * _pos(p)
         return _pos(p) if self.rho == "positive" else p
 
-    def groups(self, layer, a):
+    def groups(self, layer, step):
         W, b = layer.weight, layer.bias
 
         def modified():
             bias = None if b is None else {"rho": self._rho, "raw": lambda v: v, "zero": lambda v: None}[self.bias](b)
             return self._rho(W), bias
         rho_w, rho_b = layer.derived(("rho", self.rho, self.gamma, self.bias), modified)
-        return [Group(_terms((a, rho_w, rho_b)))]
+        return [Group([Term(step.input, rho_w, rho_b)])]
 
 
 class Pass(Rule):
     """Relevance passes through unchanged (reshaped to the input's shape)."""
 
-    def relevance(self, layer, a, R, ledger=None):
-        return R.reshape(a.shape)
+    def _propagate(self, step, R):
+        if R.size != step.input.size:
+            raise UnsupportedLayerError(f"{self!r} passes relevance through unchanged, so it needs a layer whose "
+                                        f"output has as many entries as its input; {step.layer!r} maps "
+                                        f"{step.input.shape} to {step.output.shape}")
+        return R.reshape(step.input.shape), {}
 
 
 class WinnerTakesAll(Rule):
@@ -489,15 +577,8 @@ class WinnerTakesAll(Rule):
             raise RuleParameterError(f"WinnerTakesAll ties must be 'first' or 'split', got {ties!r}")
         self.ties = ties
 
-    def relevance(self, layer, a, R, ledger=None):
+    def _propagate(self, step, R):
+        layer = step.layer
         if not isinstance(layer, MaxPool2d):
             raise UnsupportedLayerError(f"{self!r} applies to MaxPool2d, not to {layer!r}")
-        return layer.backward(R) if self.ties == "first" else layer.backward_split(R)
-
-
-# Rules used when none is given: the plain z-rule on weighted layers, Norm on
-# sum/average pooling, winner-takes-all on max pooling, Pass elsewhere.
-Layer.default_rule = Pass()
-Linear.default_rule = Conv2d.default_rule = LRP0()
-SumPool2d.default_rule = GlobalAvgPool2d.default_rule = Norm()
-MaxPool2d.default_rule = WinnerTakesAll()
+        return (layer.backward(R, step) if self.ties == "first" else layer.backward_split(R, step)), {}

@@ -22,7 +22,7 @@ import numpy as np
 from . import composites as C
 from . import methods as M
 from .canonize import fold_batchnorm
-from .errors import UnsupportedLayerError
+from .errors import MissingDependencyError, UnsupportedLayerError
 from .explain import explain, logit_network, target_onehot
 from .layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Linear, MaxPool2d, ReLU,
                      Softmax, SumPool2d, Tanh)
@@ -49,23 +49,76 @@ def _torch():
     try:
         import torch
     except ImportError as exc:
-        raise UnsupportedLayerError("verification needs PyTorch: pip install 'lrpnumpy[reference]'") from exc
+        raise MissingDependencyError("verification needs PyTorch: pip install 'lrpnumpy[reference]'") from exc
     return torch
+
+
+def _symmetric(layer):
+    p = layer.padding
+    if p[0] != p[1] or p[2] != p[3]:
+        raise UnsupportedLayerError(f"{layer!r}: asymmetric padding has no direct PyTorch equivalent here")
+    return p[0], p[2]
+
+
+def _no_dilation(layer):
+    if layer.dilation != (1, 1):
+        raise UnsupportedLayerError(f"{layer!r}: PyTorch has no dilated sum/average pooling")
+
+
+def _sum_pool(nn, layer):
+    _no_dilation(layer)
+    if layer.scale != 1.0 or layer.ceil_mode:
+        raise UnsupportedLayerError(f"{layer!r}: only plain sum pooling has a PyTorch equivalent here")
+
+    class SumPool(nn.AvgPool2d):  # an AvgPool2d, so Zennit and Captum treat it as average pooling
+        def forward(self, x):
+            return super().forward(x) * (self.kernel_size[0] * self.kernel_size[1])
+    return SumPool(layer.kernel_size, layer.stride, _symmetric(layer), count_include_pad=True)
+
+
+def _avg_pool(nn, layer):
+    _no_dilation(layer)
+    return nn.AvgPool2d(layer.kernel_size, layer.stride, _symmetric(layer), ceil_mode=layer.ceil_mode,
+                        count_include_pad=layer.count_include_pad)
+
+
+def _batchnorm(nn, layer):
+    torch = _torch()
+    m = nn.BatchNorm2d(layer.num_features, eps=layer.eps)
+    m.running_mean = torch.from_numpy(layer.running_mean.astype(np.float64))
+    m.running_var = torch.from_numpy(layer.running_var.astype(np.float64))
+    return m
+
+
+#: lrpnumpy layer type -> the equivalent torch module (weights are copied afterwards); Flatten is
+#: applied functionally instead (Captum has no rule for ``nn.Flatten``).
+TORCH_MODULES = {
+    Linear: lambda nn, m: nn.Linear(m.in_features, m.out_features, bias=m.bias is not None),
+    Conv2d: lambda nn, m: nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride,
+                                    padding=_symmetric(m), dilation=m.dilation, groups=m.groups,
+                                    bias=m.bias is not None),
+    SumPool2d: _sum_pool,
+    AvgPool2d: _avg_pool,
+    MaxPool2d: lambda nn, m: nn.MaxPool2d(m.kernel_size, m.stride, _symmetric(m), dilation=m.dilation,
+                                          ceil_mode=m.ceil_mode),
+    GlobalAvgPool2d: lambda nn, m: nn.AdaptiveAvgPool2d(1),
+    ReLU: lambda nn, m: nn.ReLU(),
+    Tanh: lambda nn, m: nn.Tanh(),
+    Dropout: lambda nn, m: nn.Dropout(m.p),
+    BatchNorm2d: _batchnorm,
+}
 
 
 def to_torch(net):
     """The equivalent float64 PyTorch module (same weights, eval mode).
 
-    Flatten is applied functionally (Captum has no rule for ``nn.Flatten``); sum pooling is an
-    ``nn.AvgPool2d`` subclass scaled by ``kh * kw``, so Zennit and Captum treat it as average
-    pooling.  A trailing Softmax is dropped: the logits are compared.
+    Each layer type's torch equivalent is in :data:`TORCH_MODULES`.  Flatten is applied
+    functionally (Captum has no rule for ``nn.Flatten``); sum pooling is an ``nn.AvgPool2d``
+    subclass scaled by ``kh * kw``, so Zennit and Captum treat it as average pooling.  A
+    trailing Softmax is dropped: the logits are compared.
     """
     torch = _torch()
     nn = torch.nn
-
-    class SumPool(nn.AvgPool2d):
-        def forward(self, x):
-            return super().forward(x) * (self.kernel_size[0] * self.kernel_size[1])
 
     class Chain(nn.Module):
         def __init__(self, steps):
@@ -82,49 +135,15 @@ def to_torch(net):
     def t(a):
         return nn.Parameter(torch.from_numpy(np.array(a, dtype=np.float64)), requires_grad=False)
 
-    def symmetric(layer):
-        p = layer.padding
-        if p[0] != p[1] or p[2] != p[3]:
-            raise UnsupportedLayerError(f"{layer!r}: asymmetric padding has no direct PyTorch equivalent here")
-        return p[0], p[2]
-
     steps = []
     for layer in _without_softmax(net):
-        if isinstance(layer, Linear):
-            m = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-        elif isinstance(layer, Conv2d):
-            m = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
-                          padding=symmetric(layer), dilation=layer.dilation, groups=layer.groups,
-                          bias=layer.bias is not None)
-        elif isinstance(layer, SumPool2d) and layer.dilation != (1, 1):
-            raise UnsupportedLayerError(f"{layer!r}: PyTorch has no dilated sum/average pooling")
-        elif isinstance(layer, AvgPool2d):
-            m = nn.AvgPool2d(layer.kernel_size, layer.stride, symmetric(layer), ceil_mode=layer.ceil_mode,
-                             count_include_pad=layer.count_include_pad)
-        elif isinstance(layer, SumPool2d):
-            if layer.scale != 1.0 or layer.ceil_mode:
-                raise UnsupportedLayerError(f"{layer!r}: only plain sum pooling has a PyTorch equivalent here")
-            m = SumPool(layer.kernel_size, layer.stride, symmetric(layer), count_include_pad=True)
-        elif isinstance(layer, MaxPool2d):
-            m = nn.MaxPool2d(layer.kernel_size, layer.stride, symmetric(layer), dilation=layer.dilation,
-                             ceil_mode=layer.ceil_mode)
-        elif isinstance(layer, GlobalAvgPool2d):
-            m = nn.AdaptiveAvgPool2d(1)
-        elif isinstance(layer, ReLU):
-            m = nn.ReLU()
-        elif isinstance(layer, Tanh):
-            m = nn.Tanh()
-        elif isinstance(layer, Dropout):
-            m = nn.Dropout(layer.p)
-        elif isinstance(layer, BatchNorm2d):
-            m = nn.BatchNorm2d(layer.num_features, eps=layer.eps)
-            m.running_mean = torch.from_numpy(layer.running_mean.astype(np.float64))
-            m.running_var = torch.from_numpy(layer.running_var.astype(np.float64))
-        elif isinstance(layer, Flatten):
+        if isinstance(layer, Flatten):
             steps.append("flatten")
             continue
-        else:
+        make = TORCH_MODULES.get(type(layer))
+        if make is None:
             raise UnsupportedLayerError(f"{layer!r} has no PyTorch equivalent in lrpnumpy.verify")
+        m = make(nn, layer)
         if getattr(layer, "weight", None) is not None:
             m.weight = t(layer.weight)
         if getattr(layer, "bias", None) is not None:
@@ -139,8 +158,8 @@ def _without_softmax(net):
 
 def _bounds(net, x):
     """Scalar bounds below and above every Conv2d/Linear input (for ZBox on every layer)."""
-    net.forward(x)
-    inputs = [layer.input for layer in net if isinstance(layer, (Conv2d, Linear))]
+    _, trace = net.forward_trace(x)
+    inputs = [step.input for step in trace if isinstance(step.layer, (Conv2d, Linear))]
     return min(0.0, min(float(a.min()) for a in inputs)) - 1.0, max(float(a.max()) for a in inputs) + 1.0
 
 
@@ -161,7 +180,8 @@ def _zennit_composite(method, low, high):
         cls = {"epsilon_plus": zc.EpsilonPlus, "epsilon_alpha2_beta1": zc.EpsilonAlpha2Beta1,
                "epsilon_gamma_box": zc.EpsilonGammaBox, "epsilon_plus_flat": zc.EpsilonPlusFlat,
                "epsilon_alpha2_beta1_flat": zc.EpsilonAlpha2Beta1Flat}[method]
-        return cls(low=low, high=high) if method == "epsilon_gamma_box" else cls()
+        bounds = dict(low=low, high=high)
+        return cls(**{k: bounds[k] for k in C.REGISTRY[method].needs})
     rule = {"epsilon": lambda: zr.Epsilon(1e-6), "zplus": zr.ZPlus, "alpha_beta_2_1": lambda: zr.AlphaBeta(2, 1),
             "alpha_beta_1_0": lambda: zr.AlphaBeta(1, 0), "gamma": lambda: zr.Gamma(0.25),
             "zbox": lambda: zr.ZBox(low, high), "flat": zr.Flat, "wsquare": zr.WSquare}[method]()
@@ -174,7 +194,7 @@ def _run_lrpnumpy(method, net, x, target, low, high, against, noise, alphas):
         return {"gradient": lambda: M.gradient(net, x, target),
                 "gradient_x_input": lambda: M.gradient_x_input(net, x, target),
                 "integrated_gradients": lambda: M.integrated_gradients(net, x, target, alphas=alphas),
-                "smoothgrad": lambda: M.smoothgrad(net, x, target, n=len(noise) + 1, noise=noise)}[method]()
+                "smoothgrad": lambda: M.smoothgrad(net, x, target, n=len(noise) + 1, noise=noise)}[method]().relevance
     if against == "captum":
         pools = (SumPool2d, MaxPool2d, GlobalAvgPool2d)
         rule = {"epsilon": Epsilon(1e-9), "gamma": Rho("gamma", 0.25, bias="raw", epsilon=1e-9),
@@ -182,8 +202,7 @@ def _run_lrpnumpy(method, net, x, target, low, high, against, noise, alphas):
         comp = C.Composite([((Conv2d, Linear), rule), (pools, Epsilon(1e-9))])
         return explain(net, x, target, composite=comp).relevance
     if method in ZENNIT_COMPOSITES:
-        kwargs = dict(low=low, high=high) if method == "epsilon_gamma_box" else {}
-        return explain(net, x, target, composite=C.get(method, **kwargs)).relevance
+        return explain(net, x, target, composite=C.get(method, bounds=(low, high))).relevance
     return explain(net, x, target, rule=_lrpnumpy_rule(method, low, high)).relevance
 
 
@@ -291,7 +310,7 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
         if impl not in ("zennit", "captum"):
             raise UnsupportedLayerError(f"unknown reference implementation {impl!r}; use 'zennit' or 'captum'")
         if not available(impl):
-            raise UnsupportedLayerError(f"{impl} is not installed: pip install 'lrpnumpy[reference]'")
+            raise MissingDependencyError(f"{impl} is not installed: pip install 'lrpnumpy[reference]'")
         if impl == "zennit":
             import torch
             alphas = torch.linspace(1.0 / n_steps, 1.0, n_steps).double().numpy()  # Zennit's float32 steps

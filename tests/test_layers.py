@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import lrpnumpy as L
-from lrpnumpy.errors import DTypeError, RuleParameterError, ShapeError
+from lrpnumpy.errors import DTypeError, LayerParameterError, ShapeError
 import oracles as O
 
 
@@ -24,18 +24,19 @@ def numeric_grad(f, arr, h=1e-6):
 
 def fd_check(layer, x, rng):
     """Central differences of <layer(x), g> w.r.t. x (and the weight and bias) against backward."""
-    y = layer.forward(x)
+    y, step = layer.forward_trace(x)
     g = rng.normal(size=y.shape)
-    analytic = layer.backward(g)
+    analytic = layer.backward(g, step)
     f = lambda: np.sum(layer.forward(x) * g)  # noqa: E731
     np.testing.assert_allclose(analytic, numeric_grad(f, x), rtol=1e-6, atol=1e-7)
+    if isinstance(layer, L.Sequential):
+        return
+    grads = layer.param_grads(g, step)
     for name in ("weight", "bias"):
         p = getattr(layer, name, None)
-        if p is None or not hasattr(layer, "grad_" + name):
+        if p is None or name not in grads:
             continue
-        layer.forward(x)
-        layer.backward(g)
-        np.testing.assert_allclose(getattr(layer, "grad_" + name), numeric_grad(f, p), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(grads[name], numeric_grad(f, p), rtol=1e-6, atol=1e-7)
 
 
 def biased(layer, rng):
@@ -101,16 +102,16 @@ def test_adjoint(name, rng):
     make, shape = GRAD_CASES[name]
     layer = make(rng)
     x = rng.normal(size=shape)
-    layer.forward(x)
+    _, step = layer.forward_trace(x)
     if hasattr(layer, "forward_with"):
         x = rng.normal(size=shape)  # any vector: the map is linear in it
-        Ax = layer.forward_with(x, layer.weight)
+        Ax = layer.forward_with(x, layer.weight, None, step)
         y = rng.normal(size=Ax.shape)
-        ATy = layer.backward_with(y, layer.weight, x.shape)
+        ATy = layer.backward_with(y, layer.weight, step)
     else:
-        Ax = layer.forward(x)
+        Ax, step = layer.forward_trace(x)
         y = rng.normal(size=Ax.shape)
-        ATy = layer.backward(y)
+        ATy = layer.backward(y, step)
     assert np.isclose(np.vdot(Ax, y), np.vdot(x, ATy), rtol=1e-12)
 
 
@@ -148,17 +149,18 @@ def test_pools_forward_match_definition(rng):
 def test_maxpool_ties_go_to_first_index():
     x = np.ones((1, 1, 2, 2))
     pool = L.MaxPool2d(2)
-    pool.forward(x)
-    np.testing.assert_array_equal(pool.backward(np.ones((1, 1, 1, 1)))[0, 0], [[1, 0], [0, 0]])
-    np.testing.assert_array_equal(pool.backward_split(np.ones((1, 1, 1, 1)))[0, 0], [[.25, .25], [.25, .25]])
+    _, step = pool.forward_trace(x)
+    np.testing.assert_array_equal(pool.backward(np.ones((1, 1, 1, 1)), step)[0, 0], [[1, 0], [0, 0]])
+    np.testing.assert_array_equal(pool.backward_split(np.ones((1, 1, 1, 1)), step)[0, 0], [[.25, .25], [.25, .25]])
 
 
 def test_float32_stays_float32(rng):
     net = L.Sequential(L.Conv2d(1, 3, 3, padding=1, rng=0), L.ReLU(), L.MaxPool2d(2), L.Conv2d(3, 2, 2),
                        L.ReLU(), L.AvgPool2d(1), L.Flatten(), L.Linear(2, 4, rng=0), L.Softmax()).astype(np.float32)
     x = rng.random((2, 1, 4, 4)).astype(np.float32)
-    assert net.forward(x).dtype == np.float32
-    assert net.backward(np.ones((2, 4), np.float32)).dtype == np.float32
+    y, trace = net.forward_trace(x)
+    assert net.forward(x).dtype == np.float32 and y.dtype == np.float32
+    assert net.backward(np.ones((2, 4), np.float32), trace).dtype == np.float32
     for composite in (L.EpsilonPlus(), L.EpsilonGammaBox(0, 1), L.EpsilonAlpha2Beta1Flat()):
         e = L.explain(net, x, composite=composite)
         assert all(R.dtype == np.float32 for R in e.layers)
@@ -195,7 +197,7 @@ def test_shape_errors(rng):
                                   lambda: L.Dropout(1.0),
                                   lambda: L.Linear(0, 3), lambda: L.BatchNorm2d(3, eps=0)])
 def test_invalid_layer_parameters(make):
-    with pytest.raises(RuleParameterError):
+    with pytest.raises(LayerParameterError):
         make()
 
 
@@ -220,9 +222,50 @@ def test_init_is_seeded_he_normal():
     np.testing.assert_array_equal(L.Linear(1000, 1100, rng=0, dtype=np.float32).weight, big.weight.astype(np.float32))
 
 
-def test_clear_drops_cache(rng):
+def test_backward_needs_the_step_of_its_own_forward(rng):
     layer = L.Linear(3, 2)
-    layer.forward(rng.random((1, 3)))
-    layer.clear()
-    with pytest.raises(ShapeError, match="call forward before lrp"):
-        layer.lrp(np.ones((1, 2)))
+    y, step = layer.forward_trace(rng.random((1, 3)))
+    with pytest.raises(ShapeError, match="Step that forward_trace returned"):
+        layer.backward(np.ones((1, 2)), None)
+    with pytest.raises(ShapeError, match="expected the output's shape"):
+        layer.backward(np.ones((5, 2)), step)
+    conv = L.Conv2d(1, 1, 3, stride=2)
+    y, step = conv.forward_trace(rng.random((1, 1, 7, 7)))
+    with pytest.raises(ShapeError, match="expected the output's shape"):
+        conv.backward(np.ones((1, 1, 4, 4)), step)  # too large for a stride-2 output of 3 x 3
+
+
+LAYER_KINDS = [L.Linear(5, 3), L.Conv2d(2, 4, 3, stride=2, padding=(1, 0, 2, 1), dilation=(1, 2), groups=2),
+               L.ReLU(), L.Tanh(), L.Softmax(), L.Softmax(axis=-1, flatten=True), L.Flatten(), L.Dropout(0.3),
+               L.SumPool2d(2, scale=0.5), L.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
+               L.MaxPool2d(3, 2, 1, dilation=(1, 2)), L.GlobalAvgPool2d(), L.BatchNorm2d(2), L.LRN(3)]
+
+
+@pytest.mark.parametrize("layer", LAYER_KINDS, ids=repr)
+def test_output_shape_without_running(layer, rng):
+    shape = (2, 5) if isinstance(layer, L.Linear) else (2, 2, 9, 8)
+    assert layer.output_shape(shape) == layer.forward(rng.normal(size=shape)).shape
+
+
+@pytest.mark.parametrize("layer", LAYER_KINDS, ids=repr)
+def test_config_round_trip(layer):
+    """Each layer describes itself: config() rebuilds an equal layer (same repr, same parameter shapes)."""
+    import json
+    config = json.loads(json.dumps(layer.config()))
+    params = {p: getattr(layer, p) for p in layer.params if getattr(layer, p) is not None}
+    back = type(layer).from_config(config, params if layer.params else None)
+    assert repr(back) == repr(layer) and back.config() == layer.config()
+    for p, v in params.items():
+        np.testing.assert_array_equal(getattr(back, p), v)
+    assert L.Layer.registry[type(layer).__name__] is type(layer)
+
+
+def test_output_shape_errors():
+    with pytest.raises(ShapeError, match="expects 3 channels"):
+        L.Conv2d(3, 4, 3).output_shape((1, 2, 5, 5))
+    with pytest.raises(ShapeError, match="smaller than the window"):
+        L.MaxPool2d(4).output_shape((1, 1, 3, 3))
+    net = L.Sequential(L.Conv2d(1, 2, 3), L.ReLU(), L.Flatten(), L.Linear(2 * 4 * 4, 3))
+    assert net.output_shape((7, 1, 6, 6)) == (7, 3)
+    with pytest.raises(ShapeError, match="expects 32 features"):
+        net.output_shape((7, 1, 7, 7))

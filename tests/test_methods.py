@@ -18,33 +18,33 @@ def mlp(rng):
 
 def test_gradient_matches_finite_differences(rng):
     net, x = mlp(rng), rng.normal(size=(2, 6))
-    g = M.gradient(net, x, target=1)
+    g = M.gradient(net, x, target=1).relevance
     h = 1e-6
     for i in range(6):
         d = np.zeros_like(x)
         d[:, i] = h
         fd = (net[:-1].forward(x + d)[:, 1] - net[:-1].forward(x - d)[:, 1]) / (2 * h)
         np.testing.assert_allclose(g[:, i], fd, rtol=1e-6, atol=1e-8)
-    np.testing.assert_array_equal(M.gradient_x_input(net, x, 1), g * x)
+    np.testing.assert_array_equal(M.gradient_x_input(net, x, 1).relevance, g * x)
 
 
 def test_integrated_gradients_is_exact_on_a_linear_model(rng):
     lin = L.Sequential(L.Linear(6, 3, rng=rng))
     x = rng.normal(size=(2, 6))
-    ig = M.integrated_gradients(lin, x, target=2, n=7)
+    ig = M.integrated_gradients(lin, x, target=2, n=7).relevance
     np.testing.assert_allclose(ig, x * lin[0].weight[2], rtol=1e-12)
     # completeness: the sum approaches f(x) - f(0) as the steps grow
     net = mlp(rng)
-    ig = M.integrated_gradients(net, x, target=0, n=2000)
+    ig = M.integrated_gradients(net, x, target=0, n=2000).relevance
     diff = net[:-1].forward(x)[:, 0] - net[:-1].forward(np.zeros_like(x))[:, 0]
     np.testing.assert_allclose(ig.sum(1), diff, rtol=1e-2, atol=1e-3)
 
 
 def test_smoothgrad(rng):
     net, x = mlp(rng), rng.normal(size=(2, 6))
-    np.testing.assert_allclose(M.smoothgrad(net, x, 0, n=1), M.gradient(net, x, 0))
-    a = M.smoothgrad(net, x, 0, n=5, rng=3)
-    b = M.smoothgrad(net, x, 0, n=5, noise=np.random.default_rng(3).standard_normal((4, 2, 6)))
+    np.testing.assert_allclose(M.smoothgrad(net, x, 0, n=1).relevance, M.gradient(net, x, 0).relevance)
+    a = M.smoothgrad(net, x, 0, n=5, rng=3).relevance
+    b = M.smoothgrad(net, x, 0, n=5, noise=np.random.default_rng(3).standard_normal((4, 2, 6))).relevance
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ShapeError):
         M.smoothgrad(net, x, 0, n=5, noise=np.zeros((5, 2, 6)))
@@ -115,3 +115,49 @@ def test_demo_prints_the_conservation_table():
     text = "\n".join(lines)
     assert "ZBox" in text and "sum R in" in text
     assert np.abs(e.conservation().residual()).max() < 1e-12
+
+
+METHODS = {
+    "lrp": lambda net, x: L.explain(net, x, target=[0, 2], composite=L.EpsilonPlus()),
+    "gradient": lambda net, x: M.gradient(net, x, [0, 2]),
+    "gradient_x_input": lambda net, x: M.gradient_x_input(net, x, [0, 2]),
+    "integrated_gradients": lambda net, x: M.integrated_gradients(net, x, [0, 2], n=4),
+    "smoothgrad": lambda net, x: M.smoothgrad(net, x, [0, 2], n=3, rng=0),
+    "smoothgrad_of_lrp": lambda net, x: M.smoothgrad(net, x, [0, 2], n=3, rng=0, method=L.explain,
+                                                     composite=L.EpsilonPlus()),
+    "integrated_gradients_of_lrp": lambda net, x: M.integrated_gradients(net, x, [0, 2], n=3, method=L.explain,
+                                                                         rule=L.Epsilon(0.1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_returns_an_explanation(name, rng):
+    net, x = mlp(rng), rng.normal(size=(2, 6))
+    e = METHODS[name](net, x)
+    assert isinstance(e, L.Explanation)
+    assert e.relevance.shape == x.shape and e.relevance.dtype == x.dtype
+    np.testing.assert_array_equal(e.output, net[:-1].forward(x))
+    np.testing.assert_array_equal(e.target, [0, 2])
+    assert name.startswith(e.method) and e.method in repr(e)
+    if name == "lrp":
+        assert len(e.conservation()) == len(net) - 1
+    else:
+        with pytest.raises(L.errors.LRPError, match="conservation"):
+            e.conservation()
+
+
+def test_wrapped_methods_average_the_method(rng):
+    """SmoothGrad / integrated gradients of LRP: the mean of explain over the same noisy points / path."""
+    net, x = mlp(rng), rng.normal(size=(2, 6))
+    noise = np.random.default_rng(5).standard_normal((2, 2, 6))
+    got = M.smoothgrad(net, x, 1, n=3, noise=noise, method=L.explain, rule=L.Epsilon(0.1)).relevance
+    std = 0.1 * (x.max(axis=1, keepdims=True) - x.min(axis=1, keepdims=True))
+    points = [x + noise[0] * std, x + noise[1] * std, x]
+    want = sum(L.explain(net, p, 1, rule=L.Epsilon(0.1)).relevance / 3 for p in points)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    got = M.integrated_gradients(net, x, 1, alphas=[0.5, 1.0], method=L.explain, rule=L.Epsilon(0.1)).relevance
+    want = x * sum(L.explain(net, a * x, 1, rule=L.Epsilon(0.1)).relevance / 2 for a in (0.5, 1.0))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    # target None: the class predicted for x, at every point
+    pred = net[:-1].forward(x).argmax(1)
+    np.testing.assert_array_equal(M.integrated_gradients(net, x, n=3).target, pred)

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 
 import lrpnumpy as L
-from lrpnumpy.errors import RuleParameterError, UnsupportedLayerError
+from lrpnumpy.errors import DTypeError, RuleParameterError, ShapeError, UnsupportedLayerError
 import oracles as O
 
 
@@ -61,6 +61,12 @@ def make(name, rng, positive=False):
     return layer, x, R
 
 
+def lrp(layer, x, R, rule):
+    """Relevance at the input of ``layer`` for input ``x`` and output relevance ``R``."""
+    _, step = layer.forward_trace(x)
+    return rule.relevance(step, R)
+
+
 def per_sample(oracle, layer, x, R):
     out = np.empty_like(x)
     for n in range(x.shape[0]):
@@ -86,7 +92,7 @@ ORACLES = {
 def test_rule_matches_matrix_oracle(layer_name, rule_name, positive, rng):
     layer, x, R = make(layer_name, rng, positive)
     rule, oracle = ORACLES[rule_name]
-    np.testing.assert_allclose(layer.lrp(R, rule), per_sample(oracle, layer, x, R), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(lrp(layer, x, R, rule), per_sample(oracle, layer, x, R), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("layer_name", sorted(LAYERS))
@@ -94,7 +100,7 @@ def test_zbox_matches_oracle(layer_name, rng):
     layer, x, R = make(layer_name, rng)
     low = -np.abs(rng.normal(size=x.shape[1:])) + np.minimum(x.min(axis=0), 0)
     high = np.abs(rng.normal(size=x.shape[1:])) + np.maximum(x.max(axis=0), 0)
-    got = layer.lrp(R, L.ZBox(low, high))
+    got = lrp(layer, x, R, L.ZBox(low, high))
     want = per_sample(lambda xs, M, b, Rs: O.zbox(xs, M, b, Rs, 1e-6, low.ravel(), high.ravel()), layer, x, R)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
@@ -102,7 +108,7 @@ def test_zbox_matches_oracle(layer_name, rng):
 @pytest.mark.parametrize("layer_name", sorted(LAYERS))
 def test_flat_matches_oracle(layer_name, rng):
     layer, x, R = make(layer_name, rng)
-    got = layer.lrp(R, L.Flat())
+    got = lrp(layer, x, R, L.Flat())
     M1 = ones_matrix(layer, x.shape[1:])
     want = np.stack([O.flat(M1, R[n].ravel(), 1e-6).reshape(x.shape[1:]) for n in range(len(x))])
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
@@ -116,7 +122,7 @@ POOLS = [L.SumPool2d(2), L.AvgPool2d(3, stride=2, padding=1), L.SumPool2d((2, 3)
 def test_pooling_rules_match_oracle(pool, rule, rng):
     x = np.abs(rng.normal(size=(2, 3, 6, 7)))
     R = rng.normal(size=pool.forward(x).shape)
-    got = pool.lrp(R, rule)
+    got = lrp(pool, x, R, rule)
     want = per_sample(lambda xs, M, b, Rs: O.epsilon(xs, M, b, Rs, rule.epsilon), pool, x, R)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
@@ -130,9 +136,9 @@ def test_maxpool_rules_match_oracle(pool, rng):
     # small integers: many ties inside windows
     x = rng.integers(0, 3, size=(2, 2, 6, 6)).astype(np.float64)
     R = rng.normal(size=pool.forward(x).shape)
-    first = pool.lrp(R, L.WinnerTakesAll())
-    split = pool.lrp(R, L.WinnerTakesAll(ties="split"))
-    norm = pool.lrp(R, L.Norm())
+    first = lrp(pool, x, R, L.WinnerTakesAll())
+    split = lrp(pool, x, R, L.WinnerTakesAll(ties="split"))
+    norm = lrp(pool, x, R, L.Norm())
     for n in range(len(x)):
         S, T = O.max_pool_selection(x[n], pool.kernel_size, pool.stride, pool.padding, pool.dilation)
         M, _ = O.sum_pool_matrix(x.shape[1:], pool.kernel_size, pool.stride, pool.padding, dilation=pool.dilation)
@@ -154,10 +160,10 @@ def relu_net(rng, bias):
 def test_lrp0_equals_gradient_times_input_without_bias(rng):
     net = relu_net(rng, bias=False)
     x = rng.normal(size=(3, 2, 6, 6))
-    out = net.forward(x)
+    out, trace = net.forward_trace(x)
     onehot = np.zeros_like(out)
     onehot[np.arange(3), [0, 2, 1]] = 1
-    grad = net.backward(onehot)
+    grad = net.backward(onehot, trace)
     e = L.explain(net, x, target=[0, 2, 1], rule=L.LRP0())
     np.testing.assert_allclose(e.relevance, grad * x, rtol=1e-10, atol=1e-13)
 
@@ -165,21 +171,21 @@ def test_lrp0_equals_gradient_times_input_without_bias(rng):
 @pytest.mark.parametrize("layer_name", sorted(LAYERS))
 def test_alpha1_beta0_equals_zplus(layer_name, rng):
     layer, x, R = make(layer_name, rng)
-    np.testing.assert_array_equal(layer.lrp(R, L.AlphaBeta(1, 0)), layer.lrp(R, L.ZPlus()))
+    np.testing.assert_array_equal(lrp(layer, x, R, L.AlphaBeta(1, 0)), lrp(layer, x, R, L.ZPlus()))
 
 
 @pytest.mark.parametrize("layer_name", sorted(LAYERS))
 def test_epsilon_tends_to_lrp0(layer_name, rng):
     layer, x, R = make(layer_name, rng)
-    R0 = layer.lrp(R, L.LRP0())
-    errors = [np.abs(layer.lrp(R, L.Epsilon(eps)) - R0).max() for eps in (1e-2, 1e-4, 1e-6, 1e-8)]
+    R0 = lrp(layer, x, R, L.LRP0())
+    errors = [np.abs(lrp(layer, x, R, L.Epsilon(eps)) - R0).max() for eps in (1e-2, 1e-4, 1e-6, 1e-8)]
     assert all(b < a for a, b in zip(errors, errors[1:]))
     assert errors[-1] < 1e-5 * np.abs(R0).max()
 
 
 def test_gamma_zero_is_lrp0_on_positive_input(rng):
     layer, x, R = make("conv_nobias", rng, positive=True)
-    np.testing.assert_allclose(layer.lrp(R, L.Gamma(0.0, epsilon=0)), layer.lrp(R, L.LRP0()), rtol=1e-12)
+    np.testing.assert_allclose(lrp(layer, x, R, L.Gamma(0.0, epsilon=0)), lrp(layer, x, R, L.LRP0()), rtol=1e-12)
 
 
 # ----- conservation (hypothesis) -----
@@ -214,9 +220,9 @@ RULES_CONSERVING = [L.LRP0(), L.Epsilon(1e-12), L.ZPlus(1e-12), L.Gamma(0.25, 1e
 
 def _denominators_safe(layer, rule, x):
     """No denominator of the rule is near zero (so the stabilizer is negligible)."""
-    groups = rule.groups(layer, x)
-    for g in groups:
-        z = sum(layer.forward_with(xk, wk, bk) for xk, wk, bk in g.terms)
+    _, step = layer.forward_trace(x)
+    for g in rule.groups(layer, step):
+        z = sum(layer.forward_with(t.x, t.weight, t.bias, step) for t in g.terms)
         if g.mask is not None:
             z = z[g.mask]
         if z.size and np.abs(z).min() < 0.05:  # eps / |z| <= 2e-11: the stabilizer is negligible
@@ -232,7 +238,7 @@ def test_conservation_bias_free(case, rule):
     y = layer.forward(x)
     R = rng.normal(size=y.shape)
     assume(_denominators_safe(layer, rule, x))
-    R_in = layer.lrp(R, rule)
+    R_in = lrp(layer, x, R, rule)
     if isinstance(rule, L.Gamma):
         R = np.where(layer.forward(x) != 0, R, 0)
     scale = np.abs(R).sum()
@@ -248,8 +254,11 @@ def test_ledger_accounts_for_bias_and_stabilizer(case, rule, zbox):
         rule = L.ZBox(x.min() - 1, x.max() + 1, epsilon=rule.epsilon)
     y = layer.forward(x)
     R = rng.normal(size=y.shape)
-    R_in = layer.lrp(R, rule)
-    led = layer.conservation()
+    _, step = layer.forward_trace(x)
+    R_in, led = rule.propagate(step, R)
+    led = dict(led, relevance_in=R_in.reshape(len(x), -1).sum(1), relevance_out=R.reshape(len(x), -1).sum(1))
+    led = {k: led.get(k, np.zeros(len(x))) for k in ("relevance_in", "relevance_out", "bias", "stabilizer",
+                                                     "dropped")}
     scale = np.abs(R).sum() + np.abs(led["bias"]).sum() + np.abs(R_in).sum()
     np.testing.assert_allclose(led["relevance_in"], R_in.reshape(len(x), -1).sum(1), rtol=0, atol=1e-12 * scale)
     total = led["relevance_in"] + led["bias"] + led["stabilizer"] + led["dropped"]
@@ -264,7 +273,7 @@ def test_zbox_conserves_with_or_without_bias(case):
     y = layer.forward(x)
     R = rng.normal(size=y.shape)
     assume(_denominators_safe(layer, rule, x))
-    assert abs(layer.lrp(R, rule).sum() - R.sum()) <= 1e-10 * np.abs(R).sum()
+    assert abs(lrp(layer, x, R, rule).sum() - R.sum()) <= 1e-10 * np.abs(R).sum()
 
 
 # ----- parameters -----
@@ -281,15 +290,66 @@ def test_invalid_rule_parameters(make_rule):
 
 def test_rule_layer_mismatch(rng):
     pool = L.SumPool2d(2)
-    pool.forward(rng.random((1, 1, 4, 4)))
+    _, pool_step = pool.forward_trace(rng.random((1, 1, 4, 4)))
     with pytest.raises(UnsupportedLayerError, match="needs a layer with weights"):
-        pool.lrp(np.ones((1, 1, 2, 2)), L.ZPlus())
+        L.ZPlus().relevance(pool_step, np.ones((1, 1, 2, 2)))
     relu = L.ReLU()
-    relu.forward(rng.random((1, 3)))
+    _, relu_step = relu.forward_trace(rng.random((1, 3)))
     with pytest.raises(UnsupportedLayerError):
-        relu.lrp(np.ones((1, 3)), L.Epsilon())
+        L.Epsilon().relevance(relu_step, np.ones((1, 3)))
     with pytest.raises(UnsupportedLayerError):
-        pool.lrp(np.ones((1, 1, 2, 2)), L.WinnerTakesAll())
+        L.WinnerTakesAll().relevance(pool_step, np.ones((1, 1, 2, 2)))
+    _, lin_step = L.Linear(3, 2).forward_trace(rng.random((1, 3)))
+    with pytest.raises(UnsupportedLayerError, match="as many entries"):
+        L.Pass().relevance(lin_step, np.ones((1, 2)))
+
+
+def test_relevance_must_match_the_step(rng):
+    """R of the wrong shape or dtype, or a step of another layer, is an error (never broadcast)."""
+    lin = L.Linear(3, 4)
+    _, step = lin.forward_trace(rng.random((2, 3)))
+    with pytest.raises(ShapeError, match="expected the output's shape"):
+        L.Epsilon().relevance(step, np.ones((2, 1)))
+    with pytest.raises(DTypeError):
+        L.Epsilon().relevance(step, np.ones((2, 4), np.float32))
+    _, other = L.Linear(3, 4).forward_trace(rng.random((2, 3)))
+    with pytest.raises(ShapeError, match="Step that forward_trace returned"):
+        lin.backward(np.ones((2, 4)), other)
+
+
+# ----- the literal four steps and the fast path -----
+
+REFERENCE_LAYERS = dict(LAYERS, **{
+    "conv_groups": lambda rng: (with_bias(L.Conv2d(4, 6, 3, stride=2, padding=(1, 0, 2, 1), groups=2, rng=rng),
+                                          rng), (2, 4, 7, 6)),
+    "sumpool": lambda rng: (L.SumPool2d(2, padding=1), (2, 3, 5, 5)),
+    "avgpool": lambda rng: (L.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+                            (2, 3, 6, 7)),
+    "global_avgpool": lambda rng: (L.GlobalAvgPool2d(), (2, 3, 4, 5)),
+    "maxpool": lambda rng: (L.MaxPool2d(3, stride=2, padding=1), (2, 3, 6, 7)),
+})
+WEIGHTED_RULES = [L.LRP0(), L.Epsilon(0.25), L.ZPlus(), L.AlphaBeta(2, 1), L.AlphaBeta(1, 0), L.Gamma(0.25),
+                  L.ZBox(-3.0, 3.0), L.Flat(), L.WSquare(), L.Rho("gamma", bias="raw"), L.Rho("positive"),
+                  L.Rho("identity", bias="zero")]
+POOL_RULES = [L.Norm(), L.Epsilon(0.1), L.LRP0(), L.Flat()]
+
+
+@pytest.mark.parametrize("layer_name", sorted(REFERENCE_LAYERS))
+@pytest.mark.parametrize("positive", [False, True], ids=["signed", "positive"])
+def test_fast_path_equals_the_literal_four_steps(layer_name, positive, rng):
+    """explain's fast path (stacked passes, vanishing terms skipped, cached weights) == four_steps, every rule."""
+    layer, shape = REFERENCE_LAYERS[layer_name](rng)
+    x = rng.normal(size=shape)
+    x = np.abs(x) if positive else x
+    rules = WEIGHTED_RULES if getattr(layer, "weight", None) is not None else POOL_RULES
+    for frozen in (False, True):
+        target = layer.copy().freeze() if frozen else layer
+        y, step = target.forward_trace(x)
+        R = rng.normal(size=y.shape)
+        for rule in rules:
+            fast, want = rule.relevance(step, R), rule.reference(step, R)
+            np.testing.assert_allclose(fast, want, rtol=1e-12, atol=1e-12 * np.abs(want).max(),
+                                       err_msg=f"{rule!r} on {layer!r}")
 
 
 def test_rule_repr_and_equality():

@@ -17,7 +17,8 @@ import numpy as np
 
 from .. import layers as Lyr
 from ..canonize import fold_batchnorm
-from ..errors import LRPError, ModelFormatError, UnsupportedLayerError
+from ..errors import LRPError, MissingDependencyError, ModelFormatError, UnsupportedLayerError
+from ._common import converted, parse_errors
 
 _PACKAGE = "lrpnumpy_caffe"
 _LABEL = {"optional": 1, "repeated": 3}
@@ -128,7 +129,11 @@ def schema():
     """The message classes of the declared subset of caffe.proto, by message name."""
     global _CLASSES
     if _CLASSES is None:
-        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+        try:
+            from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+        except ImportError as exc:
+            raise MissingDependencyError("loading Caffe models needs the protobuf package: "
+                                         "pip install 'lrpnumpy[caffe]'") from exc
         f = descriptor_pb2.FileDescriptorProto(name="lrpnumpy_caffe.proto", package=_PACKAGE, syntax="proto2")
         for name, values in _ENUMS.items():
             e = f.enum_type.add(name=name)
@@ -223,8 +228,10 @@ def _pair(param, name, default):
     return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
 
 
-def load_caffe(prototxt, caffemodel):
+def load_caffe(prototxt, caffemodel, dtype=None):
     """Build the network the ``prototxt`` describes with the weights of ``caffemodel``.
+
+    ``dtype`` (float32 or float64) converts the parameters; None keeps the blobs' dtype.
 
     Returns
     -------
@@ -242,12 +249,8 @@ def load_caffe(prototxt, caffemodel):
         A layer type or setting outside the supported set, or a net that is not a chain.
     """
     arch, weights = _read_prototxt(prototxt), _read_caffemodel(caffemodel)
-    try:
-        return _build(arch, weights, str(prototxt), str(caffemodel))
-    except LRPError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - whatever a malformed model trips over, say so plainly
-        raise ModelFormatError(f"{prototxt}: malformed model ({type(exc).__name__}: {exc})") from None
+    with parse_errors(prototxt, "Caffe model"):
+        return converted(_build(arch, weights, str(prototxt), str(caffemodel)), dtype)
 
 
 def _input_shape(arch):
@@ -305,11 +308,10 @@ def _build(arch, weights, prototxt, caffemodel):
         for layer in new:
             if dims is not None:
                 try:
-                    dims = layer.forward(np.zeros((1,) + tuple(dims), dtype or np.float32)).shape[1:]
+                    dims = layer.output_shape((1,) + tuple(dims))[1:]
                 except LRPError as exc:
                     raise ModelFormatError(f"{where}: does not fit its input of shape {tuple(dims)}: {exc}") \
                         from None
-                layer.clear()
             layers.append(layer)
     if not layers:
         raise ModelFormatError(f"{prototxt}: no layers lrpnumpy can build")

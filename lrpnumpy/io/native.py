@@ -1,71 +1,45 @@
-"""lrpnumpy's own format: one ``.npz`` with the architecture as JSON and every array, exact round trip."""
+"""lrpnumpy's own format: one ``.npz`` with the architecture as JSON and every array, exact round trip.
+
+Each layer is recorded as its type name, its :meth:`~lrpnumpy.layers.Layer.config` and the names of its
+parameter arrays (stored as ``layer{i}.{name}``); loading rebuilds it with
+:meth:`~lrpnumpy.layers.Layer.from_config`, which checks the arrays against the configuration.
+"""
 
 import json
-import os
-import tempfile
 import zipfile
 
 import numpy as np
 
 from .. import layers as Lyr
 from ..errors import LRPError, ModelFormatError, UnsupportedLayerError
+from ._common import atomic_write, converted, parse_errors
 
 FORMAT, VERSION = "lrpnumpy", 1
-
-_POOL = ("kernel_size", "stride", "padding", "ceil_mode", "dilation")
-#: Constructor arguments of each layer type, read from the attributes of the same name.
-ARGS = {
-    "Linear": ("in_features", "out_features"),
-    "Conv2d": ("in_channels", "out_channels", "kernel_size", "stride", "padding", "groups", "dilation"),
-    "SumPool2d": _POOL + ("scale",), "AvgPool2d": _POOL + ("count_include_pad",), "MaxPool2d": _POOL,
-    "GlobalAvgPool2d": (), "LRN": ("size", "alpha", "beta", "bias"),
-    "Softmax": ("axis", "flatten"), "Dropout": ("p",), "BatchNorm2d": ("num_features", "eps"),
-    "ReLU": (), "Tanh": (), "Flatten": (),
-}
-
-
-def _jsonable(v):
-    return list(v) if isinstance(v, tuple) else v
 
 
 def save(net, path):
     """Write ``net`` to ``path`` (``.npz``) atomically: a temporary file renamed into place."""
     arch, arrays = {"format": FORMAT, "version": VERSION, "layers": [],
-                    "input_shape": _jsonable(getattr(net, "input_shape", None))}, {}
+                    "input_shape": None if net.input_shape is None else list(net.input_shape)}, {}
     for i, layer in enumerate(net):
         name = type(layer).__name__
-        if name not in ARGS:
+        if Lyr.Layer.registry.get(name) is not type(layer):
             raise UnsupportedLayerError(f"layer {i} ({layer!r}) cannot be saved in the native format")
         params = [p for p in layer.params if getattr(layer, p) is not None]
-        args = {a: _jsonable(getattr(layer, a)) for a in ARGS[name]}
-        if "bias" in layer.params and name != "BatchNorm2d":
-            args["bias"] = layer.bias is not None
-        arch["layers"].append({"type": name, "args": args, "params": params})
+        arch["layers"].append({"type": name, "args": layer.config(), "params": params})
         for p in params:
             arrays[f"layer{i}.{p}"] = getattr(layer, p)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, __architecture__=np.array(json.dumps(arch)), **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez(f, __architecture__=np.array(json.dumps(arch)), **arrays), ".npz")
 
 
-def load(path):
-    """Read a network written by :func:`save`; see :func:`_load`."""
-    try:
-        return _load(path)
-    except LRPError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a damaged file must not escape as a raw traceback
-        raise ModelFormatError(f"{path}: damaged lrpnumpy model ({type(exc).__name__}: {exc})") from None
-
-
-def _load(path):
+def load(path, dtype=None):
     """Read a network written by :func:`save`.
+
+    Parameters
+    ----------
+    path : str or path-like
+    dtype : None, float32 or float64
+        Convert the parameters to this dtype (None: as stored).
 
     Raises
     ------
@@ -73,6 +47,11 @@ def _load(path):
         Not a readable npz, no or bad architecture record, a missing or misshapen array, or
         non-finite weights; the message names the file, the layer and the field.
     """
+    with parse_errors(path, "lrpnumpy model"):
+        return converted(_load(path), dtype)
+
+
+def _load(path):
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
@@ -89,27 +68,20 @@ def _load(path):
         where = f"{path}: layer {i}"
         try:
             name, args, params = spec["type"], dict(spec["args"]), list(spec["params"])
-        except (TypeError, KeyError) as exc:
+        except (TypeError, KeyError, ValueError) as exc:
             raise ModelFormatError(f"{where}: malformed record {spec!r} ({exc})") from None
-        if name not in ARGS:
+        cls = Lyr.Layer.registry.get(name)
+        if cls is None:
             raise UnsupportedLayerError(f"{where}: unknown layer type {name!r}")
-        try:
-            layer = getattr(Lyr, name)(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
-        except (TypeError, ValueError) as exc:
-            raise ModelFormatError(f"{where} ({name}): invalid arguments {args} ({exc})") from None
+        given = {}
         for p in params:
             key = f"layer{i}.{p}"
             if key not in arrays:
                 raise ModelFormatError(f"{where} ({name}): array {key!r} is missing")
-            value, current = arrays[key], getattr(layer, p, None)
-            if current is None or value.shape != current.shape:
-                raise ModelFormatError(f"{where} ({name}): {p} has shape {value.shape}, expected "
-                                       f"{None if current is None else current.shape}")
-            if value.dtype not in (np.float32, np.float64) or not np.isfinite(value).all():
-                raise ModelFormatError(f"{where} ({name}): {p} must be finite float32/float64, got {value.dtype}")
-            setattr(layer, p, value)
-        layers.append(layer)
-    net = Lyr.Sequential(*layers)
+            given[p] = arrays[key]
+        try:
+            layers.append(cls.from_config(args, given if cls.params else None))
+        except (TypeError, ValueError) as exc:
+            raise ModelFormatError(f"{where} ({name}): {exc}") from None
     shape = arch.get("input_shape")
-    net.input_shape = tuple(shape) if shape else None
-    return net
+    return Lyr.Sequential(*layers, input_shape=tuple(shape) if shape else None)

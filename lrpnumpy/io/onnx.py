@@ -12,7 +12,8 @@ import numpy as np
 
 from .. import layers as Lyr
 from ..canonize import fold_batchnorm
-from ..errors import LRPError, ModelFormatError, UnsupportedLayerError
+from ..errors import LRPError, MissingDependencyError, ModelFormatError, UnsupportedLayerError
+from ._common import converted, parse_errors
 
 SUPPORTED = ("Conv", "Gemm", "MatMul", "Add", "Relu", "Tanh", "MaxPool", "AveragePool", "GlobalAveragePool",
              "Flatten", "Reshape", "Softmax", "BatchNormalization", "Dropout", "Identity", "LRN", "Constant",
@@ -24,7 +25,7 @@ def _onnx():
         import onnx
         from onnx import numpy_helper
     except ImportError as exc:
-        raise UnsupportedLayerError("loading ONNX models needs the onnx package: pip install 'lrpnumpy[onnx]'") \
+        raise MissingDependencyError("loading ONNX models needs the onnx package: pip install 'lrpnumpy[onnx]'") \
             from exc
     return onnx, numpy_helper
 
@@ -52,13 +53,20 @@ class _Node:
         return v
 
 
-def load_onnx(path):
+def load_onnx(path, dtype=None):
     """Load an ONNX model (file path, bytes or ``ModelProto``) that is a chain of supported operators.
+
+    Parameters
+    ----------
+    path : str, bytes or onnx.ModelProto
+    dtype : None, float32 or float64
+        The parameters' dtype; None keeps the model's (ONNX files usually hold float32;
+        ``dtype=np.float64`` gives lrpnumpy's reference precision).
 
     Returns
     -------
     Sequential
-        In the model's dtype, with ``input_shape`` set when the graph input has a static shape.
+        With ``input_shape`` set when the graph input has a static shape.
 
     Raises
     ------
@@ -75,12 +83,8 @@ def load_onnx(path):
             onnx.load_model_from_string(path) if isinstance(path, bytes) else onnx.load(path))
     except Exception as exc:  # noqa: BLE001 - protobuf raises several kinds; all mean "not ONNX"
         raise ModelFormatError(f"{where}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
-    try:
-        return _convert(model, where, onnx, numpy_helper)
-    except LRPError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a malformed graph must not escape as a raw traceback
-        raise ModelFormatError(f"{where}: malformed ONNX graph ({type(exc).__name__}: {exc})") from None
+    with parse_errors(where, "ONNX graph"):
+        return converted(_convert(model, where, onnx, numpy_helper), dtype)
 
 
 def _convert(model, where, onnx, numpy_helper):
@@ -182,11 +186,9 @@ def _track(layer, shape, dtype, n):
     if shape is None:
         return None
     try:
-        y = layer.forward(np.zeros((1,) + tuple(shape), dtype))
+        return layer.output_shape((1,) + tuple(shape))[1:]
     except LRPError as exc:
         raise UnsupportedLayerError(f"{n.label}: does not fit its input of shape {shape}: {exc}") from None
-    layer.clear()
-    return y.shape[1:]
 
 
 def _weight(n, consts, i, dtype, what):

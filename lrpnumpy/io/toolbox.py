@@ -16,13 +16,12 @@ layout convert with :func:`from_nhwc`.
 """
 
 import math
-import os
-import tempfile
 
 import numpy as np
 
 from .. import layers as Lyr
-from ..errors import LRPError, ModelFormatError, ShapeError, UnsupportedLayerError
+from ..errors import ModelFormatError, ShapeError, UnsupportedLayerError
+from ._common import atomic_write, converted, parse_errors
 
 
 def from_nhwc(x):
@@ -94,8 +93,8 @@ class _Reader:
         raise self.error(f"{layer}: W has {first.size} values, expected {m * n} (or {n} per line)", line_no)
 
 
-def load_lrp_toolbox(path, input_shape=None):
-    """Read an LRP Toolbox text model into an equivalent float64 :class:`~lrpnumpy.layers.Sequential`.
+def load_lrp_toolbox(path, input_shape=None, dtype=None):
+    """Read an LRP Toolbox text model into an equivalent :class:`~lrpnumpy.layers.Sequential`.
 
     Parameters
     ----------
@@ -103,6 +102,8 @@ def load_lrp_toolbox(path, input_shape=None):
     input_shape : tuple, optional
         One sample's shape in lrpnumpy's layout, (C, H, W) or (features,).  Needed only when a
         Linear follows the Flatten of a feature map larger than 1 x 1 (to reorder its inputs).
+    dtype : None, float32 or float64
+        The parameters' dtype; None keeps the text's float64.
 
     Raises
     ------
@@ -111,12 +112,8 @@ def load_lrp_toolbox(path, input_shape=None):
     UnsupportedLayerError
         For an unknown layer name.
     """
-    try:
-        return _load(path, input_shape)
-    except (LRPError, OSError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - a damaged file must not escape as a raw traceback
-        raise ModelFormatError(f"{path}: damaged LRP Toolbox model ({type(exc).__name__}: {exc})") from None
+    with parse_errors(path, "LRP Toolbox model"):
+        return converted(_load(path, input_shape), dtype)
 
 
 def _load(path, input_shape):
@@ -167,11 +164,9 @@ def _next_shape(layer, shape):
     if shape is None:
         return None
     try:
-        out = layer.forward(np.zeros((1,) + shape)).shape[1:]
+        return layer.output_shape((1,) + shape)[1:]
     except ShapeError as exc:
         raise ShapeError(f"input_shape {shape} does not fit {layer!r}: {exc}") from None
-    layer.clear()
-    return out
 
 
 def _flattened(layer, previous, shape, pending):
@@ -251,12 +246,4 @@ def save_lrp_toolbox(net, path, input_shape=None):
         shape = _next_shape(layer, shape)
         previous.append(layer)
     out.append("\n")
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".txt", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii", newline="\n") as f:
-            f.writelines(out)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: f.writelines(out), ".txt", text=True)

@@ -10,6 +10,8 @@ serial loops won (lenet5 batch 64 explain 29 ms serial vs 51 ms parallel; vgg16 
 and sums are what conservation measures.  Same signatures as :mod:`.reference`.
 """
 
+import threading
+
 import numba
 import numpy as np
 from numba import prange
@@ -80,21 +82,24 @@ def _col2im(cols, n, c, h, w, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
 
 
 # ----- scratch buffers: large temporaries reused, so their pages are not faulted in on every call -----
+# One set per thread: threads explaining at the same time never share a buffer.  A kernel's
+# result never aliases a scratch buffer (outputs are fresh arrays), so reuse across calls is safe.
 
-_WORKSPACE = {}
+_LOCAL = threading.local()
 
 
 def _scratch(name, shape, dtype):
     size = int(np.prod(shape))
-    buf = _WORKSPACE.get((name, np.dtype(dtype)))
+    workspace = _LOCAL.__dict__.setdefault("workspace", {})
+    buf = workspace.get((name, np.dtype(dtype)))
     if buf is None or buf.size < size:
-        buf = _WORKSPACE[(name, np.dtype(dtype))] = np.empty(size, dtype)
+        buf = workspace[(name, np.dtype(dtype))] = np.empty(size, dtype)
     return buf[:size].reshape(shape)
 
 
 def release_workspace():
-    """Free the scratch buffers (they are reallocated on the next convolution)."""
-    _WORKSPACE.clear()
+    """Free this thread's scratch buffers (they are reallocated on its next convolution)."""
+    _LOCAL.__dict__.pop("workspace", None)
 
 
 # ----- convolution geometry -----

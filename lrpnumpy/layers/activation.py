@@ -1,37 +1,41 @@
 """Element-wise activations and softmax."""
 
+import numbers
+
 import numpy as np
 
-from .base import Layer, check_array
-from ..errors import ShapeError
+from ..errors import LayerParameterError, ShapeError
+from .base import Layer
 
 
-class ReLU(Layer):
+class _Elementwise(Layer):
+    """A layer that keeps the shape of any input."""
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+
+class ReLU(_Elementwise):
     """``max(0, x)``; the gradient at 0 is taken as 0."""
 
-    def __repr__(self):
-        return "ReLU()"
-
-    def forward(self, a):
-        self.input = check_array(a, f"input of {self!r}")
+    def _forward(self, a):
         return np.maximum(a, 0)
 
-    def backward(self, grad, param_grads=True):
-        return np.where(self.input > 0, grad, grad.dtype.type(0))
+    def _backward(self, grad, step):
+        return np.where(step.input > 0, grad, grad.dtype.type(0))
 
 
-class Tanh(Layer):
+class Tanh(_Elementwise):
     """Hyperbolic tangent."""
 
-    def __repr__(self):
-        return "Tanh()"
-
-    def forward(self, a):
-        self.input = check_array(a, f"input of {self!r}")
+    def _forward(self, a):
         return np.tanh(a)
 
-    def backward(self, grad, param_grads=True):
-        return grad * (1 - np.tanh(self.input) ** 2)
+    def _backward(self, grad, step):
+        return grad * (1 - step.output ** 2)
 
 
 class Softmax(Layer):
@@ -42,32 +46,38 @@ class Softmax(Layer):
     Softmax and explains the logits.
     """
 
+    config_keys = ("axis", "flatten")
+
     def __init__(self, axis=1, flatten=False):
+        if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
+            raise LayerParameterError(f"Softmax axis must be an int, got {axis!r}")
         self.axis, self.flatten = int(axis), bool(flatten)
 
     def __repr__(self):
         return f"Softmax(axis={self.axis}{', flatten=True' if self.flatten else ''})"
 
-    def _softmax(self, a):
-        if self.flatten:
-            axis = self.axis % a.ndim
-            lead = int(np.prod(a.shape[:axis]))
-            return Softmax(axis=1)._softmax(a.reshape(lead, -1)).reshape(a.shape)
+    def output_shape(self, input_shape):
+        if not -len(input_shape) <= self.axis < len(input_shape):
+            raise ShapeError(f"{self!r} got a {len(input_shape)}-D input of shape {tuple(input_shape)}")
+        return tuple(input_shape)
+
+    def _rows(self, a):
+        """``a`` as 2-D (leading axes, normalised axes) when flattening, else None."""
+        if not self.flatten:
+            return None
+        axis = self.axis % a.ndim
+        return a.reshape(int(np.prod(a.shape[:axis])), -1)
+
+    def _forward(self, a):
+        rows = self._rows(a)
+        if rows is not None:
+            return Softmax(axis=1)._forward(rows).reshape(a.shape)
         e = np.exp(a - a.max(axis=self.axis, keepdims=True))
         return e / e.sum(axis=self.axis, keepdims=True)
 
-    def forward(self, a):
-        check_array(a, f"input of {self!r}")
-        if not -a.ndim <= self.axis < a.ndim:
-            raise ShapeError(f"{self!r} got a {a.ndim}-D input of shape {a.shape}")
-        self.input = a
-        return self._softmax(a)
-
-    def backward(self, grad, param_grads=True):
-        y = self._softmax(self.input)
+    def _backward(self, grad, step):
+        y = step.output
         if self.flatten:
-            shape, axis = y.shape, self.axis % y.ndim
-            lead = int(np.prod(shape[:axis]))
-            y2, g2 = y.reshape(lead, -1), grad.reshape(lead, -1)
-            return (y2 * (g2 - (g2 * y2).sum(axis=1, keepdims=True))).reshape(shape)
+            y2, g2 = self._rows(y), self._rows(grad)
+            return (y2 * (g2 - (g2 * y2).sum(axis=1, keepdims=True))).reshape(y.shape)
         return y * (grad - (grad * y).sum(axis=self.axis, keepdims=True))

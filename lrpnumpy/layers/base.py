@@ -4,7 +4,8 @@ import numbers
 
 import numpy as np
 
-from ..errors import DTypeError, NonFiniteError, RuleParameterError, ShapeError
+from ..errors import DTypeError, LayerParameterError, NonFiniteError, ShapeError
+from ..trace import Step
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -44,7 +45,7 @@ def pair(value, name, minimum=1):
     """Normalise an int or a pair of ints to a tuple ``(a, b)``, each ``>= minimum``."""
     values = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
     if len(values) != 2 or not all(isinstance(v, numbers.Integral) and v >= minimum for v in values):
-        raise RuleParameterError(f"{name} must be an int >= {minimum} or a pair of them, got {value!r}")
+        raise LayerParameterError(f"{name} must be an int >= {minimum} or a pair of them, got {value!r}")
     return int(values[0]), int(values[1])
 
 
@@ -60,7 +61,7 @@ def padding4(value):
         if len(values) == 2:
             values = (values[0], values[0], values[1], values[1])
     if len(values) != 4 or not all(isinstance(v, numbers.Integral) and v >= 0 for v in values):
-        raise RuleParameterError(
+        raise LayerParameterError(
             f"padding must be an int >= 0, a pair (ph, pw) or (top, bottom, left, right), got {value!r}")
     return tuple(int(v) for v in values)
 
@@ -90,74 +91,141 @@ def check_finite(x, what="input"):
 
 
 class Layer:
-    """Base class: ``forward``, exact-gradient ``backward`` and ``lrp``.
+    """Base class: a layer holds its parameters and configuration, nothing of the last call.
 
-    ``forward`` caches the layer's input in ``self.input`` (all that backward
-    and LRP need); :meth:`clear` drops it.
+    Subclasses implement :meth:`output_shape` (which also validates an input shape),
+    ``_forward(a)`` and ``_backward(grad, step)``; layers whose backward pass needs more
+    than the input and output (max pooling's winners) override ``_apply`` to return that
+    state with the output.  Parametric layers list their parameter names in ``params`` and
+    implement ``_configure``, :meth:`param_shapes` and ``_init_params``.
+
+    Per-call values travel in the :class:`~lrpnumpy.trace.Step` that :meth:`forward_trace`
+    returns; :meth:`backward` and the LRP rules read what they need from it.
     """
 
-    #: The rule used by :meth:`lrp` (and by ``explain``) when none is given.
-    default_rule = None
-    #: Parameter names (``weight``, ``bias``, ...), for copies and dtype changes.
+    #: Parameter names (``weight``, ``bias``, ...), for copies, dtype changes and saving.
     params = ()
+    #: Constructor arguments that make up :meth:`config`, read from attributes of the same name.
+    config_keys = ()
+    #: Every concrete layer class by name (filled in as classes are defined), for loaders.
+    registry = {}
 
-    input = None
-    ledger = None
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_") and not cls.__dict__.get("abstract", False):
+            Layer.registry[cls.__name__] = cls
+
+    # ----- forward -----
+
+    def output_shape(self, input_shape):
+        """The output shape for an input of ``input_shape`` (batch axis included), without running.
+
+        Raises
+        ------
+        ShapeError
+            If the layer cannot take an input of that shape.
+        """
+        raise NotImplementedError
+
+    def apply(self, a):
+        """Check ``a`` and run the layer: ``(output, state)``, the state being what backward needs
+        besides the input and output (None for most layers)."""
+        return self._apply(self.check_input(a))
+
+    def _apply(self, a):
+        return self._forward(a), None
+
+    def _forward(self, a):
+        raise NotImplementedError
 
     def forward(self, a):
-        raise NotImplementedError
+        """The layer's output for the input batch ``a``."""
+        return self.apply(a)[0]
 
-    def backward(self, grad, param_grads=True):
+    def forward_trace(self, a):
+        """``(output, step)``: the output and the :class:`~lrpnumpy.trace.Step` that backward and LRP read."""
+        y, state = self.apply(a)
+        return y, Step(self, (a,), y, state)
+
+    def check_input(self, a):
+        """Check that ``a`` is a float array of a shape and dtype the layer takes; return it."""
+        check_array(a, f"input of {self!r}")
+        self.output_shape(a.shape)
+        dt = self.dtype
+        if dt is not None and a.dtype != dt:
+            raise DTypeError(f"input of {self!r} is {a.dtype} but its parameters are {dt}; "
+                             f"convert one of them explicitly (net.astype({str(a.dtype)!r}) or "
+                             f"x.astype({str(dt)!r}))")
+        return a
+
+    # ----- backward -----
+
+    def backward(self, grad, step):
         """Gradient with respect to the input, given the gradient ``grad`` at the output.
 
-        Parametric layers also store ``grad_weight`` / ``grad_bias`` (for training) unless
-        ``param_grads`` is False, which saves their cost when only the input gradient is
-        wanted (as in explanation methods).
+        ``step`` is what :meth:`forward_trace` (or a network's ``forward_trace``) returned for
+        this layer; ``grad`` has the shape and dtype of its output.
         """
+        return self._backward(self.check_grad(grad, step), step)
+
+    def _backward(self, grad, step):
         raise NotImplementedError
 
-    def lrp(self, R, rule=None):
-        """Relevance at the layer's input, from relevance ``R`` at its output.
+    def param_grads(self, grad, step):
+        """Gradients of the parameters (dict by name; None for an absent bias), given ``grad`` at the output."""
+        self.check_grad(grad, step)
+        return {}
 
-        Uses the input cached by the last :meth:`forward`.  ``rule`` defaults
-        to ``self.default_rule``.  What the rule lost to biases, stabilizers
-        and zero denominators is kept for :meth:`conservation`.
+    def check_grad(self, grad, step, what="gradient"):
+        """Check that ``step`` belongs to this layer and ``grad`` matches its output; return ``grad``."""
+        if not isinstance(step, Step) or step.layer is not self:
+            raise ShapeError(f"{self!r}: backward and LRP need the Step that forward_trace returned for this "
+                             f"layer, got {type(step).__name__}")
+        check_array(grad, f"{what} at the output of {self!r}")
+        if grad.shape != step.output.shape:
+            raise ShapeError(f"{what} at the output of {self!r} has shape {grad.shape}, expected the output's "
+                             f"shape {step.output.shape}")
+        if grad.dtype != step.output.dtype:
+            raise DTypeError(f"{what} at the output of {self!r} is {grad.dtype}, expected {step.output.dtype}")
+        return grad
+
+    # ----- parameters -----
+
+    def param_shapes(self):
+        """Expected shape of each parameter (None for an absent one), by name."""
+        return {}
+
+    def config(self):
+        """The layer's configuration as a plain dict (JSON-able); ``from_config`` rebuilds the layer."""
+        return {k: _plain(getattr(self, k)) for k in self.config_keys}
+
+    @classmethod
+    def from_config(cls, config, params=None):
+        """A layer from :meth:`config`'s dict and, for parametric layers, its parameter arrays.
+
+        Parameters given are checked against the configuration (shape, float32/float64,
+        finite) before they are used; without them parameters are initialised as by the
+        constructor (float64).
         """
-        if self.input is None:
-            raise ShapeError(f"{self!r}: call forward before lrp (no input is cached)")
-        rule = self.default_rule if rule is None else rule
-        ledger = {}
-        R_in = rule.relevance(self, self.input, R, ledger)
-        self.ledger = dict(ledger, relevance_in=per_sample_sum(R_in), relevance_out=per_sample_sum(R))
-        return R_in
-
-    def conservation(self):
-        """Per-sample relevance sums of the last :meth:`lrp` call.
-
-        Returns
-        -------
-        dict of str to ndarray of shape (N,)
-            ``relevance_out`` (sum of R at the output), ``relevance_in`` (at the
-            input), and what was absorbed: ``bias``, ``stabilizer`` and
-            ``dropped`` (relevance of neurons with a zero denominator or
-            outside every rule branch).  Each absorbed part is computed on its
-            own, so ``relevance_in + bias + stabilizer + dropped`` equals
-            ``relevance_out`` up to rounding; this is a check, not a definition.
-        """
-        if self.ledger is None:
-            raise ShapeError(f"{self!r}: no lrp call has been made yet")
-        n = self.ledger["relevance_out"].shape
-        out = {k: self.ledger.get(k, np.zeros(n)) for k in ("relevance_out", "relevance_in", "bias",
-                                                              "stabilizer", "dropped")}
-        return out
-
-    def clear(self):
-        """Drop the cached input (and output), the LRP ledger and cached derived weights."""
-        self.input = None
-        self.ledger = None
-        if "output" in self.__dict__:
-            self.output = None
-        self.__dict__.pop("_derived", None)
+        if not cls.params:
+            return cls(**config)
+        layer = cls.__new__(cls)
+        layer._configure(**config)
+        if params is None:
+            layer._init_params(None, np.dtype(np.float64))
+            return layer
+        for name, shape in layer.param_shapes().items():
+            value = params.get(name)
+            if value is None:
+                if shape is not None:
+                    raise ShapeError(f"parameter {name!r} of {layer!r} is missing")
+                setattr(layer, name, None)
+                continue
+            check_array(value, f"{name} of {layer!r}")
+            if shape is None or value.shape != tuple(shape):
+                raise ShapeError(f"{name} has shape {value.shape}, expected {shape} for {layer!r}")
+            setattr(layer, name, check_finite(value, f"{name} of {layer!r}"))
+        return layer
 
     def freeze(self):
         """Make the parameters read-only, so that rules may cache what they derive from them.
@@ -171,12 +239,18 @@ class Layer:
                 value.flags.writeable = False
         return self
 
+    def clear(self):
+        """Drop the weights that rules derived from a frozen layer's parameters (see :meth:`derived`)."""
+        self.__dict__.pop("_derived", None)
+
     def derived(self, key, compute, inputs=None):
         """``compute()``, cached on the layer while ``inputs`` are read-only and the same objects.
 
         ``inputs`` defaults to the layer's parameters: rules cache W+, W + gamma W+, ... this way
         between calls on a frozen network (see :meth:`freeze`); on an unfrozen one they are
-        recomputed each time, so in-place changes of the weights are always seen.
+        recomputed each time, so in-place changes of the weights are always seen and nothing
+        is written to the layer.  What is cached depends on the parameters only, never on a
+        call's input.
         """
         inputs = tuple(getattr(self, n) for n in self.params) if inputs is None else tuple(inputs)
         if not inputs or any(v is not None and v.flags.writeable for v in inputs):
@@ -203,7 +277,7 @@ class Layer:
         return new
 
     def copy(self):
-        """A copy with copied parameters and an empty cache."""
+        """A copy with copied parameters (and no derived weights)."""
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         for name in self.params:
@@ -221,19 +295,18 @@ class Layer:
                 return value.dtype
         return None
 
-    def _check_input(self, a, ndim, channels=None, what="channels"):
-        check_array(a, f"input of {self!r}")
-        if a.ndim != ndim:
+    def _check_rank(self, shape, ndim, channels=None, what="channels"):
+        """Raise ShapeError unless ``shape`` has rank ``ndim`` (and ``channels`` on axis 1)."""
+        if len(shape) != ndim:
             layout = {2: "(N, features)", 4: "(N, C, H, W)"}[ndim]
-            raise ShapeError(f"{self!r} expects a {ndim}-D input {layout}, got shape {a.shape}")
-        if channels is not None and a.shape[1] != channels:
-            raise ShapeError(f"{self!r} expects {channels} {what} on axis 1, got shape {a.shape}")
-        dt = self.dtype
-        if dt is not None and a.dtype != dt:
-            raise DTypeError(f"input of {self!r} is {a.dtype} but its parameters are {dt}; "
-                             f"convert one of them explicitly (net.astype({str(a.dtype)!r}) or "
-                             f"x.astype({str(dt)!r}))")
-        return a
+            raise ShapeError(f"{self!r} expects a {ndim}-D input {layout}, got shape {tuple(shape)}")
+        if channels is not None and shape[1] != channels:
+            raise ShapeError(f"{self!r} expects {channels} {what} on axis 1, got shape {tuple(shape)}")
+
+
+def _plain(v):
+    """A configuration value as JSON has it (tuples become lists)."""
+    return list(v) if isinstance(v, tuple) else v
 
 
 def per_sample_sum(R):
@@ -244,32 +317,37 @@ def per_sample_sum(R):
 class AffineLayer(Layer):
     """A layer computing an affine map ``x -> A(x; weight) + bias``.
 
-    Rules run on these through :meth:`forward_with` and :meth:`backward_with`,
-    which evaluate the map, and its adjoint, with any (rule-modified)
-    parameters; :meth:`forward` and :meth:`backward` are those same calls
-    with the layer's own parameters.
+    Rules run on these through :meth:`forward_with` and :meth:`backward_with`, which evaluate
+    the map, and its adjoint, with any (rule-modified) parameters; the layer's own forward and
+    backward are those same calls with its own parameters.  ``step`` (the layer's step of the
+    traced forward pass) gives the input shape and, for max pooling, the winners that make it
+    a linear map.
     """
 
+    abstract = True  # not a layer of its own (kept out of Layer.registry)
     weight = None
     bias = None
-    #: The output of the last :meth:`forward` (the array the next layer receives, so keeping
-    #: it costs no memory in a network); rules that need ``z = W a + b`` reuse it.
-    output = None
 
-    def forward_with(self, x, weight, bias=None):
+    def forward_with(self, x, weight, bias=None, step=None):
         raise NotImplementedError
 
-    def backward_with(self, grad, weight, input_shape):
+    def backward_with(self, grad, weight, step):
         raise NotImplementedError
 
     def bias_view(self, bias):
         """``bias`` reshaped to broadcast against the layer's output."""
         raise NotImplementedError
 
-    def forward_many(self, x, weights):
-        """``[forward_with(x, w) for w in weights]`` (no bias); layers may do it in one pass."""
-        return [self.forward_with(x, w) for w in weights]
+    def forward_many(self, x, weights, step):
+        """``[forward_with(x, w, None, step) for w in weights]``; layers may do it in one pass."""
+        return [self.forward_with(x, w, None, step) for w in weights]
 
-    def backward_many(self, pairs, input_shape):
-        """``sum(backward_with(s, w) for s, w in pairs)``; layers may do it in one pass."""
-        return sum(self.backward_with(s, w, input_shape) for s, w in pairs)
+    def backward_many(self, pairs, step):
+        """``sum(backward_with(s, w, step) for s, w in pairs)``; layers may do it in one pass."""
+        return sum(self.backward_with(s, w, step) for s, w in pairs)
+
+    def _forward(self, a):
+        return self.forward_with(a, self.weight, self.bias)
+
+    def _backward(self, grad, step):
+        return self.backward_with(grad, self.weight, step)

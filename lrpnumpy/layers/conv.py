@@ -1,9 +1,11 @@
 """2-D convolution (cross-correlation, as in PyTorch, ONNX and Caffe)."""
 
+import numbers
+
 import numpy as np
 
 from .. import kernels
-from ..errors import RuleParameterError, ShapeError
+from ..errors import LayerParameterError, ShapeError
 from .base import AffineLayer, as_dtype, he_normal, padding4, pair, short_padding
 
 
@@ -28,22 +30,37 @@ class Conv2d(AffineLayer):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  groups=1, dilation=1, rng=None, dtype=np.float64):
+        self._configure(in_channels, out_channels, kernel_size, stride, padding, bias, groups, dilation)
+        self._init_params(rng, as_dtype(dtype))
+
+    def _configure(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, groups=1,
+                   dilation=1):
         self.in_channels, self.out_channels = pair((in_channels, out_channels), "(in_channels, out_channels)")
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = pair(stride, "stride")
         self.padding = padding4(padding)
         self.dilation = pair(dilation, "dilation")
-        if not (isinstance(groups, int) and groups >= 1 and in_channels % groups == 0
-                and out_channels % groups == 0):
-            raise RuleParameterError(f"groups must be an int >= 1 dividing in_channels={in_channels} and "
-                                     f"out_channels={out_channels}, got {groups!r}")
-        self.groups = groups
-        dt = as_dtype(dtype)
+        if not (isinstance(groups, numbers.Integral) and not isinstance(groups, bool) and groups >= 1
+                and self.in_channels % groups == 0 and self.out_channels % groups == 0):
+            raise LayerParameterError(f"groups must be an int >= 1 dividing in_channels={in_channels} and "
+                                      f"out_channels={out_channels}, got {groups!r}")
+        self.groups = int(groups)
+        self.bias = True if bias else None  # the array replaces it in _init_params / from_config
+
+    def _init_params(self, rng, dtype):
         kh, kw = self.kernel_size
-        fan_in = in_channels // groups * kh * kw
-        shape = (out_channels, in_channels // groups, kh, kw)
-        self.weight = he_normal(rng, shape, fan_in, dt)
-        self.bias = np.zeros(out_channels, dtype=dt) if bias else None
+        fan_in = self.in_channels // self.groups * kh * kw
+        self.weight = he_normal(rng, self.param_shapes()["weight"], fan_in, dtype)
+        self.bias = None if self.bias is None else np.zeros(self.out_channels, dtype=dtype)
+
+    def param_shapes(self):
+        return {"weight": (self.out_channels, self.in_channels // self.groups) + self.kernel_size,
+                "bias": None if self.bias is None else (self.out_channels,)}
+
+    def config(self):
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
+                "bias": self.bias is not None, "groups": self.groups, "dilation": list(self.dilation)}
 
     def __repr__(self):
         extra = ""
@@ -63,49 +80,43 @@ class Conv2d(AffineLayer):
         return sh, sw, self.padding, dh, dw, self.groups
 
     def output_shape(self, input_shape):
+        self._check_rank(input_shape, 4, self.in_channels)
         n, _, h, w = input_shape
         (kh, kw), (sh, sw), (dh, dw), p = self.kernel_size, self.stride, self.dilation, self.padding
-        return (n, self.out_channels, kernels.output_size(h, kh, sh, p[0], p[1], dh),
-                kernels.output_size(w, kw, sw, p[2], p[3], dw))
+        oh, ow = kernels.output_size(h, kh, sh, p[0], p[1], dh), kernels.output_size(w, kw, sw, p[2], p[3], dw)
+        if oh < 1 or ow < 1:
+            raise ShapeError(f"{self!r}: input of spatial size {tuple(input_shape[2:])} is smaller than the "
+                             f"(dilated) kernel after padding")
+        return (n, self.out_channels, oh, ow)
 
-    def forward_with(self, x, weight, bias=None):
+    def forward_with(self, x, weight, bias=None, step=None):
         y = kernels.conv2d(x, weight, *self._geometry())
         return y if bias is None else y + bias[:, None, None]
 
-    def backward_with(self, grad, weight, input_shape):
-        return kernels.conv2d_grad_input(grad, weight, input_shape[2], input_shape[3], *self._geometry())
+    def backward_with(self, grad, weight, step):
+        h, w = step.input.shape[2:]
+        return kernels.conv2d_grad_input(grad, weight, h, w, *self._geometry())
 
     def bias_view(self, bias):
         return bias[:, None, None]
 
-    def forward_many(self, x, weights):
+    def forward_many(self, x, weights, step):
         # One convolution with the weights stacked along the output channels.
         if len(weights) == 1 or self.groups != 1:
-            return super().forward_many(x, weights)
+            return super().forward_many(x, weights, step)
         stacked = self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights)
         return np.split(self.forward_with(x, stacked), len(weights), axis=1)
 
-    def backward_many(self, pairs, input_shape):
+    def backward_many(self, pairs, step):
         # sum_k W_k^T s_k is one transposed convolution with stacked weights and gradients.
         if len(pairs) == 1 or self.groups != 1:
-            return super().backward_many(pairs, input_shape)
+            return super().backward_many(pairs, step)
         weights = [w for _, w in pairs]
         stacked = self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights)
-        return self.backward_with(np.concatenate([s for s, _ in pairs], axis=1), stacked, input_shape)
+        return self.backward_with(np.concatenate([s for s, _ in pairs], axis=1), stacked, step)
 
-    def forward(self, a):
-        self._check_input(a, 4, self.in_channels)
-        n, c, oh, ow = self.output_shape(a.shape)
-        if oh < 1 or ow < 1:
-            raise ShapeError(f"{self!r}: input of spatial size {a.shape[2:]} is smaller than the "
-                             f"(dilated) kernel after padding")
-        self.input = a
-        self.output = self.forward_with(a, self.weight, self.bias)
-        return self.output
-
-    def backward(self, grad, param_grads=True):
-        if param_grads:
-            kh, kw = self.kernel_size
-            self.grad_weight = kernels.conv2d_grad_weight(self.input, grad, kh, kw, *self._geometry())
-            self.grad_bias = None if self.bias is None else grad.sum(axis=(0, 2, 3))
-        return self.backward_with(grad, self.weight, self.input.shape)
+    def param_grads(self, grad, step):
+        self.check_grad(grad, step)
+        kh, kw = self.kernel_size
+        return {"weight": kernels.conv2d_grad_weight(step.input, grad, kh, kw, *self._geometry()),
+                "bias": None if self.bias is None else grad.sum(axis=(0, 2, 3))}

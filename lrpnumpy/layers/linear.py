@@ -19,46 +19,57 @@ class Linear(AffineLayer):
     """
 
     params = ("weight", "bias")
+    config_keys = ("in_features", "out_features", "bias")
 
     def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float64):
+        self._configure(in_features, out_features, bias)
+        self._init_params(rng, as_dtype(dtype))
+
+    def _configure(self, in_features, out_features, bias=True):
         self.in_features, self.out_features = pair((in_features, out_features), "(in_features, out_features)")
-        dt = as_dtype(dtype)
-        self.weight = he_normal(rng, (self.out_features, self.in_features), self.in_features, dt)
-        self.bias = np.zeros(self.out_features, dtype=dt) if bias else None
+        self.bias = True if bias else None  # the array replaces it in _init_params / from_config
+
+    def _init_params(self, rng, dtype):
+        self.weight = he_normal(rng, (self.out_features, self.in_features), self.in_features, dtype)
+        self.bias = None if self.bias is None else np.zeros(self.out_features, dtype=dtype)
+
+    def param_shapes(self):
+        return {"weight": (self.out_features, self.in_features),
+                "bias": None if self.bias is None else (self.out_features,)}
+
+    def config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
 
     def __repr__(self):
         return f"Linear({self.in_features}, {self.out_features}, bias={self.bias is not None})"
 
-    def forward_with(self, x, weight, bias=None):
+    def output_shape(self, input_shape):
+        self._check_rank(input_shape, 2, self.in_features, "features")
+        return (input_shape[0], self.out_features)
+
+    def forward_with(self, x, weight, bias=None, step=None):
         y = x @ weight.T
         return y if bias is None else y + bias
 
-    def backward_with(self, grad, weight, input_shape):
+    def backward_with(self, grad, weight, step):
         return grad @ weight
 
     def bias_view(self, bias):
         return bias
 
-    def forward_many(self, x, weights):
+    def forward_many(self, x, weights, step):
         if len(weights) == 1:
             return [x @ weights[0].T]
         y = x @ self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights).T
         return np.split(y, len(weights), axis=1)
 
-    def backward_many(self, pairs, input_shape):
+    def backward_many(self, pairs, step):
         if len(pairs) == 1:
             return pairs[0][0] @ pairs[0][1]
         weights = [w for _, w in pairs]
         stacked = self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights)
         return np.concatenate([s for s, _ in pairs], axis=1) @ stacked
 
-    def forward(self, a):
-        self.input = self._check_input(a, 2, self.in_features, "features")
-        self.output = self.forward_with(a, self.weight, self.bias)
-        return self.output
-
-    def backward(self, grad, param_grads=True):
-        if param_grads:
-            self.grad_weight = grad.T @ self.input
-            self.grad_bias = None if self.bias is None else grad.sum(axis=0)
-        return self.backward_with(grad, self.weight, self.input.shape)
+    def param_grads(self, grad, step):
+        self.check_grad(grad, step)
+        return {"weight": grad.T @ step.input, "bias": None if self.bias is None else grad.sum(axis=0)}

@@ -4,7 +4,7 @@ import numbers
 
 import numpy as np
 
-from ..errors import RuleParameterError
+from ..errors import LayerParameterError
 from .base import Layer, as_dtype
 
 
@@ -18,33 +18,44 @@ class BatchNorm2d(Layer):
     """
 
     params = ("weight", "bias", "running_mean", "running_var")
+    config_keys = ("num_features", "eps")
 
     def __init__(self, num_features, eps=1e-5, dtype=np.float64):
+        self._configure(num_features, eps)
+        self._init_params(None, as_dtype(dtype))
+
+    def _configure(self, num_features, eps=1e-5):
         if not (isinstance(num_features, numbers.Integral) and num_features >= 1):
-            raise RuleParameterError(f"num_features must be an int >= 1, got {num_features!r}")
+            raise LayerParameterError(f"num_features must be an int >= 1, got {num_features!r}")
         if not (isinstance(eps, numbers.Real) and eps > 0):
-            raise RuleParameterError(f"BatchNorm2d eps must be > 0, got {eps!r}")
-        dt = as_dtype(dtype)
+            raise LayerParameterError(f"BatchNorm2d eps must be > 0, got {eps!r}")
         self.num_features, self.eps = int(num_features), float(eps)
-        self.weight = np.ones(num_features, dt)
-        self.bias = np.zeros(num_features, dt)
-        self.running_mean = np.zeros(num_features, dt)
-        self.running_var = np.ones(num_features, dt)
+
+    def _init_params(self, rng, dtype):
+        c = self.num_features
+        self.weight, self.bias = np.ones(c, dtype), np.zeros(c, dtype)
+        self.running_mean, self.running_var = np.zeros(c, dtype), np.ones(c, dtype)
+
+    def param_shapes(self):
+        return {name: (self.num_features,) for name in self.params}
 
     def __repr__(self):
         return f"BatchNorm2d({self.num_features}, eps={self.eps})"
+
+    def output_shape(self, input_shape):
+        self._check_rank(input_shape, 4, self.num_features)
+        return tuple(input_shape)
 
     def scale_shift(self):
         """``(scale, shift)`` with ``forward(x) = x * scale + shift`` per channel."""
         scale = self.weight / np.sqrt(self.running_var + self.running_var.dtype.type(self.eps))
         return scale, self.bias - self.running_mean * scale
 
-    def forward(self, a):
-        self.input = self._check_input(a, 4, self.num_features)
+    def _forward(self, a):
         scale, shift = self.scale_shift()
         return a * scale[:, None, None] + shift[:, None, None]
 
-    def backward(self, grad, param_grads=True):
+    def _backward(self, grad, step):
         return grad * self.scale_shift()[0][:, None, None]
 
 
@@ -68,28 +79,33 @@ class LRN(Layer):
 
     def __init__(self, size, alpha=1e-4, beta=0.75, bias=1.0):
         if not (isinstance(size, numbers.Integral) and size >= 1):
-            raise RuleParameterError(f"LRN size must be an int >= 1, got {size!r}")
+            raise LayerParameterError(f"LRN size must be an int >= 1, got {size!r}")
         for name, v in (("alpha", alpha), ("beta", beta), ("bias", bias)):
             if not (isinstance(v, numbers.Real) and np.isfinite(v)):
-                raise RuleParameterError(f"LRN {name} must be a finite number, got {v!r}")
+                raise LayerParameterError(f"LRN {name} must be a finite number, got {v!r}")
         if bias <= 0:
-            raise RuleParameterError(f"LRN bias must be > 0 (it keeps the denominator positive), got {bias!r}")
+            raise LayerParameterError(f"LRN bias must be > 0 (it keeps the denominator positive), got {bias!r}")
         self.size, self.alpha, self.beta, self.bias = int(size), float(alpha), float(beta), float(bias)
         self.before, self.after = (self.size - 1) // 2, self.size // 2
 
+    config_keys = ("size", "alpha", "beta", "bias")
+
     def __repr__(self):
         return f"LRN(size={self.size}, alpha={self.alpha}, beta={self.beta}, bias={self.bias})"
+
+    def output_shape(self, input_shape):
+        self._check_rank(input_shape, 4)
+        return tuple(input_shape)
 
     def _denominator(self, a):
         t = a.dtype.type
         return t(self.bias) + t(self.alpha / self.size) * _channel_window_sum(a * a, self.before, self.after)
 
-    def forward(self, a):
-        self.input = self._check_input(a, 4)
+    def _forward(self, a):
         return a * self._denominator(a) ** a.dtype.type(-self.beta)
 
-    def backward(self, grad, param_grads=True):
-        a = self.input
+    def _backward(self, grad, step):
+        a = step.input
         t = a.dtype.type
         d = self._denominator(a)
         # channel c's denominator sums over W(c); input i enters the denominators of c in [i - after, i + before]

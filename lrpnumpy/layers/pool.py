@@ -6,7 +6,7 @@ import numbers
 import numpy as np
 
 from .. import kernels
-from ..errors import RuleParameterError, ShapeError
+from ..errors import LayerParameterError, ShapeError
 from .base import AffineLayer, padding4, pair, short_padding
 
 
@@ -63,15 +63,20 @@ class _Pool2d:
         return self.kernel_size + self.stride + (self.effective_padding(h, w),) + self.dilation
 
     def output_shape(self, input_shape):
+        self._check_rank(input_shape, 4)
         n, c, h, w = input_shape
         (kh, kw), (sh, sw), p = self._span(), self.stride, self.effective_padding(h, w)
-        return (n, c, kernels.output_size(h, kh, sh, p[0], p[1]), kernels.output_size(w, kw, sw, p[2], p[3]))
+        oh, ow = kernels.output_size(h, kh, sh, p[0], p[1]), kernels.output_size(w, kw, sw, p[2], p[3])
+        if oh < 1 or ow < 1:
+            raise ShapeError(f"{self!r}: input of spatial size {tuple(input_shape[2:])} is smaller than the window")
+        return (n, c, oh, ow)
 
-    def _check_pool_input(self, a):
-        self._check_input(a, 4)
-        if min(self.output_shape(a.shape)[2:]) < 1:
-            raise ShapeError(f"{self!r}: input of spatial size {a.shape[2:]} is smaller than the window")
-        return a
+    def config(self):
+        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
+                "ceil_mode": self.ceil_mode, "dilation": list(self.dilation), **self._extra_config()}
+
+    def _extra_config(self):
+        return {}
 
 
 class SumPool2d(_Pool2d, AffineLayer):
@@ -95,33 +100,29 @@ class SumPool2d(_Pool2d, AffineLayer):
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, scale=1.0, dilation=1):
         self._init_geometry(kernel_size, stride, padding, ceil_mode, dilation)
         if not (isinstance(scale, numbers.Real) and np.isfinite(scale) and scale > 0):
-            raise RuleParameterError(f"SumPool2d scale must be a finite number > 0, got {scale!r}")
+            raise LayerParameterError(f"SumPool2d scale must be a finite number > 0, got {scale!r}")
         self.scale = float(scale)
 
     def __repr__(self):
         extra = f", scale={self.scale!r}" if self.scale != 1.0 else ""
         return f"SumPool2d(kernel_size={self.kernel_size}{self._repr_extra()}{extra})"
 
+    def _extra_config(self):
+        return {"scale": self.scale}
+
     def _divide(self, y, h, w):
         return y if self.scale == 1.0 else y * y.dtype.type(self.scale)
 
-    def forward_with(self, x, weight=None, bias=None):
+    def forward_with(self, x, weight=None, bias=None, step=None):
         h, w = x.shape[2:]
         return self._divide(kernels.sum_pool2d(x, *self._geometry(h, w)), h, w)
 
-    def backward_with(self, grad, weight, input_shape):
-        h, w = input_shape[2:]
+    def backward_with(self, grad, weight, step):
+        h, w = step.input.shape[2:]
         return kernels.sum_pool2d_grad(self._divide(grad, h, w), h, w, *self._geometry(h, w))
 
     def bias_view(self, bias):
         return bias
-
-    def forward(self, a):
-        self.input = self._check_pool_input(a)
-        return self.forward_with(a)
-
-    def backward(self, grad, param_grads=True):
-        return self.backward_with(grad, None, self.input.shape)
 
 
 class AvgPool2d(SumPool2d):
@@ -140,25 +141,24 @@ class AvgPool2d(SumPool2d):
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, dilation=1):
         super().__init__(kernel_size, stride, padding, ceil_mode, dilation=dilation)
         self.count_include_pad = bool(count_include_pad)
-        self._divisors = {}
 
     def __repr__(self):
         extra = "" if self.count_include_pad else ", count_include_pad=False"
         return f"AvgPool2d(kernel_size={self.kernel_size}{self._repr_extra()}{extra})"
 
+    def _extra_config(self):
+        return {"count_include_pad": self.count_include_pad}
+
     def divisor(self, h, w):
         """(oh, ow) array: how many positions each window averages over, for an h x w input."""
-        if (h, w) not in self._divisors:
-            pt, pb, pl, pr = self.padding
-            if self.count_include_pad:  # ones over the padded extent, extra ceil rows outside it
-                ones = np.ones((1, 1, h + pt + pb, w + pl + pr))
-                eff = self.effective_padding(h, w)
-                pad = (0, eff[1] - pb, 0, eff[3] - pr)
-            else:
-                ones, pad = np.ones((1, 1, h, w)), self.effective_padding(h, w)
-            self._divisors[(h, w)] = kernels.reference.sum_pool2d(ones, *self.kernel_size, *self.stride, pad,
-                                                                  *self.dilation)[0, 0]
-        return self._divisors[(h, w)]
+        pt, pb, pl, pr = self.padding
+        if self.count_include_pad:  # ones over the padded extent, extra ceil rows outside it
+            ones = np.ones((1, 1, h + pt + pb, w + pl + pr))
+            eff = self.effective_padding(h, w)
+            pad = (0, eff[1] - pb, 0, eff[3] - pr)
+        else:
+            ones, pad = np.ones((1, 1, h, w)), self.effective_padding(h, w)
+        return kernels.reference.sum_pool2d(ones, *self.kernel_size, *self.stride, pad, *self.dilation)[0, 0]
 
     def _divide(self, y, h, w):
         return y / self.divisor(h, w).astype(y.dtype)
@@ -170,22 +170,19 @@ class GlobalAvgPool2d(AffineLayer):
     def __repr__(self):
         return "GlobalAvgPool2d()"
 
-    def forward_with(self, x, weight=None, bias=None):
+    def output_shape(self, input_shape):
+        self._check_rank(input_shape, 4)
+        return tuple(input_shape[:2]) + (1, 1)
+
+    def forward_with(self, x, weight=None, bias=None, step=None):
         return x.mean(axis=(2, 3), keepdims=True)
 
-    def backward_with(self, grad, weight, input_shape):
-        h, w = input_shape[2:]
-        return np.broadcast_to(grad / grad.dtype.type(h * w), input_shape).copy()
+    def backward_with(self, grad, weight, step):
+        shape = step.input.shape
+        return np.broadcast_to(grad / grad.dtype.type(shape[2] * shape[3]), shape).copy()
 
     def bias_view(self, bias):
         return bias
-
-    def forward(self, a):
-        self.input = self._check_input(a, 4)
-        return self.forward_with(a)
-
-    def backward(self, grad, param_grads=True):
-        return self.backward_with(grad, None, self.input.shape)
 
 
 class MaxPool2d(_Pool2d, AffineLayer):
@@ -215,39 +212,34 @@ class MaxPool2d(_Pool2d, AffineLayer):
         self._init_geometry(kernel_size, stride, padding, ceil_mode, dilation)
         (kh, kw), p = self._span(), self.padding
         if max(p[0], p[1]) > kh - 1 or max(p[2], p[3]) > kw - 1:
-            raise RuleParameterError(f"MaxPool2d padding {p} must be at most (dilated) kernel - 1 on each side "
+            raise LayerParameterError(f"MaxPool2d padding {p} must be at most (dilated) kernel - 1 on each side "
                                      f"(kernel {self.kernel_size}, dilation {self.dilation}), so that no window "
                                      f"lies entirely in the padding")
 
-    def forward(self, a):
-        self.input = self._check_pool_input(a)
-        y, self.argmax = kernels.max_pool2d(a, *self._geometry(*a.shape[2:]))
-        return y
+    def _apply(self, a):
+        y, winners = kernels.max_pool2d(a, *self._geometry(*a.shape[2:]))
+        return y, winners
 
-    def forward_with(self, x, weight=None, bias=None):
-        """Select, in ``x``, the elements that won the last :meth:`forward`."""
-        return kernels.max_pool2d_gather(x, self.argmax, *self._geometry(*x.shape[2:]))
+    def _forward(self, a):
+        return self._apply(a)[0]
 
-    def backward_with(self, grad, weight, input_shape):
-        h, w = input_shape[2:]
-        return kernels.max_pool2d_grad(grad, self.argmax, h, w, *self._geometry(h, w))
+    def forward_with(self, x, weight=None, bias=None, step=None):
+        """Select, in ``x``, the elements that won the forward pass ``step`` (a linear map of ``x``)."""
+        return kernels.max_pool2d_gather(x, step.state, *self._geometry(*x.shape[2:]))
+
+    def backward_with(self, grad, weight, step):
+        h, w = step.input.shape[2:]
+        return kernels.max_pool2d_grad(grad, step.state, h, w, *self._geometry(h, w))
 
     def bias_view(self, bias):
         return bias
 
-    def backward(self, grad, param_grads=True):
-        return self.backward_with(grad, None, self.input.shape)
-
-    def backward_split(self, grad):
+    def backward_split(self, grad, step):
         """Like :meth:`backward`, but each window's gradient is split equally among tied maxima."""
-        y = self.forward(self.input)
-        return kernels.max_pool2d_grad_split(grad, self.input, y, *self._geometry(*self.input.shape[2:]))
+        self.check_grad(grad, step)
+        a = step.input
+        return kernels.max_pool2d_grad_split(grad, a, step.output, *self._geometry(*a.shape[2:]))
 
     def sum_pool(self):
         """The :class:`SumPool2d` with the same windows."""
         return SumPool2d(self.kernel_size, self.stride, self.padding, self.ceil_mode, dilation=self.dilation)
-
-    def clear(self):
-        super().clear()
-        self.argmax = None
-

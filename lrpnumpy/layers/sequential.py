@@ -1,25 +1,34 @@
 """A chain of layers."""
 
 from ..errors import ShapeError
-from .base import Layer, as_dtype
+from ..trace import Step, Trace
+from .base import Layer, as_dtype, check_array
 
 
-class Sequential(Layer):
+class Sequential:
     """Layers applied in order; ``backward`` runs them in reverse.
 
-    Supports ``len(net)``, ``net[i]`` (a slice gives a new Sequential sharing
-    the layers) and iteration.  ``input_shape`` optionally records the shape
-    of one sample (e.g. ``(1, 28, 28)``), for tools that make inputs.
+    Supports ``len(net)``, ``net[i]`` (a slice gives a new Sequential sharing the layers) and
+    iteration; a Sequential given as an item is spliced in.  ``input_shape`` optionally
+    records the shape of one sample (e.g. ``(1, 28, 28)``), for tools that make inputs.
+
+    The network holds layers only: :meth:`forward_trace` returns what one call computed, so
+    one network can serve several threads at once.
     """
 
     def __init__(self, *layers, input_shape=None):
         self.input_shape = None if input_shape is None else tuple(input_shape)
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
+        flat = []
         for i, layer in enumerate(layers):
-            if not isinstance(layer, Layer):
+            if isinstance(layer, Sequential):
+                flat.extend(layer.layers)
+            elif isinstance(layer, Layer):
+                flat.append(layer)
+            else:
                 raise ShapeError(f"Sequential item {i} is {type(layer).__name__}, not an lrpnumpy Layer")
-        self.layers = list(layers)
+        self.layers = flat
 
     def __len__(self):
         return len(self.layers)
@@ -37,45 +46,84 @@ class Sequential(Layer):
         body = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
         return f"Sequential({body}\n)"
 
-    def forward(self, a):
+    def forward(self, x):
+        """The network's output for the input batch ``x``."""
         for layer in self.layers:
-            a = layer.forward(a)
-        return a
+            x = layer.forward(x)
+        return x
 
-    def backward(self, grad, param_grads=True):
-        for layer in reversed(self.layers):
-            grad = layer.backward(grad, param_grads)
-        return grad
+    def forward_trace(self, x):
+        """``(output, trace)``: the output and the :class:`~lrpnumpy.trace.Trace` of every layer's step."""
+        check_array(x, "network input")
+        steps, a = [], x
+        for i, layer in enumerate(self.layers):
+            y, state = layer.apply(a)
+            steps.append(Step(layer, (a,), y, state, index=i, parents=(i - 1,)))
+            a = y
+        trace = Trace(x, steps)
+        return trace.output, trace
 
-    def lrp(self, R, rules=None):
-        """Relevance at the input from relevance ``R`` at the output.
+    def backward(self, grad, trace, param_grads=False):
+        """Gradient with respect to the input, given ``grad`` at the output and the ``trace`` of the pass.
 
-        ``rules`` is a list with one rule (or None for the layer's default)
-        per layer; without it every layer uses its default rule.
+        With ``param_grads=True``, returns ``(input_gradient, grads)``: ``grads[i]`` is the dict
+        of parameter gradients of step ``i`` (empty for parameter-free layers).
         """
-        rules = [None] * len(self) if rules is None else rules
-        for layer, rule in zip(reversed(self.layers), reversed(rules)):
-            R = layer.lrp(R, rule)
-        return R
+        self.check_trace(trace)
+        grads = [None] * len(trace)
+
+        def visit(step, g):
+            if param_grads:
+                grads[step.index] = step.layer.param_grads(g, step)
+            return step.layer.backward(g, step)
+        g_in = trace.reverse(grad, visit)
+        return (g_in, grads) if param_grads else g_in
+
+    def check_trace(self, trace):
+        """Raise ShapeError unless ``trace`` came from this network's ``forward_trace``."""
+        if not isinstance(trace, Trace) or len(trace) != len(self.layers) or any(
+                s.layer is not layer for s, layer in zip(trace, self.layers)):
+            raise ShapeError("backward needs the trace that this network's forward_trace returned, got "
+                             f"{type(trace).__name__}")
+        return trace
+
+    def output_shape(self, input_shape):
+        """The output shape for an input of ``input_shape`` (batch axis included), without running."""
+        shape = tuple(input_shape)
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+        return shape
 
     def clear(self):
+        """Drop the weights rules derived from frozen parameters."""
         for layer in self.layers:
             layer.clear()
 
     def freeze(self):
+        """Make every parameter read-only (see :meth:`Layer.freeze`); returns the network."""
         for layer in self.layers:
             layer.freeze()
         return self
 
     def astype(self, dtype):
+        """A copy with every parameter converted to ``dtype`` (float32 or float64)."""
         as_dtype(dtype)
-        return Sequential(*(layer.astype(dtype) for layer in self.layers), input_shape=self.input_shape)
+        return self._map(lambda layer: layer.astype(dtype))
 
     def copy(self):
-        return Sequential(*(layer.copy() for layer in self.layers), input_shape=self.input_shape)
+        """A copy with copied parameters (a layer used twice stays one layer used twice)."""
+        return self._map(lambda layer: layer.copy())
+
+    def _map(self, fn):
+        done = {}
+        for layer in self.layers:
+            if id(layer) not in done:
+                done[id(layer)] = fn(layer)
+        return Sequential(*(done[id(layer)] for layer in self.layers), input_shape=self.input_shape)
 
     @property
     def dtype(self):
+        """The dtype of the parameters (of the first layer that has any)."""
         for layer in self.layers:
             if layer.dtype is not None:
                 return layer.dtype

@@ -1,9 +1,10 @@
 """Layers that only move or keep values: Flatten and Dropout."""
 
+import math
 import numbers
 
-from ..errors import RuleParameterError
-from .base import Layer, check_array
+from ..errors import LayerParameterError, ShapeError
+from .base import Layer
 
 
 class Flatten(Layer):
@@ -12,28 +13,36 @@ class Flatten(Layer):
     def __repr__(self):
         return "Flatten()"
 
-    def forward(self, a):
-        self.input = check_array(a, f"input of {self!r}")
+    def output_shape(self, input_shape):
+        if len(input_shape) < 1:
+            raise ShapeError(f"{self!r} needs a batch axis, got shape {tuple(input_shape)}")
+        return (input_shape[0], math.prod(input_shape[1:]))
+
+    def _forward(self, a):
         return a.reshape(a.shape[0], -1)
 
-    def backward(self, grad, param_grads=True):
-        return grad.reshape(self.input.shape)
+    def _backward(self, grad, step):
+        return grad.reshape(step.input.shape)
 
 
 class Dropout(Layer):
     """Dropout at inference: the identity.  ``p`` is kept for the record."""
 
+    config_keys = ("p",)
+
     def __init__(self, p=0.5):
         if not (isinstance(p, numbers.Real) and 0 <= p < 1):
-            raise RuleParameterError(f"Dropout p must be in [0, 1), got {p!r}")
+            raise LayerParameterError(f"Dropout p must be in [0, 1), got {p!r}")
         self.p = float(p)
 
     def __repr__(self):
         return f"Dropout(p={self.p})"
 
-    def forward(self, a):
-        self.input = check_array(a, f"input of {self!r}")
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def _forward(self, a):
         return a
 
-    def backward(self, grad, param_grads=True):
+    def _backward(self, grad, step):
         return grad
