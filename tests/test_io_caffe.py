@@ -113,6 +113,9 @@ def test_load_matches_caffe_semantics(tmp_path, rng):
     np.testing.assert_allclose(net.forward(x), reference_forward(x.astype(np.float64), p), rtol=2e-5, atol=1e-6)
     e = L.explain(net, x, composite=L.EpsilonPlus())
     assert np.isfinite(e.relevance).all()
+    net64 = load_caffe(str(tmp_path / "net.prototxt"), str(tmp_path / "net.caffemodel"), dtype=np.float64)
+    assert {getattr(layer, "weight", np.zeros(0)).dtype for layer in net64 if layer.params} == {np.dtype(np.float64)}
+    np.testing.assert_allclose(net64.forward(x.astype(np.float64)), net.forward(x), rtol=2e-5, atol=1e-6)
 
 
 def test_ceil_mode_pooling_is_one_larger_than_floor(tmp_path, rng):

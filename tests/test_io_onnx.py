@@ -166,6 +166,11 @@ def test_matmul_add_bias_constant_nodes_and_batchnorm_folding(rng):
     fb = numpy_helper.to_array(const.attribute[0].t)
     want = np.maximum(n, 0).reshape(2, -1) @ fc + fb
     np.testing.assert_allclose(net.forward(x), want, rtol=1e-4, atol=1e-5)
+    net64 = load_onnx(model, dtype=np.float64)  # float32 weights, converted: lrpnumpy's reference precision
+    assert net.dtype == np.float32 and net64.dtype == np.float64
+    assert all(getattr(layer, p).dtype == np.float64 for layer in net64 for p in layer.params
+               if getattr(layer, p) is not None)
+    np.testing.assert_allclose(net64.forward(x.astype(np.float64)), want, rtol=1e-4, atol=1e-5)
 
 
 def test_not_a_chain_and_unknown_ops_name_the_node():

@@ -68,6 +68,9 @@ def test_load_matches_the_toolbox_definition(tmp_path, rng, legacy):
     np.testing.assert_allclose(net.forward(from_nhwc(x_nhwc)), toolbox_forward(x_nhwc, p), rtol=1e-12)
     e = L.explain(net, from_nhwc(x_nhwc), composite=L.EpsilonPlus())
     assert np.isfinite(e.relevance).all()
+    net32 = load_lrp_toolbox(str(path), input_shape=(2, 13, 10), dtype=np.float32)
+    assert net.dtype == np.float64 and net32.dtype == np.float32
+    assert L.io.load_model(str(path), input_shape=(2, 13, 10), dtype="float32").dtype == np.float32
 
 
 def test_round_trip_is_byte_for_byte(tmp_path, rng):

@@ -68,6 +68,7 @@ def test_native_round_trip_is_exact(tmp_path, rng):
     f32 = net.astype(np.float32)
     L.io.save(f32, path)
     assert L.io.load(path)[0].weight.dtype == np.float32
+    assert L.io.load(path, dtype=np.float64)[0].weight.dtype == np.float64
     assert not [f for f in os.listdir(tmp_path) if f != "m.npz"]  # no temporary file left behind
 
 

@@ -53,4 +53,4 @@ def converted(net, dtype):
     if dtype is None:
         return net
     dt = as_dtype(dtype)
-    return net if net.dtype in (None, dt) else net.astype(dt)
+    return net if net.dtype is None or net.dtype == dt else net.astype(dt)
