@@ -83,6 +83,8 @@ def main():
         for batch in args.batch:
             net, x, comp, kwargs = setup(model, batch, np.float32, args.composite)
             zrun = zennit_runner(net, x, args.composite, kwargs)
+            L.explain(net, x, composite=comp)  # warm-up: the frozen net's derived weights, the JIT cache
+            zrun()
             ours = median_time(lambda: L.explain(net, x, composite=comp), args.repeat, 0.5 if model != "vgg16" else 0)
             theirs = median_time(zrun, args.repeat, 0.5 if model != "vgg16" else 0)
             row = dict(model=model, batch=batch, composite=args.composite, lrpnumpy_ms=1e3 * ours,

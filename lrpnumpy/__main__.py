@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from .errors import LRPError
+from .errors import LRPError, ModelFormatError
 
 def _load_model(name):
     from .zoo import MODELS
@@ -23,7 +23,7 @@ def _verify(args):
     from .errors import ShapeError
     net = _load_model(args.model)
     if args.input:
-        x = np.load(args.input, allow_pickle=False)
+        x = _read_input(args.input)
     elif getattr(net, "input_shape", None):
         x = np.random.default_rng(args.seed).random((args.batch,) + tuple(net.input_shape))
     else:
@@ -47,9 +47,39 @@ def _verify(args):
     return 0 if all(r["passed"] for r in rows) else 1
 
 
+def _read_input(path):
+    """The ``--input`` array: a .npy file of floats (never a pickle)."""
+    try:
+        x = np.load(path, allow_pickle=False)
+    except OSError as exc:
+        raise ModelFormatError(f"--input {path}: cannot be read ({exc.strerror or exc})") from None
+    except (ValueError, EOFError) as exc:
+        raise ModelFormatError(f"--input {path}: not a .npy array of numbers ({exc})") from None
+    if not isinstance(x, np.ndarray):
+        raise ModelFormatError(f"--input {path}: holds several arrays ({type(x).__name__}); give one .npy array")
+    return x
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: one line on stderr and exit code 2 (1 means "verification failed")."""
+
+    def error(self, message):
+        self.exit(2, f"lrpnumpy: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="lrpnumpy", description="Layer-wise Relevance Propagation in NumPy")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="lrpnumpy", description="Layer-wise Relevance Propagation in NumPy")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo = sub.add_parser("demo", help="explain a small built-in network and print the conservation table")
     demo.add_argument("--composite", default="epsilon_gamma_box")
     ver = sub.add_parser("verify", help="compare lrpnumpy's relevance with Zennit and Captum")
@@ -59,7 +89,7 @@ def main(argv=None):
     ver.add_argument("--rules", nargs="+", help="method names, e.g. epsilon zplus epsilon_gamma_box")
     ver.add_argument("--target", type=int, help="class to explain (default: the predicted class)")
     ver.add_argument("--rtol", type=float, default=1e-10)
-    ver.add_argument("--batch", type=int, default=2, help="random inputs: batch size")
+    ver.add_argument("--batch", type=_positive_int, default=2, help="random inputs: batch size")
     ver.add_argument("--seed", type=int, default=0)
     ver.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ver.add_argument("--plot", help="save the conservation plot to this PNG file")
@@ -72,6 +102,10 @@ def main(argv=None):
         return _verify(args)
     except (LRPError, OSError) as exc:
         print(f"lrpnumpy: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("lrpnumpy: error: not enough memory (is the model's input_shape or --batch too large?)",
+              file=sys.stderr)
         return 2
 
 

@@ -25,12 +25,20 @@ def default_rule(layer):
     return next(rule for types, rule in DEFAULT_RULES if isinstance(layer, types))
 
 
-def _pairs(mapping):
+def _pairs(mapping, what):
     items = mapping.items() if isinstance(mapping, dict) else (mapping or ())
     pairs = []
-    for types, rule in items:
+    for item in items:
+        try:
+            types, rule = item
+        except (TypeError, ValueError):
+            raise RuleParameterError(f"{what} needs (layer type, Rule) pairs, got {item!r}") from None
+        kinds = types if isinstance(types, tuple) else (types,)
+        if not kinds or not all(isinstance(t, type) and issubclass(t, Layer) for t in kinds):
+            raise RuleParameterError(f"{what} maps {types!r}, which is not a layer class or a tuple of them "
+                                     f"(e.g. lrpnumpy.Conv2d)")
         if not isinstance(rule, Rule):
-            raise RuleParameterError(f"composite maps {types!r} to {rule!r}, which is not a Rule object")
+            raise RuleParameterError(f"{what} maps {types!r} to {rule!r}, which is not a Rule object")
         pairs.append((types, rule))
     return pairs
 
@@ -52,11 +60,13 @@ class Composite:
     """
 
     def __init__(self, layer_map=None, index_map=None, first_map=None):
-        self.layer_map = _pairs(layer_map)
-        self.first_map = _pairs(first_map)
+        self.layer_map = _pairs(layer_map, "layer_map")
+        self.first_map = _pairs(first_map, "first_map")
+        if not isinstance(index_map or {}, dict):
+            raise RuleParameterError(f"index_map must be a dict {{layer index: Rule}}, got {index_map!r}")
         self.index_map = dict(index_map or {})
         for i, rule in self.index_map.items():
-            if not isinstance(i, int) or not isinstance(rule, Rule):
+            if not isinstance(i, int) or isinstance(i, bool) or not isinstance(rule, Rule):
                 raise RuleParameterError(f"index_map needs int -> Rule, got {i!r} -> {rule!r}")
 
     def __repr__(self):

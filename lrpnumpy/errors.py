@@ -50,3 +50,11 @@ class UnsupportedLayerError(LRPError, NotImplementedError):
 
 class MissingDependencyError(LRPError, ImportError):
     """An optional package that this feature needs is not installed."""
+
+
+class ResourceError(LRPError, MemoryError):
+    """An input or configuration needs more memory than the machine has."""
+
+
+class SaveError(LRPError, OSError):
+    """A model could not be written (missing folder, a folder in the way, a full disk, ...)."""

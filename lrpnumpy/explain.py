@@ -6,7 +6,7 @@ Every explanation method in lrpnumpy returns an :class:`Explanation`.
 import numpy as np
 
 from .composites import Composite, SingleRule, default_rule
-from .errors import LRPError, RuleParameterError, ShapeError, TargetError
+from .errors import LRPError, NonFiniteError, ResourceError, RuleParameterError, ShapeError, TargetError
 from .layers import Sequential, Softmax
 from .layers.base import check_array, check_finite, per_sample_sum
 from .rules import Rule
@@ -48,8 +48,17 @@ def explain(model, x, target=None, rule=None, composite=None, relevance_out=None
     net = logit_network(model, x)
     chosen = _rules(net, rule, composite)
     rules = [r if r is not None else default_rule(layer) for r, layer in zip(chosen, net)]
+    for r in {id(r): r for r in rules}.values():
+        r.check_dtype(x.dtype)
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            return _explain(net, x, rules, target, rule, composite, relevance_out)  # non-finite: checked there
+    except MemoryError:
+        raise ResourceError(f"not enough memory to explain an input of shape {x.shape}") from None
 
-    output, trace = net.forward_trace(x)
+
+def _explain(net, x, rules, target, rule, composite, relevance_out):
+    output, trace = forward_checked(net, x)
     R, t = _initial_relevance(output, target, relevance_out)
     relevances, ledgers = [None] * len(trace), [None] * len(trace)
 
@@ -60,10 +69,25 @@ def explain(model, x, target=None, rule=None, composite=None, relevance_out=None
         return R_in
 
     relevance = trace.reverse(R, visit)
+    if not np.isfinite(relevance).all():
+        bad = max(i for i, r in enumerate(relevances) if not np.isfinite(r).all())
+        raise NonFiniteError(f"relevance overflowed at layer {bad} ({trace[bad].layer!r}, rule {rules[bad]!r}): "
+                             f"the output relevance or the weights are too large for {x.dtype}")
     return Explanation(relevance, output, t, method="lrp",
                        params={"rule": rule, "composite": composite} if relevance_out is None else
                        {"rule": rule, "composite": composite, "relevance_out": "given"},
                        layers=relevances + [R], network=net, rules=rules, ledgers=ledgers)
+
+
+def forward_checked(net, x):
+    """``net.forward_trace(x)``, raising NonFiniteError (naming the layer) if the output is not finite."""
+    output, trace = net.forward_trace(x)
+    if not np.isfinite(output).all():
+        bad = next(s for s in trace if not np.isfinite(s.output).all())
+        raise NonFiniteError(f"the forward pass overflowed at layer {bad.index} ({bad.layer!r}): its output holds "
+                             f"NaN or infinity for finite input; the input or the weights are too large for "
+                             f"{x.dtype}")
+    return output, trace
 
 
 def logit_network(model, x):

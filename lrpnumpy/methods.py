@@ -11,16 +11,24 @@ import numbers
 
 import numpy as np
 
-from .errors import RuleParameterError, ShapeError
-from .explain import Explanation, logit_network, onehot, target_classes
-from .layers.base import check_array, check_finite
+from .errors import DTypeError, NonFiniteError, ResourceError, RuleParameterError, ShapeError
+from .explain import Explanation, forward_checked, logit_network, onehot, target_classes
+from .layers.base import check_array, check_finite, make_rng
 
 
 def _gradient(net, x, target):
     """``(gradient of the target logits, output, target classes)``; ``target`` None: the predicted class."""
-    out, trace = net.forward_trace(x)
-    t = target_classes(out, target)
-    return net.backward(onehot(out, t), trace), out, t
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):  # checked below
+            out, trace = forward_checked(net, x)
+            t = target_classes(out, target)
+            g = net.backward(onehot(out, t), trace)
+    except MemoryError:
+        raise ResourceError(f"not enough memory for the gradient of an input of shape {x.shape}") from None
+    if not np.isfinite(g).all():
+        raise NonFiniteError(f"the gradient overflowed (NaN or infinity) for a finite input: the weights are too "
+                             f"large for {x.dtype}")
+    return g, out, t
 
 
 def gradient(model, x, target=None):
@@ -32,22 +40,24 @@ def gradient(model, x, target=None):
 def gradient_x_input(model, x, target=None):
     """Gradient times input."""
     g, out, t = _gradient(logit_network(model, x), x, target)
-    return Explanation(g * x, out, t, method="gradient_x_input")
+    with np.errstate(over="ignore"):
+        return Explanation(_finite(g * x, "gradient x input"), out, t, method="gradient_x_input")
 
 
 def _averaged(model, x, target, points, method, kwargs):
     """The mean of ``method``'s relevance over ``points`` (inputs shaped like ``x``), for the class
     ``target`` resolves to at ``x``; returns ``(mean, output at x, classes)``."""
     net = logit_network(model, x)
-    out = net.forward(x)
-    t = target_classes(out, target)
-    total = np.zeros_like(x)
-    for point in points:
-        if method is None:
-            total += _gradient(net, point, t)[0] / x.dtype.type(len(points))
-        else:
-            r = method(model, point, t, **kwargs)
-            total += getattr(r, "relevance", r) / x.dtype.type(len(points))
+    with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are checked, and reported
+        out, _ = forward_checked(net, x)
+        t = target_classes(out, target)
+        total = np.zeros_like(x)
+        for point in points:
+            if method is None:
+                total += _gradient(net, point, t)[0] / x.dtype.type(len(points))
+            else:
+                r = method(model, point, t, **kwargs)
+                total += getattr(r, "relevance", r) / x.dtype.type(len(points))
     return total, out, t
 
 
@@ -80,10 +90,19 @@ def integrated_gradients(model, x, target=None, n=20, baseline=None, alphas=None
         if not (isinstance(n, numbers.Integral) and n >= 1):
             raise RuleParameterError(f"integrated_gradients n must be an int >= 1, got {n!r}")
         alphas = np.linspace(1.0 / n, 1.0, n)
-    alphas = np.asarray(alphas, dtype=np.float64)
-    points = [x_b + x.dtype.type(alpha) * (x - x_b) for alpha in alphas]
+    try:
+        alphas = np.asarray(alphas, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise RuleParameterError(f"integrated_gradients alphas must be numbers, got {alphas!r}") from None
+    if alphas.ndim != 1 or alphas.size == 0 or not np.isfinite(alphas).all():
+        raise RuleParameterError(f"integrated_gradients alphas must be a non-empty 1-D sequence of finite numbers, "
+                                 f"got {alphas!r}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        points = [x_b + x.dtype.type(alpha) * (x - x_b) for alpha in alphas]
     mean, out, t = _averaged(model, x, target, points, method, kwargs)
-    return Explanation(mean * (x - x_b), out, t, method="integrated_gradients",
+    with np.errstate(over="ignore", invalid="ignore"):
+        relevance = _finite(mean * (x - x_b), "integrated gradients")
+    return Explanation(relevance, out, t, method="integrated_gradients",
                        params=dict(alphas=alphas, method=_name(method), **kwargs))
 
 
@@ -92,6 +111,8 @@ def _baseline(x, baseline):
     b = np.zeros_like(x) if baseline is None else check_finite(check_array(baseline, "baseline"), "baseline")
     if b.shape != x.shape:
         raise ShapeError(f"baseline must have the shape of x {x.shape}, got {b.shape}")
+    if b.dtype != x.dtype:
+        raise DTypeError(f"baseline is {b.dtype} but x is {x.dtype}; convert one of them explicitly")
     return b
 
 
@@ -115,17 +136,29 @@ def smoothgrad(model, x, target=None, n=20, noise_level=0.1, noise=None, rng=Non
     check_finite(check_array(x, "x"), "x")
     if not (isinstance(n, numbers.Integral) and n >= 1):
         raise RuleParameterError(f"smoothgrad n must be an int >= 1, got {n!r}")
+    if not (isinstance(noise_level, numbers.Real) and np.isfinite(noise_level) and noise_level >= 0):
+        raise RuleParameterError(f"smoothgrad noise_level must be a finite number >= 0, got {noise_level!r}")
     if noise is None:
-        gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-        noise = gen.standard_normal((n - 1,) + x.shape).astype(x.dtype)
+        noise = make_rng(rng).standard_normal((n - 1,) + x.shape).astype(x.dtype)
+    check_finite(check_array(noise, "noise"), "noise")
     if noise.shape != (n - 1,) + x.shape:
         raise ShapeError(f"noise must have shape {(n - 1,) + x.shape}, got {noise.shape}")
+    if noise.dtype != x.dtype:
+        raise DTypeError(f"noise is {noise.dtype} but x is {x.dtype}; convert one of them explicitly")
     axes = tuple(range(1, x.ndim))
     std = noise_level * (x.max(axis=axes, keepdims=True) - x.min(axis=axes, keepdims=True))
-    points = [x + (noise[k] * std if k < n - 1 else 0) for k in range(n)]
+    with np.errstate(over="ignore", invalid="ignore"):
+        points = [x + (noise[k] * std if k < n - 1 else 0) for k in range(n)]
     mean, out, t = _averaged(model, x, target, points, method, kwargs)
-    return Explanation(mean, out, t, method="smoothgrad",
+    return Explanation(_finite(mean, "smoothgrad"), out, t, method="smoothgrad",
                        params=dict(n=n, noise_level=noise_level, method=_name(method), **kwargs))
+
+
+def _finite(relevance, what):
+    if not np.isfinite(relevance).all():
+        raise NonFiniteError(f"{what} overflowed (NaN or infinity) for a finite input: the input or the weights are "
+                             f"too large for {relevance.dtype}")
+    return relevance
 
 
 def _name(method):

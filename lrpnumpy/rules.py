@@ -248,6 +248,27 @@ class Rule:
         step.layer.check_grad(R, step, "relevance")
         return self._propagate(step, R)
 
+    def check_dtype(self, dtype):
+        """Raise RuleParameterError if a parameter cannot be represented in ``dtype``.
+
+        Every number must fit (``|v| <= finfo.max``), and a non-zero ``epsilon`` must be at least
+        the smallest normal number: a smaller one becomes 0 or a denormal in the denominators,
+        and dividing by it overflows.
+        """
+        info = np.finfo(dtype)
+        for name, v in vars(self).items():
+            if name.startswith("_") or isinstance(v, (bool, str)) or not isinstance(v, (numbers.Real, np.ndarray)):
+                continue
+            if (np.abs(np.asarray(v, dtype=np.float64)) > info.max).any():
+                raise RuleParameterError(f"{self!r}: {name} does not fit in {np.dtype(dtype)} (largest value "
+                                         f"{info.max:.4g})")
+        eps = getattr(self, "epsilon", 0.0)
+        if 0 < eps < info.tiny:
+            raise RuleParameterError(f"{self!r}: epsilon {eps!r} is below the smallest normal {np.dtype(dtype)} "
+                                     f"number {info.tiny:.4g}, so the stabilizer would vanish; use 0 or at least "
+                                     f"{info.tiny:.4g}")
+        return self
+
     def relevance(self, step, R):
         """Relevance at the input of ``step.layer`` (the first part of :meth:`propagate`)."""
         return self.propagate(step, R)[0]
@@ -424,7 +445,11 @@ class ZBox(AffineRule):
     """
 
     def __init__(self, low, high, epsilon=1e-6):
-        low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+        try:
+            low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise RuleParameterError(f"ZBox bounds must be numbers or float arrays, got low={low!r}, "
+                                     f"high={high!r}") from exc
         if not (np.isfinite(low).all() and np.isfinite(high).all()):
             raise RuleParameterError("ZBox bounds must be finite")
         try:

@@ -19,7 +19,8 @@ def stabilize(z, epsilon):
         ``z + epsilon * sign(z)`` with the convention ``sign(0) = +1`` (as in
         Zennit), so the result is never closer to zero than ``epsilon``.
         Entries that are still exactly zero (only possible for
-        ``epsilon == 0``) become ``+inf``: dividing relevance by them gives
+        ``epsilon == 0``; the rules reject an epsilon that is not 0 but
+        below the dtype's smallest normal number) become ``+inf``: dividing relevance by them gives
         0, so relevance that reaches a neuron with a zero denominator is
         dropped (and reported as such by the conservation table) instead of
         turning into NaN or infinity.
@@ -31,6 +32,6 @@ def stabilize(z, epsilon):
     """
     eps = z.dtype.type(epsilon)
     out = z + np.where(z >= 0, eps, -eps)
-    if epsilon == 0:
+    if eps == 0:
         out[out == 0] = np.inf
     return out

@@ -166,6 +166,8 @@ def _read_prototxt(path):
         raise ModelFormatError(f"{path}: cannot be read as text ({exc})") from None
     except text_format.ParseError as exc:
         raise ModelFormatError(f"{path}: not a valid Caffe prototxt ({exc})") from None
+    except RecursionError:
+        raise ModelFormatError(f"{path}: not a valid Caffe prototxt (nested too deeply)") from None
     return net
 
 
@@ -404,7 +406,9 @@ def _make(kind, lay, blobs, where, caffemodel, dims, layers, dtype):
         _need(blobs, 3, where, caffemodel)
         mean, var = blobs[0].reshape(-1), blobs[1].reshape(-1)
         sf = float(blobs[2].reshape(-1)[0])
-        factor = 0.0 if sf == 0 else 1.0 / sf
+        if sf < 0:
+            raise ModelFormatError(f"{where}: the scale factor blob is {sf!r}; it must be >= 0")
+        factor = 0.0 if sf == 0 else 1.0 / sf  # Caffe's convention: 0 means "no statistics yet"
         if mean.size != var.size:
             raise ModelFormatError(f"{where}: mean ({mean.size}) and variance ({var.size}) blobs differ in size")
         bn = Lyr.BatchNorm2d(mean.size, eps=float(lay.batch_norm_param.eps), dtype=dtype)

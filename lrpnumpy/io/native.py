@@ -6,12 +6,14 @@ parameter arrays (stored as ``layer{i}.{name}``); loading rebuilds it with
 """
 
 import json
+import math
 import zipfile
 
 import numpy as np
 
 from .. import layers as Lyr
-from ..errors import LRPError, ModelFormatError, UnsupportedLayerError
+from ..errors import ModelFormatError, UnsupportedLayerError
+from ..layers.base import MAX_SIZE, check_array, check_finite
 from ._common import atomic_write, converted, parse_errors
 
 FORMAT, VERSION = "lrpnumpy", 1
@@ -27,8 +29,9 @@ def save(net, path):
             raise UnsupportedLayerError(f"layer {i} ({layer!r}) cannot be saved in the native format")
         params = [p for p in layer.params if getattr(layer, p) is not None]
         arch["layers"].append({"type": name, "args": layer.config(), "params": params})
-        for p in params:
-            arrays[f"layer{i}.{p}"] = getattr(layer, p)
+        for p in params:  # checked again: arrays may have been changed in place since they were assigned
+            arrays[f"layer{i}.{p}"] = check_finite(check_array(getattr(layer, p), f"layer {i} ({layer!r}) {p}"),
+                                                   f"layer {i} ({layer!r}) {p}")
     atomic_write(path, lambda f: np.savez(f, __architecture__=np.array(json.dumps(arch)), **arrays), ".npz")
 
 
@@ -63,6 +66,17 @@ def _load(path):
         raise ModelFormatError(f"{path}: no valid '__architecture__' record ({exc})") from None
     if not isinstance(arch, dict) or arch.get("format") != FORMAT or not isinstance(arch.get("layers"), list):
         raise ModelFormatError(f"{path}: not an lrpnumpy model (format {FORMAT!r}, version {VERSION} expected)")
+    if arch.get("version") != VERSION:
+        raise ModelFormatError(f"{path}: lrpnumpy model format version {arch.get('version')!r}; this lrpnumpy reads "
+                               f"version {VERSION}")
+    shape = arch.get("input_shape")
+    if shape is not None and not (isinstance(shape, list) and 1 <= len(shape) <= 3 and all(
+            isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_SIZE for d in shape)
+            and math.prod(shape) <= MAX_SIZE):
+        raise ModelFormatError(f"{path}: input_shape must be null or 1 to 3 positive ints (one sample), got "
+                               f"{shape!r}")
+    if not arch["layers"]:
+        raise ModelFormatError(f"{path}: the model has no layers")
     layers = []
     for i, spec in enumerate(arch["layers"]):
         where = f"{path}: layer {i}"
@@ -79,9 +93,10 @@ def _load(path):
             if key not in arrays:
                 raise ModelFormatError(f"{where} ({name}): array {key!r} is missing")
             given[p] = arrays[key]
+        if cls.params and not given:
+            raise ModelFormatError(f"{where} ({name}): the file holds none of its parameters {list(cls.params)}")
         try:
             layers.append(cls.from_config(args, given if cls.params else None))
         except (TypeError, ValueError) as exc:
             raise ModelFormatError(f"{where} ({name}): {exc}") from None
-    shape = arch.get("input_shape")
     return Lyr.Sequential(*layers, input_shape=tuple(shape) if shape else None)

@@ -13,7 +13,7 @@ import numpy as np
 from .. import layers as Lyr
 from ..canonize import fold_batchnorm
 from ..errors import LRPError, MissingDependencyError, ModelFormatError, UnsupportedLayerError
-from ._common import converted, parse_errors
+from ._common import converted, memory_budget, parse_errors
 
 SUPPORTED = ("Conv", "Gemm", "MatMul", "Add", "Relu", "Tanh", "MaxPool", "AveragePool", "GlobalAveragePool",
              "Flatten", "Reshape", "Softmax", "BatchNormalization", "Dropout", "Identity", "LRN", "Constant",
@@ -101,7 +101,13 @@ def _convert(model, where, onnx, numpy_helper):
             n = _Node(node, where)
             value = n.get("value")
             fill = numpy_helper.to_array(value).ravel() if value is not None else np.zeros(1, np.float32)
-            consts[node.output[0]] = np.full(consts[node.input[0]].astype(np.int64), fill[0], dtype=fill.dtype)
+            shape = np.asarray(consts[node.input[0]]).astype(np.int64).ravel()
+            if (shape < 0).any():
+                raise ModelFormatError(f"{_Node(node, where).label}: negative shape {shape.tolist()}")
+            if fill.size != 1 or (fill.dtype.kind == "f" and not np.isfinite(fill).all()):
+                raise ModelFormatError(f"{_Node(node, where).label}: value must be one finite number, got {fill}")
+            # a read-only view that takes no memory; a layer that uses it as its weight checks its size first
+            consts[node.output[0]] = np.broadcast_to(fill[:1].reshape(()), tuple(int(d) for d in shape))
         elif node.op_type in ("Transpose", "Identity", "Unsqueeze") and node.input \
                 and all(i in consts for i in node.input if i):
             consts[node.output[0]] = _fold(_Node(node, where), [consts[i] for i in node.input if i])
@@ -143,6 +149,8 @@ def _convert(model, where, onnx, numpy_helper):
     if outputs != [current]:
         raise UnsupportedLayerError(f"{where}: graph outputs {outputs} are not the end of the chain {current!r}")
     input_shape = tuple(dims[1:]) if dims and all(d is not None for d in dims[1:]) else None
+    if not graph.node:
+        raise ModelFormatError(f"{where}: the graph has no nodes")
     return fold_batchnorm(Lyr.Sequential(*layers, input_shape=input_shape))
 
 
@@ -157,6 +165,13 @@ def _array(numpy_helper, tensor, where):
 
 
 def _constant_value(n, numpy_helper):
+    value = _constant_attr(n, numpy_helper)
+    if value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise ModelFormatError(f"{n.label}: the constant holds NaN or infinity")
+    return value
+
+
+def _constant_attr(n, numpy_helper):
     if "value" in n.attrs:
         return numpy_helper.to_array(n.attrs["value"])
     for key in ("value_float", "value_int"):
@@ -200,7 +215,11 @@ def _weight(n, consts, i, dtype, what):
     w = np.asarray(consts[name])
     if w.dtype.kind != "f":
         raise ModelFormatError(f"{n.label}: {what} {name!r} has dtype {w.dtype}, expected floats")
-    return w.astype(dtype, copy=False)
+    needed = w.size * np.dtype(dtype).itemsize
+    if needed > memory_budget():
+        raise ModelFormatError(f"{n.label}: {what} {name!r} of shape {w.shape} would take {needed / 2 ** 30:.1f} GiB, "
+                               f"more than this machine has")
+    return np.array(w, dtype=dtype)  # a copy: constants may be read-only views
 
 
 def _pads(n, shape, kernel, stride, dilation):
@@ -271,15 +290,24 @@ def _gemm(n, consts, layers, shape, opset, dtype):
     if b_mat is None or b_mat.ndim != 2:
         raise n.unsupported("B must be a constant matrix")
     w = b_mat if n.get("transB", 0) else b_mat.T
-    w = w * dtype(n.get("alpha", 1.0))
+    alpha, beta = (_finite_attr(n, k, dtype) for k in ("alpha", "beta"))
+    w = w * alpha
     c = _weight(n, consts, 2, dtype, "C")
     layer = Lyr.Linear(w.shape[1], w.shape[0], bias=c is not None, dtype=dtype)
     layer.weight = np.ascontiguousarray(w)
     if c is not None:
         if c.size not in (1, w.shape[0]) or (c.ndim == 2 and c.shape[0] != 1):
             raise n.unsupported(f"bias C of shape {c.shape}: only a scalar or one value per output is supported")
-        layer.bias = np.broadcast_to(c.reshape(-1) * dtype(n.get("beta", 1.0)), (w.shape[0],)).copy()
+        layer.bias = np.broadcast_to(c.reshape(-1) * beta, (w.shape[0],)).copy()
     return [layer]
+
+
+def _finite_attr(n, name, dtype):
+    """A float attribute (default 1.0) that must be finite in ``dtype``."""
+    v = n.get(name, 1.0)
+    if not (isinstance(v, (int, float)) and np.isfinite(v) and abs(v) <= np.finfo(dtype).max):
+        raise ModelFormatError(f"{n.label}: attribute {name}={v!r} must be a finite {np.dtype(dtype)} number")
+    return dtype(v)
 
 
 def _matmul(n, consts, layers, shape, opset, dtype):

@@ -3,17 +3,128 @@
 The backend is chosen once, at import: the numba kernels (:mod:`.numba_kernels`) when numba
 imports, else the plain NumPy reference (:mod:`.reference`), which is also the oracle the tests
 compare every faster kernel with.  ``LRPNUMPY_KERNELS=numpy`` forces the reference.  Kernels
-take arrays and ints only; layers validate their input first.  ``max_pool2d_grad_split`` (tied
-maxima share equally) has only the reference version.
+take arrays and ints only.  Every entry point here checks, in Python and before any jitted
+code runs, that the shapes it will index agree (a mismatch is a ShapeError, never an
+out-of-bounds read); the layers validate user input before that.  ``max_pool2d_grad_split``
+(tied maxima share equally) has only the reference version.
 """
 
+import functools
 import os
 
+import numpy as np
+
+from ..errors import DTypeError, ShapeError
 from . import reference
-from .reference import max_pool2d_grad_split, output_size  # noqa: F401
+from .reference import output_size
 
 NAMES = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "sum_pool2d", "sum_pool2d_grad", "max_pool2d",
          "max_pool2d_gather", "max_pool2d_grad")
+
+
+def _fail(kernel, what):
+    raise ShapeError(f"kernel {kernel}: {what}")
+
+
+def _rank4(kernel, **arrays):
+    for name, a in arrays.items():
+        if a.ndim != 4:
+            _fail(kernel, f"{name} must be 4-D, got shape {a.shape}")
+
+
+def _out(kernel, h, w, kh, kw, sh, sw, padding, dh, dw):
+    oh, ow = output_size(h, kh, sh, padding[0], padding[1], dh), output_size(w, kw, sw, padding[2], padding[3], dw)
+    if oh < 1 or ow < 1:
+        _fail(kernel, f"a {h} x {w} input with padding {padding} is smaller than the window")
+    return oh, ow
+
+
+def _same_dtype(kernel, a, b):
+    if a.dtype != b.dtype:
+        raise DTypeError(f"kernel {kernel}: arrays of dtypes {a.dtype} and {b.dtype}; they must agree")
+
+
+def _winners(kernel, idx, shape, kh, kw):
+    if idx.dtype != np.int64 or idx.shape != tuple(shape):
+        _fail(kernel, f"winners must be int64 of shape {tuple(shape)}, got {idx.dtype} {idx.shape}")
+    if idx.size and (idx.min() < 0 or idx.max() >= kh * kw):
+        _fail(kernel, f"winners must lie in [0, {kh * kw}), got [{idx.min()}, {idx.max()}]")
+
+
+def _check_conv2d(x, w, sh, sw, padding, dh, dw, groups):
+    _rank4("conv2d", x=x, weight=w)
+    _same_dtype("conv2d", x, w)
+    if w.shape[1] * groups != x.shape[1] or w.shape[0] % groups:
+        _fail("conv2d", f"weight {w.shape} with groups={groups} does not fit an input of {x.shape[1]} channels")
+    _out("conv2d", x.shape[2], x.shape[3], w.shape[2], w.shape[3], sh, sw, padding, dh, dw)
+
+
+def _check_conv2d_grad_input(gy, w, h, wd, sh, sw, padding, dh, dw, groups):
+    _rank4("conv2d_grad_input", grad=gy, weight=w)
+    _same_dtype("conv2d_grad_input", gy, w)
+    oh, ow = _out("conv2d_grad_input", h, wd, w.shape[2], w.shape[3], sh, sw, padding, dh, dw)
+    if gy.shape[1:] != (w.shape[0], oh, ow) or w.shape[0] % groups:
+        _fail("conv2d_grad_input", f"gradient {gy.shape} does not fit weight {w.shape} and a {h} x {wd} input")
+
+
+def _check_conv2d_grad_weight(x, gy, kh, kw, sh, sw, padding, dh, dw, groups):
+    _rank4("conv2d_grad_weight", x=x, grad=gy)
+    _same_dtype("conv2d_grad_weight", x, gy)
+    oh, ow = _out("conv2d_grad_weight", x.shape[2], x.shape[3], kh, kw, sh, sw, padding, dh, dw)
+    if gy.shape[0] != x.shape[0] or gy.shape[2:] != (oh, ow) or x.shape[1] % groups or gy.shape[1] % groups:
+        _fail("conv2d_grad_weight", f"gradient {gy.shape} does not fit input {x.shape} (groups={groups})")
+
+
+def _check_sum_pool2d(x, kh, kw, sh, sw, padding, dh=1, dw=1):
+    _rank4("sum_pool2d", x=x)
+    _out("sum_pool2d", x.shape[2], x.shape[3], kh, kw, sh, sw, padding, dh, dw)
+
+
+def _check_grad_of_pool(kernel, gy, h, wd, kh, kw, sh, sw, padding, dh, dw):
+    _rank4(kernel, grad=gy)
+    oh, ow = _out(kernel, h, wd, kh, kw, sh, sw, padding, dh, dw)
+    if gy.shape[2:] != (oh, ow):
+        _fail(kernel, f"gradient {gy.shape} does not fit a {h} x {wd} input (output {oh} x {ow})")
+
+
+def _check_sum_pool2d_grad(gy, h, wd, kh, kw, sh, sw, padding, dh=1, dw=1):
+    _check_grad_of_pool("sum_pool2d_grad", gy, h, wd, kh, kw, sh, sw, padding, dh, dw)
+
+
+def _check_max_pool2d(x, kh, kw, sh, sw, padding, dh=1, dw=1):
+    _rank4("max_pool2d", x=x)
+    _out("max_pool2d", x.shape[2], x.shape[3], kh, kw, sh, sw, padding, dh, dw)
+
+
+def _check_max_pool2d_gather(x, idx, kh, kw, sh, sw, padding, dh=1, dw=1):
+    _rank4("max_pool2d_gather", x=x)
+    oh, ow = _out("max_pool2d_gather", x.shape[2], x.shape[3], kh, kw, sh, sw, padding, dh, dw)
+    _winners("max_pool2d_gather", idx, x.shape[:2] + (oh, ow), kh, kw)
+
+
+def _check_max_pool2d_grad(gy, idx, h, wd, kh, kw, sh, sw, padding, dh=1, dw=1):
+    _check_grad_of_pool("max_pool2d_grad", gy, h, wd, kh, kw, sh, sw, padding, dh, dw)
+    _winners("max_pool2d_grad", idx, gy.shape, kh, kw)
+
+
+def _check_max_pool2d_grad_split(gy, x, y, kh, kw, sh, sw, padding, dh=1, dw=1):
+    _rank4("max_pool2d_grad_split", grad=gy, x=x, y=y)
+    oh, ow = _out("max_pool2d_grad_split", x.shape[2], x.shape[3], kh, kw, sh, sw, padding, dh, dw)
+    if gy.shape != y.shape or y.shape != x.shape[:2] + (oh, ow):
+        _fail("max_pool2d_grad_split", f"gradient {gy.shape} and output {y.shape} do not fit input {x.shape}")
+
+
+def _checked(fn, check):
+    """``fn`` behind its shape check (keeping fn's name and module, so the backend stays visible)."""
+    @functools.wraps(fn)
+    def kernel(*args):
+        check(*args)
+        return fn(*args)
+    kernel.unchecked = fn
+    return kernel
+
+
+max_pool2d_grad_split = _checked(reference.max_pool2d_grad_split, _check_max_pool2d_grad_split)
 
 
 def _choose():
@@ -39,7 +150,7 @@ def set_backend(name):
     else:
         raise ValueError(f"unknown kernel backend {name!r}; use 'numba' or 'numpy'")
     previous, BACKEND = BACKEND, name
-    globals().update({k: getattr(module, k) for k in NAMES})
+    globals().update({k: _checked(getattr(module, k), globals()[f"_check_{k}"]) for k in NAMES})
     return previous
 
 

@@ -282,7 +282,9 @@ def _max_pool(x, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
                     for j in range(kw):
                         r, s = p * sh - pt + i * dh, q * sw - pl + j * dw
                         v = x[b, ci, r, s] if (0 <= r < h and 0 <= s < w) else -np.inf
-                        if v > best:  # strictly greater: the first maximum wins ties
+                        # strictly greater: the first maximum wins ties; the first NaN wins over
+                        # everything (as numpy's argmax does, so both backends agree on NaN input)
+                        if v > best or (v != v and best == best):
                             best, arg = v, i * kw + j
                 y[b, ci, p, q] = best
                 idx[b, ci, p, q] = arg

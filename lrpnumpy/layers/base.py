@@ -4,7 +4,7 @@ import numbers
 
 import numpy as np
 
-from ..errors import DTypeError, LayerParameterError, NonFiniteError, ShapeError
+from ..errors import DTypeError, LayerParameterError, NonFiniteError, ResourceError, ShapeError
 from ..trace import Step
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -22,8 +22,33 @@ def as_dtype(dtype):
 
 
 def make_rng(rng):
-    """A ``numpy.random.Generator`` from None, a seed or a Generator."""
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    """A ``numpy.random.Generator`` from None, a seed (int >= 0) or a Generator."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or (isinstance(rng, numbers.Integral) and not isinstance(rng, bool) and rng >= 0):
+        return np.random.default_rng(rng)
+    raise LayerParameterError(f"rng must be None, an int >= 0 or a numpy.random.Generator, got {rng!r}")
+
+
+#: Largest size, stride or padding a layer takes (the kernels index with 64-bit ints; sizes past
+#: this are mistakes, not networks).
+MAX_SIZE = 2 ** 31 - 1
+
+
+def _ints(value, name, count, minimum, what):
+    """``count`` ints from an int or a sequence, each in [minimum, MAX_SIZE]; LayerParameterError otherwise."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        values = (value,) * count
+    else:
+        try:
+            values = tuple(value)
+        except TypeError:
+            values = ()
+    ok = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and minimum <= v <= MAX_SIZE
+             for v in values)
+    if not ok:
+        raise LayerParameterError(f"{name} must be {what}, each an int in [{minimum}, {MAX_SIZE}], got {value!r}")
+    return tuple(int(v) for v in values)
 
 
 def he_normal(rng, shape, fan_in, dtype):
@@ -43,10 +68,10 @@ def he_normal(rng, shape, fan_in, dtype):
 
 def pair(value, name, minimum=1):
     """Normalise an int or a pair of ints to a tuple ``(a, b)``, each ``>= minimum``."""
-    values = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
-    if len(values) != 2 or not all(isinstance(v, numbers.Integral) and v >= minimum for v in values):
-        raise LayerParameterError(f"{name} must be an int >= {minimum} or a pair of them, got {value!r}")
-    return int(values[0]), int(values[1])
+    values = _ints(value, name, 2, minimum, "an int or a pair of ints")
+    if len(values) != 2:
+        raise LayerParameterError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return values
 
 
 def padding4(value):
@@ -54,16 +79,13 @@ def padding4(value):
 
     Accepts an int (all sides), a pair ``(ph, pw)`` (symmetric) or a 4-tuple.
     """
-    if isinstance(value, numbers.Integral):
-        values = (value,) * 4
-    else:
-        values = tuple(value)
-        if len(values) == 2:
-            values = (values[0], values[0], values[1], values[1])
-    if len(values) != 4 or not all(isinstance(v, numbers.Integral) and v >= 0 for v in values):
-        raise LayerParameterError(
-            f"padding must be an int >= 0, a pair (ph, pw) or (top, bottom, left, right), got {value!r}")
-    return tuple(int(v) for v in values)
+    what = "an int, a pair (ph, pw) or (top, bottom, left, right)"
+    values = _ints(value, "padding", 4, 0, what)
+    if len(values) == 2:
+        values = (values[0], values[0], values[1], values[1])
+    if len(values) != 4:
+        raise LayerParameterError(f"padding must be {what}, got {value!r}")
+    return values
 
 
 def short_padding(p):
@@ -105,10 +127,35 @@ class Layer:
 
     #: Parameter names (``weight``, ``bias``, ...), for copies, dtype changes and saving.
     params = ()
+    #: Parameters that may be absent (None).
+    optional = ("bias",)
     #: Constructor arguments that make up :meth:`config`, read from attributes of the same name.
     config_keys = ()
     #: Every concrete layer class by name (filled in as classes are defined), for loaders.
     registry = {}
+
+    def __setattr__(self, name, value):
+        if name in self.params:
+            value = self._checked_param(name, value)
+        object.__setattr__(self, name, value)
+
+    def _checked_param(self, name, value):
+        """A parameter about to be assigned: a finite float32/float64 array of the expected shape."""
+        if value is None:
+            if name not in self.optional:
+                raise ShapeError(f"{name} of {self._label()} cannot be None")
+            return None
+        check_array(value, f"{name} of {self._label()}")
+        expected = self.param_shapes().get(name)
+        if expected is not None and value.shape != tuple(expected):
+            raise ShapeError(f"{name} has shape {value.shape}, expected {tuple(expected)} for {self._label()}")
+        return check_finite(value, f"{name} of {self._label()}")
+
+    def _label(self):
+        try:
+            return repr(self)
+        except Exception:  # noqa: BLE001 - during construction not every attribute exists yet
+            return type(self).__name__
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -130,7 +177,12 @@ class Layer:
     def apply(self, a):
         """Check ``a`` and run the layer: ``(output, state)``, the state being what backward needs
         besides the input and output (None for most layers)."""
-        return self._apply(self.check_input(a))
+        a = self.check_input(a)
+        try:
+            return self._apply(a)
+        except MemoryError:
+            raise ResourceError(f"{self!r}: not enough memory for an input of shape {a.shape} (output "
+                                f"{self.output_shape(a.shape)})") from None
 
     def _apply(self, a):
         return self._forward(a), None
@@ -152,6 +204,10 @@ class Layer:
         check_array(a, f"input of {self!r}")
         self.output_shape(a.shape)
         dt = self.dtype
+        if any(getattr(self, p) is not None and getattr(self, p).dtype != dt for p in self.params):
+            raise DTypeError(f"the parameters of {self!r} have mixed dtypes "
+                             f"{sorted({str(getattr(self, p).dtype) for p in self.params if getattr(self, p) is not None})}; "
+                             f"convert the layer with astype(...)")
         if dt is not None and a.dtype != dt:
             raise DTypeError(f"input of {self!r} is {a.dtype} but its parameters are {dt}; "
                              f"convert one of them explicitly (net.astype({str(a.dtype)!r}) or "
@@ -166,7 +222,12 @@ class Layer:
         ``step`` is what :meth:`forward_trace` (or a network's ``forward_trace``) returned for
         this layer; ``grad`` has the shape and dtype of its output.
         """
-        return self._backward(self.check_grad(grad, step), step)
+        self.check_grad(grad, step)
+        try:
+            return self._backward(grad, step)
+        except MemoryError:
+            raise ResourceError(f"{self!r}: not enough memory for the gradient of an input of shape "
+                                f"{step.input.shape}") from None
 
     def _backward(self, grad, step):
         raise NotImplementedError
@@ -214,17 +275,14 @@ class Layer:
         if params is None:
             layer._init_params(None, np.dtype(np.float64))
             return layer
-        for name, shape in layer.param_shapes().items():
+        unknown = set(params) - set(cls.params)
+        if unknown:
+            raise ShapeError(f"{layer._label()} has no parameters {sorted(unknown)}; it has {list(cls.params)}")
+        for name in cls.params:
             value = params.get(name)
-            if value is None:
-                if shape is not None:
-                    raise ShapeError(f"parameter {name!r} of {layer!r} is missing")
-                setattr(layer, name, None)
-                continue
-            check_array(value, f"{name} of {layer!r}")
-            if shape is None or value.shape != tuple(shape):
-                raise ShapeError(f"{name} has shape {value.shape}, expected {shape} for {layer!r}")
-            setattr(layer, name, check_finite(value, f"{name} of {layer!r}"))
+            if value is None and getattr(layer, name, None) is not None:
+                raise ShapeError(f"parameter {name!r} of {layer._label()} is missing")
+            setattr(layer, name, value)
         return layer
 
     def freeze(self):
@@ -273,6 +331,10 @@ class Layer:
         for name in self.params:
             value = getattr(self, name)
             if value is not None:
+                largest = float(np.abs(value).max()) if value.size else 0.0
+                if largest > float(np.finfo(dt).max):
+                    raise DTypeError(f"{name} of {self!r} holds values up to {largest:.4g}, beyond the largest "
+                                     f"{dt} ({np.finfo(dt).max:.4g}); it cannot be converted")
                 setattr(new, name, value.astype(dt))
         return new
 

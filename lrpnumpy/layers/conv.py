@@ -45,7 +45,7 @@ class Conv2d(AffineLayer):
             raise LayerParameterError(f"groups must be an int >= 1 dividing in_channels={in_channels} and "
                                       f"out_channels={out_channels}, got {groups!r}")
         self.groups = int(groups)
-        self.bias = True if bias else None  # the array replaces it in _init_params / from_config
+        object.__setattr__(self, "bias", True if bias else None)  # the array replaces it in _init_params
 
     def _init_params(self, rng, dtype):
         kh, kw = self.kernel_size
@@ -55,7 +55,7 @@ class Conv2d(AffineLayer):
 
     def param_shapes(self):
         return {"weight": (self.out_channels, self.in_channels // self.groups) + self.kernel_size,
-                "bias": None if self.bias is None else (self.out_channels,)}
+                "bias": (self.out_channels,)}
 
     def config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,

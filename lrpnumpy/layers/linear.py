@@ -27,7 +27,7 @@ class Linear(AffineLayer):
 
     def _configure(self, in_features, out_features, bias=True):
         self.in_features, self.out_features = pair((in_features, out_features), "(in_features, out_features)")
-        self.bias = True if bias else None  # the array replaces it in _init_params / from_config
+        object.__setattr__(self, "bias", True if bias else None)  # the array replaces it in _init_params
 
     def _init_params(self, rng, dtype):
         self.weight = he_normal(rng, (self.out_features, self.in_features), self.in_features, dtype)
@@ -35,7 +35,7 @@ class Linear(AffineLayer):
 
     def param_shapes(self):
         return {"weight": (self.out_features, self.in_features),
-                "bias": None if self.bias is None else (self.out_features,)}
+                "bias": (self.out_features,)}
 
     def config(self):
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}

@@ -4,7 +4,7 @@ import numbers
 
 import numpy as np
 
-from ..errors import LayerParameterError
+from ..errors import LayerParameterError, NonFiniteError
 from .base import Layer, as_dtype
 
 
@@ -38,6 +38,15 @@ class BatchNorm2d(Layer):
 
     def param_shapes(self):
         return {name: (self.num_features,) for name in self.params}
+
+    optional = ()
+
+    def _checked_param(self, name, value):
+        value = super()._checked_param(name, value)
+        if name == "running_var" and (value < 0).any():
+            raise NonFiniteError(f"running_var of {self._label()} must be >= 0, got {value.min()!r} at index "
+                                 f"{int(value.argmin())}")
+        return value
 
     def __repr__(self):
         return f"BatchNorm2d({self.num_features}, eps={self.eps})"

@@ -158,7 +158,9 @@ class AvgPool2d(SumPool2d):
             pad = (0, eff[1] - pb, 0, eff[3] - pr)
         else:
             ones, pad = np.ones((1, 1, h, w)), self.effective_padding(h, w)
-        return kernels.reference.sum_pool2d(ones, *self.kernel_size, *self.stride, pad, *self.dilation)[0, 0]
+        counts = kernels.reference.sum_pool2d(ones, *self.kernel_size, *self.stride, pad, *self.dilation)[0, 0]
+        # a window that lies entirely in the padding (count_include_pad=False) sums nothing: its mean is 0
+        return np.maximum(counts, 1)
 
     def _divide(self, y, h, w):
         return y / self.divisor(h, w).astype(y.dtype)
@@ -215,6 +217,18 @@ class MaxPool2d(_Pool2d, AffineLayer):
             raise LayerParameterError(f"MaxPool2d padding {p} must be at most (dilated) kernel - 1 on each side "
                                      f"(kernel {self.kernel_size}, dilation {self.dilation}), so that no window "
                                      f"lies entirely in the padding")
+
+    def output_shape(self, input_shape):
+        shape = super().output_shape(input_shape)
+        h, w = input_shape[2:]
+        p = self.effective_padding(h, w)
+        for size, out, k, s, pad, d in ((h, shape[2], self.kernel_size[0], self.stride[0], p[0], self.dilation[0]),
+                                        (w, shape[3], self.kernel_size[1], self.stride[1], p[2], self.dilation[1])):
+            taps = (np.arange(out) * s - pad)[:, None] + np.arange(k) * d
+            if not ((taps >= 0) & (taps < size)).any(axis=1).all():
+                raise ShapeError(f"{self!r}: on an input of spatial size {tuple(input_shape[2:])} some windows "
+                                 f"have every tap in the padding (their maximum would be -inf)")
+        return shape
 
     def _apply(self, a):
         y, winners = kernels.max_pool2d(a, *self._geometry(*a.shape[2:]))

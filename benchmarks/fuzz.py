@@ -1,0 +1,70 @@
+"""Run the adversarial harness (tests/adversarial.py) on many cases and print the counts.
+
+    python benchmarks/fuzz.py --examples 5000 [--seed 0] [--json OUT]
+
+Each case is a random small network (every layer kind, degenerate geometry included), a hostile
+input (zeros, denormals, huge and mixed magnitudes, -0, Fortran order, strided, read-only, and
+sometimes the wrong rank, dtype or type) and a random rule, composite or gradient method, run on
+both kernel backends.  Counts: cases by outcome (explained, or the lrpnumpy error raised), by
+method and by input kind, and the violations found (foreign exceptions, non-finite results from
+finite input, disagreeing backends, changed inputs or weights), which must be zero.
+"""
+
+import argparse
+import collections
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+import adversarial as A  # noqa: E402
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--examples", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json")
+    args = p.parse_args()
+    counts = {k: collections.Counter() for k in ("outcome", "method", "input", "violation")}
+    examples = []
+
+    @settings(max_examples=args.examples, deadline=None, database=None, derandomize=False,
+              suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def case(data):
+        net, shape = data.draw(A.networks())
+        x, input_kind, moderate = data.draw(A.inputs(shape, net.dtype))
+        name, run = data.draw(A.methods(x))
+        moderate = moderate and net.fuzz_moderate and not any(k in name for k in ("e-320", "e-50", "e+39"))
+        outcome, violations = A.check(net, x, run, moderate)
+        counts["outcome"][outcome] += 1
+        counts["method"][name.split("/")[0]] += 1
+        counts["input"][input_kind.split("/")[0] + ("" if input_kind.endswith("/ok") else " (malformed)")] += 1
+        for v in violations:
+            counts["violation"][v.split(":")[0]] += 1
+            if len(examples) < 20:
+                examples.append((name, input_kind, v, repr(net)))
+
+    import hypothesis
+    t = time.perf_counter()
+    import warnings
+    warnings.simplefilter("ignore", RuntimeWarning)  # the harness's own casts of hostile inputs
+    hypothesis.seed(args.seed)(case)()
+    seconds = time.perf_counter() - t
+    total = sum(counts["outcome"].values())
+    print(f"{total} cases in {seconds:.0f} s; violations: {sum(counts['violation'].values())}")
+    for key in ("outcome", "method", "input", "violation"):
+        print(f"  by {key}: " + (", ".join(f"{k} {v}" for k, v in counts[key].most_common()) or "none"))
+    for ex in examples:
+        print("  example:", ex)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({k: dict(v) for k, v in counts.items()} | {"cases": total, "seconds": seconds}, f, indent=2)
+    return 1 if counts["violation"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
