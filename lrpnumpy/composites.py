@@ -26,7 +26,14 @@ def default_rule(layer):
 
 
 def _pairs(mapping, what):
-    items = mapping.items() if isinstance(mapping, dict) else (mapping or ())
+    if mapping is None:
+        return []
+    if isinstance(mapping, dict):
+        items = list(mapping.items())
+    elif isinstance(mapping, (list, tuple)):
+        items = list(mapping)
+    else:
+        raise RuleParameterError(f"{what} must be a dict or a list of (layer type, Rule) pairs, got {mapping!r}")
     pairs = []
     for item in items:
         try:

@@ -1,6 +1,7 @@
 """The Layer base class and the argument checks every layer shares."""
 
 import numbers
+import warnings
 
 import numpy as np
 
@@ -13,7 +14,9 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 def as_dtype(dtype):
     """Return ``dtype`` as a NumPy dtype, accepting only float32 and float64."""
     try:
-        dt = np.dtype(dtype)
+        with warnings.catch_warnings():  # deprecated aliases ("a") are refused below anyway
+            warnings.simplefilter("ignore")
+            dt = np.dtype(dtype)
     except TypeError as exc:
         raise DTypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
     if dt not in FLOAT_DTYPES:
@@ -253,8 +256,16 @@ class Layer:
     # ----- parameters -----
 
     def param_shapes(self):
-        """Expected shape of each parameter (None for an absent one), by name."""
+        """Expected shape of each parameter, by name."""
         return {}
+
+    def _initialise(self, rng, dtype):
+        """``_init_params``, with a MemoryError turned into ResourceError naming the sizes."""
+        try:
+            self._init_params(rng, dtype)
+        except MemoryError:
+            raise ResourceError(f"{type(self).__name__}: not enough memory for parameters of shapes "
+                                f"{self.param_shapes()}") from None
 
     def config(self):
         """The layer's configuration as a plain dict (JSON-able); ``from_config`` rebuilds the layer."""
@@ -273,7 +284,7 @@ class Layer:
         layer = cls.__new__(cls)
         layer._configure(**config)
         if params is None:
-            layer._init_params(None, np.dtype(np.float64))
+            layer._initialise(None, np.dtype(np.float64))
             return layer
         unknown = set(params) - set(cls.params)
         if unknown:

@@ -31,7 +31,7 @@ class Conv2d(AffineLayer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  groups=1, dilation=1, rng=None, dtype=np.float64):
         self._configure(in_channels, out_channels, kernel_size, stride, padding, bias, groups, dilation)
-        self._init_params(rng, as_dtype(dtype))
+        self._initialise(rng, as_dtype(dtype))
 
     def _configure(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, groups=1,
                    dilation=1):

@@ -23,7 +23,7 @@ class Linear(AffineLayer):
 
     def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float64):
         self._configure(in_features, out_features, bias)
-        self._init_params(rng, as_dtype(dtype))
+        self._initialise(rng, as_dtype(dtype))
 
     def _configure(self, in_features, out_features, bias=True):
         self.in_features, self.out_features = pair((in_features, out_features), "(in_features, out_features)")

@@ -22,7 +22,7 @@ class BatchNorm2d(Layer):
 
     def __init__(self, num_features, eps=1e-5, dtype=np.float64):
         self._configure(num_features, eps)
-        self._init_params(None, as_dtype(dtype))
+        self._initialise(None, as_dtype(dtype))
 
     def _configure(self, num_features, eps=1e-5):
         if not (isinstance(num_features, numbers.Integral) and num_features >= 1):
