@@ -202,46 +202,65 @@ def _line(values):
     return " ".join(repr(float(v)) for v in np.asarray(values).ravel()) + "\n"
 
 
+def _write_linear(layer, where, flat_from):
+    w = layer.weight.T.astype(np.float64)  # (m, n), rows in lrpnumpy's (c, h, w) order
+    if flat_from is not None:
+        w = _reorder_rows(w, flat_from, "chw->hwc", where)
+    b = np.zeros(layer.out_features) if layer.bias is None else layer.bias
+    return [f"Linear {layer.in_features} {layer.out_features}\n", _line(w), _line(b)]
+
+
+def _write_conv(layer, where, flat_from):
+    if any(layer.padding) or layer.dilation != (1, 1) or layer.groups != 1:
+        raise UnsupportedLayerError(f"{where}: the Toolbox format has no padding, dilation or groups")
+    (kh, kw), (s0, s1) = layer.kernel_size, layer.stride
+    b = np.zeros(layer.out_channels) if layer.bias is None else layer.bias
+    return [f"Convolution {kh} {kw} {layer.in_channels} {layer.out_channels} {s0} {s1}\n",
+            _line(layer.weight.transpose(2, 3, 1, 0)), _line(b)]
+
+
+def _write_pool(name):
+    def write(layer, where, flat_from):
+        (kh, kw), (s0, s1) = layer.kernel_size, layer.stride
+        scale_ok = name == "MaxPool" or math.isclose(layer.scale, 1 / math.sqrt(kh * kw), rel_tol=1e-12)
+        if any(layer.padding) or layer.ceil_mode or layer.dilation != (1, 1) or not scale_ok:
+            raise UnsupportedLayerError(f"{where}: the Toolbox format has unpadded pooling only, and sum "
+                                        f"pooling scaled by 1/sqrt(h*w)")
+        return [f"{name} {kh} {kw} {s0} {s1}\n"]
+    return write
+
+
+def _write_softmax(layer, where, flat_from):
+    if layer.axis not in (1, -1) or layer.flatten:
+        raise UnsupportedLayerError(f"{where}: the Toolbox's SoftMax normalises over axis 1 only")
+    return ["SoftMax\n"]
+
+
+#: lrpnumpy layer type -> the lines the Toolbox's text format has for it.
+TOOLBOX_WRITERS = {
+    Lyr.Linear: _write_linear, Lyr.Conv2d: _write_conv, Lyr.SumPool2d: _write_pool("SumPool"),
+    Lyr.MaxPool2d: _write_pool("MaxPool"), Lyr.ReLU: lambda *a: ["Rect\n"], Lyr.Tanh: lambda *a: ["Tanh\n"],
+    Lyr.Flatten: lambda *a: ["Flatten\n"], Lyr.Softmax: _write_softmax,
+    Lyr.Dropout: lambda *a: [],  # the identity at inference
+}
+
+
 def save_lrp_toolbox(net, path, input_shape=None):
     """Write ``net`` in the Toolbox's text format (atomically), loadable by :func:`load_lrp_toolbox`.
 
-    Only what the format can express is accepted: unpadded, undilated, ungrouped convolutions,
-    unpadded pooling (sum pooling with the Toolbox's ``1 / sqrt(h * w)`` scale), Linear, ReLU,
-    Tanh, Softmax over axis 1, Flatten; Dropout is left out (the identity at inference).
+    Only what the format can express is accepted (:data:`TOOLBOX_WRITERS`): unpadded, undilated,
+    ungrouped convolutions, unpadded pooling (sum pooling with the Toolbox's ``1 / sqrt(h * w)``
+    scale), Linear, ReLU, Tanh, Softmax over axis 1, Flatten; Dropout is left out (the identity
+    at inference).
     """
     shape = tuple(input_shape or getattr(net, "input_shape", None) or ()) or None
     out, flat_from, previous = [], None, []
     for i, layer in enumerate(net):
-        where = f"layer {i} ({layer!r})"
-        if isinstance(layer, Lyr.Linear):
-            w = layer.weight.T.astype(np.float64)  # (m, n), rows in lrpnumpy's (c, h, w) order
-            if flat_from is not None:
-                w = _reorder_rows(w, flat_from, "chw->hwc", f"{path}: {where}")
-            b = np.zeros(layer.out_features) if layer.bias is None else layer.bias
-            out += [f"Linear {layer.in_features} {layer.out_features}\n", _line(w), _line(b)]
-        elif isinstance(layer, Lyr.Conv2d):
-            if any(layer.padding) or layer.dilation != (1, 1) or layer.groups != 1:
-                raise UnsupportedLayerError(f"{where}: the Toolbox format has no padding, dilation or groups")
-            (kh, kw), (s0, s1) = layer.kernel_size, layer.stride
-            b = np.zeros(layer.out_channels) if layer.bias is None else layer.bias
-            out += [f"Convolution {kh} {kw} {layer.in_channels} {layer.out_channels} {s0} {s1}\n",
-                    _line(layer.weight.transpose(2, 3, 1, 0)), _line(b)]
-        elif isinstance(layer, (Lyr.SumPool2d, Lyr.MaxPool2d)) and not isinstance(layer, Lyr.AvgPool2d):
-            (kh, kw), (s0, s1) = layer.kernel_size, layer.stride
-            toolbox_scale = isinstance(layer, Lyr.MaxPool2d) or math.isclose(layer.scale, 1 / math.sqrt(kh * kw),
-                                                                               rel_tol=1e-12)
-            if any(layer.padding) or layer.ceil_mode or layer.dilation != (1, 1) or not toolbox_scale:
-                raise UnsupportedLayerError(f"{where}: the Toolbox format has unpadded pooling only, and sum "
-                                            f"pooling scaled by 1/sqrt(h*w)")
-            out.append(f"{'MaxPool' if isinstance(layer, Lyr.MaxPool2d) else 'SumPool'} {kh} {kw} {s0} {s1}\n")
-        elif isinstance(layer, (Lyr.ReLU, Lyr.Tanh, Lyr.Flatten)) or (
-                isinstance(layer, Lyr.Softmax) and layer.axis in (1, -1) and not layer.flatten):
-            out.append({Lyr.ReLU: "Rect", Lyr.Tanh: "Tanh", Lyr.Flatten: "Flatten", Lyr.Softmax: "SoftMax"}[
-                type(layer)] + "\n")
-        elif isinstance(layer, Lyr.Dropout):
-            pass
-        else:
+        where = f"{path}: layer {i} ({layer!r})"
+        write = TOOLBOX_WRITERS.get(type(layer))
+        if write is None:
             raise UnsupportedLayerError(f"{where} has no LRP Toolbox equivalent")
+        out += write(layer, where, flat_from)
         flat_from = _flattened(layer, previous, shape, flat_from)
         shape = _next_shape(layer, shape)
         previous.append(layer)
