@@ -256,10 +256,15 @@ class Rule:
         and dividing by it overflows.
         """
         info = np.finfo(dtype)
+        largest = float(info.max)
         for name, v in vars(self).items():
-            if name.startswith("_") or isinstance(v, (bool, str)) or not isinstance(v, (numbers.Real, np.ndarray)):
+            if isinstance(v, float):
+                too_big = abs(v) > largest
+            elif isinstance(v, np.ndarray):
+                too_big = bool((np.abs(v) > largest).any())
+            else:
                 continue
-            if (np.abs(np.asarray(v, dtype=np.float64)) > info.max).any():
+            if too_big:
                 raise RuleParameterError(f"{self!r}: {name} does not fit in {np.dtype(dtype)} (largest value "
                                          f"{info.max:.4g})")
         eps = getattr(self, "epsilon", 0.0)

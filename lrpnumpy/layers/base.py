@@ -204,7 +204,8 @@ class Layer:
 
     def check_input(self, a):
         """Check that ``a`` is a float array of a shape and dtype the layer takes; return it."""
-        check_array(a, f"input of {self!r}")
+        if not isinstance(a, np.ndarray) or a.dtype not in FLOAT_DTYPES:
+            check_array(a, f"input of {self!r}")  # raises, naming the layer (formatted only then)
         self.output_shape(a.shape)
         dt = self.dtype
         if any(getattr(self, p) is not None and getattr(self, p).dtype != dt for p in self.params):
@@ -245,7 +246,8 @@ class Layer:
         if not isinstance(step, Step) or step.layer is not self:
             raise ShapeError(f"{self!r}: backward and LRP need the Step that forward_trace returned for this "
                              f"layer, got {type(step).__name__}")
-        check_array(grad, f"{what} at the output of {self!r}")
+        if not isinstance(grad, np.ndarray) or grad.dtype not in FLOAT_DTYPES:
+            check_array(grad, f"{what} at the output of {self!r}")  # raises
         if grad.shape != step.output.shape:
             raise ShapeError(f"{what} at the output of {self!r} has shape {grad.shape}, expected the output's "
                              f"shape {step.output.shape}")

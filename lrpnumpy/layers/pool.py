@@ -19,6 +19,16 @@ def ceil_output_size(size, kernel, stride, pad_before, pad_after):
     return out
 
 
+def _windows_touch(size, out, kernel, stride, pad, dilation):
+    """Whether every window (taps ``p*stride - pad + i*dilation``, i < kernel) has a tap in [0, size)."""
+    for p in range(out):
+        start = p * stride - pad
+        first = 0 if start >= 0 else (-start + dilation - 1) // dilation  # the first tap at 0 or after
+        if first >= kernel or start + first * dilation >= size:
+            return False
+    return True
+
+
 class _Pool2d:
     """Window geometry shared by the pooling layers.
 
@@ -220,14 +230,14 @@ class MaxPool2d(_Pool2d, AffineLayer):
 
     def output_shape(self, input_shape):
         shape = super().output_shape(input_shape)
-        h, w = input_shape[2:]
-        p = self.effective_padding(h, w)
-        for size, out, k, s, pad, d in ((h, shape[2], self.kernel_size[0], self.stride[0], p[0], self.dilation[0]),
-                                        (w, shape[3], self.kernel_size[1], self.stride[1], p[2], self.dilation[1])):
-            taps = (np.arange(out) * s - pad)[:, None] + np.arange(k) * d
-            if not ((taps >= 0) & (taps < size)).any(axis=1).all():
-                raise ShapeError(f"{self!r}: on an input of spatial size {tuple(input_shape[2:])} some windows "
-                                 f"have every tap in the padding (their maximum would be -inf)")
+        if self.dilation != (1, 1):  # contiguous windows always overlap the input (padding <= kernel - 1)
+            h, w = input_shape[2:]
+            p = self.effective_padding(h, w)
+            for axis, (size, out, pad) in enumerate(((h, shape[2], p[0]), (w, shape[3], p[2]))):
+                if not _windows_touch(size, out, self.kernel_size[axis], self.stride[axis], pad,
+                                      self.dilation[axis]):
+                    raise ShapeError(f"{self!r}: on an input of spatial size {tuple(input_shape[2:])} some windows "
+                                     f"have every tap in the padding (their maximum would be -inf)")
         return shape
 
     def _apply(self, a):
