@@ -281,6 +281,16 @@ def test_native_files_that_declare_what_they_do_not_hold(tmp_path):
         L.io.load(_native(tmp_path, wrong, {"layer0.weight": np.ones((3, 2))}))
 
 
+def test_a_compressed_native_file_that_unpacks_beyond_memory_is_refused(tmp_path, monkeypatch):
+    import lrpnumpy.io.native as native
+    net = L.Sequential(L.Linear(300, 300, rng=0))
+    path = tmp_path / "m.npz"
+    L.io.save(net, path)
+    monkeypatch.setattr(native, "memory_budget", lambda: 100_000)  # the 720 kB of weights are "too much" now
+    with pytest.raises(ModelFormatError, match="more than this machine has"):
+        L.io.load(path)
+
+
 def test_onnx_poison_is_refused():
     onnx = pytest.importorskip("onnx")
     from onnx import helper, numpy_helper

@@ -14,7 +14,7 @@ import numpy as np
 from .. import layers as Lyr
 from ..errors import ModelFormatError, UnsupportedLayerError
 from ..layers.base import MAX_SIZE, check_array, check_finite
-from ._common import atomic_write, converted, parse_errors
+from ._common import atomic_write, converted, memory_budget, parse_errors
 
 FORMAT, VERSION = "lrpnumpy", 1
 
@@ -55,6 +55,14 @@ def load(path, dtype=None):
 
 
 def _load(path):
+    try:
+        with zipfile.ZipFile(path) as archive:  # what the arrays will take, before any is read
+            declared = sum(info.file_size for info in archive.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as exc:
+        raise ModelFormatError(f"{path}: not a readable lrpnumpy .npz file ({exc})") from None
+    if declared > memory_budget():
+        raise ModelFormatError(f"{path}: its arrays would take {declared / 2 ** 30:.1f} GiB, more than this machine "
+                               f"has")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
