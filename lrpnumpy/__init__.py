@@ -4,7 +4,7 @@ The public API: layers, rules, composites, :func:`explain`, the gradient methods
 of forward passes, verification against other implementations, and the errors.
 """
 
-from . import composites, errors, io, kernels, methods, rules, verify, viz, zoo
+from . import composites, datasets, errors, io, kernels, methods, rules, train, verify, viz, zoo
 from .canonize import fold_batchnorm
 from .composites import (Composite, DeepTaylor, EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat, EpsilonGammaBox,
                          EpsilonPlus, EpsilonPlusFlat)
@@ -15,6 +15,12 @@ from .rules import LRP0, AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Rho, Winne
 from .stabilize import stabilize
 from .trace import Step, Trace
 
+try:
+    from importlib.metadata import PackageNotFoundError, version as _version
+    __version__ = _version("lrpnumpy")
+except PackageNotFoundError:  # run from a source tree without installing
+    __version__ = "0.2.0"
+
 __all__ = [
     "explain", "Explanation", "ConservationReport", "fold_batchnorm", "stabilize", "Step", "Trace",
     "Layer", "Linear", "Conv2d", "ReLU", "Tanh", "Softmax", "SumPool2d", "AvgPool2d", "GlobalAvgPool2d",
@@ -24,5 +30,6 @@ __all__ = [
     "WinnerTakesAll",
     "Composite", "EpsilonPlus", "EpsilonAlpha2Beta1", "EpsilonGammaBox", "EpsilonPlusFlat",
     "EpsilonAlpha2Beta1Flat", "DeepTaylor",
-    "composites", "rules", "errors", "io", "kernels", "methods", "verify", "viz", "zoo",
+    "composites", "rules", "errors", "io", "kernels", "methods", "verify", "viz", "zoo", "datasets", "train",
+    "__version__",
 ]

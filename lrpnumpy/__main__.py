@@ -1,12 +1,13 @@
-"""Command line: ``lrpnumpy demo`` and ``lrpnumpy verify MODEL``."""
+"""Command line: ``lrpnumpy demo``, ``explain``, ``verify``, ``train`` and ``bench``."""
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
 
-from .errors import LRPError, ModelFormatError
+from .errors import LRPError, MissingDependencyError, ModelFormatError, RuleParameterError, ShapeError
 
 def _load_model(name):
     from .zoo import MODELS
@@ -52,11 +53,11 @@ def _read_input(path):
     try:
         x = np.load(path, allow_pickle=False)
     except OSError as exc:
-        raise ModelFormatError(f"--input {path}: cannot be read ({exc.strerror or exc})") from None
+        raise ModelFormatError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except (ValueError, EOFError) as exc:
-        raise ModelFormatError(f"--input {path}: not a .npy array of numbers ({exc})") from None
+        raise ModelFormatError(f"{path}: not a .npy array of numbers ({exc})") from None
     if not isinstance(x, np.ndarray):
-        raise ModelFormatError(f"--input {path}: holds several arrays ({type(x).__name__}); give one .npy array")
+        raise ModelFormatError(f"{path}: holds several arrays ({type(x).__name__}); give one .npy array")
     return x
 
 
@@ -77,29 +78,158 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"lrpnumpy: error: {message} (see {self.prog} --help)\n")
 
 
+def _read_inputs(paths, net):
+    """The input batch from .npy files (a batch or one sample) or images (PNG/JPEG, via Pillow)."""
+    shape = tuple(net.input_shape or ())
+    parts = []
+    for path in paths:
+        if path.lower().endswith(".npy"):
+            x = _read_input(path)
+            parts.append(x[None] if shape and x.shape == shape else x)
+            continue
+        if not shape or len(shape) != 3:
+            raise ShapeError(f"{path}: an image input needs a model that records its (C, H, W) input shape")
+        try:
+            from PIL import Image
+        except ImportError as exc:
+            raise MissingDependencyError("image inputs need Pillow: pip install 'lrpnumpy[data]'") from exc
+        try:
+            with Image.open(path) as im:
+                im = im.convert("L" if shape[0] == 1 else "RGB").resize((shape[2], shape[1]))
+                a = np.asarray(im, dtype=np.float64) / 255.0
+        except OSError as exc:
+            raise ModelFormatError(f"{path}: not a readable image ({exc})") from None
+        low, high = net.meta.get("input_range", [0.0, 1.0])
+        a = low + (high - low) * (a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+        parts.append(a[None])
+    try:
+        x = np.concatenate(parts)
+    except ValueError as exc:
+        raise ShapeError(f"the inputs do not stack into one batch ({exc})") from None
+    return x if x.dtype == (net.dtype or x.dtype) else x.astype(net.dtype)
+
+
+def _explain(args):
+    from . import composites, methods, rules, viz
+    from .explain import explain
+    net = _load_model(args.model)
+    x = _read_inputs(args.inputs, net)
+    if args.method == "gradient":
+        e = methods.gradient(net, x, args.target)
+    elif args.rule:
+        e = explain(net, x, args.target, rule=rules.get(args.rule))
+    else:
+        e = explain(net, x, args.target, composite=composites.get(args.composite, data=x))
+    classes = net.meta.get("classes")
+    rows = []
+    for i in range(len(x)):
+        pred, t = int(e.output[i].argmax()), int(e.target[i])
+        row = dict(input=i, predicted=pred, target=t, logit=float(e.output[i, t]),
+                   relevance_sum=float(e.relevance[i].sum()))
+        if classes:
+            row.update(predicted_class=classes[pred], target_class=classes[t])
+        if e.layers is not None:
+            row["absorbed_by_biases"] = float(sum(r["bias"] for r in e.conservation().to_dict(sample=i)))
+        rows.append(row)
+    if args.npy:
+        np.save(args.npy, e.relevance)
+    if args.out:
+        name = args.rule or (args.method if args.method == "gradient" else args.composite)
+        viz.save(viz.grid({name: e.relevance}, images=x,
+                          titles=[r.get("target_class", str(r["target"])) for r in rows]), args.out)
+    if args.json:
+        print(json.dumps({"rows": rows, "out": args.out, "npy": args.npy}, indent=2))
+    else:
+        for r in rows:
+            label = f" ({r['predicted_class']!r})" if classes else ""
+            bias = f", biases absorbed {r['absorbed_by_biases']:+.4f}" if "absorbed_by_biases" in r else ""
+            print(f"input {r['input']}: predicted {r['predicted']}{label}, target {r['target']}, logit "
+                  f"{r['logit']:.4f}, sum of relevance {r['relevance_sum']:.4f}{bias}")
+        for path in (args.out, args.npy):
+            if path:
+                print(f"wrote {path}")
+    return 0
+
+
+def _train(args):
+    import importlib.util
+    from .datasets import DATA_DIR
+    script = os.path.join(DATA_DIR, "make_models.py")
+    spec = importlib.util.spec_from_file_location("make_models", script)
+    if spec is None or not os.path.exists(script):
+        raise ModelFormatError(f"{script}: the training recipes are not there; set LRPNUMPY_DATA to the "
+                               f"repository's data folder")
+    recipes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipes)
+    if args.model not in recipes.MODELS:
+        raise RuleParameterError(f"unknown model {args.model!r}; known: {', '.join(sorted(recipes.MODELS))}")
+    recipes.make(args.model, args.epochs or recipes.EPOCHS[args.model], args.fashion_mnist, args.out or DATA_DIR)
+    return 0
+
+
+def _bench(args):
+    import subprocess
+    from .datasets import DATA_DIR
+    script = os.path.join(os.path.dirname(DATA_DIR), "benchmarks", f"{args.script}.py")
+    if not os.path.exists(script):
+        raise ModelFormatError(f"{script}: the benchmark scripts are in the repository's benchmarks/ folder")
+    return subprocess.call([sys.executable, script] + args.args)
+
+
 def main(argv=None):
+    from . import __version__
     parser = _Parser(prog="lrpnumpy", description="Layer-wise Relevance Propagation in NumPy")
+    parser.add_argument("--version", action="version", version=f"lrpnumpy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    demo = sub.add_parser("demo", help="explain a small built-in network and print the conservation table")
-    demo.add_argument("--composite", default="epsilon_gamma_box")
-    ver = sub.add_parser("verify", help="compare lrpnumpy's relevance with Zennit and Captum")
+    demo = sub.add_parser("demo", help="explain shipped Fashion-MNIST test images with a shipped trained model and "
+                                       "write a figure comparing five explanations")
+    demo.add_argument("--out", default="lrpnumpy_demo.png", help="the figure (PNG or PDF; default %(default)s)")
+    demo.add_argument("--model", default="fashion_cnn_maxpool",
+                      help="a shipped model: fashion_cnn_maxpool (default), fashion_cnn_sumpool, fashion_mlp")
+    exp = sub.add_parser("explain", help="explain a model's predictions for images or .npy inputs")
+    exp.add_argument("model", help="a model file (.npz, .onnx, .txt, .prototxt) or a built-in name")
+    exp.add_argument("inputs", nargs="+", help=".npy arrays (a batch or one sample) or PNG/JPEG images "
+                                               "(converted, resized and scaled to the model's input range)")
+    how = exp.add_mutually_exclusive_group()
+    how.add_argument("--composite", default="epsilon_plus", help="a composite name (default %(default)s)")
+    how.add_argument("--rule", help="one rule on every Linear/Conv2d layer: NAME[:key=value,...], e.g. "
+                                    "epsilon:epsilon=0.25")
+    how.add_argument("--method", choices=["gradient"], help="a gradient method instead of LRP")
+    exp.add_argument("--target", type=int, help="class to explain (default: the predicted class)")
+    exp.add_argument("--out", help="write the heatmaps to this PNG/PDF")
+    exp.add_argument("--npy", help="write the relevance to this .npy file")
+    exp.add_argument("--json", action="store_true", help="print JSON")
+    ver = sub.add_parser("verify", help="compare lrpnumpy's relevance with Zennit and Captum (needs the "
+                                        "'reference' extra; vgg16 takes minutes and several GB)")
     ver.add_argument("model", help="a model file (.npz, .onnx, .txt) or a built-in: lenet5, toolbox_lenet, vgg16")
     ver.add_argument("--input", help=".npy batch of inputs (default: random inputs of the model's shape)")
-    ver.add_argument("--against", nargs="+", default=["zennit"], choices=["zennit", "captum"])
+    ver.add_argument("--against", nargs="+", default=["zennit"], choices=["zennit", "captum"],
+                     help="the implementations to compare with (default: zennit)")
     ver.add_argument("--rules", nargs="+", help="method names, e.g. epsilon zplus epsilon_gamma_box")
     ver.add_argument("--target", type=int, help="class to explain (default: the predicted class)")
-    ver.add_argument("--rtol", type=float, default=1e-10)
+    ver.add_argument("--rtol", type=float, default=1e-10,
+                     help="a method passes when its largest difference is at most rtol times the reference's "
+                          "largest value (default %(default)g)")
     ver.add_argument("--batch", type=_positive_int, default=2, help="random inputs: batch size")
-    ver.add_argument("--seed", type=int, default=0)
+    ver.add_argument("--seed", type=int, default=0, help="seed of the random inputs and of SmoothGrad's noise")
     ver.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ver.add_argument("--plot", help="save the conservation plot to this PNG file")
+    tr = sub.add_parser("train", help="train a shipped Fashion-MNIST model again (data/make_models.py)")
+    tr.add_argument("model", help="fashion_mlp, fashion_cnn_sumpool or fashion_cnn_maxpool")
+    tr.add_argument("--epochs", type=_positive_int, help="default: the recipe's")
+    tr.add_argument("--fashion-mnist", help="folder with the IDX files (default: Debian's dataset-fashion-mnist)")
+    tr.add_argument("--out", help="folder to write the model to (default: data/)")
+    bench = sub.add_parser("bench", help="run a benchmark script (bench_lrp, compare_zennit, fuzz) with its "
+                                         "arguments")
+    bench.add_argument("script", choices=["bench_lrp", "compare_zennit", "fuzz"])
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the script")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
             from .demo import run
-            run(args.composite)
+            run(args.out, args.model)
             return 0
-        return _verify(args)
+        return {"explain": _explain, "verify": _verify, "train": _train, "bench": _bench}[args.command](args)
     except (LRPError, OSError) as exc:
         print(f"lrpnumpy: error: {exc}", file=sys.stderr)
         return 2

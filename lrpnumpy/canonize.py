@@ -24,5 +24,5 @@ def fold_batchnorm(net):
             prev.weight = prev.weight * scale.reshape((-1,) + (1,) * (prev.weight.ndim - 1))
         else:
             layers.append(layer.copy())
-    return Sequential(*layers, input_shape=getattr(net, "input_shape", None))
+    return Sequential(*layers, input_shape=getattr(net, "input_shape", None), meta=getattr(net, "meta", None))
 

@@ -1,10 +1,21 @@
-"""The demo: explain a small built-in network and print the per-layer conservation table."""
+"""The demo: a trained Fashion-MNIST model, shipped test images, and the heatmaps of five explanations.
+
+``lrpnumpy demo`` loads ``data/fashion_cnn_maxpool.npz`` (trained by ``data/make_models.py``) and
+four of the shipped test images, explains the predicted class with three LRP composites, LRP-0
+and the gradient (sensitivity), prints the predictions and the conservation table of one
+explanation, and writes a figure comparing them.
+"""
+
+import os
 
 import numpy as np
 
-from . import composites
+from . import composites, datasets, io, methods, viz
 from .explain import explain
-from .zoo import lenet5
+from .rules import LRP0
+
+#: One test image each of: T-shirt/top, Trouser, Sneaker, Ankle boot (indices into the shipped sample).
+DEMO_CLASSES = (0, 1, 7, 9)
 
 
 def sample_input():
@@ -15,11 +26,29 @@ def sample_input():
     return np.clip(ring + bar, 0, 1)[None, None]
 
 
-def run(composite="epsilon_gamma_box", out=print):
-    net, x = lenet5(), sample_input()
-    e = explain(net, x, composite=composites.get(composite, bounds=(0.0, 1.0)))  # pixels lie in [0, 1]
-    out(f"network:\n{net}\n")
-    out(f"predicted class {int(e.output.argmax())}, logit {e.output.max():.6f}; composite {composite}\n")
-    out(str(e.conservation()))
-    out(f"\nsum of input relevance {e.relevance.sum():.10f} of {e.layers[-1].sum():.10f} at the output")
+def run(out_png="lrpnumpy_demo.png", model="fashion_cnn_maxpool", out=print):
+    """Run the demo; returns the epsilon_gamma_box explanation.  ``out_png=None`` draws no figure."""
+    net = io.load(os.path.join(datasets.DATA_DIR, f"{model}.npz"), dtype=np.float64)  # float64: the reference
+    data = datasets.sample()
+    x = data.images[[int(np.flatnonzero(data.labels == k)[0]) for k in DEMO_CLASSES]]
+    classes = net.meta.get("classes", data.classes)
+    explanations = {
+        "epsilon_plus": explain(net, x, composite=composites.get("epsilon_plus")),
+        "epsilon_gamma_box": explain(net, x, composite=composites.get("epsilon_gamma_box", bounds=(0.0, 1.0))),
+        "epsilon_alpha2_beta1": explain(net, x, composite=composites.get("epsilon_alpha2_beta1")),
+        "LRP-0": explain(net, x, rule=LRP0()),
+        "gradient": methods.gradient(net, x),
+    }
+    e = explanations["epsilon_gamma_box"]
+    out(f"model {model} ({net.meta.get('dataset', '?')}, test accuracy {net.meta.get('test_accuracy', '?')}):\n{net}\n")
+    for i, (pred, label) in enumerate(zip(e.target, data.labels[[int(np.flatnonzero(data.labels == k)[0])
+                                                                 for k in DEMO_CLASSES]])):
+        out(f"image {i}: predicted {classes[pred]!r} (logit {e.output[i, pred]:.3f}), true {classes[label]!r}; "
+            f"sum of relevance {e.relevance[i].sum():.4f}")
+    out(f"\nper-layer conservation of image 0, epsilon_gamma_box:\n{e.conservation().to_text(sample=0)}")
+    if out_png:
+        fig = viz.grid({name: ex.relevance for name, ex in explanations.items()}, images=x,
+                       titles=[f"{classes[p]}" for p in e.target])
+        viz.save(fig, out_png)
+        out(f"\nheatmaps (red: for the predicted class, blue: against): {os.path.abspath(out_png)}")
     return e

@@ -58,3 +58,7 @@ class ResourceError(LRPError, MemoryError):
 
 class SaveError(LRPError, OSError):
     """A model could not be written (missing folder, a folder in the way, a full disk, ...)."""
+
+
+class DatasetError(LRPError, ValueError):
+    """A data file is missing, truncated or not in the expected format."""

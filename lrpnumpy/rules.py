@@ -612,3 +612,29 @@ class WinnerTakesAll(Rule):
         if not isinstance(layer, MaxPool2d):
             raise UnsupportedLayerError(f"{self!r} applies to MaxPool2d, not to {layer!r}")
         return (layer.backward(R, step) if self.ties == "first" else layer.backward_split(R, step)), {}
+
+
+#: Rules by name, for the command line and benchmarks (code passes rule objects).
+REGISTRY = {"lrp0": LRP0, "epsilon": Epsilon, "zplus": ZPlus, "alpha_beta": AlphaBeta, "gamma": Gamma, "zbox": ZBox,
+            "flat": Flat, "wsquare": WSquare}
+
+
+def get(spec):
+    """A rule from ``"name"`` or ``"name:key=value,key=value"``, e.g. ``"epsilon:epsilon=0.25"``,
+    ``"alpha_beta:alpha=1,beta=0"``, ``"zbox:low=0,high=1"``."""
+    name, _, args = str(spec).partition(":")
+    if name not in REGISTRY:
+        raise RuleParameterError(f"unknown rule {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    kwargs = {}
+    for part in filter(None, args.split(",")):
+        key, eq, value = part.partition("=")
+        try:
+            kwargs[key.strip()] = float(value)
+        except ValueError:
+            raise RuleParameterError(f"rule {spec!r}: parameters are key=number, got {part!r}") from None
+        if not eq:
+            raise RuleParameterError(f"rule {spec!r}: parameters are key=number, got {part!r}")
+    try:
+        return REGISTRY[name](**kwargs)
+    except TypeError as exc:
+        raise RuleParameterError(f"rule {spec!r}: {exc}") from None

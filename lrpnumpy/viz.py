@@ -1,6 +1,14 @@
-"""Pictures: relevance heatmaps and the per-layer conservation plot (matplotlib)."""
+"""Pictures: relevance heatmaps, method grids, overlays and the per-layer conservation plot (matplotlib, headless).
+
+The field's conventions: colour limits symmetric around zero, so zero is white with ``bwr`` /
+``seismic`` (red positive, blue negative), or black with the LRP Toolbox's ``hotcold`` look
+(positive red to yellow, negative blue to cyan).  Every function returns the figure;
+:func:`save` writes PNG or PDF.  :func:`to_rgb` is the colour mapping itself, as an array.
+"""
 
 import numpy as np
+
+from .errors import ShapeError
 
 
 def _plt():
@@ -14,23 +22,116 @@ def _plt():
     return plt
 
 
-def heatmap(relevance, ax=None, title=None):
-    """Show one sample's relevance (C, H, W) or (H, W), summed over channels, red positive / blue negative.
+def _cmap(name):
+    import matplotlib
+    from matplotlib.colors import LinearSegmentedColormap
+    if name == "hotcold":
+        return LinearSegmentedColormap.from_list("hotcold", [(0.0, (0.0, 1.0, 1.0)), (0.25, (0.0, 0.0, 1.0)),
+                                                             (0.5, (0.0, 0.0, 0.0)), (0.75, (1.0, 0.0, 0.0)),
+                                                             (1.0, (1.0, 1.0, 0.0))])
+    return matplotlib.colormaps[name]
 
-    The colour scale is symmetric around 0, so white means no relevance.
+
+def _one_sample(relevance, what="relevance"):
+    r = np.asarray(relevance, dtype=np.float64)
+    if r.ndim == 3:
+        r = r.sum(axis=0)
+    if r.ndim != 2:
+        raise ShapeError(f"{what} must be one sample, (C, H, W) or (H, W), got shape {r.shape}; for a batch pass "
+                         f"relevance[i], or use viz.grid")
+    return r
+
+
+def normalize(relevance, gamma=1.0, percentile=None):
+    """One sample's relevance summed over channels, scaled to [-1, 1] (0 stays 0).
+
+    ``percentile`` (e.g. 99.5) clips at that percentile of ``|R|`` instead of its maximum;
+    ``gamma`` < 1 brightens faint relevance (``sign(r) |r| ** gamma``).
+    """
+    r = _one_sample(relevance)
+    limit = np.percentile(np.abs(r), percentile) if percentile is not None else np.abs(r).max()
+    r = np.clip(r / limit, -1, 1) if limit > 0 else np.zeros_like(r)
+    return np.sign(r) * np.abs(r) ** gamma if gamma != 1.0 else r
+
+
+def to_rgb(relevance, cmap="bwr", gamma=1.0, percentile=None):
+    """The heatmap as an (H, W, 3) array of floats in [0, 1]."""
+    return _cmap(cmap)((normalize(relevance, gamma, percentile) + 1) / 2)[..., :3]
+
+
+def heatmap(relevance, ax=None, title=None, cmap="bwr", gamma=1.0, percentile=None, image=None, alpha=0.6,
+            colorbar=False):
+    """Draw one sample's relevance (C, H, W) or (H, W), summed over channels; returns the figure.
+
+    Parameters
+    ----------
+    cmap : str
+        ``"bwr"`` (default; white at zero), ``"seismic"``, ``"hotcold"`` (the LRP Toolbox's look,
+        black at zero) or any matplotlib colormap.
+    gamma, percentile
+        See :func:`normalize`.
+    image : ndarray, optional
+        The input (C, H, W) or (H, W), drawn in grey beneath the heatmap (an overlay), which is
+        then drawn with ``alpha``.
+    colorbar : bool
+        Add a colour bar (relevance scaled to [-1, 1]).
     """
     plt = _plt()
-    r = np.asarray(relevance)
-    r = r.sum(axis=0) if r.ndim == 3 else r
+    r = normalize(relevance, gamma, percentile)
     if ax is None:
         _, ax = plt.subplots(figsize=(3, 3))
-    v = float(np.abs(r).max()) or 1.0
-    im = ax.imshow(r, cmap="bwr", vmin=-v, vmax=v)
+    if image is not None:
+        ax.imshow(_one_sample(image, "image"), cmap="gray")
+    im = ax.imshow(r, cmap=_cmap(cmap), vmin=-1, vmax=1, alpha=alpha if image is not None else None,
+                   interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title)
-    return im
+        ax.set_title(title, fontsize="small")
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return ax.figure
+
+
+def grid(relevances, images=None, titles=None, cmap="bwr", gamma=1.0, percentile=None, size=1.8):
+    """A grid of heatmaps: one row per sample, one column per method (and the input first, if given).
+
+    Parameters
+    ----------
+    relevances : dict of str to ndarray of shape (N, C, H, W) or (N, H, W)
+        Method or rule name -> relevance of a batch.
+    images : ndarray, optional
+        The inputs, shown in the first column.
+    titles : list of str, optional
+        One per sample (e.g. the predicted class), put on the left.
+    """
+    plt = _plt()
+    names = list(relevances)
+    n = len(next(iter(relevances.values())))
+    cols = len(names) + (images is not None)
+    fig, axes = plt.subplots(n, cols, figsize=(size * cols, size * n), squeeze=False)
+    for i in range(n):
+        col = 0
+        if images is not None:
+            axes[i, 0].imshow(_one_sample(images[i], "image"), cmap="gray")
+            axes[i, 0].set_xticks([])
+            axes[i, 0].set_yticks([])
+            if i == 0:
+                axes[i, 0].set_title("input", fontsize="small")
+            col = 1
+        for j, name in enumerate(names):
+            heatmap(relevances[name][i], ax=axes[i, col + j], title=name if i == 0 else None, cmap=cmap,
+                    gamma=gamma, percentile=percentile)
+        if titles:
+            axes[i, 0].set_ylabel(titles[i], fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, path, dpi=120):
+    """Write ``fig`` to ``path`` (PNG or PDF, by its extension); returns the path."""
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
 
 
 def plot_conservation(report, sample=None, title="relevance at each layer"):

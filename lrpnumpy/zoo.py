@@ -25,13 +25,14 @@ def lenet5(seed=0, dtype=np.float64, bias_scale=0.05):
 
 def toolbox_lenet(seed=0, dtype=np.float64, bias_scale=0.05):
     """The LRP Toolbox's LeNet on 1x32x32: conv5 1->10, sumpool, conv5 10->25, sumpool, conv4 25->100,
-    sumpool, conv1 100->10, flatten."""
+    sumpool, conv1 100->10, flatten; its sum pooling divides the window sum by sqrt(2 * 2), as the
+    Toolbox's does (so ``io.save_lrp_toolbox`` can write it)."""
     rng = np.random.default_rng(seed)
     kw = dict(rng=rng, dtype=dtype)
     return _seeded(Sequential(
-        Conv2d(1, 10, 5, **kw), ReLU(), SumPool2d(2), Conv2d(10, 25, 5, **kw), ReLU(), SumPool2d(2),
-        Conv2d(25, 100, 4, **kw), ReLU(), SumPool2d(2), Conv2d(100, 10, 1, **kw), Flatten(),
-        input_shape=(1, 32, 32)), rng, bias_scale)
+        Conv2d(1, 10, 5, **kw), ReLU(), SumPool2d(2, scale=0.5), Conv2d(10, 25, 5, **kw), ReLU(),
+        SumPool2d(2, scale=0.5), Conv2d(25, 100, 4, **kw), ReLU(), SumPool2d(2, scale=0.5), Conv2d(100, 10, 1, **kw),
+        Flatten(), input_shape=(1, 32, 32)), rng, bias_scale)
 
 
 VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")

@@ -223,3 +223,29 @@ def test_torch_exported_models_match(tmp_path):
     net = load_onnx(path)
     np.testing.assert_allclose(net.forward(x.numpy()), want, rtol=1e-5, atol=1e-6)
     assert not any(isinstance(layer, L.BatchNorm2d) for layer in net)
+
+
+def test_save_onnx_round_trip_and_reference_evaluator(tmp_path, rng):
+    from onnx.reference import ReferenceEvaluator
+    bn = L.BatchNorm2d(4)
+    bn.weight, bn.bias = rng.normal(size=4), rng.normal(size=4)
+    bn.running_mean, bn.running_var = rng.normal(size=4), rng.random(4) + 0.5
+    net = L.Sequential(L.Conv2d(2, 4, 3, stride=2, padding=(1, 0, 2, 1), rng=rng), bn, L.ReLU(),
+                       L.MaxPool2d(2, stride=1, padding=1, dilation=2, ceil_mode=True), L.SumPool2d(2, scale=0.5),
+                       L.AvgPool2d(2, count_include_pad=False, padding=1), L.Conv2d(4, 4, 1, groups=2, rng=rng),
+                       L.Tanh(), L.GlobalAvgPool2d(), L.Flatten(), L.Dropout(), L.Linear(4, 3, rng=rng), L.Softmax(),
+                       input_shape=(2, 11, 9))
+    x = rng.normal(size=(3, 2, 11, 9))
+    want = net.forward(x)
+    model = L.io.save_onnx(net, tmp_path / "m.onnx")
+    got = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    back = load_onnx(str(tmp_path / "m.onnx"))
+    np.testing.assert_allclose(back.forward(x), want, rtol=1e-10, atol=1e-12)
+    net32 = net.astype(np.float32)
+    L.io.save_onnx(net32, tmp_path / "m32.onnx")
+    back32 = load_onnx(str(tmp_path / "m32.onnx"))
+    assert back32.dtype == np.float32
+    np.testing.assert_allclose(back32.forward(x.astype(np.float32)), want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(L.errors.UnsupportedLayerError):
+        L.io.save_onnx(L.Sequential(L.AvgPool2d(2, dilation=2)), tmp_path / "x.onnx", input_shape=(1, 5, 5))

@@ -88,10 +88,8 @@ def test_round_trip_is_byte_for_byte(tmp_path, rng):
 
 def test_toolbox_lenet_round_trip_without_shape(tmp_path):
     from lrpnumpy.zoo import toolbox_lenet
-    net = toolbox_lenet()
-    for layer in net:  # the zoo's sum pools are plain sums; the Toolbox's divide by sqrt(h*w)
-        if isinstance(layer, L.SumPool2d):
-            layer.scale = 0.5
+    net = toolbox_lenet()  # its sum pools divide by sqrt(h*w), as the Toolbox's do
+    assert all(layer.scale == 0.5 for layer in net if isinstance(layer, L.SumPool2d))
     net.input_shape = None  # the Flatten sees a 1 x 1 map: no shape needed
     save_lrp_toolbox(net, str(tmp_path / "lenet.txt"))
     back = load_lrp_toolbox(str(tmp_path / "lenet.txt"))

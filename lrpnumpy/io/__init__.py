@@ -5,10 +5,10 @@ import os
 from ..errors import ModelFormatError
 from .caffe import load_caffe
 from .native import load, save
-from .onnx import load_onnx
+from .onnx import load_onnx, save_onnx
 from .toolbox import from_nhwc, load_lrp_toolbox, save_lrp_toolbox
 
-__all__ = ["load", "save", "load_caffe", "load_onnx", "load_lrp_toolbox", "save_lrp_toolbox", "from_nhwc",
+__all__ = ["load", "save", "load_caffe", "load_onnx", "save_onnx", "load_lrp_toolbox", "save_lrp_toolbox", "from_nhwc",
            "load_model"]
 
 

@@ -22,7 +22,8 @@ FORMAT, VERSION = "lrpnumpy", 1
 def save(net, path):
     """Write ``net`` to ``path`` (``.npz``) atomically: a temporary file renamed into place."""
     arch, arrays = {"format": FORMAT, "version": VERSION, "layers": [],
-                    "input_shape": None if net.input_shape is None else list(net.input_shape)}, {}
+                    "input_shape": None if net.input_shape is None else list(net.input_shape),
+                    "meta": getattr(net, "meta", {})}, {}
     for i, layer in enumerate(net):
         name = type(layer).__name__
         if Lyr.Layer.registry.get(name) is not type(layer):
@@ -107,4 +108,7 @@ def _load(path):
             layers.append(cls.from_config(args, given if cls.params else None))
         except (TypeError, ValueError) as exc:
             raise ModelFormatError(f"{where} ({name}): {exc}") from None
-    return Lyr.Sequential(*layers, input_shape=tuple(shape) if shape else None)
+    meta = arch.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise ModelFormatError(f"{path}: 'meta' must be a JSON object, got {type(meta).__name__}")
+    return Lyr.Sequential(*layers, input_shape=tuple(shape) if shape else None, meta=meta)

@@ -10,14 +10,18 @@ class Sequential:
 
     Supports ``len(net)``, ``net[i]`` (a slice gives a new Sequential sharing the layers) and
     iteration; a Sequential given as an item is spliced in.  ``input_shape`` optionally
-    records the shape of one sample (e.g. ``(1, 28, 28)``), for tools that make inputs.
+    records the shape of one sample (e.g. ``(1, 28, 28)``), for tools that make inputs, and
+    ``meta`` what else they need (class names, the input range).
 
     The network holds layers only: :meth:`forward_trace` returns what one call computed, so
     one network can serve several threads at once.
     """
 
-    def __init__(self, *layers, input_shape=None):
+    def __init__(self, *layers, input_shape=None, meta=None):
         self.input_shape = None if input_shape is None else tuple(input_shape)
+        #: What a tool needs to use the model on its own (JSON-able; kept by the native format):
+        #: e.g. ``classes`` (class names) and ``input_range`` ([low, high] of the inputs).
+        self.meta = dict(meta or {})
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         flat = []
@@ -36,7 +40,8 @@ class Sequential:
     def __getitem__(self, i):
         if isinstance(i, slice):
             keeps_input = i.start in (None, 0) and len(self.layers[i]) > 0
-            return Sequential(*self.layers[i], input_shape=self.input_shape if keeps_input else None)
+            return Sequential(*self.layers[i], input_shape=self.input_shape if keeps_input else None,
+                              meta=self.meta if keeps_input else None)
         return self.layers[i]
 
     def __iter__(self):
@@ -119,7 +124,7 @@ class Sequential:
         for layer in self.layers:
             if id(layer) not in done:
                 done[id(layer)] = fn(layer)
-        return Sequential(*(done[id(layer)] for layer in self.layers), input_shape=self.input_shape)
+        return Sequential(*(done[id(layer)] for layer in self.layers), input_shape=self.input_shape, meta=self.meta)
 
     @property
     def dtype(self):

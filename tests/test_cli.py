@@ -1,0 +1,82 @@
+"""The command line: demo, explain, train, bench, --help and --version; bad input is exit 2 and one line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import lrpnumpy as L
+from lrpnumpy import datasets
+from lrpnumpy.__main__ import main
+
+MODEL = os.path.join(datasets.DATA_DIR, "fashion_mlp.npz")
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "lrpnumpy", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["explain"], ["verify"], ["train"], ["bench"]])
+def test_help_on_every_command(command):
+    r = _cli(*command, "--help")
+    assert r.returncode == 0 and "usage: lrpnumpy" in r.stdout
+
+
+def test_version():
+    r = _cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"lrpnumpy {L.__version__}"
+
+
+def test_explain_npy_and_png(tmp_path, capsys):
+    from PIL import Image
+    s = datasets.sample()
+    np.save(tmp_path / "x.npy", s.images[:2])
+    np.save(tmp_path / "one.npy", s.images[2])  # one sample: the batch axis is added
+    Image.fromarray((s.images[3, 0] * 255).round().astype(np.uint8)).save(tmp_path / "img.png")
+    args = ["explain", MODEL, str(tmp_path / "x.npy"), str(tmp_path / "one.npy"), str(tmp_path / "img.png"),
+            "--out", str(tmp_path / "h.png"), "--npy", str(tmp_path / "r.npy"), "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    r = np.load(tmp_path / "r.npy")
+    assert r.shape == (4, 1, 28, 28) and (tmp_path / "h.png").exists()
+    net = L.io.load(MODEL)
+    e = L.explain(net, s.images[:4].astype(net.dtype), composite=L.EpsilonPlus())
+    np.testing.assert_allclose(r, e.relevance, rtol=1e-5, atol=1e-6)  # the PNG round trip is exact for 8 bits
+    assert [row["predicted"] for row in out["rows"]] == e.output.argmax(1).tolist()
+    assert out["rows"][0]["predicted_class"] in datasets.FASHION_MNIST_CLASSES
+    assert main(["explain", MODEL, str(tmp_path / "x.npy"), "--rule", "epsilon:epsilon=0.25", "--target", "3"]) == 0
+    assert "target 3" in capsys.readouterr().out
+    assert main(["explain", MODEL, str(tmp_path / "x.npy"), "--method", "gradient"]) == 0
+
+
+def test_bad_input_is_exit_2_and_one_line(tmp_path):
+    np.save(tmp_path / "bad.npy", np.zeros((2, 3, 5, 5)))
+    for args in (["explain", MODEL, str(tmp_path / "missing.npy")], ["explain", MODEL, str(tmp_path / "bad.npy")],
+                 ["explain", MODEL, str(tmp_path / "bad.npy"), "--rule", "nope"],
+                 ["explain", MODEL, str(tmp_path / "bad.npy"), "--rule", "epsilon:epsilon=x"],
+                 ["explain", MODEL, str(tmp_path / "bad.npy"), "--composite", "nope"],
+                 ["explain", str(tmp_path / "none.npz"), str(tmp_path / "bad.npy")],
+                 ["train", "nope"], ["demo", "--model", "nope"], ["nope"]):
+        r = _cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+
+
+def test_train_regenerates_a_model(tmp_path, monkeypatch):
+    """`lrpnumpy train` runs data/make_models.py's recipe (here on a tiny fake data set)."""
+    import gzip
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 64), ("t10k", 32)):
+        images = rng.integers(0, 256, (n, 28, 28)).astype(np.uint8)
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        for kind, a in (("images-idx3-ubyte", images), ("labels-idx1-ubyte", labels)):
+            head = bytes([0, 0, 8, a.ndim]) + np.array(a.shape, ">u4").tobytes()
+            (tmp_path / f"{prefix}-{kind}.gz").write_bytes(gzip.compress(head + a.tobytes()))
+    out = tmp_path / "models"
+    out.mkdir()
+    assert main(["train", "fashion_mlp", "--epochs", "1", "--fashion-mnist", str(tmp_path), "--out", str(out)]) == 0
+    net = L.io.load(out / "fashion_mlp.npz")
+    assert net.meta["classes"][0] == "T-shirt/top" and net.input_shape == (1, 28, 28)
