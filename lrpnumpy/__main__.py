@@ -29,7 +29,11 @@ def _verify(args):
         x = np.random.default_rng(args.seed).random((args.batch,) + tuple(net.input_shape))
     else:
         raise ShapeError(f"{args.model}: the model does not record its input shape; pass --input X.npy")
-    rows = verify.compare(net, x, target=args.target, against=args.against, methods=args.rules, rtol=args.rtol)
+    def progress(row):
+        print(f"  {row['method']} against {row['against']}: max rel diff {row['max_rel']:.2e} "
+              f"{'pass' if row['passed'] else 'FAIL'}", file=sys.stderr, flush=True)
+    rows = verify.compare(net, x, target=args.target, against=args.against, methods=args.rules, rtol=args.rtol,
+                          progress=progress)
     method = next((r["method"] for r in rows if r["method"] in verify.ZENNIT_COMPOSITES), None)
     report = None
     if method:

@@ -17,6 +17,8 @@ Known differences, reproduced here by configuring lrpnumpy (see :data:`NOTES`):
   it with :class:`~lrpnumpy.rules.Rho` (``bias="raw"``) and ``Epsilon(1e-9)`` on pooling.
 """
 
+import gc
+
 import numpy as np
 
 from . import composites as C
@@ -264,7 +266,7 @@ def default_methods(against):
     return ZENNIT_RULE_METHODS + ZENNIT_COMPOSITES + GRADIENT_METHODS
 
 
-def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10, n_steps=8, seed=0):
+def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10, n_steps=8, seed=0, progress=None):
     """Run each method in lrpnumpy and in each reference implementation; report the differences.
 
     Parameters
@@ -285,6 +287,14 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
         Steps of integrated gradients and passes of SmoothGrad.
     seed : int
         Seed of SmoothGrad's noise (the same draws on both sides).
+    progress : callable, optional
+        Called with each row as soon as its method is done (the command line prints them).
+
+    Notes
+    -----
+    One torch copy of the network is made per implementation and each method's results are
+    freed before the next runs, so the peak memory is about three copies of the float64 network
+    plus one method's activations.
 
     Returns
     -------
@@ -314,12 +324,14 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
         if impl == "zennit":
             import torch
             alphas = torch.linspace(1.0 / n_steps, 1.0, n_steps).double().numpy()  # Zennit's float32 steps
+        tnet = None  # one torch copy per implementation
         for method in (methods or default_methods(impl)):
             if method not in default_methods(impl):
                 continue  # e.g. the composites have no Captum counterpart; checked below
             lo, hi = (zlow, zhigh) if method == "zbox" else (low, high)
             ours = _run_lrpnumpy(method, net, x, target, lo, hi, impl, noise, alphas)
-            tnet = to_torch(net)
+            if tnet is None:
+                tnet = to_torch(net)
             if impl == "zennit":
                 theirs = _run_zennit(method, tnet, x, onehot, lo, hi, noise, alphas)
             else:
@@ -332,6 +344,10 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
                              sums_lrpnumpy=_per_sample(ours), sums_reference=_per_sample(theirs),
                              passed=bool(max_rel <= rtol),
                              note=NOTES.get((impl, method), NOTES.get((impl, "*"), ""))))
+            del ours, theirs
+            gc.collect()
+            if progress is not None:
+                progress(rows[-1])
     return rows
 
 
