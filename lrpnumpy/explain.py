@@ -206,6 +206,11 @@ class Explanation:
             for i, (layer, rule, ledger) in enumerate(zip(self.network, self.rules, self._ledgers))])
 
 
+def _shorten(text, n):
+    """``text`` cut to ``n`` characters (an ellipsis marks the cut)."""
+    return text if len(text) <= n else text[:n - 3] + "..."
+
+
 def _full(ledger):
     """The ledger with every column (zeros for what the rule did not report)."""
     n = ledger["relevance_out"].shape
@@ -244,18 +249,23 @@ class ConservationReport:
         pick = (lambda v: float(np.sum(v))) if sample is None else (lambda v: float(v[sample]))
         return [{k: (pick(v) if k in self.columns else v) for k, v in row.items()} for row in self.rows]
 
-    def to_text(self, sample=None):
-        """The table as text; sums over the batch, or for one ``sample``."""
+    def to_text(self, sample=None, full=False):
+        """The table as text; sums over the batch, or for one ``sample``.
+
+        Layer and rule descriptions are shortened to fit about 120 columns unless ``full``.
+        """
         rows = self.to_dict(sample)
-        width = max(len(r["layer"]) for r in rows)
-        rwidth = max(len(r["rule"]) for r in rows)
-        head = (f"{'#':>3}  {'layer':<{width}}  {'rule':<{rwidth}}  {'sum R in':>13}  {'sum R out':>13}  "
-                f"{'bias':>11}  {'stabilizer':>11}  {'dropped':>11}")
+        short = (lambda text, n: text) if full else _shorten
+        layers = [short(r["layer"], 30) for r in rows]
+        rules = [short(r["rule"], 24) for r in rows]
+        width, rwidth = max(len(x) for x in layers), max(len(x) for x in rules)
+        head = (f"{'#':>3}  {'layer':<{width}}  {'rule':<{rwidth}}  {'sum R in':>11}  {'sum R out':>11}  "
+                f"{'bias':>10}  {'stabilizer':>10}  {'dropped':>10}")
         lines = [head, "-" * len(head)]
-        for r in rows:
-            lines.append(f"{r['index']:>3}  {r['layer']:<{width}}  {r['rule']:<{rwidth}}  "
-                         f"{r['relevance_in']:>13.6e}  {r['relevance_out']:>13.6e}  {r['bias']:>11.3e}  "
-                         f"{r['stabilizer']:>11.3e}  {r['dropped']:>11.3e}")
+        for r, layer, rule in zip(rows, layers, rules):
+            lines.append(f"{r['index']:>3}  {layer:<{width}}  {rule:<{rwidth}}  "
+                         f"{r['relevance_in']:>11.5g}  {r['relevance_out']:>11.5g}  {r['bias']:>10.3g}  "
+                         f"{r['stabilizer']:>10.3g}  {r['dropped']:>10.3g}")
         return "\n".join(lines)
 
     def __str__(self):
