@@ -82,7 +82,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"lrpnumpy: error: {message} (see {self.prog} --help)\n")
 
 
-def _read_inputs(paths, net):
+def _read_inputs(paths, net, input_range=None):
     """The input batch from .npy files (a batch or one sample) or images (PNG/JPEG, via Pillow)."""
     shape = tuple(net.input_shape or ())
     parts = []
@@ -103,7 +103,7 @@ def _read_inputs(paths, net):
                 a = np.asarray(im, dtype=np.float64) / 255.0
         except OSError as exc:
             raise ModelFormatError(f"{path}: not a readable image ({exc})") from None
-        low, high = net.meta.get("input_range", [0.0, 1.0])
+        low, high = input_range or net.meta.get("input_range", [0.0, 1.0])
         a = low + (high - low) * (a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
         parts.append(a[None])
     try:
@@ -117,7 +117,7 @@ def _explain(args):
     from . import composites, methods, rules, viz
     from .explain import explain
     net = _load_model(args.model)
-    x = _read_inputs(args.inputs, net)
+    x = _read_inputs(args.inputs, net, args.input_range)
     if args.method == "gradient":
         e = methods.gradient(net, x, args.target)
     elif args.rule:
@@ -200,6 +200,8 @@ def main(argv=None):
                                     "epsilon:epsilon=0.25")
     how.add_argument("--method", choices=["gradient"], help="a gradient method instead of LRP")
     exp.add_argument("--target", type=int, help="class to explain (default: the predicted class)")
+    exp.add_argument("--input-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                     help="image pixels 0..255 are scaled to [LOW, HIGH] (default: the model's metadata, else 0 1)")
     exp.add_argument("--out", help="write the heatmaps to this PNG/PDF")
     exp.add_argument("--npy", help="write the relevance to this .npy file")
     exp.add_argument("--json", action="store_true", help="print JSON")

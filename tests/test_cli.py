@@ -50,6 +50,12 @@ def test_explain_npy_and_png(tmp_path, capsys):
     assert main(["explain", MODEL, str(tmp_path / "x.npy"), "--rule", "epsilon:epsilon=0.25", "--target", "3"]) == 0
     assert "target 3" in capsys.readouterr().out
     assert main(["explain", MODEL, str(tmp_path / "x.npy"), "--method", "gradient"]) == 0
+    capsys.readouterr()
+    assert main(["explain", MODEL, str(tmp_path / "img.png"), "--input-range", "0", "2", "--npy",
+                 str(tmp_path / "r2.npy")]) == 0
+    x2 = (s.images[3:4] * 2).astype(net.dtype)  # pixels scaled to [0, 2]
+    np.testing.assert_allclose(np.load(tmp_path / "r2.npy"), L.explain(net, x2, composite=L.EpsilonPlus()).relevance,
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_bad_input_is_exit_2_and_one_line(tmp_path):
