@@ -37,7 +37,8 @@ def _verify(args):
     method = next((r["method"] for r in rows if r["method"] in verify.ZENNIT_COMPOSITES), None)
     report = None
     if method:
-        report = explain(net.astype(np.float64), x.astype(np.float64), args.target,
+        net64 = net if net.dtype == np.float64 else net.astype(np.float64)
+        report = explain(net64, x.astype(np.float64), args.target,
                          composite=get(method, data=x)).conservation()
     if args.json:
         print(json.dumps({"rows": rows, "conservation": report.to_dict() if report else None,

@@ -213,6 +213,15 @@ def _sign_split(layer):
     return layer.derived("sign-split", lambda: (_pos(W), _neg(W), _pos(b), _neg(b)))
 
 
+def _plus_gamma(W, g, part):
+    """``W + g * part(W, 0)`` with one allocation (the same numbers: addition commutes), so a large
+    layer's modified weights do not need two temporaries of its size."""
+    out = part(W, 0)
+    out *= g
+    out += W
+    return out
+
+
 def _split(a):
     """``(a+, a-, a- vanishes)``; when ``a`` has no negative part (as after a ReLU), ``a+`` is ``a``
     itself (no copy, and terms on it share one pass) and ``a-`` is zeros the fast path never reads."""
@@ -429,7 +438,7 @@ class Gamma(AffineRule):
 
         def modified():
             bp, bn = (None, None) if b is None else (b + g * _pos(b), b + g * _neg(b))
-            return W + g * _pos(W), W + g * _neg(W), bp, bn
+            return _plus_gamma(W, g, np.maximum), _plus_gamma(W, g, np.minimum), bp, bn
         Wp, Wn, bp, bn = layer.derived(("gamma", self.gamma), modified)
         z = step.output  # the sign of the original z = W a + b picks the branch
         return [Group([Term(ap, Wp, bp), Term(an, Wn, None, vanishes)], mask=z > 0),

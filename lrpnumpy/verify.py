@@ -303,7 +303,8 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
         (``max_abs / max|reference|``), ``sum_lrpnumpy``, ``sum_reference`` (over the batch),
         ``sums_lrpnumpy``, ``sums_reference`` (one per sample), ``passed``, ``note``.
     """
-    net = fold_batchnorm(logit_network(model, x)).astype(np.float64)
+    net = fold_batchnorm(logit_network(model, x))  # a copy already: convert it only if needed
+    net = net if net.dtype is None or net.dtype == np.float64 else net.astype(np.float64)
     x = x.astype(np.float64)
     onehot = target_onehot(net.forward(x), target)
     target = onehot.argmax(axis=1)

@@ -357,3 +357,19 @@ def test_rule_repr_and_equality():
     assert repr(L.AlphaBeta()) == "AlphaBeta(alpha=2.0, beta=1.0, epsilon=1e-06)"
     assert L.Gamma(0.25) == L.Gamma(0.25) and L.Gamma(0.25) != L.Gamma(0.5)
     assert "ZBox(low=0.0, high=1.0" in repr(L.ZBox(0, 1))
+
+
+def test_large_layers_run_their_terms_as_separate_passes(rng, monkeypatch):
+    """Above STACK_LIMIT the terms are not stacked (no copy of the weights); the numbers stay the same."""
+    import lrpnumpy.layers.base as base
+    cases = [REFERENCE_LAYERS[name](rng) for name in ("linear", "conv_stride_pad")]
+    for layer, shape in cases:
+        x = rng.normal(size=shape)
+        y, step = layer.forward_trace(x)
+        R = rng.normal(size=y.shape)
+        stacked = [rule.relevance(step, R) for rule in (L.Gamma(), L.ZPlus(), L.AlphaBeta())]
+        monkeypatch.setattr(base, "STACK_LIMIT", 0)
+        separate = [rule.relevance(step, R) for rule in (L.Gamma(), L.ZPlus(), L.AlphaBeta())]
+        monkeypatch.undo()
+        for a, b in zip(stacked, separate):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(a).max())

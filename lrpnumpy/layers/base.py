@@ -384,6 +384,16 @@ def _plain(v):
     return list(v) if isinstance(v, tuple) else v
 
 
+#: Weights whose stacked copy would exceed this many bytes run as separate passes (the copy would
+#: cost more memory than the one larger GEMM saves time).
+STACK_LIMIT = 256 << 20
+
+
+def stackable(weights):
+    """Whether ``weights`` are small enough to run as one stacked pass (see :data:`STACK_LIMIT`)."""
+    return sum(w.nbytes for w in weights) <= STACK_LIMIT
+
+
 def per_sample_sum(R):
     """Sum over every axis but the first: one number per sample."""
     return R.reshape(R.shape[0], -1).sum(axis=1)

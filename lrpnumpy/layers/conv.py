@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import kernels
 from ..errors import LayerParameterError, ShapeError
-from .base import AffineLayer, as_dtype, he_normal, padding4, pair, short_padding
+from .base import AffineLayer, as_dtype, he_normal, padding4, pair, short_padding, stackable
 
 
 class Conv2d(AffineLayer):
@@ -102,14 +102,14 @@ class Conv2d(AffineLayer):
 
     def forward_many(self, x, weights, step):
         # One convolution with the weights stacked along the output channels.
-        if len(weights) == 1 or self.groups != 1:
+        if len(weights) == 1 or self.groups != 1 or not stackable(weights):
             return super().forward_many(x, weights, step)
         stacked = self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights)
         return np.split(self.forward_with(x, stacked), len(weights), axis=1)
 
     def backward_many(self, pairs, step):
         # sum_k W_k^T s_k is one transposed convolution with stacked weights and gradients.
-        if len(pairs) == 1 or self.groups != 1:
+        if len(pairs) == 1 or self.groups != 1 or not stackable([w for _, w in pairs]):
             return super().backward_many(pairs, step)
         weights = [w for _, w in pairs]
         stacked = self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .base import AffineLayer, as_dtype, he_normal, pair
+from .base import AffineLayer, as_dtype, he_normal, pair, stackable
 
 
 class Linear(AffineLayer):
@@ -58,14 +58,16 @@ class Linear(AffineLayer):
         return bias
 
     def forward_many(self, x, weights, step):
-        if len(weights) == 1:
-            return [x @ weights[0].T]
+        if len(weights) == 1 or not stackable(weights):
+            return [x @ w.T for w in weights]
         y = x @ self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights).T
         return np.split(y, len(weights), axis=1)
 
     def backward_many(self, pairs, step):
         if len(pairs) == 1:
             return pairs[0][0] @ pairs[0][1]
+        if not stackable([w for _, w in pairs]):
+            return sum(s @ w for s, w in pairs)
         weights = [w for _, w in pairs]
         stacked = self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights)
         return np.concatenate([s for s, _ in pairs], axis=1) @ stacked
