@@ -21,7 +21,6 @@ def _verify(args):
     from . import verify
     from .composites import get
     from .explain import explain
-    from .errors import ShapeError
     net = _load_model(args.model)
     if args.input:
         x = _read_input(args.input)

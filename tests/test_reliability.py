@@ -292,7 +292,7 @@ def test_a_compressed_native_file_that_unpacks_beyond_memory_is_refused(tmp_path
 
 
 def test_onnx_poison_is_refused():
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import helper, numpy_helper
 
     def gemm_model(alpha=1.0, beta=1.0, b=None, constant=None, shape=(1, 3)):
@@ -338,7 +338,7 @@ def test_onnx_poison_is_refused():
 
 
 def test_onnx_batchnorm_with_negative_variance_is_refused():
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import helper, numpy_helper
     inits = [numpy_helper.from_array(np.ones((2, 1, 1, 1), np.float32), "w")] + [
         numpy_helper.from_array(v.astype(np.float32), k) for k, v in

@@ -120,7 +120,6 @@ def _checked(fn, check):
     def kernel(*args):
         check(*args)
         return fn(*args)
-    kernel.unchecked = fn
     return kernel
 
 
