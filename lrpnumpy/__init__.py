@@ -9,8 +9,9 @@ from .canonize import fold_batchnorm
 from .composites import (Composite, DeepTaylor, EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat, EpsilonGammaBox,
                          EpsilonPlus, EpsilonPlusFlat)
 from .explain import ConservationReport, Explanation, explain
-from .layers import (LRN, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Layer, Linear,
-                     MaxPool2d, ReLU, Sequential, Softmax, SumPool2d, Tanh)
+from .layers import (LRN, Add, AvgPool2d, BatchNorm2d, ChannelAffine, ChannelShuffle, Concat, Conv2d, Dropout,
+                     Flatten, GlobalAvgPool2d, Graph, Layer, Linear, MaxPool2d, ReLU, Sequential, Softmax, SumPool2d,
+                     Tanh)
 from .rules import LRP0, AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Rho, WinnerTakesAll, WSquare, ZBox, ZPlus
 from .stabilize import stabilize
 from .trace import Step, Trace
@@ -25,7 +26,7 @@ __all__ = [
     "explain", "Explanation", "ConservationReport", "fold_batchnorm", "stabilize", "Step", "Trace",
     "Layer", "Linear", "Conv2d", "ReLU", "Tanh", "Softmax", "SumPool2d", "AvgPool2d", "GlobalAvgPool2d",
     "MaxPool2d", "LRN", "Flatten",
-    "Dropout", "BatchNorm2d", "Sequential",
+    "Dropout", "BatchNorm2d", "Add", "Concat", "ChannelAffine", "ChannelShuffle", "Sequential", "Graph",
     "LRP0", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "Flat", "WSquare", "Norm", "Pass", "Rho",
     "WinnerTakesAll",
     "Composite", "EpsilonPlus", "EpsilonAlpha2Beta1", "EpsilonGammaBox", "EpsilonPlusFlat",

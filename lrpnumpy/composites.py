@@ -1,10 +1,11 @@
 """Which rule each layer of a network gets: composites and a name registry.
 
 A :class:`Composite` picks a layer's rule in this order: an explicit layer
-index, then the *first-layer* map (for the first layer matching one of its
-types), then the layer-type map, then :data:`DEFAULT_RULES` (LRP-0 on
-Linear/Conv2d, Norm on sum/average pooling, winner-takes-all on max pooling,
-Pass elsewhere), as Zennit's base layer map does.  The named composites mirror
+index (in execution order), then a node name, then the *first-layer* map (for
+the first layer in execution order matching one of its types), then the
+layer-type map, then :data:`DEFAULT_RULES` (LRP-0 on Linear/Conv2d, Norm on
+sum/average pooling and on Add, winner-takes-all on max pooling, Pass
+elsewhere), as Zennit's base layer map does.  The named composites mirror
 Zennit's; a composite that needs parameters says so in ``needs``, and
 :func:`get` can take them from data.
 """
@@ -12,12 +13,12 @@ Zennit's; a composite that needs parameters says so in ``needs``, and
 import numpy as np
 
 from .errors import RuleParameterError
-from .layers import Conv2d, GlobalAvgPool2d, Layer, Linear, MaxPool2d, SumPool2d
+from .layers import Add, Conv2d, GlobalAvgPool2d, Layer, Linear, MaxPool2d, SumPool2d
 from .rules import LRP0, AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Rule, WinnerTakesAll, ZBox, ZPlus
 
 #: The rule of every layer that nothing else gives one: the first matching entry wins.
-DEFAULT_RULES = [((Linear, Conv2d), LRP0()), ((SumPool2d, GlobalAvgPool2d), Norm()), (MaxPool2d, WinnerTakesAll()),
-                 (Layer, Pass())]
+DEFAULT_RULES = [((Linear, Conv2d), LRP0()), ((SumPool2d, GlobalAvgPool2d, Add), Norm()),
+                 (MaxPool2d, WinnerTakesAll()), (Layer, Pass())]
 
 
 def default_rule(layer):
@@ -60,14 +61,21 @@ class Composite:
     layer_map : dict or list of (type or tuple of types, Rule)
         The first entry whose types match a layer (``isinstance``) wins.
     index_map : dict of int to Rule
-        Rules for given layer indices (negative indices count from the end);
-        these win over everything else.
+        Rules for given layer indices in execution order (negative indices count from the
+        end); these win over everything else.
+    name_map : dict of str to Rule
+        Rules for given node names (a :class:`~lrpnumpy.layers.Graph`'s names; a Sequential's
+        are its indices as strings); they win over the type maps.
     first_map : dict or list of (type or tuple of types, Rule)
         Applied to the first layer matching any of its types only.
     """
 
-    def __init__(self, layer_map=None, index_map=None, first_map=None):
+    def __init__(self, layer_map=None, index_map=None, first_map=None, name_map=None):
         self.layer_map = _pairs(layer_map, "layer_map")
+        if not isinstance(name_map or {}, dict) or not all(
+                isinstance(k, str) and isinstance(v, Rule) for k, v in (name_map or {}).items()):
+            raise RuleParameterError(f"name_map must be a dict {{node name: Rule}}, got {name_map!r}")
+        self.name_map = dict(name_map or {})
         self.first_map = _pairs(first_map, "first_map")
         if not isinstance(index_map or {}, dict):
             raise RuleParameterError(f"index_map must be a dict {{layer index: Rule}}, got {index_map!r}")
@@ -78,7 +86,7 @@ class Composite:
 
     def __repr__(self):
         return (f"{type(self).__name__}(layer_map={self.layer_map!r}, first_map={self.first_map!r}, "
-                f"index_map={self.index_map!r})")
+                f"index_map={self.index_map!r}, name_map={self.name_map!r})")
 
     #: Constructor parameters without a default that :func:`get` can take from data ("low", "high").
     needs = ()
@@ -92,6 +100,12 @@ class Composite:
             first = next((i for i, layer in enumerate(net) if isinstance(layer, types)), None)
             if first is not None:
                 rules[first] = rule
+        names = list(net.names)
+        for name, rule in self.name_map.items():
+            if name not in names:
+                raise RuleParameterError(f"rule for node {name!r}: the network has no such node (nodes: "
+                                         f"{', '.join(names[:8])}{', ...' if len(names) > 8 else ''})")
+            rules[names.index(name)] = rule
         for i, rule in self.index_map.items():
             if not -len(net) <= i < len(net):
                 raise RuleParameterError(f"rule index {i} is out of range for a network of {len(net)} layers")

@@ -7,7 +7,7 @@ import numpy as np
 
 from .composites import Composite, SingleRule, default_rule
 from .errors import LRPError, NonFiniteError, ResourceError, RuleParameterError, ShapeError, TargetError
-from .layers import Sequential, Softmax
+from .layers import Graph, Network, Softmax
 from .layers.base import check_array, check_finite, per_sample_sum
 from .rules import Rule
 
@@ -17,7 +17,7 @@ def explain(model, x, target=None, rule=None, composite=None, relevance_out=None
 
     Parameters
     ----------
-    model : Sequential
+    model : Sequential or Graph
         A trailing Softmax is skipped: the logits are explained.
     x : ndarray, float32 or float64
         Input batch, e.g. of shape (N, C, H, W); same dtype as the model.
@@ -64,13 +64,16 @@ def _explain(net, x, rules, target, rule, composite, relevance_out):
 
     def visit(step, R_out):
         R_in, absorbed = rules[step.index].propagate(step, R_out)
-        ledgers[step.index] = dict(absorbed, relevance_in=per_sample_sum(R_in), relevance_out=per_sample_sum(R_out))
+        parts = [per_sample_sum(r) for r in R_in] if isinstance(R_in, tuple) else None
+        ledgers[step.index] = dict(absorbed, relevance_in=per_sample_sum(R_in) if parts is None else sum(parts),
+                                   relevance_out=per_sample_sum(R_out), parts=parts)
         relevances[step.index] = R_in
         return R_in
 
     relevance = trace.reverse(R, visit)
     if not np.isfinite(relevance).all():
-        bad = max(i for i, r in enumerate(relevances) if not np.isfinite(r).all())
+        bad = max(i for i, r in enumerate(relevances)
+                  if not all(np.isfinite(p).all() for p in (r if isinstance(r, tuple) else (r,))))
         raise NonFiniteError(f"relevance overflowed at layer {bad} ({trace[bad].layer!r}, rule {rules[bad]!r}): "
                              f"the output relevance or the weights are too large for {x.dtype}")
     return Explanation(relevance, output, t, method="lrp",
@@ -92,12 +95,17 @@ def forward_checked(net, x):
 
 def logit_network(model, x):
     """Check ``model`` and ``x``; return the network without a trailing Softmax."""
-    if not isinstance(model, Sequential) or len(model) == 0:
-        raise ShapeError(f"model must be a non-empty lrpnumpy Sequential, got {type(model).__name__}")
+    if not isinstance(model, Network) or len(model) == 0:
+        raise ShapeError(f"model must be a non-empty lrpnumpy Sequential or Graph, got {type(model).__name__}")
     check_finite(check_array(x, "x"), "x")
     if x.ndim < 2 or x.shape[0] == 0:
         raise ShapeError(f"x must be a batch with a leading sample axis, got shape {x.shape}")
-    return model[:-1] if isinstance(model[-1], Softmax) and len(model) > 1 else model
+    if not isinstance(model[-1], Softmax) or len(model) == 1:
+        return model
+    if isinstance(model, Graph):
+        before = model.inputs[model.output][0]
+        return model if before == model.input_name else model.up_to(before)
+    return model[:-1]
 
 
 def _rules(net, rule, composite):
@@ -177,8 +185,9 @@ class Explanation:
         The method's parameters (rule or composite, steps, noise level, ...).
     layers : list of ndarray or None
         LRP only: relevance at the input of every explained layer, in order, then the
-        output relevance last (``len(network) + 1`` arrays).
-    network : Sequential or None
+        output relevance last (``len(network) + 1`` arrays).  A several-input layer's entry
+        is a tuple, one array per input.
+    network : Sequential, Graph or None
         LRP only: the layers explained.
     rules : list of Rule or None
         LRP only: the rule each layer used.
@@ -201,9 +210,11 @@ class Explanation:
         """Per-layer conservation table (LRP only); see :class:`ConservationReport`."""
         if self._ledgers is None:
             raise LRPError(f"a {self.method} explanation has no per-layer conservation report; it is LRP's")
+        net = self.network
         return ConservationReport([
-            dict(index=i, layer=repr(layer), rule=repr(rule), **_full(ledger))
-            for i, (layer, rule, ledger) in enumerate(zip(self.network, self.rules, self._ledgers))])
+            dict(index=i, name=name, layer=repr(layer), rule=repr(rule), inputs=list(net.inputs_of(i)),
+                 parts=ledger.get("parts"), **_full(ledger))
+            for i, (name, layer, rule, ledger) in enumerate(zip(net.names, net, self.rules, self._ledgers))])
 
 
 def _shorten(text, n):
@@ -247,7 +258,20 @@ class ConservationReport:
     def to_dict(self, sample=None):
         """Rows with plain floats (summed over the batch, or for one ``sample``), for JSON."""
         pick = (lambda v: float(np.sum(v))) if sample is None else (lambda v: float(v[sample]))
-        return [{k: (pick(v) if k in self.columns else v) for k, v in row.items()} for row in self.rows]
+        return [{k: (pick(v) if k in self.columns else [pick(p) for p in v] if k == "parts" and v is not None
+                     else v) for k, v in row.items()} for row in self.rows]
+
+    def split(self, name, sample=None):
+        """How node ``name``'s input relevance divides among its inputs: ``{input name: sum R}``.
+
+        For an :class:`~lrpnumpy.layers.Add` at a residual connection, what the skip path and the
+        residual branch each receive (summed over the batch, or for one ``sample``).
+        """
+        row = next((r for r in self.to_dict(sample) if r.get("name") == name), None)
+        if row is None:
+            raise KeyError(f"no node {name!r} in the report")
+        parts = row["parts"] if row["parts"] is not None else [row["relevance_in"]]
+        return dict(zip(row["inputs"], parts))
 
     def to_text(self, sample=None, full=False):
         """The table as text; sums over the batch, or for one ``sample``.
@@ -256,7 +280,8 @@ class ConservationReport:
         """
         rows = self.to_dict(sample)
         short = (lambda text, n: text) if full else _shorten
-        layers = [short(r["layer"], 30) for r in rows]
+        named = any(r.get("name") != str(r["index"]) for r in rows)
+        layers = [short((f"{r['name']}: " if named else "") + r["layer"], 30 + 14 * named) for r in rows]
         rules = [short(r["rule"], 24) for r in rows]
         width, rwidth = max(len(x) for x in layers), max(len(x) for x in rules)
         head = (f"{'#':>3}  {'layer':<{width}}  {'rule':<{rwidth}}  {'sum R in':>11}  {'sum R out':>11}  "
@@ -266,6 +291,9 @@ class ConservationReport:
             lines.append(f"{r['index']:>3}  {layer:<{width}}  {rule:<{rwidth}}  "
                          f"{r['relevance_in']:>11.5g}  {r['relevance_out']:>11.5g}  {r['bias']:>10.3g}  "
                          f"{r['stabilizer']:>10.3g}  {r['dropped']:>10.3g}")
+            if r.get("parts") is not None:
+                split = ", ".join(f"{short(n, 24)} {p:.5g}" for n, p in zip(r["inputs"], r["parts"]))
+                lines.append(f"{'':>3}  {'':<{width}}  {'split to inputs:':<{rwidth}}  {split}")
         return "\n".join(lines)
 
     def __str__(self):

@@ -326,13 +326,13 @@ class AffineRule(Rule):
         layer = self.layer_for(step)
         groups = self.groups(layer, step)
         R_in, values = four_steps_fast(layer, step, groups, R, self.epsilon)
-        return R_in, ledger(groups, values, R, self.epsilon)
+        return layer.split(R_in), ledger(groups, values, R, self.epsilon)
 
     def reference(self, step, R):
         """The relevance by :func:`four_steps` itself: the literal form the fast path is tested against."""
         step.layer.check_grad(R, step, "relevance")
         layer = self.layer_for(step)
-        return four_steps(layer, step, self.groups(layer, step), R, self.epsilon)[0]
+        return layer.split(four_steps(layer, step, self.groups(layer, step), R, self.epsilon)[0])
 
 
 class Epsilon(AffineRule):
@@ -532,7 +532,10 @@ class Norm(AffineRule):
     r"""LRP-0 of a pooling layer seen as a linear map: ``R_in = x J^T [R / pool(x)]``.
 
     On a :class:`~lrpnumpy.layers.MaxPool2d` it redistributes like a sum pool
-    over the same windows (in proportion to the inputs).
+    over the same windows (in proportion to the inputs).  On an
+    :class:`~lrpnumpy.layers.Add` (the default there, as in Zennit) each input gets
+    ``R_i = c_i x_i R / stabilize(sum_j c_j x_j)``: the skip path and the residual branch share
+    the relevance in proportion to their contributions.
     """
 
     needs_weight = False
@@ -545,7 +548,7 @@ class Norm(AffineRule):
         return layer.sum_pool() if isinstance(layer, MaxPool2d) else layer
 
     def groups(self, layer, step):
-        return [Group([Term(step.input, layer.weight, layer.bias)])]
+        return [Group([Term(layer.joint_input(step), layer.weight, layer.bias)])]
 
 
 class Rho(AffineRule):
@@ -589,9 +592,15 @@ class Rho(AffineRule):
 
 
 class Pass(Rule):
-    """Relevance passes through unchanged (reshaped to the input's shape)."""
+    """Relevance passes through unchanged (reshaped to the input's shape).
+
+    On layers that only move values (``rearranges``: Flatten, Concat, ChannelShuffle) it is
+    the layer's own backward pass: relevance is split or permuted back.
+    """
 
     def _propagate(self, step, R):
+        if getattr(step.layer, "rearranges", False):
+            return step.layer.backward(R, step), {}
         if R.size != step.input.size:
             raise UnsupportedLayerError(f"{self!r} passes relevance through unchanged, so it needs a layer whose "
                                         f"output has as many entries as its input; {step.layer!r} maps "

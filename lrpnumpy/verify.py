@@ -85,20 +85,16 @@ def _avg_pool(nn, layer):
 
 
 def _batchnorm(nn, layer):
-    torch = _torch()
-    m = nn.BatchNorm2d(layer.num_features, eps=layer.eps)
-    m.running_mean = torch.from_numpy(layer.running_mean.astype(np.float64))
-    m.running_var = torch.from_numpy(layer.running_var.astype(np.float64))
-    return m
+    return nn.BatchNorm2d(layer.num_features, eps=layer.eps, device="meta")
 
 
 #: lrpnumpy layer type -> the equivalent torch module (weights are copied afterwards); Flatten is
 #: applied functionally instead (Captum has no rule for ``nn.Flatten``).
 TORCH_MODULES = {
-    Linear: lambda nn, m: nn.Linear(m.in_features, m.out_features, bias=m.bias is not None),
+    Linear: lambda nn, m: nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta"),
     Conv2d: lambda nn, m: nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride,
                                     padding=_symmetric(m), dilation=m.dilation, groups=m.groups,
-                                    bias=m.bias is not None),
+                                    bias=m.bias is not None, device="meta"),
     SumPool2d: _sum_pool,
     AvgPool2d: _avg_pool,
     MaxPool2d: lambda nn, m: nn.MaxPool2d(m.kernel_size, m.stride, _symmetric(m), dilation=m.dilation,
@@ -111,8 +107,12 @@ TORCH_MODULES = {
 }
 
 
-def to_torch(net):
+def to_torch(net, copy=True):
     """The equivalent float64 PyTorch module (same weights, eval mode).
+
+    With ``copy=False`` the module's float64 tensors share memory with the network's arrays
+    (no second copy of a large model); Zennit's canonizers and rules replace tensors rather than
+    writing into them, so the network is left unchanged.
 
     Each layer type's torch equivalent is in :data:`TORCH_MODULES`.  Flatten is applied
     functionally (Captum has no rule for ``nn.Flatten``); sum pooling is an ``nn.AvgPool2d``
@@ -135,7 +135,7 @@ def to_torch(net):
             return x
 
     def t(a):
-        return nn.Parameter(torch.from_numpy(np.array(a, dtype=np.float64)), requires_grad=False)
+        return torch.from_numpy(np.array(a, dtype=np.float64, copy=copy or None))
 
     steps = []
     for layer in _without_softmax(net):
@@ -145,13 +145,23 @@ def to_torch(net):
         make = TORCH_MODULES.get(type(layer))
         if make is None:
             raise UnsupportedLayerError(f"{layer!r} has no PyTorch equivalent in lrpnumpy.verify")
-        m = make(nn, layer)
-        if getattr(layer, "weight", None) is not None:
-            m.weight = t(layer.weight)
-        if getattr(layer, "bias", None) is not None:
-            m.bias = t(layer.bias)
-        steps.append(m.double())
+        steps.append(_with_params(nn, make(nn, layer), layer, t))
     return Chain(steps).double().eval()
+
+
+def _with_params(nn, module, layer, tensor):
+    """``module`` (built on the meta device: no memory, no random init) given the layer's values."""
+    for name in layer.params:
+        value = getattr(layer, name, None)
+        if value is None:
+            continue
+        if name in ("running_mean", "running_var"):
+            setattr(module, name, tensor(value))
+        else:
+            setattr(module, name, nn.Parameter(tensor(value), requires_grad=False))
+    if hasattr(module, "num_batches_tracked"):
+        module.num_batches_tracked = _torch().zeros((), dtype=_torch().long)
+    return module.double()
 
 
 def _without_softmax(net):
@@ -292,9 +302,9 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
 
     Notes
     -----
-    One torch copy of the network is made per implementation and each method's results are
-    freed before the next runs, so the peak memory is about three copies of the float64 network
-    plus one method's activations.
+    The torch module shares the float64 network's memory (``to_torch(net, copy=False)``) and
+    each method's results are freed before the next runs, so the peak memory is one copy of the
+    float64 network plus what the most demanding single method needs on either side.
 
     Returns
     -------
@@ -303,7 +313,7 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
         (``max_abs / max|reference|``), ``sum_lrpnumpy``, ``sum_reference`` (over the batch),
         ``sums_lrpnumpy``, ``sums_reference`` (one per sample), ``passed``, ``note``.
     """
-    net = fold_batchnorm(logit_network(model, x))  # a copy already: convert it only if needed
+    net = fold_batchnorm(logit_network(model, x))  # shares the layers it does not change
     net = net if net.dtype is None or net.dtype == np.float64 else net.astype(np.float64)
     x = x.astype(np.float64)
     onehot = target_onehot(net.forward(x), target)
@@ -332,7 +342,7 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
             lo, hi = (zlow, zhigh) if method == "zbox" else (low, high)
             ours = _run_lrpnumpy(method, net, x, target, lo, hi, impl, noise, alphas)
             if tnet is None:
-                tnet = to_torch(net)
+                tnet = to_torch(net, copy=False)
             if impl == "zennit":
                 theirs = _run_zennit(method, tnet, x, onehot, lo, hi, noise, alphas)
             else:

@@ -15,9 +15,9 @@ from ..canonize import fold_batchnorm
 from ..errors import LRPError, MissingDependencyError, ModelFormatError, UnsupportedLayerError
 from ._common import converted, memory_budget, parse_errors
 
-SUPPORTED = ("Conv", "Gemm", "MatMul", "Add", "Relu", "Tanh", "MaxPool", "AveragePool", "GlobalAveragePool",
-             "Flatten", "Reshape", "Softmax", "BatchNormalization", "Dropout", "Identity", "LRN", "Constant",
-             "ConstantOfShape")
+SUPPORTED = ("Conv", "Gemm", "MatMul", "Add", "Sum", "Mul", "Concat", "Relu", "Tanh", "MaxPool", "AveragePool",
+             "GlobalAveragePool", "Flatten", "Reshape", "Softmax", "BatchNormalization", "Dropout", "Identity", "LRN",
+             "Constant", "ConstantOfShape", "ChannelShuffle")
 
 
 def _onnx():
@@ -108,7 +108,7 @@ def _convert(model, where, onnx, numpy_helper):
                 raise ModelFormatError(f"{_Node(node, where).label}: value must be one finite number, got {fill}")
             # a read-only view that takes no memory; a layer that uses it as its weight checks its size first
             consts[node.output[0]] = np.broadcast_to(fill[:1].reshape(()), tuple(int(d) for d in shape))
-        elif node.op_type in ("Transpose", "Identity", "Unsqueeze") and node.input \
+        elif node.op_type in ("Transpose", "Identity", "Unsqueeze", "Reshape") and node.input \
                 and all(i in consts for i in node.input if i):
             consts[node.output[0]] = _fold(_Node(node, where), [consts[i] for i in node.input if i])
         else:
@@ -124,34 +124,93 @@ def _convert(model, where, onnx, numpy_helper):
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
     shape = tuple(dims[1:]) if dims and all(d is not None for d in dims[1:]) else None  # tracked per layer
 
-    current, layers = inp.name, []
-    used = {}
+    nodes = _channel_shuffles(nodes, consts, onnx)
+    uses = {}
     for node in nodes:
         for name in node.input:
-            used[name] = used.get(name, 0) + 1
+            uses[name] = uses.get(name, 0) + 1
+    for out in graph.output:
+        uses[out.name] = uses.get(out.name, 0) + 1
+    producer, shapes = {inp.name: Lyr.graph.INPUT}, {Lyr.graph.INPUT: shape}
+    gnodes, layer_of, taken = [], {}, {Lyr.graph.INPUT}
     for node in nodes:
         n = _Node(node, where)
-        data = [i for i in node.input if i and i not in consts]
-        if data != [current]:
-            raise UnsupportedLayerError(f"{n.label}: the graph is not a chain (its data inputs are {data}, "
-                                        f"expected the previous output {current!r})")
         if node.op_type not in SUPPORTED:
             raise n.unsupported(f"operator not supported; supported: {', '.join(SUPPORTED)}")
+        data = [i for i in node.input if i and i not in consts]
+        unknown = [i for i in data if i not in producer]
+        if unknown or not data:
+            raise n.unsupported(f"its data inputs {unknown or data} are not produced by an earlier node or the "
+                                f"graph input" if data else "it has no data input")
         for extra in node.output[1:]:
-            if extra and used.get(extra):
+            if extra and uses.get(extra):
                 raise n.unsupported(f"its second output {extra!r} is used; only the first output is supported")
-        new = _HANDLERS[node.op_type](n, consts, layers, shape, opset, dtype)
-        for layer in new:
-            shape = _track(layer, shape, dtype, n)
-        layers.extend(new)
-        current = node.output[0]
+        ins = [producer[i] for i in data]
+        # the layer before, when this node is its only reader (so a bias may be folded into it)
+        prev = layer_of.get(ins[0]) if len(ins) == 1 and uses.get(data[0]) == 1 else None
+        in_shapes = [shapes[i] for i in ins]
+        new = _HANDLERS[node.op_type](n, consts, prev, in_shapes[0], opset, dtype, len(ins))
+        out_shape = None if any(sh is None for sh in in_shapes) else _track(new[0], in_shapes, n) if new else \
+            in_shapes[0]
+        current = ins
+        for k, layer in enumerate(new):
+            if k:
+                out_shape = _track(layer, [out_shape], n) if out_shape is not None else None
+            name = _unique(node.name or node.output[0], taken, k)
+            gnodes.append((name, layer, current))
+            layer_of[name], shapes[name], current = layer, out_shape, [name]
+        if not new and len(ins) != 1:
+            raise n.unsupported("a node without a layer must have one data input")
+        producer[node.output[0]] = current[0]
     outputs = [o.name for o in graph.output]
-    if outputs != [current]:
-        raise UnsupportedLayerError(f"{where}: graph outputs {outputs} are not the end of the chain {current!r}")
-    input_shape = tuple(dims[1:]) if dims and all(d is not None for d in dims[1:]) else None
+    if len(outputs) != 1 or outputs[0] not in producer:
+        raise UnsupportedLayerError(f"{where}: expected one graph output computed by the nodes, got {outputs}")
     if not graph.node:
         raise ModelFormatError(f"{where}: the graph has no nodes")
-    return fold_batchnorm(Lyr.Sequential(*layers, input_shape=input_shape))
+    input_shape = tuple(dims[1:]) if dims and all(d is not None for d in dims[1:]) else None
+    if producer[outputs[0]] == Lyr.graph.INPUT:  # only identities (Dropout, Identity)
+        return Lyr.Sequential(input_shape=input_shape)
+    net = Lyr.Graph(gnodes, output=producer[outputs[0]], input_shape=input_shape)
+    if all(net.inputs_of(i) == ((net.names[i - 1],) if i else (Lyr.graph.INPUT,)) for i in range(len(net))):
+        net = Lyr.Sequential(*net.layers, input_shape=input_shape)  # a chain
+    return fold_batchnorm(net)
+
+
+def _unique(name, taken, k):
+    """A node name not used yet (``name``, ``name:1``, ...)."""
+    base = name if not k else f"{name}:{k}"
+    out, i = base, 1
+    while out in taken:
+        out, i = f"{base}#{i}", i + 1
+    taken.add(out)
+    return out
+
+
+def _channel_shuffles(nodes, consts, onnx):
+    """Nodes with each Reshape (N, g, C/g, H, W) - Transpose (0, 2, 1, 3, 4) - Reshape (N, C, H, W) replaced
+    by one ``ChannelShuffle`` pseudo-node (ShuffleNet's channel shuffle)."""
+    readers = {}
+    for node in nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    skip, out = set(), []
+    for node in nodes:
+        if id(node) in skip:
+            continue
+        if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in consts \
+                and np.asarray(consts[node.input[1]]).size == 5:
+            nxt = readers.get(node.output[0], [])
+            if len(nxt) == 1 and nxt[0].op_type == "Transpose":
+                perm = [a.ints for a in nxt[0].attribute if a.name == "perm"]
+                last = readers.get(nxt[0].output[0], [])
+                if perm and list(perm[0]) == [0, 2, 1, 3, 4] and len(last) == 1 and last[0].op_type == "Reshape":
+                    groups = int(np.asarray(consts[node.input[1]]).ravel()[1])
+                    skip.update((id(nxt[0]), id(last[0])))
+                    out.append(onnx.helper.make_node("ChannelShuffle", [node.input[0]], [last[0].output[0]],
+                                                     name=node.name or node.output[0], groups=groups))
+                    continue
+        out.append(node)
+    return out
 
 
 def _array(numpy_helper, tensor, where):
@@ -193,15 +252,24 @@ def _fold(n, values):
         for axis in sorted(a % (x.ndim + len(axes)) for a in axes):
             x = np.expand_dims(x, axis)
         return x
+    if n.node.op_type == "Reshape":
+        shape = values[1] if len(values) > 1 else n.get("shape", None)
+        if shape is None:
+            raise ModelFormatError(f"{n.label}: Reshape without a target shape")
+        target = [int(t) for t in np.asarray(shape).ravel()]
+        target = [x.shape[i] if t == 0 and i < x.ndim else t for i, t in enumerate(target)]
+        try:
+            return np.reshape(x, target)
+        except ValueError as exc:
+            raise ModelFormatError(f"{n.label}: cannot reshape a constant of shape {x.shape} to {target}: "
+                                   f"{exc}") from None
     return x
 
 
-def _track(layer, shape, dtype, n):
-    """Output shape (without batch) of ``layer`` for an input of ``shape``; None when unknown."""
-    if shape is None:
-        return None
+def _track(layer, shapes, n):
+    """Output shape (without batch) of ``layer`` for inputs of ``shapes``."""
     try:
-        return layer.output_shape((1,) + tuple(shape))[1:]
+        return layer.output_shape(*((1,) + tuple(sh) for sh in shapes))[1:]
     except LRPError as exc:
         raise UnsupportedLayerError(f"{n.label}: does not fit its input of shape {shape}: {exc}") from None
 
@@ -242,7 +310,7 @@ def _pads(n, shape, kernel, stride, dilation):
     return tuple(out)
 
 
-def _conv(n, consts, layers, shape, opset, dtype):
+def _conv(n, consts, prev, shape, opset, dtype, n_in):
     w = _weight(n, consts, 1, dtype, "weight")
     if w is None or w.ndim != 4:
         raise n.unsupported("only 2-D convolutions with a constant 4-D weight are supported")
@@ -269,7 +337,7 @@ def _pool_common(n, shape):
     return kernel, stride, pads, bool(n.get("ceil_mode", 0)), dilation
 
 
-def _maxpool(n, consts, layers, shape, opset, dtype):
+def _maxpool(n, consts, prev, shape, opset, dtype, n_in):
     kernel, stride, pads, ceil, dilation = _pool_common(n, shape)
     try:
         return [Lyr.MaxPool2d(kernel, stride, pads, ceil_mode=ceil, dilation=dilation)]
@@ -277,13 +345,13 @@ def _maxpool(n, consts, layers, shape, opset, dtype):
         raise n.unsupported(f"attribute pads={list(n.get('pads', []))}: {exc}") from None
 
 
-def _avgpool(n, consts, layers, shape, opset, dtype):
+def _avgpool(n, consts, prev, shape, opset, dtype, n_in):
     kernel, stride, pads, ceil, dilation = _pool_common(n, shape)
     return [Lyr.AvgPool2d(kernel, stride, pads, ceil_mode=ceil, count_include_pad=bool(n.get("count_include_pad", 0)),
                           dilation=dilation)]
 
 
-def _gemm(n, consts, layers, shape, opset, dtype):
+def _gemm(n, consts, prev, shape, opset, dtype, n_in):
     if n.get("transA", 0):
         raise n.unsupported("attribute transA=1: the data input must not be transposed")
     b_mat = _weight(n, consts, 1, dtype, "B")
@@ -310,7 +378,7 @@ def _finite_attr(n, name, dtype):
     return dtype(v)
 
 
-def _matmul(n, consts, layers, shape, opset, dtype):
+def _matmul(n, consts, prev, shape, opset, dtype, n_in):
     w = _weight(n, consts, 1, dtype, "B")
     if w is None or w.ndim != 2 or n.node.input[0] in consts:
         raise n.unsupported("only x @ B with a constant matrix B is supported")
@@ -319,23 +387,70 @@ def _matmul(n, consts, layers, shape, opset, dtype):
     return [layer]
 
 
-def _add(n, consts, layers, shape, opset, dtype):
+def _add(n, consts, prev, shape, opset, dtype, n_in):
+    """A sum of data inputs (a residual connection), or a constant added per output / channel."""
+    if n_in > 1:
+        return [Lyr.Add()]
     b = _weight(n, consts, 1 if n.node.input[0] not in consts else 0, dtype, "addend")
-    prev = layers[-1] if layers else None
-    if not isinstance(prev, (Lyr.Linear, Lyr.Conv2d)):
-        raise n.unsupported("Add is supported only as the bias of the MatMul/Conv before it")
-    out = prev.weight.shape[0]
-    if b.size == 1:
-        per_output = np.full(out, b.reshape(-1)[0], dtype)
-    elif b.size == out and b.shape[-1 if isinstance(prev, Lyr.Linear) else max(0, b.ndim - 3)] == out:
-        per_output = b.reshape(-1)
-    else:
-        raise n.unsupported(f"addend of shape {b.shape} is not a bias of {out} outputs")
-    prev.bias = per_output.astype(dtype) if prev.bias is None else prev.bias + per_output
-    return []
+    if isinstance(prev, (Lyr.Linear, Lyr.Conv2d)):
+        out = prev.weight.shape[0]
+        per_output = _per_channel(n, b, out, dtype, "addend", isinstance(prev, Lyr.Linear))
+        prev.bias = per_output if prev.bias is None else prev.bias + per_output
+        return []
+    channels = _channels(n, shape)
+    per_channel = _per_channel(n, b, channels, dtype, "addend", shape is not None and len(shape) == 1)
+    if isinstance(prev, Lyr.ChannelAffine):
+        prev.bias = per_channel if prev.bias is None else prev.bias + per_channel
+        return []
+    return [Lyr.ChannelAffine(channels, weight=None, bias=per_channel, dtype=dtype)]
 
 
-def _flatten(n, consts, layers, shape, opset, dtype):
+def _mul(n, consts, prev, shape, opset, dtype, n_in):
+    """A per-channel scale (ONNX's Mul by a constant)."""
+    if n_in > 1:
+        raise n.unsupported("Mul of two data tensors is not supported; only a scale by a constant")
+    w = _weight(n, consts, 1 if n.node.input[0] not in consts else 0, dtype, "scale")
+    channels = _channels(n, shape)
+    return [Lyr.ChannelAffine(channels, weight=_per_channel(n, w, channels, dtype, "scale",
+                                                            shape is not None and len(shape) == 1), bias=None,
+                              dtype=dtype)]
+
+
+def _channels(n, shape):
+    if shape is None:
+        raise n.unsupported("a per-channel constant needs the input's static shape")
+    return shape[0]
+
+
+def _per_channel(n, v, channels, dtype, what, flat):
+    """A constant that broadcasts as one value per channel (axis 1), as a (channels,) array.
+
+    For (N, C) data: shape (C,) or (1, C); for (N, C, H, W): (C, 1, 1) or (1, C, 1, 1); or a scalar.
+    """
+    if v.size == 1:
+        return np.full(channels, v.reshape(-1)[0], dtype)
+    axis = v.ndim - 1 if flat else v.ndim - 3
+    if v.size == channels and axis >= 0 and v.shape[axis] == channels:
+        return v.reshape(-1).astype(dtype)
+    raise n.unsupported(f"{what} of shape {v.shape} is not one value per channel ({channels} channels); only "
+                        f"per-channel constants are supported")
+
+
+def _concat(n, consts, prev, shape, opset, dtype, n_in):
+    axis = int(n.get("axis", 1))
+    rank = None if shape is None else len(shape) + 1
+    if axis != 1 and not (rank is not None and axis == 1 - rank):
+        raise n.unsupported(f"attribute axis={axis}: only joining along channels (axis 1) is supported")
+    return [Lyr.Concat()]
+
+
+def _sum(n, consts, prev, shape, opset, dtype, n_in):
+    if len([i for i in n.node.input if i in consts]):
+        raise n.unsupported("Sum of constants: only sums of data tensors are supported")
+    return [Lyr.Add()] if n_in > 1 else []
+
+
+def _flatten(n, consts, prev, shape, opset, dtype, n_in):
     axis = int(n.get("axis", 1))
     rank = None if shape is None else len(shape) + 1
     if axis < 0 and rank is not None:
@@ -346,7 +461,7 @@ def _flatten(n, consts, layers, shape, opset, dtype):
     return [Lyr.Flatten()]
 
 
-def _reshape(n, consts, layers, shape, opset, dtype):
+def _reshape(n, consts, prev, shape, opset, dtype, n_in):
     target = consts.get(n.node.input[1]) if len(n.node.input) > 1 else None
     if target is None:
         raise n.unsupported("the target shape must be a constant")
@@ -359,13 +474,13 @@ def _reshape(n, consts, layers, shape, opset, dtype):
     raise n.unsupported(f"target shape {target}: only reshaping to (batch, features) is supported")
 
 
-def _softmax(n, consts, layers, shape, opset, dtype):
+def _softmax(n, consts, prev, shape, opset, dtype, n_in):
     if opset < 13:
         return [Lyr.Softmax(axis=int(n.get("axis", 1)), flatten=True)]
     return [Lyr.Softmax(axis=int(n.get("axis", -1)))]
 
 
-def _batchnorm(n, consts, layers, shape, opset, dtype):
+def _batchnorm(n, consts, prev, shape, opset, dtype, n_in):
     if n.get("training_mode", 0):
         raise n.unsupported("attribute training_mode=1: only inference is supported")
     scale, bias, mean, var = (_weight(n, consts, i, dtype, what) for i, what in
@@ -377,7 +492,7 @@ def _batchnorm(n, consts, layers, shape, opset, dtype):
     return [layer]
 
 
-def _lrn(n, consts, layers, shape, opset, dtype):
+def _lrn(n, consts, prev, shape, opset, dtype, n_in):
     return [Lyr.LRN(int(n.get("size")), n.get("alpha", 1e-4), n.get("beta", 0.75), n.get("bias", 1.0))]
 
 
@@ -386,6 +501,8 @@ _HANDLERS = {
     "GlobalAveragePool": lambda *a: [Lyr.GlobalAvgPool2d()], "Relu": lambda *a: [Lyr.ReLU()],
     "Tanh": lambda *a: [Lyr.Tanh()], "Flatten": _flatten, "Reshape": _reshape, "Softmax": _softmax,
     "BatchNormalization": _batchnorm, "Dropout": lambda *a: [], "Identity": lambda *a: [], "LRN": _lrn,
+    "Mul": _mul, "Concat": _concat, "Sum": _sum,
+    "ChannelShuffle": lambda n, *a: [Lyr.ChannelShuffle(int(n.get("groups")))],
 }
 
 

@@ -6,8 +6,11 @@ from .conv import Conv2d
 from .linear import Linear
 from .norm import LRN, BatchNorm2d
 from .pool import AvgPool2d, GlobalAvgPool2d, MaxPool2d, SumPool2d
-from .sequential import Sequential
+from .graph import Graph
+from .merge import Add, ChannelAffine, ChannelShuffle, Concat
+from .sequential import Network, Sequential
 from .shape import Dropout, Flatten
 
 __all__ = ["Layer", "AffineLayer", "Linear", "Conv2d", "ReLU", "Tanh", "Softmax", "SumPool2d", "AvgPool2d",
-           "GlobalAvgPool2d", "LRN", "MaxPool2d", "Flatten", "Dropout", "BatchNorm2d", "Sequential"]
+           "GlobalAvgPool2d", "LRN", "MaxPool2d", "Flatten", "Dropout", "BatchNorm2d", "Add", "Concat",
+           "ChannelAffine", "ChannelShuffle", "Network", "Sequential", "Graph"]

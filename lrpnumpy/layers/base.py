@@ -423,6 +423,14 @@ class AffineLayer(Layer):
         """``bias`` reshaped to broadcast against the layer's output."""
         raise NotImplementedError
 
+    def joint_input(self, step):
+        """The input the rules see: the step's input (several-input layers stack theirs)."""
+        return step.input
+
+    def split(self, R):
+        """Relevance at :meth:`joint_input` as the layer's inputs take it (a tuple for several)."""
+        return R
+
     def forward_many(self, x, weights, step):
         """``[forward_with(x, w, None, step) for w in weights]``; layers may do it in one pass."""
         return [self.forward_with(x, w, None, step) for w in weights]

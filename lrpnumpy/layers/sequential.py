@@ -1,11 +1,82 @@
-"""A chain of layers."""
+"""A chain of layers, and what every network shares."""
 
 from ..errors import ShapeError
 from ..trace import Step, Trace
 from .base import Layer, as_dtype, check_array
 
 
-class Sequential:
+class Network:
+    """What Sequential and Graph share: layers in execution order, traces, parameters."""
+
+    layers = ()
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def backward(self, grad, trace, param_grads=False):
+        """Gradient with respect to the input, given ``grad`` at the output and the ``trace`` of the pass.
+
+        With ``param_grads=True``, returns ``(input_gradient, grads)``: ``grads[i]`` is the dict
+        of parameter gradients of step ``i`` (empty for parameter-free layers).
+        """
+        self.check_trace(trace)
+        grads = [None] * len(trace)
+
+        def visit(step, g):
+            if param_grads:
+                grads[step.index] = step.layer.param_grads(g, step)
+            return step.layer.backward(g, step)
+        g_in = trace.reverse(grad, visit)
+        return (g_in, grads) if param_grads else g_in
+
+    def check_trace(self, trace):
+        """Raise ShapeError unless ``trace`` came from this network's ``forward_trace``."""
+        if not isinstance(trace, Trace) or len(trace) != len(self.layers) or any(
+                s.layer is not layer for s, layer in zip(trace, self.layers)):
+            raise ShapeError("backward needs the trace that this network's forward_trace returned, got "
+                             f"{type(trace).__name__}")
+        return trace
+
+    def clear(self):
+        """Drop the weights rules derived from frozen parameters."""
+        for layer in self.layers:
+            layer.clear()
+
+    def freeze(self):
+        """Make every parameter read-only (see :meth:`Layer.freeze`); returns the network."""
+        for layer in self.layers:
+            layer.freeze()
+        return self
+
+    def astype(self, dtype):
+        """A copy with every parameter converted to ``dtype`` (float32 or float64)."""
+        as_dtype(dtype)
+        return self._map(lambda layer: layer.astype(dtype))
+
+    def copy(self):
+        """A copy with copied parameters (a layer used twice stays one layer used twice)."""
+        return self._map(lambda layer: layer.copy())
+
+    def _mapped(self, fn):
+        done = {}
+        for layer in self.layers:
+            if id(layer) not in done:
+                done[id(layer)] = fn(layer)
+        return [done[id(layer)] for layer in self.layers]
+
+    @property
+    def dtype(self):
+        """The dtype of the parameters (of the first layer that has any)."""
+        for layer in self.layers:
+            if layer.dtype is not None:
+                return layer.dtype
+        return None
+
+
+class Sequential(Network):
     """Layers applied in order; ``backward`` runs them in reverse.
 
     Supports ``len(net)``, ``net[i]`` (a slice gives a new Sequential sharing the layers) and
@@ -34,18 +105,12 @@ class Sequential:
                 raise ShapeError(f"Sequential item {i} is {type(layer).__name__}, not an lrpnumpy Layer")
         self.layers = flat
 
-    def __len__(self):
-        return len(self.layers)
-
     def __getitem__(self, i):
         if isinstance(i, slice):
             keeps_input = i.start in (None, 0) and len(self.layers[i]) > 0
             return Sequential(*self.layers[i], input_shape=self.input_shape if keeps_input else None,
                               meta=self.meta if keeps_input else None)
         return self.layers[i]
-
-    def __iter__(self):
-        return iter(self.layers)
 
     def __repr__(self):
         body = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
@@ -68,30 +133,6 @@ class Sequential:
         trace = Trace(x, steps)
         return trace.output, trace
 
-    def backward(self, grad, trace, param_grads=False):
-        """Gradient with respect to the input, given ``grad`` at the output and the ``trace`` of the pass.
-
-        With ``param_grads=True``, returns ``(input_gradient, grads)``: ``grads[i]`` is the dict
-        of parameter gradients of step ``i`` (empty for parameter-free layers).
-        """
-        self.check_trace(trace)
-        grads = [None] * len(trace)
-
-        def visit(step, g):
-            if param_grads:
-                grads[step.index] = step.layer.param_grads(g, step)
-            return step.layer.backward(g, step)
-        g_in = trace.reverse(grad, visit)
-        return (g_in, grads) if param_grads else g_in
-
-    def check_trace(self, trace):
-        """Raise ShapeError unless ``trace`` came from this network's ``forward_trace``."""
-        if not isinstance(trace, Trace) or len(trace) != len(self.layers) or any(
-                s.layer is not layer for s, layer in zip(trace, self.layers)):
-            raise ShapeError("backward needs the trace that this network's forward_trace returned, got "
-                             f"{type(trace).__name__}")
-        return trace
-
     def output_shape(self, input_shape):
         """The output shape for an input of ``input_shape`` (batch axis included), without running."""
         shape = tuple(input_shape)
@@ -99,37 +140,16 @@ class Sequential:
             shape = layer.output_shape(shape)
         return shape
 
-    def clear(self):
-        """Drop the weights rules derived from frozen parameters."""
-        for layer in self.layers:
-            layer.clear()
-
-    def freeze(self):
-        """Make every parameter read-only (see :meth:`Layer.freeze`); returns the network."""
-        for layer in self.layers:
-            layer.freeze()
-        return self
-
-    def astype(self, dtype):
-        """A copy with every parameter converted to ``dtype`` (float32 or float64)."""
-        as_dtype(dtype)
-        return self._map(lambda layer: layer.astype(dtype))
-
-    def copy(self):
-        """A copy with copied parameters (a layer used twice stays one layer used twice)."""
-        return self._map(lambda layer: layer.copy())
-
-    def _map(self, fn):
-        done = {}
-        for layer in self.layers:
-            if id(layer) not in done:
-                done[id(layer)] = fn(layer)
-        return Sequential(*(done[id(layer)] for layer in self.layers), input_shape=self.input_shape, meta=self.meta)
+    input_name = "input"
 
     @property
-    def dtype(self):
-        """The dtype of the parameters (of the first layer that has any)."""
-        for layer in self.layers:
-            if layer.dtype is not None:
-                return layer.dtype
-        return None
+    def names(self):
+        """Node names, in execution order: the layer indices as strings."""
+        return [str(i) for i in range(len(self.layers))]
+
+    def inputs_of(self, i):
+        """The input names of the i-th layer (``("input",)`` for the first)."""
+        return (self.input_name,) if i == 0 else (str(i - 1),)
+
+    def _map(self, fn):
+        return Sequential(*self._mapped(fn), input_shape=self.input_shape, meta=self.meta)
