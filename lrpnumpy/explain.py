@@ -100,6 +100,11 @@ def logit_network(model, x):
     check_finite(check_array(x, "x"), "x")
     if x.ndim < 2 or x.shape[0] == 0:
         raise ShapeError(f"x must be a batch with a leading sample axis, got shape {x.shape}")
+    return without_softmax(model)
+
+
+def without_softmax(model):
+    """``model`` without a trailing Softmax (unless that is all it has)."""
     if not isinstance(model[-1], Softmax) or len(model) == 1:
         return model
     if isinstance(model, Graph):
@@ -138,9 +143,10 @@ def _initial_relevance(output, target, relevance_out):
 
 def target_classes(output, target):
     """The target class of each sample as an int array of shape (N,) (None: the argmax of ``output``)."""
-    if output.ndim != 2:
-        raise ShapeError(f"a target class needs an output of shape (N, classes), got {output.shape}; "
-                         f"pass relevance_out instead")
+    if output.ndim < 2 or any(d != 1 for d in output.shape[2:]):
+        raise ShapeError(f"a target class needs an output of shape (N, classes) (or (N, classes, 1, 1)), got "
+                         f"{output.shape}; pass relevance_out instead")
+    output = output.reshape(output.shape[:2])
     n, k = output.shape
     if target is None:
         return output.argmax(axis=1)
@@ -159,7 +165,7 @@ def target_classes(output, target):
 def onehot(output, classes):
     """One-hot array of the output's shape and dtype marking ``classes`` (one per sample)."""
     out = np.zeros_like(output)
-    out[np.arange(len(classes)), classes] = 1
+    out.reshape(out.shape[:2])[np.arange(len(classes)), classes] = 1  # (N, K, 1, 1) outputs too
     return out
 
 

@@ -25,9 +25,9 @@ from . import composites as C
 from . import methods as M
 from .canonize import fold_batchnorm
 from .errors import MissingDependencyError, UnsupportedLayerError
-from .explain import explain, logit_network, target_onehot
-from .layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Linear, MaxPool2d, ReLU,
-                     Softmax, SumPool2d, Tanh)
+from .explain import explain, logit_network, target_onehot, without_softmax
+from .layers import (Add, AvgPool2d, BatchNorm2d, ChannelAffine, ChannelShuffle, Concat, Conv2d, Dropout, Flatten,
+                     GlobalAvgPool2d, Graph, Linear, MaxPool2d, ReLU, Softmax, SumPool2d, Tanh)
 from .rules import (AlphaBeta, Epsilon, Flat, Gamma, Rho, WSquare, ZBox, ZPlus)
 
 ZENNIT_RULE_METHODS = ("epsilon", "zplus", "alpha_beta_2_1", "alpha_beta_1_0", "gamma", "zbox", "flat", "wsquare")
@@ -108,7 +108,7 @@ TORCH_MODULES = {
 
 
 def to_torch(net, copy=True):
-    """The equivalent float64 PyTorch module (same weights, eval mode).
+    """The equivalent float64 PyTorch module (same weights, eval mode) of a Sequential or Graph.
 
     With ``copy=False`` the module's float64 tensors share memory with the network's arrays
     (no second copy of a large model); Zennit's canonizers and rules replace tensors rather than
@@ -116,11 +116,29 @@ def to_torch(net, copy=True):
 
     Each layer type's torch equivalent is in :data:`TORCH_MODULES`.  Flatten is applied
     functionally (Captum has no rule for ``nn.Flatten``); sum pooling is an ``nn.AvgPool2d``
-    subclass scaled by ``kh * kw``, so Zennit and Captum treat it as average pooling.  A
-    trailing Softmax is dropped: the logits are compared.
+    subclass scaled by ``kh * kw``, so Zennit and Captum treat it as average pooling.  In a
+    Graph, :class:`~lrpnumpy.layers.Add` becomes Zennit's ``Sum`` module on the stacked inputs
+    (so Zennit's composites give it the Norm rule, as lrpnumpy does), Concat and ChannelShuffle
+    plain tensor operations (relevance passes through them as the gradient).  A trailing
+    Softmax is dropped: the logits are compared.
     """
     torch = _torch()
     nn = torch.nn
+
+    def t(a):
+        return torch.from_numpy(np.array(a, dtype=np.float64, copy=copy or None))
+
+    def module(layer):
+        if isinstance(layer, Flatten):
+            return "flatten"
+        make = TORCH_MODULES.get(type(layer))
+        if make is None:
+            raise UnsupportedLayerError(f"{layer!r} has no PyTorch equivalent in lrpnumpy.verify")
+        return _with_params(nn, make(nn, layer), layer, t)
+
+    if isinstance(net, Graph):
+        net = without_softmax(net)
+        return _GraphModule(nn)(net, [module(layer) for layer in net]).double().eval()
 
     class Chain(nn.Module):
         def __init__(self, steps):
@@ -134,19 +152,78 @@ def to_torch(net, copy=True):
                 x = x.flatten(1) if step == "flatten" else next(modules)(x)
             return x
 
-    def t(a):
-        return torch.from_numpy(np.array(a, dtype=np.float64, copy=copy or None))
+    return Chain([module(layer) for layer in without_softmax(net)]).double().eval()
 
-    steps = []
-    for layer in _without_softmax(net):
-        if isinstance(layer, Flatten):
-            steps.append("flatten")
-            continue
-        make = TORCH_MODULES.get(type(layer))
-        if make is None:
-            raise UnsupportedLayerError(f"{layer!r} has no PyTorch equivalent in lrpnumpy.verify")
-        steps.append(_with_params(nn, make(nn, layer), layer, t))
-    return Chain(steps).double().eval()
+
+def _GraphModule(nn):
+    class GraphModule(nn.Module):
+        """Runs the nodes of an lrpnumpy Graph in its execution order."""
+
+        def __init__(self, graph, modules):
+            super().__init__()
+            self.steps = [(m, [graph.names.index(n) if n != graph.input_name else -1 for n in graph.inputs[name]])
+                          for name, m in zip(graph.names, modules)]
+            self.nodes = nn.ModuleList([m for m in modules if m != "flatten"])
+
+        def forward(self, x):
+            outputs, modules = [], iter(self.nodes)
+            for m, parents in self.steps:
+                args = [x if p < 0 else outputs[p] for p in parents]
+                if m == "flatten":
+                    outputs.append(args[0].flatten(1))
+                elif getattr(m, "stacked", False):  # Zennit's hooks see one input: the stacked tensors
+                    outputs.append(next(modules)(_torch().stack(args, dim=-1)))
+                else:
+                    outputs.append(next(modules)(*args))
+            return outputs[-1]
+    return GraphModule
+
+
+def _add(nn, layer):
+    """Zennit's ``Sum`` over the last axis of the stacked inputs (the graph module stacks them)."""
+    if layer.coefficients is not None:
+        raise UnsupportedLayerError(f"{layer!r}: weighted sums have no Zennit equivalent here")
+    try:
+        from zennit.layer import Sum
+    except ImportError:
+        class Sum(nn.Module):
+            def forward(self, x):
+                return x.sum(dim=-1)
+    module = Sum()
+    module.stacked = True
+    return module
+
+
+def _concat(nn, layer):
+    class Cat(nn.Module):
+        def forward(self, *inputs):
+            return _torch().cat(inputs, dim=1)
+    return Cat()
+
+
+def _shuffle(nn, layer):
+    class Shuffle(nn.Module):
+        def forward(self, x):
+            n, c = x.shape[:2]
+            g = layer.groups
+            return x.reshape(n, g, c // g, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+    return Shuffle()
+
+
+def _channel_affine(nn, layer):
+    class ChannelAffine(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = self.bias = None
+
+        def forward(self, x):
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            y = x if self.weight is None else x * self.weight.reshape(shape)
+            return y if self.bias is None else y + self.bias.reshape(shape)
+    return ChannelAffine()
+
+
+TORCH_MODULES.update({Add: _add, Concat: _concat, ChannelShuffle: _shuffle, ChannelAffine: _channel_affine})
 
 
 def _with_params(nn, module, layer, tensor):
@@ -155,17 +232,13 @@ def _with_params(nn, module, layer, tensor):
         value = getattr(layer, name, None)
         if value is None:
             continue
-        if name in ("running_mean", "running_var"):
+        if name in ("running_mean", "running_var") or not isinstance(getattr(module, name, None), nn.Parameter):
             setattr(module, name, tensor(value))
         else:
             setattr(module, name, nn.Parameter(tensor(value), requires_grad=False))
     if hasattr(module, "num_batches_tracked"):
         module.num_batches_tracked = _torch().zeros((), dtype=_torch().long)
     return module.double()
-
-
-def _without_softmax(net):
-    return net[:-1] if len(net) > 1 and isinstance(net[-1], Softmax) else net
 
 
 def _bounds(net, x):

@@ -117,23 +117,38 @@ def test_pytorch_converted_models(name):
 
 
 LIGHT_CHAINS = ["light_bvlc_alexnet", "light_vgg19", "light_zfnet512"]
+LIGHT = sorted(os.path.basename(p)[:-5] for p in glob.glob(f"{DATA}/light/*.onnx"))
 
 
-@pytest.mark.parametrize("name", sorted(os.path.basename(p)[:-5] for p in glob.glob(f"{DATA}/light/*.onnx")))
+def test_all_nine_light_models_are_there():
+    assert len(LIGHT) == 9
+
+
+@pytest.mark.parametrize("name", LIGHT)
 def test_light_models(name):
+    """Each model as stored: the onnx test runner's input and expected output."""
     path = f"{DATA}/light/{name}.onnx"
-    if name not in LIGHT_CHAINS:  # residual/inception/concat graphs: not a chain
-        with pytest.raises(UnsupportedLayerError, match="node"):
-            load_onnx(path)
-        return
     net = load_onnx(path)
-    # the onnx test runner feeds these models arange(n) / n in the input's shape
-    shape = (1,) + net.input_shape
+    assert isinstance(net, L.Sequential) == (name in LIGHT_CHAINS)  # the others branch: Graphs
+    shape = (1,) + net.input_shape  # the onnx test runner feeds arange(n) / n in the input's shape
     x = (np.arange(np.prod(shape)).reshape(shape) / np.prod(shape)).astype(np.float32)
     np.testing.assert_allclose(net.forward(x), _read_tensor(f"{DATA}/light/{name}_output_0.pb"), rtol=1e-5,
                                atol=1e-6)
-    e = L.explain(net, x, composite=L.EpsilonPlus())  # and it can be explained at once
-    assert np.isfinite(e.relevance).all() and isinstance(net[-1], L.Softmax)
+
+
+@pytest.mark.parametrize("name", LIGHT)
+def test_light_models_with_random_weights_match_the_reference_evaluator(name):
+    """The stored weights are all 0.02, which hides mistakes: random ones do not."""
+    from onnx_light import data_input, evaluator, randomized
+    model = randomized(name)
+    net = load_onnx(model)
+    x = np.random.default_rng(1).random((1,) + net.input_shape).astype(np.float32)
+    want = evaluator(model).run(None, {data_input(model): x})[0]
+    got = net.forward(x)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    e = L.explain(net, x, composite=L.EpsilonPlus())  # and it can be explained
+    assert np.isfinite(e.relevance).all() and e.relevance.shape == x.shape
+    assert np.abs(e.conservation().residual()).max() <= 1e-3 * np.abs(e.layers[-1]).sum()
 
 
 def _chain_model(nodes, inits, in_shape, out_name, opset=13):
@@ -173,10 +188,15 @@ def test_matmul_add_bias_constant_nodes_and_batchnorm_folding(rng):
     np.testing.assert_allclose(net64.forward(x.astype(np.float64)), want, rtol=1e-4, atol=1e-5)
 
 
-def test_not_a_chain_and_unknown_ops_name_the_node():
+def test_branches_become_a_graph_and_unknown_ops_name_the_node(rng):
     nodes = [helper.make_node("Relu", ["x"], ["a"], name="first"), helper.make_node("Relu", ["x"], ["b"], name="fork"),
              helper.make_node("Add", ["a", "b"], ["y"], name="join")]
-    with pytest.raises(UnsupportedLayerError, match="'fork' \\(Relu\\): the graph is not a chain"):
+    net = load_onnx(_chain_model(nodes, {}, [1, 3], "y"))
+    assert isinstance(net, L.Graph) and net.inputs["join"] == ("first", "fork")
+    x = rng.normal(size=(2, 3)).astype(np.float32)
+    np.testing.assert_allclose(net.forward(x), 2 * np.maximum(x, 0))
+    nodes = [helper.make_node("Mul", ["x", "x"], ["y"], name="square")]
+    with pytest.raises(UnsupportedLayerError, match="'square' \\(Mul\\): Mul of two data tensors"):
         load_onnx(_chain_model(nodes, {}, [1, 3], "y"))
     nodes = [helper.make_node("Sigmoid", ["x"], ["y"], name="sig")]
     with pytest.raises(UnsupportedLayerError, match="'sig' \\(Sigmoid\\): operator not supported"):
@@ -196,7 +216,7 @@ def test_bad_files(tmp_path, rng):
     w[0, 0, 0, 0] = np.nan
     with pytest.raises(ModelFormatError, match="NaN"):
         load_onnx(_chain_model([helper.make_node("Conv", ["x", "w"], ["y"])], {"w": w}, [1, 1, 5, 5], "y"))
-    with pytest.raises(LRPError, match="not a chain"):  # a missing weight looks like a second data input
+    with pytest.raises(LRPError, match="'missing'.* not produced by an earlier node"):  # a missing weight
         load_onnx(_chain_model([helper.make_node("Conv", ["x", "missing"], ["y"])], {}, [1, 1, 5, 5], "y"))
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import lrpnumpy as L
-from lrpnumpy import verify
+from lrpnumpy import composites as C, verify
 from lrpnumpy.__main__ import main
 
 needs_zennit = pytest.mark.skipif(not verify.available("zennit"),
@@ -144,4 +144,85 @@ def test_agrees_with_zennit_on_ceil_mode_and_global_pooling():
                        L.Conv2d(4, 4, 3, rng=rng), L.ReLU(), L.AvgPool2d(2, ceil_mode=True, count_include_pad=False),
                        L.Conv2d(4, 6, 1, rng=rng), L.ReLU(), L.GlobalAvgPool2d(), L.Flatten(), L.Linear(6, 3, rng=rng))
     rows = verify.compare(_biases(net, rng), rng.random((2, 2, 12, 12)), methods=["epsilon_plus", "gamma", "zbox"])
+    assert all(r["passed"] for r in rows), [(r["method"], r["max_rel"]) for r in rows]
+
+
+def _resnet18(eps):
+    """A ResNet-18-shaped float64 torchvision network, random weights and BatchNorm statistics, eval mode."""
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+            m.eps = eps
+    return model.double().eval()
+
+
+def _onnx_graph(model, x):
+    import io
+    import warnings
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model, torch.from_numpy(x[:1]), buf, dynamo=False, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    return L.io.load_onnx(buf.getvalue())
+
+
+@needs_zennit
+def test_resnet18_against_zennit_with_its_resnet_and_batchnorm_canonizers():
+    """Zennit on the torchvision ResNet-18 itself (ResNetCanonizer: BatchNorm merged, each residual sum a Sum
+    module with the Norm rule) and lrpnumpy on the same network loaded from ONNX, to 1e-10.
+
+    BatchNorm eps is 1e-30 here: Zennit's merge leaves an identity BatchNorm that still divides by
+    sqrt(1 + eps), so with PyTorch's 1e-5 its canonized network is another function (about 1e-5 relative
+    on ResNet-18; measured with eps=1e-5: 1.0e-5 for EpsilonPlus).
+    """
+    import torch
+    from zennit.attribution import Gradient
+    from zennit.composites import EpsilonAlpha2Beta1, EpsilonGammaBox, EpsilonPlus
+    from zennit.torchvision import ResNetCanonizer
+    model = _resnet18(1e-30)
+    x = np.random.default_rng(0).random((2, 3, 32, 32))
+    net = _onnx_graph(model, x)
+    assert isinstance(net, L.Graph) and sum(isinstance(layer, L.Add) for layer in net) == 8
+    assert not any(isinstance(layer, L.BatchNorm2d) for layer in net)  # all folded
+    out = net.forward(x)
+    np.testing.assert_allclose(out, model(torch.from_numpy(x)).detach().numpy(), rtol=1e-12, atol=1e-12)
+    target = out.argmax(axis=1)
+    seed = np.zeros_like(out)
+    seed[np.arange(2), target] = out[np.arange(2), target]
+    low, high = float(x.min()), float(x.max())
+    t64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    cases = {"epsilon_plus": EpsilonPlus(canonizers=[ResNetCanonizer()]),
+             "epsilon_alpha2_beta1": EpsilonAlpha2Beta1(canonizers=[ResNetCanonizer()]),
+             "epsilon_gamma_box": EpsilonGammaBox(low=t64(low), high=t64(high), canonizers=[ResNetCanonizer()]),
+             "gradient": None}
+    for name, composite in cases.items():
+        xt = torch.from_numpy(x.copy()).requires_grad_(True)
+        if composite is None:
+            _, theirs = Gradient(model=model)(xt, torch.from_numpy((seed != 0).astype(np.float64)))
+            ours = L.methods.gradient(net, x, target).relevance
+        else:
+            with Gradient(model=model, composite=composite) as attributor:
+                _, theirs = attributor(xt, torch.from_numpy(seed))
+            ours = L.explain(net, x, target, composite=C.get(name, bounds=(low, high))).relevance
+        theirs = theirs.detach().numpy()
+        assert np.abs(ours - theirs).max() <= 1e-10 * np.abs(theirs).max(), name
+
+
+@needs_zennit
+def test_resnet18_graph_through_to_torch_and_compare():
+    """verify.compare on a Graph: to_torch builds the same function (Add as Zennit's Sum)."""
+    model = _resnet18(1e-5)
+    x = np.random.default_rng(1).random((1, 3, 32, 32))
+    net = _onnx_graph(model, x)
+    rows = verify.compare(net, x, methods=["epsilon_plus", "epsilon_gamma_box", "zplus", "gradient"])
     assert all(r["passed"] for r in rows), [(r["method"], r["max_rel"]) for r in rows]
