@@ -27,7 +27,7 @@ from .canonize import fold_batchnorm
 from .errors import MissingDependencyError, UnsupportedLayerError
 from .explain import explain, logit_network, target_onehot, without_softmax
 from .layers import (Add, AvgPool2d, BatchNorm2d, ChannelAffine, ChannelShuffle, Concat, Conv2d, Dropout, Flatten,
-                     GlobalAvgPool2d, Graph, Linear, MaxPool2d, ReLU, Softmax, SumPool2d, Tanh)
+                     GlobalAvgPool2d, Graph, Linear, MaxPool2d, ReLU, SumPool2d, Tanh)
 from .rules import (AlphaBeta, Epsilon, Flat, Gamma, Rho, WSquare, ZBox, ZPlus)
 
 ZENNIT_RULE_METHODS = ("epsilon", "zplus", "alpha_beta_2_1", "alpha_beta_1_0", "gamma", "zbox", "flat", "wsquare")

@@ -317,3 +317,24 @@ def test_pass_permutes_relevance_back(rng):
     y, step = layer.forward_trace(x)
     R_in, _ = Pass().propagate(step, y)
     np.testing.assert_array_equal(R_in, x)  # relevance = value: permuted back to where it came from
+
+
+def test_graphs_save_and_load_in_the_native_format(tmp_path, rng):
+    from lrpnumpy.errors import ModelFormatError
+    g = graph("dense")
+    g.meta["classes"] = ["a", "b", "c"]
+    L.io.save(g, str(tmp_path / "g.npz"))
+    back = L.io.load(str(tmp_path / "g.npz"))
+    assert isinstance(back, L.Graph) and back.names == g.names and back.inputs == g.inputs
+    assert back.meta == g.meta and back.input_shape == g.input_shape
+    x = rng.normal(size=(2, 4, 6, 6))
+    np.testing.assert_array_equal(back.forward(x), g.forward(x))
+    import json
+    with np.load(str(tmp_path / "g.npz")) as data:
+        arrays = {k: data[k] for k in data.files}
+    arch = json.loads(str(arrays["__architecture__"]))
+    arch["graph"]["inputs"][0] = ["c2"]  # a cycle
+    arrays["__architecture__"] = np.array(json.dumps(arch))
+    np.savez(str(tmp_path / "bad.npz"), **arrays)
+    with pytest.raises(ModelFormatError, match="cycle"):
+        L.io.load(str(tmp_path / "bad.npz"))

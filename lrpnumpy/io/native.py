@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 
 from .. import layers as Lyr
-from ..errors import ModelFormatError, UnsupportedLayerError
+from ..errors import ModelFormatError, ShapeError, UnsupportedLayerError
 from ..layers.base import MAX_SIZE, check_array, check_finite
 from ._common import atomic_write, converted, memory_budget, parse_errors
 
@@ -33,6 +33,9 @@ def save(net, path):
         for p in params:  # checked again: arrays may have been changed in place since they were assigned
             arrays[f"layer{i}.{p}"] = check_finite(check_array(getattr(layer, p), f"layer {i} ({layer!r}) {p}"),
                                                    f"layer {i} ({layer!r}) {p}")
+    if isinstance(net, Lyr.Graph):  # the wiring: node names in execution order and what each reads
+        arch["graph"] = {"names": list(net.names), "inputs": [list(net.inputs[n]) for n in net.names],
+                         "output": net.output, "input_name": net.input_name}
     atomic_write(path, lambda f: np.savez(f, __architecture__=np.array(json.dumps(arch)), **arrays), ".npz")
 
 
@@ -111,4 +114,22 @@ def _load(path):
     meta = arch.get("meta") or {}
     if not isinstance(meta, dict):
         raise ModelFormatError(f"{path}: 'meta' must be a JSON object, got {type(meta).__name__}")
-    return Lyr.Sequential(*layers, input_shape=tuple(shape) if shape else None, meta=meta)
+    shape = tuple(shape) if shape else None
+    wiring = arch.get("graph")
+    if wiring is None:
+        return Lyr.Sequential(*layers, input_shape=shape, meta=meta)
+    try:
+        names, inputs = list(wiring["names"]), [list(i) for i in wiring["inputs"]]
+        output, input_name = str(wiring["output"]), str(wiring["input_name"])
+        ok = len(names) == len(inputs) == len(layers) and all(isinstance(n, str) for n in names) \
+            and all(isinstance(n, str) for i in inputs for n in i)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ModelFormatError(f"{path}: malformed 'graph' record ({exc})") from None
+    if not ok:
+        raise ModelFormatError(f"{path}: the 'graph' record needs one name (a string) and one list of input names "
+                               f"per layer ({len(layers)} layers)")
+    try:
+        return Lyr.Graph(list(zip(names, layers, inputs)), output=output, input_name=input_name, input_shape=shape,
+                         meta=meta)
+    except ShapeError as exc:
+        raise ModelFormatError(f"{path}: bad 'graph' record: {exc}") from None
