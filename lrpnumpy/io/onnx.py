@@ -271,7 +271,7 @@ def _track(layer, shapes, n):
     try:
         return layer.output_shape(*((1,) + tuple(sh) for sh in shapes))[1:]
     except LRPError as exc:
-        raise UnsupportedLayerError(f"{n.label}: does not fit its input of shape {shape}: {exc}") from None
+        raise UnsupportedLayerError(f"{n.label}: does not fit its inputs of shapes {[tuple(sh) for sh in shapes]}: {exc}") from None
 
 
 def _weight(n, consts, i, dtype, what):
