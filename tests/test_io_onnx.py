@@ -269,3 +269,10 @@ def test_save_onnx_round_trip_and_reference_evaluator(tmp_path, rng):
     np.testing.assert_allclose(back32.forward(x.astype(np.float32)), want, rtol=1e-4, atol=1e-5)
     with pytest.raises(L.errors.UnsupportedLayerError):
         L.io.save_onnx(L.Sequential(L.AvgPool2d(2, dilation=2)), tmp_path / "x.onnx", input_shape=(1, 5, 5))
+
+
+def test_a_layer_that_does_not_fit_its_input_names_the_shapes():
+    model = _chain_model([helper.make_node("Conv", ["x", "w"], ["y"], name="c")], {"w": np.ones((1, 3, 3, 3))},
+                         [1, 2, 5, 5], "y")
+    with pytest.raises(UnsupportedLayerError, match=r"'c' \(Conv\): does not fit its inputs of shapes \[\(2, 5, 5\)\]"):
+        load_onnx(model)
