@@ -128,7 +128,7 @@ def four_steps_fast(layer, step, groups, R, epsilon):
     """
     inputs = _terms_by_input(groups)
     # step 1: z = forward pass of the rule-modified layer (each group: the sum of its terms)
-    z = [sum(layer.bias_view(t.bias) for t in g.terms if t.bias is not None) for g in groups]
+    z = [sum(layer.bias_view(t.bias, R.ndim) for t in g.terms if t.bias is not None) for g in groups]
     for x, uses in inputs:
         for (gi, _), out in zip(uses, layer.forward_many(x, [w for _, w in uses], step)):
             z[gi] = z[gi] + out

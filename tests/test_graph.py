@@ -338,3 +338,14 @@ def test_graphs_save_and_load_in_the_native_format(tmp_path, rng):
     np.savez(str(tmp_path / "bad.npz"), **arrays)
     with pytest.raises(ModelFormatError, match="cycle"):
         L.io.load(str(tmp_path / "bad.npz"))
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (2, 3, 4, 4)])
+def test_affine_rules_on_channel_affine_match_the_reference(shape, rng):
+    layer = L.ChannelAffine(3, weight=rng.normal(size=3), bias=rng.normal(size=3))
+    y, step = layer.forward_trace(rng.normal(size=shape))
+    R = rng.normal(size=y.shape)
+    for rule in (L.Epsilon(), L.ZPlus(), L.AlphaBeta(2, 1)):
+        fast = rule.relevance(step, R)
+        assert fast.shape == shape
+        np.testing.assert_allclose(fast, rule.reference(step, R), rtol=1e-10, atol=1e-14)

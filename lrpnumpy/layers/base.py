@@ -419,8 +419,9 @@ class AffineLayer(Layer):
     def backward_with(self, grad, weight, step):
         raise NotImplementedError
 
-    def bias_view(self, bias):
-        """``bias`` reshaped to broadcast against the layer's output."""
+    def bias_view(self, bias, ndim=None):
+        """``bias`` reshaped to broadcast against the layer's output (of rank ``ndim``, when the layer
+        takes inputs of several ranks)."""
         raise NotImplementedError
 
     def joint_input(self, step):

@@ -97,7 +97,7 @@ class Conv2d(AffineLayer):
         h, w = step.input.shape[2:]
         return kernels.conv2d_grad_input(grad, weight, h, w, *self._geometry())
 
-    def bias_view(self, bias):
+    def bias_view(self, bias, ndim=None):
         return bias[:, None, None]
 
     def forward_many(self, x, weights, step):

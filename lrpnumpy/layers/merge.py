@@ -188,8 +188,8 @@ class ChannelAffine(AffineLayer):
     def _view(self, v, ndim):
         return v.reshape((1, -1) + (1,) * (ndim - 2))
 
-    def bias_view(self, bias):
-        return self._view(bias, 4)  # broadcast against (N, C, ...) outputs of rank <= 4
+    def bias_view(self, bias, ndim=None):
+        return self._view(bias, 4 if ndim is None else ndim)
 
     def forward_with(self, x, weight, bias=None, step=None):
         y = x if weight is None else x * self._view(weight, x.ndim)

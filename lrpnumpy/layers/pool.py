@@ -131,7 +131,7 @@ class SumPool2d(_Pool2d, AffineLayer):
         h, w = step.input.shape[2:]
         return kernels.sum_pool2d_grad(self._divide(grad, h, w), h, w, *self._geometry(h, w))
 
-    def bias_view(self, bias):
+    def bias_view(self, bias, ndim=None):
         return bias
 
 
@@ -193,7 +193,7 @@ class GlobalAvgPool2d(AffineLayer):
         shape = step.input.shape
         return np.broadcast_to(grad / grad.dtype.type(shape[2] * shape[3]), shape).copy()
 
-    def bias_view(self, bias):
+    def bias_view(self, bias, ndim=None):
         return bias
 
 
@@ -255,7 +255,7 @@ class MaxPool2d(_Pool2d, AffineLayer):
         h, w = step.input.shape[2:]
         return kernels.max_pool2d_grad(grad, step.state, h, w, *self._geometry(h, w))
 
-    def bias_view(self, bias):
+    def bias_view(self, bias, ndim=None):
         return bias
 
     def backward_split(self, grad, step):
