@@ -211,13 +211,103 @@ def test_mismatches_and_bad_files(tmp_path, rng):
     (tmp_path / "sig.prototxt").write_text(PROTOTXT.replace('type: "ReLU"', 'type: "Sigmoid"'))
     with pytest.raises(UnsupportedLayerError, match="relu1.*Sigmoid"):
         load_caffe(str(tmp_path / "sig.prototxt"), str(tmp_path / "good.caffemodel"))
-    (tmp_path / "fork.prototxt").write_text(PROTOTXT.replace('bottom: "pool1" top: "norm1"',
-                                                             'bottom: "conv1" top: "norm1"'))
-    with pytest.raises(UnsupportedLayerError, match="not a chain"):
+    (tmp_path / "fork.prototxt").write_text(PROTOTXT.replace('layer { name: "prob"', 'layer { name: "side" '
+                                                             'type: "ReLU" bottom: "pool1" top: "side" }\nlayer '
+                                                             '{ name: "prob"'))
+    with pytest.raises(UnsupportedLayerError, match=r"several outputs \(layers \['side', 'prob'\]"):
         load_caffe(str(tmp_path / "fork.prototxt"), str(tmp_path / "good.caffemodel"))
+    (tmp_path / "unknown.prototxt").write_text(PROTOTXT.replace('bottom: "pool1" top: "norm1"',
+                                                                'bottom: "nowhere" top: "norm1"'))
+    with pytest.raises(ModelFormatError, match="norm1.*reads \\['nowhere'\\]"):
+        load_caffe(str(tmp_path / "unknown.prototxt"), str(tmp_path / "good.caffemodel"))
     nan = dict(p, b1=np.full(3, np.nan))
     write_caffemodel(tmp_path / "nan.caffemodel", nan)
     with pytest.raises(ModelFormatError, match="NaN"):
         load_caffe(str(tmp_path / "net.prototxt"), str(tmp_path / "nan.caffemodel"))
     with pytest.raises(LRPError):
         load_caffe(str(tmp_path / "missing.prototxt"), str(tmp_path / "good.caffemodel"))
+
+
+BRANCHES = """
+input: "data"
+input_shape { dim: 1 dim: 2 dim: 6 dim: 6 }
+layer { name: "split" type: "Split" bottom: "data" top: "d1" top: "d2" }
+layer { name: "conv_a" type: "Convolution" bottom: "d1" top: "a" convolution_param { num_output: 2 kernel_size: 3 pad: 1 } }
+layer { name: "bn_a" type: "BatchNorm" bottom: "a" top: "a" }
+layer { name: "scale_a" type: "Scale" bottom: "a" top: "a" scale_param { bias_term: true } }
+layer { name: "relu_a" type: "ReLU" bottom: "a" top: "a" }
+layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "d2" top: "sum" eltwise_param { coeff: 0.5 coeff: -2 } }
+layer { name: "conv_b" type: "Convolution" bottom: "sum" top: "b"
+        convolution_param { num_output: 3 kernel_size: 1 bias_term: false } }
+layer { name: "affine" type: "Scale" bottom: "sum" top: "c" scale_param { bias_term: true } }
+layer { name: "cat" type: "Concat" bottom: "b" bottom: "c" bottom: "sum" top: "cat" }
+layer { name: "plain" type: "Eltwise" bottom: "cat" bottom: "cat" top: "twice" }
+layer { name: "fc" type: "InnerProduct" bottom: "twice" top: "fc" inner_product_param { num_output: 3 } }
+"""
+
+
+def write_branches(path, rng):
+    """The weights of BRANCHES in a caffemodel at ``path``; returns them."""
+    p = {"wa": rng.normal(size=(2, 2, 3, 3)), "ba": rng.normal(size=2), "mean": rng.normal(size=2),
+         "var": rng.random(2) + 0.5, "gamma": rng.normal(size=2), "beta": rng.normal(size=2),
+         "wb": rng.normal(size=(3, 2, 1, 1)), "s": rng.normal(size=2), "t": rng.normal(size=2),
+         "fc": rng.normal(size=(3, 7 * 36)), "fcb": rng.normal(size=3)}
+    net = schema()["NetParameter"]()
+    for name, kind, arrays in [("conv_a", "Convolution", [p["wa"], p["ba"]]),
+                               ("bn_a", "BatchNorm", [p["mean"], p["var"], [1.0]]),
+                               ("scale_a", "Scale", [p["gamma"], p["beta"]]), ("conv_b", "Convolution", [p["wb"]]),
+                               ("affine", "Scale", [p["s"], p["t"]]), ("fc", "InnerProduct", [p["fc"], p["fcb"]])]:
+        lay = net.layer.add(name=name, type=kind)
+        for a in arrays:
+            blob(lay.blobs.add(), a)
+    path.write_bytes(net.SerializeToString())
+    return p
+
+
+def test_branching_net_eltwise_concat_split_scale(tmp_path, rng):
+    """A Caffe net that branches (Split, a blob read twice, in-place layers on a branch) and merges
+    (Eltwise SUM with and without coefficients, Concat): a Graph that computes Caffe's function."""
+    p = write_branches(tmp_path / "b.caffemodel", rng)
+    (tmp_path / "b.prototxt").write_text(BRANCHES)
+    g = load_caffe(str(tmp_path / "b.prototxt"), str(tmp_path / "b.caffemodel"), dtype=np.float64)
+    assert isinstance(g, L.Graph)
+    # bn_a and scale_a folded into conv_a; InnerProduct on a 4-D blob is Flatten then Linear
+    assert g.names == ["conv_a", "relu_a", "sum", "conv_b", "affine", "cat", "plain", "fc", "fc:1"]
+    assert g.inputs["sum"] == ("relu_a", "input") and g.inputs["cat"] == ("conv_b", "affine", "sum")
+    assert g.inputs["plain"] == ("cat", "cat") and isinstance(g["sum"], L.Add) and g["plain"].coefficients is None
+    assert isinstance(g["affine"], L.ChannelAffine)
+
+    x = rng.normal(size=(2, 2, 6, 6))
+    # Caffe's definitions, written out
+    a = np.zeros((2, 2, 6, 6))
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    for i in range(6):
+        for j in range(6):
+            a[:, :, i, j] = np.tensordot(xp[:, :, i:i + 3, j:j + 3], p["wa"], axes=([1, 2, 3], [1, 2, 3])) + p["ba"]
+    col = (slice(None), None, None)
+    a = (a - p["mean"][col]) / np.sqrt(p["var"][col] + 1e-5) * p["gamma"][col] + p["beta"][col]
+    total = 0.5 * np.maximum(a, 0) - 2 * x
+    b = np.einsum("oi,nihw->nohw", p["wb"][:, :, 0, 0], total)
+    c = total * p["s"][col] + p["t"][col]
+    cat = np.concatenate([b, c, total], axis=1)
+    expected = (2 * cat).reshape(2, -1) @ p["fc"].T + p["fcb"]
+    np.testing.assert_allclose(g.forward(x), expected, rtol=1e-5, atol=1e-5)  # the weights were stored as float32
+    e = L.explain(g, x, composite=L.EpsilonPlus())
+    assert np.isfinite(e.relevance).all()
+    assert set(e.conservation().split("sum")) == {"relu_a", "input"}
+
+
+@pytest.mark.parametrize("change, error, match", [
+    ('coeff: 0.5 coeff: -2', UnsupportedLayerError, "operation MAX"),
+    ('coeff: 0.5 coeff: -2', ModelFormatError, "3 coefficients for 2 bottoms"),
+    ('top: "cat" }', UnsupportedLayerError, "Concat along axis 2"),
+    ('top: "c" scale_param { bias_term: true }', UnsupportedLayerError, "num_axes=2"),
+])
+def test_unsupported_merges_are_named(tmp_path, rng, change, error, match):
+    replacement = {"operation MAX": 'operation: MAX', "3 coefficients for 2 bottoms": 'coeff: 1 coeff: 2 coeff: 3',
+                   "Concat along axis 2": 'top: "cat" concat_param { axis: 2 } }',
+                   "num_axes=2": 'top: "c" scale_param { bias_term: true num_axes: 2 }'}[match]
+    (tmp_path / "m.prototxt").write_text(BRANCHES.replace(change, replacement))
+    write_branches(tmp_path / "m.caffemodel", rng)
+    with pytest.raises(error, match=match):
+        load_caffe(str(tmp_path / "m.prototxt"), str(tmp_path / "m.caffemodel"))

@@ -7,6 +7,8 @@ import os
 import stat
 
 from ..errors import DTypeError, LRPError, ModelFormatError, NonFiniteError, ParameterError, SaveError
+from ..layers import Graph, Sequential
+from ..layers.graph import INPUT
 from ..layers.base import as_dtype
 
 
@@ -78,6 +80,24 @@ def converted(net, dtype):
         return net
     dt = as_dtype(dtype)
     return net if net.dtype is None or net.dtype == dt else net.astype(dt)
+
+
+def network(nodes, output, input_shape):
+    """The loaded network: a :class:`Sequential` when ``nodes`` form a chain, else a :class:`Graph`."""
+    net = Graph(nodes, output=output, input_shape=input_shape)
+    if all(net.inputs_of(i) == ((net.names[i - 1],) if i else (INPUT,)) for i in range(len(net))):
+        return Sequential(*net.layers, input_shape=input_shape)
+    return net
+
+
+def unique_name(name, taken, k=0):
+    """A node name not used yet (``name``, ``name:1`` for a loader node's k-th layer, ``name#1``, ...)."""
+    base = name if not k else f"{name}:{k}"
+    out, i = base, 1
+    while out in taken:
+        out, i = f"{base}#{i}", i + 1
+    taken.add(out)
+    return out
 
 
 def memory_budget():

@@ -18,7 +18,8 @@ import numpy as np
 from .. import layers as Lyr
 from ..canonize import fold_batchnorm
 from ..errors import LRPError, MissingDependencyError, ModelFormatError, UnsupportedLayerError
-from ._common import converted, parse_errors
+from ..layers.graph import INPUT
+from ._common import converted, network, parse_errors, unique_name
 
 _PACKAGE = "lrpnumpy_caffe"
 _LABEL = {"optional": 1, "repeated": 3}
@@ -81,13 +82,17 @@ _SCHEMA = {
                        ("bias_term", 4, "optional", "bool", False, False)],
     "FlattenParameter": [("axis", 1, "optional", "int32", 1, False), ("end_axis", 2, "optional", "int32", -1, False)],
     "InputParameter": [("shape", 1, "repeated", "message", "BlobShape", False)],
+    "EltwiseParameter": [("operation", 1, "optional", "enum", "EltwiseParameter.EltwiseOp", False),
+                         ("coeff", 2, "repeated", "float", None, False)],
+    "ConcatParameter": [("concat_dim", 1, "optional", "uint32", 1, False), ("axis", 2, "optional", "int32", 1, False)],
 }
 _PARAMS = [("convolution_param", 106, 10, "ConvolutionParameter"),
            ("inner_product_param", 117, 17, "InnerProductParameter"), ("pooling_param", 121, 19, "PoolingParameter"),
            ("lrn_param", 118, 18, "LRNParameter"), ("dropout_param", 108, 12, "DropoutParameter"),
            ("relu_param", 123, 30, "ReLUParameter"), ("softmax_param", 125, 39, "SoftmaxParameter"),
            ("batch_norm_param", 139, None, "BatchNormParameter"), ("scale_param", 142, None, "ScaleParameter"),
-           ("flatten_param", 135, None, "FlattenParameter"), ("input_param", 143, None, "InputParameter")]
+           ("flatten_param", 135, None, "FlattenParameter"), ("input_param", 143, None, "InputParameter"),
+           ("eltwise_param", 110, 24, "EltwiseParameter"), ("concat_param", 104, 9, "ConcatParameter")]
 _SCHEMA["LayerParameter"] = [
     ("name", 1, "optional", "string", None, False), ("type", 2, "optional", "string", None, False),
     ("bottom", 3, "repeated", "string", None, False), ("top", 4, "repeated", "string", None, False),
@@ -106,6 +111,8 @@ _SCHEMA["V1LayerParameter"] = [
 _ENUMS = {
     "Phase": [("TRAIN", 0), ("TEST", 1)], "PoolMethod": [("MAX", 0), ("AVE", 1), ("STOCHASTIC", 2)],
     "RoundMode": [("CEIL", 0), ("FLOOR", 1)], "NormRegion": [("ACROSS_CHANNELS", 0), ("WITHIN_CHANNEL", 1)],
+    # nested in its message, as in caffe.proto (enum value names are scoped by the enclosing message)
+    "EltwiseParameter.EltwiseOp": [("PROD", 0), ("SUM", 1), ("MAX", 2)],
     "LayerType": [("NONE", 0), ("ABSVAL", 35), ("ACCURACY", 1), ("ARGMAX", 30), ("BNLL", 2), ("CONCAT", 3),
                   ("CONTRASTIVE_LOSS", 37), ("CONVOLUTION", 4), ("DATA", 5), ("DECONVOLUTION", 39), ("DROPOUT", 6),
                   ("DUMMY_DATA", 32), ("EUCLIDEAN_LOSS", 7), ("ELTWISE", 25), ("EXP", 38), ("FLATTEN", 8),
@@ -120,7 +127,8 @@ _ENUMS = {
 _V1_TYPES = {"CONVOLUTION": "Convolution", "INNER_PRODUCT": "InnerProduct", "POOLING": "Pooling", "RELU": "ReLU",
              "SOFTMAX": "Softmax", "DROPOUT": "Dropout", "LRN": "LRN", "FLATTEN": "Flatten", "TANH": "TanH",
              "DATA": "Data", "IMAGE_DATA": "ImageData", "MEMORY_DATA": "MemoryData", "DUMMY_DATA": "DummyData",
-             "HDF5_DATA": "HDF5Data", "WINDOW_DATA": "WindowData"}
+             "HDF5_DATA": "HDF5Data", "WINDOW_DATA": "WindowData", "ELTWISE": "Eltwise", "CONCAT": "Concat",
+             "SPLIT": "Split"}
 
 _CLASSES = None
 
@@ -135,12 +143,9 @@ def schema():
             raise MissingDependencyError("loading Caffe models needs the protobuf package: "
                                          "pip install 'lrpnumpy[caffe]'") from exc
         f = descriptor_pb2.FileDescriptorProto(name="lrpnumpy_caffe.proto", package=_PACKAGE, syntax="proto2")
-        for name, values in _ENUMS.items():
-            e = f.enum_type.add(name=name)
-            for value_name, number in values:
-                e.value.add(name=value_name, number=number)
+        messages = {}
         for name, fields in _SCHEMA.items():
-            m = f.message_type.add(name=name)
+            m = messages[name] = f.message_type.add(name=name)
             for fname, number, label, ftype, extra, packed in fields:
                 fd = m.field.add(name=fname, number=number, label=_LABEL[label], type=_TYPES[ftype])
                 if ftype in ("message", "enum"):
@@ -149,6 +154,11 @@ def schema():
                     fd.default_value = str(extra).lower() if isinstance(extra, bool) else repr(extra)
                 if packed:
                     fd.options.packed = True
+        for name, values in _ENUMS.items():
+            outer, _, inner = name.rpartition(".")
+            e = (messages[outer].enum_type if outer else f.enum_type).add(name=inner)
+            for value_name, number in values:
+                e.value.add(name=value_name, number=number)
         pool = descriptor_pool.DescriptorPool()
         pool.Add(f)
         _CLASSES = {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
@@ -237,8 +247,9 @@ def load_caffe(prototxt, caffemodel, dtype=None):
 
     Returns
     -------
-    Sequential
-        With the blobs' dtype (float32, or float64 for ``double_data``) and ``input_shape``
+    Sequential or Graph
+        A Sequential for a chain, a Graph for a net that branches (Eltwise SUM, Concat, Split, a blob
+        read by several layers); with the blobs' dtype (float32, or float64 for ``double_data``) and ``input_shape``
         when the prototxt declares one.
 
     Raises
@@ -248,7 +259,7 @@ def load_caffe(prototxt, caffemodel, dtype=None):
         blobs, shape mismatch, non-finite weights); the message names the file, the layer and
         the field.
     UnsupportedLayerError
-        A layer type or setting outside the supported set, or a net that is not a chain.
+        A layer type or setting outside the supported set, or a net with several inputs or outputs.
     """
     arch, weights = _read_prototxt(prototxt), _read_caffemodel(caffemodel)
     with parse_errors(prototxt, "Caffe model"):
@@ -266,59 +277,78 @@ def _input_shape(arch):
     return None
 
 
-_SKIP = {"Input", "Data", "ImageData", "MemoryData", "DummyData", "HDF5Data", "WindowData", "Dropout", "Silence"}
+#: Layers that compute nothing at test time: data layers name the input, the others pass their bottom on.
+_DATA = {"Input", "Data", "ImageData", "MemoryData", "DummyData", "HDF5Data", "WindowData"}
+_IDENTITY = {"Dropout", "Split"}
 
 
 def _build(arch, weights, prototxt, caffemodel):
+    """The net as graph nodes: each blob name is read from the node that last wrote it (Caffe's in-place
+    layers write their bottom again); the result is a Sequential when the nodes form a chain."""
     stored = {name: lay for name, _, _, _, lay in _layers(weights)}
     shape = _input_shape(arch)
-    dims = shape[1:] if shape else None
-    current = None
-    layers, dtype = [], None
-    pending_bn = None
+    producer = {b: INPUT for b in list(arch.input)[:1]}  # blob -> node name
+    shapes = {INPUT: shape[1:] if shape else None}          # node -> sample shape (None: unknown)
+    nodes, layer_of, readers, taken, dtype = [], {}, {}, {INPUT}, None
     for name, kind, bottoms, tops, lay in _layers(arch):
         where = f"{prototxt}: layer {name!r} ({kind})"
-        if any(rule.phase == 0 for rule in lay.include):  # TRAIN-only layers (losses, data)
+        if any(rule.phase == 0 for rule in lay.include) or kind == "Silence":  # TRAIN-only (losses, data)
             continue
-        if kind in _SKIP:
-            if kind != "Dropout":
-                current = tops[0] if tops else current
-            elif bottoms and current is not None and bottoms[0] != current:
-                raise UnsupportedLayerError(f"{where}: the net is not a chain (bottom {bottoms[0]!r}, expected "
-                                            f"{current!r})")
+        if kind in _DATA:
+            if INPUT in producer.values():
+                raise UnsupportedLayerError(f"{where}: a second data input; lrpnumpy networks have one input")
+            producer.update({t: INPUT for t in tops[:1]})
             continue
-        if current is None:
-            current = (list(arch.input) or [bottoms[0] if bottoms else None])[0]
-        if len(bottoms) != 1 or bottoms[0] != current or len(tops) != 1:
-            raise UnsupportedLayerError(f"{where}: the net is not a chain (bottoms {bottoms}, tops {tops}; "
-                                        f"expected one bottom {current!r})")
-        current = tops[0]
+        if not producer:  # a net that declares no input: the first bottom is the input
+            producer.update({b: INPUT for b in bottoms[:1]})
+        unknown = [b for b in bottoms if b not in producer]
+        if unknown or not bottoms:
+            raise ModelFormatError(f"{where}: reads {unknown or 'nothing'}; expected blobs written by earlier "
+                                   f"layers or the input")
+        ins = [producer[b] for b in bottoms]
+        if kind in _IDENTITY:
+            if len(ins) != 1:
+                raise UnsupportedLayerError(f"{where}: {kind} with bottoms {bottoms}; expected one")
+            producer.update({t: ins[0] for t in tops})
+            continue
+        if len(tops) != 1:
+            raise UnsupportedLayerError(f"{where}: tops {tops}; lrpnumpy layers have one output")
+        if len(ins) > 1 and kind not in ("Eltwise", "Concat"):
+            raise UnsupportedLayerError(f"{where}: bottoms {bottoms}; a {kind} layer takes one")
         blobs = [_blob(b, f"{caffemodel}: layer {name!r} blob {i}") for i, b in
                  enumerate(stored[name].blobs)] if name in stored else []
         for b in blobs:
             dtype = dtype or b.dtype
-        new = _make(kind, lay, blobs, where, caffemodel, dims, layers, dtype or np.float32)
-        if kind == "Scale":
-            if not isinstance(pending_bn, Lyr.BatchNorm2d):
-                raise UnsupportedLayerError(f"{where}: Scale is supported only right after BatchNorm")
-            pending_bn.weight = new[0].astype(pending_bn.weight.dtype).reshape(-1)
-            if new[1] is not None:
-                pending_bn.bias = new[1].astype(pending_bn.weight.dtype).reshape(-1)
-            pending_bn = None
+        prev = layer_of.get(ins[0])
+        new = _make(kind, lay, blobs, where, caffemodel, shapes[ins[0]], prev, dtype or np.float32)
+        if kind == "Scale" and isinstance(prev, Lyr.BatchNorm2d) and readers.get(ins[0], 0) == 0:
+            prev.weight = new[0].weight.astype(prev.weight.dtype)  # Caffe's BatchNorm + Scale: one layer
+            prev.bias = None if new[0].bias is None else new[0].bias.astype(prev.weight.dtype)
+            producer[tops[0]] = ins[0]
             continue
-        pending_bn = new[-1] if new and isinstance(new[-1], Lyr.BatchNorm2d) else None
-        for layer in new:
-            if dims is not None:
-                try:
-                    dims = layer.output_shape((1,) + tuple(dims))[1:]
-                except LRPError as exc:
-                    raise ModelFormatError(f"{where}: does not fit its input of shape {tuple(dims)}: {exc}") \
-                        from None
-            layers.append(layer)
-    if not layers:
+        current = ins
+        for k, layer in enumerate(new):
+            node = unique_name(name or kind, taken, k)
+            known = [shapes[c] for c in current]
+            try:
+                out = None if any(d is None for d in known) else \
+                    layer.output_shape(*((1,) + tuple(d) for d in known))[1:]
+            except LRPError as exc:
+                raise ModelFormatError(f"{where}: does not fit its input of shape "
+                                       f"{' and '.join(str(tuple(d)) for d in known)}: {exc}") from None
+            for c in current:
+                readers[c] = readers.get(c, 0) + 1
+            nodes.append((node, layer, tuple(current)))
+            layer_of[node], shapes[node], current = layer, out, [node]
+        producer[tops[0]] = current[0]
+    if not nodes:
         raise ModelFormatError(f"{prototxt}: no layers lrpnumpy can build")
+    ends = [n for n, _, _ in nodes if not readers.get(n)]
+    if len(ends) > 1:
+        raise UnsupportedLayerError(f"{prototxt}: the net has several outputs (layers {ends} feed nothing); "
+                                    f"lrpnumpy networks have one")
     dt = dtype or np.float32
-    net = Lyr.Sequential(*[layer.astype(dt) for layer in layers], input_shape=shape[1:] if shape else None)
+    net = network([(n, layer.astype(dt), ins) for n, layer, ins in nodes], ends[0], shape[1:] if shape else None)
     return fold_batchnorm(net)
 
 
@@ -327,7 +357,9 @@ def _need(blobs, count, where, caffemodel):
         raise ModelFormatError(f"{where}: {caffemodel} holds {len(blobs)} blobs for this layer, expected {count}")
 
 
-def _make(kind, lay, blobs, where, caffemodel, dims, layers, dtype):
+def _make(kind, lay, blobs, where, caffemodel, dims, prev, dtype):
+    """The layers for one Caffe layer; ``dims`` is its input's sample shape (None: unknown), ``prev`` the
+    layer that computed its input (None: the network input)."""
     if kind == "Convolution":
         p = lay.convolution_param
         if p.axis != 1:
@@ -358,8 +390,8 @@ def _make(kind, lay, blobs, where, caffemodel, dims, layers, dtype):
             raise ModelFormatError(f"{where}: weight blob of shape {blobs[0].shape} does not match num_output="
                                    f"{p.num_output}{' (transposed)' if p.transpose else ''}")
         out = [] if (dims is None or len(dims) == 1) else [Lyr.Flatten()]
-        if dims is None and layers and isinstance(layers[-1], (Lyr.Conv2d, Lyr.MaxPool2d, Lyr.SumPool2d,
-                                                               Lyr.ReLU, Lyr.LRN, Lyr.BatchNorm2d)):
+        if dims is None and isinstance(prev, (Lyr.Conv2d, Lyr.MaxPool2d, Lyr.AvgPool2d, Lyr.SumPool2d, Lyr.ReLU,
+                                              Lyr.LRN, Lyr.BatchNorm2d, Lyr.Concat, Lyr.ChannelAffine)):
             out = [Lyr.Flatten()]
         layer = Lyr.Linear(w.shape[1], w.shape[0], bias=bool(p.bias_term), dtype=dtype)
         layer.weight = np.ascontiguousarray(w).astype(dtype)
@@ -415,11 +447,33 @@ def _make(kind, lay, blobs, where, caffemodel, dims, layers, dtype):
         bn.running_mean, bn.running_var = (mean * factor).astype(dtype), (var * factor).astype(dtype)
         return [bn]
     if kind == "Scale":
-        _need(blobs, 2 if lay.scale_param.bias_term else 1, where, caffemodel)
-        return [blobs[0], blobs[1] if lay.scale_param.bias_term else None]
+        p = lay.scale_param
+        if p.axis != 1 or p.num_axes != 1:
+            raise UnsupportedLayerError(f"{where}: scale_param axis={p.axis}, num_axes={p.num_axes}; only a "
+                                        f"per-channel scale (axis 1, num_axes 1) is supported")
+        _need(blobs, 2 if p.bias_term else 1, where, caffemodel)
+        scale = blobs[0].reshape(-1).astype(dtype)
+        bias = _vector(blobs[1], scale.size, where, "bias").astype(dtype) if p.bias_term else None
+        return [Lyr.ChannelAffine(scale.size, weight=scale, bias=bias, dtype=dtype)]
+    if kind == "Eltwise":
+        p = lay.eltwise_param
+        operation = p.operation if p.HasField("operation") else 1  # Caffe's default is SUM
+        if operation != 1:
+            raise UnsupportedLayerError(f"{where}: Eltwise operation {('PROD', 'SUM', 'MAX')[operation]}; only SUM "
+                                        f"(with or without coefficients) is supported")
+        coeff = [float(c) for c in p.coeff]
+        if coeff and len(coeff) != len(lay.bottom):
+            raise ModelFormatError(f"{where}: {len(coeff)} coefficients for {len(lay.bottom)} bottoms")
+        return [Lyr.Add(coefficients=coeff or None)]
+    if kind == "Concat":
+        p = lay.concat_param
+        axis = p.axis if p.HasField("axis") or not p.HasField("concat_dim") else p.concat_dim
+        if axis != 1:
+            raise UnsupportedLayerError(f"{where}: Concat along axis {axis}; only the channel axis (1) is supported")
+        return [Lyr.Concat()]
     raise UnsupportedLayerError(f"{where}: layer type {kind!r} is not supported; supported: Convolution, "
-                                f"InnerProduct, Pooling, ReLU, TanH, Softmax, Flatten, LRN, BatchNorm + Scale, "
-                                f"Dropout, Input")
+                                f"InnerProduct, Pooling, ReLU, TanH, Softmax, Flatten, LRN, BatchNorm, Scale, "
+                                f"Eltwise (SUM), Concat, Split, Dropout, Input")
 
 
 def _vector(blob, n, where, what):

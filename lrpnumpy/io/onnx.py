@@ -13,7 +13,7 @@ import numpy as np
 from .. import layers as Lyr
 from ..canonize import fold_batchnorm
 from ..errors import LRPError, MissingDependencyError, ModelFormatError, UnsupportedLayerError
-from ._common import converted, memory_budget, parse_errors
+from ._common import converted, memory_budget, network, parse_errors, unique_name
 
 SUPPORTED = ("Conv", "Gemm", "MatMul", "Add", "Sum", "Mul", "Concat", "Relu", "Tanh", "MaxPool", "AveragePool",
              "GlobalAveragePool", "Flatten", "Reshape", "Softmax", "BatchNormalization", "Dropout", "Identity", "LRN",
@@ -156,7 +156,7 @@ def _convert(model, where, onnx, numpy_helper):
         for k, layer in enumerate(new):
             if k:
                 out_shape = _track(layer, [out_shape], n) if out_shape is not None else None
-            name = _unique(node.name or node.output[0], taken, k)
+            name = unique_name(node.name or node.output[0], taken, k)
             gnodes.append((name, layer, current))
             layer_of[name], shapes[name], current = layer, out_shape, [name]
         if not new and len(ins) != 1:
@@ -170,20 +170,7 @@ def _convert(model, where, onnx, numpy_helper):
     input_shape = tuple(dims[1:]) if dims and all(d is not None for d in dims[1:]) else None
     if producer[outputs[0]] == Lyr.graph.INPUT:  # only identities (Dropout, Identity)
         return Lyr.Sequential(input_shape=input_shape)
-    net = Lyr.Graph(gnodes, output=producer[outputs[0]], input_shape=input_shape)
-    if all(net.inputs_of(i) == ((net.names[i - 1],) if i else (Lyr.graph.INPUT,)) for i in range(len(net))):
-        net = Lyr.Sequential(*net.layers, input_shape=input_shape)  # a chain
-    return fold_batchnorm(net)
-
-
-def _unique(name, taken, k):
-    """A node name not used yet (``name``, ``name:1``, ...)."""
-    base = name if not k else f"{name}:{k}"
-    out, i = base, 1
-    while out in taken:
-        out, i = f"{base}#{i}", i + 1
-    taken.add(out)
-    return out
+    return fold_batchnorm(network(gnodes, producer[outputs[0]], input_shape))
 
 
 def _channel_shuffles(nodes, consts, onnx):
