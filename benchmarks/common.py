@@ -9,6 +9,15 @@ from lrpnumpy import kernels
 from lrpnumpy.layers import Linear
 
 
+def rss_mb():
+    """This process's resident memory now, in MB (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0.0
+
+
 def peak_rss_mb():
     """This process's peak resident memory in MB.
 
@@ -24,6 +33,28 @@ def peak_rss_mb():
         pass
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss():
+    """Start measuring the peak resident memory anew (Linux: writing 5 to /proc/self/clear_refs resets
+    VmHWM to the current RSS); returns False where that is not possible.
+
+    Garbage is collected and freed heap memory handed back to the system first (glibc's
+    ``malloc_trim``), so the new baseline is what the process really holds.
+    """
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def median_time(fn, repeat, min_time=0.0):

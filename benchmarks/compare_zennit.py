@@ -1,14 +1,16 @@
 """lrpnumpy against Zennit (PyTorch CPU, 2 threads) on the same model, weights and inputs.
 
-    python benchmarks/compare_zennit.py --model lenet5 vgg16 toolbox_lenet --batch 1 64 \\
+    python benchmarks/compare_zennit.py --model lenet5 vgg16 toolbox_lenet resnet50 --batch 1 64 \\
         --composite epsilon_plus [--json OUT]
 
 For each model it first checks that the relevance maps agree: float64, 1e-10 relative (the
 largest absolute difference over the largest reference value); float32, 1e-2 (vgg16's 16
 layers of float32 rounding reach 4e-3 with torch 2.14.1; a wrong network differs by O(1)).  Then it times
 forward + explain of both in this process (float32, medians) and prints the ratio of
-lrpnumpy's time to Zennit's.  Needs the 'reference' extra (torch, zennit); without it the script
-says so and exits.
+lrpnumpy's time to Zennit's, and the peak resident memory of each side's timed runs: the peak
+is reset before each side runs, so it includes what the process already held (the network,
+torch, its copy of the network), printed as "held"; the difference is what the explanations add.
+Needs the 'reference' extra (torch, zennit); without it the script says so and exits.
 """
 
 import argparse
@@ -19,7 +21,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import median_time  # noqa: E402
+from common import median_time, peak_rss_mb, reset_peak_rss, rss_mb  # noqa: E402
 
 import lrpnumpy as L  # noqa: E402
 from lrpnumpy import composites, verify, zoo  # noqa: E402
@@ -85,14 +87,22 @@ def main():
             zrun = zennit_runner(net, x, args.composite, kwargs)
             L.explain(net, x, composite=comp)  # warm-up: the frozen net's derived weights, the JIT cache
             zrun()
-            ours = median_time(lambda: L.explain(net, x, composite=comp), args.repeat, 0.5 if model != "vgg16" else 0)
-            theirs = median_time(zrun, args.repeat, 0.5 if model != "vgg16" else 0)
+            min_time = 0.5 if model in ("lenet5", "toolbox_lenet") else 0
+            reset_peak_rss()
+            held_mb = rss_mb()
+            ours = median_time(lambda: L.explain(net, x, composite=comp), args.repeat, min_time)
+            ours_mb = peak_rss_mb()
+            reset_peak_rss()
+            theirs = median_time(zrun, args.repeat, min_time)
+            theirs_mb = peak_rss_mb()
             row = dict(model=model, batch=batch, composite=args.composite, lrpnumpy_ms=1e3 * ours,
                        zennit_ms=1e3 * theirs, lrpnumpy_img_s=batch / ours, zennit_img_s=batch / theirs,
-                       ratio=ours / theirs, agree=agree)
+                       ratio=ours / theirs, agree=agree, held_mb=held_mb, lrpnumpy_peak_mb=ours_mb,
+                       zennit_peak_mb=theirs_mb)
             results.append(row)
-            print(f"  batch {batch:>3}: lrpnumpy {1e3 * ours:9.2f} ms ({batch / ours:8.1f} img/s)   "
-                  f"zennit {1e3 * theirs:9.2f} ms ({batch / theirs:8.1f} img/s)   time ratio {ours / theirs:.2f}",
+            print(f"  batch {batch:>3}: lrpnumpy {1e3 * ours:9.2f} ms ({batch / ours:8.1f} img/s, peak "
+                  f"{ours_mb:.0f} MB)   zennit {1e3 * theirs:9.2f} ms ({batch / theirs:8.1f} img/s, peak "
+                  f"{theirs_mb:.0f} MB)   time ratio {ours / theirs:.2f}   (held before: {held_mb:.0f} MB)",
                   flush=True)
     if args.json:
         with open(args.json, "w") as f:

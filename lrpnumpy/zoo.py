@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential, SumPool2d
+from .layers import Add, Conv2d, Flatten, GlobalAvgPool2d, Graph, Linear, MaxPool2d, ReLU, Sequential, SumPool2d
 
 
 def _seeded(net, rng, bias_scale):
@@ -54,4 +54,40 @@ def vgg16(seed=0, dtype=np.float64, bias_scale=0.01, num_classes=1000):
     return _seeded(Sequential(*layers, input_shape=(3, 224, 224)), rng, bias_scale)
 
 
-MODELS = {"lenet5": lenet5, "toolbox_lenet": toolbox_lenet, "vgg16": vgg16}
+def resnet50(seed=0, dtype=np.float64, bias_scale=0.01, num_classes=1000, blocks=(3, 4, 6, 3)):
+    """ResNet-50 (torchvision's layout, bottleneck blocks with the stride on the 3x3 convolution) on
+    3x224x224, as a :class:`~lrpnumpy.layers.Graph`, with its batch norms folded into the convolutions
+    (so every convolution has a bias).
+
+    The last convolution of each residual branch has its He-normal weights scaled by 0.2 (the role
+    of torchvision's option of zero-initialising the last batch norm), so activations stay of
+    moderate size through the 16 residual sums.  ``blocks`` gives the blocks per stage
+    ((2, 2, 2, 2) makes a smaller bottleneck network for tests).
+    """
+    rng = np.random.default_rng(seed)
+    kw = dict(rng=rng, dtype=dtype)
+    nodes = [("conv1", Conv2d(3, 64, 7, stride=2, padding=3, **kw), "input"), ("relu", ReLU(), "conv1"),
+             ("maxpool", MaxPool2d(3, 2, padding=1), "relu")]
+    x, c = "maxpool", 64
+    for stage, (count, width) in enumerate(zip(blocks, (64, 128, 256, 512)), start=1):
+        for b in range(count):
+            stride, name = (2 if stage > 1 and b == 0 else 1), f"layer{stage}.{b}"
+            last = Conv2d(width, 4 * width, 1, **kw)
+            last.weight = last.weight * dtype(0.2)
+            nodes += [(f"{name}.conv1", Conv2d(c, width, 1, **kw), x),
+                      (f"{name}.relu1", ReLU(), f"{name}.conv1"),
+                      (f"{name}.conv2", Conv2d(width, width, 3, stride=stride, padding=1, **kw), f"{name}.relu1"),
+                      (f"{name}.relu2", ReLU(), f"{name}.conv2"),
+                      (f"{name}.conv3", last, f"{name}.relu2")]
+            skip = x
+            if b == 0:
+                skip = f"{name}.downsample"
+                nodes.append((skip, Conv2d(c, 4 * width, 1, stride=stride, **kw), x))
+            nodes += [(f"{name}.add", Add(), [f"{name}.conv3", skip]), (f"{name}.relu3", ReLU(), f"{name}.add")]
+            x, c = f"{name}.relu3", 4 * width
+    nodes += [("avgpool", GlobalAvgPool2d(), x), ("flatten", Flatten(), "avgpool"),
+              ("fc", Linear(c, num_classes, **kw), "flatten")]
+    return _seeded(Graph(nodes, input_shape=(3, 224, 224)), rng, bias_scale)
+
+
+MODELS = {"lenet5": lenet5, "toolbox_lenet": toolbox_lenet, "vgg16": vgg16, "resnet50": resnet50}

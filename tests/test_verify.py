@@ -226,3 +226,20 @@ def test_resnet18_graph_through_to_torch_and_compare():
     net = _onnx_graph(model, x)
     rows = verify.compare(net, x, methods=["epsilon_plus", "epsilon_gamma_box", "zplus", "gradient"])
     assert all(r["passed"] for r in rows), [(r["method"], r["max_rel"]) for r in rows]
+
+
+@needs_zennit
+@pytest.mark.reference
+def test_zoo_resnet50_layout_and_zennit_agreement():
+    """zoo.resnet50 has ResNet-50's parameters with the batch norms folded (torchvision's 25,557,032
+    less one number per BN channel, 26,560: a BN's scale and shift become the conv's bias), 16
+    residual sums, and a small bottleneck network of the same layout agrees with Zennit."""
+    from lrpnumpy import zoo
+    full = zoo.resnet50(dtype=np.float32)
+    assert sum(p.size for layer in full for p in (getattr(layer, "weight", None), getattr(layer, "bias", None))
+               if p is not None) == 25_557_032 - 26_560
+    assert sum(isinstance(layer, L.Add) for layer in full) == 16
+    small = zoo.resnet50(blocks=(1, 1, 1, 1), num_classes=10)
+    x = np.random.default_rng(2).random((2, 3, 64, 64))
+    rows = verify.compare(small, x, methods=["epsilon_plus", "epsilon_alpha2_beta1", "gradient"])
+    assert all(r["passed"] for r in rows), [(r["method"], r["max_rel"]) for r in rows]
