@@ -47,6 +47,11 @@ NOTES = {
 }
 
 
+#: :func:`compare` gives Zennit dense layers in blocks of at most this many bytes of weights (see
+#: :func:`to_torch`), which bounds the memory of its rules on large dense layers.
+SPLIT_BYTES = 64 << 20
+
+
 def _torch():
     try:
         import torch
@@ -107,12 +112,20 @@ TORCH_MODULES = {
 }
 
 
-def to_torch(net, copy=True):
+def to_torch(net, copy=True, split_bytes=None):
     """The equivalent float64 PyTorch module (same weights, eval mode) of a Sequential or Graph.
 
     With ``copy=False`` the module's float64 tensors share memory with the network's arrays
     (no second copy of a large model); Zennit's canonizers and rules replace tensors rather than
     writing into them, so the network is left unchanged.
+
+    With ``split_bytes``, a Linear layer whose weight is larger (other than the network's first
+    Conv2d/Linear, which composites may treat specially) becomes several ``nn.Linear`` modules
+    on the same input, each computing a block of the outputs, concatenated: the same function,
+    and, since every LRP rule's denominator belongs to one output neuron, the same relevance
+    (the blocks' relevance adds up at the shared input).  Zennit then modifies one block's
+    weights at a time: its Gamma rule keeps four modified copies of a layer's weights, 3.3 GB
+    for vgg16's first dense layer in float64.
 
     Each layer type's torch equivalent is in :data:`TORCH_MODULES`.  Flatten is applied
     functionally (Captum has no rule for ``nn.Flatten``); sum pooling is an ``nn.AvgPool2d``
@@ -128,9 +141,13 @@ def to_torch(net, copy=True):
     def t(a):
         return torch.from_numpy(np.array(a, dtype=np.float64, copy=copy or None))
 
+    first = next((layer for layer in net if isinstance(layer, (Conv2d, Linear))), None)
+
     def module(layer):
         if isinstance(layer, Flatten):
             return "flatten"
+        if split_bytes and isinstance(layer, Linear) and layer is not first and layer.weight.nbytes > split_bytes:
+            return _row_blocks(nn, layer, split_bytes, t)
         make = TORCH_MODULES.get(type(layer))
         if make is None:
             raise UnsupportedLayerError(f"{layer!r} has no PyTorch equivalent in lrpnumpy.verify")
@@ -153,6 +170,27 @@ def to_torch(net, copy=True):
             return x
 
     return Chain([module(layer) for layer in without_softmax(net)]).double().eval()
+
+
+def _row_blocks(nn, layer, split_bytes, tensor):
+    """``layer`` as ``nn.Linear`` blocks of at most ``split_bytes`` of weights each, outputs concatenated."""
+    torch = _torch()
+    rows = max(1, split_bytes // (layer.weight.shape[1] * layer.weight.itemsize))
+
+    class RowBlocks(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList()
+            for start in range(0, layer.out_features, rows):
+                stop = min(start + rows, layer.out_features)
+                part = Linear.from_config(  # views of the rows: no copy
+                    dict(in_features=layer.in_features, out_features=stop - start, bias=layer.bias is not None),
+                    dict(weight=layer.weight[start:stop], bias=None if layer.bias is None else layer.bias[start:stop]))
+                self.blocks.append(_with_params(nn, TORCH_MODULES[Linear](nn, part), part, tensor))
+
+        def forward(self, x):
+            return torch.cat([block(x) for block in self.blocks], dim=1)
+    return RowBlocks()
 
 
 def _GraphModule(nn):
@@ -377,7 +415,9 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
     -----
     The torch module shares the float64 network's memory (``to_torch(net, copy=False)``) and
     each method's results are freed before the next runs, so the peak memory is one copy of the
-    float64 network plus what the most demanding single method needs on either side.
+    float64 network plus what the most demanding single method needs on either side.  Zennit gets
+    dense layers above :data:`SPLIT_BYTES` as blocks of output neurons (same function, same
+    relevance), so that its rules modify one block of weights at a time.
 
     Returns
     -------
@@ -415,7 +455,7 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
             lo, hi = (zlow, zhigh) if method == "zbox" else (low, high)
             ours = _run_lrpnumpy(method, net, x, target, lo, hi, impl, noise, alphas)
             if tnet is None:
-                tnet = to_torch(net, copy=False)
+                tnet = to_torch(net, copy=False, split_bytes=SPLIT_BYTES if impl == "zennit" else None)
             if impl == "zennit":
                 theirs = _run_zennit(method, tnet, x, onehot, lo, hi, noise, alphas)
             else:

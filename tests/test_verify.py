@@ -243,3 +243,26 @@ def test_zoo_resnet50_layout_and_zennit_agreement():
     x = np.random.default_rng(2).random((2, 3, 64, 64))
     rows = verify.compare(small, x, methods=["epsilon_plus", "epsilon_alpha2_beta1", "gradient"])
     assert all(r["passed"] for r in rows), [(r["method"], r["max_rel"]) for r in rows]
+
+
+@needs_zennit
+@pytest.mark.reference
+def test_dense_layers_in_row_blocks_give_zennit_the_same_relevance(monkeypatch):
+    """compare() hands Zennit large dense layers as blocks of output neurons (to bound its memory);
+    the function and every method's relevance stay the same.  The first dense layer of an MLP
+    (a composite's first layer) is never split."""
+    net = L.Sequential(L.Conv2d(1, 3, 3, rng=0), L.ReLU(), L.Flatten(), L.Linear(108, 50, rng=1), L.ReLU(),
+                       L.Linear(50, 7, rng=2))
+    x = np.random.default_rng(0).random((3, 1, 8, 8))
+    monkeypatch.setattr(verify, "SPLIT_BYTES", 8 * 108 * 7)  # 7 rows a block: 8 blocks for 50 outputs
+    t = verify.to_torch(net, copy=False, split_bytes=verify.SPLIT_BYTES)
+    blocks = [m for m in t.modules() if type(m).__name__ == "RowBlocks"]
+    assert len(blocks) == 1 and [b.out_features for b in blocks[0].blocks] == [7] * 7 + [1]
+    import torch
+    with torch.no_grad():
+        np.testing.assert_allclose(t(torch.from_numpy(x)).numpy(), net.forward(x), rtol=1e-13)
+    rows = verify.compare(net, x)
+    assert len(rows) == 17 and all(r["passed"] for r in rows), [(r["method"], r["max_rel"]) for r in rows]
+    mlp = L.Sequential(L.Flatten(), L.Linear(64, 50, rng=1), L.ReLU(), L.Linear(50, 7, rng=2))
+    layers = list(verify.to_torch(mlp, split_bytes=8).layers)
+    assert [type(m).__name__ for m in layers] == ["Linear", "ReLU", "RowBlocks"]
