@@ -3,6 +3,8 @@
 Every explanation method in lrpnumpy returns an :class:`Explanation`.
 """
 
+import numbers
+
 import numpy as np
 
 from .composites import Composite, SingleRule, default_rule
@@ -12,7 +14,7 @@ from .layers.base import check_array, check_finite, per_sample_sum
 from .rules import Rule
 
 
-def explain(model, x, target=None, rule=None, composite=None, relevance_out=None):
+def explain(model, x, target=None, rule=None, composite=None, relevance_out=None, mask=None):
     """Explain ``model``'s prediction for ``x`` with LRP.
 
     Parameters
@@ -32,6 +34,13 @@ def explain(model, x, target=None, rule=None, composite=None, relevance_out=None
         with ``rule``.
     relevance_out : ndarray, optional
         Relevance at the output, shape of the output; overrides ``target``.
+    mask : dict of (int or str) to ndarray, optional
+        Filtering: ``{k: m}`` multiplies the relevance at the output of layer ``k`` (index in
+        execution order, or node name) by ``m`` (boolean or float, broadcastable to that
+        output, e.g. shape (1, C, 1, 1) to keep chosen channels), so only the relevance through
+        the chosen neurons reaches the input.  Masks over a partition of a layer's neurons add
+        up to the unfiltered relevance.  Layer ``k``'s row of the conservation report starts
+        from the masked relevance.
 
     Returns
     -------
@@ -46,23 +55,34 @@ def explain(model, x, target=None, rule=None, composite=None, relevance_out=None
     written to the network, so one network can be explained by several threads at once.
     """
     net = logit_network(model, x)
+    masks = _masks(net, mask, x.dtype)
     chosen = _rules(net, rule, composite)
     rules = [r if r is not None else default_rule(layer) for r, layer in zip(chosen, net)]
     for r in {id(r): r for r in rules}.values():
         r.check_dtype(x.dtype)
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            return _explain(net, x, rules, target, rule, composite, relevance_out)  # non-finite: checked there
+            return _explain(net, x, rules, target, rule, composite, relevance_out, masks)  # non-finite: checked there
     except MemoryError:
         raise ResourceError(f"not enough memory to explain an input of shape {x.shape}") from None
 
 
-def _explain(net, x, rules, target, rule, composite, relevance_out):
+def _explain(net, x, rules, target, rule, composite, relevance_out, masks):
     output, trace = forward_checked(net, x)
     R, t = _initial_relevance(output, target, relevance_out)
     relevances, ledgers = [None] * len(trace), [None] * len(trace)
+    for k, m in masks.items():
+        try:
+            fits = np.broadcast_shapes(m.shape, trace[k].output.shape) == trace[k].output.shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ShapeError(f"mask for layer {k} has shape {m.shape}, which does not broadcast to the layer's "
+                             f"output shape {trace[k].output.shape}")
 
     def visit(step, R_out):
+        if step.index in masks:
+            R_out = R_out * masks[step.index]
         R_in, absorbed = rules[step.index].propagate(step, R_out)
         parts = [per_sample_sum(r) for r in R_in] if isinstance(R_in, tuple) else None
         ledgers[step.index] = dict(absorbed, relevance_in=per_sample_sum(R_in) if parts is None else sum(parts),
@@ -76,10 +96,36 @@ def _explain(net, x, rules, target, rule, composite, relevance_out):
                   if not all(np.isfinite(p).all() for p in (r if isinstance(r, tuple) else (r,))))
         raise NonFiniteError(f"relevance overflowed at layer {bad} ({trace[bad].layer!r}, rule {rules[bad]!r}): "
                              f"the output relevance or the weights are too large for {x.dtype}")
-    return Explanation(relevance, output, t, method="lrp",
-                       params={"rule": rule, "composite": composite} if relevance_out is None else
-                       {"rule": rule, "composite": composite, "relevance_out": "given"},
+    params = {"rule": rule, "composite": composite}
+    params.update({} if relevance_out is None else {"relevance_out": "given"}, **({"mask": masks} if masks else {}))
+    return Explanation(relevance, output, t, method="lrp", params=params,
                        layers=relevances + [R], network=net, rules=rules, ledgers=ledgers)
+
+
+def layer_index(net, layer):
+    """The execution-order index of ``layer``: an int (negative counts from the end) or a node name."""
+    if isinstance(layer, str):
+        if layer not in net.names:
+            raise ShapeError(f"no layer named {layer!r}; the network's layers are {list(net.names)}")
+        return list(net.names).index(layer)
+    if isinstance(layer, numbers.Integral) and not isinstance(layer, bool) and -len(net) <= layer < len(net):
+        return int(layer) % len(net)
+    raise ShapeError(f"layer must be a node name or an index in [-{len(net)}, {len(net)}), got {layer!r}")
+
+
+def _masks(net, mask, dtype):
+    """``{layer index: mask array of dtype}`` from explain's ``mask`` argument."""
+    if mask is None:
+        return {}
+    if not isinstance(mask, dict):
+        raise RuleParameterError(f"mask must be a dict {{layer: array}}, got {type(mask).__name__}")
+    out = {}
+    for k, m in mask.items():
+        m = np.asarray(m)
+        if m.dtype != bool and not np.issubdtype(m.dtype, np.floating) or not np.isfinite(m).all():
+            raise RuleParameterError(f"mask for layer {k!r} must be boolean or finite floats, got {m.dtype}")
+        out[layer_index(net, k)] = m.astype(dtype)
+    return out
 
 
 def forward_checked(net, x):

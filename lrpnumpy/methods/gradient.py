@@ -1,4 +1,5 @@
-"""Gradient-based explanations: sensitivity, gradient x input, integrated gradients, SmoothGrad.
+"""Gradient-based explanations: the gradient, sensitivity, gradient x input, interior and
+integrated gradients, SmoothGrad.
 
 All explain the target logit (a trailing Softmax is skipped, as in :func:`lrpnumpy.explain`)
 and return an :class:`~lrpnumpy.explain.Explanation`.  Integrated gradients and SmoothGrad
@@ -11,30 +12,91 @@ import numbers
 
 import numpy as np
 
-from .errors import DTypeError, NonFiniteError, ResourceError, RuleParameterError, ShapeError
-from .explain import Explanation, forward_checked, logit_network, onehot, target_classes
-from .layers.base import check_array, check_finite, make_rng
+from ..errors import DTypeError, NonFiniteError, ResourceError, RuleParameterError, ShapeError
+from ..explain import Explanation, forward_checked, logit_network, onehot, target_classes
+from ..layers.base import check_array, check_finite, make_rng
 
 
-def _gradient(net, x, target):
-    """``(gradient of the target logits, output, target classes)``; ``target`` None: the predicted class."""
+def walk(net, x, target, visit=None, seed=None):
+    """One traced forward pass and one backward walk: ``(value at the input, output, classes, trace)``.
+
+    ``visit(step, grad)`` may replace a layer's backward pass (return None to keep it): the
+    modified backward passes (guided backprop, deconvnet, DeepLIFT) are such walks.  The walk
+    starts from ``seed(output, classes)`` (default: the one-hot vector of the target classes).
+    Overflow is reported as NonFiniteError, running out of memory as ResourceError.
+    """
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):  # checked below
             out, trace = forward_checked(net, x)
             t = target_classes(out, target)
-            g = net.backward(onehot(out, t), trace)
+
+            def step_back(step, g):
+                back = None if visit is None else visit(step, g)
+                return step.layer.backward(g, step) if back is None else back
+            g = trace.reverse(onehot(out, t) if seed is None else seed(out, t), step_back)
     except MemoryError:
-        raise ResourceError(f"not enough memory for the gradient of an input of shape {x.shape}") from None
+        raise ResourceError(f"not enough memory for the backward pass of an input of shape {x.shape}") from None
     if not np.isfinite(g).all():
-        raise NonFiniteError(f"the gradient overflowed (NaN or infinity) for a finite input: the weights are too "
-                             f"large for {x.dtype}")
-    return g, out, t
+        raise NonFiniteError(f"the backward pass overflowed (NaN or infinity) for a finite input: the weights are "
+                             f"too large for {x.dtype}")
+    return g, out, t, trace
+
+
+def _gradient(net, x, target):
+    """``(gradient of the target logits, output, target classes)``; ``target`` None: the predicted class."""
+    return walk(net, x, target)[:3]
 
 
 def gradient(model, x, target=None):
     """Sensitivity: the gradient of the target logit with respect to ``x``."""
     g, out, t = _gradient(logit_network(model, x), x, target)
     return Explanation(g, out, t, method="gradient")
+
+
+def sensitivity(model, x, target=None):
+    r"""Sensitivity analysis: :math:`R_i = (\partial f / \partial x_i)^2` (Simonyan et al., 2014).
+
+    Its sum over the features is the squared norm of the gradient, not ``f(x)``: it says which
+    features make the output change, not what makes it up.
+    """
+    g, out, t = _gradient(logit_network(model, x), x, target)
+    with np.errstate(over="ignore"):
+        return Explanation(_finite(g * g, "sensitivity"), out, t, method="sensitivity")
+
+
+def interior_gradients(model, x, target=None, alpha=1.0):
+    r"""Interior gradients (Sundararajan et al., 2016): the gradient at the scaled input ``alpha * x``.
+
+    Parameters
+    ----------
+    alpha : float or sequence of float
+        One scale, or several: with several the relevance has shape ``(len(alpha),) + x.shape``
+        (all scaled copies go through the network as one batch).
+
+    Notes
+    -----
+    ``target=None`` explains the class predicted for ``x`` at every scale.
+    """
+    net = logit_network(model, x)
+    scalar = isinstance(alpha, numbers.Real)
+    alphas = _alphas([alpha] if scalar else alpha, "interior_gradients alpha")
+    with np.errstate(over="ignore", invalid="ignore"):
+        out, _ = forward_checked(net, x)
+        t = target_classes(out, target)
+        scaled = np.concatenate([x * x.dtype.type(a) for a in alphas])
+    g = _gradient(net, scaled, np.tile(t, len(alphas)))[0].reshape((len(alphas),) + x.shape)
+    return Explanation(g[0] if scalar else g, out, t, method="interior_gradients", params=dict(alpha=alpha))
+
+
+def _alphas(alphas, what):
+    """``alphas`` as a non-empty 1-D float64 array of finite numbers (RuleParameterError otherwise)."""
+    try:
+        a = np.asarray(alphas, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise RuleParameterError(f"{what} must be numbers, got {alphas!r}") from None
+    if a.ndim != 1 or a.size == 0 or not np.isfinite(a).all():
+        raise RuleParameterError(f"{what} must be a non-empty 1-D sequence of finite numbers, got {alphas!r}")
+    return a
 
 
 def gradient_x_input(model, x, target=None):
@@ -85,18 +147,12 @@ def integrated_gradients(model, x, target=None, n=20, baseline=None, alphas=None
     -----
     ``target=None`` explains the class predicted for ``x`` at every point of the path.
     """
-    x_b = _baseline(x, baseline)
+    x_b = check_baseline(x, baseline)
     if alphas is None:
         if not (isinstance(n, numbers.Integral) and n >= 1):
             raise RuleParameterError(f"integrated_gradients n must be an int >= 1, got {n!r}")
         alphas = np.linspace(1.0 / n, 1.0, n)
-    try:
-        alphas = np.asarray(alphas, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise RuleParameterError(f"integrated_gradients alphas must be numbers, got {alphas!r}") from None
-    if alphas.ndim != 1 or alphas.size == 0 or not np.isfinite(alphas).all():
-        raise RuleParameterError(f"integrated_gradients alphas must be a non-empty 1-D sequence of finite numbers, "
-                                 f"got {alphas!r}")
+    alphas = _alphas(alphas, "integrated_gradients alphas")
     with np.errstate(over="ignore", invalid="ignore"):
         points = [x_b + x.dtype.type(alpha) * (x - x_b) for alpha in alphas]
     mean, out, t = _averaged(model, x, target, points, method, kwargs)
@@ -106,7 +162,7 @@ def integrated_gradients(model, x, target=None, n=20, baseline=None, alphas=None
                        params=dict(alphas=alphas, method=_name(method), **kwargs))
 
 
-def _baseline(x, baseline):
+def check_baseline(x, baseline):
     check_finite(check_array(x, "x"), "x")
     b = np.zeros_like(x) if baseline is None else check_finite(check_array(baseline, "baseline"), "baseline")
     if b.shape != x.shape:
