@@ -172,16 +172,23 @@ def check_baseline(x, baseline):
     return b
 
 
-def smoothgrad(model, x, target=None, n=20, noise_level=0.1, noise=None, rng=None, method=None, **kwargs):
+def smoothgrad(model, x, target=None, n=20, noise_level=0.1, noise=None, rng=None, method=None, stdev=None,
+               clean=True, **kwargs):
     r"""SmoothGrad: the gradient (or ``method``'s relevance) averaged over noisy copies of ``x``.
 
-    As in Zennit: ``n - 1`` passes with Gaussian noise of standard deviation
-    ``noise_level * (max - min)`` of each sample, plus one pass without noise.
+    By default as in Zennit: ``n - 1`` passes with Gaussian noise of standard deviation
+    ``noise_level * (max - min)`` of each sample, plus one pass without noise.  Captum's
+    ``NoiseTunnel(Saliency)`` with ``nt_type="smoothgrad"`` is ``stdev=s, clean=False``: ``n``
+    noisy passes of standard deviation ``s``.
 
     Parameters
     ----------
-    noise : ndarray of shape (n - 1, *x.shape), optional
+    noise : ndarray of shape (n - 1, *x.shape) (``clean=False``: (n, *x.shape)), optional
         Standard-normal draws (scaled here by the per-sample std) to use instead of ``rng``.
+    stdev : float, optional
+        The noise's standard deviation itself, instead of ``noise_level`` times each sample's range.
+    clean : bool
+        Whether one of the ``n`` passes is the input without noise.
     rng : None, int or numpy.random.Generator
     method : callable, optional
         ``method(model, x, target, **kwargs) -> Explanation`` averaged instead of the gradient
@@ -194,20 +201,25 @@ def smoothgrad(model, x, target=None, n=20, noise_level=0.1, noise=None, rng=Non
         raise RuleParameterError(f"smoothgrad n must be an int >= 1, got {n!r}")
     if not (isinstance(noise_level, numbers.Real) and np.isfinite(noise_level) and noise_level >= 0):
         raise RuleParameterError(f"smoothgrad noise_level must be a finite number >= 0, got {noise_level!r}")
+    if stdev is not None and not (isinstance(stdev, numbers.Real) and np.isfinite(stdev) and stdev >= 0):
+        raise RuleParameterError(f"smoothgrad stdev must be a finite number >= 0, got {stdev!r}")
+    noisy = n - 1 if clean else n
     if noise is None:
-        noise = make_rng(rng).standard_normal((n - 1,) + x.shape).astype(x.dtype)
+        noise = make_rng(rng).standard_normal((noisy,) + x.shape).astype(x.dtype)
     check_finite(check_array(noise, "noise"), "noise")
-    if noise.shape != (n - 1,) + x.shape:
-        raise ShapeError(f"noise must have shape {(n - 1,) + x.shape}, got {noise.shape}")
+    if noise.shape != (noisy,) + x.shape:
+        raise ShapeError(f"noise must have shape {(noisy,) + x.shape}, got {noise.shape}")
     if noise.dtype != x.dtype:
         raise DTypeError(f"noise is {noise.dtype} but x is {x.dtype}; convert one of them explicitly")
     axes = tuple(range(1, x.ndim))
-    std = noise_level * (x.max(axis=axes, keepdims=True) - x.min(axis=axes, keepdims=True))
+    std = noise_level * (x.max(axis=axes, keepdims=True) - x.min(axis=axes, keepdims=True)) if stdev is None \
+        else x.dtype.type(stdev)
     with np.errstate(over="ignore", invalid="ignore"):
-        points = [x + (noise[k] * std if k < n - 1 else 0) for k in range(n)]
+        points = [x + (noise[k] * std if k < noisy else 0) for k in range(n)]
     mean, out, t = _averaged(model, x, target, points, method, kwargs)
     return Explanation(_finite(mean, "smoothgrad"), out, t, method="smoothgrad",
-                       params=dict(n=n, noise_level=noise_level, method=_name(method), **kwargs))
+                       params=dict(n=n, noise_level=noise_level, stdev=stdev, clean=clean, method=_name(method),
+                                   **kwargs))
 
 
 def _finite(relevance, what):
