@@ -118,8 +118,9 @@ def _explain(args):
     from .explain import explain
     net = _load_model(args.model)
     x = _read_inputs(args.inputs, net, args.input_range)
-    if args.method == "gradient":
-        e = methods.gradient(net, x, args.target)
+    if args.method:  # Grad-CAM's map is drawn at the input's size
+        e = methods.get(args.method)(net, x, args.target, **({"upsample": "bilinear"}
+                                                               if args.method == "grad_cam" else {}))
     elif args.rule:
         e = explain(net, x, args.target, rule=rules.get(args.rule))
     else:
@@ -138,7 +139,7 @@ def _explain(args):
     if args.npy:
         np.save(args.npy, e.relevance)
     if args.out:
-        name = args.rule or (args.method if args.method == "gradient" else args.composite)
+        name = args.rule or args.method or args.composite
         viz.save(viz.grid({name: e.relevance}, images=x,
                           titles=[r.get("target_class", str(r["target"])) for r in rows]), args.out)
     if args.json:
@@ -198,7 +199,10 @@ def main(argv=None):
     how.add_argument("--composite", default="epsilon_plus", help="a composite name (default %(default)s)")
     how.add_argument("--rule", help="one rule on every Linear/Conv2d layer: NAME[:key=value,...], e.g. "
                                     "epsilon:epsilon=0.25")
-    how.add_argument("--method", choices=["gradient"], help="a gradient method instead of LRP")
+    how.add_argument("--method", help="another explanation method instead of LRP's composites: "
+                                      "gradient, sensitivity, gradient_x_input, interior_gradients, "
+                                      "integrated_gradients, smoothgrad, simple_taylor, deconvnet, guided_backprop, "
+                                      "deeplift, occlusion, grad_cam (each with its defaults)")
     exp.add_argument("--target", type=int, help="class to explain (default: the predicted class)")
     exp.add_argument("--input-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
                      help="image pixels 0..255 are scaled to [LOW, HIGH] (default: the model's metadata, else 0 1)")

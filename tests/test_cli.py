@@ -51,6 +51,15 @@ def test_explain_npy_and_png(tmp_path, capsys):
     assert "target 3" in capsys.readouterr().out
     assert main(["explain", MODEL, str(tmp_path / "x.npy"), "--method", "gradient"]) == 0
     capsys.readouterr()
+    cnn = os.path.join(datasets.DATA_DIR, "fashion_cnn_maxpool.npz")
+    for method in ("deeplift", "grad_cam"):  # any registered method, drawn at the input's size
+        assert main(["explain", cnn if method == "grad_cam" else MODEL, str(tmp_path / "x.npy"), "--method", method,
+                     "--npy", str(tmp_path / f"{method}.npy"), "--out", str(tmp_path / f"{method}.png")]) == 0
+        assert np.load(tmp_path / f"{method}.npy").shape == (2, 1, 28, 28)
+    assert main(["explain", MODEL, str(tmp_path / "x.npy"), "--method", "grad_cam"]) == 2  # an MLP has no maps
+    np.testing.assert_allclose(np.load(tmp_path / "deeplift.npy"),
+                               L.methods.deeplift(net, s.images[:2].astype(net.dtype)).relevance, rtol=1e-12)
+    capsys.readouterr()
     assert main(["explain", MODEL, str(tmp_path / "img.png"), "--input-range", "0", "2", "--npy",
                  str(tmp_path / "r2.npy")]) == 0
     x2 = (s.images[3:4] * 2).astype(net.dtype)  # pixels scaled to [0, 2]
@@ -64,6 +73,7 @@ def test_bad_input_is_exit_2_and_one_line(tmp_path):
                  ["explain", MODEL, str(tmp_path / "bad.npy"), "--rule", "nope"],
                  ["explain", MODEL, str(tmp_path / "bad.npy"), "--rule", "epsilon:epsilon=x"],
                  ["explain", MODEL, str(tmp_path / "bad.npy"), "--composite", "nope"],
+                 ["explain", MODEL, str(tmp_path / "bad.npy"), "--method", "lime"],
                  ["explain", str(tmp_path / "none.npz"), str(tmp_path / "bad.npy")],
                  ["train", "nope"], ["demo", "--model", "nope"], ["nope"]):
         r = _cli(*args)
