@@ -41,8 +41,9 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .errors import RuleParameterError, ShapeError, UnsupportedLayerError
-from .layers import AffineLayer, MaxPool2d
+from .layers import AffineLayer, Linear, MaxPool2d
 from .stabilize import stabilize
+from .trace import Step
 
 
 class Term(NamedTuple):
@@ -163,6 +164,30 @@ def ledger(groups, values, R, epsilon):
             kept = kept + g.coef * _sums(np.where(np.isfinite(v.zs), v.R, 0))
     _add(out, "dropped", _sums(R) - kept)
     return out
+
+
+#: Dense layers with more weight bytes than this run their rules one block of output neurons at a
+#: time (blocks of at most this size), so that modified weights (W+, W + gamma W+, ...) are made
+#: one block at a time: vgg16's first dense layer holds 822 MB of float64 weights.
+ROW_BLOCK_BYTES = 64 << 20
+
+
+def row_blocks(layer):
+    """``[(slice of output neurons, Linear over those rows), ...]`` for a Linear layer above
+    :data:`ROW_BLOCK_BYTES`, else None.  The blocks' parameters are views of the layer's (no copy);
+    on a frozen layer they are kept, so each block caches its own modified weights."""
+    if not isinstance(layer, Linear) or layer.weight.nbytes <= ROW_BLOCK_BYTES:
+        return None
+    W, b = layer.weight, layer.bias
+    rows = max(1, ROW_BLOCK_BYTES // (W.shape[1] * W.itemsize))
+
+    def block(a):
+        part = Linear.__new__(Linear)
+        part._configure(W.shape[1], min(a + rows, len(W)) - a, b is not None)
+        object.__setattr__(part, "weight", W[a:a + rows])  # views of checked parameters: not checked again
+        object.__setattr__(part, "bias", None if b is None else b[a:a + rows])
+        return slice(a, a + part.out_features), part
+    return layer.derived(("row-blocks", rows), lambda: tuple(block(a) for a in range(0, len(W), rows)))
 
 
 def _scaled(coef, s):
@@ -324,9 +349,22 @@ class AffineRule(Rule):
 
     def _propagate(self, step, R):
         layer = self.layer_for(step)
-        groups = self.groups(layer, step)
-        R_in, values = four_steps_fast(layer, step, groups, R, self.epsilon)
-        return layer.split(R_in), ledger(groups, values, R, self.epsilon)
+        blocks = row_blocks(layer)
+        if blocks is None:
+            groups = self.groups(layer, step)
+            R_in, values = four_steps_fast(layer, step, groups, R, self.epsilon)
+            return layer.split(R_in), ledger(groups, values, R, self.epsilon)
+        # a large dense layer, one block of output neurons at a time: every rule's denominators
+        # belong to single output neurons, so the blocks' relevance adds up at the shared input
+        R_in, absorbed = 0, {}
+        for rows, part in blocks:
+            sub = Step(part, step.inputs, step.output[:, rows], step.state, step.index, step.parents)
+            groups = self.groups(part, sub)
+            r, values = four_steps_fast(part, sub, groups, R[:, rows], self.epsilon)
+            R_in = R_in + r
+            for key, value in ledger(groups, values, R[:, rows], self.epsilon).items():
+                _add(absorbed, key, value)
+        return layer.split(R_in), absorbed
 
     def reference(self, step, R):
         """The relevance by :func:`four_steps` itself: the literal form the fast path is tested against."""

@@ -373,3 +373,32 @@ def test_large_layers_run_their_terms_as_separate_passes(rng, monkeypatch):
         monkeypatch.undo()
         for a, b in zip(stacked, separate):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(a).max())
+
+
+@pytest.mark.parametrize("rule", [L.Epsilon(0.1), L.LRP0(), L.ZPlus(), L.AlphaBeta(2, 1), L.Gamma(0.25), L.Flat(),
+                                  L.WSquare(), L.ZBox(-1.0, 2.0), L.Rho("gamma", 0.5, bias="raw")],
+                         ids=lambda r: type(r).__name__)
+@pytest.mark.parametrize("frozen", [False, True])
+def test_large_dense_layers_in_row_blocks_equal_the_whole_layer(monkeypatch, rng, rule, frozen):
+    """A Linear above ROW_BLOCK_BYTES runs its rule one block of output neurons at a time: same
+    relevance and the same ledger (1e-12) as the whole layer and as the four-step reference."""
+    import lrpnumpy.rules as R
+    layer = L.Linear(7, 10, rng=rng)
+    layer.bias = rng.normal(size=10)
+    if frozen:
+        layer.freeze()
+    x = rng.normal(size=(3, 7))
+    if isinstance(rule, (L.ZPlus, L.AlphaBeta, L.Gamma)):
+        x = np.abs(x)  # as after a ReLU: the fast path's skipped terms too
+    y, step = layer.forward_trace(x)
+    Rout = rng.normal(size=y.shape)
+    whole, whole_ledger = rule.propagate(step, Rout)
+    monkeypatch.setattr(R, "ROW_BLOCK_BYTES", 3 * 7 * 8)  # blocks of 3, 3, 3 and 1 output neurons
+    assert [b.out_features for _, b in R.row_blocks(layer)] == [3, 3, 3, 1]
+    blocked, blocked_ledger = rule.propagate(step, Rout)
+    np.testing.assert_allclose(blocked, whole, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(blocked, rule.reference(step, Rout), rtol=1e-12, atol=1e-14)
+    assert blocked_ledger.keys() == whole_ledger.keys()
+    for key in whole_ledger:
+        np.testing.assert_allclose(blocked_ledger[key], whole_ledger[key], rtol=1e-12, atol=1e-14)
+    assert R.row_blocks(layer) is R.row_blocks(layer) if frozen else R.row_blocks(layer) is not R.row_blocks(layer)
