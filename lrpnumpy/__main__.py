@@ -32,7 +32,7 @@ def _verify(args):
         print(f"  {row['method']} against {row['against']}: max rel diff {row['max_rel']:.2e} "
               f"{'pass' if row['passed'] else 'FAIL'}", file=sys.stderr, flush=True)
     rows = verify.compare(net, x, target=args.target, against=args.against, methods=args.rules, rtol=args.rtol,
-                          progress=progress)
+                          chunk=args.chunk, progress=progress)
     method = next((r["method"] for r in rows if r["method"] in verify.ZENNIT_COMPOSITES), None)
     report = None
     if method:
@@ -223,6 +223,9 @@ def main(argv=None):
                           "largest value (default %(default)g)")
     ver.add_argument("--batch", type=_positive_int, default=2, help="random inputs: batch size")
     ver.add_argument("--seed", type=int, default=0, help="seed of the random inputs and of SmoothGrad's noise")
+    ver.add_argument("--chunk", type=_positive_int, default=1,
+                     help="samples both sides explain at a time (default %(default)s: the least memory; the results "
+                          "do not depend on it)")
     ver.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ver.add_argument("--plot", help="save the conservation plot to this PNG file")
     tr = sub.add_parser("train", help="train a shipped Fashion-MNIST model again (data/make_models.py)")

@@ -523,7 +523,8 @@ def default_methods(against):
     return ZENNIT_RULE_METHODS + ZENNIT_COMPOSITES + GRADIENT_METHODS + extra
 
 
-def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10, n_steps=8, seed=0, progress=None):
+def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10, n_steps=8, seed=0, progress=None,
+            chunk=None):
     """Run each method in lrpnumpy and in each reference implementation; report the differences.
 
     Parameters
@@ -546,6 +547,10 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
         Seed of SmoothGrad's noise (the same draws on both sides).
     progress : callable, optional
         Called with each row as soon as its method is done (the command line prints them).
+    chunk : int, optional
+        Run both sides on this many samples at a time (every method explains each sample on its
+        own, so the results are the same): the activations both sides keep scale with it, which
+        bounds the memory of large models.  Default: the whole batch at once.
 
     Notes
     -----
@@ -593,16 +598,21 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
             if tnet is None:
                 tnet = to_torch(net, copy=False, split_bytes=SPLIT_BYTES if impl == "zennit" else None)
             case = CASES.get((impl, method))
-            if case is not None:
-                ctx = SimpleNamespace(net=net, tnet=tnet, x=x, target=target, onehot=onehot, n_steps=n_steps,
-                                      noise_all=noise_all)
-                ours, theirs = case["ours"](ctx), case["theirs"](ctx)
-            elif impl == "zennit":
-                ours = _run_lrpnumpy(method, net, x, target, lo, hi, impl, noise, alphas)
-                theirs = _run_zennit(method, tnet, x, onehot, lo, hi, noise, alphas)
-            else:
-                ours = _run_lrpnumpy(method, net, x, target, lo, hi, impl, noise, alphas)
-                theirs = _run_captum(method, tnet, x, target)
+            parts = []
+            for sl in [slice(i, i + (chunk or len(x))) for i in range(0, len(x), chunk or len(x))]:
+                xs, ts, ohs, nz = x[sl], target[sl], onehot[sl], noise[:, sl]
+                if case is not None:
+                    ctx = SimpleNamespace(net=net, tnet=tnet, x=xs, target=ts, onehot=ohs, n_steps=n_steps,
+                                          noise_all=noise_all[:, sl])
+                    parts.append((case["ours"](ctx), case["theirs"](ctx)))
+                elif impl == "zennit":
+                    parts.append((_run_lrpnumpy(method, net, xs, ts, lo, hi, impl, nz, alphas),
+                                  _run_zennit(method, tnet, xs, ohs, lo, hi, nz, alphas)))
+                else:
+                    parts.append((_run_lrpnumpy(method, net, xs, ts, lo, hi, impl, nz, alphas),
+                                  _run_captum(method, tnet, xs, ts)))
+            ours, theirs = (np.concatenate(side) for side in zip(*parts))
+            del parts
             max_abs = float(np.abs(ours - theirs).max())
             scale = float(np.abs(theirs).max())
             max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else np.inf)

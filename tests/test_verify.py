@@ -300,3 +300,19 @@ def test_other_methods_against_captum_and_zennit(seed, bias):
     theirs = verify.CASES[("zennit", "occlusion")]["theirs"](ctx)
     ours = L.methods.occlusion(net, x, ctx.target, window=3, stride=2).relevance
     assert np.abs(ours - theirs).max() > 0.1 * np.abs(theirs).max()
+
+
+@needs_zennit
+@needs_captum
+@pytest.mark.reference
+def test_chunks_give_the_same_comparison():
+    """compare(chunk=1) explains one sample at a time on both sides (to bound memory): same numbers."""
+    net, x = make_net("cnn_max_avg", 0, True)
+    methods = ["epsilon_gamma_box", "smoothgrad", "integrated_gradients", "deeplift", "occlusion", "zbox"]
+    whole = verify.compare(net, x, against=("zennit", "captum"), methods=methods)
+    one = verify.compare(net, x, against=("zennit", "captum"), methods=methods, chunk=1)
+    assert [(r["method"], r["against"]) for r in whole] == [(r["method"], r["against"]) for r in one]
+    for a, b in zip(whole, one):
+        assert a["passed"] and b["passed"], (a["method"], a["max_rel"], b["max_rel"])
+        np.testing.assert_allclose(b["sums_lrpnumpy"], a["sums_lrpnumpy"], rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(b["sums_reference"], a["sums_reference"], rtol=1e-12, atol=1e-15)
