@@ -297,3 +297,59 @@ def test_every_method_batch_invariant_float32_and_clear_errors(rng, name):
 def test_bad_arguments_raise_lrpnumpy_errors(rng, call):
     with pytest.raises(LRPError):
         call(cnn(rng), rng.random((3, 2, 8, 8)))
+
+
+def test_pattern_net_recovers_the_signal_direction(rng):
+    """Data = signal along a_s + distractor along a_d through a filter w that extracts the signal
+    (w.a_s = 1, w.a_d = 0): the pattern is a_s (cosine >= 0.99), the weights are not."""
+    d = 10
+    a_s, a_d = rng.normal(size=d), rng.normal(size=d)
+    w = np.linalg.lstsq(np.stack([a_s, a_d]), np.array([1.0, 0.0]), rcond=None)[0]
+    x = rng.normal(size=(5000, 1)) * a_s + 3 * rng.normal(size=(5000, 1)) * a_d
+    net = L.Sequential(L.Linear(d, 2, bias=False))
+    net[0].weight = np.stack([w, -w])
+
+    def cos(u, v):
+        return abs(float(u.ravel() @ v.ravel())) / np.linalg.norm(u) / np.linalg.norm(v)
+    patterns = M.fit_patterns(net, x, kind="linear")
+    assert cos(patterns[0][0], a_s) >= 0.99 and cos(w, a_s) < 0.95
+    signal = M.pattern_net(net, x[:4], 0, patterns=patterns)
+    assert all(cos(r, a_s) >= 0.99 for r in signal.relevance)
+    assert all(cos(r, a_s) < 0.95 for r in M.gradient(net, x[:4], 0).relevance)
+    # for one linear neuron PatternAttribution is w * a * y, which sums to y (w.a = 1 by construction)
+    pa = M.pattern_attribution(net, x[:4], 0, patterns=patterns)
+    np.testing.assert_allclose(pa.relevance.sum(axis=1), net.forward(x[:4])[:, 0], rtol=1e-10)
+
+
+def test_fit_patterns_on_a_cnn_by_hand(rng):
+    """Convolution statistics are over every patch: compare with patches written out; the
+    positive-regime estimator for layers that feed a ReLU, the linear one for the logits."""
+    net, x = cnn(rng), rng.random((6, 2, 8, 8))
+    patterns = M.fit_patterns(net, x, batch_size=4)
+    assert sorted(patterns) == [0, 3, 7, 9] and all(patterns[i].shape == net[i].weight.shape for i in patterns)
+    # layer 0: 3x3 patches of the zero-padded input, y = w.patch, statistics where y > 0
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    patches = np.stack([xp[:, :, i:i + 3, j:j + 3] for i in range(8) for j in range(8)], axis=1).reshape(-1, 18)
+    W = net[0].weight.reshape(4, 18)
+    y = patches @ W.T
+    for o in range(4):
+        on = y[:, o] > 0
+        xy, ex, ey = (patches[on] * y[on, o:o + 1]).mean(0), patches[on].mean(0), y[on, o].mean()
+        cov = xy - ex * ey
+        np.testing.assert_allclose(patterns[0][o].ravel(), cov / (W[o] @ cov), rtol=1e-9)
+    # the logits: all samples (linear estimator)
+    h = net[:9].forward(x)
+    z = h @ net[9].weight.T
+    cov = (h[:, None, :] * z[:, :, None]).mean(0) - h.mean(0)[None] * z.mean(0)[:, None]
+    np.testing.assert_allclose(patterns[9], cov / (net[9].weight * cov).sum(1, keepdims=True), rtol=1e-9)
+    for method in (M.pattern_net, M.pattern_attribution):
+        e = method(net, x[:3], 1, patterns=patterns)
+        assert e.relevance.shape == (3, 2, 8, 8) and np.isfinite(e.relevance).all()
+        single = method(net, x[1:2], 1, patterns=patterns).relevance
+        np.testing.assert_allclose(e.relevance[1:2], single, rtol=1e-10, atol=1e-14)
+    with pytest.raises(LRPError):
+        M.pattern_net(net, x, patterns={1: np.ones(3)})
+    with pytest.raises(LRPError):
+        M.pattern_net(net, x, patterns={0: np.ones((2, 2))})
+    with pytest.raises(LRPError):
+        M.fit_patterns(net, x, kind="quadratic")

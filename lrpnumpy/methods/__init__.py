@@ -6,6 +6,8 @@
 * modified backward passes (:mod:`.backprop`): ``deconvnet``, ``guided_backprop``, ``deeplift``;
 * perturbation (:mod:`.perturbation`): ``occlusion``;
 * class activation maps (:mod:`.cam`): ``grad_cam`` and ``interpolate``;
+* signal and attribution from patterns fitted to data (:mod:`.patterns`): ``fit_patterns``,
+  ``pattern_net``, ``pattern_attribution``;
 * tricks around any method (:mod:`.tricks`): ``translation_trick``, ``sliding_window``,
   ``contrastive``, ``internal_influence`` with ``top_units`` and ``channel_mask``.
 
@@ -19,6 +21,7 @@ from .backprop import deconvnet, deeplift, guided_backprop
 from .cam import grad_cam, interpolate, layer_index
 from .gradient import (gradient, gradient_x_input, integrated_gradients, interior_gradients, sensitivity, smoothgrad,
                        walk)
+from .patterns import fit_patterns, pattern_attribution, pattern_net
 from .perturbation import occlusion
 from .taylor import find_root, simple_taylor
 from .tricks import channel_mask, contrastive, internal_influence, shift, sliding_window, top_units, translation_trick
@@ -29,6 +32,7 @@ REGISTRY = {
     "interior_gradients": interior_gradients, "integrated_gradients": integrated_gradients,
     "smoothgrad": smoothgrad, "simple_taylor": simple_taylor, "deconvnet": deconvnet,
     "guided_backprop": guided_backprop, "deeplift": deeplift, "occlusion": occlusion, "grad_cam": grad_cam,
+    "pattern_net": pattern_net, "pattern_attribution": pattern_attribution,
 }
 
 
@@ -42,5 +46,5 @@ def get(name):
 
 __all__ = sorted(REGISTRY) + ["REGISTRY", "get", "interpolate", "layer_index", "walk", "find_root", "shift",
                               "translation_trick", "sliding_window", "contrastive", "internal_influence",
-                              "top_units", "channel_mask"]
+                              "top_units", "channel_mask", "fit_patterns"]
 __all__.remove("lrp")
