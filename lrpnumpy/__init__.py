@@ -7,7 +7,7 @@ of forward passes, verification against other implementations, and the errors.
 from . import composites, datasets, errors, io, kernels, methods, rules, train, verify, viz, zoo
 from .canonize import fold_batchnorm
 from .composites import (Composite, DeepTaylor, EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat, EpsilonGammaBox,
-                         EpsilonPlus, EpsilonPlusFlat)
+                         EpsilonPlus, EpsilonPlusFlat, LRPToolbox)
 from .explain import ConservationReport, Explanation, explain
 from .layers import (LRN, Add, AvgPool2d, BatchNorm2d, ChannelAffine, ChannelShuffle, Concat, Conv2d, Dropout,
                      Flatten, GlobalAvgPool2d, Graph, Layer, Linear, MaxPool2d, ReLU, Sequential, Softmax, SumPool2d,
@@ -30,7 +30,7 @@ __all__ = [
     "LRP0", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "Flat", "WSquare", "Norm", "Pass", "Rho",
     "WinnerTakesAll",
     "Composite", "EpsilonPlus", "EpsilonAlpha2Beta1", "EpsilonGammaBox", "EpsilonPlusFlat",
-    "EpsilonAlpha2Beta1Flat", "DeepTaylor",
+    "EpsilonAlpha2Beta1Flat", "DeepTaylor", "LRPToolbox",
     "composites", "rules", "errors", "io", "kernels", "methods", "verify", "viz", "zoo", "datasets", "train",
     "__version__",
 ]

@@ -14,7 +14,8 @@ import numpy as np
 
 from .errors import RuleParameterError
 from .layers import Add, Conv2d, GlobalAvgPool2d, Layer, Linear, MaxPool2d, SumPool2d
-from .rules import LRP0, AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Rule, WinnerTakesAll, ZBox, ZPlus
+from .rules import (LRP0, AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Rule, ToolboxAlphaBeta, WinnerTakesAll,
+                    WSquare, ZBox, ZPlus)
 
 #: The rule of every layer that nothing else gives one: the first matching entry wins.
 DEFAULT_RULES = [((Linear, Conv2d), LRP0()), ((SumPool2d, GlobalAvgPool2d, Add), Norm()),
@@ -171,7 +172,77 @@ class SingleRule(Composite):
         super().__init__([(_WEIGHTED, rule)], **kw)
 
 
+class LRPToolbox(Composite):
+    r"""The rules of the LRP Toolbox's Python code (Lapuschkin et al., 2016), one name for the network.
+
+    Parameters
+    ----------
+    rule : {"simple", "epsilon", "alphabeta", "flat", "ww"}
+    param : float, optional
+        ``epsilon`` for "epsilon" (default 0.01), ``alpha`` for "alphabeta" (default 2;
+        ``beta = 1 - alpha``).
+
+    Notes
+    -----
+    What the Toolbox's code does, written with lrpnumpy's rules:
+
+    * Linear and Conv2d: "simple" is the z-rule with ``1e-16 sign(z)`` added to ``z`` (``sign(0) =
+      +1``): ``Epsilon(1e-16)``; "epsilon" is ``Epsilon(param)``; "alphabeta" is
+      :class:`~lrpnumpy.rules.ToolboxAlphaBeta` (products and bias split by sign, ``1e-16`` added
+      to both denominators, an empty side not renormalised); "flat" is ``Flat(0)`` (``1 / fan_in``);
+      "ww" is ``WSquare(0, bias=False)`` (``w^2 / sum w^2``).
+    * Sum pooling (whose forward pass scales the window sum ``S`` by ``1 / sqrt(h w)``): ``x_i /
+      (S + e sign(S))`` on the *unscaled* sum with ``e = 1e-12`` ("simple") or ``epsilon``, which is
+      ``Norm(e * scale)`` on the scaled layer; "alphabeta" splits the inputs by sign (1e-16 added);
+      "flat" and "ww" share equally over the window.  The Toolbox's own sum-pool alpha-beta code
+      multiplies its beta term by R twice when ``alpha (1 - alpha) != 0``; lrpnumpy applies the
+      formula instead (the term vanishes after a ReLU, where sum pools usually sit).
+    * Max pooling: winner-takes-all with ties split equally ("simple", "epsilon", "alphabeta");
+      equal shares over the window ("flat", "ww").
+    * ReLU, Tanh, SoftMax, Flatten pass relevance on.  The Toolbox's demos start from the softmax
+      output of the target (``relevance_out=probabilities * onehot``); :func:`lrpnumpy.explain`
+      starts from the logit unless given ``relevance_out``.
+    """
+
+    RULES = ("simple", "epsilon", "alphabeta", "flat", "ww")
+
+    def __init__(self, rule="simple", param=None, **kw):
+        if rule not in self.RULES:
+            raise RuleParameterError(f"lrp_toolbox rule must be one of {', '.join(self.RULES)}, got {rule!r}")
+        default = {"epsilon": 0.01, "alphabeta": 2.0}.get(rule)
+        if param is not None and default is None:
+            raise RuleParameterError(f"lrp_toolbox rule {rule!r} takes no parameter, got param={param!r}")
+        param = default if param is None else param
+        if param is not None and not (isinstance(param, (int, float)) and np.isfinite(param)):
+            raise RuleParameterError(f"lrp_toolbox param must be a finite number, got {param!r}")
+        if rule == "epsilon" and param < 0:
+            raise RuleParameterError(f"lrp_toolbox epsilon must be >= 0, got {param!r}")
+        self.rule, self.param = rule, None if param is None else float(param)
+        weighted = {"simple": Epsilon(1e-16), "epsilon": Epsilon(self.param or 0.0),
+                    "alphabeta": ToolboxAlphaBeta(self.param or 0.0, 1e-16), "flat": Flat(0.0),
+                    "ww": WSquare(0.0, bias=False)}[rule]
+        maxpool = Flat(0.0) if rule in ("flat", "ww") else WinnerTakesAll("split")
+        super().__init__([(_WEIGHTED, weighted), (MaxPool2d, maxpool)], **kw)
+
+    def __repr__(self):
+        return f"LRPToolbox(rule={self.rule!r}, param={self.param!r})"
+
+    def _sum_pool_rule(self, layer):
+        if self.rule in ("flat", "ww"):
+            return Flat(0.0)
+        if self.rule == "alphabeta":
+            return ToolboxAlphaBeta(self.param, 1e-16 * layer.scale)
+        return Norm((1e-12 if self.rule == "simple" else self.param) * layer.scale)
+
+    def rules(self, net):
+        rules = super().rules(net)
+        explicit = {i % len(net) for i in self.index_map} | {list(net.names).index(n) for n in self.name_map}
+        return [self._sum_pool_rule(layer) if type(layer) is SumPool2d and i not in explicit else rule
+                for i, (layer, rule) in enumerate(zip(net, rules))]
+
+
 REGISTRY = {
+    "lrp_toolbox": LRPToolbox,
     "epsilon_plus": EpsilonPlus,
     "epsilon_alpha2_beta1": EpsilonAlpha2Beta1,
     "epsilon_gamma_box": EpsilonGammaBox,

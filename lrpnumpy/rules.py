@@ -454,6 +454,35 @@ class AlphaBeta(AffineRule):
         return groups
 
 
+class ToolboxAlphaBeta(AffineRule):
+    r"""The LRP Toolbox's alpha-beta rule: one parameter ``alpha``, ``beta = 1 - alpha`` *added*.
+
+    ``R_in = alpha (x+ W+^T[R/zp] + x- W-^T[R/zp]) + (1 - alpha) (x+ W-^T[R/zn] + x- W+^T[R/zn])``,
+    products and bias split by sign as in :class:`AlphaBeta` (which is this rule with
+    ``beta = alpha - 1`` when ``alpha >= 1``); any ``alpha`` is allowed, and an empty side passes
+    nothing on (its share is not given to the other side).  On a sum pool (weights all equal) the
+    inputs are split by sign.
+    """
+
+    needs_weight = False
+
+    def __init__(self, alpha=2.0, epsilon=1e-16):
+        if not (isinstance(alpha, numbers.Real) and np.isfinite(alpha)):
+            raise RuleParameterError(f"ToolboxAlphaBeta alpha must be a finite number, got {alpha!r}")
+        self.alpha = float(alpha)
+        self.epsilon = _check_epsilon(epsilon)
+
+    def groups(self, layer, step):
+        ap, an, vanishes = _split(step.input)
+        if layer.weight is None:  # pooling: positive and negative inputs
+            pos, neg = [Term(ap, None)], [Term(an, None)]  # an empty side is computed, as zeros
+        else:
+            Wp, Wn, bp, bn = _sign_split(layer)
+            pos = [Term(ap, Wp, bp), Term(an, Wn, None, vanishes)]
+            neg = [Term(ap, Wn, bn), Term(an, Wp, None, vanishes)]
+        return [g for g in (Group(pos, self.alpha), Group(neg, 1 - self.alpha)) if g.coef != 0]
+
+
 class Gamma(AffineRule):
     r"""The gamma rule: favour positive contributions by ``gamma``.
 
@@ -541,7 +570,8 @@ class Flat(AffineRule):
     r"""The flat rule: ``R_in = 1^T [R / z]`` with ``z = 1 . 1`` (all weights 1, no bias).
 
     Every input in a neuron's receptive field gets an equal share; at padded
-    borders the share counts the in-bounds taps only.
+    borders the share counts the in-bounds taps only.  On a max pool the receptive field is the
+    whole window (as for the sum pool over the same windows), not only the maximum.
     """
 
     needs_weight = False
@@ -549,20 +579,33 @@ class Flat(AffineRule):
     def __init__(self, epsilon=1e-6):
         self.epsilon = _check_epsilon(epsilon)
 
+    def layer_for(self, step):
+        layer = super().layer_for(step)
+        return layer.sum_pool() if isinstance(layer, MaxPool2d) else layer
+
     def groups(self, layer, step):
         ones = None if layer.weight is None else layer.derived("ones", lambda: np.ones_like(layer.weight))
         return [Group([Term(np.ones_like(step.input), ones, None)])]
 
 
 class WSquare(AffineRule):
-    r"""The ``w^2`` rule: ``z = W^2 1 + b^2``, ``R_in = (W^2)^T [R / z]``."""
+    r"""The ``w^2`` rule: ``z = W^2 1 + b^2``, ``R_in = (W^2)^T [R / z]``.
 
-    def __init__(self, epsilon=1e-6):
+    ``bias=False`` leaves ``b^2`` out of ``z`` (the LRP Toolbox's ``ww`` rule).
+    """
+
+    def __init__(self, epsilon=1e-6, bias=True):
         self.epsilon = _check_epsilon(epsilon)
+        if not isinstance(bias, bool):
+            raise RuleParameterError(f"WSquare bias must be True or False, got {bias!r}")
+        self.bias = bias
+
+    def __repr__(self):
+        return f"WSquare(epsilon={self.epsilon!r}{'' if self.bias else ', bias=False'})"
 
     def groups(self, layer, step):
-        W, b = layer.weight, layer.bias
-        W2, b2 = layer.derived("square", lambda: (W ** 2, None if b is None else b ** 2))
+        W, b = layer.weight, layer.bias if self.bias else None
+        W2, b2 = layer.derived(("square", self.bias), lambda: (W ** 2, None if b is None else b ** 2))
         return [Group([Term(np.ones_like(step.input), W2, b2)])]
 
 
