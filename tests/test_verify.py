@@ -316,3 +316,37 @@ def test_chunks_give_the_same_comparison():
         assert a["passed"] and b["passed"], (a["method"], a["max_rel"], b["max_rel"])
         np.testing.assert_allclose(b["sums_lrpnumpy"], a["sums_lrpnumpy"], rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(b["sums_reference"], a["sums_reference"], rtol=1e-12, atol=1e-15)
+
+
+def _crp_available():
+    try:
+        from crp.attribution import CondAttribution  # noqa: F401
+        return True
+    except Exception:  # noqa: BLE001 - any import failure: not available
+        return False
+
+
+@needs_zennit
+@pytest.mark.reference
+@pytest.mark.skipif(not _crp_available(), reason="zennit-crp is not installed (see README, Reference implementations)")
+@pytest.mark.parametrize("layer, channels", [(3, [2]), (3, [0, 4]), (0, [1])])
+def test_filtering_by_channel_agrees_with_zennit_crp(layer, channels):
+    """zennit-crp's CondAttribution with a channel condition on a layer is lrpnumpy's explain with a
+    channel mask on that layer's output (EpsilonPlus; CRP's heatmap sums the input channels)."""
+    import torch
+    from crp.attribution import CondAttribution
+    import sys
+    sys.path.insert(0, __import__("os").path.dirname(__file__))
+    from test_methods_more import cnn
+    rng = np.random.default_rng(layer)
+    net, x = cnn(rng), rng.random((3, 2, 8, 8))
+    target = L.methods.gradient(net, x).target
+    tnet = verify.to_torch(net)
+    name = f"layers.{layer}"  # no Flatten before these layers, so torch's index is lrpnumpy's
+    conditions = [{"y": [int(t)], name: channels} for t in target]
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    theirs = CondAttribution(tnet)(xt, conditions, verify._zennit_composite("epsilon_plus", 0.0, 1.0)).heatmap.numpy()
+    shape = net[:layer + 1].output_shape((1, 2, 8, 8))[1:]
+    ours = L.explain(net, x, target, composite=L.EpsilonPlus(),
+                     mask={layer: L.methods.channel_mask(shape, channels)}).relevance.sum(axis=1)
+    assert np.abs(ours - theirs).max() <= 1e-10 * np.abs(theirs).max()
