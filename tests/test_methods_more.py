@@ -353,3 +353,13 @@ def test_fit_patterns_on_a_cnn_by_hand(rng):
         M.pattern_net(net, x, patterns={0: np.ones((2, 2))})
     with pytest.raises(LRPError):
         M.fit_patterns(net, x, kind="quadratic")
+
+
+def test_integrated_gradients_completeness_error_shrinks_with_steps(rng):
+    net, x = cnn(rng), rng.random((3, 2, 8, 8))
+    t = M.gradient(net, x).target
+    gap = logit(net, x, t) - logit(net, np.zeros_like(x), t)
+    errors = [np.abs(M.integrated_gradients(net, x, t, n=n).relevance.sum(axis=(1, 2, 3)) - gap).max()
+              for n in (4, 16, 64, 256)]
+    assert all(b < a for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < 0.05 * errors[0]
