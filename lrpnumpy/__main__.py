@@ -210,8 +210,8 @@ def main(argv=None):
     exp.add_argument("--npy", help="write the relevance to this .npy file")
     exp.add_argument("--json", action="store_true", help="print JSON")
     ver = sub.add_parser("verify", help="compare lrpnumpy's relevance with Zennit and Captum (needs the "
-                                        "'reference' extra; lenet5 takes seconds, vgg16 5 to 7 minutes and "
-                                        "8 GB of memory in float64, 4.8 GB of it Zennit's gamma rule)")
+                                        "'reference' extra; lenet5 takes seconds, vgg16 about 7 minutes and "
+                                        "4.4 GB of memory in float64, one sample at a time)")
     ver.add_argument("model", help="a model file (.npz, .onnx, .txt) or a built-in: lenet5, toolbox_lenet, vgg16")
     ver.add_argument("--input", help=".npy batch of inputs (default: random inputs of the model's shape)")
     ver.add_argument("--against", nargs="+", default=["zennit"], choices=["zennit", "captum"],
