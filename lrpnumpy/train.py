@@ -8,13 +8,13 @@ The parameters are updated in place.
 
 import math
 import numbers
-import sys
 from typing import NamedTuple
 
 import numpy as np
 
 from .errors import RuleParameterError, ShapeError
 from .explain import logit_network
+from .progress import bar
 
 
 def cross_entropy(logits, labels):
@@ -127,7 +127,7 @@ def fit(net, x, y, epochs=5, batch_size=64, optimizer=None, validation=None, see
                                      f"net.copy()")
     rng = np.random.default_rng(seed)
     steps = math.ceil(len(x) / batch_size)
-    bar = _bar(epochs * steps, progress)
+    shown = bar(epochs * steps, progress)
     history = History([], [])
     for _ in range(epochs):
         order, total = rng.permutation(len(x)), 0.0
@@ -142,16 +142,16 @@ def fit(net, x, y, epochs=5, batch_size=64, optimizer=None, validation=None, see
                     if name == "bias":
                         np.minimum(layer.bias, 0, out=layer.bias)
             total += loss * len(idx)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}")
+            if shown is not None:
+                shown.update(1)
+                shown.set_postfix(loss=f"{loss:.4f}")
         optimizer.lr *= lr_decay
         history.loss.append(total / len(x))
         history.accuracy.append(None if validation is None else accuracy(net, *validation))
         if not np.isfinite(history.loss[-1]):
             raise RuleParameterError(f"training diverged (loss {history.loss[-1]}); lower the learning rate")
-    if bar is not None:
-        bar.close()
+    if shown is not None:
+        shown.close()
     return history
 
 
@@ -193,18 +193,6 @@ def _labels(y, n):
     if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
         raise ShapeError(f"labels must be {n} integers (one per input), got {y.dtype} of shape {y.shape}")
     return y.astype(np.int64)
-
-
-def _bar(total, progress):
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="batch", leave=False)
 
 
 def _count(v, name):

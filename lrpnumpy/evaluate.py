@@ -1,0 +1,391 @@
+r"""How good is an explanation?  Perturbation curves, continuity, class sensitivity, the
+parameter-randomisation check, and the use of context.
+
+* :func:`pixel_flipping` (Bach et al., 2015), :func:`region_perturbation` (Samek et al., 2017) and
+  :func:`selectivity` (Montavon et al., 2018) remove features in order of relevance and record the
+  target score after each step: a :class:`PerturbationResult` with the curves, their area
+  (:meth:`~PerturbationResult.auc`) and the average drop (:meth:`~PerturbationResult.aopc`),
+  ``AOPC = 1/(L+1) sum_{k=0}^{L} f(x^(0)) - f(x^(k))``.
+* :func:`continuity` (Montavon et al., 2018): ``max ||R(x) - R(x')||_1 / ||x - x'||_2`` over
+  slightly translated inputs, with ``f`` and ``sum R`` along the path.
+* :func:`class_sensitivity`: how much the explanations of different classes differ.
+* :func:`randomization_check` (Adebayo et al., 2018): the similarity of the explanation to itself
+  as the model's layers are randomised.
+* :func:`context`: the share of relevance outside a region.
+
+The perturbed copies of a batch go through the network together, in chunks of ``batch_size``
+inputs, so memory stays bounded; a long run shows a progress bar and, interrupted with Ctrl-C,
+returns the steps it finished.
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+from .errors import RuleParameterError, ShapeError
+from .explain import forward_checked, logit_network, target_classes
+from .layers.base import check_array, check_finite, make_rng
+from .progress import bar
+
+
+class PerturbationResult:
+    """The scores of a perturbation experiment.
+
+    Attributes
+    ----------
+    curves : ndarray of shape (N, L + 1)
+        Per sample, the target score of the unperturbed input first, then one per step.
+    fractions : ndarray of shape (L + 1,)
+        The fraction of features removed after each step (0 first).
+    target : ndarray of int, shape (N,)
+    params : dict
+        The experiment's settings.
+    interrupted : bool
+        True when the run was stopped (Ctrl-C) before every step was done.
+    """
+
+    def __init__(self, curves, fractions, target, params, interrupted=False):
+        self.curves, self.fractions, self.target = curves, fractions, target
+        self.params, self.interrupted = dict(params), interrupted
+
+    def __repr__(self):
+        return (f"PerturbationResult({self.params.get('order')}, {len(self.curves)} samples, "
+                f"{self.curves.shape[1] - 1} steps, AOPC {self.aopc().mean():.4g}"
+                f"{', interrupted' if self.interrupted else ''})")
+
+    def auc(self):
+        """Area under each sample's curve over the fraction removed (trapezoidal rule), shape (N,)."""
+        c, f = self.curves, self.fractions
+        return ((c[:, 1:] + c[:, :-1]) / 2 * np.diff(f)).sum(axis=1)
+
+    def aopc(self):
+        """Area over the perturbation curve, ``1/(L+1) sum_k f(x^(0)) - f(x^(k))``, shape (N,)."""
+        return (self.curves[:, :1] - self.curves).mean(axis=1)
+
+
+def _scores(net, x, t, output):
+    out = forward_checked(net, x)[0].reshape(len(x), -1)
+    if output == "probability":
+        e = np.exp(out - out.max(axis=1, keepdims=True))
+        out = e / e.sum(axis=1, keepdims=True)
+    return out[np.arange(len(x)), t]
+
+
+def _fill(x, fill, rng):
+    """The values removed features are replaced with (an array of x's shape)."""
+    if isinstance(fill, numbers.Real) and not isinstance(fill, bool):
+        if not np.isfinite(fill):
+            raise RuleParameterError(f"fill must be finite, got {fill!r}")
+        return np.full_like(x, fill)
+    if isinstance(fill, np.ndarray):
+        check_finite(check_array(fill, "fill"), "fill")
+        if fill.shape != x.shape or fill.dtype != x.dtype:
+            raise ShapeError(f"fill must have x's shape {x.shape} and dtype {x.dtype}, got {fill.shape} {fill.dtype}")
+        return fill
+    if fill == "mean":  # each sample's per-channel mean
+        return np.broadcast_to(x.mean(axis=(2, 3), keepdims=True), x.shape).copy()
+    if fill == "uniform":  # uniform noise over each sample's value range
+        lo, hi = x.min(axis=(1, 2, 3), keepdims=True), x.max(axis=(1, 2, 3), keepdims=True)
+        return (lo + (hi - lo) * make_rng(rng).random(x.shape)).astype(x.dtype)
+    if fill == "blur":  # the mean over a 5 x 5 window (edges repeated)
+        p = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)), mode="edge")
+        h, w = x.shape[2:]
+        return sum(p[:, :, i:i + h, j:j + w] for i in range(5) for j in range(5)) / x.dtype.type(25)
+    raise RuleParameterError(f"fill must be a number, an array, 'mean', 'uniform' or 'blur', got {fill!r}")
+
+
+def _int(v, name, minimum=1, none=False):
+    if none and v is None:
+        return None
+    if not (isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= minimum):
+        raise RuleParameterError(f"{name} must be an int >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def pixel_flipping(model, x, relevance, target=None, features_per_step=1, steps=None, patch=1, order="morf",
+                   fill=0.0, output="logit", rng=None, batch_size=None, progress=None):
+    """Remove features in order of relevance and record the target score after each step.
+
+    Parameters
+    ----------
+    model : Sequential or Graph
+    x : ndarray of shape (N, C, H, W)
+    relevance : ndarray of x's shape
+        What the order follows: a feature's relevance is its sum over channels (and patch).
+    target : None, int or sequence of int
+        The class scored (None: the class predicted for ``x``).
+    features_per_step : int
+        Features removed at each step.
+    steps : int, optional
+        Steps taken (default: until every feature is removed).
+    patch : int
+        Features are ``patch x patch`` squares of a grid over the image (1: pixels); all channels
+        of a feature are removed together.
+    order : "morf", "lerf" or "random"
+        Most relevant first, least relevant first, or a random order (``rng``).
+    fill : float, ndarray, "mean", "uniform" or "blur"
+        What replaces a removed feature: a number, an array of ``x``'s shape, each sample's
+        per-channel mean, uniform noise over the sample's range (drawn once, ``rng``), or a
+        5 x 5 box blur of the image.
+    output : "logit" or "probability"
+        Score the target logit or its softmax probability.
+    rng : None, int or numpy.random.Generator
+        For ``order="random"`` and ``fill="uniform"``.
+    batch_size : int, optional
+        Perturbed inputs per forward pass (default 256): bounds memory.
+    progress : bool, optional
+        A progress bar (default: on a terminal).
+
+    Returns
+    -------
+    PerturbationResult
+    """
+    net = logit_network(model, x)
+    check_finite(check_array(relevance, "relevance"), "relevance")
+    if x.ndim != 4:
+        raise ShapeError(f"pixel flipping needs images (N, C, H, W), got shape {x.shape}")
+    if relevance.shape != x.shape:
+        raise ShapeError(f"relevance must have x's shape {x.shape}, got {relevance.shape}")
+    fps, patch = _int(features_per_step, "features_per_step"), _int(patch, "patch")
+    steps, batch_size = _int(steps, "steps", none=True), _int(256 if batch_size is None else batch_size, "batch_size")
+    if order not in ("morf", "lerf", "random") or output not in ("logit", "probability"):
+        raise RuleParameterError(f"order must be 'morf', 'lerf' or 'random' and output 'logit' or 'probability', "
+                                 f"got {order!r}, {output!r}")
+    rng = make_rng(rng)
+    n, c, h, w = x.shape
+    gh, gw = math.ceil(h / patch), math.ceil(w / patch)
+    feature_of = ((np.arange(h) // patch)[:, None] * gw + (np.arange(w) // patch)[None, :]).ravel()  # per pixel
+    score = np.zeros((n, gh * gw))
+    np.add.at(score.T, feature_of, relevance.sum(axis=1).reshape(n, -1).T.astype(np.float64))
+    if order == "random":
+        ranking = np.argsort(rng.random(score.shape), axis=1, kind="stable")
+    else:
+        ranking = np.argsort(-score if order == "morf" else score, axis=1, kind="stable")
+    position = np.empty_like(ranking)
+    position[np.arange(n)[:, None], ranking] = np.arange(gh * gw)[None]
+    removed_at = position[:, feature_of] // fps + 1  # (N, H*W): the step that removes each pixel
+    total = math.ceil(gh * gw / fps)
+    steps = total if steps is None else min(steps, total)
+    values = _fill(x, fill, rng).reshape(n, c, -1)
+    flat = x.reshape(n, c, -1)
+    out = forward_checked(net, x)[0]
+    t = target_classes(out, target)
+    curves = np.full((n, steps + 1), np.nan)
+    curves[:, 0] = _scores(net, x, t, output)
+    per_chunk, done, interrupted = max(1, batch_size // n), 0, False
+    shown = bar(steps, progress, unit="step")
+    try:
+        for k0 in range(1, steps + 1, per_chunk):
+            ks = np.arange(k0, min(k0 + per_chunk, steps + 1))
+            gone = (removed_at[None] <= ks[:, None, None])[:, :, None, :]  # (K, N, 1, H*W)
+            copies = np.where(gone, values[None], flat[None]).reshape((-1, c, h, w))
+            curves[:, ks] = _scores(net, copies, np.tile(t, len(ks)), output).reshape(len(ks), n).T
+            done = ks[-1]
+            if shown is not None:
+                shown.update(len(ks))
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if shown is not None:
+            shown.close()
+    fractions = np.minimum(np.arange(done + 1) * fps, gh * gw) / (gh * gw)
+    params = dict(order=order, features_per_step=fps, patch=patch, fill=fill if isinstance(fill, (str, float, int))
+                  else "array", output=output, features=gh * gw)
+    return PerturbationResult(curves[:, :done + 1], fractions, t, params, interrupted)
+
+
+def region_perturbation(model, x, relevance, target=None, patch=9, fill="uniform", **kwargs):
+    """Region perturbation (Samek et al., 2017): :func:`pixel_flipping` of ``patch x patch`` regions
+    (default 9 x 9) replaced by uniform noise, most relevant first."""
+    return pixel_flipping(model, x, relevance, target, patch=patch, fill=fill, **kwargs)
+
+
+def selectivity(model, x, relevance, target=None, patch=4, fill=0.0, **kwargs):
+    """Selectivity (Montavon et al., 2018): the target score as patches are removed, most relevant
+    first; a good explanation makes the score fall fast, so a small :meth:`~PerturbationResult.auc`
+    is better (Quantus's Selectivity uses 8 x 8 patches)."""
+    return pixel_flipping(model, x, relevance, target, patch=patch, fill=fill, order="morf", **kwargs)
+
+
+def _relevance(result):
+    return getattr(result, "relevance", result)
+
+
+def continuity(model, method, x, shifts, target=None, **kwargs):
+    r"""Explanation continuity (Montavon et al., 2018): ``max ||R(x) - R(x')||_1 / ||x - x'||_2`` over
+    the inputs along a path of small translations.
+
+    Parameters
+    ----------
+    method : callable
+        ``method(model, x, target, **kwargs) -> Explanation`` (``lrpnumpy.explain`` with a composite,
+        or a method of :mod:`lrpnumpy.methods`).
+    shifts : sequence of (int, int)
+        The path: translations ``(dy, dx)`` of ``x`` (pixels shifted in are 0), in order.
+    target : None, int or sequence of int
+        The class explained along the whole path (None: the class predicted for ``x``).
+
+    Returns
+    -------
+    dict
+        ``"continuity"`` (N,): the largest ratio over all pairs of points of the path (``x``
+        itself first); ``"f"`` and ``"sum_relevance"`` (N, len(shifts) + 1): the target logit and
+        the sum of relevance along the path.
+    """
+    from .methods.tricks import shift as translate
+    net = logit_network(model, x)
+    if x.ndim != 4:
+        raise ShapeError(f"continuity needs images (N, C, H, W), got shape {x.shape}")
+    try:
+        shifts = [(0, 0)] + [tuple(int(v) for v in s) for s in shifts]
+    except (TypeError, ValueError):
+        raise RuleParameterError(f"shifts must be pairs of ints (dy, dx), got {shifts!r}") from None
+    if len(shifts) < 2 or any(len(s) != 2 for s in shifts):
+        raise RuleParameterError(f"continuity needs at least one shift (dy, dx), got {shifts[1:]!r}")
+    t = target_classes(forward_checked(net, x)[0], target)
+    points = [x if s == (0, 0) else translate(x, s[0], s[1]) for s in shifts]
+    R = [_relevance(method(model, p, t, **kwargs)) for p in points]
+    n = len(x)
+    best = np.zeros(n)
+    for i in range(len(points)):
+        for j in range(i + 1, len(points)):
+            dx = np.sqrt(((points[i] - points[j]).reshape(n, -1) ** 2).sum(axis=1))
+            dr = np.abs(R[i] - R[j]).reshape(n, -1).sum(axis=1)
+            best = np.maximum(best, np.where(dx > 0, dr / np.where(dx > 0, dx, 1), 0))
+    f = np.stack([_scores(net, p, t, "logit") for p in points], axis=1)
+    sums = np.stack([r.reshape(n, -1).sum(axis=1) for r in R], axis=1)
+    return {"continuity": best, "f": f, "sum_relevance": sums, "shifts": shifts}
+
+
+def _cosine(a, b):
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    return np.where((na > 0) & (nb > 0), (a * b).sum(axis=1) / np.where(na * nb > 0, na * nb, 1), 0.0)
+
+
+def class_sensitivity(model, method, x, classes=None, **kwargs):
+    """How much explanations of different target classes differ.
+
+    Every class in ``classes`` (default: all) is explained for every sample; the result holds the
+    cosine similarity of each pair of explanations, ``similarity`` (N, K, K), and
+    ``sensitivity`` (N,) = 1 - the mean similarity over pairs of different classes (0: the
+    explanation ignores the class, as for an input-only saliency; near 1: class-specific).
+    """
+    net = logit_network(model, x)
+    k = forward_checked(net, x)[0].reshape(len(x), -1).shape[1]
+    classes = list(range(k)) if classes is None else [int(c) for c in classes]
+    if len(classes) < 2:
+        raise RuleParameterError(f"class_sensitivity needs at least two classes, got {classes!r}")
+    R = [_relevance(method(model, x, np.full(len(x), c), **kwargs)) for c in classes]
+    sim = np.ones((len(x), len(classes), len(classes)))
+    for i in range(len(classes)):
+        for j in range(i + 1, len(classes)):
+            sim[:, i, j] = sim[:, j, i] = _cosine(R[i], R[j])
+    off = ~np.eye(len(classes), dtype=bool)
+    return {"similarity": sim, "sensitivity": 1 - sim[:, off].mean(axis=1), "classes": classes}
+
+
+def _ranks(v):
+    """Average ranks along the last axis (ties share their mean rank), as Spearman's correlation needs."""
+    order = np.argsort(v, axis=-1, kind="stable")
+    ranks = np.empty(v.shape)
+    np.put_along_axis(ranks, order, np.arange(v.shape[-1], dtype=float)[None].repeat(len(v), 0), axis=-1)
+    out = np.empty(v.shape)
+    for i in range(len(v)):  # average the ranks of ties
+        values, inverse = np.unique(v[i], return_inverse=True)
+        sums = np.bincount(inverse, weights=ranks[i])
+        counts = np.bincount(inverse)
+        out[i] = (sums / counts)[inverse]
+    return out
+
+
+def similarity(a, b, kind="spearman"):
+    """Per-sample similarity of two batches of explanations: "spearman" (rank correlation, ties
+    averaged), "spearman_abs" (of the absolute values, as Adebayo et al. also report), "pearson" or
+    "cosine"."""
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    if kind in ("spearman", "spearman_abs"):
+        if kind == "spearman_abs":
+            a, b = np.abs(a), np.abs(b)
+        a, b = _ranks(a), _ranks(b)
+    elif kind == "cosine":
+        return _cosine(a, b)
+    elif kind != "pearson":
+        raise RuleParameterError(f"similarity must be 'spearman', 'spearman_abs', 'pearson' or 'cosine', got {kind!r}")
+    a, b = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
+    return _cosine(a, b)
+
+
+def randomization_check(model, method, x, target=None, order="cascading", similarity_kind="spearman", seed=0,
+                        **kwargs):
+    """Model parameter randomisation (Adebayo et al., 2018).
+
+    The layers with parameters are randomised from the output down: cascading (each step keeps
+    the layers above randomised too) or independently (one layer at a time).  A layer's weights are
+    redrawn from a normal distribution with the same mean and standard deviation, its biases
+    likewise.  An explanation that depends on what the model learned changes: its similarity to
+    the original falls.
+
+    Returns
+    -------
+    dict
+        ``"layers"``: the randomised layers' indices in the order randomised; ``"similarity"``
+        (len(layers), N): the similarity (``similarity_kind``, see :func:`similarity`) of each
+        explanation to the original one; ``"original"``: the original relevance.
+    """
+    net = logit_network(model, x)
+    if order not in ("cascading", "independent"):
+        raise RuleParameterError(f"order must be 'cascading' or 'independent', got {order!r}")
+    t = target_classes(forward_checked(net, x)[0], target)
+    original = _relevance(method(net, x, t, **kwargs))
+    rng = make_rng(seed)
+    layers = [i for i in reversed(range(len(net))) if getattr(net[i], "weight", None) is not None]
+    current = net
+    rows = []
+    for i in layers:
+        base = current if order == "cascading" else net
+        new = base.copy()
+        layer = new[i]
+        for name in ("weight", "bias"):  # not running statistics
+            v = getattr(layer, name, None)
+            if v is not None and v.size:
+                setattr(layer, name, rng.normal(v.mean(), v.std() if v.size > 1 else abs(v).mean(),
+                                                 v.shape).astype(v.dtype))
+        rows.append(similarity(original, _relevance(method(new, x, t, **kwargs)), similarity_kind))
+        current = new
+    return {"layers": layers, "similarity": np.array(rows), "original": original, "order": order}
+
+
+def context(relevance, region, kind="positive"):
+    """The share of relevance outside ``region`` (the slides' "use of context").
+
+    Parameters
+    ----------
+    relevance : ndarray of shape (N, C, H, W) (or (N, H, W))
+    region : boolean ndarray of shape (N, H, W) or (H, W)
+        The object's pixels.
+    kind : "positive", "absolute" or "signed"
+        Which relevance counts: its positive part (default), its magnitude, or as it is.
+
+    Returns
+    -------
+    ndarray of shape (N,)
+        Relevance outside the region over all relevance (0 where there is none).
+    """
+    r = np.asarray(relevance, dtype=np.float64)
+    r = r.sum(axis=1) if r.ndim == 4 else r
+    region = np.asarray(region, dtype=bool)
+    try:
+        region = np.broadcast_to(region, r.shape)
+    except ValueError:
+        raise ShapeError(f"region of shape {region.shape} does not fit relevance of shape {r.shape}") from None
+    if kind == "positive":
+        r = np.maximum(r, 0)
+    elif kind == "absolute":
+        r = np.abs(r)
+    elif kind != "signed":
+        raise RuleParameterError(f"kind must be 'positive', 'absolute' or 'signed', got {kind!r}")
+    total = r.reshape(len(r), -1).sum(axis=1)
+    outside = np.where(region, 0, r).reshape(len(r), -1).sum(axis=1)
+    return np.where(total != 0, outside / np.where(total != 0, total, 1), 0.0)

@@ -1,0 +1,141 @@
+"""Evaluation metrics against values computed by hand on tiny cases."""
+
+import numpy as np
+import pytest
+
+import lrpnumpy as L
+from lrpnumpy import evaluate as E, methods as M
+from lrpnumpy.errors import LRPError
+
+
+def pixel_sum_model(h=1, w=3, scale=None):
+    """f_0(x) = sum of the pixels (times ``scale`` per pixel); f_1 = 0: a conv with one 1 x 1 kernel."""
+    lin = L.Linear(h * w, 2, bias=False)
+    lin.weight = np.stack([np.ones(h * w) if scale is None else np.asarray(scale, float), np.zeros(h * w)])
+    return L.Sequential(L.Flatten(), lin)
+
+
+def test_auc_and_aopc_of_a_three_pixel_example():
+    """x = (3, 1, 2), f = 2 x_0 + x_1 + 4 x_2, relevance = gradient x input = (6, 1, 8): MoRF removes
+    pixel 2 (f: 15 -> 7), then 0 (-> 1), then 1 (-> 0)."""
+    net = pixel_sum_model(scale=[2, 1, 4])
+    x = np.array([[[[3.0, 1.0, 2.0]]]])
+    R = M.gradient_x_input(net, x, 0).relevance
+    np.testing.assert_array_equal(R, [[[[6.0, 1.0, 8.0]]]])
+    r = E.pixel_flipping(net, x, R, target=0)
+    np.testing.assert_array_equal(r.curves, [[15.0, 7.0, 1.0, 0.0]])
+    np.testing.assert_array_equal(r.fractions, [0, 1 / 3, 2 / 3, 1])
+    # AUC by the trapezoidal rule: 1/3 * ((15 + 7) / 2 + (7 + 1) / 2 + (1 + 0) / 2) = 31 / 6
+    np.testing.assert_allclose(r.auc(), [31 / 6], rtol=1e-15)
+    # AOPC = 1/4 * ((15 - 15) + (15 - 7) + (15 - 1) + (15 - 0)) = 37 / 4
+    np.testing.assert_allclose(r.aopc(), [37 / 4], rtol=1e-15)
+    lerf = E.pixel_flipping(net, x, R, target=0, order="lerf")
+    np.testing.assert_array_equal(lerf.curves, [[15.0, 14.0, 8.0, 0.0]])
+    two = E.pixel_flipping(net, x, R, target=0, features_per_step=2)
+    np.testing.assert_array_equal(two.curves, [[15.0, 1.0, 0.0]])
+    np.testing.assert_array_equal(two.fractions, [0, 2 / 3, 1])
+    one = E.pixel_flipping(net, x, R, target=0, steps=1, fill=1.0)
+    np.testing.assert_array_equal(one.curves, [[15.0, 11.0]])  # pixel 2 replaced by 1: 15 - 8 + 4
+
+
+def test_morf_curve_of_the_pixel_sum_model_is_non_increasing(rng):
+    """Scoring the sum of positive pixels, removing positive relevance (gradient x input = x) first:
+    every step lowers the score, the largest drops come first."""
+    net = pixel_sum_model(6, 6)
+    x = rng.random((4, 1, 6, 6))
+    R = M.gradient_x_input(net, x, 0).relevance
+    r = E.pixel_flipping(net, x, R, target=0, features_per_step=3)
+    drops = -np.diff(r.curves, axis=1)
+    assert (drops >= 0).all() and (np.diff(drops, axis=1) <= 1e-12).all()
+    assert np.allclose(r.curves[:, -1], 0)  # everything removed (fill 0)
+    # MoRF falls at least as fast as any other order: its AOPC is the largest
+    for order in ("lerf", "random"):
+        other = E.pixel_flipping(net, x, R, target=0, features_per_step=3, order=order, rng=0)
+        assert (r.aopc() >= other.aopc() - 1e-12).all()
+
+
+def test_patches_fills_probability_and_chunks(rng):
+    net = pixel_sum_model(5, 5)
+    x = rng.random((2, 1, 5, 5))
+    R = rng.normal(size=x.shape)
+    r = E.pixel_flipping(net, x, R, target=0, patch=2)  # a 3 x 3 grid of patches (edges smaller)
+    assert r.curves.shape == (2, 10) and r.params["features"] == 9
+    feature = np.add.reduceat(np.add.reduceat(R[:, 0], [0, 2, 4], axis=1), [0, 2, 4], axis=2).reshape(2, 9)
+    first = np.argmax(feature, axis=1)
+    for i in range(2):
+        rows, cols = divmod(first[i], 3)
+        kept = x[i, 0].copy()
+        kept[2 * rows:2 * rows + 2, 2 * cols:2 * cols + 2] = 0
+        np.testing.assert_allclose(r.curves[i, 1], kept.sum(), rtol=1e-12)
+    np.testing.assert_allclose(E.pixel_flipping(net, x, R, 0, patch=2, batch_size=1).curves, r.curves, rtol=1e-15)
+    mean = E.pixel_flipping(net, x, R, 0, fill="mean")
+    np.testing.assert_allclose(mean.curves[:, -1], x.sum(axis=(1, 2, 3)), rtol=1e-12)  # all pixels = the mean
+    p = E.pixel_flipping(net, x, R, 0, output="probability", steps=2)
+    logits = net.forward(x)
+    np.testing.assert_allclose(p.curves[:, 0], 1 / (1 + np.exp(logits[:, 1] - logits[:, 0])), rtol=1e-12)
+    u1 = E.region_perturbation(net, x, R, 0, patch=2, rng=3)
+    u2 = E.region_perturbation(net, x, R, 0, patch=2, rng=3)
+    np.testing.assert_array_equal(u1.curves, u2.curves)
+    s = E.selectivity(net, x, R, 0, patch=2)
+    np.testing.assert_array_equal(s.curves, r.curves)
+
+
+def test_continuity_of_a_linear_models_gradient_x_input(rng):
+    """R(x) = w * x for f = w.x, so ||R(x) - R(x')||_1 / ||x - x'||_2 = ||w * d||_1 / ||d||_2, d = x - x'."""
+    net = L.Sequential(L.Flatten(), L.Linear(16, 2, rng=rng, bias=False))
+    x = rng.random((2, 1, 4, 4))
+    res = E.continuity(net, M.gradient_x_input, x, shifts=[(0, 1), (1, 1)], target=0)
+    w = net[1].weight[0].reshape(1, 4, 4)
+    points = [x, M.shift(x, 0, 1), M.shift(x, 1, 1)]
+    expected = np.zeros(2)
+    for i in range(3):
+        for j in range(i + 1, 3):
+            d = points[i] - points[j]
+            expected = np.maximum(expected, np.abs(w * d).reshape(2, -1).sum(1) / np.sqrt((d ** 2).reshape(2, -1).sum(1)))
+    np.testing.assert_allclose(res["continuity"], expected, rtol=1e-12)
+    np.testing.assert_allclose(res["f"][:, 1], net.forward(points[1])[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(res["sum_relevance"], res["f"], rtol=1e-12)  # gradient x input is exact here
+
+
+def test_class_sensitivity_randomization_and_context(rng):
+    net = L.Sequential(L.Flatten(), L.Linear(16, 6, rng=rng), L.ReLU(), L.Linear(6, 3, rng=rng))
+    x = rng.random((2, 1, 4, 4))
+    cs = E.class_sensitivity(net, M.gradient, x)
+    assert cs["similarity"].shape == (2, 3, 3) and np.allclose(np.diagonal(cs["similarity"], axis1=1, axis2=2), 1)
+    # an explanation that ignores the class has sensitivity 0
+    same = E.class_sensitivity(net, lambda model, v, t: L.Explanation(v.copy(), None), x)
+    np.testing.assert_allclose(same["sensitivity"], 0, atol=1e-12)
+    rc = E.randomization_check(net, M.gradient, x)
+    assert rc["layers"] == [3, 1] and rc["similarity"].shape == (2, 2)
+    assert (rc["similarity"] <= 1 + 1e-12).all()
+    ind = E.randomization_check(net, M.gradient, x, order="independent")
+    np.testing.assert_allclose(ind["similarity"][0], rc["similarity"][0])  # the first step is the same
+    # Spearman with ties: (1, 2, 2) against (1, 2, 3) -> ranks (0, 1.5, 1.5) and (0, 1, 2)
+    np.testing.assert_allclose(E.similarity(np.array([[1.0, 2, 2]]), np.array([[1.0, 2, 3]])), [np.sqrt(3) / 2])
+    R = np.zeros((1, 1, 2, 2))
+    R[0, 0] = [[3.0, -1.0], [1.0, 0.0]]
+    region = np.array([[True, False], [False, False]])
+    np.testing.assert_allclose(E.context(R, region), [1 / 4])
+    np.testing.assert_allclose(E.context(R, region, kind="absolute"), [2 / 5])
+    np.testing.assert_allclose(E.context(R, region, kind="signed"), [0.0])
+
+
+@pytest.mark.parametrize("call", [
+    lambda net, x, R: E.pixel_flipping(net, x, R[:, :, :2]),
+    lambda net, x, R: E.pixel_flipping(net, x, R, order="best"),
+    lambda net, x, R: E.pixel_flipping(net, x, R, fill="noise"),
+    lambda net, x, R: E.pixel_flipping(net, x, R, fill=np.nan),
+    lambda net, x, R: E.pixel_flipping(net, x, R, features_per_step=0),
+    lambda net, x, R: E.pixel_flipping(net, x, R, patch=-1),
+    lambda net, x, R: E.pixel_flipping(net, x, np.full_like(R, np.nan)),
+    lambda net, x, R: E.pixel_flipping(net, x, R, target=9),
+    lambda net, x, R: E.continuity(net, M.gradient, x, shifts=[]),
+    lambda net, x, R: E.class_sensitivity(net, M.gradient, x, classes=[0]),
+    lambda net, x, R: E.randomization_check(net, M.gradient, x, order="sideways"),
+    lambda net, x, R: E.context(R, np.ones((3, 3), bool)),
+])
+def test_bad_arguments_raise_lrpnumpy_errors(rng, call):
+    net = pixel_sum_model(4, 4)
+    x = rng.random((2, 1, 4, 4))
+    with pytest.raises(LRPError):
+        call(net, x, rng.normal(size=x.shape))
