@@ -139,3 +139,49 @@ def test_bad_arguments_raise_lrpnumpy_errors(rng, call):
     x = rng.random((2, 1, 4, 4))
     with pytest.raises(LRPError):
         call(net, x, rng.normal(size=x.shape))
+
+
+def _quantus():
+    try:
+        import quantus  # noqa: F401
+        from lrpnumpy import verify
+        return verify.available("zennit") or verify.available("captum")
+    except Exception:  # noqa: BLE001 - any import failure: not available
+        return False
+
+
+@pytest.mark.reference
+@pytest.mark.skipif(not _quantus(), reason="quantus and torch are not installed (the 'reference' extra)")
+def test_against_quantus():
+    """Quantus 0.6 on the same torch model (to_torch, float32: Quantus casts inputs to float32), inputs and
+    attributions: PixelFlipping, RegionPerturbation and Selectivity give lrpnumpy's curves with
+    output="probability" (Quantus applies softmax) and fill = each image's minimum (its "black")."""
+    import warnings
+    import quantus
+    from lrpnumpy import verify, zoo
+    warnings.simplefilter("ignore")
+    net = zoo.lenet5(seed=0).astype(np.float32)
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 1, 28, 28)).astype(np.float32)
+    y = net.forward(x).argmax(1)
+    R = L.explain(net, x, y, composite=L.EpsilonPlus()).relevance
+    tnet = verify.to_torch(net).float().eval()
+    black = np.broadcast_to(x.min(axis=(1, 2, 3), keepdims=True), x.shape).copy()
+    kw = dict(model=tnet, x_batch=x, y_batch=y, a_batch=R, device="cpu", softmax=True)
+
+    def close(ours, theirs):
+        assert ours.shape == theirs.shape
+        assert np.abs(ours - theirs).max() <= 2e-6 * np.abs(theirs).max(), np.abs(ours - theirs).max()
+    pf = E.pixel_flipping(net, x, R, y, features_per_step=28, output="probability", fill=black)
+    theirs = np.array(quantus.PixelFlipping(features_in_step=28, disable_warnings=True)(**kw))
+    close(pf.curves[:, 1:], theirs)  # Quantus's curve leaves out the unperturbed score
+    # (Quantus's return_auc_per_sample is np.trapz(curve, dx=1), which NumPy 2.4 removed: it fails here)
+    rp = E.region_perturbation(net, x, R, y, patch=4, steps=20, output="probability", fill=black)
+    theirs = np.array(quantus.RegionPerturbation(patch_size=4, regions_evaluation=20, disable_warnings=True)(**kw))
+    close(rp.curves[:, :1] - rp.curves[:, 1:], theirs)  # Quantus reports the drops
+    sel = E.selectivity(net, x, R, y, patch=4, output="probability", fill=black)
+    close(sel.curves[:, 1:], np.array(quantus.Selectivity(patch_size=4, disable_warnings=True)(**kw)))
+    # the randomisation check's similarity: Quantus's Spearman correlation
+    a, b = rng.normal(size=(3, 50)), rng.normal(size=(3, 50))
+    np.testing.assert_allclose(E.similarity(a, b), [quantus.similarity_func.correlation_spearman(u, v)
+                                                    for u, v in zip(a, b)], rtol=1e-12)
