@@ -181,6 +181,44 @@ def _bench(args):
     return subprocess.call([sys.executable, script] + args.args)
 
 
+def _method_by_name(name, x):
+    """A method for evaluate: a registered method, a composite name (LRP), or "random"."""
+    from . import composites, evaluate, methods
+    from .explain import explain
+    if name == "random":
+        return evaluate.random_relevance
+    if name in composites.REGISTRY:
+        composite = composites.get(name, data=x)
+        return lambda model, v, t: explain(model, v, t, composite=composite)
+    usable = [m for m in methods.REGISTRY if m not in ("lrp", "grad_cam", "pattern_net", "pattern_attribution")]
+    if name in usable:  # (Grad-CAM's map is not input-sized; the pattern methods need fitted patterns)
+        return methods.get(name)
+    raise RuleParameterError(f"unknown method {name!r} for evaluate: use a composite ({', '.join(composites.REGISTRY)})"
+                             f", a method ({', '.join(usable)}) or random")
+
+
+def _evaluate(args):
+    from . import evaluate
+    net = _load_model(args.model)
+    x = _read_inputs(args.inputs, net, args.input_range)
+    methods = {name: _method_by_name(name, x) for name in args.methods}
+    options = {"pixel_flipping": dict(features_per_step=args.features_per_step, steps=args.steps),
+               "region_perturbation": dict(patch=args.patch, steps=args.steps),
+               "selectivity": dict(steps=args.steps)}
+    table = evaluate.compare(net, x, methods, metrics=args.metrics, target=args.target, options=options)
+    print(table.to_json() if args.json else table)
+    if args.csv:
+        table.to_csv(args.csv)
+    if args.plot:
+        from . import viz
+        viz.save(table.plot(next((m for m in args.metrics if m in ("pixel_flipping", "region_perturbation",
+                                                                    "selectivity")), "pixel_flipping")), args.plot)
+    for path in (args.csv, args.plot):
+        if path and not args.json:
+            print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None):
     from . import __version__
     parser = _Parser(prog="lrpnumpy", description="Layer-wise Relevance Propagation in NumPy")
@@ -228,6 +266,23 @@ def main(argv=None):
                           "do not depend on it)")
     ver.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ver.add_argument("--plot", help="save the conservation plot to this PNG file")
+    ev = sub.add_parser("evaluate", help="score explanation methods by pixel flipping and other metrics (one table)")
+    ev.add_argument("model", help="a model file (.npz, .onnx, .txt, .prototxt) or a built-in name")
+    ev.add_argument("inputs", nargs="+", help=".npy arrays or PNG/JPEG images, as for explain")
+    ev.add_argument("--methods", nargs="+", default=["epsilon_plus", "gradient", "random"],
+                    help="composite names (LRP), method names or random (default: %(default)s)")
+    ev.add_argument("--metrics", nargs="+", default=["pixel_flipping"], choices=["pixel_flipping",
+                    "region_perturbation", "selectivity", "continuity", "class_sensitivity", "randomization"],
+                    help="default: %(default)s")
+    ev.add_argument("--features-per-step", type=_positive_int, default=1, help="pixel flipping: pixels per step")
+    ev.add_argument("--patch", type=_positive_int, default=9, help="region perturbation: patch size (default 9)")
+    ev.add_argument("--steps", type=_positive_int, help="perturbation steps (default: until all are removed)")
+    ev.add_argument("--target", type=int, help="class to explain (default: the predicted class)")
+    ev.add_argument("--input-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                    help="image pixels 0..255 are scaled to [LOW, HIGH] (default: the model's metadata)")
+    ev.add_argument("--json", action="store_true", help="print JSON")
+    ev.add_argument("--csv", help="write the table to this CSV file")
+    ev.add_argument("--plot", help="write the perturbation curves to this PNG/PDF")
     tr = sub.add_parser("train", help="train a shipped Fashion-MNIST model again (data/make_models.py)")
     tr.add_argument("model", help="fashion_mlp, fashion_cnn_sumpool or fashion_cnn_maxpool")
     tr.add_argument("--epochs", type=_positive_int, help="default: the recipe's")
@@ -243,7 +298,8 @@ def main(argv=None):
             from .demo import run
             run(args.out, args.model)
             return 0
-        return {"explain": _explain, "verify": _verify, "train": _train, "bench": _bench}[args.command](args)
+        return {"explain": _explain, "evaluate": _evaluate, "verify": _verify, "train": _train,
+                "bench": _bench}[args.command](args)
     except (LRPError, OSError) as exc:
         print(f"lrpnumpy: error: {exc}", file=sys.stderr)
         return 2

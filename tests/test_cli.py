@@ -74,6 +74,8 @@ def test_bad_input_is_exit_2_and_one_line(tmp_path):
                  ["explain", MODEL, str(tmp_path / "bad.npy"), "--rule", "epsilon:epsilon=x"],
                  ["explain", MODEL, str(tmp_path / "bad.npy"), "--composite", "nope"],
                  ["explain", MODEL, str(tmp_path / "bad.npy"), "--method", "lime"],
+                 ["evaluate", MODEL, str(tmp_path / "bad.npy")],
+                 ["evaluate", MODEL, str(tmp_path / "missing.npy"), "--methods", "lime"],
                  ["explain", str(tmp_path / "none.npz"), str(tmp_path / "bad.npy")],
                  ["train", "nope"], ["demo", "--model", "nope"], ["nope"]):
         r = _cli(*args)
@@ -96,3 +98,20 @@ def test_train_regenerates_a_model(tmp_path, monkeypatch):
     assert main(["train", "fashion_mlp", "--epochs", "1", "--fashion-mnist", str(tmp_path), "--out", str(out)]) == 0
     net = L.io.load(out / "fashion_mlp.npz")
     assert net.meta["classes"][0] == "T-shirt/top" and net.input_shape == (1, 28, 28)
+
+
+def test_evaluate_prints_one_table(tmp_path, capsys):
+    s = datasets.sample()
+    np.save(tmp_path / "x.npy", s.images[:3])
+    assert main(["evaluate", MODEL, str(tmp_path / "x.npy"), "--methods", "epsilon_plus", "gradient", "random",
+                 "--features-per-step", "56", "--json", "--csv", str(tmp_path / "t.csv"), "--plot",
+                 str(tmp_path / "c.png")]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["method"] for r in rows] == ["epsilon_plus", "gradient", "random"]
+    net = L.io.load(MODEL)
+    x = s.images[:3].astype(net.dtype)
+    e = L.explain(net, x, composite=L.EpsilonPlus())
+    pf = L.evaluate.pixel_flipping(net, x, e.relevance, features_per_step=56)
+    np.testing.assert_allclose(rows[0]["pixel_flipping_aopc"], pf.aopc().mean(), rtol=1e-12)
+    assert (tmp_path / "t.csv").read_text().splitlines()[0] == "method,pixel_flipping_aopc,pixel_flipping_auc"
+    assert (tmp_path / "c.png").exists()

@@ -185,3 +185,28 @@ def test_against_quantus():
     a, b = rng.normal(size=(3, 50)), rng.normal(size=(3, 50))
     np.testing.assert_allclose(E.similarity(a, b), [quantus.similarity_func.correlation_spearman(u, v)
                                                     for u, v in zip(a, b)], rtol=1e-12)
+
+
+def test_compare_makes_one_table(rng, tmp_path):
+    net = L.Sequential(L.Conv2d(1, 3, 3, padding=1, rng=rng), L.ReLU(), L.Flatten(), L.Linear(3 * 36, 4, rng=rng))
+    x = rng.random((3, 1, 6, 6))
+    methods = {"lrp": lambda m, v, t: L.explain(m, v, t, composite=L.EpsilonPlus()), "gradient": M.gradient,
+               "random": E.random_relevance}
+    table = E.compare(net, x, methods, metrics=["pixel_flipping", "selectivity", "continuity"],
+                      options={"pixel_flipping": {"features_per_step": 4}, "selectivity": {"patch": 2}})
+    assert [r["method"] for r in table.rows] == ["lrp", "gradient", "random"]
+    assert list(table.rows[0]) == ["method", "pixel_flipping_aopc", "pixel_flipping_auc", "selectivity_aopc",
+                                   "selectivity_auc", "continuity"]
+    t = net.forward(x).argmax(1)
+    pf = E.pixel_flipping(net, x, M.gradient(net, x, t).relevance, t, features_per_step=4)
+    np.testing.assert_allclose(table.per_sample["gradient"]["pixel_flipping_aopc"], pf.aopc(), rtol=1e-12)
+    assert table.rows[1]["pixel_flipping_aopc"] == pytest.approx(pf.aopc().mean(), rel=1e-12)
+    assert "gradient" in str(table) and table.to_csv().count("\n") == 4
+    assert E.compare(net, x, methods, metrics=["class_sensitivity"]).rows[0]["class_sensitivity"] >= 0
+    table.to_json(tmp_path / "t.json")
+    fig = table.plot()
+    assert len(fig.axes[0].lines) == 3
+    with pytest.raises(LRPError):
+        E.compare(net, x, methods, metrics=["accuracy"])
+    with pytest.raises(LRPError):
+        E.compare(net, x, {}, metrics=["pixel_flipping"])
