@@ -210,3 +210,30 @@ def test_compare_makes_one_table(rng, tmp_path):
         E.compare(net, x, methods, metrics=["accuracy"])
     with pytest.raises(LRPError):
         E.compare(net, x, {}, metrics=["pixel_flipping"])
+
+
+def test_roar_and_kar_on_digits():
+    """Digits (scikit-learn, 8 x 8): removing the pixels LRP ranks highest hurts a retrained model more
+    than removing random ones; keeping them keeps more accuracy than keeping random ones."""
+    pytest.importorskip("sklearn")
+    tr, te = L.datasets.split(L.datasets.digits(), 0.25, seed=0)
+    (xtr, ytr), (xte, yte) = (tr.images, tr.labels), (te.images, te.labels)
+
+    def make(seed):
+        return L.Sequential(L.Flatten(), L.Linear(64, 32, rng=seed), L.ReLU(), L.Linear(32, 10, rng=seed + 1))
+
+    def lrp(model, x, t):
+        return L.explain(model, x, t, composite=L.EpsilonPlus())
+    kw = dict(fractions=[0.1], epochs=8, seed=0)
+    explain_model = make(0)
+    L.train.fit(explain_model, xtr, ytr, epochs=8, seed=0, progress=False)
+    common = dict(explain_model=explain_model, progress=False, **kw)
+    removed = E.roar(make, (xtr, ytr), (xte, yte), lrp, **common)
+    removed_random = E.roar(make, (xtr, ytr), (xte, yte), E.random_relevance, **common)
+    kept = E.kar(make, (xtr, ytr), (xte, yte), lrp, **common)
+    kept_random = E.kar(make, (xtr, ytr), (xte, yte), E.random_relevance, **common)
+    assert removed["original_accuracy"] > 0.85
+    assert removed["accuracy"][0] < removed_random["accuracy"][0]
+    assert kept["accuracy"][0] > kept_random["accuracy"][0]
+    with pytest.raises(LRPError):
+        E.roar(make, (xtr, ytr), (xte, yte), lrp, fractions=[1.5])
