@@ -128,6 +128,51 @@ def grid(relevances, images=None, titles=None, cmap="bwr", gamma=1.0, percentile
     return fig
 
 
+def images(batch, titles=None, cols=8, size=1.2, cmap="gray", symmetric=False):
+    """A grid of images (N, C, H, W) or (N, H, W), e.g. activation-maximization prototypes; with
+    ``symmetric`` a colour map centred at zero (``bwr``: weights, filters)."""
+    plt = _plt()
+    batch = np.asarray(batch)
+    n = len(batch)
+    cols = max(1, min(cols, n))
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    for k, ax in enumerate(axes.ravel()):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if k >= n:
+            ax.axis("off")
+            continue
+        img = _one_sample(batch[k], "image")
+        if symmetric:
+            lim = float(np.abs(img).max()) or 1.0
+            ax.imshow(img, cmap="bwr", vmin=-lim, vmax=lim)
+        else:
+            ax.imshow(img, cmap=cmap)
+        if titles is not None:
+            ax.set_title(str(titles[k]), fontsize="x-small")
+    fig.tight_layout()
+    return fig
+
+
+def filters(layer, cols=8, size=1.0):
+    """The filters of a Conv2d layer as a grid of images (output channel per cell, input channels
+    averaged), colours symmetric around zero."""
+    w = np.asarray(layer.weight)
+    if w.ndim != 4:
+        raise ShapeError(f"filters needs a Conv2d layer (weights (out, in, kh, kw)), got weights of shape {w.shape}")
+    return images(w.mean(axis=1), titles=[f"filter {k}" for k in range(len(w))], cols=cols, size=size, symmetric=True)
+
+
+def weights(layer, shape, titles=None, cols=5, size=1.4):
+    """The weights of a Linear layer reshaped to its input's shape (e.g. (28, 28)), one image per
+    output neuron: what each neuron looks for in the input."""
+    w = np.asarray(layer.weight)
+    if w.ndim != 2 or int(np.prod(shape)) != w.shape[1]:
+        raise ShapeError(f"weights of shape {w.shape} cannot be shown as inputs of shape {tuple(shape)}")
+    return images(w.reshape((len(w),) + tuple(shape)), titles=titles, cols=cols, size=size, symmetric=True)
+
+
 def save(fig, path, dpi=120):
     """Write ``fig`` to ``path`` (PNG or PDF, by its extension); returns the path."""
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
