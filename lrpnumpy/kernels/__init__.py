@@ -19,7 +19,7 @@ from . import reference
 from .reference import output_size
 
 NAMES = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "sum_pool2d", "sum_pool2d_grad", "max_pool2d",
-         "max_pool2d_gather", "max_pool2d_grad")
+         "max_pool2d_values", "max_pool2d_gather", "max_pool2d_grad")
 
 
 def _fail(kernel, what):
@@ -94,6 +94,9 @@ def _check_sum_pool2d_grad(gy, h, wd, kh, kw, sh, sw, padding, dh=1, dw=1):
 def _check_max_pool2d(x, kh, kw, sh, sw, padding, dh=1, dw=1):
     _rank4("max_pool2d", x=x)
     _out("max_pool2d", x.shape[2], x.shape[3], kh, kw, sh, sw, padding, dh, dw)
+
+
+_check_max_pool2d_values = _check_max_pool2d
 
 
 def _check_max_pool2d_gather(x, idx, kh, kw, sh, sw, padding, dh=1, dw=1):

@@ -116,6 +116,11 @@ def max_pool2d(x, kh, kw, sh, sw, padding, dh=1, dw=1):
     return np.take_along_axis(win, idx[..., None], axis=4)[..., 0], idx
 
 
+def max_pool2d_values(x, kh, kw, sh, sw, padding, dh=1, dw=1):
+    """The window maxima alone (what a forward pass without a trace needs)."""
+    return max_pool2d(x, kh, kw, sh, sw, padding, dh, dw)[0]
+
+
 def max_pool2d_gather(x, idx, kh, kw, sh, sw, padding, dh=1, dw=1):
     """The element of each window of ``x`` that ``idx`` points at (max pooling with fixed winners)."""
     oh, ow = idx.shape[2:]

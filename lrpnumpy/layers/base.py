@@ -194,8 +194,13 @@ class Layer:
         raise NotImplementedError
 
     def forward(self, a):
-        """The layer's output for the input batch ``a``."""
-        return self.apply(a)[0]
+        """The layer's output for the input batch ``a`` (without what a backward pass would need)."""
+        a = self.check_input(a)
+        try:
+            return self._forward(a)
+        except MemoryError:
+            raise ResourceError(f"{self!r}: not enough memory for an input of shape {a.shape} (output "
+                                f"{self.output_shape(a.shape)})") from None
 
     def forward_trace(self, a):
         """``(output, step)``: the output and the :class:`~lrpnumpy.trace.Step` that backward and LRP read."""
