@@ -537,7 +537,7 @@ def compare(model, x, methods, metrics=("pixel_flipping",), target=None, options
 
 
 def roar(make_model, train, test, method, fractions=(0.1, 0.3, 0.5, 0.7, 0.9), explain_model=None, keep=False,
-         epochs=5, seed=0, batch_size=256, progress=None, **fit_options):
+         epochs=5, seed=0, batch_size=256, progress=None, explain="predicted", **fit_options):
     """RemOve And Retrain (Hooker et al., 2019); with ``keep=True``, KeepAndRetrain.
 
     Every training and test image loses the top ``fraction`` of its pixels by ``method``'s
@@ -553,8 +553,12 @@ def roar(make_model, train, test, method, fractions=(0.1, 0.3, 0.5, 0.7, 0.9), e
     train, test : (ndarray, ndarray)
         Images (N, C, H, W) and integer labels.
     method : callable
-        ``method(model, x, target) -> Explanation`` (or relevance); each image is explained for
-        its label.
+        ``method(model, x, target) -> Explanation`` (or relevance).
+    explain : "predicted" or "label"
+        The class each image is explained for: the explain model's prediction, or the label.  The
+        ranking, and so the mask, depends on it: masks made for the label tell a retrained model
+        the label (measured in ``benchmarks/evaluate_methods.py``), which is why the prediction
+        is the default.
     fractions : sequence of float in [0, 1]
     explain_model : network, optional
         The trained model whose explanations rank the pixels (default: one trained by
@@ -587,10 +591,15 @@ def roar(make_model, train, test, method, fractions=(0.1, 0.3, 0.5, 0.7, 0.9), e
         T.fit(explain_model, xtr, ytr, epochs=epochs, seed=seed, progress=progress, **fit_options)
     mean = xtr.mean(axis=(0, 2, 3), keepdims=True)
 
+    if explain not in ("predicted", "label"):
+        raise RuleParameterError(f"explain must be 'predicted' or 'label', got {explain!r}")
+
     def ranks(x, y):  # per image, the rank of each pixel (0: most relevant)
         scores = []
         for i in range(0, len(x), batch_size):
-            r = _relevance(method(explain_model, x[i:i + batch_size], y[i:i + batch_size]))
+            xb = x[i:i + batch_size]
+            tb = y[i:i + batch_size] if explain == "label" else T.predict(explain_model, xb)
+            r = _relevance(method(explain_model, xb, tb))
             scores.append(r.sum(axis=1).reshape(len(r), -1))
         order = np.argsort(-np.concatenate(scores), axis=1, kind="stable")
         rank = np.empty_like(order)
