@@ -4,7 +4,8 @@ The public API: layers, rules, composites, :func:`explain`, the gradient methods
 of forward passes, verification against other implementations, and the errors.
 """
 
-from . import composites, datasets, errors, evaluate, io, kernels, methods, prototypes, rules, train, verify, viz, zoo
+from . import (composites, datasets, errors, evaluate, io, kernels, methods, parallel, prototypes, rules, train,
+               verify, viz, zoo)
 from .canonize import fold_batchnorm
 from .composites import (Composite, DeepTaylor, EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat, EpsilonGammaBox,
                          EpsilonPlus, EpsilonPlusFlat, LRPToolbox)
@@ -31,7 +32,7 @@ __all__ = [
     "WinnerTakesAll",
     "Composite", "EpsilonPlus", "EpsilonAlpha2Beta1", "EpsilonGammaBox", "EpsilonPlusFlat",
     "EpsilonAlpha2Beta1Flat", "DeepTaylor", "LRPToolbox",
-    "composites", "rules", "errors", "evaluate", "io", "kernels", "methods", "prototypes", "verify", "viz", "zoo",
+    "composites", "rules", "errors", "evaluate", "io", "kernels", "methods", "prototypes", "parallel", "verify", "viz", "zoo",
     "datasets",
     "train",
     "__version__",

@@ -1,0 +1,126 @@
+"""Data-set scale: chunks on Dask's schedulers and a local cluster give the serial result, bit for bit;
+a killed worker and an interrupted run change nothing."""
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import lrpnumpy as L
+from lrpnumpy import parallel as P
+from lrpnumpy.errors import LRPError
+
+dask = pytest.importorskip("dask", reason="dask is not installed (the 'dask' extra)")
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    """The shipped CNN (a LeNet trained on Fashion-MNIST) and 512 shipped test images."""
+    net = L.io.load(os.path.join(L.datasets.DATA_DIR, "fashion_cnn_maxpool.npz"), dtype=np.float64)
+    return net, L.datasets.sample(np.float64).images[:512]
+
+
+@pytest.fixture(scope="module")
+def serial(lenet):
+    net, x = lenet
+    return P.explain_dataset(net, x, composite=L.EpsilonPlus(), batch_size=32)
+
+
+def test_serial_chunks_equal_one_explanation(lenet, serial):
+    net, x = lenet
+    whole = L.explain(net, x[:64], composite=L.EpsilonPlus()).relevance
+    np.testing.assert_allclose(serial[:64], whole, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "synchronous"])
+def test_local_schedulers_give_the_serial_result(lenet, serial, scheduler):
+    net, x = lenet
+    out = P.explain_dataset(net, x, composite=L.EpsilonPlus(), batch_size=32, scheduler=scheduler)
+    np.testing.assert_array_equal(out, serial)
+
+
+def test_process_scheduler_and_methods_by_name(lenet, tmp_path):
+    """The process pool needs importable code: run it in a child script."""
+    import subprocess
+    import sys
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import numpy as np, lrpnumpy as L\n"
+        "from lrpnumpy import parallel as P\n"
+        "if __name__ == '__main__':\n"
+        "    net = L.zoo.lenet5(seed=0)\n"
+        "    x = np.random.default_rng(0).random((96, 1, 28, 28))\n"
+        "    a = P.explain_dataset(net, x, method='gradient', batch_size=32, scheduler='processes')\n"
+        "    b = P.explain_dataset(net, x, method='gradient', batch_size=32)\n"
+        "    print(np.array_equal(a, b))\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.stdout.split()[-1:] == ["True"], out.stderr[-2000:]
+
+
+def test_interrupted_run_resumes_with_only_the_missing_chunks(lenet, serial, tmp_path):
+    net, x = lenet
+    folder = str(tmp_path / "store")
+    assert P.explain_dataset(net, x, composite=L.EpsilonPlus(), batch_size=32, out=folder) == folder
+    chunks = sorted(os.listdir(folder))
+    assert len(chunks) == 16 and chunks[0] == "chunk_000000000_000000032.npy"
+    for name in chunks[5:8]:  # as if the run had stopped before these
+        os.remove(os.path.join(folder, name))
+    kept = {name: os.stat(os.path.join(folder, name)).st_mtime_ns for name in chunks if name not in chunks[5:8]}
+    calls = []
+    original = P.Job.explain
+
+    def counting(self, model, v, target):
+        calls.append(len(v))
+        return original(self, model, v, target)
+    P.Job.explain = counting
+    try:
+        P.explain_dataset(net, x, composite=L.EpsilonPlus(), batch_size=32, out=folder)
+    finally:
+        P.Job.explain = original
+    assert calls == [32, 32, 32]  # three chunks computed, the other thirteen read
+    assert all(os.stat(os.path.join(folder, n)).st_mtime_ns == t for n, t in kept.items())
+    np.testing.assert_array_equal(P.load(folder), serial)
+
+
+def test_local_cluster_with_a_worker_killed_midway(lenet, serial, tmp_path):
+    """Two worker processes on loopback explain 512 inputs; one is killed once a few chunks are done;
+    Dask reruns its tasks and the result is the serial one."""
+    distributed = pytest.importorskip("distributed")
+    net, x = lenet
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        out = P.explain_dataset(net, x, composite=L.EpsilonPlus(), batch_size=32, scheduler=client)
+        np.testing.assert_array_equal(out, serial)
+        folder = str(tmp_path / "killed")
+        result = {}
+        job = threading.Thread(target=lambda: result.setdefault("out", P.explain_dataset(
+            net, x, composite=L.EpsilonPlus(), batch_size=16, scheduler=client, out=folder)))
+        job.start()
+        deadline = time.time() + 60
+        while time.time() < deadline and (not os.path.isdir(folder) or len(os.listdir(folder)) < 3):
+            time.sleep(0.02)
+        pids = client.run(os.getpid)
+        os.kill(next(iter(pids.values())), signal.SIGKILL)  # one worker dies in the middle of the run
+        job.join(timeout=240)
+        assert not job.is_alive() and result["out"] == folder
+        np.testing.assert_array_equal(P.load(folder), serial)
+
+
+def test_evaluate_dataset_and_errors(lenet):
+    net, x = lenet
+    x = x[:96]
+    res = P.evaluate_dataset(net, x, "pixel_flipping", composite=L.EpsilonPlus(), batch_size=32,
+                             features_per_step=56, scheduler="threads")
+    e = L.explain(net, x, composite=L.EpsilonPlus())
+    whole = L.evaluate.pixel_flipping(net, x, e.relevance, features_per_step=56)
+    np.testing.assert_allclose(res["curves"], whole.curves, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(res["aopc"], whole.aopc(), rtol=1e-9, atol=1e-12)
+    for bad in (dict(method="lime"), dict(method="gradient", composite=L.EpsilonPlus()), dict(batch_size=0),
+                dict(scheduler="cluster"), dict(target=[1, 2])):
+        with pytest.raises(LRPError):
+            P.explain_dataset(net, x, **bad)
+    with pytest.raises(LRPError):
+        P.evaluate_dataset(net, x, "accuracy")
