@@ -219,6 +219,43 @@ def _evaluate(args):
     return 0
 
 
+def _explain_dataset(args):
+    from . import composites, parallel
+    from .datasets import load_idx
+    net = _load_model(args.model)
+    if args.data.endswith(".npy"):
+        data = np.load(args.data, mmap_mode="r")  # read one chunk at a time
+    else:  # an IDX file (MNIST, Fashion-MNIST): uint8 images scaled to [0, 1]
+        raw = load_idx(args.data)
+        data = (raw.astype(net.dtype or np.float64) / 255.0)[:, None] if raw.ndim == 3 else raw
+    if data.dtype != (net.dtype or data.dtype):
+        data = np.asarray(data).astype(net.dtype)
+    kwargs = dict(method=args.method) if args.method else dict(
+        composite=composites.get(args.composite, data=np.asarray(data[:args.batch_size])))
+    scheduler, cluster = args.scheduler, None
+    if args.workers:
+        from distributed import Client, LocalCluster
+        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None)
+        scheduler = Client(cluster)
+    try:
+        result = parallel.explain_dataset(net, data, target=args.target, batch_size=args.batch_size,
+                                          scheduler=scheduler, out=args.out, progress=not args.quiet, **kwargs)
+    finally:
+        if cluster is not None:
+            scheduler.close()
+            cluster.close()
+    relevance = parallel.load(result) if args.out else result
+    if args.npy:
+        np.save(args.npy, relevance)
+    print(f"explained {len(relevance)} inputs; sum of relevance per input: mean "
+          f"{relevance.reshape(len(relevance), -1).sum(axis=1).mean():.6g}")
+    for path in (args.out, args.npy):
+        if path:
+            print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None):
     from . import __version__
     parser = _Parser(prog="lrpnumpy", description="Layer-wise Relevance Propagation in NumPy")
@@ -283,6 +320,21 @@ def main(argv=None):
     ev.add_argument("--json", action="store_true", help="print JSON")
     ev.add_argument("--csv", help="write the table to this CSV file")
     ev.add_argument("--plot", help="write the perturbation curves to this PNG/PDF")
+    ds = sub.add_parser("explain-dataset", help="explain a whole data set in chunks, serially or on Dask (threads, "
+                                                "processes, or --workers N local worker processes)")
+    ds.add_argument("model", help="a model file (.npz, .onnx, .txt, .prototxt) or a built-in name")
+    ds.add_argument("data", help="a .npy array (read chunk by chunk, memory-mapped) or an IDX images file")
+    dhow = ds.add_mutually_exclusive_group()
+    dhow.add_argument("--composite", default="epsilon_plus", help="a composite name (default %(default)s)")
+    dhow.add_argument("--method", help="a method name instead of LRP (e.g. gradient)")
+    ds.add_argument("--target", type=int, help="class to explain (default: the predicted class)")
+    ds.add_argument("--batch-size", type=_positive_int, default=256, help="inputs per chunk (default %(default)s)")
+    ds.add_argument("--scheduler", choices=["threads", "processes", "synchronous"],
+                    help="a Dask scheduler (default: serial in this process)")
+    ds.add_argument("--workers", type=_positive_int, help="start a local Dask cluster of this many worker processes")
+    ds.add_argument("--out", help="a folder for the chunks (resumable: chunks already there are not recomputed)")
+    ds.add_argument("--npy", help="write all the relevance to this .npy file")
+    ds.add_argument("--quiet", action="store_true", help="no progress bar")
     tr = sub.add_parser("train", help="train a shipped Fashion-MNIST model again (data/make_models.py)")
     tr.add_argument("model", help="fashion_mlp, fashion_cnn_sumpool or fashion_cnn_maxpool")
     tr.add_argument("--epochs", type=_positive_int, help="default: the recipe's")
@@ -298,8 +350,8 @@ def main(argv=None):
             from .demo import run
             run(args.out, args.model)
             return 0
-        return {"explain": _explain, "evaluate": _evaluate, "verify": _verify, "train": _train,
-                "bench": _bench}[args.command](args)
+        return {"explain": _explain, "evaluate": _evaluate, "explain-dataset": _explain_dataset, "verify": _verify,
+                "train": _train, "bench": _bench}[args.command](args)
     except (LRPError, OSError) as exc:
         print(f"lrpnumpy: error: {exc}", file=sys.stderr)
         return 2

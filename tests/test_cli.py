@@ -115,3 +115,19 @@ def test_evaluate_prints_one_table(tmp_path, capsys):
     np.testing.assert_allclose(rows[0]["pixel_flipping_aopc"], pf.aopc().mean(), rtol=1e-12)
     assert (tmp_path / "t.csv").read_text().splitlines()[0] == "method,pixel_flipping_aopc,pixel_flipping_auc"
     assert (tmp_path / "c.png").exists()
+
+
+def test_explain_dataset_command(tmp_path, capsys):
+    pytest.importorskip("dask")
+    s = datasets.sample()
+    np.save(tmp_path / "x.npy", s.images[:70])
+    assert main(["explain-dataset", MODEL, str(tmp_path / "x.npy"), "--batch-size", "32", "--scheduler", "threads",
+                 "--out", str(tmp_path / "store"), "--npy", str(tmp_path / "r.npy"), "--quiet"]) == 0
+    assert "explained 70 inputs" in capsys.readouterr().out
+    net = L.io.load(MODEL)
+    expected = L.parallel.explain_dataset(net, s.images[:70].astype(net.dtype), composite=L.EpsilonPlus(),
+                                          batch_size=32)
+    np.testing.assert_array_equal(np.load(tmp_path / "r.npy"), expected)
+    assert sorted(os.listdir(tmp_path / "store"))[-1] == "chunk_000000064_000000070.npy"
+    r = _cli("explain-dataset", MODEL, str(tmp_path / "x.npy"), "--method", "lime")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
