@@ -156,7 +156,7 @@ def _on_dask(job, model, data, chunks, todo, targets, paths, scheduler, progress
                                  f"{scheduler!r}")
     if client is not None:
         from distributed import as_completed
-        m, j = client.scatter([model, job], broadcast=True)  # once per worker, not with every chunk
+        m, j = client.scatter([model, job], broadcast=True, hash=False)  # once per worker, not per chunk
         futures = {client.submit(_task, j, m, np.asarray(data[a:b]), targets(a, b), paths[i], pure=False): i
                    for i, (a, b) in ((i, chunks[i]) for i in todo)}
         shown = bar(len(futures), progress, unit="chunk")
