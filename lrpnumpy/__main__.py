@@ -150,10 +150,14 @@ def _explain(args):
             bias = f", biases absorbed {r['absorbed_by_biases']:+.4f}" if "absorbed_by_biases" in r else ""
             print(f"input {r['input']}: predicted {r['predicted']}{label}, target {r['target']}, logit "
                   f"{r['logit']:.4f}, sum of relevance {r['relevance_sum']:.4f}{bias}")
-        for path in (args.out, args.npy):
-            if path:
-                print(f"wrote {path}")
+        _wrote(args.out, args.npy)
     return 0
+
+
+def _wrote(*paths):
+    for path in paths:
+        if path:
+            print(f"wrote {path}")
 
 
 def _train(args):
@@ -213,9 +217,8 @@ def _evaluate(args):
         from . import viz
         viz.save(table.plot(next((m for m in args.metrics if m in ("pixel_flipping", "region_perturbation",
                                                                     "selectivity")), "pixel_flipping")), args.plot)
-    for path in (args.csv, args.plot):
-        if path and not args.json:
-            print(f"wrote {path}")
+    if not args.json:
+        _wrote(args.csv, args.plot)
     return 0
 
 
@@ -250,9 +253,7 @@ def _explain_dataset(args):
         np.save(args.npy, relevance)
     print(f"explained {len(relevance)} inputs; sum of relevance per input: mean "
           f"{relevance.reshape(len(relevance), -1).sum(axis=1).mean():.6g}")
-    for path in (args.out, args.npy):
-        if path:
-            print(f"wrote {path}")
+    _wrote(args.out, args.npy)
     return 0
 
 

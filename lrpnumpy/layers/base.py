@@ -180,9 +180,13 @@ class Layer:
     def apply(self, a):
         """Check ``a`` and run the layer: ``(output, state)``, the state being what backward needs
         besides the input and output (None for most layers)."""
+        return self._run(self._apply, a)
+
+    def _run(self, compute, a):
+        """``compute(a)`` after checking ``a``; running out of memory is a ResourceError naming the sizes."""
         a = self.check_input(a)
         try:
-            return self._apply(a)
+            return compute(a)
         except MemoryError:
             raise ResourceError(f"{self!r}: not enough memory for an input of shape {a.shape} (output "
                                 f"{self.output_shape(a.shape)})") from None
@@ -195,12 +199,7 @@ class Layer:
 
     def forward(self, a):
         """The layer's output for the input batch ``a`` (without what a backward pass would need)."""
-        a = self.check_input(a)
-        try:
-            return self._forward(a)
-        except MemoryError:
-            raise ResourceError(f"{self!r}: not enough memory for an input of shape {a.shape} (output "
-                                f"{self.output_shape(a.shape)})") from None
+        return self._run(self._forward, a)
 
     def forward_trace(self, a):
         """``(output, step)``: the output and the :class:`~lrpnumpy.trace.Step` that backward and LRP read."""
