@@ -59,6 +59,9 @@ class Job:
         elif method is not None and not callable(method):
             raise RuleParameterError(f"method must be a name of lrpnumpy.methods.REGISTRY or a function, got "
                                      f"{method!r}")
+        for name, kw in (("method_kwargs", method_kwargs), ("metric_kwargs", metric_kwargs)):
+            if kw is not None and not (isinstance(kw, dict) and all(isinstance(k, str) for k in kw)):
+                raise RuleParameterError(f"{name} must be a dict of keyword arguments, got {kw!r}")
         if metric is not None and metric not in ("pixel_flipping", "region_perturbation", "selectivity"):
             raise RuleParameterError(f"metric must be pixel_flipping, region_perturbation or selectivity, got "
                                      f"{metric!r}")

@@ -148,6 +148,11 @@ def start_points(data, labels=None, classes=None):
 
 # ----- density experts -----
 
+def _fitted(obj, attribute):
+    if not hasattr(obj, attribute):
+        raise RuleParameterError(f"{type(obj).__name__} is not fitted yet: call .fit(data) first")
+
+
 def _flat(x):
     x = np.asarray(x, dtype=np.float64)
     return x.reshape(len(x), -1)
@@ -157,7 +162,7 @@ class GaussianExpert:
     """A Gaussian density ``N(mu, Sigma + reg I)`` fitted to data (full covariance)."""
 
     def __init__(self, reg=1e-2):
-        if not (isinstance(reg, numbers.Real) and reg > 0):
+        if not (isinstance(reg, numbers.Real) and np.isfinite(reg) and reg > 0):
             raise RuleParameterError(f"reg must be a number > 0, got {reg!r}")
         self.reg = float(reg)
 
@@ -170,11 +175,13 @@ class GaussianExpert:
         return self
 
     def log_prob(self, x):
+        _fitted(self, "precision")
         diff = _flat(x) - self.mean
         maha = np.einsum("ni,ij,nj->n", diff, self.precision, diff)
         return -0.5 * (maha + self._logdet + diff.shape[1] * np.log(2 * np.pi))
 
     def grad_log_prob(self, x):
+        _fitted(self, "precision")
         x = np.asarray(x)
         return (-(_flat(x) - self.mean) @ self.precision).reshape(x.shape).astype(x.dtype)
 
@@ -184,6 +191,12 @@ class GaussianMixtureExpert:
     gradient of ``log p(x)`` in closed form: ``sum_k r_k(x) Sigma_k^-1 (mu_k - x)``."""
 
     def __init__(self, k=3, reg=1e-2, seed=0):
+        if not (isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 1):
+            raise RuleParameterError(f"k must be an int >= 1, got {k!r}")
+        if not (isinstance(reg, numbers.Real) and np.isfinite(reg) and reg > 0):
+            raise RuleParameterError(f"reg must be a finite number > 0, got {reg!r}")
+        if not (seed is None or isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and seed >= 0):
+            raise RuleParameterError(f"seed must be None or an int >= 0, got {seed!r}")
         self.k, self.reg, self.seed = int(k), float(reg), seed
 
     def fit(self, data):
@@ -201,6 +214,7 @@ class GaussianMixtureExpert:
 
     def _components(self, x):
         """``(log w_k N(x; mu_k, Sigma_k)`` (N, k), ``x - mu_k`` (N, k, D))."""
+        _fitted(self, "precisions")
         d = _flat(x)
         diff = d[:, None, :] - self.means[None]
         maha = np.einsum("nki,kij,nkj->nk", diff, self.precisions, diff)
@@ -227,7 +241,7 @@ class PCADecoder:
     """A linear decoder: ``g(z) = mean + z V`` with the ``k`` principal directions ``V`` of the data."""
 
     def __init__(self, k):
-        if not (isinstance(k, numbers.Integral) and k >= 1):
+        if not (isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 1):
             raise RuleParameterError(f"k must be an int >= 1, got {k!r}")
         self.k = int(k)
 
@@ -243,14 +257,17 @@ class PCADecoder:
         return self
 
     def forward(self, z):
+        _fitted(self, "components")
         return (self.mean + np.asarray(z, np.float64) @ self.components).reshape((len(z),) + self.shape) \
             .astype(self.dtype)
 
     def backward(self, grad, z=None):
         """The gradient with respect to the code: ``grad V^T`` (the same at every ``z``)."""
+        _fitted(self, "components")
         return (_flat(grad) @ self.components.T).astype(self.dtype)
 
     def encode(self, x):
+        _fitted(self, "components")
         return ((_flat(x) - self.mean) @ self.components.T).astype(self.dtype)
 
 

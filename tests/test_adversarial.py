@@ -34,9 +34,12 @@ CONSTRUCTORS = {
     "Gamma": (L.Gamma, 0), "ZBox": (L.ZBox, 2), "Flat": (L.Flat, 0), "WSquare": (L.WSquare, 0),
     "Rho": (L.Rho, 0), "WinnerTakesAll": (L.WinnerTakesAll, 0), "Composite": (L.Composite, 0),
     "EpsilonGammaBox": (L.EpsilonGammaBox, 2), "DeepTaylor": (L.DeepTaylor, 2),
+    "ToolboxAlphaBeta": (L.rules.ToolboxAlphaBeta, 0), "LRPToolbox": (L.LRPToolbox, 0),
+    "GaussianExpert": (L.prototypes.GaussianExpert, 0), "GaussianMixtureExpert": (L.prototypes.GaussianMixtureExpert, 0),
+    "PCADecoder": (L.prototypes.PCADecoder, 1), "Job": (L.parallel.Job, 0),
 }
 VALID = {"Linear": (3, 2), "Conv2d": (1, 2, 3), "ZBox": (0, 1), "EpsilonGammaBox": (0, 1), "DeepTaylor": (0, 1),
-         "MaxPool2d": (2,), "SumPool2d": (2,), "AvgPool2d": (2,), "BatchNorm2d": (2,), "LRN": (3,)}
+         "MaxPool2d": (2,), "SumPool2d": (2,), "AvgPool2d": (2,), "BatchNorm2d": (2,), "LRN": (3,), "PCADecoder": (2,)}
 
 
 @pytest.mark.parametrize("name", sorted(CONSTRUCTORS))
