@@ -11,8 +11,8 @@ a lost machine) and is started again computes only the chunks that are missing. 
 identical, bit for bit, to the serial run on the same kernel backend: each chunk is the same
 computation wherever it runs.
 
-Threads: every chunk runs with one BLAS thread (threadpoolctl), in every mode, the serial one
-included: OpenBLAS's results depend, in the last bit, on how many threads share a product, and one
+Threads: every chunk runs with one BLAS thread, in every mode, the serial one included (set once
+for the whole run with threadpoolctl, in this process; Dask's workers start with one): OpenBLAS's results depend, in the last bit, on how many threads share a product, and one
 thread per chunk is what the workers use anyway while the chunks use the cores.
 ``dask.distributed`` starts its worker processes with ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``
 and ``MKL_NUM_THREADS`` set to 1 (its ``distributed.nanny.pre-spawn-environ`` setting); lrpnumpy's
@@ -87,6 +87,11 @@ class Job:
         return r.curves
 
 
+def _dask_bar():
+    from dask.diagnostics import ProgressBar
+    return ProgressBar()
+
+
 def _limit_blas():
     try:
         from threadpoolctl import threadpool_limits
@@ -95,11 +100,12 @@ def _limit_blas():
     return threadpool_limits(1)
 
 
-def _task(job, model, x, target, path):
-    """One chunk: compute it with one BLAS thread (unless it is on disk already: a retried task), write it."""
+def _task(job, model, x, target, path, limit=False):
+    """One chunk: compute it (unless it is on disk already: a retried task) and write it; ``limit``: one
+    BLAS thread in this task (for a process of its own, where nothing else runs)."""
     if path is not None and os.path.exists(path):
         return np.load(path)
-    with _limit_blas():
+    with (_limit_blas() if limit else contextlib.nullcontext()):
         result = job(model, np.asarray(x), target)
     if path is not None:
         folder, name = os.path.split(path)
@@ -128,19 +134,25 @@ def run(job, model, data, target=None, batch_size=256, scheduler=None, out=None,
     todo = [i for i, p in enumerate(paths) if p is None or not os.path.exists(p)]
     results = {}
     if scheduler is None:
-        shown = bar(len(todo), progress, unit="chunk")
-        for i in todo:
-            a, b = chunks[i]
-            results[i] = _task(job, model, data[a:b], targets(a, b), paths[i])
-            if shown is not None:
-                shown.update(1)
-        if shown is not None:
-            shown.close()
+        with _limit_blas():  # (process-wide: set once here, not in each task, which threads would race on)
+            results.update(_serial(job, model, data, chunks, todo, targets, paths, progress))
     else:
         results.update(_on_dask(job, model, data, chunks, todo, targets, paths, scheduler, progress))
     if out is not None:
         return out
     return np.concatenate([results[i] for i in range(len(chunks))])
+
+
+def _serial(job, model, data, chunks, todo, targets, paths, progress):
+    results, shown = {}, bar(len(todo), progress, unit="chunk")
+    for i in todo:
+        a, b = chunks[i]
+        results[i] = _task(job, model, data[a:b], targets(a, b), paths[i])
+        if shown is not None:
+            shown.update(1)
+    if shown is not None:
+        shown.close()
+    return results
 
 
 def _on_dask(job, model, data, chunks, todo, targets, paths, scheduler, progress):
@@ -172,13 +184,9 @@ def _on_dask(job, model, data, chunks, todo, targets, paths, scheduler, progress
             shown.close()
         return results
     m, j = dask.delayed(model, pure=True), dask.delayed(job, pure=True)
-    tasks = [dask.delayed(_task)(j, m, np.asarray(data[a:b]), targets(a, b), paths[i])
+    tasks = [dask.delayed(_task)(j, m, np.asarray(data[a:b]), targets(a, b), paths[i], scheduler == "processes")
              for i, (a, b) in ((i, chunks[i]) for i in todo)]
-    if progress:
-        from dask.diagnostics import ProgressBar
-        with ProgressBar():
-            values = dask.compute(*tasks, scheduler=scheduler)
-    else:
+    with _limit_blas(), (_dask_bar() if progress else contextlib.nullcontext()):
         values = dask.compute(*tasks, scheduler=scheduler)
     return dict(zip(todo, values))
 
