@@ -192,8 +192,11 @@ def methods(draw, x):
         name = draw(st.sampled_from(sorted(composites.REGISTRY)))
         return f"composite/{name}", lambda net, x: L.explain(net, x, target=target,
                                                              composite=composites.get(name, bounds=(-1.0, 2.0)))
-    name = draw(st.sampled_from(["gradient", "gradient_x_input", "integrated_gradients", "smoothgrad"]))
-    kwargs = {"integrated_gradients": dict(n=2), "smoothgrad": dict(n=2, rng=0)}.get(name, {})
+    name = draw(st.sampled_from(["gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "sensitivity",
+                                 "interior_gradients", "simple_taylor", "deconvnet", "guided_backprop", "deeplift",
+                                 "occlusion"]))
+    kwargs = {"integrated_gradients": dict(n=2), "smoothgrad": dict(n=2, rng=0), "simple_taylor": dict(steps=8),
+              "interior_gradients": dict(alpha=[0.5, 1.0]), "occlusion": dict(window=2, stride=2)}.get(name, {})
     return f"method/{name}", lambda net, x: getattr(M, name)(net, x, target, **kwargs)
 
 
