@@ -117,8 +117,17 @@ def max_pool2d(x, kh, kw, sh, sw, padding, dh=1, dw=1):
 
 
 def max_pool2d_values(x, kh, kw, sh, sw, padding, dh=1, dw=1):
-    """The window maxima alone (what a forward pass without a trace needs)."""
-    return max_pool2d(x, kh, kw, sh, sw, padding, dh, dw)[0]
+    """The window maxima alone (what a forward pass without a trace needs): the element-wise maximum
+    of the ``kh * kw`` strided views of the padded input, one per tap (NaN wins, as in max_pool2d)."""
+    oh = output_size(x.shape[2], kh, sh, padding[0], padding[1], dh)
+    ow = output_size(x.shape[3], kw, sw, padding[2], padding[3], dw)
+    xp = _pad(x, padding, -np.inf)
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            view = xp[_tap(i, j, sh, sw, dh, dw, oh, ow)]
+            out = view.copy() if out is None else np.maximum(out, view, out=out)
+    return out
 
 
 def max_pool2d_gather(x, idx, kh, kw, sh, sw, padding, dh=1, dw=1):
