@@ -276,24 +276,31 @@ def _sum_pool_grad(gy, h, w, kh, kw, sh, sw, pt, pl, dh, dw):
 
 @numba.jit(**_jit)
 def _max_pool(x, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
+    """Window maxima and the row-major tap of each window's first maximum: per output row, each tap's
+    valid run of columns in turn (taps outside the input are skipped, as -inf would never win)."""
     n, c, h, w = x.shape
     y = np.empty((n, c, oh, ow), dtype=x.dtype)
-    idx = np.empty((n, c, oh, ow), dtype=np.int64)
+    idx = np.zeros((n, c, oh, ow), dtype=np.int64)
     for plane in prange(n * c):
         b, ci = plane // c, plane % c
         for p in range(oh):
             for q in range(ow):
-                best, arg = -np.inf, 0
-                for i in range(kh):
-                    for j in range(kw):
-                        r, s = p * sh - pt + i * dh, q * sw - pl + j * dw
-                        v = x[b, ci, r, s] if (0 <= r < h and 0 <= s < w) else -np.inf
+                y[b, ci, p, q] = -np.inf
+            for i in range(kh):
+                r = p * sh - pt + i * dh
+                if r < 0 or r >= h:
+                    continue
+                for j in range(kw):
+                    q0, q1 = _valid(w, ow, sw, pl, j * dw)
+                    s0, tap = q0 * sw - pl + j * dw, i * kw + j
+                    for q in range(q1 - q0):
+                        v = x[b, ci, r, s0 + q * sw]
+                        best = y[b, ci, p, q0 + q]
                         # strictly greater: the first maximum wins ties; the first NaN wins over
                         # everything (as numpy's argmax does, so both backends agree on NaN input)
                         if v > best or (v != v and best == best):
-                            best, arg = v, i * kw + j
-                y[b, ci, p, q] = best
-                idx[b, ci, p, q] = arg
+                            y[b, ci, p, q0 + q] = v
+                            idx[b, ci, p, q0 + q] = tap
     return y, idx
 
 
