@@ -24,7 +24,7 @@ import numbers
 import numpy as np
 
 from .errors import RuleParameterError, ShapeError
-from .explain import forward_checked, logit_network, target_classes
+from .explain import forward_finite, logit_network, target_classes
 from .layers.base import check_array, check_finite, make_rng
 from .progress import bar
 
@@ -65,7 +65,7 @@ class PerturbationResult:
 
 
 def _scores(net, x, t, output):
-    out = forward_checked(net, x)[0].reshape(len(x), -1)
+    out = forward_finite(net, x).reshape(len(x), -1)
     if output == "probability":
         e = np.exp(out - out.max(axis=1, keepdims=True))
         out = e / e.sum(axis=1, keepdims=True)
@@ -169,7 +169,7 @@ def pixel_flipping(model, x, relevance, target=None, features_per_step=1, steps=
     steps = total if steps is None else min(steps, total)
     values = _fill(x, fill, rng).reshape(n, c, -1)
     flat = x.reshape(n, c, -1)
-    out = forward_checked(net, x)[0]
+    out = forward_finite(net, x)
     t = target_classes(out, target)
     curves = np.full((n, steps + 1), np.nan)
     curves[:, 0] = _scores(net, x, t, output)
@@ -243,7 +243,7 @@ def continuity(model, method, x, shifts, target=None, **kwargs):
         raise RuleParameterError(f"shifts must be pairs of ints (dy, dx), got {shifts!r}") from None
     if len(shifts) < 2 or any(len(s) != 2 for s in shifts):
         raise RuleParameterError(f"continuity needs at least one shift (dy, dx), got {shifts[1:]!r}")
-    t = target_classes(forward_checked(net, x)[0], target)
+    t = target_classes(forward_finite(net, x), target)
     points = [x if s == (0, 0) else translate(x, s[0], s[1]) for s in shifts]
     R = [_relevance(method(model, p, t, **kwargs)) for p in points]
     n = len(x)
@@ -273,7 +273,7 @@ def class_sensitivity(model, method, x, classes=None, **kwargs):
     explanation ignores the class, as for an input-only saliency; near 1: class-specific).
     """
     net = logit_network(model, x)
-    k = forward_checked(net, x)[0].reshape(len(x), -1).shape[1]
+    k = forward_finite(net, x).reshape(len(x), -1).shape[1]
     classes = list(range(k)) if classes is None else [int(c) for c in classes]
     if len(classes) < 2:
         raise RuleParameterError(f"class_sensitivity needs at least two classes, got {classes!r}")
@@ -337,7 +337,7 @@ def randomization_check(model, method, x, target=None, order="cascading", simila
     net = logit_network(model, x)
     if order not in ("cascading", "independent"):
         raise RuleParameterError(f"order must be 'cascading' or 'independent', got {order!r}")
-    t = target_classes(forward_checked(net, x)[0], target)
+    t = target_classes(forward_finite(net, x), target)
     original = _relevance(method(net, x, t, **kwargs))
     rng = make_rng(seed)
     layers = [i for i in reversed(range(len(net))) if getattr(net[i], "weight", None) is not None]
@@ -517,7 +517,7 @@ def compare(model, x, methods, metrics=("pixel_flipping",), target=None, options
     if not isinstance(methods, dict) or not methods or not all(callable(m) for m in methods.values()):
         raise RuleParameterError("methods must be a non-empty dict {name: method(model, x, target)}")
     options = dict(options or {})
-    t = target_classes(forward_checked(net, x)[0], target)
+    t = target_classes(forward_finite(net, x), target)
     rows, per_sample, curves = [], {}, {}
     for name, method in methods.items():
         R = _relevance(method(model, x, t))

@@ -139,6 +139,14 @@ def forward_checked(net, x):
     return output, trace
 
 
+def forward_finite(net, x):
+    """``net.forward(x)`` (no trace kept), raising NonFiniteError as :func:`forward_checked` does."""
+    output = net.forward(x)
+    if not np.isfinite(output).all():
+        forward_checked(net, x)  # names the layer
+    return output
+
+
 def logit_network(model, x):
     """Check ``model`` and ``x``; return the network without a trailing Softmax."""
     if not isinstance(model, Network) or len(model) == 0:

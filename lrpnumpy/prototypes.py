@@ -23,7 +23,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .errors import MissingDependencyError, RuleParameterError, ShapeError
-from .explain import forward_checked, logit_network, onehot
+from .explain import forward_checked, forward_finite, logit_network, onehot
 from .layers.base import check_array, check_finite, make_rng
 
 
@@ -395,9 +395,9 @@ def surrogate_tree(model, x, x_test, max_depth=3, seed=0):
     except ImportError as exc:
         raise MissingDependencyError("surrogate_tree needs scikit-learn: pip install 'lrpnumpy[data]'") from exc
     net = logit_network(model, x)
-    y = forward_checked(net, x)[0].reshape(len(x), -1).argmax(axis=1)
+    y = forward_finite(net, x).reshape(len(x), -1).argmax(axis=1)
     tree = DecisionTreeClassifier(max_depth=max_depth, random_state=seed).fit(_flat(x), y)
-    y_test = forward_checked(net, x_test)[0].reshape(len(x_test), -1).argmax(axis=1)
+    y_test = forward_finite(net, x_test).reshape(len(x_test), -1).argmax(axis=1)
     return tree, float(np.mean(tree.predict(_flat(x_test)) == y_test))
 
 

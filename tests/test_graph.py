@@ -99,6 +99,7 @@ def test_forward_matches_numpy(name, rng):
     logits = y.mean(axis=(2, 3)) @ g["fc"].weight.T + g["fc"].bias
     np.testing.assert_allclose(g.forward(x), logits, rtol=1e-12, atol=1e-12)
     assert g.output_shape(x.shape) == logits.shape
+    np.testing.assert_array_equal(g.forward(x), g.forward_trace(x)[0])  # the untraced run is the same run
 
 
 # ----- exact gradients -----

@@ -128,8 +128,18 @@ class Graph(Network):
     # ----- running -----
 
     def forward(self, x):
-        """The network's output for the input batch ``x``."""
-        return self.forward_trace(x)[0]
+        """The network's output for the input batch ``x`` (no trace: each node's output is dropped
+        after its last reader has run)."""
+        check_array(x, "network input")
+        last_use = {p: i for i, parents in enumerate(self._parents) for p in parents}
+        outputs = {}
+        for i, (layer, parents) in enumerate(zip(self.layers, self._parents)):
+            y = layer.forward(*(x if p < 0 else outputs[p] for p in parents))
+            for p in parents:
+                if last_use[p] == i:
+                    outputs.pop(p, None)
+            outputs[i] = y
+        return outputs[len(self.layers) - 1]
 
     def forward_trace(self, x):
         """``(output, trace)``; each step's ``parents`` are the indices of the steps it read (-1: the input)."""

@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from ..errors import RuleParameterError, ShapeError
-from ..explain import Explanation, forward_checked, logit_network, target_classes
+from ..explain import Explanation, forward_finite, logit_network, target_classes
 from ..layers.base import pair
 
 
@@ -79,7 +79,7 @@ def occlusion(model, x, target=None, window=8, stride=8, fill=0.0, occlude="insi
     else:
         raise RuleParameterError(f"fill must be a finite number or an array of x's shape, got {fill!r}")
     n, _, h, w = x.shape
-    out = forward_checked(net, x)[0]
+    out = forward_finite(net, x)
     t = target_classes(out, target)
     f_x = out.reshape(n, -1)[np.arange(n), t]
     masks = [_mask((h, w), offsets, (wh, ww), wrap)
@@ -90,7 +90,7 @@ def occlusion(model, x, target=None, window=8, stride=8, fill=0.0, occlude="insi
         chunk = masks[start:start + per_chunk]
         hide = np.stack([m if occlude == "inside" else ~m for m in chunk])[:, None, None]  # (k, 1, 1, H, W)
         copies = np.where(hide, replacement[None], x[None]).reshape((-1,) + x.shape[1:])
-        scores = forward_checked(net, copies)[0].reshape(len(chunk), n, -1)[:, np.arange(n), t]  # (k, N)
+        scores = forward_finite(net, copies).reshape(len(chunk), n, -1)[:, np.arange(n), t]  # (k, N)
         if score == "difference":
             scores = f_x[None] - scores
         for m, s in zip(chunk, scores):

@@ -12,13 +12,13 @@ import numbers
 import numpy as np
 
 from ..errors import RuleParameterError, ShapeError
-from ..explain import Explanation, forward_checked, logit_network, target_classes
+from ..explain import Explanation, forward_finite, logit_network, target_classes
 from .gradient import check_baseline, walk
 
 
 def _logit(net, points, t):
     """The target logits ``f_t`` of ``points`` (one class per sample)."""
-    out = forward_checked(net, points)[0]
+    out = forward_finite(net, points)
     return out.reshape(len(out), -1)[np.arange(len(out)), t]
 
 
@@ -108,7 +108,7 @@ def simple_taylor(model, x, target=None, root="origin", baseline=None, steps=60,
     if not (isinstance(delta, numbers.Real) and 0 <= delta < 1):
         raise RuleParameterError(f"simple_taylor delta must be a number in [0, 1), got {delta!r}")
     with np.errstate(over="ignore", invalid="ignore"):
-        out = forward_checked(net, x)[0]
+        out = forward_finite(net, x)
         t = target_classes(out, target)
         if isinstance(root, str):
             if root not in ("origin", "search"):

@@ -8,7 +8,7 @@ import numbers
 import numpy as np
 
 from ..errors import RuleParameterError, ShapeError
-from ..explain import Explanation, forward_checked, logit_network, onehot, target_classes
+from ..explain import Explanation, forward_finite, logit_network, onehot, target_classes
 from ..layers.base import check_array, check_finite, pair
 from .cam import layer_index
 from .gradient import walk
@@ -108,7 +108,7 @@ def sliding_window(model, image, window, stride, method, target=None, **kwargs):
         raise ShapeError(f"window {(wh, ww)} is larger than the image {(h, w)}")
     offsets = [(i, j) for i in range(0, h - wh + 1, sh) for j in range(0, w - ww + 1, sw)]
     windows = np.concatenate([image[:, :, i:i + wh, j:j + ww] for i, j in offsets])  # window-major
-    out = forward_checked(net, windows)[0]
+    out = forward_finite(net, windows)
     g = out.reshape(len(offsets), n, -1).sum(axis=0)
     t = target_classes(g, target)
     e = method(model, windows, np.tile(t, len(offsets)), **kwargs)
