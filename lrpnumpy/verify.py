@@ -75,12 +75,13 @@ def _no_dilation(layer):
 
 def _sum_pool(nn, layer):
     _no_dilation(layer)
-    if layer.scale != 1.0 or layer.ceil_mode:
-        raise UnsupportedLayerError(f"{layer!r}: only plain sum pooling has a PyTorch equivalent here")
+    if layer.ceil_mode:
+        raise UnsupportedLayerError(f"{layer!r}: sum pooling in ceil mode has no PyTorch equivalent here")
+    factor = layer.kernel_size[0] * layer.kernel_size[1] * layer.scale
 
     class SumPool(nn.AvgPool2d):  # an AvgPool2d, so Zennit and Captum treat it as average pooling
         def forward(self, x):
-            return super().forward(x) * (self.kernel_size[0] * self.kernel_size[1])
+            return super().forward(x) * factor
     return SumPool(layer.kernel_size, layer.stride, _symmetric(layer), count_include_pad=True)
 
 

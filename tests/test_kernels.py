@@ -21,6 +21,7 @@ CONV_CASES = [
     ((1, 2, 9, 9), 3, (3, 3), (2, 2), (0, 1, 2, 0), (2, 1), 1),
     ((2, 2, 6, 6), 2, (4, 4), (3, 3), (1, 1, 1, 1), (1, 1), 2),
     ((2, 5, 6, 5), 3, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),
+    ((2, 1, 5, 4), 3, (2, 3), (1, 2), (3, 0, 1, 4), (1, 2), 1),  # padding wider than the kernel
 ]
 
 
@@ -38,8 +39,11 @@ def _noncontiguous(a):
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 @pytest.mark.parametrize("contiguous", [True, False])
-def test_conv_kernels_agree(case, contiguous, rng):
+@pytest.mark.parametrize("lowering", ["chosen", "im2col", "rows"])
+def test_conv_kernels_agree(case, contiguous, lowering, rng, monkeypatch):
     shape, o, (kh, kw), (sh, sw), pad, (dh, dw), groups = case
+    if lowering != "chosen":  # both lowerings on every case (the row lowering takes groups == 1 only)
+        monkeypatch.setattr(nb, "_prefer_rows", lambda *shapes: lowering == "rows" and shapes[-1] == 1)
     x = rng.normal(size=shape)
     w = rng.normal(size=(o, shape[1] // groups, kh, kw))
     xin = x if contiguous else _noncontiguous(x)

@@ -33,7 +33,7 @@ def make_net(arch, seed, bias):
         shape = (3, 16, 16)
     elif arch == "cnn_sum_groups":
         net = L.Sequential(
-            L.Conv2d(2, 4, 3, bias=bias, rng=rng), L.ReLU(), L.SumPool2d(2),
+            L.Conv2d(2, 4, 3, bias=bias, rng=rng), L.ReLU(), L.SumPool2d(2, scale=0.5),  # as the Toolbox scales it
             L.Conv2d(4, 6, 2, dilation=2, groups=2, bias=bias, rng=rng), L.ReLU(), L.MaxPool2d(2, stride=1),
             L.Flatten(), L.Linear(6, 4, bias=bias, rng=rng), L.Softmax())
         shape = (2, 10, 10)
