@@ -80,6 +80,35 @@ def test_patches_fills_probability_and_chunks(rng):
     np.testing.assert_array_equal(s.curves, r.curves)
 
 
+def _first_layer_nets(rng):
+    conv = L.Sequential(L.Conv2d(3, 4, 3, stride=2, padding=(1, 0, 2, 1), dilation=(1, 2), rng=rng), L.ReLU(),
+                        L.MaxPool2d(2), L.Flatten(), L.Linear(4 * 2 * 2, 5, rng=rng))
+    mlp = L.Sequential(L.Flatten(), L.Linear(3 * 8 * 9, 6, rng=rng), L.ReLU(), L.Linear(6, 4, rng=rng))
+    for net in (conv, mlp):
+        net[0 if net is conv else 1].bias = rng.normal(size=net[0 if net is conv else 1].bias.shape)
+    return conv, mlp
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("options", [dict(features_per_step=2), dict(features_per_step=1, patch=2, fill="uniform"),
+                                     dict(features_per_step=3, fill="blur", order="lerf", steps=9),
+                                     dict(features_per_step=5, fill="mean", output="probability", batch_size=7)])
+def test_first_layer_updates_equal_recomputing(options, dtype, rng):
+    """The incremental first layer (its output plus the effect of each step's changed pixels) gives the
+    scores of recomputing every perturbed input, for a strided, dilated, asymmetrically padded conv
+    and for Flatten + Linear."""
+    x = rng.random((3, 3, 8, 9)).astype(dtype)
+    R = rng.normal(size=x.shape).astype(dtype)
+    for net in _first_layer_nets(rng):
+        net = net.astype(dtype)
+        assert E._FirstLayerPath.split(net, options["features_per_step"] * options.get("patch", 1) ** 2, 72)
+        a = E.pixel_flipping(net, x, R, 1, rng=4, **options)
+        b = E.pixel_flipping(net, x, R, 1, rng=4, incremental=False, **options)
+        assert a.curves.dtype == b.curves.dtype and a.curves.shape == b.curves.shape
+        np.testing.assert_allclose(a.curves, b.curves, rtol=1e-12 if dtype == np.float64 else 2e-5,
+                                   atol=(1e-12 if dtype == np.float64 else 2e-5) * np.abs(b.curves).max())
+
+
 def test_continuity_of_a_linear_models_gradient_x_input(rng):
     """R(x) = w * x for f = w.x, so ||R(x) - R(x')||_1 / ||x - x'||_2 = ||w * d||_1 / ||d||_2, d = x - x'."""
     net = L.Sequential(L.Flatten(), L.Linear(16, 2, rng=rng, bias=False))

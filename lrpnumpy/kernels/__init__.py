@@ -18,7 +18,7 @@ from ..errors import DTypeError, ShapeError
 from . import reference
 from .reference import output_size
 
-NAMES = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "sum_pool2d", "sum_pool2d_grad", "max_pool2d",
+NAMES = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_add_pixels", "sum_pool2d", "sum_pool2d_grad", "max_pool2d",
          "max_pool2d_values", "max_pool2d_gather", "max_pool2d_grad")
 
 
@@ -73,6 +73,19 @@ def _check_conv2d_grad_weight(x, gy, kh, kw, sh, sw, padding, dh, dw, groups):
     oh, ow = _out("conv2d_grad_weight", x.shape[2], x.shape[3], kh, kw, sh, sw, padding, dh, dw)
     if gy.shape[0] != x.shape[0] or gy.shape[2:] != (oh, ow) or x.shape[1] % groups or gy.shape[1] % groups:
         _fail("conv2d_grad_weight", f"gradient {gy.shape} does not fit input {x.shape} (groups={groups})")
+
+
+def _check_conv2d_add_pixels(y, pixels, delta, w, sh, sw, padding, dh, dw):
+    _rank4("conv2d_add_pixels", y=y, weight=w)
+    if not (y.flags.writeable and y.flags.c_contiguous) or len({y.dtype, delta.dtype, w.dtype}) > 1:
+        _fail("conv2d_add_pixels", f"y must be a writeable C-contiguous array and y, delta, weight of one dtype, "
+                                   f"got {y.dtype}, {delta.dtype}, {w.dtype}")
+    if pixels.dtype != np.int64 or pixels.ndim != 2 or pixels.shape[1] != 3 or delta.shape != (len(pixels), w.shape[1]):
+        _fail("conv2d_add_pixels", f"pixels must be int64 rows (n, r, s) and delta (len(pixels), {w.shape[1]}), "
+                                   f"got {pixels.dtype} {pixels.shape} and {delta.shape}")
+    if y.shape[1] != w.shape[0] or (len(pixels) and (pixels.min(axis=0) < 0).any()) or (
+            len(pixels) and pixels[:, 0].max() >= y.shape[0]):
+        _fail("conv2d_add_pixels", f"output {y.shape} does not fit weight {w.shape} and samples of the pixels")
 
 
 def _check_sum_pool2d(x, kh, kw, sh, sw, padding, dh=1, dw=1):

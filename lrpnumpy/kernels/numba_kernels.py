@@ -303,6 +303,33 @@ def conv2d_grad_weight(x, gy, kh, kw, sh, sw, padding, dh, dw, groups):
     return gw.reshape(o, cg, kh, kw)
 
 
+@numba.jit(**_jit)
+def _conv_add_pixels(y, pixels, delta, w, sh, sw, pt, pl, dh, dw):
+    o, c, kh, kw = w.shape
+    oh, ow = y.shape[2], y.shape[3]
+    for k in range(pixels.shape[0]):
+        b, r, s = pixels[k, 0], pixels[k, 1], pixels[k, 2]
+        for i in range(kh):
+            t = r + pt - i * dh
+            if t < 0 or t % sh != 0 or t // sh >= oh:
+                continue
+            for j in range(kw):
+                u = s + pl - j * dw
+                if u < 0 or u % sw != 0 or u // sw >= ow:
+                    continue
+                for oc in range(o):
+                    acc = y.dtype.type(0)
+                    for ci in range(c):
+                        acc += w[oc, ci, i, j] * delta[k, ci]
+                    y[b, oc, t // sh, u // sw] += acc
+    return y
+
+
+def conv2d_add_pixels(y, pixels, delta, w, sh, sw, padding, dh, dw):
+    return _conv_add_pixels(y, np.ascontiguousarray(pixels), np.ascontiguousarray(delta), np.ascontiguousarray(w),
+                            sh, sw, padding[0], padding[2], dh, dw)
+
+
 # Sum pooling and its adjoint run over window taps outside and output columns q inside, so the
 # inner loop is long and branch-free (the valid range of q for each tap is computed once).  Max
 # pooling keeps one output per iteration: measured faster, its comparison is data dependent.
