@@ -88,8 +88,13 @@ class _FirstLayerPath:
 
     def __init__(self, layer, x, values, removed_at, steps):
         n, c, h, w = x.shape
-        flat = x if isinstance(layer, Conv2d) else x.reshape(n, -1)  # a Linear layer reads Flatten's output
-        self.layer, self.hw, self.y = layer, h * w, np.ascontiguousarray(layer.forward(flat))
+        self.layer, self.hw = layer, h * w
+        if isinstance(layer, Conv2d):  # held channels last, as the update kernel wants it
+            y = layer.forward(x)
+            self.y = np.ascontiguousarray(y.transpose(0, 2, 3, 1))
+        else:  # a Linear layer reads Flatten's output
+            y = self.y = layer.forward(x.reshape(n, -1))
+        self.shape = y.shape[1:]  # of one sample's output, as the next layer reads it
         when = removed_at.ravel()
         order = np.argsort(when, kind="stable")  # (sample, pixel) pairs grouped by the step removing them
         self.bounds = np.searchsorted(when[order], np.arange(1, steps + 2))
@@ -99,20 +104,21 @@ class _FirstLayerPath:
         self.pixels = np.stack([self.sample, pixel // w, pixel % w], axis=1)
         self.columns = (np.arange(c)[None, :] * self.hw + pixel[:, None])  # Flatten's order (NCHW)
 
-    def after(self, k):
-        """The first layer's output after step k (steps are taken in order: k = 1, 2, ...)."""
+    def after(self, k, out):
+        """Write the first layer's output after step k into ``out`` (steps in order: k = 1, 2, ...)."""
         part = slice(self.bounds[k - 1], self.bounds[k])
         if isinstance(self.layer, Conv2d):
             (sh, sw), (dh, dw) = self.layer.stride, self.layer.dilation
             kernels.conv2d_add_pixels(self.y, self.pixels[part], self.delta[part], self.layer.weight, sh, sw,
                                       self.layer.padding, dh, dw)
+            out[...] = self.y.transpose(0, 3, 1, 2)
         else:  # Linear after Flatten: a sparse (samples x features) change times W^T
             d, cols = self.delta[part], self.columns[part]
             rows = np.broadcast_to(self.sample[part][:, None], cols.shape)
             change = scipy.sparse.csr_array((d.ravel(), (rows.ravel(), cols.ravel())),
                                             shape=(len(self.y), self.layer.in_features))
             self.y += change @ self.layer.weight.T
-        return self.y
+            out[...] = self.y
 
     @staticmethod
     def split(net, pixels_per_step, image_pixels):
@@ -243,7 +249,9 @@ def pixel_flipping(model, x, relevance, target=None, features_per_step=1, steps=
                 gone = (removed_at[None] <= ks[:, None, None])[:, :, None, :]  # (K, N, 1, H*W)
                 inputs = np.where(gone, values[None], flat[None]).reshape((-1, c, h, w))
             else:  # the first layer's outputs after each of these steps, one batch
-                inputs = np.concatenate([path.after(k).copy() for k in ks])
+                inputs = np.empty((len(ks) * n,) + path.shape, x.dtype)
+                for i, k in enumerate(ks):
+                    path.after(k, inputs[i * n:(i + 1) * n])
             curves[:, ks] = _scores(net, inputs, np.tile(t, len(ks)), output).reshape(len(ks), n).T
             done = ks[-1]
             if shown is not None:

@@ -83,9 +83,10 @@ def _check_conv2d_add_pixels(y, pixels, delta, w, sh, sw, padding, dh, dw):
     if pixels.dtype != np.int64 or pixels.ndim != 2 or pixels.shape[1] != 3 or delta.shape != (len(pixels), w.shape[1]):
         _fail("conv2d_add_pixels", f"pixels must be int64 rows (n, r, s) and delta (len(pixels), {w.shape[1]}), "
                                    f"got {pixels.dtype} {pixels.shape} and {delta.shape}")
-    if y.shape[1] != w.shape[0] or (len(pixels) and (pixels.min(axis=0) < 0).any()) or (
+    if y.shape[3] != w.shape[0] or (len(pixels) and (pixels.min(axis=0) < 0).any()) or (
             len(pixels) and pixels[:, 0].max() >= y.shape[0]):
-        _fail("conv2d_add_pixels", f"output {y.shape} does not fit weight {w.shape} and samples of the pixels")
+        _fail("conv2d_add_pixels", f"output {y.shape} (channels last) does not fit weight {w.shape} and the "
+                                   f"samples of the pixels")
 
 
 def _check_sum_pool2d(x, kh, kw, sh, sw, padding, dh=1, dw=1):

@@ -304,30 +304,37 @@ def conv2d_grad_weight(x, gy, kh, kw, sh, sw, padding, dh, dw, groups):
 
 
 @numba.jit(**_jit)
-def _conv_add_pixels(y, pixels, delta, w, sh, sw, pt, pl, dh, dw):
-    o, c, kh, kw = w.shape
-    oh, ow = y.shape[2], y.shape[3]
+def _conv_add_pixels(y, pixels, delta, wt, sh, sw, pt, pl, dh, dw):
+    """``y`` channels last and ``wt`` (kh, kw, C, O): each reached output adds a contiguous run of
+    O values (NCHW would scatter them O planes apart: measured 5x slower)."""
+    kh, kw, c, o = wt.shape
+    oh, ow = y.shape[1], y.shape[2]
+    rows, cols = np.empty(kh, np.int64), np.empty(kw, np.int64)
     for k in range(pixels.shape[0]):
         b, r, s = pixels[k, 0], pixels[k, 1], pixels[k, 2]
         for i in range(kh):
             t = r + pt - i * dh
-            if t < 0 or t % sh != 0 or t // sh >= oh:
+            rows[i] = t // sh if t >= 0 and t % sh == 0 and t // sh < oh else -1
+        for j in range(kw):
+            u = s + pl - j * dw
+            cols[j] = u // sw if u >= 0 and u % sw == 0 and u // sw < ow else -1
+        for i in range(kh):
+            if rows[i] < 0:
                 continue
             for j in range(kw):
-                u = s + pl - j * dw
-                if u < 0 or u % sw != 0 or u // sw >= ow:
+                if cols[j] < 0:
                     continue
-                for oc in range(o):
-                    acc = y.dtype.type(0)
-                    for ci in range(c):
-                        acc += w[oc, ci, i, j] * delta[k, ci]
-                    y[b, oc, t // sh, u // sw] += acc
+                out = y[b, rows[i], cols[j]]
+                for ci in range(c):
+                    d, taps = delta[k, ci], wt[i, j, ci]
+                    for oc in range(o):
+                        out[oc] += taps[oc] * d
     return y
 
 
 def conv2d_add_pixels(y, pixels, delta, w, sh, sw, padding, dh, dw):
-    return _conv_add_pixels(y, np.ascontiguousarray(pixels), np.ascontiguousarray(delta), np.ascontiguousarray(w),
-                            sh, sw, padding[0], padding[2], dh, dw)
+    return _conv_add_pixels(y, np.ascontiguousarray(pixels), np.ascontiguousarray(delta),
+                            np.ascontiguousarray(w.transpose(2, 3, 1, 0)), sh, sw, padding[0], padding[2], dh, dw)
 
 
 # Sum pooling and its adjoint run over window taps outside and output columns q inside, so the

@@ -89,19 +89,19 @@ def conv2d_grad_weight(x, gy, kh, kw, sh, sw, padding, dh, dw, groups):
 
 
 def conv2d_add_pixels(y, pixels, delta, w, sh, sw, padding, dh, dw):
-    """Add to the convolution output ``y`` (in place; returned) the effect of changing a few input
-    pixels: ``pixels`` (m, 3) int64 rows ``(n, r, s)``, ``delta`` (m, C) the change of each pixel's
-    channels; ``y[n, o, p, q] += sum_c w[o, c, i, j] * delta[k, c]`` wherever ``p*sh - pt + i*dh = r``
-    and ``q*sw - pl + j*dw = s`` (groups of 1).  For one tap, different pixels of a sample reach
-    different outputs, so each tap is one scatter without collisions."""
+    """Add to the convolution output ``y``, held channels last (N, oh, ow, O) (in place; returned), the
+    effect of changing a few input pixels: ``pixels`` (m, 3) int64 rows ``(n, r, s)``, ``delta``
+    (m, C) the change of each pixel's channels; ``y[n, p, q, o] += sum_c w[o, c, i, j] * delta[k, c]``
+    wherever ``p*sh - pt + i*dh = r`` and ``q*sw - pl + j*dw = s`` (groups of 1).  For one tap,
+    different pixels of a sample reach different outputs, so each tap is one scatter without collisions."""
     _, _, kh, kw = w.shape
-    oh, ow = y.shape[2:]
+    oh, ow = y.shape[1:3]
     n, r, s = pixels.T
     for i in range(kh):
         for j in range(kw):
             t, u = r + padding[0] - i * dh, s + padding[2] - j * dw
             ok = (t >= 0) & (t % sh == 0) & (t // sh < oh) & (u >= 0) & (u % sw == 0) & (u // sw < ow)
-            y[n[ok], :, t[ok] // sh, u[ok] // sw] += delta[ok] @ w[:, :, i, j].T
+            y[n[ok], t[ok] // sh, u[ok] // sw] += delta[ok] @ w[:, :, i, j].T
     return y
 
 
