@@ -41,22 +41,25 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .errors import RuleParameterError, ShapeError, UnsupportedLayerError
-from .layers import AffineLayer, Linear, MaxPool2d
+from .layers import AffineLayer, Conv2d, Linear, MaxPool2d
 from .stabilize import stabilize
 from .trace import Step
 
 
 class Term(NamedTuple):
-    """One forward pass ``forward(x; weight, bias)`` of the modified layer.
+    """One forward pass ``coef * forward(x; weight, bias)`` of the modified layer.
 
     ``vanishes`` marks a term whose input is known to be all zero (the negative part of an
-    input after a ReLU): it adds nothing, and the fast path skips it.
+    input after a ReLU): it adds nothing, and the fast path skips it.  ``coef`` lets a rule
+    write a modified weight as a combination of weights the fast path has already used (the
+    gamma rule's ``W + gamma W-`` is ``(1 + gamma) W - gamma W+``).
     """
 
     x: np.ndarray
     weight: Optional[np.ndarray]
     bias: Optional[np.ndarray] = None
     vanishes: bool = False
+    coef: float = 1.0
 
 
 class Group(NamedTuple):
@@ -110,11 +113,11 @@ def four_steps(layer, step, groups, R, epsilon):
     R_in, values = 0, []
     for g in groups:
         R_g = R if g.mask is None else np.where(g.mask, R, R.dtype.type(0))
-        z = sum(layer.forward_with(x, w, b, step) for x, w, b, _ in g.terms)           # step 1: z
+        z = sum(_scaled(t.coef, layer.forward_with(t.x, t.weight, t.bias, step)) for t in g.terms)  # step 1: z
         zs = stabilize(z, epsilon)
         s = R_g / zs                                                                    # step 2: s = R / z
-        c = [layer.backward_with(_scaled(g.coef, s), w, step) for _, w, _, _ in g.terms]  # step 3: c = backward(s)
-        R_in = R_in + sum(x * c_k for (x, _, _, _), c_k in zip(g.terms, c))            # step 4: R = a * c
+        c = [layer.backward_with(_scaled(g.coef * t.coef, s), t.weight, step) for t in g.terms]  # step 3: c
+        R_in = R_in + sum(t.x * c_k for t, c_k in zip(g.terms, c))                     # step 4: R = a * c
         values.append(Values(z, zs, s, R_g))
     return R_in, values
 
@@ -122,26 +125,74 @@ def four_steps(layer, step, groups, R, epsilon):
 def four_steps_fast(layer, step, groups, R, epsilon):
     """:func:`four_steps` with fewer passes; same arguments, same results up to rounding.
 
-    Terms whose input vanishes are skipped, and terms that share an input array run together:
-    one forward pass with all their weights, one backward pass for all their gradients (the
-    backward pass is linear in ``s``, so ``sum_k backward(s_k; W_k)`` is a single pass with the
-    stacked weights).  Biases are added to ``z`` once per group.
+    Terms whose input vanishes are skipped; each distinct (input, weight) pair runs one forward and
+    one backward pass however many terms use it (the backward pass is linear in ``s``, so the
+    terms' ``coef * s`` add up before it), and pairs on one input run together, with stacked
+    weights.  The layer's own weight on its own input needs no forward pass at all: that is the
+    traced forward pass's output.
     """
-    inputs = _terms_by_input(groups)
+    pairs = _pairs(groups)
     # step 1: z = forward pass of the rule-modified layer (each group: the sum of its terms)
-    z = [sum(layer.bias_view(t.bias, R.ndim) for t in g.terms if t.bias is not None) for g in groups]
-    for x, uses in inputs:
-        for (gi, _), out in zip(uses, layer.forward_many(x, [w for _, w in uses], step)):
-            z[gi] = z[gi] + out
+    z = [0] * len(groups)
+    for x, uses in _by_input(pairs):
+        fresh = [u for u in uses if not _is_traced(layer, step, u)]
+        outs = dict(zip(map(id, fresh), layer.forward_many(x, [u.weight for u in fresh], step))) if fresh else {}
+        for u in uses:
+            for gi, coef, bias in u.terms:
+                out = step.output if id(u) not in outs else outs[id(u)] if bias is None else \
+                    outs[id(u)] + layer.bias_view(bias, R.ndim)
+                z[gi] = z[gi] + _scaled(coef, out)
     zs = [stabilize(zg, epsilon) for zg in z]
     # step 2: s = R / z
     R_g = [R if g.mask is None else np.where(g.mask, R, R.dtype.type(0)) for g in groups]
     s = [Rg / zsg for Rg, zsg in zip(R_g, zs)]
-    # step 3: c = backward pass of the modified layer applied to s (scaled by the group's coefficient)
+    # step 3: c = backward pass of the modified layer applied to s (each weight once: the sum of its
+    # terms' s scaled by their group's and their own coefficient)
     # step 4: R = a * c (summed over the inputs the terms use)
-    R_in = sum(x * layer.backward_many([(_scaled(groups[gi].coef, s[gi]), w) for gi, w in uses], step)
-               for x, uses in inputs)
+    R_in = sum(x * layer.backward_many([(sum(_scaled(groups[gi].coef * coef, s[gi]) for gi, coef, _ in u.terms),
+                                         u.weight) for u in uses], step)
+               for x, uses in _by_input(pairs))
     return R_in, [Values(*v) for v in zip(z, zs, s, R_g)]
+
+
+class _Pair(NamedTuple):
+    x: np.ndarray
+    weight: Optional[np.ndarray]
+    terms: list  # [(group index, coef, bias), ...]
+
+
+def _pairs(groups):
+    """The distinct (input, weight) pairs of the terms that do not vanish (by identity)."""
+    pairs = []
+    for gi, g in enumerate(groups):
+        for t in g.terms:
+            if t.vanishes:
+                continue
+            pair = next((p for p in pairs if p.x is t.x and p.weight is t.weight), None)
+            if pair is None:
+                pair = _Pair(t.x, t.weight, [])
+                pairs.append(pair)
+            pair.terms.append((gi, t.coef, t.bias))
+    return pairs
+
+
+def _by_input(pairs):
+    """``[(x, [pair, ...]), ...]``: the pairs grouped by their input (identity), in order."""
+    out = []
+    for p in pairs:
+        same = next((uses for x, uses in out if x is p.x), None)
+        if same is None:
+            out.append((p.x, [p]))
+        else:
+            same.append(p)
+    return out
+
+
+def _is_traced(layer, step, pair):
+    """True when the pair's forward pass, with each of its terms' bias, is the traced output itself:
+    the layer's own weight and bias on the layer's own input (Linear and Conv2d)."""
+    return (isinstance(layer, (Linear, Conv2d)) and pair.x is step.input and pair.weight is layer.weight
+            and all(bias is layer.bias for _, _, bias in pair.terms))
 
 
 def ledger(groups, values, R, epsilon):
@@ -154,7 +205,7 @@ def ledger(groups, values, R, epsilon):
     """
     out, kept = {}, 0
     for g, v in zip(groups, values):
-        bias = sum(t.bias for t in g.terms if t.bias is not None)
+        bias = sum(_scaled(t.coef, t.bias) for t in g.terms if t.bias is not None and not t.vanishes)
         if not np.isscalar(bias):  # sum s * b, reduced per output channel first
             _add(out, "bias", g.coef * (v.s.reshape(len(v.s), bias.size, -1).sum(axis=2) @ bias))
         if epsilon > 0:  # every denominator is finite, moved by +-epsilon
@@ -192,21 +243,6 @@ def row_blocks(layer):
 
 def _scaled(coef, s):
     return s if coef == 1 else s * s.dtype.type(coef)
-
-
-def _terms_by_input(groups):
-    """``[(x, [(group index, weight), ...]), ...]``: the terms that do not vanish, grouped by input (identity)."""
-    inputs = []
-    for gi, g in enumerate(groups):
-        for t in g.terms:
-            if t.vanishes:
-                continue
-            uses = next((u for xx, u in inputs if xx is t.x), None)
-            if uses is None:
-                inputs.append((t.x, [(gi, t.weight)]))
-            else:
-                uses.append((gi, t.weight))
-    return inputs
 
 
 def _sums(v):
@@ -501,13 +537,17 @@ class Gamma(AffineRule):
     def groups(self, layer, step):
         ap, an, vanishes = _split(step.input)
         W, b = layer.weight, layer.bias
+        z = step.output  # the sign of the original z = W a + b picks the branch
+        if vanishes:  # a >= 0: through z itself (no pass) and u = W+ a + b+ (one pass)
+            Wp, _, bp, _ = _sign_split(layer)
+            return [Group([Term(ap, W, b), Term(ap, Wp, bp, coef=self.gamma)], mask=z > 0),
+                    Group([Term(ap, W, b, coef=1 + self.gamma), Term(ap, Wp, bp, coef=-self.gamma)], mask=z < 0)]
         g = W.dtype.type(self.gamma)
 
         def modified():
             bp, bn = (None, None) if b is None else (b + g * _pos(b), b + g * _neg(b))
             return _plus_gamma(W, g, np.maximum), _plus_gamma(W, g, np.minimum), bp, bn
         Wp, Wn, bp, bn = layer.derived(("gamma", self.gamma), modified)
-        z = step.output  # the sign of the original z = W a + b picks the branch
         return [Group([Term(ap, Wp, bp), Term(an, Wn, None, vanishes)], mask=z > 0),
                 Group([Term(ap, Wn, bn), Term(an, Wp, None, vanishes)], mask=z < 0)]
 

@@ -352,6 +352,27 @@ def test_fast_path_equals_the_literal_four_steps(layer_name, positive, rng):
                                        err_msg=f"{rule!r} on {layer!r}")
 
 
+@pytest.mark.parametrize("layer_name", [n for n in sorted(REFERENCE_LAYERS) if "pool" not in n])
+@pytest.mark.parametrize("gamma", [0.0, 0.25, 3.0])
+def test_gamma_through_z_equals_its_definition(layer_name, gamma, rng):
+    """On input without a negative part the gamma rule is written through the traced z and
+    u = W+ x + b+; the four steps on that form equal them on W + gamma W+ and W + gamma W- (1e-12)."""
+    from lrpnumpy.rules import Group, Term, four_steps
+    layer, shape = REFERENCE_LAYERS[layer_name](rng)
+    x = np.abs(rng.normal(size=shape))
+    y, step = layer.forward_trace(x)
+    R = rng.normal(size=y.shape)
+    W, b = layer.weight, layer.bias
+    Wp, Wn = W + gamma * np.maximum(W, 0), W + gamma * np.minimum(W, 0)
+    bp, bn = (None, None) if b is None else (b + gamma * np.maximum(b, 0), b + gamma * np.minimum(b, 0))
+    literal = [Group([Term(x, Wp, bp)], mask=y > 0), Group([Term(x, Wn, bn)], mask=y < 0)]
+    want = four_steps(layer, step, literal, R, 1e-6)[0]
+    rule = L.Gamma(gamma)
+    assert len(rule.groups(layer, step)[1].terms) == 2  # the form through z and u is the one in use
+    for got in (rule.relevance(step, R), rule.reference(step, R)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+
+
 def test_rule_repr_and_equality():
     assert repr(L.Epsilon(0.25)) == "Epsilon(epsilon=0.25)"
     assert repr(L.AlphaBeta()) == "AlphaBeta(alpha=2.0, beta=1.0, epsilon=1e-06)"
