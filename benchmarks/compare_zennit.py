@@ -11,6 +11,14 @@ lrpnumpy's time to Zennit's, and the peak resident memory of each side's timed r
 is reset before each side runs, so it includes what the process already held (the network,
 torch, its copy of the network), printed as "held"; the difference is what the explanations add.
 Needs the 'reference' extra (torch, zennit); without it the script says so and exits.
+
+Other torch builds: Zennit imports torchvision when it is imported, only for the classes its
+ResNet canonizers recognise, and no torchvision on PyPI loads with the CPU build of torch 2.13.0.
+When torchvision fails to load, the script puts placeholders for those two classes in its place
+(printed; nothing here uses ResNet canonizers), so Zennit runs on any torch:
+
+    python -m venv --system-site-packages /tmp/t213 && /tmp/t213/bin/pip install torch==2.13.0
+    /tmp/t213/bin/python benchmarks/compare_zennit.py ...
 """
 
 import argparse
@@ -25,6 +33,27 @@ from common import median_time, peak_rss_mb, reset_peak_rss, rss_mb  # noqa: E40
 
 import lrpnumpy as L  # noqa: E402
 from lrpnumpy import composites, verify, zoo  # noqa: E402
+
+
+def torchvision_or_placeholder():
+    """Import torchvision; if it cannot load with this torch, register placeholder modules holding
+    the two classes ``zennit.torchvision`` imports, and say so."""
+    import types
+    try:
+        import torchvision  # noqa: F401
+        return "torchvision " + torchvision.__version__
+    except (ImportError, RuntimeError, OSError) as exc:
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        resnet = types.ModuleType("torchvision.models.resnet")
+        resnet.Bottleneck = type("Bottleneck", (), {})
+        resnet.BasicBlock = type("BasicBlock", (), {})
+        models = types.ModuleType("torchvision.models")
+        models.resnet = resnet
+        tv = types.ModuleType("torchvision")
+        tv.models = models
+        sys.modules.update({"torchvision": tv, "torchvision.models": models, "torchvision.models.resnet": resnet})
+        return f"torchvision placeholders (torchvision failed to load: {str(exc).splitlines()[0][:60]})"
 
 
 def setup(model, batch, dtype, composite, seed=0):
@@ -71,12 +100,14 @@ def main():
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--json")
     args = p.parse_args()
+    vision = torchvision_or_placeholder()
     if not verify.available("zennit"):
         print("compare_zennit: torch/zennit are not installed (pip install -e '.[reference]'); nothing to compare")
         return 0
     import torch
     torch.set_num_threads(2)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; lrpnumpy kernels: {L.kernels.BACKEND}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {vision}; lrpnumpy kernels: "
+          f"{L.kernels.BACKEND}")
     results = []
     for model in args.model:
         agree = check(model, args.composite)
