@@ -41,7 +41,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .errors import RuleParameterError, ShapeError, UnsupportedLayerError
-from .layers import AffineLayer, Conv2d, Linear, MaxPool2d
+from .layers import AffineLayer, Linear, MaxPool2d
 from .stabilize import stabilize
 from .trace import Step
 
@@ -190,8 +190,11 @@ def _by_input(pairs):
 
 def _is_traced(layer, step, pair):
     """True when the pair's forward pass, with each of its terms' bias, is the traced output itself:
-    the layer's own weight and bias on the layer's own input (Linear and Conv2d)."""
-    return (isinstance(layer, (Linear, Conv2d)) and pair.x is step.input and pair.weight is layer.weight
+    the layer's own weight and bias on the layer's own input, for a layer whose forward pass is
+    ``forward_with`` its own parameters (Linear, Conv2d, sum and average pooling, ...)."""
+    kind = type(layer)
+    return (step.layer is layer and kind._forward is AffineLayer._forward and kind._apply is AffineLayer._apply
+            and pair.x is step.input and pair.weight is layer.weight
             and all(bias is layer.bias for _, _, bias in pair.terms))
 
 
