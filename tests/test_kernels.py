@@ -137,6 +137,50 @@ def test_works_without_numba():
     assert out == ["numpy", "True"]
 
 
+@pytest.mark.parametrize("case", [c for c in CONV_CASES if c[-1] == 1], ids=str)
+def test_conv_add_pixels_is_the_convolution_of_the_change(case, rng):
+    """Changing a few pixels changes the output by the (bias-free) convolution of the change."""
+    shape, o, (kh, kw), (sh, sw), pad, (dh, dw), _ = case
+    x, w = rng.normal(size=shape), rng.normal(size=(o, shape[1], kh, kw))
+    flat = rng.choice(shape[0] * shape[2] * shape[3], size=min(7, shape[2] * shape[3]), replace=False)
+    n, rest = divmod(np.sort(flat), shape[2] * shape[3])
+    pixels = np.stack([n, rest // shape[3], rest % shape[3]], axis=1).astype(np.int64)
+    delta = rng.normal(size=(len(pixels), shape[1]))
+    changed = x.copy()
+    changed[pixels[:, 0], :, pixels[:, 1], pixels[:, 2]] += delta
+    y = np.ascontiguousarray(ref.conv2d(x, w, sh, sw, pad, dh, dw, 1).transpose(0, 2, 3, 1))  # channels last
+    expected = np.ascontiguousarray(ref.conv2d(changed, w, sh, sw, pad, dh, dw, 1).transpose(0, 2, 3, 1))
+    for module in (ref, nb):
+        got = kernels._checked(module.conv2d_add_pixels, kernels._check_conv2d_add_pixels)(
+            y.copy(), pixels, delta, w, sh, sw, pad, dh, dw)
+        _close(got, expected)
+    with pytest.raises(kernels.ShapeError, match="pixels"):
+        kernels.conv2d_add_pixels(y.copy(), pixels[:, :2], delta, w, sh, sw, pad, dh, dw)
+    with pytest.raises(kernels.ShapeError, match="samples"):
+        kernels.conv2d_add_pixels(y.copy(), pixels + np.array([shape[0], 0, 0]), delta, w, sh, sw, pad, dh, dw)
+
+
+def test_banded_matrices_are_kept_only_for_weights_that_cannot_change(rng):
+    import gc
+    x = rng.normal(size=(2, 3, 9, 8))
+    w = rng.normal(size=(4, 3, 3, 3))
+    want = ref.conv2d(x, w, 1, 1, (1, 1, 0, 2), 1, 1, 1)
+    base = w.copy()
+    view = base[:]
+    view.flags.writeable = False  # read-only, but its base can still change
+    _close(nb._conv_rows(x, view, 1, 1, (1, 1, 0, 2), 1, 1), want)
+    assert not any(k[0] == id(view) for k in nb._BANDED)
+    frozen = w.copy()
+    frozen.flags.writeable = False
+    _close(nb._conv_rows(x, frozen, 1, 1, (1, 1, 0, 2), 1, 1), want)
+    assert sum(k[0] == id(frozen) for k in nb._BANDED) == 1
+    _close(nb._conv_rows(x, frozen, 1, 1, (1, 1, 0, 2), 1, 1), want)  # from the kept matrix
+    key = id(frozen)
+    del frozen
+    gc.collect()
+    assert not any(k[0] == key for k in nb._BANDED)  # dropped with the weight
+
+
 def test_kernel_bodies_run_as_plain_python():
     """NUMBA_DISABLE_JIT=1 runs the kernel bodies as Python (as a coverage run would)."""
     code = ("import numpy as np\n"

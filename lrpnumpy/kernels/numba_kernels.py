@@ -12,6 +12,7 @@ and sums are what conservation measures.  Same signatures as :mod:`.reference`.
 
 import math
 import threading
+import weakref
 
 import numba
 import numpy as np
@@ -217,6 +218,34 @@ def _banded(w, used, ow, sw, dw):
     return t.reshape(kh * c * used, o * ow)
 
 
+_BANDED = {}  # (id of a read-only weight, geometry) -> its banded matrix; dropped with the weight
+
+
+def _banded_of(w, used, ow, sw, dw):
+    """:func:`_banded`, kept while ``w`` lives when ``w`` is read-only (a frozen network's weights and
+    the modified weights its rules keep): their values cannot change, so neither can the matrix."""
+    if not _immutable(w):
+        return _banded(w, used, ow, sw, dw)
+    key = (id(w), w.shape, w.dtype.str, used, ow, sw, dw)
+    t = _BANDED.get(key)
+    if t is None:
+        t = _banded(w, used, ow, sw, dw)
+        if t.nbytes <= 16 << 20:
+            t.flags.writeable = False
+            _BANDED[key] = t
+            weakref.finalize(w, _BANDED.pop, key, None)
+    return t
+
+
+def _immutable(a):
+    """True when neither ``a`` nor any array it views can be written."""
+    while isinstance(a, np.ndarray):
+        if a.flags.writeable:
+            return False
+        a = a.base
+    return a is None
+
+
 def _row_geometry(h, wd, kh, kw, sh, sw, padding, dh, dw):
     oh = output_size(h, kh, sh, padding[0], padding[1], dh)
     ow = output_size(wd, kw, sw, padding[2], padding[3], dw)
@@ -232,7 +261,7 @@ def _conv_rows(x, w, sh, sw, padding, dh, dw):
     rows = _scratch("rows", (n, oh, kh, c, used), x.dtype)
     for i in range(kh):
         rows[:, :, i] = xp[:, i * dh:i * dh + span:sh, :, :used]
-    y = np.matmul(rows.reshape(n * oh, -1), _banded(w, used, ow, sw, dw))
+    y = np.matmul(rows.reshape(n * oh, -1), _banded_of(w, used, ow, sw, dw))
     return np.ascontiguousarray(y.reshape(n, oh, o, ow).transpose(0, 2, 1, 3))
 
 
@@ -242,7 +271,7 @@ def _conv_rows_grad_input(gy, w, h, wd, sh, sw, padding, dh, dw):
     _, _, used, span = _row_geometry(h, wd, kh, kw, sh, sw, padding, dh, dw)
     g = _scratch("grad", (n, oh, o, ow), gy.dtype)
     g[...] = gy.transpose(0, 2, 1, 3)
-    grows = np.matmul(g.reshape(n * oh, o * ow), _banded(w, used, ow, sw, dw).T).reshape(n, oh, kh, c, used)
+    grows = np.matmul(g.reshape(n * oh, o * ow), _banded_of(w, used, ow, sw, dw).T).reshape(n, oh, kh, c, used)
     gxp = np.zeros((n, h + padding[0] + padding[1], c, max(used, padding[2] + wd)), grows.dtype)
     for i in range(kh):
         gxp[:, i * dh:i * dh + span:sh, :, :used] += grows[:, :, i]
