@@ -133,7 +133,7 @@ def four_steps_fast(layer, step, groups, R, epsilon):
     """
     pairs = _pairs(groups)
     # step 1: z = forward pass of the rule-modified layer (each group: the sum of its terms)
-    z = [0] * len(groups)
+    z = [[] for _ in groups]
     for x, uses in _by_input(pairs):
         fresh = [u for u in uses if not _is_traced(layer, step, u)]
         outs = dict(zip(map(id, fresh), layer.forward_many(x, [u.weight for u in fresh], step))) if fresh else {}
@@ -141,7 +141,8 @@ def four_steps_fast(layer, step, groups, R, epsilon):
             for gi, coef, bias in u.terms:
                 out = step.output if id(u) not in outs else outs[id(u)] if bias is None else \
                     outs[id(u)] + layer.bias_view(bias, R.ndim)
-                z[gi] = z[gi] + _scaled(coef, out)
+                z[gi].append(_scaled(coef, out))
+    z = [_total(zg) for zg in z]
     zs = [stabilize(zg, epsilon) for zg in z]
     # step 2: s = R / z
     R_g = [R if g.mask is None else np.where(g.mask, R, R.dtype.type(0)) for g in groups]
@@ -149,10 +150,20 @@ def four_steps_fast(layer, step, groups, R, epsilon):
     # step 3: c = backward pass of the modified layer applied to s (each weight once: the sum of its
     # terms' s scaled by their group's and their own coefficient)
     # step 4: R = a * c (summed over the inputs the terms use)
-    R_in = sum(x * layer.backward_many([(sum(_scaled(groups[gi].coef * coef, s[gi]) for gi, coef, _ in u.terms),
-                                         u.weight) for u in uses], step)
-               for x, uses in _by_input(pairs))
+    def s_of(pair):  # the pair's terms' s, each scaled by its group's and its own coefficient
+        return _total([_scaled(groups[gi].coef * coef, s[gi]) for gi, coef, _ in pair.terms])
+    R_in = _total([x * layer.backward_many([(s_of(u), u.weight) for u in uses], step) for x, uses in _by_input(pairs)])
     return R_in, [Values(*v) for v in zip(z, zs, s, R_g)]
+
+
+def _total(parts):
+    """The sum of a list of arrays; the array itself (no copy) when there is one, 0 when none."""
+    if not parts:
+        return 0
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total
 
 
 class _Pair(NamedTuple):

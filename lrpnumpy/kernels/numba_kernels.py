@@ -106,7 +106,7 @@ def _scratch(name, shape, dtype):
 
 def release_workspace():
     """Free this thread's scratch buffers (they are reallocated on its next convolution)."""
-    _LOCAL.__dict__.pop("workspace", None)  # noqa: the thread's own attribute
+    _LOCAL.__dict__.pop("workspace", None)  # the calling thread's own attribute
 
 
 # ----- convolution geometry -----
