@@ -553,7 +553,7 @@ class Gamma(AffineRule):
         W, b = layer.weight, layer.bias
         z = step.output  # the sign of the original z = W a + b picks the branch
         if vanishes:  # a >= 0: through z itself (no pass) and u = W+ a + b+ (one pass)
-            Wp, _, bp, _ = _sign_split(layer)
+            Wp, bp = layer.derived("positive-part", lambda: (_pos(W), _pos(b)))
             return [Group([Term(ap, W, b), Term(ap, Wp, bp, coef=self.gamma)], mask=z > 0),
                     Group([Term(ap, W, b, coef=1 + self.gamma), Term(ap, Wp, bp, coef=-self.gamma)], mask=z < 0)]
         g = W.dtype.type(self.gamma)

@@ -198,7 +198,7 @@ def test_frozen_cache_follows_new_weights(rng):
     net = cnn(rng).freeze()
     x = rng.random((1, 1, 12, 12))
     L.explain(net, x, composite=L.EpsilonGammaBox(0, 1))
-    cached = net[3].derived("sign-split", lambda: None)
+    cached = net[3].derived("positive-part", lambda: None)
     assert cached is not None and not cached[0].flags.writeable  # W+ (what gamma needs after a ReLU) was kept
     with pytest.raises(ValueError, match="read-only"):
         net[3].weight[0, 0, 0, 0] = 1.0

@@ -39,11 +39,13 @@ def _noncontiguous(a):
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 @pytest.mark.parametrize("contiguous", [True, False])
-@pytest.mark.parametrize("lowering", ["chosen", "im2col", "rows"])
+@pytest.mark.parametrize("lowering", ["chosen", "im2col", "im2col by rows", "rows"])
 def test_conv_kernels_agree(case, contiguous, lowering, rng, monkeypatch):
     shape, o, (kh, kw), (sh, sw), pad, (dh, dw), groups = case
     if lowering != "chosen":  # both lowerings on every case (the row lowering takes groups == 1 only)
         monkeypatch.setattr(nb, "_prefer_rows", lambda *shapes: lowering == "rows" and shapes[-1] == 1)
+    if lowering == "im2col by rows":  # the column matrix one output row at a time
+        monkeypatch.setattr(nb, "COLUMN_BYTES", 1)
     x = rng.normal(size=shape)
     w = rng.normal(size=(o, shape[1] // groups, kh, kw))
     xin = x if contiguous else _noncontiguous(x)

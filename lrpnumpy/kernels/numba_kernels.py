@@ -141,17 +141,60 @@ def _grad_wide(gy, wp, name):
     return g.reshape(o, n * oh * wp)
 
 
-def _col2im_wide(gcols, n, c, h, w, kh, kw, padding, dh, dw):
-    oh, ow, hp, wp = _wide_shape(h, w, kh, kw, padding, dh, dw)
-    run = oh * wp
-    gx = np.zeros((n, c, (hp + 1) * wp), gcols.dtype)
-    g = gcols.reshape(c, kh, kw, n, run)
-    for i in range(kh):
-        for j in range(kw):
-            off = i * dh * wp + j * dw
-            gx[:, :, off:off + run] += g[:, i, j].transpose(1, 0, 2)
+#: The stride-1 lowering builds its column matrix for at most this many bytes of it at a time, a
+#: block of output rows per GEMM (vgg16's second convolution would need 117 MB float32 at once).
+COLUMN_BYTES = 32 << 20
+
+
+def _row_chunks(oh, row_bytes):
+    rows = max(1, min(oh, COLUMN_BYTES // max(1, row_bytes)))
+    return [(p0, min(oh, p0 + rows)) for p0 in range(0, oh, rows)]
+
+
+def _conv_wide(x, w, padding, dh, dw, groups):
+    """Stride-1 convolution in the wide layout, one block of output rows per GEMM."""
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    oh, ow, hp, wp = _wide_shape(h, wd, kh, kw, padding, dh, dw)
+    xp = np.zeros((n, c, hp + 1, wp), x.dtype)
+    xp[:, :, padding[0]:padding[0] + h, padding[2]:padding[2] + wd] = x
+    xf, k = xp.reshape(n, c, -1), cg * kh * kw
+    y = np.empty((n, o, oh, ow), np.result_type(x, w))
+    for p0, p1 in _row_chunks(oh, c * kh * kw * n * wp * x.itemsize):
+        run = (p1 - p0) * wp
+        cols = _scratch("cols", (c, kh, kw, n, run), x.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                off = (p0 + i * dh) * wp + j * dw
+                cols[:, i, j] = xf[:, :, off:off + run].transpose(1, 0, 2)
+        cols = cols.reshape(c * kh * kw, n * run)
+        out = None if groups == 1 else np.empty((o, cols.shape[1]), y.dtype)
+        y2 = _matmul_groups(w.reshape(o, k), cols, groups, o // groups, k, out=out)
+        y[:, :, p0:p1] = y2.reshape(o, n, p1 - p0, wp)[:, :, :, :ow].transpose(1, 0, 2, 3)
+    return y
+
+
+def _conv_wide_grad_input(gy, w, h, wd, padding, dh, dw, groups):
+    """Adjoint of :func:`_conv_wide`, one block of output rows at a time (their columns add up)."""
+    n, o, oh, ow = gy.shape
+    _, cg, kh, kw = w.shape
+    c, k = cg * groups, cg * kh * kw
+    _, _, hp, wp = _wide_shape(h, wd, kh, kw, padding, dh, dw)
+    gx = np.zeros((n, c, (hp + 1) * wp), np.result_type(gy, w))
+    for p0, p1 in _row_chunks(oh, c * kh * kw * n * wp * gx.itemsize):
+        run = (p1 - p0) * wp
+        g = _scratch("grad", (o, n, p1 - p0, wp), gy.dtype)
+        g[:, :, :, ow:] = 0
+        g[:, :, :, :ow] = gy[:, :, p0:p1].transpose(1, 0, 2, 3)
+        gcols = _scratch("gcols", (k * groups, n * run), gx.dtype)
+        _matmul_groups(w.reshape(o, k), g.reshape(o, n * run), groups, o // groups, k, transpose_a=True, out=gcols)
+        gc = gcols.reshape(c, kh, kw, n, run)
+        for i in range(kh):
+            for j in range(kw):
+                off = (p0 + i * dh) * wp + j * dw
+                gx[:, :, off:off + run] += gc[:, i, j].transpose(1, 0, 2)
     gx = gx.reshape(n, c, hp + 1, wp)
-    return np.ascontiguousarray(gx[:, :, padding[0]:padding[0] + h, padding[2]:padding[2] + w])
+    return np.ascontiguousarray(gx[:, :, padding[0]:padding[0] + h, padding[2]:padding[2] + wd])
 
 
 def _wide_shape(h, w, kh, kw, padding, dh, dw):
@@ -286,9 +329,8 @@ def conv2d(x, w, sh, sw, padding, dh, dw, groups):
     if _prefer_rows(n, c, o, kh, kw, oh, ow, width, used, groups):
         return _conv_rows(x, w, sh, sw, padding, dh, dw)
     if sh == sw == 1:
-        cols = _cols_wide(x, kh, kw, padding, dh, dw, "cols")
-    else:
-        cols = _cols_strided(x, kh, kw, sh, sw, padding, dh, dw, oh, ow, "cols")
+        return _conv_wide(x, w, padding, dh, dw, groups)
+    cols = _cols_strided(x, kh, kw, sh, sw, padding, dh, dw, oh, ow, "cols")
     out = None if groups == 1 else np.empty((o, cols.shape[1]), np.result_type(x, w))
     y2 = _matmul_groups(w.reshape(o, cg * kh * kw), cols, groups, o // groups, cg * kh * kw, out=out)
     return _to_nchw(y2, n, oh, ow, width)
@@ -304,10 +346,7 @@ def conv2d_grad_input(gy, w, h, wd, sh, sw, padding, dh, dw, groups):
         return _conv_rows_grad_input(gy, w, h, wd, sh, sw, padding, dh, dw)
     w2 = w.reshape(o, k)
     if sh == sw == 1:
-        g2 = _grad_wide(gy, width, "grad")
-        gcols = _scratch("gcols", (k * groups, g2.shape[1]), np.result_type(gy, w))
-        _matmul_groups(w2, g2, groups, o // groups, k, transpose_a=True, out=gcols)
-        return _col2im_wide(gcols, n, c, h, wd, kh, kw, padding, dh, dw)
+        return _conv_wide_grad_input(gy, w, h, wd, padding, dh, dw, groups)
     g2 = np.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(o, n * oh * ow)
     gcols = _scratch("gcols", (k * groups, g2.shape[1]), np.result_type(gy, w))
     _matmul_groups(w2, g2, groups, o // groups, k, transpose_a=True, out=gcols)
