@@ -177,7 +177,7 @@ def test_error_kinds():
 _CACHE_CHILD = """
 import numpy as np, lrpnumpy as L
 from lrpnumpy import kernels, zoo
-net, x = zoo.lenet5(), np.random.default_rng(0).random((2, 1, 28, 28))
+net, x = zoo.lenet5(), np.random.default_rng(0).random((8, 1, 28, 28))  # pools above SMALL_POOL: jitted
 comp = L.EpsilonGammaBox(0.0, 1.0)
 fast, backend = L.explain(net, x, composite=comp).relevance, kernels.BACKEND
 kernels.set_backend("numpy")

@@ -69,8 +69,11 @@ POOL_CASES = [((1, 2, 6, 6), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),
 
 @pytest.mark.parametrize("case", POOL_CASES, ids=str)
 @pytest.mark.parametrize("ties", [False, True])
-def test_pool_kernels_agree(case, ties, rng):
+@pytest.mark.parametrize("jitted", [True, False], ids=["jitted", "small"])
+def test_pool_kernels_agree(case, ties, jitted, rng, monkeypatch):
     shape, (kh, kw), (sh, sw), pad, (dh, dw) = case
+    if jitted:  # the jitted loops even on these small inputs
+        monkeypatch.setattr(nb, "SMALL_POOL", 0)
     geo = (kh, kw, sh, sw, pad, dh, dw)
     x = rng.integers(0, 3, size=shape).astype(float) if ties else rng.normal(size=shape)
     y, idx = ref.max_pool2d(x, *geo)
@@ -88,6 +91,24 @@ def test_pool_kernels_agree(case, ties, rng):
     gs = rng.normal(size=s.shape)
     _close(nb.sum_pool2d_grad(_noncontiguous(gs), shape[2], shape[3], *geo),
            ref.sum_pool2d_grad(gs, shape[2], shape[3], *geo))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_small_disjoint_max_pools_take_the_reference_bit_for_bit(ties, rng, monkeypatch):
+    """Below SMALL_POOL, max pools with disjoint windows run the reference: the same numbers."""
+    for shape, geo in [((2, 3, 8, 8), (2, 2, 2, 2, (0, 0, 0, 0), 1, 1)),
+                       ((1, 2, 7, 9), (2, 3, 3, 3, (1, 0, 2, 1), 1, 1))]:
+        x = rng.integers(0, 3, size=shape).astype(np.float32) if ties else rng.normal(size=shape)
+        x.flat[::7] = np.nan if not ties else x.flat[::7]
+        small = nb.max_pool2d(x, *geo)
+        g = rng.normal(size=small[0].shape).astype(x.dtype)
+        small_grad = nb.max_pool2d_grad(g, small[1], shape[2], shape[3], *geo)
+        monkeypatch.setattr(nb, "SMALL_POOL", 0)
+        big = nb.max_pool2d(x, *geo)
+        np.testing.assert_array_equal(small[0], big[0])
+        np.testing.assert_array_equal(small[1], big[1])
+        np.testing.assert_array_equal(small_grad, nb.max_pool2d_grad(g, big[1], shape[2], shape[3], *geo))
+        monkeypatch.undo()
 
 
 def test_float32_stays_float32(rng):

@@ -10,6 +10,7 @@ out-of-bounds read); the layers validate user input before that.  ``max_pool2d_g
 """
 
 import functools
+import importlib.util
 import os
 
 import numpy as np
@@ -146,11 +147,10 @@ max_pool2d_grad_split = _checked(reference.max_pool2d_grad_split, _check_max_poo
 def _choose():
     if os.environ.get("LRPNUMPY_KERNELS", "numba").lower() == "numpy":
         return "numpy"
-    try:
-        from . import numba_kernels  # noqa: F401
-    except ImportError:
+    try:  # without importing numba: the numba backend imports it when a jitted kernel first runs
+        return "numba" if importlib.util.find_spec("numba") is not None else "numpy"
+    except (ImportError, ValueError):  # ValueError: sys.modules["numba"] is None
         return "numpy"
-    return "numba"
 
 
 def set_backend(name):

@@ -3,29 +3,61 @@
 Convolutions are lowered to one GEMM over the whole batch: ``cols[k, (n, p)]`` with
 ``k = (c, i, j)`` (the weight's own order) and ``p = (oh, ow)``, so ``y = W.reshape(O, K) @ cols``
 is (O, N*P), transposed once to NCHW; the input gradient is ``col2im(W^T @ g)``.  The jitted loops walk
-(sample, channel) planes with ``prange`` but are compiled serial (``PARALLEL = False``): on
-2 cores, numba's worker threads compete with OpenBLAS's spinning threads, and measured
-serial loops won (lenet5 batch 64 explain 29 ms serial vs 51 ms parallel; vgg16 3.1 s vs
-3.5 s).  BLAS keeps both cores busy in the GEMMs.  No ``fastmath``: it would reorder sums,
-and sums are what conservation measures.  Same signatures as :mod:`.reference`.
+(sample, channel) planes serially: on 2 cores, numba's worker threads (``prange``) competed with
+OpenBLAS's spinning threads, and measured serial loops won (lenet5 batch 64 explain 29 ms serial vs
+51 ms parallel; vgg16 3.1 s vs 3.5 s).  BLAS keeps both cores busy in the GEMMs.  No ``fastmath``:
+it would reorder sums, and sums are what conservation measures.  Same signatures as
+:mod:`.reference`.
+
+numba itself is imported, and the jitted functions made, on the first call of one of them:
+importing numba costs a fresh process 0.2-0.3 s, and numba's first compile or cache load another
+~0.5 s (0.4 s of it importing scipy.linalg, numba's check for BLAS).  Small non-overlapping max
+pools (the only jitted work in explaining one lenet5 input) run the NumPy reference instead, which
+gives the same numbers bit for bit, so a small explanation never pays that.
 """
 
+import functools
 import math
 import threading
 import weakref
 
-import numba
 import numpy as np
-from numba import prange
 
 from . import reference as _reference
 from .reference import output_size
 
-PARALLEL = False
-_jit = dict(nopython=True, cache=True, nogil=True, parallel=PARALLEL)
+_JIT = dict(nopython=True, cache=True, nogil=True)
+_PLAIN = {}  # name -> the Python function, jitted (all together) on the first call of any
+_JIT_LOCK = threading.Lock()
+_JITTED = False
 
 
-@numba.jit(**_jit)
+def _jitted(fn):
+    """Register ``fn`` as a kernel to be compiled by numba when a kernel is first called."""
+    _PLAIN[fn.__name__] = fn
+
+    @functools.wraps(fn)
+    def first_call(*args):
+        jit_all()
+        return globals()[fn.__name__](*args)
+    return first_call
+
+
+def jit_all():
+    """Import numba and replace every registered kernel by its jitted version (once; thread-safe).
+    All at once, so that kernels calling kernels see jitted functions when numba compiles them."""
+    global _JITTED
+    if _JITTED:
+        return
+    import numba
+    with _JIT_LOCK:
+        if not _JITTED:
+            for name, fn in _PLAIN.items():
+                globals()[name] = numba.jit(**_JIT)(fn)
+            _JITTED = True
+
+
+@_jitted
 def _valid(size, out, stride, pad, offset):
     """Range [q0, q1) of output positions q whose tap q*stride - pad + offset lies in [0, size)."""
     q0 = max(0, -((offset - pad) // stride))  # ceil((pad - offset) / stride)
@@ -33,13 +65,13 @@ def _valid(size, out, stride, pad, offset):
     return q0, max(q0, q1)
 
 
-@numba.jit(**_jit)
+@_jitted
 def _im2col(x, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols):
     """Fill ``cols[(c, i, j), (n, p, q)] = x[n, c, p*sh - pt + i*dh, q*sw - pl + j*dw]`` (0 outside)."""
     n, c, h, w = x.shape
     npix = oh * ow
     zero = x.dtype.type(0)
-    for plane in prange(n * c):
+    for plane in range(n * c):
         b, ci = plane // c, plane % c
         for i in range(kh):
             p0, p1 = _valid(h, oh, sh, pt, i * dh)
@@ -63,12 +95,12 @@ def _im2col(x, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols):
     return cols
 
 
-@numba.jit(**_jit)
+@_jitted
 def _col2im(cols, n, c, h, w, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
     """Adjoint of :func:`_im2col`: add every column entry back onto the input position it came from."""
     npix = oh * ow
     x = np.zeros((n, c, h, w), dtype=cols.dtype)
-    for plane in prange(n * c):
+    for plane in range(n * c):
         b, ci = plane // c, plane % c
         for i in range(kh):
             p0, p1 = _valid(h, oh, sh, pt, i * dh)
@@ -371,7 +403,7 @@ def conv2d_grad_weight(x, gy, kh, kw, sh, sw, padding, dh, dw, groups):
     return gw.reshape(o, cg, kh, kw)
 
 
-@numba.jit(**_jit)
+@_jitted
 def _conv_add_pixels(y, pixels, delta, wt, sh, sw, pt, pl, dh, dw):
     """``y`` channels last and ``wt`` (kh, kw, C, O): each reached output adds a contiguous run of
     O values (NCHW would scatter them O planes apart: measured 5x slower)."""
@@ -408,14 +440,14 @@ def conv2d_add_pixels(y, pixels, delta, w, sh, sw, padding, dh, dw):
 # Max pooling with winners runs over window taps outside and output columns q inside, so the inner
 # loop is long and branch-free (the valid range of q for each tap is computed once).
 
-@numba.jit(**_jit)
+@_jitted
 def _max_pool(x, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
     """Window maxima and the row-major tap of each window's first maximum: per output row, each tap's
     valid run of columns in turn (taps outside the input are skipped, as -inf would never win)."""
     n, c, h, w = x.shape
     y = np.empty((n, c, oh, ow), dtype=x.dtype)
     idx = np.zeros((n, c, oh, ow), dtype=np.int64)
-    for plane in prange(n * c):
+    for plane in range(n * c):
         b, ci = plane // c, plane % c
         for p in range(oh):
             for q in range(ow):
@@ -438,12 +470,12 @@ def _max_pool(x, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
     return y, idx
 
 
-@numba.jit(**_jit)
+@_jitted
 def _max_pool_gather(x, idx, kw, sh, sw, pt, pl, dh, dw):
     n, c, h, w = x.shape
     _, _, oh, ow = idx.shape
     y = np.zeros((n, c, oh, ow), dtype=x.dtype)
-    for plane in prange(n * c):
+    for plane in range(n * c):
         b, ci = plane // c, plane % c
         for p in range(oh):
             for q in range(ow):
@@ -454,11 +486,11 @@ def _max_pool_gather(x, idx, kw, sh, sw, pt, pl, dh, dw):
     return y
 
 
-@numba.jit(**_jit)
+@_jitted
 def _max_pool_grad(gy, idx, h, w, kw, sh, sw, pt, pl, dh, dw):
     n, c, oh, ow = gy.shape
     gx = np.zeros((n, c, h, w), dtype=gy.dtype)
-    for plane in prange(n * c):
+    for plane in range(n * c):
         b, ci = plane // c, plane % c
         for p in range(oh):
             for q in range(ow):
@@ -488,7 +520,20 @@ def sum_pool2d_grad(gy, h, wd, kh, kw, sh, sw, padding, dh=1, dw=1):
     return np.ascontiguousarray(_reference.sum_pool2d_grad(gy, h, wd, kh, kw, sh, sw, padding, dh, dw))
 
 
+#: Max pools on inputs of at most this many elements whose windows do not overlap run the NumPy
+#: reference (the same winners, values and gradients bit for bit: each input element is in one
+#: window at most); larger ones the jitted loops, 2-5x faster at batch 64 and up.
+SMALL_POOL = 1 << 15
+
+
+def _small_disjoint(size, kh, kw, sh, sw, dh, dw):
+    return size <= SMALL_POOL and sh >= (kh - 1) * dh + 1 and sw >= (kw - 1) * dw + 1
+
+
 def max_pool2d(x, kh, kw, sh, sw, padding, dh=1, dw=1):
+    if _small_disjoint(x.size, kh, kw, sh, sw, dh, dw):
+        y, idx = _reference.max_pool2d(x, kh, kw, sh, sw, padding, dh, dw)
+        return np.ascontiguousarray(y), idx
     oh = output_size(x.shape[2], kh, sh, padding[0], padding[1], dh)
     ow = output_size(x.shape[3], kw, sw, padding[2], padding[3], dw)
     return _max_pool(np.ascontiguousarray(x), kh, kw, sh, sw, padding[0], padding[2], dh, dw, oh, ow)
@@ -500,8 +545,12 @@ def max_pool2d_values(x, kh, kw, sh, sw, padding, dh=1, dw=1):
 
 
 def max_pool2d_gather(x, idx, kh, kw, sh, sw, padding, dh=1, dw=1):
+    if _small_disjoint(x.size, kh, kw, sh, sw, dh, dw):
+        return np.ascontiguousarray(_reference.max_pool2d_gather(x, idx, kh, kw, sh, sw, padding, dh, dw))
     return _max_pool_gather(np.ascontiguousarray(x), idx, kw, sh, sw, padding[0], padding[2], dh, dw)
 
 
 def max_pool2d_grad(gy, idx, h, wd, kh, kw, sh, sw, padding, dh=1, dw=1):
+    if _small_disjoint(gy.shape[0] * gy.shape[1] * h * wd, kh, kw, sh, sw, dh, dw):
+        return np.ascontiguousarray(_reference.max_pool2d_grad(gy, idx, h, wd, kh, kw, sh, sw, padding, dh, dw))
     return _max_pool_grad(np.ascontiguousarray(gy), idx, h, wd, kw, sh, sw, padding[0], padding[2], dh, dw)
