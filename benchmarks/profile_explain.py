@@ -81,6 +81,7 @@ def main():
                 t = time.perf_counter()
                 step.layer.apply(step.input)
                 timers.now[(i, "forward")] += time.perf_counter() - t
+            timers.current = None  # the explanation itself is not attributed to any layer
             exp = L.explain(net, x, composite=comp)
             R = exp.layers[-1]
             for i in reversed(range(len(trace))):
