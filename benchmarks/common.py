@@ -1,12 +1,21 @@
 """Shared pieces of the benchmark scripts: timing, the matmul rate, multiply-add counting."""
 
 import contextlib
+import os
 import time
 
 import numpy as np
 
-from lrpnumpy import kernels
+import lrpnumpy as L
+from lrpnumpy import datasets, kernels, zoo
 from lrpnumpy.layers import Linear
+
+
+def load_model(model):
+    """A zoo model (seed 0) or a shipped model (``data/NAME.npz``), float32."""
+    if model in zoo.MODELS:
+        return zoo.MODELS[model](seed=0, dtype=np.float32)
+    return L.io.load(os.path.join(datasets.DATA_DIR, f"{model}.npz"), dtype=np.float32)
 
 
 def rss_mb():

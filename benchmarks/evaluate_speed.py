@@ -21,18 +21,12 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import median_time  # noqa: E402
+from common import load_model, median_time  # noqa: E402
 
 import lrpnumpy as L  # noqa: E402
-from lrpnumpy import datasets, evaluate, verify, zoo  # noqa: E402
+from lrpnumpy import datasets, evaluate, verify  # noqa: E402
 
 JOBS = [(256, 16), (64, 1)]  # (images, pixels per step)
-
-
-def load(model):
-    if model in zoo.MODELS:
-        return zoo.MODELS[model](seed=0, dtype=np.float32)
-    return L.io.load(os.path.join(datasets.DATA_DIR, f"{model}.npz"), dtype=np.float32)
 
 
 def main():
@@ -53,7 +47,7 @@ def main():
     images = datasets.sample(np.float32).images
     results = []
     for model in args.model:
-        net = load(model).freeze()
+        net = load_model(model).freeze()
         tnet = verify.to_torch(net).float().eval()
         for n, per_step in JOBS:
             x = images[:n]

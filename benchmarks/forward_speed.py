@@ -17,18 +17,12 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import median_time  # noqa: E402
+from common import load_model, median_time  # noqa: E402
 
 import lrpnumpy as L  # noqa: E402
-from lrpnumpy import datasets, verify, zoo  # noqa: E402
+from lrpnumpy import datasets, verify  # noqa: E402
 
 MODELS = ["lenet5", "toolbox_lenet", "fashion_cnn_maxpool", "fashion_cnn_sumpool", "fashion_mlp"]
-
-
-def load(model):
-    if model in zoo.MODELS:
-        return zoo.MODELS[model](seed=0, dtype=np.float32)
-    return L.io.load(os.path.join(datasets.DATA_DIR, f"{model}.npz"), dtype=np.float32)
 
 
 def per_layer(net, x, repeat):
@@ -57,7 +51,7 @@ def main():
     images = datasets.sample(np.float32).images
     results = []
     for model in args.model:
-        net = load(model).freeze()
+        net = load_model(model).freeze()
         shape = net.input_shape
         x = images[:args.batch] if images.shape[1:] == tuple(shape) else \
             np.random.default_rng(0).random((args.batch,) + tuple(shape), dtype=np.float32)
