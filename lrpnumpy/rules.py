@@ -139,8 +139,12 @@ def four_steps_fast(layer, step, groups, R, epsilon):
         outs = dict(zip(map(id, fresh), layer.forward_many(x, [u.weight for u in fresh], step))) if fresh else {}
         for u in uses:
             for gi, coef, bias in u.terms:
-                out = step.output if id(u) not in outs else outs[id(u)] if bias is None else \
-                    outs[id(u)] + layer.bias_view(bias, R.ndim)
+                if id(u) not in outs:
+                    out = step.output  # the traced forward pass's output, bias included
+                elif bias is None:
+                    out = outs[id(u)]
+                else:
+                    out = outs[id(u)] + layer.bias_view(bias, R.ndim)
                 z[gi].append(_scaled(coef, out))
     z = [_total(zg) for zg in z]
     zs = [stabilize(zg, epsilon) for zg in z]
