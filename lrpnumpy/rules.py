@@ -138,13 +138,16 @@ def four_steps_fast(layer, step, groups, R, epsilon):
         fresh = [u for u in uses if not _is_traced(layer, step, u)]
         outs = dict(zip(map(id, fresh), layer.forward_many(x, [u.weight for u in fresh], step))) if fresh else {}
         for u in uses:
+            with_bias = {}  # one addition per bias, however many groups use it (gamma: both)
             for gi, coef, bias in u.terms:
                 if id(u) not in outs:
                     out = step.output  # the traced forward pass's output, bias included
                 elif bias is None:
                     out = outs[id(u)]
                 else:
-                    out = outs[id(u)] + layer.bias_view(bias, R.ndim)
+                    if id(bias) not in with_bias:
+                        with_bias[id(bias)] = outs[id(u)] + layer.bias_view(bias, R.ndim)
+                    out = with_bias[id(bias)]
                 z[gi].append(_scaled(coef, out))
     z = [_total(zg) for zg in z]
     zs = [stabilize(zg, epsilon) for zg in z]
