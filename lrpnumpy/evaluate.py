@@ -17,11 +17,11 @@ The perturbed copies of a batch go through the network together, in chunks of ``
 inputs, so memory stays bounded; a long run shows a progress bar and, interrupted with Ctrl-C,
 returns the steps it finished.
 
-When the network starts with a convolution (or Flatten and a Linear layer) and each step removes
-few pixels, the perturbation curves do not recompute that first layer: it is linear in its input,
-so each step adds to its previous output the effect of the pixels it changed, which reaches only
-their receptive fields (``incremental=True``, the default; the same scores up to rounding, tested
-against the full recomputation).
+When each step removes few pixels, the perturbation curves do not recompute the network's first,
+local layers for every perturbed input: a step's change reaches only the receptive fields of the
+pixels it changes, so a convolution adds the convolution of the change and activations and pools
+are recomputed where it reaches (:mod:`lrpnumpy.incremental`; ``incremental=True``, the default; the
+same scores up to rounding, tested against the full recomputation).
 """
 
 import math
@@ -29,10 +29,9 @@ import numbers
 
 import numpy as np
 
-from . import kernels
 from .errors import RuleParameterError, ShapeError
 from .explain import forward_finite, logit_network, target_classes
-from .layers import Conv2d, Flatten, Linear, Sequential
+from .incremental import PerturbationPath, plan as incremental_plan
 from .layers.base import check_array, check_finite, make_rng
 from .progress import bar
 
@@ -78,59 +77,6 @@ def _scores(net, x, t, output):
         e = np.exp(out - out.max(axis=1, keepdims=True))
         out = e / e.sum(axis=1, keepdims=True)
     return out[np.arange(len(x)), t]
-
-
-class _FirstLayerPath:
-    """The first layer's output along a perturbation path, step by step: a linear first layer's
-    output changes by the layer applied to the change of the input, which is non-zero only at the
-    pixels a step removes (so only their receptive fields are touched)."""
-
-    def __init__(self, layer, x, values, removed_at, steps):
-        n, c, h, w = x.shape
-        self.layer, self.hw = layer, h * w
-        if isinstance(layer, Conv2d):  # held channels last, as the update kernel wants it
-            y = layer.forward(x)
-            self.y = np.ascontiguousarray(y.transpose(0, 2, 3, 1))
-        else:  # a Linear layer reads Flatten's output
-            y = self.y = layer.forward(x.reshape(n, -1))
-        self.shape = y.shape[1:]  # of one sample's output, as the next layer reads it
-        when = removed_at.ravel()
-        order = np.argsort(when, kind="stable")  # (sample, pixel) pairs grouped by the step removing them
-        self.bounds = np.searchsorted(when[order], np.arange(1, steps + 2))
-        change = (values.reshape(n, c, -1) - x.reshape(n, c, -1)).transpose(0, 2, 1).reshape(n * h * w, c)
-        self.delta = change[order]
-        self.sample, pixel = order // self.hw, order % self.hw
-        self.pixels = np.stack([self.sample, pixel // w, pixel % w], axis=1)
-        self.columns = (np.arange(c)[None, :] * self.hw + pixel[:, None])  # Flatten's order (NCHW)
-
-    def after(self, k, out):
-        """Write the first layer's output after step k into ``out`` (steps in order: k = 1, 2, ...)."""
-        part = slice(self.bounds[k - 1], self.bounds[k])
-        if isinstance(self.layer, Conv2d):
-            (sh, sw), (dh, dw) = self.layer.stride, self.layer.dilation
-            kernels.conv2d_add_pixels(self.y, self.pixels[part], self.delta[part], self.layer.weight, sh, sw,
-                                      self.layer.padding, dh, dw)
-            out[...] = self.y.transpose(0, 3, 1, 2)
-        else:  # Linear after Flatten: a sparse (samples x features) change times W^T
-            import scipy.sparse  # here: importing it costs a cold start 0.1 s
-            d, cols = self.delta[part], self.columns[part]
-            rows = np.broadcast_to(self.sample[part][:, None], cols.shape)
-            change = scipy.sparse.csr_array((d.ravel(), (rows.ravel(), cols.ravel())),
-                                            shape=(len(self.y), self.layer.in_features))
-            self.y += change @ self.layer.weight.T
-            out[...] = self.y
-
-    @staticmethod
-    def split(net, pixels_per_step, image_pixels):
-        """(first layer(s), the rest) when the update pays (a step changes under 1/8 of the pixels)
-        and the network is a Sequential starting with Conv2d (groups 1) or Flatten + Linear."""
-        if not isinstance(net, Sequential) or 8 * pixels_per_step > image_pixels:
-            return None
-        if isinstance(net[0], Conv2d) and net[0].groups == 1 and len(net) > 1:
-            return net[0], net[1:]
-        if len(net) > 2 and isinstance(net[0], Flatten) and isinstance(net[1], Linear):
-            return net[1], net[2:]
-        return None
 
 
 def _fill(x, fill, rng):
@@ -198,8 +144,8 @@ def pixel_flipping(model, x, relevance, target=None, features_per_step=1, steps=
     progress : bool, optional
         A progress bar (default: on a terminal).
     incremental : bool
-        Update a linear first layer's output by the pixels each step changes instead of
-        recomputing it (see the module's notes; False recomputes every perturbed input).
+        Update the first, local layers' outputs where each step's change reaches instead of
+        recomputing them (see the module's notes; False recomputes every perturbed input).
 
     Returns
     -------
@@ -238,14 +184,14 @@ def pixel_flipping(model, x, relevance, target=None, features_per_step=1, steps=
     curves = np.full((n, steps + 1), np.nan)
     curves[:, 0] = _scores(net, x, t, output)
     per_chunk, done, interrupted = max(1, batch_size // n), 0, False
-    split = _FirstLayerPath.split(net, fps * patch * patch, h * w) if incremental else None
-    if split is not None:
-        path, net = _FirstLayerPath(split[0], x, values, removed_at, steps), split[1]
+    count = incremental_plan(net, x.shape[1:], fps, patch) if incremental else 0
+    if count:  # the first layers follow the path step by step; the rest runs on many steps at once
+        path, net = PerturbationPath(net, x, values, removed_at, steps, count), net[count:]
     shown = bar(steps, progress, unit="step")
     try:
         for k0 in range(1, steps + 1, per_chunk):
             ks = np.arange(k0, min(k0 + per_chunk, steps + 1))
-            if split is None:
+            if not count:
                 gone = (removed_at[None] <= ks[:, None, None])[:, :, None, :]  # (K, N, 1, H*W)
                 inputs = np.where(gone, values[None], flat[None]).reshape((-1, c, h, w))
             else:  # the first layer's outputs after each of these steps, one batch

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import lrpnumpy as L
-from lrpnumpy import evaluate as E, methods as M
+from lrpnumpy import evaluate as E, incremental, methods as M, zoo
 from lrpnumpy.errors import LRPError
 
 
@@ -101,12 +101,83 @@ def test_first_layer_updates_equal_recomputing(options, dtype, rng):
     R = rng.normal(size=x.shape).astype(dtype)
     for net in _first_layer_nets(rng):
         net = net.astype(dtype)
-        assert E._FirstLayerPath.split(net, options["features_per_step"] * options.get("patch", 1) ** 2, 72)
+        assert incremental.plan(net, x.shape[1:], options["features_per_step"], options.get("patch", 1))
         a = E.pixel_flipping(net, x, R, 1, rng=4, **options)
         b = E.pixel_flipping(net, x, R, 1, rng=4, incremental=False, **options)
         assert a.curves.dtype == b.curves.dtype and a.curves.shape == b.curves.shape
         np.testing.assert_allclose(a.curves, b.curves, rtol=1e-12 if dtype == np.float64 else 2e-5,
                                    atol=(1e-12 if dtype == np.float64 else 2e-5) * np.abs(b.curves).max())
+
+
+def _local_net(rng):
+    """Every local layer kind the perturbation path updates: convolutions (padded, strided, dilated),
+    ReLU and Tanh, max pooling (padded, overlapping, ceil mode) and scaled sum pooling."""
+    net = L.Sequential(L.Conv2d(2, 3, 3, padding=(1, 0, 2, 1), rng=rng), L.ReLU(),
+                       L.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+                       L.Conv2d(3, 4, 3, stride=(1, 2), padding=2, dilation=(2, 1), rng=rng), L.Tanh(),
+                       L.SumPool2d(2, scale=0.25), L.Conv2d(4, 2, 2, padding=1, rng=rng), L.Flatten())
+    for layer in (net[0], net[3], net[6]):
+        layer.bias = rng.normal(size=layer.bias.shape)
+    return net
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_perturbation_path_equals_the_forward_pass_at_every_step(dtype, rng):
+    """After each step, the path's output (each local layer updated where the step's change reaches)
+    is the forward pass of the perturbed input (1e-12 float64): one and several pixels per step, a
+    fill that leaves some pixels unchanged (those change nothing downstream)."""
+    net = _local_net(rng).astype(dtype)
+    x = rng.normal(size=(3, 2, 11, 13)).astype(dtype)
+    x[:, :, :4] = 0  # pixels already at the fill value
+    n, c, h, w = x.shape
+    values = np.zeros((n, c, h * w), dtype)
+    for per_step in (1, 7):
+        removed_at = np.argsort(rng.random((n, h * w)), axis=1) // per_step + 1
+        steps = removed_at.max()
+        path = incremental.PerturbationPath(net, x, values, removed_at, steps, 7)
+        out = np.empty((n,) + path.shape, dtype)
+        for k in range(1, steps + 1):
+            path.after(k, out)
+            xk = np.where((removed_at <= k)[:, None, :], values, x.reshape(n, c, -1)).reshape(x.shape)
+            expected = net[:7].forward(xk)
+            tol = 1e-12 if dtype == np.float64 else 1e-5
+            np.testing.assert_allclose(out, expected, rtol=tol, atol=tol * np.abs(expected).max(), err_msg=f"step {k}")
+
+
+def test_incremental_plan_follows_how_far_a_step_spreads():
+    """lenet5 on 28 x 28: one pixel per step reaches few enough positions for conv, ReLU, pool and the
+    second conv to be updated (its 7 x 7 of 10 x 10 outputs are not); 16 pixels, the first conv only;
+    Flatten + Linear as one; a Graph or a step changing over an eighth of the image, none."""
+    net = zoo.lenet5(seed=0)
+    assert incremental.plan(net, (1, 28, 28), 1, 1) == 4
+    assert incremental.plan(net, (1, 28, 28), 16, 1) == 1
+    assert incremental.plan(net, (1, 28, 28), 99, 1) == 0
+    assert incremental.plan(net, (1, 28, 28), 4, 5) == 0
+    mlp = L.Sequential(L.Flatten(), L.Linear(784, 10), L.ReLU(), L.Linear(10, 2))
+    assert incremental.plan(mlp, (1, 28, 28), 16, 1) == 2
+
+
+def test_taps_and_reached_by_are_transposes(rng):
+    """Every (output, tap) pair of a window layer appears once in the input's reached-by table."""
+    for layer, (h, w) in [(L.MaxPool2d(3, stride=2, padding=1, ceil_mode=True), (7, 8)),
+                          (L.Conv2d(1, 1, (3, 2), stride=(2, 1), padding=(2, 0, 1, 1), dilation=(1, 3)), (9, 6))]:
+        oh, ow = layer.output_shape((1, 1, h, w))[2:]
+        taps = incremental._taps(incremental._geometry(layer, h, w), h, w, oh, ow)
+        table = incremental._reached_by(taps, h * w)
+        pairs = {(int(i), int(o)) for o, row in enumerate(taps) for i in row if i >= 0}
+        assert pairs == {(i, int(o)) for i, row in enumerate(table) for o in row if o < oh * ow}
+        assert len(pairs) == (table < oh * ow).sum()
+
+
+def test_pixel_flipping_leaves_its_inputs_alone(rng):
+    """One channel: a channels-last copy of x is a view of x unless copied; the path must not write x."""
+    net = zoo.lenet5(seed=0)
+    x = rng.random((2, 1, 28, 28))
+    R = rng.normal(size=x.shape)
+    x0, R0 = x.copy(), R.copy()
+    E.pixel_flipping(net, x, R, features_per_step=1, steps=20)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(R, R0)
 
 
 def test_continuity_of_a_linear_models_gradient_x_input(rng):
