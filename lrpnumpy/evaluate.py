@@ -183,34 +183,53 @@ def pixel_flipping(model, x, relevance, target=None, features_per_step=1, steps=
     t = target_classes(out, target)
     curves = np.full((n, steps + 1), np.nan)
     curves[:, 0] = _scores(net, x, t, output)
-    per_chunk, done, interrupted = max(1, batch_size // n), 0, False
+    # a step that removes only pixels already at their fill value leaves a sample's score as it was
+    # (a black background filled with black): only the samples a step changes are scored again
+    sample, pixel = np.nonzero((values != flat).any(axis=1))
+    changes = np.zeros((n, total + 1), bool)
+    changes[sample, removed_at[sample, pixel]] = True
     count = incremental_plan(net, x.shape[1:], fps, patch) if incremental else 0
-    if count:  # the first layers follow the path step by step; the rest runs on many steps at once
+    if count:  # the first layers follow the path step by step; the rest runs on many inputs at once
         path, net = PerturbationPath(net, x, values, removed_at, steps, count), net[count:]
+    buffer = np.empty((max(batch_size, n),) + (path.shape if count else x.shape[1:]), x.dtype)
+    waiting, rows, done, interrupted = [], 0, 0, False  # the (step, samples) pairs whose inputs are in buffer
+
+    def score_waiting():
+        scores = _scores(net, buffer[:rows], np.concatenate([t[who] for _, who in waiting]), output)
+        start = 0
+        for k, who in waiting:
+            curves[who, k] = scores[start:start + len(who)]
+            start += len(who)
+        return waiting[-1][0]
+
     shown = bar(steps, progress, unit="step")
     try:
-        for k0 in range(1, steps + 1, per_chunk):
-            ks = np.arange(k0, min(k0 + per_chunk, steps + 1))
-            if not count:
-                gone = (removed_at[None] <= ks[:, None, None])[:, :, None, :]  # (K, N, 1, H*W)
-                inputs = np.where(gone, values[None], flat[None]).reshape((-1, c, h, w))
-            else:  # the first layer's outputs after each of these steps, one batch
-                inputs = np.empty((len(ks) * n,) + path.shape, x.dtype)
-                for i, k in enumerate(ks):
-                    path.after(k, inputs[i * n:(i + 1) * n])
-            curves[:, ks] = _scores(net, inputs, np.tile(t, len(ks)), output).reshape(len(ks), n).T
-            done = ks[-1]
-            if shown is not None:
-                shown.update(len(ks))
+        for k in range(1, steps + 1):
+            who = np.flatnonzero(changes[:, k])
+            if rows + len(who) > len(buffer):
+                done, waiting, rows = score_waiting(), [], 0
+                if shown is not None:
+                    shown.update(done - shown.n)
+            if count:
+                buffer[rows:rows + len(who)] = path.after(k)[who]
+            else:
+                gone = (removed_at[who] <= k)[:, None, :]
+                buffer[rows:rows + len(who)] = np.where(gone, values[who], flat[who]).reshape((-1, c, h, w))
+            waiting.append((k, who))
+            rows += len(who)
+        done = score_waiting() if rows else steps
     except KeyboardInterrupt:
         interrupted = True
     finally:
         if shown is not None:
+            shown.update(done - shown.n)
             shown.close()
+    scored = np.where(changes[:, :done + 1], np.arange(done + 1), 0)  # each step's score is that of the
+    curves = curves[np.arange(n)[:, None], np.maximum.accumulate(scored, axis=1)]  # last step scored
     fractions = np.minimum(np.arange(done + 1) * fps, gh * gw) / (gh * gw)
     params = dict(order=order, features_per_step=fps, patch=patch, fill=fill if isinstance(fill, (str, float, int))
                   else "array", output=output, features=gh * gw)
-    return PerturbationResult(curves[:, :done + 1], fractions, t, params, interrupted)
+    return PerturbationResult(curves, fractions, t, params, interrupted)
 
 
 def region_perturbation(model, x, relevance, target=None, patch=9, fill="uniform", **kwargs):

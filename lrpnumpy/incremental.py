@@ -128,6 +128,8 @@ class _Local:
             q = p
         else:
             q = self._reach(p)
+            if len(q) == 0:  # pixels no window reads (a strided layer can skip some)
+                return None if last else (q, np.empty((0, self.c), self.y.dtype))
         if self.kind == "conv" and 4 * len(p) < len(q):  # few changed inputs: add the convolution of the change
             old = None if last else self.y[q]
             hw, b = self.h * self.w, p // (self.h * self.w)
@@ -225,12 +227,11 @@ class PerturbationPath:
             a = y
         self.shape = a.shape[1:]  # of one sample's output, as the next layer reads it
 
-    def after(self, k, out):
-        """Write the output after step k into ``out`` (steps in order: k = 1, 2, ...)."""
+    def after(self, k):
+        """The output after step k (steps in order: k = 1, 2, ...), a view valid until the next step."""
         part = slice(self.bounds[k - 1], self.bounds[k])
         if self.flat:
-            self._linear_after(part, out)
-            return
+            return self._linear_after(part)
         changes = (self.delta[part] != 0).any(axis=1)  # a pixel already at its fill value changes nothing
         p, d = self.pixel[part][changes], self.delta[part][changes]
         self.x[p] = self.new[part][changes]
@@ -242,13 +243,13 @@ class PerturbationPath:
             if changed is not None:
                 p, d = changed
             a = local.y
-        out[...] = last.nchw()
+        return last.nchw()
 
-    def _linear_after(self, part, out):
+    def _linear_after(self, part):
         import scipy.sparse  # here: importing it costs a cold start 0.1 s
         d, cols = self.delta[part], self.columns[part]
         rows = np.broadcast_to(self.sample[part][:, None], cols.shape)
         change = scipy.sparse.csr_array((d.ravel(), (rows.ravel(), cols.ravel())),
                                         shape=(len(self.y), self.linear.in_features))
         self.y += change @ self.linear.weight.T
-        out[...] = self.y
+        return self.y

@@ -135,13 +135,36 @@ def test_perturbation_path_equals_the_forward_pass_at_every_step(dtype, rng):
         removed_at = np.argsort(rng.random((n, h * w)), axis=1) // per_step + 1
         steps = removed_at.max()
         path = incremental.PerturbationPath(net, x, values, removed_at, steps, 7)
-        out = np.empty((n,) + path.shape, dtype)
         for k in range(1, steps + 1):
-            path.after(k, out)
+            out = path.after(k)
             xk = np.where((removed_at <= k)[:, None, :], values, x.reshape(n, c, -1)).reshape(x.shape)
             expected = net[:7].forward(xk)
             tol = 1e-12 if dtype == np.float64 else 1e-5
             np.testing.assert_allclose(out, expected, rtol=tol, atol=tol * np.abs(expected).max(), err_msg=f"step {k}")
+
+
+@pytest.mark.parametrize("incremental_", [True, False])
+@pytest.mark.parametrize("options", [dict(features_per_step=1), dict(features_per_step=3, patch=2, order="lerf")])
+def test_curves_are_the_scores_of_every_perturbed_input(options, incremental_, rng):
+    """Steps that remove only pixels already at the fill value are not scored again (their score is the
+    step before's); every point of the curves is still the network's score of that step's input."""
+    net = _first_layer_nets(rng)[0]
+    x = rng.random((3, 3, 8, 9))
+    x[:, :, 3:] = 0  # a black background, filled with black: most steps change nothing
+    R = rng.normal(size=x.shape)
+    res = E.pixel_flipping(net, x, R, 1, incremental=incremental_, **options)
+    n, c, h, w = x.shape
+    patch, fps = options.get("patch", 1), options["features_per_step"]
+    feature = ((np.arange(h) // patch)[:, None] * -(-w // patch) + np.arange(w) // patch).ravel()
+    score = np.zeros((n, feature.max() + 1))
+    np.add.at(score.T, feature, R.sum(1).reshape(n, -1).T)
+    order = np.argsort(score if options.get("order") == "lerf" else -score, axis=1, kind="stable")
+    for k in range(res.curves.shape[1]):
+        xk = x.copy()
+        for i in range(n):
+            gone = np.isin(feature, order[i, :k * fps]).reshape(h, w)
+            xk[i][:, gone] = 0
+        np.testing.assert_allclose(res.curves[:, k], net.forward(xk)[:, 1], rtol=1e-12, atol=1e-12, err_msg=f"step {k}")
 
 
 def test_incremental_plan_follows_how_far_a_step_spreads():
