@@ -191,7 +191,8 @@ def pixel_flipping(model, x, relevance, target=None, features_per_step=1, steps=
     count = incremental_plan(net, x.shape[1:], fps, patch) if incremental else 0
     if count:  # the first layers follow the path step by step; the rest runs on many inputs at once
         path, net = PerturbationPath(net, x, values, removed_at, steps, count), net[count:]
-    buffer = np.empty((max(batch_size, n),) + (path.shape if count else x.shape[1:]), x.dtype)
+    stored = np.empty((max(batch_size, n),) + (path.stored if count else x.shape[1:]), x.dtype)
+    buffer = path.as_input(stored) if count else stored
     waiting, rows, done, interrupted = [], 0, 0, False  # the (step, samples) pairs whose inputs are in buffer
 
     def score_waiting():
@@ -206,12 +207,12 @@ def pixel_flipping(model, x, relevance, target=None, features_per_step=1, steps=
     try:
         for k in range(1, steps + 1):
             who = np.flatnonzero(changes[:, k])
-            if rows + len(who) > len(buffer):
+            if rows + len(who) > len(stored):
                 done, waiting, rows = score_waiting(), [], 0
                 if shown is not None:
                     shown.update(done - shown.n)
             if count:
-                buffer[rows:rows + len(who)] = path.after(k)[who]
+                stored[rows:rows + len(who)] = path.after(k)[who]
             else:
                 gone = (removed_at[who] <= k)[:, None, :]
                 buffer[rows:rows + len(who)] = np.where(gone, values[who], flat[who]).reshape((-1, c, h, w))

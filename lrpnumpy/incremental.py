@@ -168,8 +168,8 @@ class _Local:
         taps = self.taps[q % ohw]
         return np.where(taps < 0, pad, (q // ohw * (self.h * self.w))[:, None] + taps)
 
-    def nchw(self):
-        return self.y[:-1].reshape(self.n, self.oh, self.ow, self.c).transpose(0, 3, 1, 2)
+    def channels_last(self):
+        return self.y[:-1].reshape(self.n, self.oh, self.ow, self.c)
 
 
 def _rows(a, pad=0):
@@ -215,7 +215,7 @@ class PerturbationPath:
             self.linear = net[1]
             self.y = self.linear.forward(x.reshape(n, -1))
             self.columns = np.arange(c)[None, :] * (h * w) + pixel[:, None]  # Flatten's order (NCHW)
-            self.shape = self.y.shape[1:]
+            self.stored = self.y.shape[1:]
             return
         self.pixel = order  # flat (sample, row, column) position of each removed pixel
         layers = net.layers[:count]
@@ -225,10 +225,15 @@ class PerturbationPath:
             self.layers.append(_Local(layer, a, y))
             self.layers[-1].y[-1] = _pad_value(consumer)
             a = y
-        self.shape = a.shape[1:]  # of one sample's output, as the next layer reads it
+        self.stored = a.shape[2:] + a.shape[1:2]  # one sample's output, channels last
+
+    def as_input(self, stored):
+        """The next layer's view of outputs as :meth:`after` stores them: (N, C, H, W) of channels last."""
+        return stored if self.flat else stored.transpose(0, 3, 1, 2)
 
     def after(self, k):
-        """The output after step k (steps in order: k = 1, 2, ...), a view valid until the next step."""
+        """The output after step k (steps in order: k = 1, 2, ...), one sample's of shape ``stored``
+        (channels last: see :meth:`as_input`); a view valid until the next step."""
         part = slice(self.bounds[k - 1], self.bounds[k])
         if self.flat:
             return self._linear_after(part)
@@ -243,7 +248,7 @@ class PerturbationPath:
             if changed is not None:
                 p, d = changed
             a = local.y
-        return last.nchw()
+        return last.channels_last()
 
     def _linear_after(self, part):
         import scipy.sparse  # here: importing it costs a cold start 0.1 s

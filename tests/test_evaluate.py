@@ -136,7 +136,7 @@ def test_perturbation_path_equals_the_forward_pass_at_every_step(dtype, rng):
         steps = removed_at.max()
         path = incremental.PerturbationPath(net, x, values, removed_at, steps, 7)
         for k in range(1, steps + 1):
-            out = path.after(k)
+            out = path.as_input(path.after(k))
             xk = np.where((removed_at <= k)[:, None, :], values, x.reshape(n, c, -1)).reshape(x.shape)
             expected = net[:7].forward(xk)
             tol = 1e-12 if dtype == np.float64 else 1e-5

@@ -269,3 +269,18 @@ def test_output_shape_errors():
     assert net.output_shape((7, 1, 6, 6)) == (7, 3)
     with pytest.raises(ShapeError, match="expects 32 features"):
         net.output_shape((7, 1, 7, 7))
+
+
+@pytest.mark.parametrize("pool", [L.MaxPool2d(2), L.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+                                  L.MaxPool2d(2, stride=1, dilation=2)])
+def test_sequential_forward_pools_before_relu_with_the_same_values(pool, rng):
+    """The untraced forward runs a max pool before the ReLU that precedes it; relu(max) = max(relu)
+    exactly, so the output is bit for bit the layer-by-layer one (and the traced one), NaN included."""
+    net = L.Sequential(L.Conv2d(2, 3, 3, rng=rng), L.ReLU(), pool, L.Flatten())
+    x = rng.normal(size=(4, 2, 9, 10))
+    x[0, 0, 0, 0] = np.nan
+    expected = x
+    for layer in net:
+        expected = layer.forward(expected)
+    np.testing.assert_array_equal(net.forward(x), expected)
+    np.testing.assert_array_equal(net.forward_trace(x)[0], expected)
