@@ -211,6 +211,11 @@ def pixel_flipping(model, x, relevance, target=None, features_per_step=1, steps=
                 done, waiting, rows = score_waiting(), [], 0
                 if shown is not None:
                     shown.update(done - shown.n)
+            if count and rows == 0 and len(who) == n and len(stored) < 2 * n:
+                # the step alone fills a batch and changed every sample: score the path's output in place
+                curves[:, k] = _scores(net, path.as_input(path.after(k)), t, output)
+                waiting, done = [], k
+                continue
             if count:
                 stored[rows:rows + len(who)] = path.after(k)[who]
             else:

@@ -144,7 +144,8 @@ def test_perturbation_path_equals_the_forward_pass_at_every_step(dtype, rng):
 
 
 @pytest.mark.parametrize("incremental_", [True, False])
-@pytest.mark.parametrize("options", [dict(features_per_step=1), dict(features_per_step=3, patch=2, order="lerf")])
+@pytest.mark.parametrize("options", [dict(features_per_step=1), dict(features_per_step=3, patch=2, order="lerf"),
+                                     dict(features_per_step=2, batch_size=4)])
 def test_curves_are_the_scores_of_every_perturbed_input(options, incremental_, rng):
     """Steps that remove only pixels already at the fill value are not scored again (their score is the
     step before's); every point of the curves is still the network's score of that step's input."""
