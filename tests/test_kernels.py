@@ -39,13 +39,18 @@ def _noncontiguous(a):
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 @pytest.mark.parametrize("contiguous", [True, False])
-@pytest.mark.parametrize("lowering", ["chosen", "im2col", "im2col by rows", "rows"])
+@pytest.mark.parametrize("lowering", ["chosen", "im2col", "im2col by rows", "rows", "channels last",
+                                      "channels last by rows"])
 def test_conv_kernels_agree(case, contiguous, lowering, rng, monkeypatch):
     shape, o, (kh, kw), (sh, sw), pad, (dh, dw), groups = case
-    if lowering != "chosen":  # both lowerings on every case (the row lowering takes groups == 1 only)
-        monkeypatch.setattr(nb, "_prefer_rows", lambda *shapes: lowering == "rows" and shapes[-1] == 1)
+    if lowering != "chosen":  # every lowering on every case (rows and channels last take groups == 1 only)
+        monkeypatch.setattr(nb, "_prefer_rows", lambda *shapes: lowering != "im2col" and lowering != "im2col by rows"
+                            and shapes[-1] == 1)
+        monkeypatch.setattr(nb, "_prefer_channels_last", lambda c, kw: lowering.startswith("channels last"))
     if lowering == "im2col by rows":  # the column matrix one output row at a time
         monkeypatch.setattr(nb, "COLUMN_BYTES", 1)
+    if lowering == "channels last by rows":  # the window matrix one output row at a time
+        monkeypatch.setattr(nb, "WINDOW_BYTES", 1)
     x = rng.normal(size=shape)
     w = rng.normal(size=(o, shape[1] // groups, kh, kw))
     xin = x if contiguous else _noncontiguous(x)

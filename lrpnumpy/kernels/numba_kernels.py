@@ -353,12 +353,54 @@ def _conv_rows_grad_input(gy, w, h, wd, sh, sw, padding, dh, dw):
     return np.ascontiguousarray(gxp[:, padding[0]:padding[0] + h, :, padding[2]:padding[2] + wd].transpose(0, 2, 1, 3))
 
 
+# Channels last, a window row (kw taps x C channels) is one contiguous run of the input, so the
+# (positions x window) matrix is cheap to write, and y = windows @ W (O columns) is the product
+# OpenBLAS runs best with few output channels (the other way round, W @ columns, is ~1.6x slower).
+# Written and multiplied in blocks that stay in cache (the shipped CNN's 16 -> 32 5 x 5 convolution
+# on 14 x 14, batch 256 float32: 13.3 ms against the row lowering's 17.9; short runs, C * kw < 64,
+# make it slower than the row lowering, so it replaces that lowering only for long ones).
+
+#: Bytes of window rows written and multiplied at a time by the channels-last lowering (1 MB:
+#: the fastest of 1, 4 and 16 MB on the CNN's convolution above).
+WINDOW_BYTES = 1 << 20
+
+
+def _prefer_channels_last(c, kw):
+    return c * kw >= 64
+
+
+def _conv_channels_last(x, w, sh, sw, padding, dh, dw):
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    pt, pb, pl, pr = padding
+    oh, ow, _, _ = _row_geometry(h, wd, kh, kw, sh, sw, padding, dh, dw)
+    xp = np.zeros((n, h + pt + pb, wd + pl + pr, c), x.dtype)
+    xp[:, pt:pt + h, pl:pl + wd] = x.transpose(0, 2, 3, 1)
+    s0, s1, s2, s3 = xp.strides
+    windows = np.lib.stride_tricks.as_strided(xp, (n, oh, ow, kh, kw, c), (s0, sh * s1, sw * s2, dh * s1, dw * s2, s3),
+                                              writeable=False)
+    k = kh * kw * c
+    matrix = w.transpose(2, 3, 1, 0).reshape(k, o)
+    y = np.empty((n, oh, ow, o), np.result_type(x, w))
+    rows = max(1, WINDOW_BYTES // (ow * k * x.itemsize))  # output rows per block
+    if rows >= oh:  # whole samples per block
+        for b in range(0, n, rows // oh):
+            np.matmul(windows[b:b + rows // oh].reshape(-1, k), matrix, out=y[b:b + rows // oh].reshape(-1, o))
+    else:
+        for b in range(n):
+            for p in range(0, oh, rows):
+                np.matmul(windows[b, p:p + rows].reshape(-1, k), matrix, out=y[b, p:p + rows].reshape(-1, o))
+    return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+
+
 def conv2d(x, w, sh, sw, padding, dh, dw, groups):
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     oh, ow, used, _ = _row_geometry(h, wd, kh, kw, sh, sw, padding, dh, dw)
     width = ow if (sh, sw) != (1, 1) else _wide_shape(h, wd, kh, kw, padding, dh, dw)[3]
     if _prefer_rows(n, c, o, kh, kw, oh, ow, width, used, groups):
+        if _prefer_channels_last(c, kw):
+            return _conv_channels_last(x, w, sh, sw, padding, dh, dw)
         return _conv_rows(x, w, sh, sw, padding, dh, dw)
     if sh == sw == 1:
         return _conv_wide(x, w, padding, dh, dw, groups)
