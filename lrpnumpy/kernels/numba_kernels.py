@@ -544,20 +544,36 @@ def _max_pool_grad(gy, idx, h, w, kw, sh, sw, pt, pl, dh, dw):
 
 
 def sum_pool2d(x, kh, kw, sh, sw, padding, dh=1, dw=1):
-    # one vectorised add per tap over strided views of the padded input (the jitted loop it replaced
-    # was slower on every shape measured, 17x on toolbox_lenet's 2 x 2 planes)
+    # vectorised adds over strided views of the padded input, one axis at a time: the window's rows,
+    # then its columns (fewer values touched than one add per tap; the jitted loop this replaced was
+    # slower on every shape measured, 17x on toolbox_lenet's 2 x 2 planes)
     oh = output_size(x.shape[2], kh, sh, padding[0], padding[1], dh)
     ow = output_size(x.shape[3], kw, sw, padding[2], padding[3], dw)
     xp = _reference._pad(x, padding)
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            view = xp[_reference._tap(i, j, sh, sw, dh, dw, oh, ow)]
-            out = view.copy() if out is None else np.add(out, view, out=out)
+    rows = _sum([xp[:, :, i * dh:i * dh + (oh - 1) * sh + 1:sh] for i in range(kh)])
+    return _sum([rows[..., j * dw:j * dw + (ow - 1) * sw + 1:sw] for j in range(kw)])
+
+
+def _sum(views):
+    """The element-wise sum of the arrays ``views``, in order (a new array)."""
+    if len(views) == 1:
+        return views[0].copy()
+    out = np.add(views[0], views[1])
+    for v in views[2:]:
+        np.add(out, v, out=out)
     return out
 
 
 def sum_pool2d_grad(gy, h, wd, kh, kw, sh, sw, padding, dh=1, dw=1):
+    n, c, oh, ow = gy.shape
+    pt, pb, pl, pr = padding
+    if (sh, sw, dh, dw) == (kh, kw, 1, 1) and h + pt + pb == oh * kh and wd + pl + pr == ow * kw:
+        # windows that tile the padded input: each output gradient copied to its kh x kw block, each
+        # value repeated kw times along the row, then each row kh times (2x faster than one 6-d copy)
+        gxp = np.empty((n, c, oh, kh, ow * kw), gy.dtype)
+        gxp[...] = np.repeat(gy, kw, axis=3)[:, :, :, None, :]
+        gxp = gxp.reshape(n, c, oh * kh, ow * kw)
+        return gxp if pt == pb == pl == pr == 0 else np.ascontiguousarray(_reference._unpad(gxp, padding, h, wd))
     # the reference's strided adds, one per tap (the jitted loop was slower on small planes)
     return np.ascontiguousarray(_reference.sum_pool2d_grad(gy, h, wd, kh, kw, sh, sw, padding, dh, dw))
 
