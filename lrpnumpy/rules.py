@@ -17,7 +17,7 @@ steps once per *group* of terms, with a coefficient (``alpha``, ``-beta``) or
 a mask on ``R``.  :func:`four_steps` is the one place where this is written
 out, literally; :func:`four_steps_fast` does the same with fewer passes and is
 what ``explain`` runs; :func:`ledger` reads what biases and stabilizers
-absorbed from the values of the four steps.
+absorbed from the sums step 2 collects (``kernels.lrp_step2``: one pass).
 
 Rules read what they need from the layer's :class:`~lrpnumpy.trace.Step` of
 the traced forward pass (its input, its output, max-pool winners); they keep
@@ -40,6 +40,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from . import kernels
 from .errors import RuleParameterError, ShapeError, UnsupportedLayerError
 from .layers import AffineLayer, Linear, MaxPool2d
 from .stabilize import stabilize
@@ -75,7 +76,7 @@ class Group(NamedTuple):
 
 
 class Values(NamedTuple):
-    """What the four steps computed for one group: the ledger is read from these."""
+    """What the literal four steps computed for one group."""
 
     z: np.ndarray    # step 1, before stabilizing
     zs: np.ndarray   # step 1, stabilized
@@ -108,7 +109,7 @@ def four_steps(layer, step, groups, R, epsilon):
     R_in : ndarray
         Relevance at the layer's input.
     values : list of Values
-        Each group's z, stabilized z, s and relevance, for :func:`ledger`.
+        Each group's z, stabilized z, s and relevance (what the literal steps computed).
     """
     R_in, values = 0, []
     for g in groups:
@@ -149,18 +150,20 @@ def four_steps_fast(layer, step, groups, R, epsilon):
                         with_bias[id(bias)] = outs[id(u)] + layer.bias_view(bias, R.ndim)
                     out = with_bias[id(bias)]
                 z[gi].append(_scaled(coef, out))
-    z = [_total(zg) for zg in z]
-    zs = [stabilize(zg, epsilon) for zg in z]
-    # step 2: s = R / z
-    R_g = [R if g.mask is None else np.where(g.mask, R, R.dtype.type(0)) for g in groups]
-    s = [Rg / zsg for Rg, zsg in zip(R_g, zs)]
+    # step 2: s = R / stabilize(z), each group's in one pass with the sums its ledger reads
+    s, accounts = [], []
+    for g, zg in zip(groups, z):
+        bias = _group_bias(g)
+        sg, sums, per_channel = kernels.lrp_step2(_total(zg), R, g.mask, epsilon, 1 if bias is None else bias.size)
+        s.append(sg)
+        accounts.append(Account(sums, per_channel, bias))
     # step 3: c = backward pass of the modified layer applied to s (each weight once: the sum of its
     # terms' s scaled by their group's and their own coefficient)
     # step 4: R = a * c (summed over the inputs the terms use)
     def s_of(pair):  # the pair's terms' s, each scaled by its group's and its own coefficient
         return _total([_scaled(groups[gi].coef * coef, s[gi]) for gi, coef, _ in pair.terms])
     R_in = _total([x * layer.backward_many([(s_of(u), u.weight) for u in uses], step) for x, uses in _by_input(pairs)])
-    return R_in, [Values(*v) for v in zip(z, zs, s, R_g)]
+    return R_in, accounts
 
 
 def _total(parts):
@@ -216,25 +219,37 @@ def _is_traced(layer, step, pair):
             and all(bias is layer.bias for _, _, bias in pair.terms))
 
 
-def ledger(groups, values, R, epsilon):
+class Account(NamedTuple):
+    """One group's sums from step 2 (:func:`lrpnumpy.kernels.lrp_step2`), what its ledger reads."""
+
+    sums: np.ndarray         # (N, 4): sum R_g, sum R_g at finite denominators, sum s (zs - z), sum R
+    per_channel: np.ndarray  # (N, bias.size): sum s per output channel
+    bias: Optional[np.ndarray]  # the group's bias, sum coef * b over its terms (None: none)
+
+
+def _group_bias(g):
+    biases = [_scaled(t.coef, t.bias) for t in g.terms if t.bias is not None and not t.vanishes]
+    return _total(biases) if biases else None
+
+
+def ledger(groups, accounts, epsilon):
     """Per-sample sums of the relevance the four steps did not pass on, by cause.
 
     Returns a dict with ``bias`` (``sum s * b``), ``stabilizer`` (``sum s * (stabilize(z) -
     z)``) and ``dropped`` (relevance at zero denominators or outside every group's mask); keys
-    with nothing to report are left out.  Assumes, as every rule here ensures, that each
-    output neuron's group coefficients add up to 1.
+    with nothing to report are left out.  ``accounts``: each group's :class:`Account`.  Assumes, as
+    every rule here ensures, that each output neuron's group coefficients add up to 1.
     """
     out, kept = {}, 0
-    for g, v in zip(groups, values):
-        bias = sum(_scaled(t.coef, t.bias) for t in g.terms if t.bias is not None and not t.vanishes)
-        if not np.isscalar(bias):  # sum s * b, reduced per output channel first
-            _add(out, "bias", g.coef * (v.s.reshape(len(v.s), bias.size, -1).sum(axis=2) @ bias))
+    for g, a in zip(groups, accounts):
+        if a.bias is not None:  # sum s * b, reduced per output channel first
+            _add(out, "bias", g.coef * (a.per_channel @ a.bias))
         if epsilon > 0:  # every denominator is finite, moved by +-epsilon
-            _add(out, "stabilizer", g.coef * _sums(v.s * (v.zs - v.z)))
-            kept = kept + g.coef * _sums(v.R)
+            _add(out, "stabilizer", g.coef * a.sums[:, 2])
+            kept = kept + g.coef * a.sums[:, 0]
         else:  # no stabilizer; zero denominators (inf after stabilize) pass nothing on
-            kept = kept + g.coef * _sums(np.where(np.isfinite(v.zs), v.R, 0))
-    _add(out, "dropped", _sums(R) - kept)
+            kept = kept + g.coef * a.sums[:, 1]
+    _add(out, "dropped", accounts[0].sums[:, 3] - kept)
     return out
 
 
@@ -410,7 +425,7 @@ class AffineRule(Rule):
         if blocks is None:
             groups = self.groups(layer, step)
             R_in, values = four_steps_fast(layer, step, groups, R, self.epsilon)
-            return layer.split(R_in), ledger(groups, values, R, self.epsilon)
+            return layer.split(R_in), ledger(groups, values, self.epsilon)
         # a large dense layer, one block of output neurons at a time: every rule's denominators
         # belong to single output neurons, so the blocks' relevance adds up at the shared input
         R_in, absorbed = 0, {}
@@ -419,7 +434,7 @@ class AffineRule(Rule):
             groups = self.groups(part, sub)
             r, values = four_steps_fast(part, sub, groups, R[:, rows], self.epsilon)
             R_in = R_in + r
-            for key, value in ledger(groups, values, R[:, rows], self.epsilon).items():
+            for key, value in ledger(groups, values, self.epsilon).items():
                 _add(absorbed, key, value)
         return layer.split(R_in), absorbed
 

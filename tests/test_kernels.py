@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lrpnumpy import kernels
+from lrpnumpy.errors import LRPError
 from lrpnumpy.kernels import reference as ref
 
 nb = pytest.importorskip("lrpnumpy.kernels.numba_kernels", reason="numba is not installed")
@@ -228,3 +229,38 @@ def test_kernel_bodies_run_as_plain_python():
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, NUMBA_DISABLE_JIT="1"),
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True"]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("epsilon", [0.0, 1e-3])
+@pytest.mark.parametrize("mask", ["none", "full", "per channel"])
+def test_lrp_step2_agrees(dtype, epsilon, mask, rng, monkeypatch):
+    """The one-pass step 2 (stabilize, mask, divide, and the ledger's sums) against the reference,
+    which is stabilize() and NumPy: s bit for bit, sums to 1e-12 (float64; float32: its rounding),
+    zero denominators (epsilon 0: s = 0, not counted as kept or as stabilizer)."""
+    monkeypatch.setattr(nb, "SMALL_STEP2", 0)  # the jitted pass even on this small input
+    z = rng.normal(size=(3, 4, 5, 6)).astype(dtype)
+    z[0, 1, 2] = 0
+    R = rng.normal(size=z.shape).astype(dtype)
+    m = {"none": None, "full": z > 0.3, "per channel": rng.random((3, 4, 1, 1)) > 0.5}[mask]
+    s, sums, per_channel = nb.lrp_step2(z, R, m, epsilon, 4)
+    s0, sums0, per_channel0 = ref.lrp_step2(z, R, m, epsilon, 4)
+    np.testing.assert_array_equal(s, s0)
+    assert sums.dtype == per_channel.dtype == s.dtype == np.dtype(dtype)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for a, b in ((sums, sums0), (per_channel, per_channel0)):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
+    if epsilon == 0:
+        assert (s[0, 1, 2] == 0).all()
+        R_g = R if m is None else np.where(m, R, 0)
+        np.testing.assert_allclose(sums[:, 0] - sums[:, 1], R_g[:, 1, 2].sum(axis=1) * [1, 0, 0], atol=tol * 10)
+
+
+def test_lrp_step2_checks_its_arguments(rng):
+    z = rng.normal(size=(2, 3, 4))
+    with pytest.raises(LRPError, match="lrp_step2"):
+        kernels.lrp_step2(z, z[:, :2], None, 0.0, 3)
+    with pytest.raises(LRPError, match="channels"):
+        kernels.lrp_step2(z, z, None, 0.0, 5)
+    with pytest.raises(LRPError, match="mask"):
+        kernels.lrp_step2(z, z, np.ones((3, 3), bool), 0.0, 3)

@@ -20,7 +20,7 @@ from . import reference
 from .reference import output_size
 
 NAMES = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_add_pixels", "sum_pool2d", "sum_pool2d_grad", "max_pool2d",
-         "max_pool2d_values", "max_pool2d_gather", "max_pool2d_grad")
+         "max_pool2d_values", "max_pool2d_gather", "max_pool2d_grad", "lrp_step2")
 
 
 def _fail(kernel, what):
@@ -130,6 +130,22 @@ def _check_max_pool2d_grad_split(gy, x, y, kh, kw, sh, sw, padding, dh=1, dw=1):
     oh, ow = _out("max_pool2d_grad_split", x.shape[2], x.shape[3], kh, kw, sh, sw, padding, dh, dw)
     if gy.shape != y.shape or y.shape != x.shape[:2] + (oh, ow):
         _fail("max_pool2d_grad_split", f"gradient {gy.shape} and output {y.shape} do not fit input {x.shape}")
+
+
+def _check_lrp_step2(z, R, mask, epsilon, channels):
+    if z.ndim < 2 or R.shape != z.shape:
+        _fail("lrp_step2", f"z and R must have one shape (N, ...), got {z.shape} and {R.shape}")
+    _same_dtype("lrp_step2", z, R)
+    try:
+        fits = mask is None or (mask.dtype == bool and np.broadcast_shapes(mask.shape, z.shape) == z.shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        _fail("lrp_step2", f"mask must be boolean and broadcast to {z.shape}, got {mask.dtype} {mask.shape}")
+    if not (isinstance(channels, int) and channels >= 1 and (z.size // len(z)) % channels == 0):
+        _fail("lrp_step2", f"channels must divide the {z.size // max(1, len(z))} values of a sample, got {channels!r}")
+    if not (np.isfinite(epsilon) and epsilon >= 0):
+        _fail("lrp_step2", f"epsilon must be a finite number >= 0, got {epsilon!r}")
 
 
 def _checked(fn, check):

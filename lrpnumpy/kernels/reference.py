@@ -9,6 +9,8 @@ call in here.  Padding is zero padding (``-inf`` for max pooling).
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..stabilize import stabilize
+
 
 def output_size(size, kernel, stride, pad_before, pad_after, dilation=1):
     """Number of window positions along one axis."""
@@ -196,3 +198,21 @@ def max_pool2d_grad_split(gy, x, y, kh, kw, sh, sw, padding, dh=1, dw=1):
             tap = _tap(i, j, sh, sw, dh, dw, oh, ow)
             gxp[tap] += np.where(xp[tap] == y, share, zero)
     return _unpad(gxp, padding, h, wd)
+
+
+def lrp_step2(z, R, mask, epsilon, channels):
+    """Step 2 of the four LRP steps for one group of a rule, with the sums its ledger reads.
+
+    ``zs = stabilize(z, epsilon)``, ``R_g = R`` where ``mask`` (all of ``R`` when mask is None), and
+    ``s = R_g / zs``.  Returns ``s`` and, per sample, ``sums`` (N, 4) = [sum R_g, sum R_g where zs is
+    finite, sum s (zs - z) there, sum R] and ``per_channel`` (N, channels): the sum of ``s`` over
+    each of ``channels`` equal blocks of a sample's values (output channels, for the bias term).
+    """
+    zs = stabilize(z, epsilon)
+    R_g = R if mask is None else np.where(mask, R, R.dtype.type(0))
+    s = R_g / zs
+    n, finite = len(z), np.isfinite(zs)
+    rows = (lambda a: a.reshape(n, -1))
+    sums = np.stack([rows(R_g).sum(axis=1), rows(np.where(finite, R_g, 0)).sum(axis=1),
+                     rows(s * np.where(finite, zs - z, 0)).sum(axis=1), rows(R).sum(axis=1)], axis=1)
+    return s, sums.astype(z.dtype), s.reshape(n, channels, -1).sum(axis=2)
