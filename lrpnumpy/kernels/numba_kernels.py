@@ -520,7 +520,7 @@ def _max_pool(x, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
 
 
 @_jitted
-def _max_pool_gather(x, idx, kw, sh, sw, pt, pl, dh, dw):
+def _max_pool_gather(x, idx, tap_rows, tap_cols, sh, sw, pt, pl):
     n, c, h, w = x.shape
     _, _, oh, ow = idx.shape
     y = np.zeros((n, c, oh, ow), dtype=x.dtype)
@@ -529,14 +529,14 @@ def _max_pool_gather(x, idx, kw, sh, sw, pt, pl, dh, dw):
         for p in range(oh):
             for q in range(ow):
                 k = idx[b, ci, p, q]
-                r, s = p * sh - pt + (k // kw) * dh, q * sw - pl + (k % kw) * dw
+                r, s = p * sh - pt + tap_rows[k], q * sw - pl + tap_cols[k]
                 if 0 <= r < h and 0 <= s < w:
                     y[b, ci, p, q] = x[b, ci, r, s]
     return y
 
 
 @_jitted
-def _max_pool_grad(gy, idx, h, w, kw, sh, sw, pt, pl, dh, dw):
+def _max_pool_grad(gy, idx, h, w, tap_rows, tap_cols, sh, sw, pt, pl):
     n, c, oh, ow = gy.shape
     gx = np.zeros((n, c, h, w), dtype=gy.dtype)
     for plane in range(n * c):
@@ -544,10 +544,17 @@ def _max_pool_grad(gy, idx, h, w, kw, sh, sw, pt, pl, dh, dw):
         for p in range(oh):
             for q in range(ow):
                 k = idx[b, ci, p, q]
-                r, s = p * sh - pt + (k // kw) * dh, q * sw - pl + (k % kw) * dw
+                r, s = p * sh - pt + tap_rows[k], q * sw - pl + tap_cols[k]
                 if 0 <= r < h and 0 <= s < w:
                     gx[b, ci, r, s] += gy[b, ci, p, q]
     return gx
+
+
+def _tap_offsets(kh, kw, dh, dw):
+    """Row and column offset of each row-major window tap (looked up: an integer division per output
+    made the gather and gradient loops 1.6-1.8x slower)."""
+    tap = np.arange(kh * kw)
+    return tap // kw * dh, tap % kw * dw
 
 
 def sum_pool2d(x, kh, kw, sh, sw, padding, dh=1, dw=1):
@@ -612,13 +619,14 @@ def max_pool2d_values(x, kh, kw, sh, sw, padding, dh=1, dw=1):
 def max_pool2d_gather(x, idx, kh, kw, sh, sw, padding, dh=1, dw=1):
     if _small_disjoint(x.size, kh, kw, sh, sw, dh, dw):
         return np.ascontiguousarray(_reference.max_pool2d_gather(x, idx, kh, kw, sh, sw, padding, dh, dw))
-    return _max_pool_gather(np.ascontiguousarray(x), idx, kw, sh, sw, padding[0], padding[2], dh, dw)
+    return _max_pool_gather(np.ascontiguousarray(x), idx, *_tap_offsets(kh, kw, dh, dw), sh, sw, padding[0], padding[2])
 
 
 def max_pool2d_grad(gy, idx, h, wd, kh, kw, sh, sw, padding, dh=1, dw=1):
     if _small_disjoint(gy.shape[0] * gy.shape[1] * h * wd, kh, kw, sh, sw, dh, dw):
         return np.ascontiguousarray(_reference.max_pool2d_grad(gy, idx, h, wd, kh, kw, sh, sw, padding, dh, dw))
-    return _max_pool_grad(np.ascontiguousarray(gy), idx, h, wd, kw, sh, sw, padding[0], padding[2], dh, dw)
+    return _max_pool_grad(np.ascontiguousarray(gy), idx, h, wd, *_tap_offsets(kh, kw, dh, dw), sh, sw, padding[0],
+                          padding[2])
 
 
 # Step 2 of the four LRP steps and the ledger's sums in one pass over z and R (the NumPy form makes
