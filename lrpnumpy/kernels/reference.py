@@ -211,8 +211,14 @@ def lrp_step2(z, R, mask, epsilon, channels):
     zs = stabilize(z, epsilon)
     R_g = R if mask is None else np.where(mask, R, R.dtype.type(0))
     s = R_g / zs
-    n, finite = len(z), np.isfinite(zs)
-    rows = (lambda a: a.reshape(n, -1))
-    sums = np.stack([rows(R_g).sum(axis=1), rows(np.where(finite, R_g, 0)).sum(axis=1),
-                     rows(s * np.where(finite, zs - z, 0)).sum(axis=1), rows(R).sum(axis=1)], axis=1)
-    return s, sums.astype(z.dtype), s.reshape(n, channels, -1).sum(axis=2)
+    n = len(z)
+    sums = np.empty((n, 4), z.dtype)
+    sums[:, 0] = R_g.reshape(n, -1).sum(axis=1)
+    if epsilon > 0:  # every denominator finite
+        sums[:, 1] = sums[:, 0]
+        sums[:, 2] = (s * (zs - z)).reshape(n, -1).sum(axis=1)
+    else:  # zs = z where finite: nothing absorbed; R at infinite denominators is not passed on
+        sums[:, 1] = np.where(np.isfinite(zs), R_g, 0).reshape(n, -1).sum(axis=1)
+        sums[:, 2] = 0
+    sums[:, 3] = sums[:, 0] if mask is None else R.reshape(n, -1).sum(axis=1)
+    return s, sums, s.reshape(n, channels, -1).sum(axis=2)
