@@ -80,13 +80,21 @@ def _explain(net, x, rules, target, rule, composite, relevance_out, masks):
             raise ShapeError(f"mask for layer {k} has shape {m.shape}, which does not broadcast to the layer's "
                              f"output shape {trace[k].output.shape}")
 
+    summed = {}  # id -> (relevance, its per-sample sums): a layer's R_in is the next one's R_out
+
+    def total(r):
+        kept = summed.get(id(r))
+        if kept is None or kept[0] is not r:
+            kept = summed[id(r)] = (r, per_sample_sum(r))
+        return kept[1]
+
     def visit(step, R_out):
         if step.index in masks:
             R_out = R_out * masks[step.index]
         R_in, absorbed = rules[step.index].propagate(step, R_out)
-        parts = [per_sample_sum(r) for r in R_in] if isinstance(R_in, tuple) else None
-        ledgers[step.index] = dict(absorbed, relevance_in=per_sample_sum(R_in) if parts is None else sum(parts),
-                                   relevance_out=per_sample_sum(R_out), parts=parts)
+        parts = [total(r) for r in R_in] if isinstance(R_in, tuple) else None
+        ledgers[step.index] = dict(absorbed, relevance_in=total(R_in) if parts is None else sum(parts),
+                                   relevance_out=total(R_out), parts=parts)
         relevances[step.index] = R_in
         return R_in
 
