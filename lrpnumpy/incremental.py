@@ -132,11 +132,10 @@ class _Local:
                 return None if last else (q, np.empty((0, self.c), self.y.dtype))
         if self.kind == "conv" and 4 * len(p) < len(q):  # few changed inputs: add the convolution of the change
             old = None if last else self.y[q]
-            hw, b = self.h * self.w, p // (self.h * self.w)
-            layer = self.layer
+            hw, layer = self.h * self.w, self.layer
+            pixels = np.stack([p // hw, p % hw // self.w, p % self.w], axis=1)  # (sample, row, column)
             (sh, sw), (dh, dw) = layer.stride, layer.dilation
-            kernels.conv2d_add_pixels(self.y[:-1].reshape(self.n, self.oh, self.ow, self.c),
-                                      np.stack([b, p % hw // self.w, p % self.w], axis=1), d, layer.weight, sh, sw, layer.padding, dh, dw)
+            kernels.conv2d_add_pixels(self.channels_last(), pixels, d, layer.weight, sh, sw, layer.padding, dh, dw)
             return None if last else _changed(q, self.y[q] - old)
         if self.kind == "elementwise":
             new = self.layer.forward(a[q][:, :, None, None])[:, :, 0, 0]

@@ -19,8 +19,8 @@ from ..errors import DTypeError, ShapeError
 from . import reference
 from .reference import output_size
 
-NAMES = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_add_pixels", "sum_pool2d", "sum_pool2d_grad", "max_pool2d",
-         "max_pool2d_values", "max_pool2d_gather", "max_pool2d_grad", "lrp_step2")
+NAMES = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_add_pixels", "sum_pool2d", "sum_pool2d_grad",
+         "max_pool2d", "max_pool2d_values", "max_pool2d_gather", "max_pool2d_grad", "lrp_step2")
 
 
 def _fail(kernel, what):
