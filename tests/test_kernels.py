@@ -266,13 +266,14 @@ def test_lrp_step2_checks_its_arguments(rng):
         kernels.lrp_step2(z, z, np.ones((3, 3), bool), 0.0, 3)
 
 
+@pytest.mark.parametrize("lowering", ["rows", "channels last", "im2col"])
 @pytest.mark.parametrize("o, h", [(1, 6), (3, 3)])
-def test_row_lowering_returns_its_own_array(o, h, rng, monkeypatch):
-    """The row lowering multiplies into a kept per-thread buffer; its result must be a new array even
+def test_lowerings_return_their_own_array(lowering, o, h, rng, monkeypatch):
+    """The lowerings multiply into kept per-thread buffers; their result must be a new array even
     when the reordering is a no-op (one output channel, or one output row), or the next call would
     overwrite the first one's output."""
-    monkeypatch.setattr(nb, "_prefer_rows", lambda *shapes: True)
-    monkeypatch.setattr(nb, "_prefer_channels_last", lambda c, kw: False)
+    monkeypatch.setattr(nb, "_prefer_rows", lambda *shapes: lowering != "im2col")
+    monkeypatch.setattr(nb, "_prefer_channels_last", lambda c, kw: lowering == "channels last")
     x, w = rng.normal(size=(2, 2, h, 5)), rng.normal(size=(o, 2, 3, 3))
     first = nb.conv2d(x, w, 1, 1, (0, 0, 0, 0), 1, 1, 1)
     kept = first.copy()
