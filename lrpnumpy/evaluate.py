@@ -204,17 +204,21 @@ def pixel_flipping(model, x, relevance, target=None, features_per_step=1, steps=
         return waiting[-1][0]
 
     shown = bar(steps, progress, unit="step")
+
+    def finished(k):
+        if shown is not None:
+            shown.update(k - shown.n)
+        return k
+
     try:
         for k in range(1, steps + 1):
             who = np.flatnonzero(changes[:, k])
             if rows + len(who) > len(stored):
-                done, waiting, rows = score_waiting(), [], 0
-                if shown is not None:
-                    shown.update(done - shown.n)
+                done, waiting, rows = finished(score_waiting()), [], 0
             if count and rows == 0 and len(who) == n and len(stored) < 2 * n:
                 # the step alone fills a batch and changed every sample: score the path's output in place
                 curves[:, k] = _scores(net, path.as_input(path.after(k)), t, output)
-                waiting, done = [], k
+                waiting, done = [], finished(k)
                 continue
             if count:
                 stored[rows:rows + len(who)] = path.after(k)[who]
@@ -228,7 +232,7 @@ def pixel_flipping(model, x, relevance, target=None, features_per_step=1, steps=
         interrupted = True
     finally:
         if shown is not None:
-            shown.update(done - shown.n)
+            finished(done)
             shown.close()
     scored = np.where(changes[:, :done + 1], np.arange(done + 1), 0)  # each step's score is that of the
     curves = curves[np.arange(n)[:, None], np.maximum.accumulate(scored, axis=1)]  # last step scored

@@ -361,3 +361,26 @@ def test_roar_and_kar_on_digits():
     assert kept["accuracy"][0] > kept_random["accuracy"][0]
     with pytest.raises(LRPError):
         E.roar(make, (xtr, ytr), (xte, yte), lrp, fractions=[1.5])
+
+
+@pytest.mark.parametrize("incremental_", [True, False])
+def test_pixel_flipping_interrupted_returns_the_steps_it_finished(incremental_, rng, monkeypatch):
+    """Ctrl-C during a run (here: the third batch of scores) returns the steps scored before it, equal
+    to the same steps of a full run, marked interrupted; the progress bar runs and closes."""
+    net = _first_layer_nets(rng)[0]
+    x = rng.random((3, 3, 8, 9))
+    R = rng.normal(size=x.shape)
+    full = E.pixel_flipping(net, x, R, 1, features_per_step=2, batch_size=4, incremental=incremental_)
+    calls, scores = [0], E._scores
+
+    def interrupted_third(*args):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return scores(*args)
+    monkeypatch.setattr(E, "_scores", interrupted_third)
+    part = E.pixel_flipping(net, x, R, 1, features_per_step=2, batch_size=4, incremental=incremental_, progress=True)
+    assert part.interrupted and not full.interrupted
+    done = part.curves.shape[1]
+    assert 1 < done < full.curves.shape[1] and len(part.fractions) == done
+    np.testing.assert_allclose(part.curves, full.curves[:, :done], rtol=1e-12)
