@@ -1,6 +1,8 @@
 """Shared pieces of the benchmark scripts: timing, the matmul rate, multiply-add counting."""
 
 import contextlib
+import importlib
+import json
 import os
 import time
 
@@ -9,6 +11,23 @@ import numpy as np
 import lrpnumpy as L
 from lrpnumpy import datasets, kernels, zoo
 from lrpnumpy.layers import Linear
+
+
+def reference_modules(script, *names):
+    """The modules ``names`` (torch, quantus, ...) imported, or None after saying that the script
+    has nothing to compare without them (the 'reference' extra installs them)."""
+    try:
+        return [importlib.import_module(name) for name in names]
+    except ImportError:
+        print(f"{script}: {'/'.join(names)} not installed (pip install -e '.[reference]'); nothing to compare")
+        return None
+
+
+def write_json(path, data):
+    """``data`` as indented JSON to ``path`` (nothing when path is None)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(data, f, indent=2)
 
 
 def load_model(model):

@@ -22,14 +22,13 @@ When torchvision fails to load, the script puts placeholders for those two class
 """
 
 import argparse
-import json
 import os
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import median_time, peak_rss_mb, reset_peak_rss, rss_mb  # noqa: E402
+from common import median_time, peak_rss_mb, reset_peak_rss, rss_mb, write_json  # noqa: E402
 
 import lrpnumpy as L  # noqa: E402
 from lrpnumpy import composites, verify, zoo  # noqa: E402
@@ -135,9 +134,7 @@ def main():
                   f"{ours_mb:.0f} MB)   zennit {1e3 * theirs:9.2f} ms ({batch / theirs:8.1f} img/s, peak "
                   f"{theirs_mb:.0f} MB)   time ratio {ours / theirs:.2f}   (held before: {held_mb:.0f} MB)",
                   flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_json(args.json, results)
     return 0
 
 

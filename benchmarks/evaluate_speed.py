@@ -13,7 +13,6 @@ extra (torch, quantus); without it the script says so and exits.
 """
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -21,7 +20,7 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import load_model, median_time  # noqa: E402
+from common import load_model, median_time, reference_modules, write_json  # noqa: E402
 
 import lrpnumpy as L  # noqa: E402
 from lrpnumpy import datasets, evaluate, verify  # noqa: E402
@@ -35,12 +34,10 @@ def main():
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json")
     args = p.parse_args()
-    try:
-        import quantus
-        import torch
-    except ImportError:
-        print("evaluate_speed: torch/quantus are not installed (pip install -e '.[reference]'); nothing to compare")
+    modules = reference_modules("evaluate_speed", "torch", "quantus")
+    if modules is None:
         return 0
+    torch, quantus = modules
     warnings.simplefilter("ignore")
     torch.set_num_threads(2)
     print(f"torch {torch.__version__}, quantus {quantus.__version__}, 2 threads; lrpnumpy kernels: {L.kernels.BACKEND}")
@@ -76,9 +73,7 @@ def main():
             print(f"{model:>20}  {n:>4} images x {a.shape[1]:>3} steps: lrpnumpy {t_ours:7.3f} s   quantus "
                   f"{t_theirs:7.3f} s   time ratio {t_ours / t_theirs:.2f}   (curves agree to {diff:.1e})",
                   flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_json(args.json, results)
     return 0
 
 

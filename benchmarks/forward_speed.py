@@ -10,14 +10,13 @@ are printed, with lrpnumpy's time per layer.  Needs torch (the 'reference' extra
 """
 
 import argparse
-import json
 import os
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import load_model, median_time  # noqa: E402
+from common import load_model, median_time, reference_modules, write_json  # noqa: E402
 
 import lrpnumpy as L  # noqa: E402
 from lrpnumpy import datasets, verify  # noqa: E402
@@ -41,11 +40,10 @@ def main():
     p.add_argument("--repeat", type=int, default=30)
     p.add_argument("--json")
     args = p.parse_args()
-    try:
-        import torch
-    except ImportError:
-        print("forward_speed: torch is not installed (pip install -e '.[reference]'); nothing to compare")
+    modules = reference_modules("forward_speed", "torch")
+    if modules is None:
         return 0
+    torch, = modules
     torch.set_num_threads(2)
     print(f"torch {torch.__version__}, 2 threads; lrpnumpy kernels: {L.kernels.BACKEND}; batch {args.batch}, float32")
     images = datasets.sample(np.float32).images
@@ -75,9 +73,7 @@ def main():
         for layer, t in layers:
             if t >= 1e-4:
                 print(f"{'':>24}{t * 1e3:7.2f} ms  {layer!r}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_json(args.json, results)
     return 0
 
 
