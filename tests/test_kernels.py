@@ -71,7 +71,8 @@ POOL_CASES = [((1, 2, 6, 6), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),
               ((2, 1, 5, 7), (2, 3), (1, 2), (0, 1, 1, 0), (1, 1)),
               ((2, 2, 4, 4), (1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),
               ((2, 2, 9, 8), (3, 2), (2, 1), (2, 1, 1, 0), (2, 3)),
-              ((2, 3, 5, 7), (2, 3), (2, 3), (1, 0, 1, 1), (1, 1))]  # padded windows that tile the input
+              ((2, 3, 5, 7), (2, 3), (2, 3), (1, 0, 1, 1), (1, 1)),  # padded windows that tile the input
+              ((2, 2, 7, 9), (2, 2), (1, 2), (0, 0, 0, 0), (1, 1))]  # 2 x 2, overlapping rows, unread edges
 
 
 @pytest.mark.parametrize("case", POOL_CASES, ids=str)
@@ -116,6 +117,26 @@ def test_small_disjoint_max_pools_take_the_reference_bit_for_bit(ties, rng, monk
         np.testing.assert_array_equal(small[1], big[1])
         np.testing.assert_array_equal(small_grad, nb.max_pool2d_grad(g, big[1], shape[2], shape[3], *geo))
         monkeypatch.undo()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("stride", [(2, 2), (1, 1), (1, 2)])
+def test_two_by_two_max_pool_equals_the_general_loop(dtype, stride, rng):
+    """The unrolled 2 x 2 kernel: the same maxima and winners as the general loop, bit for bit, on
+    ties, signed zeros and infinities; an input with a NaN takes the general loop (its NaN rule)."""
+    nb.jit_all()
+    x = rng.choice(np.array([-np.inf, -1.0, -0.0, 0.0, 2.0, np.inf]), size=(3, 2, 9, 8)).astype(dtype)
+    oh, ow = (9 - 2) // stride[0] + 1, (8 - 2) // stride[1] + 1
+    general = nb._max_pool(x, 2, 2, *stride, 0, 0, 1, 1, oh, ow)
+    unrolled = nb._max_pool_2x2(x, *stride, oh, ow)
+    for a, b in zip(unrolled, general):
+        np.testing.assert_array_equal(a, b)
+    assert np.array_equal(np.signbit(unrolled[0]), np.signbit(general[0]))
+    np.testing.assert_array_equal(nb.max_pool2d(x, 2, 2, *stride, (0, 0, 0, 0))[1], general[1])
+    x[1, 1, 3, 4] = np.nan
+    y, idx = nb.max_pool2d(x, 2, 2, *stride, (0, 0, 0, 0))
+    np.testing.assert_array_equal(idx, nb._max_pool(x, 2, 2, *stride, 0, 0, 1, 1, oh, ow)[1])
+    assert np.isnan(y).sum() == np.isnan(ref.max_pool2d(x, 2, 2, *stride, (0, 0, 0, 0))[0]).sum() > 0
 
 
 def test_float32_stays_float32(rng):

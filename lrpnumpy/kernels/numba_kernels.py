@@ -523,6 +523,34 @@ def _max_pool(x, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
 
 
 @_jitted
+def _max_pool_2x2(x, sh, sw, oh, ow):
+    """:func:`_max_pool` for 2 x 2 windows inside an input without NaN: the four taps written out,
+    which LLVM compiles to compares and selects in registers (7x the general loop on lenet5's first
+    pool, whose runtime window sizes and NaN rule keep the running maximum on a dependency chain).
+    Strictly greater, so the first maximum wins ties, as there."""
+    n, c, h, w = x.shape
+    y = np.empty((n, c, oh, ow), dtype=x.dtype)
+    idx = np.empty((n, c, oh, ow), dtype=np.int64)
+    for b in range(n):
+        for ci in range(c):
+            plane, yp, ip = x[b, ci], y[b, ci], idx[b, ci]
+            for p in range(oh):
+                top, bottom = plane[p * sh], plane[p * sh + 1]
+                for q in range(ow):
+                    s = q * sw
+                    best, tap = top[s], 0
+                    if top[s + 1] > best:
+                        best, tap = top[s + 1], 1
+                    if bottom[s] > best:
+                        best, tap = bottom[s], 2
+                    if bottom[s + 1] > best:
+                        best, tap = bottom[s + 1], 3
+                    yp[p, q] = best
+                    ip[p, q] = tap
+    return y, idx
+
+
+@_jitted
 def _max_pool_gather(x, idx, tap_rows, tap_cols, sh, sw, pt, pl):
     n, c, h, w = x.shape
     _, _, oh, ow = idx.shape
@@ -613,7 +641,11 @@ def max_pool2d(x, kh, kw, sh, sw, padding, dh=1, dw=1):
         return _max_pool_small(x, kh, kw, sh, sw, padding, dh, dw)
     oh = output_size(x.shape[2], kh, sh, padding[0], padding[1], dh)
     ow = output_size(x.shape[3], kw, sw, padding[2], padding[3], dw)
-    return _max_pool(np.ascontiguousarray(x), kh, kw, sh, sw, padding[0], padding[2], dh, dw, oh, ow)
+    x = np.ascontiguousarray(x)
+    if ((kh, kw, dh, dw) == (2, 2, 1, 1) and not any(padding) and (oh - 1) * sh + 2 <= x.shape[2]
+            and (ow - 1) * sw + 2 <= x.shape[3] and not np.isnan(x).any()):
+        return _max_pool_2x2(x, sh, sw, oh, ow)
+    return _max_pool(x, kh, kw, sh, sw, padding[0], padding[2], dh, dw, oh, ow)
 
 
 def max_pool2d_values(x, kh, kw, sh, sw, padding, dh=1, dw=1):
