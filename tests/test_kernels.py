@@ -23,6 +23,7 @@ CONV_CASES = [
     ((2, 2, 6, 6), 2, (4, 4), (3, 3), (1, 1, 1, 1), (1, 1), 2),
     ((2, 5, 6, 5), 3, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),
     ((2, 1, 5, 4), 3, (2, 3), (1, 2), (3, 0, 1, 4), (1, 2), 1),  # padding wider than the kernel
+    ((3, 1, 9, 8), 4, (3, 2), (1, 1), (2, 1, 0, 3), (2, 1), 1),  # one input channel: the direct kernel
 ]
 
 
@@ -41,10 +42,13 @@ def _noncontiguous(a):
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 @pytest.mark.parametrize("contiguous", [True, False])
 @pytest.mark.parametrize("lowering", ["chosen", "im2col", "im2col by rows", "rows", "channels last",
-                                      "channels last by rows"])
+                                      "channels last by rows", "direct"])
 def test_conv_kernels_agree(case, contiguous, lowering, rng, monkeypatch):
     shape, o, (kh, kw), (sh, sw), pad, (dh, dw), groups = case
-    if lowering != "chosen":  # every lowering on every case (rows and channels last take groups == 1 only)
+    if lowering != "chosen":  # every lowering on every case (rows and channels last take groups == 1 only,
+        # the direct kernel stride 1 and groups == 1; it is written for any number of input channels)
+        monkeypatch.setattr(nb, "_prefer_direct", lambda c, g, sh, sw, x, w: lowering == "direct" and g == 1
+                            and sh == sw == 1)
         monkeypatch.setattr(nb, "_prefer_rows", lambda *shapes: lowering != "im2col" and lowering != "im2col by rows"
                             and shapes[-1] == 1)
         monkeypatch.setattr(nb, "_prefer_channels_last", lambda c, kw: lowering.startswith("channels last"))
@@ -188,6 +192,19 @@ def test_works_without_numba():
     assert out == ["numpy", "True"]
 
 
+def test_one_small_explanation_never_imports_numba():
+    """The cold start: explaining one lenet5 input runs no jitted kernel, so numba (0.2-0.3 s to
+    import, ~0.5 s to load its cache) is never imported; every size threshold keeps it that way."""
+    code = ("import sys, numpy as np, lrpnumpy as L\n"
+            "from lrpnumpy import zoo\n"
+            "for name in ('lenet5', 'toolbox_lenet'):\n"
+            "    net = zoo.MODELS[name](seed=0, dtype=np.float32)\n"
+            "    L.explain(net, np.ones((1,) + net.input_shape, np.float32), composite=L.EpsilonPlus())\n"
+            "print(L.kernels.BACKEND, 'numba' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["numba", "False"]
+
+
 @pytest.mark.parametrize("case", [c for c in CONV_CASES if c[-1] == 1], ids=str)
 def test_conv_add_pixels_is_the_convolution_of_the_change(case, rng):
     """Changing a few pixels changes the output by the (bias-free) convolution of the change."""
@@ -246,6 +263,12 @@ def test_kernel_bodies_run_as_plain_python():
             "ok &= np.allclose(y, ref.conv2d(x, w, 2, 1, (1, 0, 1, 1), 1, 1, 1), rtol=1e-12)\n"
             "ok &= np.allclose(g, ref.conv2d_grad_input(y, w, 5, 5, 2, 1, (1, 0, 1, 1), 1, 1, 1), rtol=1e-12)\n"
             "ok &= np.array_equal(m, ref.max_pool2d(x, 2, 2, 1, 1, (0, 0, 0, 0))[0])\n"
+            "nb.SMALL_DIRECT = 0\n"  # the direct kernel on one input channel
+            "x1, w1 = x[:, :1], w[:, :1]\n"
+            "yd = nb.conv2d(x1, w1, 1, 1, (1, 0, 2, 1), 2, 1, 1)\n"
+            "ok &= np.allclose(yd, ref.conv2d(x1, w1, 1, 1, (1, 0, 2, 1), 2, 1, 1), rtol=1e-12)\n"
+            "ok &= np.allclose(nb.conv2d_grad_input(yd, w1, 5, 5, 1, 1, (1, 0, 2, 1), 2, 1, 1), "
+            "ref.conv2d_grad_input(yd, w1, 5, 5, 1, 1, (1, 0, 2, 1), 2, 1, 1), rtol=1e-12)\n"
             "print(ok)")
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, NUMBA_DISABLE_JIT="1"),
                          capture_output=True, text=True, check=True).stdout.split()
@@ -287,7 +310,7 @@ def test_lrp_step2_checks_its_arguments(rng):
         kernels.lrp_step2(z, z, np.ones((3, 3), bool), 0.0, 3)
 
 
-@pytest.mark.parametrize("lowering", ["rows", "channels last", "im2col"])
+@pytest.mark.parametrize("lowering", ["rows", "channels last", "im2col", "direct"])
 @pytest.mark.parametrize("o, h", [(1, 6), (3, 3)])
 def test_lowerings_return_their_own_array(lowering, o, h, rng, monkeypatch):
     """The lowerings multiply into kept per-thread buffers; their result must be a new array even
@@ -295,9 +318,15 @@ def test_lowerings_return_their_own_array(lowering, o, h, rng, monkeypatch):
     overwrite the first one's output."""
     monkeypatch.setattr(nb, "_prefer_rows", lambda *shapes: lowering != "im2col")
     monkeypatch.setattr(nb, "_prefer_channels_last", lambda c, kw: lowering == "channels last")
+    monkeypatch.setattr(nb, "_prefer_direct", lambda *args: lowering == "direct")
     x, w = rng.normal(size=(2, 2, h, 5)), rng.normal(size=(o, 2, 3, 3))
-    first = nb.conv2d(x, w, 1, 1, (0, 0, 0, 0), 1, 1, 1)
-    kept = first.copy()
+    g = rng.normal(size=(2, o, h - 2, 3))
+    first, first_grad = nb.conv2d(x, w, 1, 1, (0, 0, 0, 0), 1, 1, 1), nb.conv2d_grad_input(g, w, h, 5, 1, 1,
+                                                                                          (0, 0, 0, 0), 1, 1, 1)
+    kept, kept_grad = first.copy(), first_grad.copy()
     nb.conv2d(rng.normal(size=x.shape), w, 1, 1, (0, 0, 0, 0), 1, 1, 1)
+    nb.conv2d_grad_input(rng.normal(size=g.shape), w, h, 5, 1, 1, (0, 0, 0, 0), 1, 1, 1)
     np.testing.assert_array_equal(first, kept)
+    np.testing.assert_array_equal(first_grad, kept_grad)
     _close(first, ref.conv2d(x, w, 1, 1, (0, 0, 0, 0), 1, 1, 1))
+    _close(first_grad, ref.conv2d_grad_input(g, w, h, 5, 1, 1, (0, 0, 0, 0), 1, 1, 1))

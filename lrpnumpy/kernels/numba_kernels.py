@@ -396,11 +396,98 @@ def _conv_channels_last(x, w, sh, sw, padding, dh, dw):
     return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
 
+# ----- direct convolution (one input channel) -----
+#
+# A first layer's convolution has one input channel: as a GEMM it has K = kh*kw (im2col, far below
+# the BLAS peak) or multiplies kw times too many zeros (row lowering).  Directly, each output of the
+# wide layout (see _conv_wide) is a sum of kh*kw taps at fixed offsets of the flat padded plane.  With
+# the window's size a compile-time constant (one jitted kernel per size) LLVM unrolls the taps, keeps
+# the sum in a register and vectorises over outputs, which needs no reassociation: every output adds
+# its taps in the same order in every lane.  Indices are unsigned, so no negative-index wraparound
+# turns the loads into gathers.  toolbox_lenet's 1 -> 10 and lenet5's 1 -> 6 5 x 5 layers at batch 64
+# float32: 0.45-0.7 ms against the row lowering's 0.9-1.2 ms.
+
+_DIRECT = {}
+
+
+def _direct_kernel(kh, kw):
+    """The jitted direct kernel for kh x kw windows (compiled once per size, cached on disk by numba
+    with the size as part of its key)."""
+    fn = _DIRECT.get((kh, kw))
+    if fn is not None:
+        return fn
+    jit_all()
+    import numba
+
+    def direct(xf, w, dh, dw, wp, run, y):
+        """``y[b, o, k] = sum_c sum_(i, j) w[o, c, i, j] * xf[b, c, i*dh*wp + j*dw + k]``."""
+        n, c, _ = xf.shape
+        o = w.shape[0]
+        zero = y.dtype.type(0)
+        for b in range(n):
+            for oc in range(o):
+                acc = y[b, oc]
+                for ci in range(c):
+                    xc, wk = xf[b, ci], w[oc, ci]
+                    for k in range(run):
+                        a = acc[k] if ci > 0 else zero
+                        uk = np.uint64(k)
+                        for i in range(kh):
+                            for j in range(kw):
+                                a += wk[i, j] * xc[np.uint64(i * dh * wp + j * dw) + uk]
+                        acc[k] = a
+        return y
+
+    with _JIT_LOCK:
+        fn = _DIRECT.setdefault((kh, kw), numba.jit(**_JIT)(direct))
+    return fn
+
+
+#: Convolutions with fewer outputs than this keep the GEMM lowerings: a small explanation never
+#: imports numba (see the module's docstring), and there the direct kernel saves microseconds.
+SMALL_DIRECT = 1 << 15
+
+
+def _prefer_direct(c, groups, sh, sw, x, w):
+    """One input channel, stride 1, and enough outputs (the whole batch's, all channels)."""
+    return (c == 1 and groups == 1 and sh == sw == 1 and x.dtype == w.dtype
+            and x.shape[0] * w.shape[0] * x.shape[2] * x.shape[3] >= SMALL_DIRECT)
+
+
+def _conv_direct(x, w, padding, dh, dw):
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    oh, ow, hp, wp = _wide_shape(h, wd, kh, kw, padding, dh, dw)
+    xp = np.zeros((n, c, hp + 1, wp), x.dtype)  # one more row: the last outputs' taps read into it
+    xp[:, :, padding[0]:padding[0] + h, padding[2]:padding[2] + wd] = x
+    y = _scratch("direct out", (n, o, oh * wp), x.dtype)
+    _direct_kernel(kh, kw)(xp.reshape(n, c, -1), np.ascontiguousarray(w), dh, dw, wp, oh * wp, y)
+    return y.reshape(n, o, oh, wp)[:, :, :, :ow].copy()
+
+
+def _conv_direct_grad_input(gy, w, h, wd, padding, dh, dw):
+    """The adjoint as a direct convolution: gy padded by the kernel's extent on every side, correlated
+    with the flipped kernel (input and output channels swapped), then cropped to the input."""
+    n, o, oh, ow = gy.shape
+    _, c, kh, kw = w.shape
+    _, _, hp, wp = _wide_shape(h, wd, kh, kw, padding, dh, dw)
+    a, b = (kh - 1) * dh, (kw - 1) * dw
+    gw = ow + 2 * b  # = wp + b
+    gp = np.zeros((n, o, oh + 2 * a + 1, gw), gy.dtype)
+    gp[:, :, a:a + oh, b:b + ow] = gy
+    flipped = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+    gx = _scratch("direct grad", (n, c, hp * gw), gy.dtype)
+    _direct_kernel(kh, kw)(gp.reshape(n, o, -1), flipped, dh, dw, gw, hp * gw, gx)
+    return gx.reshape(n, c, hp, gw)[:, :, padding[0]:padding[0] + h, padding[2]:padding[2] + wd].copy()
+
+
 def conv2d(x, w, sh, sw, padding, dh, dw, groups):
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     oh, ow, used, _ = _row_geometry(h, wd, kh, kw, sh, sw, padding, dh, dw)
     width = ow if (sh, sw) != (1, 1) else _wide_shape(h, wd, kh, kw, padding, dh, dw)[3]
+    if _prefer_direct(c, groups, sh, sw, x, w):
+        return _conv_direct(x, w, padding, dh, dw)
     if _prefer_rows(n, c, o, kh, kw, oh, ow, width, used, groups):
         if _prefer_channels_last(c, kw):
             return _conv_channels_last(x, w, sh, sw, padding, dh, dw)
@@ -419,6 +506,8 @@ def conv2d_grad_input(gy, w, h, wd, sh, sw, padding, dh, dw, groups):
     c, k = cg * groups, cg * kh * kw
     _, _, used, _ = _row_geometry(h, wd, kh, kw, sh, sw, padding, dh, dw)
     width = ow if (sh, sw) != (1, 1) else _wide_shape(h, wd, kh, kw, padding, dh, dw)[3]
+    if _prefer_direct(c, groups, sh, sw, gy, w):
+        return _conv_direct_grad_input(gy, w, h, wd, padding, dh, dw)
     if _prefer_rows(n, c, o, kh, kw, oh, ow, width, used, groups):
         return _conv_rows_grad_input(gy, w, h, wd, sh, sw, padding, dh, dw)
     w2 = w.reshape(o, k)
