@@ -24,6 +24,7 @@ CONV_CASES = [
     ((2, 5, 6, 5), 3, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),
     ((2, 1, 5, 4), 3, (2, 3), (1, 2), (3, 0, 1, 4), (1, 2), 1),  # padding wider than the kernel
     ((3, 1, 9, 8), 4, (3, 2), (1, 1), (2, 1, 0, 3), (2, 1), 1),  # one input channel: the direct kernel
+    ((2, 1, 4, 5), 2, (2, 2), (1, 1), (3, 1, 0, 4), (1, 1), 1),  # ... with padding wider than the kernel
 ]
 
 

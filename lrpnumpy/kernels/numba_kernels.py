@@ -466,19 +466,25 @@ def _conv_direct(x, w, padding, dh, dw):
 
 
 def _conv_direct_grad_input(gy, w, h, wd, padding, dh, dw):
-    """The adjoint as a direct convolution: gy padded by the kernel's extent on every side, correlated
-    with the flipped kernel (input and output channels swapped), then cropped to the input."""
+    """The adjoint as a direct convolution: the input gradient at (r, s) is the correlation of gy,
+    padded by the kernel's extent, with the flipped kernel (input and output channels swapped).  Only
+    the input's own rows and columns are computed: gy is placed where they read it."""
     n, o, oh, ow = gy.shape
     _, c, kh, kw = w.shape
-    _, _, hp, wp = _wide_shape(h, wd, kh, kw, padding, dh, dw)
     a, b = (kh - 1) * dh, (kw - 1) * dw
-    gw = ow + 2 * b  # = wp + b
-    gp = np.zeros((n, o, oh + 2 * a + 1, gw), gy.dtype)
-    gp[:, :, a:a + oh, b:b + ow] = gy
+    width = wd + b  # wide layout: the input's columns and the b more that its last ones read
+    # gp[r, s] = gy[r + pt - a, s + pl - b]; one more row for the last outputs' taps
+    gp = _scratch("direct grad in", (n, o, h + a + 1, width), gy.dtype)  # kept: fresh pages cost ~0.5 ms
+    gp[...] = 0
+    r0, c0 = a - padding[0], b - padding[2]
+    rows = slice(max(0, -r0), min(oh, h + a - r0))
+    cols = slice(max(0, -c0), min(ow, width - c0))
+    if rows.start < rows.stop and cols.start < cols.stop:
+        gp[:, :, r0 + rows.start:r0 + rows.stop, c0 + cols.start:c0 + cols.stop] = gy[:, :, rows, cols]
     flipped = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
-    gx = _scratch("direct grad", (n, c, hp * gw), gy.dtype)
-    _direct_kernel(kh, kw)(gp.reshape(n, o, -1), flipped, dh, dw, gw, hp * gw, gx)
-    return gx.reshape(n, c, hp, gw)[:, :, padding[0]:padding[0] + h, padding[2]:padding[2] + wd].copy()
+    gx = _scratch("direct grad", (n, c, h * width), gy.dtype)
+    _direct_kernel(kh, kw)(gp.reshape(n, o, -1), flipped, dh, dw, width, h * width, gx)
+    return gx.reshape(n, c, h, width)[:, :, :, :wd].copy()
 
 
 def conv2d(x, w, sh, sw, padding, dh, dw, groups):
