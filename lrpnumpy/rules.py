@@ -137,17 +137,20 @@ def four_steps_fast(layer, step, groups, R, epsilon):
     z = [[] for _ in groups]
     for x, uses in _by_input(pairs):
         fresh = [u for u in uses if not _is_traced(layer, step, u)]
-        outs = dict(zip(map(id, fresh), layer.forward_many(x, [u.weight for u in fresh], step))) if fresh else {}
+        # a pair whose terms all add the same bias gets it in its forward pass (added in place there)
+        added = [_shared_bias(u) for u in fresh]
+        outs = dict(zip(map(id, fresh), zip(layer.forward_many(x, [u.weight for u in fresh], step, added), added))
+                    if fresh else ())
         for u in uses:
             with_bias = {}  # one addition per bias, however many groups use it (gamma: both)
             for gi, coef, bias in u.terms:
                 if id(u) not in outs:
                     out = step.output  # the traced forward pass's output, bias included
-                elif bias is None:
-                    out = outs[id(u)]
-                else:
+                elif bias is outs[id(u)][1]:
+                    out = outs[id(u)][0]
+                else:  # terms with different biases: each added to the pair's output without bias
                     if id(bias) not in with_bias:
-                        with_bias[id(bias)] = outs[id(u)] + layer.bias_view(bias, R.ndim)
+                        with_bias[id(bias)] = outs[id(u)][0] + layer.bias_view(bias, R.ndim)
                     out = with_bias[id(bias)]
                 z[gi].append(_scaled(coef, out))
     # step 2: s = R / stabilize(z), each group's in one pass with the sums its ledger reads
@@ -207,6 +210,12 @@ def _by_input(pairs):
         else:
             same.append(p)
     return out
+
+
+def _shared_bias(pair):
+    """The bias every term of ``pair`` adds, when that is one array; None otherwise."""
+    first = pair.terms[0][2]
+    return first if all(bias is first for _, _, bias in pair.terms) else None
 
 
 def _is_traced(layer, step, pair):

@@ -436,9 +436,10 @@ class AffineLayer(Layer):
         """Relevance at :meth:`joint_input` as the layer's inputs take it (a tuple for several)."""
         return R
 
-    def forward_many(self, x, weights, step):
-        """``[forward_with(x, w, None, step) for w in weights]``; layers may do it in one pass."""
-        return [self.forward_with(x, w, None, step) for w in weights]
+    def forward_many(self, x, weights, step, biases=None):
+        """``[forward_with(x, w, b, step) for w, b in zip(weights, biases)]`` (biases None: none);
+        layers may do it in one pass."""
+        return [self.forward_with(x, w, b, step) for w, b in zip(weights, biases or [None] * len(weights))]
 
     def backward_many(self, pairs, step):
         """``sum(backward_with(s, w, step) for s, w in pairs)``; layers may do it in one pass."""

@@ -91,7 +91,9 @@ class Conv2d(AffineLayer):
 
     def forward_with(self, x, weight, bias=None, step=None):
         y = kernels.conv2d(x, weight, *self._geometry())
-        return y if bias is None else y + bias[:, None, None]
+        if bias is not None:  # in place: the kernel's output is a new array (no second one to fault in)
+            y += bias[:, None, None]
+        return y
 
     def backward_with(self, grad, weight, step):
         h, w = step.input.shape[2:]
@@ -100,12 +102,16 @@ class Conv2d(AffineLayer):
     def bias_view(self, bias, ndim=None):
         return bias[:, None, None]
 
-    def forward_many(self, x, weights, step):
+    def forward_many(self, x, weights, step, biases=None):
         # One convolution with the weights stacked along the output channels.
         if len(weights) == 1 or self.groups != 1 or not stackable(weights):
-            return super().forward_many(x, weights, step)
+            return super().forward_many(x, weights, step, biases)
         stacked = self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights)
-        return np.split(self.forward_with(x, stacked), len(weights), axis=1)
+        ys = np.split(self.forward_with(x, stacked), len(weights), axis=1)
+        for y, b in zip(ys, biases or ()):
+            if b is not None:  # views of one new array: in place
+                y += b[:, None, None]
+        return ys
 
     def backward_many(self, pairs, step):
         # sum_k W_k^T s_k is one transposed convolution with stacked weights and gradients.

@@ -49,7 +49,9 @@ class Linear(AffineLayer):
 
     def forward_with(self, x, weight, bias=None, step=None):
         y = x @ weight.T
-        return y if bias is None else y + bias
+        if bias is not None:  # in place: the product is a new array
+            y += bias
+        return y
 
     def backward_with(self, grad, weight, step):
         return grad @ weight
@@ -57,11 +59,15 @@ class Linear(AffineLayer):
     def bias_view(self, bias, ndim=None):
         return bias
 
-    def forward_many(self, x, weights, step):
+    def forward_many(self, x, weights, step, biases=None):
         if len(weights) == 1 or not stackable(weights):
-            return [x @ w.T for w in weights]
+            return super().forward_many(x, weights, step, biases)
         y = x @ self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights).T
-        return np.split(y, len(weights), axis=1)
+        ys = np.split(y, len(weights), axis=1)
+        for part, b in zip(ys, biases or ()):
+            if b is not None:  # views of one new array: in place
+                part += b
+        return ys
 
     def backward_many(self, pairs, step):
         if len(pairs) == 1:
