@@ -165,8 +165,18 @@ def four_steps_fast(layer, step, groups, R, epsilon):
     # step 4: R = a * c (summed over the inputs the terms use)
     def s_of(pair):  # the pair's terms' s, each scaled by its group's and its own coefficient
         return _total([_scaled(groups[gi].coef * coef, s[gi]) for gi, coef, _ in pair.terms])
-    R_in = _total([x * layer.backward_many([(s_of(u), u.weight) for u in uses], step) for x, uses in _by_input(pairs)])
+    R_in = _total([_times(x, layer.backward_many([(s_of(u), u.weight) for u in uses], step))
+                   for x, uses in _by_input(pairs)])
     return R_in, accounts
+
+
+def _times(x, c):
+    """``x * c``, into ``c`` when that is a new array of the product's shape and dtype (the backward
+    pass's result, used nowhere else): one array fewer to allocate and fault in."""
+    if (isinstance(c, np.ndarray) and c.base is None and c.flags.writeable and c is not x
+            and c.shape == np.shape(x) and c.dtype == np.result_type(x, c)):
+        return np.multiply(x, c, out=c)
+    return x * c
 
 
 def _total(parts):
