@@ -26,7 +26,7 @@ import numpy as np
 from . import reference as _reference
 from .reference import output_size
 
-_JIT = dict(nopython=True, cache=True, nogil=True)
+_JIT = dict(nopython=True, cache=True, nogil=True, error_model="numpy")
 _PLAIN = {}  # name -> the Python function, jitted (all together) on the first call of any
 _JIT_LOCK = threading.Lock()
 _JITTED = False
@@ -796,6 +796,23 @@ def _lrp_step2(z, R, mask, use_mask, eps, channels, s, sums, per_channel):
     return s
 
 
+@_jitted
+def _lrp_step2_plain(z, R, eps, s, t):
+    """Step 2 without a mask and with epsilon > 0 (every denominator finite): ``s = R / zs`` and
+    ``t = s (zs - z)`` elementwise, with selects only, so LLVM vectorises it; their sums are
+    NumPy's (vectorised, pairwise), where the general pass's float64 chains would serialise."""
+    n, m = z.shape
+    for b in range(n):
+        zb, Rb, sb, tb = z[b], R[b], s[b], t[b]
+        for k in range(m):
+            zk = zb[k]
+            zs = zk + eps if zk >= 0 else zk - eps
+            v = Rb[k] / zs
+            sb[k] = v
+            tb[k] = v * (zs - zk)
+    return s
+
+
 #: Below this many values step 2 runs the NumPy reference: no numba import for a small explanation
 #: (a fresh process explaining one lenet5 input never imports numba), where the one pass saves little.
 SMALL_STEP2 = 1 << 15
@@ -806,8 +823,16 @@ def lrp_step2(z, R, mask, epsilon, channels):
         return _reference.lrp_step2(z, R, mask, epsilon, channels)
     n = len(z)
     z2, R2 = np.ascontiguousarray(z).reshape(n, -1), np.ascontiguousarray(R).reshape(n, -1)
-    m = np.zeros((1, 1), bool) if mask is None else np.ascontiguousarray(np.broadcast_to(mask, z.shape)).reshape(n, -1)
     s = np.empty(z2.shape, z.dtype)
+    if mask is None and epsilon > 0:  # the common case: kept = finite = total, all of R
+        t = _scratch("step2 t", z2.shape, z.dtype)
+        _lrp_step2_plain(z2, R2, z.dtype.type(epsilon), s, t)
+        sums = np.empty((n, 4), z.dtype)
+        sums[:, 0] = R2.sum(axis=1)
+        sums[:, 1] = sums[:, 3] = sums[:, 0]
+        sums[:, 2] = t.sum(axis=1)
+        return s.reshape(z.shape), sums, s.reshape(n, channels, -1).sum(axis=2)
+    m = np.zeros((1, 1), bool) if mask is None else np.ascontiguousarray(np.broadcast_to(mask, z.shape)).reshape(n, -1)
     sums, per_channel = np.empty((n, 4)), np.empty((n, channels))
     _lrp_step2(z2, R2, m, mask is not None, z.dtype.type(epsilon), channels, s, sums, per_channel)
     return s.reshape(z.shape), sums.astype(z.dtype), per_channel.astype(z.dtype)
