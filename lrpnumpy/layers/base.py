@@ -443,7 +443,10 @@ class AffineLayer(Layer):
 
     def backward_many(self, pairs, step):
         """``sum(backward_with(s, w, step) for s, w in pairs)``; layers may do it in one pass."""
-        return sum(self.backward_with(s, w, step) for s, w in pairs)
+        total = self.backward_with(*pairs[0], step)  # not sum(): 0 + array would copy it
+        for s, w in pairs[1:]:
+            total = total + self.backward_with(s, w, step)
+        return total
 
     def _forward(self, a):
         return self.forward_with(a, self.weight, self.bias)
