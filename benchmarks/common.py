@@ -95,6 +95,32 @@ def median_time(fn, repeat, min_time=0.0):
     return float(np.median(times))
 
 
+def interleaved_medians(fns, repeat, min_time=0.0, rounds=3, settle=0.2):
+    """Median wall time of each of ``fns``, timed in blocks taken in turn: ``rounds`` times, each fn
+    runs untimed for ``settle`` seconds (at least once) and then ``repeat`` timed times (more until
+    ``min_time`` is spent); the median is over all its timed runs.
+
+    In turns, a slow spell of a shared machine (runs of one comparison timed one side after the other
+    moved by up to ~40 % here) lands on both sides; in blocks that settle first, not call by call,
+    because each side's thread pools (OpenBLAS, torch's OpenMP) keep spinning for a while after it
+    returns and would slow the other side's next call (call-by-call turns doubled both sides' times).
+    """
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            while time.perf_counter() - start < settle:
+                fn()
+            block = []
+            while len(block) < repeat or sum(block) < min_time:
+                t = time.perf_counter()
+                fn()
+                block.append(time.perf_counter() - t)
+            spent.extend(block)
+    return [float(np.median(spent)) for spent in times]
+
+
 def matmul_rate(dtype, n=2048, repeat=3):
     """GFLOP/s of numpy.matmul on n x n matrices."""
     a = np.random.default_rng(0).random((n, n)).astype(dtype)

@@ -6,10 +6,11 @@
 For each model it first checks that the relevance maps agree: float64, 1e-10 relative (the
 largest absolute difference over the largest reference value); float32, 1e-2 (vgg16's 16
 layers of float32 rounding reach 4e-3 with torch 2.14.1; a wrong network differs by O(1)).  Then it times
-forward + explain of both in this process (float32, medians) and prints the ratio of
-lrpnumpy's time to Zennit's, and the peak resident memory of each side's timed runs: the peak
-is reset before each side runs, so it includes what the process already held (the network,
-torch, its copy of the network), printed as "held"; the difference is what the explanations add.
+forward + explain of both in this process (float32, medians of runs taken in turn: lrpnumpy,
+Zennit, lrpnumpy, ...) and prints the ratio of lrpnumpy's time to Zennit's, and the peak resident
+memory of three runs of each side on its own: the peak is reset before each side runs, so it
+includes what the process already held (the network, torch, its copy of the network), printed as
+"held"; the difference is what the explanations add.
 Needs the 'reference' extra (torch, zennit); without it the script says so and exits.
 
 Other torch builds: Zennit imports torchvision when it is imported, only for the classes its
@@ -28,7 +29,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import median_time, peak_rss_mb, reset_peak_rss, rss_mb, write_json  # noqa: E402
+from common import interleaved_medians, peak_rss_mb, reset_peak_rss, rss_mb, write_json  # noqa: E402
 
 import lrpnumpy as L  # noqa: E402
 from lrpnumpy import composites, verify, zoo  # noqa: E402
@@ -118,13 +119,17 @@ def main():
             L.explain(net, x, composite=comp)  # warm-up: the frozen net's derived weights, the JIT cache
             zrun()
             min_time = 0.5 if model in ("lenet5", "toolbox_lenet") else 0
-            reset_peak_rss()
+            reset_peak_rss()  # peak memory: each side on its own for a few runs
             held_mb = rss_mb()
-            ours = median_time(lambda: L.explain(net, x, composite=comp), args.repeat, min_time)
+            for _ in range(3):
+                L.explain(net, x, composite=comp)
             ours_mb = peak_rss_mb()
             reset_peak_rss()
-            theirs = median_time(zrun, args.repeat, min_time)
+            for _ in range(3):
+                zrun()
             theirs_mb = peak_rss_mb()
+            ours, theirs = interleaved_medians([lambda: L.explain(net, x, composite=comp), zrun], args.repeat,
+                                               min_time)
             row = dict(model=model, batch=batch, composite=args.composite, lrpnumpy_ms=1e3 * ours,
                        zennit_ms=1e3 * theirs, lrpnumpy_img_s=batch / ours, zennit_img_s=batch / theirs,
                        ratio=ours / theirs, agree=agree, held_mb=held_mb, lrpnumpy_peak_mb=ours_mb,

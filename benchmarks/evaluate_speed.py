@@ -8,7 +8,7 @@ pixel per step (784 steps).  Quantus 0.6's ``PixelFlipping`` (softmax on, its "b
 each image's minimum) against ``lrpnumpy.evaluate.pixel_flipping(output="probability", fill=the
 same minimum)``; the attributions get noise of 1e-7 of their largest value, so that no two pixels tie
 (ties have no defined order).  The script first asserts that the curves agree (1e-5 relative: float32 rounding over 784 steps), then
-times both (medians) and prints the ratio of lrpnumpy's time to Quantus's.  Needs the 'reference'
+times both in turn (medians of alternating runs) and prints the ratio of lrpnumpy's time to Quantus's.  Needs the 'reference'
 extra (torch, quantus); without it the script says so and exits.
 """
 
@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import load_model, median_time, reference_modules, write_json  # noqa: E402
+from common import interleaved_medians, load_model, reference_modules, write_json  # noqa: E402
 
 import lrpnumpy as L  # noqa: E402
 from lrpnumpy import datasets, evaluate, verify  # noqa: E402
@@ -66,7 +66,7 @@ def main():
             a, b = ours(), theirs()
             diff = float(np.abs(a - b).max() / np.abs(b).max())
             assert a.shape == b.shape and diff <= 1e-5, f"{model} {n}x{per_step}: curves differ by {diff:.2e}"
-            t_ours, t_theirs = median_time(ours, args.repeat), median_time(theirs, args.repeat)
+            t_ours, t_theirs = interleaved_medians([ours, theirs], args.repeat)
             row = dict(model=model, images=n, pixels_per_step=per_step, steps=a.shape[1], lrpnumpy_s=t_ours,
                        quantus_s=t_theirs, ratio=t_ours / t_theirs, max_rel_diff=diff)
             results.append(row)

@@ -4,8 +4,8 @@ against PyTorch on the same network, side by side.
     python benchmarks/forward_speed.py [--model lenet5 fashion_cnn_maxpool ...] [--batch 256] [--repeat 30]
 
 float32, the same weights and inputs (``verify.to_torch``), torch with 2 threads under
-``torch.no_grad()``.  The outputs are first asserted to agree (1e-5 relative), then each side is
-timed (median of ``--repeat`` runs) and the images per second and the time ratio (lrpnumpy / torch)
+``torch.no_grad()``.  The outputs are first asserted to agree (1e-5 relative), then both sides are
+timed in turn (median of ``--repeat`` runs each, alternating) and the images per second and the time ratio (lrpnumpy / torch)
 are printed, with lrpnumpy's time per layer.  Needs torch (the 'reference' extra).
 """
 
@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import load_model, median_time, reference_modules, write_json  # noqa: E402
+from common import interleaved_medians, load_model, median_time, reference_modules, write_json  # noqa: E402
 
 import lrpnumpy as L  # noqa: E402
 from lrpnumpy import datasets, verify  # noqa: E402
@@ -60,8 +60,7 @@ def main():
             ours = net.forward(x)
             diff = float(np.abs(ours - theirs).max() / np.abs(theirs).max())
             assert diff <= 1e-5, f"{model}: outputs differ by {diff:.2e}"
-            t_torch = median_time(lambda: tnet(xt), args.repeat)
-        t_ours = median_time(lambda: net.forward(x), args.repeat)
+            t_ours, t_torch = interleaved_medians([lambda: net.forward(x), lambda: tnet(xt)], args.repeat)
         layers = per_layer(net, x, args.repeat)
         row = dict(model=model, batch=args.batch, lrpnumpy_s=t_ours, torch_s=t_torch, ratio=t_ours / t_torch,
                    lrpnumpy_img_s=args.batch / t_ours, torch_img_s=args.batch / t_torch, max_rel_diff=diff,
