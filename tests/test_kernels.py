@@ -175,11 +175,15 @@ def test_explain_agrees_across_backends(rng):
         _close(a, b)
 
 
+def _python(code, **env):
+    """What a fresh interpreter running ``code`` (with ``env`` added to the environment) prints, split."""
+    return subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
 def test_environment_forces_the_reference():
     code = "import lrpnumpy.kernels as k; print(k.BACKEND, k.conv2d.__module__)"
-    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, LRPNUMPY_KERNELS="numpy"),
-                         capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["numpy", "lrpnumpy.kernels.reference"]
+    assert _python(code, LRPNUMPY_KERNELS="numpy") == ["numpy", "lrpnumpy.kernels.reference"]
     assert kernels.BACKEND == ("numpy" if os.environ.get("LRPNUMPY_KERNELS", "").lower() == "numpy" else "numba")
     with pytest.raises(ValueError):
         kernels.set_backend("cuda")
@@ -191,8 +195,7 @@ def test_works_without_numba():
             "from lrpnumpy import zoo\n"
             "e = L.explain(zoo.lenet5(), np.ones((1, 1, 28, 28)), composite=L.EpsilonPlus())\n"
             "print(L.kernels.BACKEND, np.isfinite(e.relevance).all())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["numpy", "True"]
+    assert _python(code) == ["numpy", "True"]
 
 
 def test_one_small_explanation_never_imports_numba():
@@ -204,8 +207,7 @@ def test_one_small_explanation_never_imports_numba():
             "    net = zoo.MODELS[name](seed=0, dtype=np.float32)\n"
             "    L.explain(net, np.ones((1,) + net.input_shape, np.float32), composite=L.EpsilonPlus())\n"
             "print(L.kernels.BACKEND, 'numba' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["numba", "False"]
+    assert _python(code) == ["numba", "False"]
 
 
 @pytest.mark.parametrize("case", [c for c in CONV_CASES if c[-1] == 1], ids=str)
@@ -273,9 +275,7 @@ def test_kernel_bodies_run_as_plain_python():
             "ok &= np.allclose(nb.conv2d_grad_input(yd, w1, 5, 5, 1, 1, (1, 0, 2, 1), 2, 1, 1), "
             "ref.conv2d_grad_input(yd, w1, 5, 5, 1, 1, (1, 0, 2, 1), 2, 1, 1), rtol=1e-12)\n"
             "print(ok)")
-    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, NUMBA_DISABLE_JIT="1"),
-                         capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["True"]
+    assert _python(code, NUMBA_DISABLE_JIT="1") == ["True"]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
