@@ -248,6 +248,11 @@ def test_banded_matrices_are_kept_only_for_weights_that_cannot_change(rng):
     _close(nb._conv_rows(x, frozen, 1, 1, (1, 1, 0, 2), 1, 1), want)
     assert sum(k[0] == id(frozen) for k in nb._BANDED) == 1
     _close(nb._conv_rows(x, frozen, 1, 1, (1, 1, 0, 2), 1, 1), want)  # from the kept matrix
+    g = rng.normal(size=want.shape)
+    for _ in range(2):  # the gradient's contiguous transpose, kept too
+        _close(nb._conv_rows_grad_input(g, frozen, 9, 8, 1, 1, (1, 1, 0, 2), 1, 1),
+               ref.conv2d_grad_input(g, w, 9, 8, 1, 1, (1, 1, 0, 2), 1, 1, 1))
+    assert sum(k[0] == id(frozen) for k in nb._BANDED) == 2
     key = id(frozen)
     del frozen
     gc.collect()
