@@ -726,6 +726,16 @@ def _max_pool_small(x, kh, kw, sh, sw, padding, dh, dw):
     """Window maxima (one axis at a time) and then, per window, the first tap that equals its maximum
     (taps in reverse row-major order, each overwriting: the first wins; a NaN maximum is matched by
     the first NaN): ~1.4x the reference's argmax over window views on small inputs."""
+    if (kh, kw, sh, sw, dh, dw) == (2, 2, 2, 2, 1, 1) and not any(padding):  # lenet5's pools: ~1.7x
+        oh, ow = x.shape[2] // 2, x.shape[3] // 2
+        a, b = x[:, :, 0:2 * oh:2, 0:2 * ow:2], x[:, :, 0:2 * oh:2, 1:2 * ow:2]
+        c, d = x[:, :, 1:2 * oh:2, 0:2 * ow:2], x[:, :, 1:2 * oh:2, 1:2 * ow:2]
+        y = np.maximum(np.maximum(a, c), np.maximum(b, d))  # the order of the views' maxima below
+        if not np.isnan(y).any():  # (with NaN, the general rule below)
+            idx = np.where(c == y, 2, 3)
+            np.copyto(idx, 1, where=b == y)
+            np.copyto(idx, 0, where=a == y)
+            return y, idx
     y = _reference.max_pool2d_values(x, kh, kw, sh, sw, padding, dh, dw)
     oh, ow = y.shape[2:]
     xp = _reference._pad(x, padding, -np.inf)
