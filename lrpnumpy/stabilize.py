@@ -31,7 +31,11 @@ def stabilize(z, epsilon):
               (\mathbb{1}[z \ge 0] - \mathbb{1}[z < 0])
     """
     eps = z.dtype.type(epsilon)
-    out = z + np.where(z >= 0, eps, -eps)
+    # epsilon with the sign of z + 0, where -0.0 + 0.0 is +0.0: sign(0) = +1 for both zeros (half
+    # the time of np.where(z >= 0, eps, -eps), with the same numbers; NaN stays NaN either way)
+    out = z + z.dtype.type(0)
+    out = np.copysign(eps, out, out=out if isinstance(out, np.ndarray) else None)  # (a 0-d z gives a scalar)
+    out += z
     if eps == 0:
         out[out == 0] = np.inf
     return out

@@ -92,6 +92,24 @@ def test_max_pool_windows_entirely_in_the_padding_are_refused():
         L.MaxPool2d(2, stride=1, padding=2, dilation=3).forward(np.ones((1, 1, 1, 1)))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stabilize_is_z_plus_epsilon_times_the_sign_of_z(dtype):
+    """stabilize() against its definition ``z + eps (1[z >= 0] - 1[z < 0])``, bit for bit, on both
+    zeros, infinities, NaN, denormals and the largest numbers (sign(0) = +1, -0.0 too)."""
+    info = np.finfo(dtype)
+    z = np.array([-0.0, 0.0, np.inf, -np.inf, np.nan, info.tiny / 4, -info.tiny / 4, info.max, -info.max, 3.0,
+                  -3.0, 1e-7, -1e-7], dtype)
+    for eps in (0.0, 1e-6, 0.25):
+        e = dtype(eps)
+        want = z + np.where(z >= 0, e, -e)
+        if eps == 0:
+            want[want == 0] = np.inf
+        got = L.stabilize(z, eps)
+        assert got.dtype == z.dtype
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.signbit(got[~np.isnan(got)]), np.signbit(want[~np.isnan(want)]))
+
+
 @pytest.mark.parametrize("dtype, eps", [(np.float32, 1e-50), (np.float64, 1e-320), (np.float32, 1e-40)])
 def test_a_stabilizer_that_underflows_is_refused(dtype, eps, rng):
     net = L.Sequential(L.Linear(3, 2)).astype(dtype)
