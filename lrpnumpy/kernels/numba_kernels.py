@@ -424,14 +424,17 @@ def _direct_kernel(kh, kw):
     jit_all()
     import numba
 
-    def direct(xf, w, dh, dw, wp, run, y):
-        """``y[b, o, k] = sum_c sum_(i, j) w[o, c, i, j] * xf[b, c, i*dh*wp + j*dw + k]``."""
+    def direct(xf, w, dh, dw, wp, acc, y):
+        """``y[b, o, p, q] = sum_c sum_(i, j) w[o, c, i, j] * xf[b, c, (p + i*dh)*wp + q + j*dw]``: each
+        (b, o) plane computed at the padded width wp into ``acc`` (one row of oh*wp, kept in cache),
+        then its first ow columns copied out."""
         n, c, _ = xf.shape
         o = w.shape[0]
+        oh, ow = y.shape[2], y.shape[3]
+        run = oh * wp
         zero = y.dtype.type(0)
         for b in range(n):
             for oc in range(o):
-                acc = y[b, oc]
                 for ci in range(c):
                     xc, wk = xf[b, ci], w[oc, ci]
                     for k in range(run):
@@ -441,6 +444,11 @@ def _direct_kernel(kh, kw):
                             for j in range(kw):
                                 a += wk[i, j] * xc[np.uint64(i * dh * wp + j * dw) + uk]
                         acc[k] = a
+                out = y[b, oc]
+                for p in range(oh):
+                    row = out[p]
+                    for q in range(ow):
+                        row[q] = acc[p * wp + q]
         return y
 
     with _JIT_LOCK:
@@ -469,9 +477,9 @@ def _conv_direct(x, w, padding, dh, dw):
     oh, ow, hp, wp = _wide_shape(h, wd, kh, kw, padding, dh, dw)
     xp = np.zeros((n, c, hp + 1, wp), x.dtype)  # one more row: the last outputs' taps read into it
     xp[:, :, padding[0]:padding[0] + h, padding[2]:padding[2] + wd] = x
-    y = _scratch("direct out", (n, o, oh * wp), x.dtype)
-    _direct_kernel(kh, kw)(xp.reshape(n, c, -1), np.ascontiguousarray(w), dh, dw, wp, oh * wp, y)
-    return y.reshape(n, o, oh, wp)[:, :, :, :ow].copy()
+    y = np.empty((n, o, oh, ow), x.dtype)
+    return _direct_kernel(kh, kw)(xp.reshape(n, c, -1), np.ascontiguousarray(w), dh, dw, wp,
+                                  np.empty(oh * wp, x.dtype), y)
 
 
 def _conv_direct_grad_input(gy, w, h, wd, padding, dh, dw):
@@ -491,9 +499,8 @@ def _conv_direct_grad_input(gy, w, h, wd, padding, dh, dw):
     if rows.start < rows.stop and cols.start < cols.stop:
         gp[:, :, r0 + rows.start:r0 + rows.stop, c0 + cols.start:c0 + cols.stop] = gy[:, :, rows, cols]
     flipped = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
-    gx = _scratch("direct grad", (n, c, h * width), gy.dtype)
-    _direct_kernel(kh, kw)(gp.reshape(n, o, -1), flipped, dh, dw, width, h * width, gx)
-    return gx.reshape(n, c, h, width)[:, :, :, :wd].copy()
+    gx = np.empty((n, c, h, wd), gy.dtype)
+    return _direct_kernel(kh, kw)(gp.reshape(n, o, -1), flipped, dh, dw, width, np.empty(h * width, gy.dtype), gx)
 
 
 def conv2d(x, w, sh, sw, padding, dh, dw, groups):
