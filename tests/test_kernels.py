@@ -78,7 +78,8 @@ POOL_CASES = [((1, 2, 6, 6), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),
               ((2, 2, 9, 8), (3, 2), (2, 1), (2, 1, 1, 0), (2, 3)),
               ((2, 3, 5, 7), (2, 3), (2, 3), (1, 0, 1, 1), (1, 1)),  # padded windows that tile the input
               ((2, 2, 7, 9), (2, 2), (1, 2), (0, 0, 0, 0), (1, 1)),  # 2 x 2, overlapping rows, unread edges
-              ((2, 3, 7, 8), (2, 3), (2, 3), (0, 0, 0, 0), (1, 1))]  # tiles with a row and 2 columns unread
+              ((2, 3, 7, 8), (2, 3), (2, 3), (0, 0, 0, 0), (1, 1)),  # tiles with a row and 2 columns unread
+              ((2, 2, 7, 9), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1))]  # 2 x 2 tiles, last row and column unread
 
 
 @pytest.mark.parametrize("case", POOL_CASES, ids=str)
