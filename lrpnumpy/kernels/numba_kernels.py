@@ -338,9 +338,11 @@ def _conv_rows(x, w, sh, sw, padding, dh, dw):
     oh, ow, used, span = _row_geometry(h, wd, kh, kw, sh, sw, padding, dh, dw)
     xp = np.zeros((n, h + padding[0] + padding[1], c, max(used, padding[2] + wd)), x.dtype)
     xp[:, padding[0]:padding[0] + h, :, padding[2]:padding[2] + wd] = x.transpose(0, 2, 1, 3)
+    # rows[b, p, i] = xp[b, p*sh + i*dh, :, :used], one copy from a strided view of xp (made by
+    # np.ndarray on xp's buffer: ~1 us, where as_strided takes ~6 and kh slice copies ~9 at batch 1)
+    s0, s1, s2, s3 = xp.strides
     rows = _scratch("rows", (n, oh, kh, c, used), x.dtype)
-    for i in range(kh):
-        rows[:, :, i] = xp[:, i * dh:i * dh + span:sh, :, :used]
+    np.copyto(rows, np.ndarray(rows.shape, xp.dtype, xp, 0, (s0, sh * s1, dh * s1, s2, s3)))
     band = _banded_of(w, used, ow, sw, dw)  # the product into a kept buffer: fresh pages cost ~40 % here
     y = np.matmul(rows.reshape(n * oh, -1), band, out=_scratch("rows out", (n * oh, o * ow), np.result_type(x, w)))
     return y.reshape(n, oh, o, ow).transpose(0, 2, 1, 3).copy()  # a copy even where that is contiguous (o or oh 1)
