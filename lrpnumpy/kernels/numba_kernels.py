@@ -828,6 +828,12 @@ def _max_pool_grad_small(gy, idx, h, wd, kh, kw, sh, sw, padding, dh, dw):
     each tap's share is written, not added (~1.7x on lenet5's pools at batch 1)."""
     n, c, oh, ow = gy.shape
     pt, pb, pl, pr = padding
+    if (sh, sw, dh, dw) == (kh, kw, 1, 1) and not any(padding):  # tiles: tap (i, j) of every window
+        gx = np.zeros((n, c, h, wd), dtype=gy.dtype)         # is [:, :, :, i, :, j] of this view
+        tiles = gx[:, :, :oh * kh, :ow * kw].reshape(n, c, oh, kh, ow, kw)
+        for tap in range(kh * kw):  # (lenet5's pools at batch 1: 41 -> 33 and 30 -> 20 us)
+            np.copyto(tiles[:, :, :, tap // kw, :, tap % kw], gy, where=idx == tap)
+        return gx
     gxp = np.zeros((n, c, h + pt + pb, wd + pl + pr), dtype=gy.dtype)
     zero = gy.dtype.type(0)
     for tap in range(kh * kw):
