@@ -335,7 +335,7 @@ def _row_geometry(h, wd, kh, kw, sh, sw, padding, dh, dw):
 def _conv_rows(x, w, sh, sw, padding, dh, dw):
     n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
-    oh, ow, used, span = _row_geometry(h, wd, kh, kw, sh, sw, padding, dh, dw)
+    oh, ow, used, _ = _row_geometry(h, wd, kh, kw, sh, sw, padding, dh, dw)
     xp = np.zeros((n, h + padding[0] + padding[1], c, max(used, padding[2] + wd)), x.dtype)
     xp[:, padding[0]:padding[0] + h, :, padding[2]:padding[2] + wd] = x.transpose(0, 2, 1, 3)
     # rows[b, p, i] = xp[b, p*sh + i*dh, :, :used], one copy from a strided view of xp (made by
@@ -828,10 +828,10 @@ def _max_pool_grad_small(gy, idx, h, wd, kh, kw, sh, sw, padding, dh, dw):
     each tap's share is written, not added (~1.7x on lenet5's pools at batch 1)."""
     n, c, oh, ow = gy.shape
     pt, pb, pl, pr = padding
-    if (sh, sw, dh, dw) == (kh, kw, 1, 1) and not any(padding):  # tiles: tap (i, j) of every window
-        gx = np.zeros((n, c, h, wd), dtype=gy.dtype)         # is [:, :, :, i, :, j] of this view
-        tiles = gx[:, :, :oh * kh, :ow * kw].reshape(n, c, oh, kh, ow, kw)
-        for tap in range(kh * kw):  # (lenet5's pools at batch 1: 41 -> 33 and 30 -> 20 us)
+    if (sh, sw, dh, dw) == (kh, kw, 1, 1) and not any(padding):  # tiles (lenet5's pools: 41 -> 33, 30 -> 20 us)
+        gx = np.zeros((n, c, h, wd), dtype=gy.dtype)
+        tiles = gx[:, :, :oh * kh, :ow * kw].reshape(n, c, oh, kh, ow, kw)  # tap (i, j): [:, :, :, i, :, j]
+        for tap in range(kh * kw):
             np.copyto(tiles[:, :, :, tap // kw, :, tap % kw], gy, where=idx == tap)
         return gx
     gxp = np.zeros((n, c, h + pt + pb, wd + pl + pr), dtype=gy.dtype)
