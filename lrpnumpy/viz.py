@@ -37,8 +37,9 @@ def _legend_labels(cmap):
 def _legend_handles(cmap):
     from matplotlib.patches import Patch
     colours, (positive, negative) = _cmap(cmap), _legend_labels(cmap)
-    return [Patch(facecolor=colours(0.9), edgecolor="none", label=positive),
-            Patch(facecolor=colours(0.1), edgecolor="none", label=negative)]
+    high, low = (0.75, 0.25) if cmap == "hotcold" else (0.9, 0.1)  # hotcold: red and blue, not yellow and cyan
+    return [Patch(facecolor=colours(high), edgecolor="none", label=positive),
+            Patch(facecolor=colours(low), edgecolor="none", label=negative)]
 
 
 def _colorbar(fig, im, ax):

@@ -15,6 +15,14 @@ from lrpnumpy import viz
 R = np.array([[1.0, 0.0, -1.0]])
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """pyplot keeps every figure until closed (and warns past 20): close this file's figures."""
+    yield
+    import matplotlib.pyplot as plt
+    plt.close("all")
+
+
 def test_colours_follow_the_convention():
     rgb = viz.to_rgb(R)
     np.testing.assert_allclose(rgb[0, 0], [1, 0, 0], atol=0.02)   # positive: red
@@ -96,6 +104,8 @@ def test_grid_has_a_title_a_colour_bar_and_the_legend(tmp_path):
     fig = viz.grid(rel, images=rng.random((2, 1, 5, 5)), save=tmp_path / "g.png")
     _check_heatmap_figure(fig, "relevance")
     assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+    hot = viz.grid(rel, cmap="hotcold").legends[0].legend_handles
+    np.testing.assert_allclose([h.get_facecolor()[:3] for h in hot], [[1, 0, 0], [0, 0, 1]], atol=0.02)
     plain = viz.grid(rel, title=None, colorbar=False, legend=False)
     assert not plain.get_suptitle() and not plain.legends and len(plain.axes) == 4
 
@@ -109,7 +119,6 @@ def test_heatmap_returns_its_axes_and_adds_colour_bar_legend_and_file_when_asked
     assert (tmp_path / "h.png").exists() and viz.save(ax, tmp_path / "h.pdf").read_bytes()[:4] == b"%PDF"
     fig, (left, right) = plt.subplots(1, 2)
     assert viz.heatmap(R, ax=right) is right and not left.images and len(fig.axes) == 2  # drawn where asked
-    plt.close("all")
 
 
 def _written_figures(monkeypatch):
