@@ -61,6 +61,13 @@ def test_setup_cfg_declares_every_file_in_the_package_data_folder():
             f"lrpnumpy/data/{name} is not matched by setup.cfg's package_data {globs}: a wheel would leave it out"
 
 
+def test_no_runtime_file_is_left_in_the_repositorys_data_folder():
+    """The top-level data/ holds the training script, its README and pictures; it is not installed."""
+    stray = sorted(f for f in os.listdir(os.path.join(ROOT, "data")) if f.endswith((".npz", ".npy")))
+    assert not stray, f"move {stray} from data/ to lrpnumpy/data/ (package data) and read them with " \
+                      f"lrpnumpy.datasets.shipped_file"
+
+
 def test_a_wheel_built_from_the_checkout_carries_the_data_and_runs_without_the_checkout(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(os.path.join(ROOT, "lrpnumpy"), src / "lrpnumpy",
