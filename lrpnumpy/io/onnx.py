@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import layers as Lyr
 from ..canonize import fold_batchnorm
+from ..layers.base import MAX_SIZE
 from ..layers.pool import _windows_touch
 from ..errors import LRPError, MissingDependencyError, ModelFormatError, ParameterError, UnsupportedLayerError
 from ._common import brief, converted, network, parse_errors, unique_name
@@ -129,6 +130,8 @@ class _Limits:
         dims = [int(d) for d in shape]
         if any(d < 0 for d in dims):
             raise ModelFormatError(f"{label}: {what} has negative dimensions {brief(dims)}")
+        if any(d > MAX_SIZE for d in dims):  # even with a zero elsewhere: no array has such an axis
+            raise ModelFormatError(f"{label}: {what} has a dimension over {MAX_SIZE}: {brief(dims)}")
         size = math.prod(dims)
         if size > self.max_elements:
             raise ModelFormatError(f"{label}: {what} declares {size} values (shape {brief(dims)}), more than the "
@@ -433,6 +436,8 @@ def _pool_common(n, shape):
         raise n.unsupported("kernel_shape is required")
     stride, dilation = n.ints("strides", [1, 1]), n.ints("dilations", [1, 1])
     pads = _pads(n, shape, kernel, stride, dilation)
+    if min(pads) < 0:
+        raise ModelFormatError(f"{n.label}: negative pads {brief(list(pads))} (top, bottom, left, right)")
     # as ONNX's own shape inference: a window wholly in the padding pools nothing (and, in an average that
     # leaves the padding out, would lose its relevance)
     if max(pads[0], pads[1]) >= kernel[0] or max(pads[2], pads[3]) >= kernel[1]:
