@@ -377,3 +377,18 @@ def test_lrpnumpy_pseudo_operators_are_not_read_from_files():
     node = helper.make_node("ChannelShuffle", ["x"], ["y"], name="cs", groups=2)
     with pytest.raises(UnsupportedLayerError, match=r"'cs' \(ChannelShuffle\): not an ONNX operator"):
         load_onnx(_chain_model([node], {}, [1, 4, 2, 2], "y"))
+
+
+def test_an_axis_no_array_can_have_is_refused_even_in_an_empty_constant():
+    nodes = [helper.make_node("Constant", [], ["s"], value=numpy_helper.from_array(np.array([0, 2 ** 63 - 1]))),
+             helper.make_node("ConstantOfShape", ["s"], ["w"], name="empty"),
+             helper.make_node("MatMul", ["x", "w"], ["y"])]
+    with pytest.raises(ModelFormatError, match=r"'empty' \(ConstantOfShape\): the constant has a dimension over "
+                                               r"2147483647: \[0, 9223372036854775807\]"):
+        load_onnx(_chain_model(nodes, {}, [1, 4], "y"))
+
+
+def test_negative_pool_pads_are_named_as_negative():
+    node = helper.make_node("MaxPool", ["x"], ["y"], name="p", kernel_shape=[2, 2], pads=[-1, 0, 0, 0])
+    with pytest.raises(ModelFormatError, match=r"'p' \(MaxPool\): negative pads \[-1, 0, 0, 0\]"):
+        load_onnx(_chain_model([node], {}, [1, 1, 4, 4], "y"))
