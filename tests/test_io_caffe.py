@@ -366,3 +366,14 @@ def test_include_and_exclude_together_are_refused(tmp_path):
     (tmp_path / "n.caffemodel").write_bytes(schema()["NetParameter"]().SerializeToString())
     with pytest.raises(ModelFormatError, match="layer 'r' \\(ReLU\\): both include and exclude rules"):
         load_caffe(str(tmp_path / "n.prototxt"), str(tmp_path / "n.caffemodel"))
+
+
+@pytest.mark.parametrize("pool", ["MAX", "AVE"])
+def test_pooling_pad_not_smaller_than_the_kernel_is_refused(tmp_path, pool):
+    text = ('input: "data"\ninput_shape { dim: 1 dim: 1 dim: 4 dim: 4 }\n'
+            f'layer {{ name: "p" type: "Pooling" bottom: "data" top: "y" pooling_param {{ pool: {pool} kernel_size: 2 '
+            'pad_h: 0 pad_w: 2 } }\n')
+    (tmp_path / "n.prototxt").write_text(text)
+    (tmp_path / "n.caffemodel").write_bytes(schema()["NetParameter"]().SerializeToString())
+    with pytest.raises(ModelFormatError, match=r"layer 'p' \(Pooling\): pad \(0, 2\) must be smaller than the kernel"):
+        load_caffe(str(tmp_path / "n.prototxt"), str(tmp_path / "n.caffemodel"))

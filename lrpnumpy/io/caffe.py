@@ -439,6 +439,8 @@ def _make(kind, lay, blobs, where, caffemodel, dims, prev, dtype):
         if kernel[0] is None or kernel[0] == 0:
             raise ModelFormatError(f"{where}: pooling_param needs kernel_size or kernel_h/kernel_w")
         stride, pad = _pair(p, "stride", 1), _pair(p, "pad", 0)
+        if pad[0] >= kernel[0] or pad[1] >= kernel[1]:  # Caffe's own check: no window wholly in the padding
+            raise ModelFormatError(f"{where}: pad {pad} must be smaller than the kernel {kernel}")
         ceil = p.round_mode == 0  # Caffe rounds the output size up by default
         if p.pool == 0:
             return [Lyr.MaxPool2d(kernel, stride, pad, ceil_mode=ceil)]
