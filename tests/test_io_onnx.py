@@ -392,3 +392,29 @@ def test_negative_pool_pads_are_named_as_negative():
     node = helper.make_node("MaxPool", ["x"], ["y"], name="p", kernel_shape=[2, 2], pads=[-1, 0, 0, 0])
     with pytest.raises(ModelFormatError, match=r"'p' \(MaxPool\): negative pads \[-1, 0, 0, 0\]"):
         load_onnx(_chain_model([node], {}, [1, 1, 4, 4], "y"))
+
+
+def test_external_data_reads_only_what_the_shape_declares(tmp_path):
+    w = np.arange(12, dtype=np.float32).reshape(4, 3)
+    (tmp_path / "w.bin").write_bytes(w.tobytes() + bytes(10 ** 6))  # a data file far longer than the tensor
+
+    def model(**entries):
+        init = onnx.TensorProto(name="w", data_type=onnx.TensorProto.FLOAT, dims=[4, 3])
+        init.data_location = onnx.TensorProto.EXTERNAL
+        for k, v in dict(location="w.bin", **entries).items():
+            init.external_data.add(key=k, value=v)
+        (tmp_path / "m.onnx").write_bytes(_chain_model([helper.make_node("MatMul", ["x", "w"], ["y"])], {},
+                                                       [1, 4], "y").SerializeToString())
+        m = onnx.load(str(tmp_path / "m.onnx"))
+        m.graph.initializer.append(init)
+        return m
+    m = model()  # no length: exactly 48 bytes are read
+    (tmp_path / "m.onnx").write_bytes(m.SerializeToString())
+    np.testing.assert_array_equal(load_onnx(str(tmp_path / "m.onnx"))[0].weight, w.T)
+    m = model(length=str(10 ** 6))
+    (tmp_path / "m.onnx").write_bytes(m.SerializeToString())
+    with pytest.raises(ModelFormatError, match=r"initializer 'w': external data length '1000000'; its shape \[4, 3\] "
+                                               r"needs 48 bytes"):
+        load_onnx(str(tmp_path / "m.onnx"))
+    with pytest.raises(ModelFormatError, match="external files; give the model's file path"):
+        load_onnx(model().SerializeToString())  # bytes: no folder to read from

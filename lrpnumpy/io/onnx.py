@@ -52,7 +52,8 @@ class _Node:
         onnx, _ = _onnx()
         self.node, self.where, self.limits = node, where, limits
         self.attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        self.label = f"{where}: node {node.name or node.output[0]!r} ({node.op_type})"
+        self.label = f"{where}: node {brief(node.name or (node.output[0] if node.output else ''))!r} " \
+                     f"({brief(node.op_type)})"
 
     def get(self, name, default=None):
         v = self.attrs.get(name, default)
@@ -112,7 +113,10 @@ def load_onnx(path, dtype=None, max_elements=None):
                                f"{brief(str(exc))})") from None
     with parse_errors(where, "ONNX graph"):
         external = _check_tensors(model.graph, where, limits, onnx)
-        if external and isinstance(path, str):
+        if external and not isinstance(path, str):
+            raise ModelFormatError(f"{where}: its tensors keep their data in external files; give the model's file "
+                                   f"path, so that they are read from its folder")
+        if external:
             onnx.external_data_helper.load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
         return converted(_convert(model, where, onnx, numpy_helper, limits), dtype)
 
@@ -162,9 +166,25 @@ def _check_tensors(graph, where, limits, onnx):
             for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
                 external |= _check_tensors(g, where, limits, onnx)
     for label, t in tensors:
-        limits.count(label, "the tensor", t.dims)
-        external |= t.data_location == onnx.TensorProto.EXTERNAL
+        size = limits.count(label, "the tensor", t.dims)
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            external = True
+            _bound_external(t, size, label, onnx)
     return external
+
+
+def _bound_external(t, size, label, onnx):
+    """Make an external tensor's read exactly the bytes its declared shape needs (its ``length``, set when absent)."""
+    try:
+        need = size * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        raise ModelFormatError(f"{label}: external data of ONNX data type {t.data_type}; expected numbers") from None
+    entries = {e.key: e for e in t.external_data}
+    if "length" not in entries:
+        t.external_data.add(key="length", value=str(need))
+    elif not entries["length"].value.isdigit() or int(entries["length"].value) != need:
+        raise ModelFormatError(f"{label}: external data length {brief(entries['length'].value)!r}; its shape "
+                               f"{brief(list(t.dims))} needs {need} bytes")
 
 
 def _convert(model, where, onnx, numpy_helper, limits):
