@@ -418,3 +418,23 @@ def test_external_data_reads_only_what_the_shape_declares(tmp_path):
         load_onnx(str(tmp_path / "m.onnx"))
     with pytest.raises(ModelFormatError, match="external files; give the model's file path"):
         load_onnx(model().SerializeToString())  # bytes: no folder to read from
+
+
+def test_a_huge_constant_view_is_free_until_something_would_copy_it():
+    import tracemalloc
+    big = [helper.make_node("Constant", [], ["s"], value=numpy_helper.from_array(np.array([20000, 20000]))),
+           helper.make_node("ConstantOfShape", ["s"], ["big"], name="big")]
+    tracemalloc.start()
+    try:
+        net = load_onnx(_chain_model(big + [helper.make_node("Relu", ["x"], ["y"])], {}, [1, 4], "y"))
+        assert [type(layer).__name__ for layer in net] == ["ReLU"]  # unused: never copied
+        fold = [helper.make_node("Constant", [], ["t"], value=numpy_helper.from_array(np.array([4 * 10 ** 8]))),
+                helper.make_node("Reshape", ["big", "t"], ["flat"], name="r"),
+                helper.make_node("Relu", ["x"], ["y"])]
+        with pytest.raises(ModelFormatError, match=r"'r' \(Reshape\): the reshaped constant declares 400000000 "
+                                                   r"values \(shape \[20000, 20000\]\), more than the 268435456"):
+            load_onnx(_chain_model(big + fold, {}, [1, 4], "y"))
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 4 << 20

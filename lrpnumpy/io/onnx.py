@@ -8,7 +8,8 @@ and weights given as initializers, ``Constant`` or ``ConstantOfShape`` nodes.
 A file is only trusted as far as its size: every constant's declared element count is checked
 against fixed caps (:data:`MAX_SHAPE_VALUES` for shape and axes tensors, ``max_elements`` for the
 rest) before it is read, listed, copied or cast, so a 200-byte file cannot ask for gigabytes, and
-error messages quote at most a few of a constant's values.
+error messages quote at most a few of a constant's values.  (A ``ConstantOfShape`` is a zero-copy
+view until something copies it, so an unused one costs nothing whatever it declares.)
 """
 
 import math
@@ -129,22 +130,36 @@ class _Limits:
             raise ParameterError(f"max_elements must be a positive int, got {max_elements!r}")
         self.max_elements, self.taken = int(max_elements), 0
 
-    def count(self, label, what, shape):
-        """The element count of ``shape`` (Python ints: no overflow); ModelFormatError past the cap."""
+    def dims(self, label, what, shape):
+        """The element count of ``shape`` (Python ints: no overflow), for a zero-copy view: ModelFormatError for a
+        negative axis, an axis no array can have, or more values than any array can hold."""
         dims = [int(d) for d in shape]
         if any(d < 0 for d in dims):
             raise ModelFormatError(f"{label}: {what} has negative dimensions {brief(dims)}")
         if any(d > MAX_SIZE for d in dims):  # even with a zero elsewhere: no array has such an axis
             raise ModelFormatError(f"{label}: {what} has a dimension over {MAX_SIZE}: {brief(dims)}")
         size = math.prod(dims)
-        if size > self.max_elements:
-            raise ModelFormatError(f"{label}: {what} declares {size} values (shape {brief(dims)}), more than the "
-                                   f"{self.max_elements} a constant may have (max_elements)")
+        if size >= 2 ** 60:  # numpy: size * itemsize (8 at most here) must fit an int64
+            raise ModelFormatError(f"{label}: {what} declares {size} values (shape {brief(dims)}), more than any "
+                                   f"array holds")
         return size
 
-    def take(self, label, what, size):
-        """Account for ``size`` weight values the network keeps."""
-        self.taken += int(size)
+    def count(self, label, what, shape):
+        """As :meth:`dims`, for a constant that is (or will be) materialised: at most ``max_elements`` values."""
+        size = self.dims(label, what, shape)
+        self.check(label, what, size, shape)
+        return size
+
+    def check(self, label, what, size, shape):
+        if size > self.max_elements:
+            raise ModelFormatError(f"{label}: {what} declares {size} values (shape {brief(list(shape))}), more than "
+                                   f"the {self.max_elements} a constant may have (max_elements)")
+
+    def take(self, label, what, shape):
+        """Account for the weight values of ``shape`` the network keeps, before they are copied."""
+        size = math.prod(int(d) for d in shape)
+        self.check(label, what, size, shape)
+        self.taken += size
         if self.taken > self.max_elements:
             raise ModelFormatError(f"{label}: {what} brings the network's weights to {self.taken} values, more than "
                                    f"the {self.max_elements} a model may have (max_elements)")
@@ -219,12 +234,13 @@ def _convert(model, where, onnx, numpy_helper, limits):
                                                                     not np.isfinite(fill).all()):
                 raise ModelFormatError(f"{n.label}: value must be one finite number, got {brief(fill)}")
             shape = _shape_values(n, consts[node.input[0]], "its shape input")
-            limits.count(n.label, "the constant", shape)
-            # a read-only view that takes no memory; a layer that uses it as its weight checks its size first
+            limits.dims(n.label, "the constant", shape)
+            # a read-only view that takes no memory; whatever copies it (a layer's weight, a folded Reshape) checks
+            # its size against max_elements first
             consts[node.output[0]] = np.broadcast_to(fill[:1].reshape(()), tuple(shape))
         elif node.op_type in ("Transpose", "Identity", "Unsqueeze", "Reshape") and node.input \
                 and all(i in consts for i in node.input if i):
-            consts[node.output[0]] = _fold(_Node(node, where), [consts[i] for i in node.input if i])
+            consts[node.output[0]] = _fold(_Node(node, where, limits), [consts[i] for i in node.input if i])
         else:
             nodes.append(node)
     data_inputs = [i for i in graph.input if i.name not in consts]
@@ -383,6 +399,7 @@ def _fold(n, values):
             raise ModelFormatError(f"{n.label}: Reshape without a target shape")
         target = _shape_values(n, shape, "the target shape")
         target = [x.shape[i] if t == 0 and i < x.ndim else t for i, t in enumerate(target)]
+        n.limits.check(n.label, "the reshaped constant", x.size, x.shape)  # reshaping a view may copy it
         try:
             return np.reshape(x, target)
         except ValueError:
@@ -408,7 +425,7 @@ def _weight(n, consts, i, dtype, what):
     w = np.asarray(consts[name])
     if w.dtype.kind != "f":
         raise ModelFormatError(f"{n.label}: {what} {brief(name)!r} has dtype {w.dtype}, expected floats")
-    n.limits.take(n.label, f"{what} {brief(name)!r} of shape {brief(w.shape)}", w.size)  # before it is copied
+    n.limits.take(n.label, f"{what} {brief(name)!r} of shape {brief(w.shape)}", w.shape)  # before it is copied
     return np.array(w, dtype=dtype)  # a copy: constants may be read-only views
 
 
@@ -570,7 +587,7 @@ def _per_channel(n, v, channels, dtype, what, flat):
     For (N, C) data: shape (C,) or (1, C); for (N, C, H, W): (C, 1, 1) or (1, C, 1, 1); or a scalar.
     """
     if v.size == 1:
-        n.limits.take(n.label, f"{what} repeated over {channels} channels", channels)
+        n.limits.take(n.label, f"{what} repeated over {channels} channels", [channels])
         return np.full(channels, v.reshape(-1)[0], dtype)
     axis = v.ndim - 1 if flat else v.ndim - 3
     if v.size == channels and axis >= 0 and v.shape[axis] == channels:
