@@ -246,6 +246,21 @@ def test_a_difference_names_the_first_node_that_differs(monkeypatch):
            "torch.nn.functional.relu, called at" in str(info.value)
 
 
+class Biased(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+        self.shift = nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return self.fc(x) + self.shift
+
+
+def test_tensors_used_outside_layers_are_refused():
+    with pytest.raises(UnsupportedLayerError, match="its input is the module's tensor 'shift'"):
+        from_torch(Biased(), np.zeros((1, 3)))
+
+
 def test_batch_norm_without_running_statistics_is_refused():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False))
     with pytest.raises(UnsupportedLayerError, match="track_running_stats=False"):
@@ -280,6 +295,19 @@ def test_checkpoints_load_into_a_converted_graph(tmp_path, rng, fmt, fold):
     np.testing.assert_array_equal(net.forward(x), expected.forward(x))
     with torch.no_grad():
         np.testing.assert_allclose(net.forward(x), trained.double()(_t(x)).numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_a_converted_graph_saved_natively_still_reads_checkpoints(tmp_path, rng):
+    x = rng.normal(size=(1, 3, 8, 8))
+    net = from_torch(_checkpoint_pair(0), x)
+    L.io.save(net, str(tmp_path / "net.npz"))
+    back = L.io.load(str(tmp_path / "net.npz"))
+    assert back.names == net.names and back.meta == net.meta
+    np.testing.assert_array_equal(back.forward(x), net.forward(x))
+    trained = _checkpoint_pair(1)
+    torch.save({"state_dict": trained.state_dict(), "epoch": 3}, str(tmp_path / "ckpt.pt"))  # a wrapped one
+    load_state_dict(back, str(tmp_path / "ckpt.pt"))
+    np.testing.assert_array_equal(back.forward(x), from_torch(trained, x).forward(x))
 
 
 def test_sequential_by_torch_indices_with_batch_norm_buffers_and_a_mapping(tmp_path, rng):
@@ -348,6 +376,11 @@ def test_a_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
     with pytest.raises(ModelFormatError, match=r"asks for (posix|os|nt)\.system.*refused \(nothing was run\)"):
         load_state_dict(net, path)
     assert not os.path.exists(Evil.marker)
+    # a hand-written data.pkl naming builtins.eval inside a torch archive
+    _rewrite_zip(path, str(tmp_path / "eval.pt"), lambda name, b: b"cbuiltins\neval\n(S'1+1'\ntR." if
+                 name.endswith("data.pkl") else b)
+    with pytest.raises(ModelFormatError, match=r"asks for builtins\.eval"):
+        read_state_dict(str(tmp_path / "eval.pt"))
     # a bare pickle (the legacy format) is not unpickled at all
     with open(tmp_path / "evil.pkl", "wb") as f:
         pickle.dump(Evil(), f)

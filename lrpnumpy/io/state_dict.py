@@ -184,7 +184,15 @@ class _Unpickler(pickle.Unpickler):
         if found is None:
             raise ModelFormatError(f"{self.where}: the pickle asks for {module}.{name}, which a checkpoint of "
                                    f"tensors, dicts, lists and numbers does not need; refused (nothing was run)")
-        return found
+        # fresh objects for each request: a pickle's BUILD on what it was given changes nothing beyond this file
+        if isinstance(found, _StorageType):
+            return _StorageType(found.name)
+        if found is collections.OrderedDict:
+            return found  # a C type: its attributes cannot be set
+
+        def rebuild(*args):
+            return found(*args)
+        return rebuild
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"

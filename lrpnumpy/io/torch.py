@@ -524,10 +524,11 @@ class _Converter:
                 and self.shape(y) is not None):
             raise self.unsupported(n, "adding a constant; only the sum of two tensors computed from the input is "
                                       "supported")
+        ins = [self.data(n, x), self.data(n, y)]  # refuses the module's own tensors (a bias added in forward)
         if self.shape(x) != self.shape(y):
             raise self.unsupported(n, f"adding tensors of shapes {tuple(self.shape(x))} and {tuple(self.shape(y))} "
                                       f"(broadcasting is not supported)")
-        return Lyr.Add(None if alpha == 1 else (1.0, float(alpha))), [self.data(n, x), self.data(n, y)]
+        return Lyr.Add(None if alpha == 1 else (1.0, float(alpha))), ins
 
     def _cat(self, n):
         a = self._Args(n)
