@@ -59,7 +59,8 @@ def from_torch(module, example_input, dtype=np.float64, fold_batchnorm=True, tol
         which is a different explanation.  Batch norms that cannot be folded (DenseNet's, after
         a concatenation) stay :class:`~lrpnumpy.layers.BatchNorm2d` layers; the returned graph's
         ``meta["torch"]`` lists both (``"folded"``: node -> the batch norm folded into it;
-        ``"batchnorm"``: the batch norms kept as layers).
+        ``"batchnorm"``: the batch norms kept as layers; a ``BatchNorm1d`` is always kept, as a
+        :class:`~lrpnumpy.layers.ChannelAffine`).
     tolerance : float
         The largest relative difference (``max |lrpnumpy - torch| / max |torch|`` over the
         outputs) accepted, in float64.
@@ -118,10 +119,14 @@ def from_torch(module, example_input, dtype=np.float64, fold_batchnorm=True, tol
         for name in set(net.names) - set(folded.names):  # folded batch norms: their input node took them
             meta["folded"][net.inputs[name][0]] = [conv.modules.get(name, name), conv.eps[name]]
         net = folded
-    meta["batchnorm"] = [n for n, layer in zip(net.names, net) if isinstance(layer, Lyr.BatchNorm2d)]
+    meta["batchnorm"] = [n for n in net.names if n in conv.eps]  # batch norms left as layers (unfolded)
     net = Lyr.Graph(net.nodes(), output=net.output, input_shape=x.shape[1:], meta={"torch": meta})
     with torch.no_grad():
-        expected = ref(xt)
+        try:
+            expected = ref(xt)
+        except Exception as exc:  # noqa: BLE001 - the user's module refused the example
+            raise ShapeError(f"the module cannot run on the example input of shape {x.shape} "
+                             f"({type(exc).__name__}: {exc})") from None
     _check(torch, net, x, expected, tolerance, gm, conv)
     return net if dt == np.float64 else net.astype(dt)
 
