@@ -65,6 +65,14 @@ def test_clipping_gradient_is_zero_at_the_bounds_as_in_torch():
     np.testing.assert_array_equal(layer.backward(np.ones_like(x), step), xt.grad.numpy())
 
 
+def test_the_new_layers_go_back_to_torch(rng):
+    net = L.Sequential(L.Conv2d(2, 3, 3, rng=0), L.ReLU6(), L.AdaptiveAvgPool2d((3, 2)), L.LeakyReLU(0.3),
+                       L.Hardtanh(-0.2, 0.4), L.Flatten(), L.Linear(6 * 3 * 2 // 2, 4, rng=1))
+    x = rng.normal(size=(2, 2, 6, 7)) * 4
+    with torch.no_grad():
+        np.testing.assert_allclose(L.verify.to_torch(net)(_t(x)).numpy(), net.forward(x), rtol=1e-12, atol=1e-12)
+
+
 def test_adaptive_pool_defaults_to_the_norm_rule_and_bad_parameters_are_refused():
     assert isinstance(L.composites.default_rule(L.AdaptiveAvgPool2d(2)), L.Norm)
     for make in (lambda: L.Hardtanh(1, 1), lambda: L.Hardtanh(0, np.inf), lambda: L.LeakyReLU("a"),
