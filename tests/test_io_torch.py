@@ -455,3 +455,28 @@ def test_missing_extra_and_misshapen_entries_are_named_and_change_nothing(tmp_pa
     np.testing.assert_array_equal(net[0].weight, before)
     load_state_dict(net, dict(good, **{"extra.weight": np.ones(1)}), strict=False)
     np.testing.assert_array_equal(net[0].weight, np.ones((2, 3)))
+
+
+def test_damaged_checkpoints_raise_model_format_errors_only(tmp_path):
+    """Byte flips and cuts anywhere in either format: a state dict or ModelFormatError, nothing else."""
+    safetensors = pytest.importorskip("safetensors.torch")
+    sd = {"a.weight": torch.arange(12.0).reshape(3, 4), "a.bias": torch.ones(3, dtype=torch.float64)}
+    torch.save(sd, str(tmp_path / "c.pt"))
+    safetensors.save_file(sd, str(tmp_path / "c.safetensors"))
+    gen = np.random.default_rng(5)
+    for name in ("c.pt", "c.safetensors"):
+        data = open(tmp_path / name, "rb").read()
+        for k in range(150):
+            blob = bytearray(data)
+            if k % 3 == 0:
+                blob = blob[:int(gen.integers(0, len(blob)))]
+            else:
+                for i in gen.integers(0, len(blob), size=1 + k % 4):
+                    blob[i] = int(gen.integers(0, 256))
+            path = tmp_path / f"bad_{k}_{name}"
+            path.write_bytes(bytes(blob))
+            try:
+                out = read_state_dict(str(path))
+            except ModelFormatError:
+                continue
+            assert isinstance(out, dict) and all(isinstance(v, np.ndarray) for v in out.values())
