@@ -90,7 +90,7 @@ MODELS = {"resnet18": ("layer1.0.conv1", L.Add), "vgg11": ("features.0", L.Adapt
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_torchvision_models_convert_exactly_and_explain(name):
+def test_torchvision_models_convert_exactly_and_explain(name, tmp_path):
     tv = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     model = getattr(tv.models, name)(weights=None).eval()
@@ -113,6 +113,14 @@ def test_torchvision_models_convert_exactly_and_explain(name):
         assert "features.denseblock1.denselayer1.norm1" in kept and "features.norm5" in kept
     else:
         assert kept == []
+    if name in ("resnet18", "mobilenet_v2"):  # their checkpoints, read without torch, refold to the same numbers
+        torch.save(model.state_dict(), str(tmp_path / "model.pt"))
+        blank = net.copy()
+        for layer in blank:
+            for p in layer.params:
+                if getattr(layer, p) is not None:
+                    setattr(layer, p, np.zeros_like(getattr(layer, p)))
+        np.testing.assert_array_equal(load_state_dict(blank, str(tmp_path / "model.pt")).forward(X32), got)
     e = L.explain(net, X32, composite=L.EpsilonPlusFlat())
     report = e.conservation()
     assert np.isfinite(e.relevance).all() and np.isfinite(report.residual()).all()
