@@ -4,6 +4,7 @@ import inspect
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import zipfile
@@ -218,6 +219,16 @@ def test_unsupported_ops_are_named_with_the_line_of_forward():
         from_torch(Gelu(), np.zeros((1, 4)))
     msg = str(info.value)
     assert "GELU module 'act'" in msg and f"line {_line(Gelu, 'self.act(x)')}" in msg
+
+
+def test_an_unsupported_layer_in_torchvision_code_is_named_with_torchvision_s_line():
+    tv = pytest.importorskip("torchvision")
+    with pytest.raises(UnsupportedLayerError) as info:
+        from_torch(tv.models.efficientnet_b0(weights=None), np.zeros((1, 3, 32, 32)))
+    msg = str(info.value)
+    assert "SiLU module 'features.0.2'" in msg
+    assert re.search(r"torchvision[/\\]models[/\\]efficientnet\.py, line \d+, in _forward_impl: x = self\.features\(x\)",
+                     msg)
 
 
 class Branchy(nn.Module):

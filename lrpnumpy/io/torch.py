@@ -206,7 +206,7 @@ def _where(torch, n):
     trace = n.meta.get("stack_trace") or getattr(n, "stack_trace", None)
     if not trace:
         return None
-    torch_dir = os.path.dirname(torch.__file__)
+    torch_dir = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep  # not torchvision's folder
     frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)\n([^\n]*)', trace)
     user = [f for f in frames if not os.path.abspath(f[0]).startswith(torch_dir)]
     if not user:
