@@ -70,7 +70,8 @@ def from_torch(module, example_input, dtype=np.float64, fold_batchnorm=True, tol
     Graph
         Node names are the module's qualified names; ``input_shape`` is the example's sample
         shape; ``meta["torch"]["modules"]`` maps nodes made from module calls to the module's
-        name, which :func:`~lrpnumpy.io.load_state_dict` uses to read a checkpoint into it.
+        name, ``"folded"`` each folded node to ``[batch norm name, eps]``, and ``"eps"`` the batch
+        norms' eps: what :func:`~lrpnumpy.io.load_state_dict` needs to read a checkpoint into it.
 
     Raises
     ------
