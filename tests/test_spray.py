@@ -1,0 +1,255 @@
+"""SpRAy (lrpnumpy.spray): each stage against an independent computation, CoRelAy 1.0's pipeline,
+bad input, and the shipped Clever Hans model found by its explanations."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lrpnumpy import spray
+from lrpnumpy.errors import LRPError, NonFiniteError, ParameterError, RuleParameterError, ShapeError
+
+pytest.importorskip("sklearn")
+from sklearn.metrics import adjusted_rand_score  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+
+def planted(n=120, marked=48, size=10, seed=0):
+    """Random positive heatmaps (N, 1, size, size); the first ``marked`` carry a bright corner."""
+    rng = np.random.default_rng(seed)
+    r = rng.random((n, 1, size, size))
+    r[:marked, 0, :2, :2] += 4.0
+    truth = np.zeros(n, dtype=bool)
+    truth[:marked] = True
+    return r, truth
+
+
+def dense_knn(x, k):
+    """The kNN graph the obvious way: a full distance matrix, each row's k smallest others."""
+    d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(d, np.inf)
+    a = np.zeros_like(d)
+    for i, row in enumerate(d):
+        a[i, np.argsort(row)[:k]] = 1.0
+    return (a + a.T) / 2
+
+
+def dense_laplacian(w):
+    d = w.sum(axis=1) ** -0.5
+    return np.eye(len(w)) - d[:, None] * w * d[None, :]
+
+
+# ---------------------------------------------------------------------------------------------
+# stages
+
+
+def test_preprocess_sums_channels_pools_and_normalises():
+    rng = np.random.default_rng(1)
+    r = rng.standard_normal((3, 2, 5, 5))
+    f = spray.preprocess(r, pool=2)
+    s = r.sum(axis=1)
+    padded = np.zeros((3, 6, 6))
+    padded[:, :5, :5] = s
+    expect = np.array([[padded[i, a:a + 2, b:b + 2].sum() for a in (0, 2, 4) for b in (0, 2, 4)] for i in range(3)])
+    expect /= np.abs(expect).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(f, expect, rtol=1e-13)
+    fa = spray.preprocess(r, absolute=True, normalize=False)
+    np.testing.assert_allclose(fa, np.abs(s).reshape(3, -1), rtol=1e-13)
+    assert spray.preprocess(r[:, 0]).shape == (3, 25)  # (N, H, W) is taken as one channel
+
+
+def test_knn_graph_excludes_the_point_and_is_symmetrised():
+    x = np.random.default_rng(2).standard_normal((40, 6))
+    a = spray.knn_affinity(x, 5)
+    np.testing.assert_array_equal(a.toarray(), dense_knn(x, 5))
+    assert a.diagonal().max() == 0
+    assert set(np.unique(a.data)) <= {0.5, 1.0}
+
+
+def test_laplacian_is_the_symmetric_normalised_one():
+    x = np.random.default_rng(3).standard_normal((30, 4))
+    w = dense_knn(x, 4)
+    np.testing.assert_allclose(spray.laplacian(spray.knn_affinity(x, 4)).toarray(), dense_laplacian(w), atol=1e-15)
+
+
+@pytest.mark.parametrize("dense_limit", [10_000, 50])
+def test_smallest_eigenvalues_ascending_match_a_dense_solve(monkeypatch, dense_limit):
+    monkeypatch.setattr(spray, "DENSE_LIMIT", dense_limit)  # 50: the ARPACK path on the 200-node graph
+    r, _ = planted(200, 70, seed=4)
+    f = spray.preprocess(r)
+    values, vectors, components = spray.spectral_embedding(f, 10, 12)
+    expect = np.linalg.eigvalsh(dense_laplacian(dense_knn(f, 10)))[:12]
+    np.testing.assert_allclose(values, expect, atol=1e-9)
+    assert np.all(np.diff(values) >= -1e-12)
+    lap = dense_laplacian(dense_knn(f, 10))
+    np.testing.assert_allclose(lap @ vectors, vectors * values, atol=1e-7)
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(12), atol=1e-7)
+
+
+def test_a_graph_in_pieces_has_one_exact_zero_per_component(monkeypatch):
+    monkeypatch.setattr(spray, "DENSE_LIMIT", 30)  # the large pieces through ARPACK, the small one dense
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.standard_normal((80, 3)), 100 + rng.standard_normal((60, 3)),
+                        -100 + rng.standard_normal((12, 3))])
+    values, vectors, components = spray.spectral_embedding(x, 4, 6)
+    assert len(np.unique(components)) == 3
+    np.testing.assert_array_equal(values[:3], 0.0)
+    assert values[3] > 1e-3
+    expect = np.linalg.eigvalsh(dense_laplacian(dense_knn(x, 4)))[:6]
+    np.testing.assert_allclose(values, expect, atol=1e-9)
+    # each zero's eigenvector lives on one component
+    for j in range(3):
+        assert len(np.unique(components[np.abs(vectors[:, j]) > 1e-12])) == 1
+
+
+def test_eigengap():
+    assert spray.eigengap([0, 0.01, 0.5, 0.55]) == 2
+    assert spray.eigengap([0, 0, 0, 0.9, 1.0]) == 3
+    assert spray.eigengap([0, 0.9, 0.91, 1.5], max_clusters=2) == 1
+
+
+@pytest.mark.parametrize("clustering", ["kmeans", "agglomerative"])
+def test_analyze_finds_the_planted_corner(clustering):
+    r, truth = planted()
+    res = spray.analyze(r, clustering=clustering, embedding=None)
+    assert res.proposed_clusters == 2 and res.n_clusters == 2
+    assert adjusted_rand_score(truth, res.labels) == 1.0
+    assert res.sizes.tolist() == [72, 48]                      # numbered by size
+    corner = np.zeros((10, 10), dtype=bool)
+    corner[:2, :2] = True
+    marked = res.labels[0]
+    assert res.means[marked][corner].sum() > 0.2 > 0.1 > res.means[1 - marked][corner].sum()  # 0.27 and 0.04
+    np.testing.assert_array_equal(np.sort(np.concatenate([res.members(0), res.members(1)])), np.arange(120))
+    json.dumps(res.to_dict())
+    assert set(res.times) == {"preprocess", "knn", "eigen", "cluster", "embedding"}
+
+
+def test_clustering_uses_the_first_eigenvectors_not_all_of_them():
+    """k-means on all 32 row-normalised eigenvectors (the noise's directions too) misses the mark."""
+    from sklearn.cluster import KMeans
+    r, truth = planted(300, 100, seed=6)
+    res = spray.analyze(r, n_clusters=2, embedding=None)
+    assert adjusted_rand_score(truth, res.labels) == 1.0
+    with threadpool_limits(1):
+        on_all = KMeans(2, n_init=10, random_state=0).fit_predict(spray.row_normalize(res.eigenvectors))
+    assert adjusted_rand_score(truth, on_all) < 0.5
+
+
+def test_embedding_and_plots():
+    r, truth = planted(60, 20)
+    res = spray.analyze(r, n_neighbors=5, n_eigval=8)
+    assert res.embedding.shape == (60, 2) and np.isfinite(res.embedding).all()
+    fig = res.plot_spectrum()
+    line = fig.axes[0].lines[0]
+    np.testing.assert_array_equal(line.get_ydata(), res.eigenvalues)
+    fig = res.plot_embedding(truth=truth)
+    offsets = [c.get_offsets() for c in fig.axes[0].collections]
+    assert sum(len(o) for o in offsets[:2]) == 60 and len(offsets[2]) == 20
+    fig = res.report(images=r[:, 0], truth=truth, examples=2)
+    assert len(fig.axes) == 2 + 2 * (1 + 2 * 2)
+    fig = res.plot_clusters(images=r[:, 0], examples=2)
+    assert fig.axes[0].get_images()[0].get_array().shape == (10, 10)
+
+
+def test_umap_is_a_clear_error_when_missing():
+    r, _ = planted(40, 10)
+    try:
+        import umap  # noqa: F401
+    except ImportError:
+        with pytest.raises(LRPError, match="umap"):
+            spray.analyze(r, n_neighbors=5, n_eigval=4, embedding="umap")
+    else:
+        assert spray.analyze(r, n_neighbors=5, n_eigval=4, embedding="umap").embedding.shape == (40, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+
+
+def test_bad_input_is_a_clear_error():
+    r, _ = planted(30, 10)
+    with pytest.raises(ParameterError, match="n_neighbors=10 needs more heatmaps"):
+        spray.analyze(r[:8])
+    zero = r.copy()
+    zero[3] = 0
+    with pytest.raises(ParameterError, match=r"heatmaps \[3\] hold no relevance"):
+        spray.analyze(zero)
+    nan = r.copy()
+    nan[5, 0, 1, 1] = np.nan
+    with pytest.raises(NonFiniteError, match=r"heatmaps \[5\]"):
+        spray.analyze(nan)
+    with pytest.raises(ParameterError, match="n_clusters=31 is more than the 30"):
+        spray.analyze(r, n_clusters=31)
+    with pytest.raises(ShapeError):
+        spray.analyze(r[:, 0, 0])
+    with pytest.raises(RuleParameterError, match="clustering"):
+        spray.analyze(r, clustering="dbscan")
+    with pytest.raises(ParameterError, match="n_eigval=31"):
+        spray.spectral_embedding(spray.preprocess(r), 5, 31)
+    with pytest.raises(ParameterError, match="pool"):
+        spray.preprocess(r, pool=0)
+    with pytest.raises(ShapeError):
+        spray.add_mark(np.zeros((28, 28)))
+
+
+# ---------------------------------------------------------------------------------------------
+# CoRelAy 1.0 (GPL; a test-time reference only)
+
+
+def _corelay():
+    pytest.importorskip("h5py")
+    corelay = pytest.importorskip("corelay")
+    from corelay.pipeline.spectral import SpectralEmbedding
+    from corelay.processor.embedding import EigenDecomposition
+    from corelay.processor.preprocessing import Pooling
+    return corelay, SpectralEmbedding, EigenDecomposition, Pooling
+
+
+@pytest.mark.reference
+def test_eigenvalues_equal_corelay():
+    corelay, SpectralEmbedding, EigenDecomposition, Pooling = _corelay()
+    r, _ = planted(300, 90, size=12, seed=7)
+    r += np.random.default_rng(8).standard_normal(r.shape)          # signed relevance
+
+    def corelay_preprocessing(data):  # its sum pooling, then the normalisation written out here
+        pooled = Pooling(stride=(1, 1, 2, 2))(data).reshape(len(data), -1)
+        return pooled / np.abs(pooled).sum(axis=1, keepdims=True)
+
+    ours = spray.preprocess(r, pool=2)
+    np.testing.assert_allclose(ours, corelay_preprocessing(r), rtol=1e-13)
+    values, vectors, _ = spray.spectral_embedding(ours, 10, 8)
+    # its pipeline asked for the largest algebraic eigenvalues of D^-1/2 W D^-1/2: the same set
+    ce, cv = SpectralEmbedding(preprocessing=corelay_preprocessing,
+                               embedding=EigenDecomposition(n_eigval=8, which="LA", normalize=False))(r)
+    order = np.argsort(ce)
+    np.testing.assert_allclose(values, ce[order], rtol=0, atol=1e-8)
+    cv = cv[:, order]
+    gaps = np.abs(values[:, None] - values[None, :])
+    np.fill_diagonal(gaps, np.inf)
+    simple = np.flatnonzero(gaps.min(axis=1) > 1e-6)
+    assert len(simple) >= 4
+    for j in simple:  # an eigenvalue of multiplicity 1: the same vector up to sign
+        assert abs(abs(vectors[:, j] @ cv[:, j]) - 1) < 1e-6
+    # its default (32 largest-magnitude mu): the ones below 1 are our smallest, in order; it also
+    # returns values near 2 that are not among the smallest 32
+    ce32, _ = SpectralEmbedding(preprocessing=corelay_preprocessing)(r)
+    ours32 = spray.spectral_embedding(ours, 10, 32)[0]
+    low = np.sort(ce32[ce32 < 1])
+    np.testing.assert_allclose(low, ours32[:len(low)], atol=1e-8)
+    assert ce32.max() > ours32.max()
+
+
+@pytest.mark.reference
+def test_corelay_default_clustering_misses_what_the_first_eigenvectors_find():
+    corelay, SpectralEmbedding, EigenDecomposition, Pooling = _corelay()
+    from corelay.pipeline.spectral import SpectralClustering
+    r, truth = planted(300, 100, seed=6)
+    f = spray.preprocess(r)
+    with threadpool_limits(1):
+        (_, _), labels = SpectralClustering()(f)   # k-means on all 32 of its eigenvectors
+    ours = spray.analyze(r, n_clusters=2, embedding=None).labels
+    assert adjusted_rand_score(truth, ours) == 1.0
+    assert adjusted_rand_score(truth, labels) < 0.5
