@@ -705,3 +705,103 @@ def compare(models, x, klass, labels=None, region=None, composite=None, method=N
             row["inside"], row["outside"] = float(1 - outside.mean()), float(outside.mean())
         rows.append(row)
     return ClassifierComparison(rows, means, None if region is None else np.asarray(region, dtype=bool), int(klass))
+
+
+# ---------------------------------------------------------------------------------------------
+# command line: lrpnumpy spray MODEL DATA --class K
+
+
+def add_parser(sub, positive_int):
+    """The ``spray`` subcommand's arguments (added to lrpnumpy's command line)."""
+    p = sub.add_parser("spray", help="spectral relevance analysis: cluster one class's heatmaps by strategy "
+                                     "(finds Clever Hans)")
+    p.add_argument("model", help="a model file (.npz, .onnx, .txt, .prototxt) or a built-in name")
+    p.add_argument("data", help="inputs: a .npy array, an IDX images file, or 'sample' (the shipped 1,000 "
+                                "Fashion-MNIST test images, with labels)")
+    p.add_argument("--class", dest="klass", type=int, required=True, help="the class whose heatmaps are analysed")
+    p.add_argument("--labels", help="labels (.npy or IDX) of DATA: analyse the inputs of the class (default: the "
+                                    "inputs the model predicts as the class; 'sample' has its own)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--composite", default="epsilon_plus", help="a composite name (default %(default)s)")
+    how.add_argument("--method", help="a method name instead of LRP (e.g. gradient)")
+    p.add_argument("--clusters", type=positive_int, help="number of clusters (default: the eigengap's)")
+    p.add_argument("--neighbors", type=positive_int, default=10, help="of the kNN graph (default %(default)s)")
+    p.add_argument("--eigenvalues", type=positive_int, default=32, help="computed (default %(default)s)")
+    p.add_argument("--pool", type=positive_int, default=1, help="sum pooling before the graph (default 1: none)")
+    p.add_argument("--absolute", action="store_true", help="cluster |R| instead of signed relevance")
+    p.add_argument("--clustering", choices=["kmeans", "agglomerative"], default="kmeans")
+    p.add_argument("--embedding", choices=["tsne", "umap", "none"], default="tsne")
+    p.add_argument("--out", help="write the report figure (spectrum, embedding, clusters) to this PNG/PDF")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def _read_array(path, what):
+    from .datasets import load_idx
+    if path.endswith(".npy"):
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise ShapeError(f"{path}: not a readable .npy array ({exc})") from None
+    return load_idx(path)
+
+
+def cli(args, load_model):
+    """Run ``lrpnumpy spray`` (the parsed arguments); prints a summary or JSON, returns the exit code."""
+    import json
+    from .datasets import sample
+    from .train import predict
+    net = load_model(args.model)
+    dtype = net.dtype or np.float64
+    if args.data == "sample":
+        s = sample(dtype)
+        x, labels = s.images, s.labels
+    else:
+        x = _read_array(args.data, "data")
+        if x.dtype == np.uint8:  # IDX images (or a .npy of them): 0..255 -> [0, 1]
+            x = x.astype(dtype) / 255.0
+        x = np.asarray(x, dtype=dtype)
+        x = x[:, None] if x.ndim == 3 else x
+        labels = None if args.labels is None else np.asarray(_read_array(args.labels, "labels"))
+    if x.ndim != 4:
+        raise ShapeError(f"{args.data}: inputs must be (N, C, H, W) or (N, H, W), got shape {x.shape}")
+    classes = net.meta.get("classes") if isinstance(getattr(net, "meta", None), dict) else None
+    n_out = len(classes) if classes else None
+    if args.klass < 0 or (n_out is not None and args.klass >= n_out):
+        from .errors import TargetError
+        raise TargetError(f"--class {args.klass} is not a class of the model (0..{(n_out or 1) - 1})")
+    if labels is not None:
+        if labels.shape != (len(x),):
+            raise ShapeError(f"labels of shape {labels.shape} do not fit {len(x)} inputs")
+        chosen = np.flatnonzero(labels == args.klass)
+        how = "labelled"
+    else:
+        chosen = np.flatnonzero(predict(net, x) == args.klass)
+        how = "predicted as"
+    if len(chosen) == 0:
+        raise ParameterError(f"no input of {args.data} is {how} class {args.klass}")
+    kwargs = {"method": args.method} if args.method else {"composite": args.composite}
+    relevance = explain_class(net, x[chosen], args.klass, **kwargs)
+    res = analyze(relevance, n_clusters=args.clusters, n_neighbors=args.neighbors, n_eigval=args.eigenvalues,
+                  absolute=args.absolute, pool=args.pool, clustering=args.clustering,
+                  embedding=None if args.embedding == "none" else args.embedding)
+    members = {c: chosen[res.members(c)].tolist() for c in range(res.n_clusters)}
+    if args.out:
+        from .viz import save
+        save(res.report(images=x[chosen, 0]), args.out)
+    if args.json:
+        out = res.to_dict()
+        out.update({"class": args.klass, "class_name": classes[args.klass] if classes else None, "selected": how,
+                    "indices": chosen.tolist(), "members": {str(c): m for c, m in members.items()}, "out": args.out})
+        print(json.dumps(out))
+        return 0
+    name = f" ({classes[args.klass]!r})" if classes else ""
+    print(f"{len(chosen)} inputs {how} class {args.klass}{name}; eigenvalues "
+          f"{' '.join(f'{v:.4f}' for v in res.eigenvalues[:8])} ...")
+    print(f"the eigengap proposes {res.proposed_clusters} cluster(s); {res.n_clusters} used; kNN graph of "
+          f"{len(np.unique(res.components))} component(s)")
+    for c, m in members.items():
+        print(f"cluster {c}: {len(m)} inputs, e.g. {m[:8]}")
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
