@@ -251,3 +251,57 @@ def test_corelay_default_clustering_misses_what_the_first_eigenvectors_find():
     ours = spray.analyze(r, n_clusters=2, embedding=None).labels
     assert adjusted_rand_score(truth, ours) == 1.0
     assert adjusted_rand_score(truth, labels) < 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def test_cli_sample_json_and_figure(tmp_path, capsys):
+    from lrpnumpy.__main__ import main
+    from lrpnumpy import datasets
+    model = os.path.join(datasets.DATA_DIR, "fashion_cnn_maxpool.npz")
+    out = tmp_path / "report.png"
+    assert main(["spray", model, "sample", "--class", "6", "--clusters", "3", "--embedding", "none",
+                 "--json", "--out", str(out)]) == 0
+    got = json.loads(capsys.readouterr().out)
+    labels = datasets.sample().labels
+    assert got["indices"] == np.flatnonzero(labels == 6).tolist() and got["n"] == 100
+    assert got["class_name"] == "Shirt" and got["n_clusters"] == 3 and len(got["eigenvalues"]) == 32
+    members = sorted(i for m in got["members"].values() for i in m)
+    assert members == got["indices"] and sum(got["sizes"]) == 100
+    from PIL import Image
+    with Image.open(out) as im:
+        assert im.size[0] > 600 and np.asarray(im.convert("L")).std() > 10   # drawn, not blank
+
+
+def test_cli_npy_with_labels_and_predicted(tmp_path, capsys):
+    from lrpnumpy.__main__ import main
+    from lrpnumpy import datasets, train
+    import lrpnumpy as L
+    model = os.path.join(datasets.DATA_DIR, "fashion_cnn_maxpool.npz")
+    s = datasets.sample()
+    x, y = s.images[:200], s.labels[:200]
+    np.save(tmp_path / "x.npy", x[:, 0])          # (N, H, W) is one channel
+    np.save(tmp_path / "y.npy", y)
+    assert main(["spray", model, str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"), "--class", "1",
+                 "--embedding", "none", "--neighbors", "5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["indices"] == np.flatnonzero(y == 1).tolist()
+    predicted = train.predict(L.io.load(model), x.astype(np.float32))
+    assert main(["spray", model, str(tmp_path / "x.npy"), "--class", "1", "--embedding", "none",
+                 "--neighbors", "5", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["selected"] == "predicted as" and got["indices"] == np.flatnonzero(predicted == 1).tolist()
+
+
+def test_cli_bad_input_is_exit_2_and_one_line(tmp_path):
+    from lrpnumpy import datasets
+    model = os.path.join(datasets.DATA_DIR, "fashion_cnn_maxpool.npz")
+    np.save(tmp_path / "few.npy", datasets.sample().images[:3])
+    for args in (["spray", model, "sample", "--class", "10"],
+                 ["spray", model, str(tmp_path / "missing.npy"), "--class", "1"],
+                 ["spray", model, str(tmp_path / "few.npy"), "--class", "1", "--labels", str(tmp_path / "few.npy")],
+                 ["spray", model, "sample", "--class", "1", "--clusters", "0"]):
+        r = subprocess.run([sys.executable, "-m", "lrpnumpy", *args], capture_output=True, text=True)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
