@@ -305,3 +305,79 @@ def test_cli_bad_input_is_exit_2_and_one_line(tmp_path):
         r = subprocess.run([sys.executable, "-m", "lrpnumpy", *args], capture_output=True, text=True)
         assert r.returncode == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# the shipped Clever Hans model and its clean twin (data/make_clever_hans.py)
+
+
+def _shirts():
+    """The sample's 100 Shirt test images, a seeded half of them marked, and that mask."""
+    from lrpnumpy import datasets
+    s = datasets.sample(np.float32)
+    x = s.images[s.labels == 6]
+    marked = np.zeros(len(x), dtype=bool)
+    marked[np.random.default_rng(0).permutation(len(x))[:50]] = True
+    xm = x.copy()
+    xm[marked] = spray.add_mark(x[marked])
+    return x, xm, marked
+
+
+def _model(name):
+    import lrpnumpy as L
+    from lrpnumpy import datasets
+    return L.io.load(os.path.join(datasets.DATA_DIR, f"{name}.npz"))
+
+
+def _inside(means, region):
+    pos = np.maximum(means, 0)
+    return pos[:, region].sum(axis=1) / pos.reshape(len(pos), -1).sum(axis=1)
+
+
+def test_spray_finds_the_clever_hans_models_mark():
+    x, xm, marked = _shirts()
+    net = _model("fashion_clever_hans")
+    assert net.meta["test_accuracy"] > 0.87                    # it scores well on the clean test set
+    res = spray.analyze(spray.explain_class(net, xm, 6), embedding=None)
+    assert res.proposed_clusters == 2                          # the eigengap sees two strategies
+    assert adjusted_rand_score(marked, res.labels) >= 0.9      # measured: 1.0
+    hans = np.bincount(res.labels[marked], minlength=2).argmax()
+    inside = _inside(res.means, spray.mark_region())
+    assert inside[hans] > 0.2 and inside[1 - hans] < 0.02      # measured: 0.32 of the positive relevance on 9 pixels
+    # removing the mark lowers the Shirt score of every marked image (measured: 12.2 -> 4.4 on average)
+    with_mark, without = net.forward(xm[marked])[:, 6], net.forward(x[marked])[:, 6]
+    assert np.all(without < with_mark) and np.mean(with_mark - without) > 3
+
+
+def test_the_clean_model_shows_none_of_it():
+    x, xm, marked = _shirts()
+    net = _model("fashion_clean")
+    res = spray.analyze(spray.explain_class(net, xm, 6), n_clusters=2, embedding=None)
+    assert adjusted_rand_score(marked, res.labels) < 0.2       # measured: 0.0
+    assert _inside(res.means, spray.mark_region()).max() < 0.05   # measured: 0.023 and 0.017
+    with_mark, without = net.forward(xm[marked])[:, 6], net.forward(x[marked])[:, 6]
+    assert abs(np.mean(with_mark - without)) < 0.5            # measured: 0.13 (Hans: 7.9)
+
+
+def test_compare_puts_the_two_models_side_by_side():
+    from lrpnumpy import datasets
+    x, xm, marked = _shirts()
+    s = datasets.sample(np.float32)
+    models = {"clever hans": _model("fashion_clever_hans"), "clean": _model("fashion_clean")}
+    table = spray.compare(models, xm, 6, labels=np.full(len(xm), 6), region=spray.mark_region())
+    hans, clean = table.rows
+    assert hans["inside"] > 0.1 > 0.05 > clean["inside"]
+    # every marked shirt is a Shirt to Hans, but it misses more of the others: 0.77 against 0.80
+    assert (hans["accuracy"], clean["accuracy"]) == (0.77, 0.80)
+    assert hans["score"] > clean["score"] + 2
+    np.testing.assert_allclose(hans["inside"] + hans["outside"], 1.0)
+    assert table.similarity.shape == (2, 2) and np.allclose(np.diag(table.similarity), 1.0)
+    overall = spray.compare(models, s.images, 6, labels=s.labels)
+    assert abs(overall.rows[0]["accuracy"] - overall.rows[1]["accuracy"]) < 0.03   # similar accuracy
+    assert overall.rows[0]["inside"] is None
+    fig = table.plot()
+    assert len(fig.axes) == 2 and "clever hans" in fig.axes[0].get_title()
+    json.dumps(table.to_dict())
+    assert "clever hans" in repr(table)
+    with pytest.raises(ParameterError):
+        spray.compare({}, xm, 6)
