@@ -736,7 +736,7 @@ def add_parser(sub, positive_int):
     return p
 
 
-def _read_array(path, what):
+def _read_array(path):
     from .datasets import load_idx
     if path.endswith(".npy"):
         try:
@@ -757,12 +757,12 @@ def cli(args, load_model):
         s = sample(dtype)
         x, labels = s.images, s.labels
     else:
-        x = _read_array(args.data, "data")
+        x = _read_array(args.data)
         if x.dtype == np.uint8:  # IDX images (or a .npy of them): 0..255 -> [0, 1]
             x = x.astype(dtype) / 255.0
         x = np.asarray(x, dtype=dtype)
         x = x[:, None] if x.ndim == 3 else x
-        labels = None if args.labels is None else np.asarray(_read_array(args.labels, "labels"))
+        labels = None if args.labels is None else np.asarray(_read_array(args.labels))
     if x.ndim != 4:
         raise ShapeError(f"{args.data}: inputs must be (N, C, H, W) or (N, H, W), got shape {x.shape}")
     classes = net.meta.get("classes") if isinstance(getattr(net, "meta", None), dict) else None
