@@ -233,12 +233,16 @@ def _component_spectrum(lap, degree, k, seed):
         values, vectors = scipy.linalg.eigh(lap.toarray(), subset_by_index=[0, k - 1])
     else:
         import scipy.sparse
-        from scipy.sparse.linalg import eigsh
+        from scipy.sparse.linalg import ArpackNoConvergence, eigsh
         # the largest eigenvalues of M = I - L (in [-1, 1]) are L's smallest: no factorisation, and the
         # zero of a connected component is simple, found as M's top eigenvalue 1
         m = (scipy.sparse.identity(n, format="csr") - lap).tocsr()
         v0 = np.random.default_rng(seed).standard_normal(n)
-        mu, vectors = eigsh(m, k=k, which="LA", v0=v0, ncv=min(n, max(2 * k + 1, 40)), tol=1e-12)
+        try:
+            mu, vectors = eigsh(m, k=k, which="LA", v0=v0, ncv=min(n, max(2 * k + 1, 40)), tol=1e-12)
+        except ArpackNoConvergence:  # rare; the dense solve is slow (minutes at 6,000 nodes) but exact
+            import scipy.linalg
+            mu, vectors = scipy.linalg.eigh(m.toarray(), subset_by_index=[n - k, n - 1])
         values = 1.0 - mu
         order = np.argsort(values, kind="stable")
         values, vectors = values[order], vectors[:, order]

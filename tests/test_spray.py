@@ -396,3 +396,21 @@ def test_the_mark_is_found_whichever_shirts_carry_it(seed, fraction):
     res = spray.analyze(spray.explain_class(_model("fashion_clever_hans"), x, 6), n_clusters=2, embedding=None)
     assert adjusted_rand_score(marked, res.labels) >= 0.9
     assert res.eigenvalues[1] < 0.01 < 0.1 < res.eigenvalues[2]
+
+
+def test_arpack_that_does_not_converge_falls_back_to_the_dense_solve(monkeypatch):
+    import scipy.sparse.linalg
+
+    def fails(*args, **kwargs):
+        raise scipy.sparse.linalg.ArpackNoConvergence("no convergence", np.zeros(0), np.zeros((0, 0)))
+    monkeypatch.setattr(scipy.sparse.linalg, "eigsh", fails)
+    monkeypatch.setattr(spray, "DENSE_LIMIT", 20)
+    r, _ = planted(80, 30, seed=9)
+    f = spray.preprocess(r)
+    values = spray.spectral_embedding(f, 6, 5)[0]
+    np.testing.assert_allclose(values, np.linalg.eigvalsh(dense_laplacian(dense_knn(f, 6)))[:5], atol=1e-10)
+
+
+def test_cli_help():
+    r = subprocess.run([sys.executable, "-m", "lrpnumpy", "spray", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--class" in r.stdout and "usage: lrpnumpy spray" in r.stdout
