@@ -391,8 +391,8 @@ class SpRAyResult:
         ax.plot(k, self.eigenvalues, "o-", ms=3)
         g = self.proposed_clusters
         if g < len(self.eigenvalues):
-            ax.annotate("", (g + 1, self.eigenvalues[g]), (g + 1, self.eigenvalues[g - 1]),
-                        arrowprops=dict(arrowstyle="<->", color="C3"))
+            ax.annotate("", (g + 0.5, self.eigenvalues[g]), (g + 0.5, self.eigenvalues[g - 1]),
+                        arrowprops=dict(arrowstyle="<->", color="C3"))  # between points g and g + 1
             ax.axvline(g + 0.5, color="C3", ls=":", lw=1)
             ax.set_title(f"eigenvalues: largest gap after {g}", fontsize="small")
         ax.set_xlabel("index")
