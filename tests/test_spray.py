@@ -191,6 +191,10 @@ def test_bad_input_is_a_clear_error():
         spray.spectral_embedding(spray.preprocess(r), 5, 31)
     with pytest.raises(ParameterError, match="pool"):
         spray.preprocess(r, pool=0)
+    with pytest.raises(ParameterError, match="threads"):
+        spray.analyze(r, threads=0)
+    with pytest.raises(RuleParameterError, match="embedding"):
+        spray.analyze(r, embedding="pca")
     with pytest.raises(ShapeError):
         spray.add_mark(np.zeros((28, 28)))
 
