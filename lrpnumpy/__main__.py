@@ -257,6 +257,11 @@ def _explain_dataset(args):
     return 0
 
 
+def _spray(args):
+    from .spray import cli
+    return cli(args, _load_model)
+
+
 def main(argv=None):
     from . import __version__
     parser = _Parser(prog="lrpnumpy", description="Layer-wise Relevance Propagation in NumPy")
@@ -345,6 +350,8 @@ def main(argv=None):
                                          "arguments")
     bench.add_argument("script", choices=["bench_lrp", "compare_zennit", "fuzz"])
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the script")
+    from .spray import add_parser as _spray_parser
+    _spray_parser(sub, _positive_int)
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -352,7 +359,7 @@ def main(argv=None):
             run(args.out, args.model)
             return 0
         return {"explain": _explain, "evaluate": _evaluate, "explain-dataset": _explain_dataset, "verify": _verify,
-                "train": _train, "bench": _bench}[args.command](args)
+                "train": _train, "bench": _bench, "spray": _spray}[args.command](args)
     except (LRPError, OSError) as exc:
         print(f"lrpnumpy: error: {exc}", file=sys.stderr)
         return 2

@@ -13,12 +13,12 @@ Zennit's; a composite that needs parameters says so in ``needs``, and
 import numpy as np
 
 from .errors import RuleParameterError
-from .layers import Add, Conv2d, GlobalAvgPool2d, Layer, Linear, MaxPool2d, SumPool2d
+from .layers import AdaptiveAvgPool2d, Add, Conv2d, GlobalAvgPool2d, Layer, Linear, MaxPool2d, SumPool2d
 from .rules import (LRP0, AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Rule, ToolboxAlphaBeta, WinnerTakesAll,
                     WSquare, ZBox, ZPlus)
 
 #: The rule of every layer that nothing else gives one: the first matching entry wins.
-DEFAULT_RULES = [((Linear, Conv2d), LRP0()), ((SumPool2d, GlobalAvgPool2d, Add), Norm()),
+DEFAULT_RULES = [((Linear, Conv2d), LRP0()), ((SumPool2d, GlobalAvgPool2d, AdaptiveAvgPool2d, Add), Norm()),
                  (MaxPool2d, WinnerTakesAll()), (Layer, Pass())]
 
 

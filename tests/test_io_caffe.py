@@ -311,3 +311,69 @@ def test_unsupported_merges_are_named(tmp_path, rng, change, error, match):
     write_branches(tmp_path / "m.caffemodel", rng)
     with pytest.raises(error, match=match):
         load_caffe(str(tmp_path / "m.prototxt"), str(tmp_path / "m.caffemodel"))
+
+
+# Caffe at TEST (pycaffe's caffe.Net(prototxt, weights, caffe.TEST)): phase TEST, level 0, the stages of the
+# net's own `state`.  A layer with include rules is kept when one of them is met, any other layer unless one of
+# its exclude rules is met; a rule is met when every constraint it sets holds (one that sets none is met).
+PHASE_RULES = [
+    ("", True),
+    ("exclude { phase: TEST }", False),
+    ("exclude { phase: TRAIN }", True),
+    ("exclude { }", False),
+    ("include { }", True),
+    ("include { phase: TEST }", True),
+    ("include { phase: TRAIN }", False),
+    ("include { phase: TRAIN } include { phase: TEST }", True),
+    ("include { phase: TEST } include { phase: TRAIN }", True),
+    ("exclude { phase: TRAIN } exclude { phase: TEST }", False),
+    ("include { stage: 'deploy' }", False),
+    ("include { phase: TEST not_stage: 'train' }", True),
+    ("exclude { not_stage: 'deploy' }", False),
+    ("include { min_level: 1 }", False),
+    ("include { min_level: 0 max_level: 2 }", True),
+    ("include { max_level: -1 }", False),
+]
+
+
+@pytest.mark.parametrize("rules, kept", PHASE_RULES)
+def test_include_exclude_rules_as_caffe_applies_them_at_test(tmp_path, rules, kept):
+    text = ('input: "data"\ninput_shape { dim: 1 dim: 3 }\n'
+            f'layer {{ name: "r" type: "ReLU" bottom: "data" top: "data" {rules} }}\n'
+            'layer { name: "t" type: "TanH" bottom: "data" top: "y" }\n')
+    (tmp_path / "n.prototxt").write_text(text)
+    (tmp_path / "n.caffemodel").write_bytes(schema()["NetParameter"]().SerializeToString())
+    net = load_caffe(str(tmp_path / "n.prototxt"), str(tmp_path / "n.caffemodel"))
+    assert [type(layer).__name__ for layer in net] == (["ReLU", "Tanh"] if kept else ["Tanh"])
+    x = np.array([[-1.0, 0.5, 2.0]], np.float32)
+    np.testing.assert_array_equal(net.forward(x), np.tanh(np.maximum(x, 0) if kept else x))
+
+
+def test_stage_rules_read_the_nets_own_state(tmp_path):
+    text = ('input: "data"\ninput_shape { dim: 1 dim: 3 }\nstate { stage: "deploy" }\n'
+            'layer { name: "r" type: "ReLU" bottom: "data" top: "data" include { stage: "deploy" } }\n'
+            'layer { name: "loss" type: "TanH" bottom: "data" top: "data" exclude { stage: "deploy" } }\n')
+    (tmp_path / "n.prototxt").write_text(text)
+    (tmp_path / "n.caffemodel").write_bytes(schema()["NetParameter"]().SerializeToString())
+    net = load_caffe(str(tmp_path / "n.prototxt"), str(tmp_path / "n.caffemodel"))
+    assert [type(layer).__name__ for layer in net] == ["ReLU"]
+
+
+def test_include_and_exclude_together_are_refused(tmp_path):
+    text = ('input: "data"\ninput_shape { dim: 1 dim: 3 }\n'
+            'layer { name: "r" type: "ReLU" bottom: "data" top: "y" include { phase: TEST } exclude { phase: TRAIN } }\n')
+    (tmp_path / "n.prototxt").write_text(text)
+    (tmp_path / "n.caffemodel").write_bytes(schema()["NetParameter"]().SerializeToString())
+    with pytest.raises(ModelFormatError, match="layer 'r' \\(ReLU\\): both include and exclude rules"):
+        load_caffe(str(tmp_path / "n.prototxt"), str(tmp_path / "n.caffemodel"))
+
+
+@pytest.mark.parametrize("pool", ["MAX", "AVE"])
+def test_pooling_pad_not_smaller_than_the_kernel_is_refused(tmp_path, pool):
+    text = ('input: "data"\ninput_shape { dim: 1 dim: 1 dim: 4 dim: 4 }\n'
+            f'layer {{ name: "p" type: "Pooling" bottom: "data" top: "y" pooling_param {{ pool: {pool} kernel_size: 2 '
+            'pad_h: 0 pad_w: 2 } }\n')
+    (tmp_path / "n.prototxt").write_text(text)
+    (tmp_path / "n.caffemodel").write_bytes(schema()["NetParameter"]().SerializeToString())
+    with pytest.raises(ModelFormatError, match=r"layer 'p' \(Pooling\): pad \(0, 2\) must be smaller than the kernel"):
+        load_caffe(str(tmp_path / "n.prototxt"), str(tmp_path / "n.caffemodel"))

@@ -218,3 +218,76 @@ def test_hostile_files_are_refused_in_bounded_memory(tmp_path):
     loaded = sorted(k for k, v in results.items() if v == "loaded")
     # only the caffe global pooling over a huge declared input is a valid network (nothing is run at load time)
     assert all(k.startswith("caffe") and int(k[5:]) % 3 == 2 for k in loaded), {k: results[k] for k in loaded}
+
+
+# ----- the red team's file classes (tests/hostile_files.py): refused fast, in little memory, with a short message -----
+
+def test_every_hostile_class_is_refused_or_read_right(tmp_path):
+    """Each class of tests/hostile_files.py, several variants each (benchmarks/fuzz.py --files runs many more)."""
+    pytest.importorskip("onnx")
+    import hostile_files as H
+    found = {}
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        for make in H.CLASSES:
+            d = tmp_path / f"{make.__name__}{seed}"
+            d.mkdir()
+            case = make(d, rng)
+            outcome, seconds, peak, net = H.run(case)
+            found[(case.name, seed)] = H.violation(case, outcome, seconds, peak, net, max_seconds=2.0, max_mb=8.0)
+    assert not {k: v for k, v in found.items() if v}
+
+
+def _native(tmp_path, meta=None, duplicate=None, shape=(3,)):
+    import hostile_files as H
+    arch = H._linear_arch(meta)
+    arch["input_shape"] = None if shape is None else list(shape)
+    path = tmp_path / "m.npz"
+    H._native_file(path, arch, {"layer0.weight": np.ones((2, 3))}, duplicate)
+    return path
+
+
+def test_native_duplicate_archive_members_are_refused(tmp_path):
+    from lrpnumpy.errors import ModelFormatError
+    assert L.io.load(_native(tmp_path)).layers[0].weight.sum() == 6
+    with pytest.raises(ModelFormatError, match="archive member 'layer0.weight.npy' appears 2 times"):
+        L.io.load(_native(tmp_path, duplicate=("layer0.weight", -np.ones((2, 3)))))
+    with pytest.raises(ModelFormatError, match="archive member '__architecture__.npy' appears 2 times"):
+        L.io.load(_native(tmp_path, duplicate=("__architecture__", np.array("{}"))))
+
+
+@pytest.mark.parametrize("meta, match", [
+    ({"input_range": "ab"}, r"meta 'input_range' must be a list \[low, high\] of two finite numbers with low < high, "
+                            r"got 'ab'"),
+    ({"input_range": [1, 1]}, "meta 'input_range'"), ({"input_range": [0, 1, 2]}, "meta 'input_range'"),
+    ({"input_range": [False, True]}, "meta 'input_range'"), ({"input_range": [0, 1e999]}, "meta 'input_range'"),
+    ({"classes": "ab"}, r"meta 'classes' must be a list of class names \(strings\), got 'ab'"),
+    ({"classes": ["a", 2]}, "meta 'classes'"),
+    ({"classes": ["a"]}, r"meta 'classes' names 1 classes, but the network has 2 outputs \(shape \(2,\)\)"),
+    ({"classes": ["a", "b", "c"]}, "meta 'classes' names 3 classes, but the network has 2 outputs"),
+    ({"dataset": ["x"]}, "meta 'dataset' must be a string"),
+    ({"test_accuracy": "0.9"}, "meta 'test_accuracy' must be a finite number"),
+])
+def test_native_meta_is_checked_at_load(tmp_path, meta, match):
+    from lrpnumpy.errors import ModelFormatError
+    with pytest.raises(ModelFormatError, match=match) as info:
+        L.io.load(_native(tmp_path, meta))
+    assert len(str(info.value)) < 400
+
+
+def test_native_good_meta_loads(tmp_path):
+    meta = {"input_range": [-1, 1.5], "classes": ["a", "b"], "dataset": "d", "test_accuracy": 0.5, "anything": [1]}
+    assert L.io.load(_native(tmp_path, meta)).meta == meta
+    assert L.io.load(_native(tmp_path, {"classes": ["a", "b", "c"]}, shape=None)).meta["classes"] == ["a", "b", "c"]
+    for name in ("fashion_mlp", "fashion_cnn_maxpool", "fashion_cnn_sumpool"):  # the shipped models
+        import os
+        path = os.path.join(os.path.dirname(__file__), "..", "data", f"{name}.npz")
+        assert len(L.io.load(path).meta["classes"]) == 10
+
+
+def test_native_save_refuses_meta_that_load_would_refuse(tmp_path):
+    from lrpnumpy.errors import ModelFormatError
+    net = L.Sequential(L.Linear(3, 2), input_shape=(3,), meta={"classes": ["a"]})
+    with pytest.raises(ModelFormatError, match="meta 'classes' names 1 classes"):
+        L.io.save(net, tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()

@@ -276,3 +276,165 @@ def test_a_layer_that_does_not_fit_its_input_names_the_shapes():
                          [1, 2, 5, 5], "y")
     with pytest.raises(UnsupportedLayerError, match=r"'c' \(Conv\): does not fit its inputs of shapes \[\(2, 5, 5\)\]"):
         load_onnx(model)
+
+
+# ----- files that declare more than they hold, or that a careless loader misreads -----
+
+def _refused_small_and_fast(case, max_mb=4.0, max_seconds=2.0):
+    """Load a hostile case: the expected lrpnumpy error, a short message, little memory and time."""
+    import re
+    import time
+    import tracemalloc
+    tracemalloc.start()
+    t = time.perf_counter()
+    try:
+        with pytest.raises(case.error) as info:
+            case.load()
+    finally:
+        seconds = time.perf_counter() - t
+        peak = tracemalloc.get_traced_memory()[1] / 2 ** 20
+        tracemalloc.stop()
+    message = str(info.value)
+    assert re.search(case.match, message), message[:500]
+    assert len(message) < 400, message[:500]
+    assert peak < max_mb and seconds < max_seconds, (case.name, peak, seconds)
+    return message
+
+
+@pytest.mark.parametrize("builder", ["onnx_reshape_target", "onnx_unsqueeze_axes", "onnx_shape_of_shape",
+                                     "onnx_gemm_weight", "onnx_many_weights", "onnx_declared_initializer",
+                                     "onnx_external_data", "onnx_duplicate_initializer", "onnx_foreign_domain",
+                                     "onnx_pool_pads", "onnx_redefined_output"])
+def test_hostile_onnx_files_are_refused_before_anything_is_allocated(tmp_path, builder):
+    import hostile_files
+    for seed in range(4):  # the builders' variants (3e8 or 1e6 values, MaxPool or AveragePool, ...)
+        _refused_small_and_fast(getattr(hostile_files, builder)(tmp_path, np.random.default_rng(seed)))
+
+
+def test_constant_caps_name_the_node_and_quote_few_values(tmp_path):
+    from lrpnumpy.io.onnx import MAX_SHAPE_VALUES
+    # a target shape under the cap but unsupported: the message lists six of its values
+    nodes = [helper.make_node("Constant", [], ["t"], value=numpy_helper.from_array(np.ones(40, np.int64))),
+             helper.make_node("Reshape", ["x", "t"], ["y"], name="r")]
+    with pytest.raises(UnsupportedLayerError, match=r"'r' \(Reshape\): target shape \[1, 1, 1, 1, 1, 1, \.\.\. "
+                                                    r"\(40 values\)\]") as info:
+        load_onnx(_chain_model(nodes, {}, [1, 4], "y"))
+    assert len(str(info.value)) < 300
+    # a shape tensor of floats is not a shape
+    nodes[0] = helper.make_node("Constant", [], ["t"], value=numpy_helper.from_array(np.ones(2, np.float32)))
+    with pytest.raises(ModelFormatError, match=r"'r' \(Reshape\): the target shape has dtype float32"):
+        load_onnx(_chain_model(nodes, {}, [1, 4], "y"))
+    assert MAX_SHAPE_VALUES == 64  # numpy's most dimensions: a longer shape tensor is never a shape
+
+
+def test_max_elements_caps_one_constant_and_all_weights(rng):
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], transB=1, name="g1"),
+             helper.make_node("Gemm", ["h", "w2"], ["y"], transB=1, name="g2")]
+    model = _chain_model(nodes, {"w": rng.normal(size=(20, 20)), "b": rng.normal(size=20),
+                                 "w2": rng.normal(size=(3, 20))}, [1, 20], "y")
+    assert len(load_onnx(model)) == 2 and len(load_onnx(model, max_elements=480)) == 2
+    with pytest.raises(ModelFormatError, match=r"'g2' \(Gemm\): B 'w2' of shape \(3, 20\) brings the network's "
+                                               r"weights to 480 values, more than the 479"):
+        load_onnx(model, max_elements=479)
+    with pytest.raises(ModelFormatError, match=r"initializer 'w': the tensor declares 400 values \(shape \[20, 20\]\), "
+                                               r"more than the 399"):
+        load_onnx(model, max_elements=399)
+    for bad in (0, -1, 2.5, True, "10"):
+        with pytest.raises(L.errors.ParameterError, match="max_elements"):
+            load_onnx(model, max_elements=bad)
+
+
+def test_external_data_within_the_caps_still_loads(tmp_path, rng):
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
+    w, b = rng.normal(size=(3, 40)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    model = _chain_model(nodes, {"w": w, "b": b}, [1, 40], "y")
+    onnx.save_model(model, str(tmp_path / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="m.data", size_threshold=0)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(str(tmp_path / "m.onnx"),
+                                                                               load_external_data=False).graph.initializer)
+    net = load_onnx(str(tmp_path / "m.onnx"))
+    x = rng.normal(size=(2, 40)).astype(np.float32)
+    np.testing.assert_allclose(net.forward(x), x @ w.T + b, rtol=1e-5)
+
+
+def test_pooling_windows_wholly_in_the_padding_are_refused():
+    # pads < kernel: loads (ONNX's own rule); pads >= kernel: refused, naming the node
+    ok = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 2], pads=[1, 1, 1, 1], count_include_pad=0)
+    assert isinstance(load_onnx(_chain_model([ok], {}, [1, 1, 4, 4], "y"))[0], L.AvgPool2d)
+    for op in ("AveragePool", "MaxPool"):
+        bad = helper.make_node(op, ["x"], ["y"], name="p", kernel_shape=[2, 3], pads=[0, 3, 0, 0])
+        with pytest.raises(UnsupportedLayerError, match=rf"'p' \({op}\): pads \[0, 0, 3, 0\] \(top, bottom, left, "
+                                                        rf"right\): each must be smaller than the kernel \[2, 3\]"):
+            load_onnx(_chain_model([bad], {}, [1, 1, 4, 4], "y"))
+    # dilated taps that skip the whole input even with pads < kernel (2 x 2 input, taps at -1 and 2)
+    dilated = helper.make_node("AveragePool", ["x"], ["y"], name="d", kernel_shape=[2, 2], pads=[1, 1, 1, 1],
+                               dilations=[3, 3], count_include_pad=0)
+    with pytest.raises(UnsupportedLayerError, match=r"'d' \(AveragePool\): .* every tap in the padding"):
+        load_onnx(_chain_model([dilated], {}, [1, 1, 2, 2], "y"))
+
+
+def test_lrpnumpy_pseudo_operators_are_not_read_from_files():
+    node = helper.make_node("ChannelShuffle", ["x"], ["y"], name="cs", groups=2)
+    with pytest.raises(UnsupportedLayerError, match=r"'cs' \(ChannelShuffle\): not an ONNX operator"):
+        load_onnx(_chain_model([node], {}, [1, 4, 2, 2], "y"))
+
+
+def test_an_axis_no_array_can_have_is_refused_even_in_an_empty_constant():
+    nodes = [helper.make_node("Constant", [], ["s"], value=numpy_helper.from_array(np.array([0, 2 ** 63 - 1]))),
+             helper.make_node("ConstantOfShape", ["s"], ["w"], name="empty"),
+             helper.make_node("MatMul", ["x", "w"], ["y"])]
+    with pytest.raises(ModelFormatError, match=r"'empty' \(ConstantOfShape\): the constant has a dimension over "
+                                               r"2147483647: \[0, 9223372036854775807\]"):
+        load_onnx(_chain_model(nodes, {}, [1, 4], "y"))
+
+
+def test_negative_pool_pads_are_named_as_negative():
+    node = helper.make_node("MaxPool", ["x"], ["y"], name="p", kernel_shape=[2, 2], pads=[-1, 0, 0, 0])
+    with pytest.raises(ModelFormatError, match=r"'p' \(MaxPool\): negative pads \[-1, 0, 0, 0\]"):
+        load_onnx(_chain_model([node], {}, [1, 1, 4, 4], "y"))
+
+
+def test_external_data_reads_only_what_the_shape_declares(tmp_path):
+    w = np.arange(12, dtype=np.float32).reshape(4, 3)
+    (tmp_path / "w.bin").write_bytes(w.tobytes() + bytes(10 ** 6))  # a data file far longer than the tensor
+
+    def model(**entries):
+        init = onnx.TensorProto(name="w", data_type=onnx.TensorProto.FLOAT, dims=[4, 3])
+        init.data_location = onnx.TensorProto.EXTERNAL
+        for k, v in dict(location="w.bin", **entries).items():
+            init.external_data.add(key=k, value=v)
+        (tmp_path / "m.onnx").write_bytes(_chain_model([helper.make_node("MatMul", ["x", "w"], ["y"])], {},
+                                                       [1, 4], "y").SerializeToString())
+        m = onnx.load(str(tmp_path / "m.onnx"))
+        m.graph.initializer.append(init)
+        return m
+    m = model()  # no length: exactly 48 bytes are read
+    (tmp_path / "m.onnx").write_bytes(m.SerializeToString())
+    np.testing.assert_array_equal(load_onnx(str(tmp_path / "m.onnx"))[0].weight, w.T)
+    m = model(length=str(10 ** 6))
+    (tmp_path / "m.onnx").write_bytes(m.SerializeToString())
+    with pytest.raises(ModelFormatError, match=r"initializer 'w': external data length '1000000'; its shape \[4, 3\] "
+                                               r"needs 48 bytes"):
+        load_onnx(str(tmp_path / "m.onnx"))
+    with pytest.raises(ModelFormatError, match="external files; give the model's file path"):
+        load_onnx(model().SerializeToString())  # bytes: no folder to read from
+
+
+def test_a_huge_constant_view_is_free_until_something_would_copy_it():
+    import tracemalloc
+    big = [helper.make_node("Constant", [], ["s"], value=numpy_helper.from_array(np.array([20000, 20000]))),
+           helper.make_node("ConstantOfShape", ["s"], ["big"], name="big")]
+    tracemalloc.start()
+    try:
+        net = load_onnx(_chain_model(big + [helper.make_node("Relu", ["x"], ["y"])], {}, [1, 4], "y"))
+        assert [type(layer).__name__ for layer in net] == ["ReLU"]  # unused: never copied
+        fold = [helper.make_node("Constant", [], ["t"], value=numpy_helper.from_array(np.array([4 * 10 ** 8]))),
+                helper.make_node("Reshape", ["big", "t"], ["flat"], name="r"),
+                helper.make_node("Relu", ["x"], ["y"])]
+        with pytest.raises(ModelFormatError, match=r"'r' \(Reshape\): the reshaped constant declares 400000000 "
+                                                   r"values \(shape \[20000, 20000\]\), more than the 268435456"):
+            load_onnx(_chain_model(big + fold, {}, [1, 4], "y"))
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 4 << 20

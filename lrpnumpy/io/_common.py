@@ -71,7 +71,26 @@ def parse_errors(where, kind):
     except MemoryError:
         raise ModelFormatError(f"{where}: damaged {kind} (it declares more data than fits in memory)") from None
     except Exception as exc:  # noqa: BLE001 - a damaged file must not escape as a raw traceback
-        raise ModelFormatError(f"{where}: damaged {kind} ({type(exc).__name__}: {exc})") from None
+        raise ModelFormatError(f"{where}: damaged {kind} ({type(exc).__name__}: {brief(str(exc))})") from None
+
+
+def brief(value, count=6, chars=200):
+    """``value`` for an error message, never long: a string cut to ``chars`` characters, a sequence or
+    array shown by its first ``count`` items and how many there are (a huge broadcast view is not copied)."""
+    if isinstance(value, str):
+        return value if len(value) <= chars else f"{value[:chars]}... ({len(value)} characters)"
+    if hasattr(value, "flat") and hasattr(value, "size"):
+        items, size, parens = [v.item() if hasattr(v, "item") else v for v in value.flat[:count]], value.size, "[]"
+    elif isinstance(value, (list, tuple)):
+        items, size, parens = list(value[:count]), len(value), "()" if isinstance(value, tuple) else "[]"
+    else:
+        return value
+    text = ", ".join(repr(brief(v, count, 40)) if isinstance(v, str) else repr(v) for v in items)
+    if size > count:
+        text += f", ... ({size} values)"
+    elif size == 1 and parens == "()":
+        text += ","
+    return f"{parens[0]}{text}{parens[1]}"
 
 
 def converted(net, dtype):

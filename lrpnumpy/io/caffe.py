@@ -35,10 +35,16 @@ _SCHEMA = {
                   ("double_diff", 9, "repeated", "double", None, True),
                   ("num", 1, "optional", "int32", None, False), ("channels", 2, "optional", "int32", None, False),
                   ("height", 3, "optional", "int32", None, False), ("width", 4, "optional", "int32", None, False)],
-    "NetStateRule": [("phase", 1, "optional", "enum", "Phase", False)],
+    "NetStateRule": [("phase", 1, "optional", "enum", "Phase", False), ("min_level", 2, "optional", "int32", None, False),
+                     ("max_level", 3, "optional", "int32", None, False),
+                     ("stage", 4, "repeated", "string", None, False),
+                     ("not_stage", 5, "repeated", "string", None, False)],
+    "NetState": [("phase", 1, "optional", "enum", "Phase", False), ("level", 2, "optional", "int32", 0, False),
+                 ("stage", 3, "repeated", "string", None, False)],
     "NetParameter": [("name", 1, "optional", "string", None, False), ("input", 3, "repeated", "string", None, False),
                      ("input_shape", 8, "repeated", "message", "BlobShape", False),
                      ("input_dim", 4, "repeated", "int32", None, False),
+                     ("state", 6, "optional", "message", "NetState", False),
                      ("layer", 100, "repeated", "message", "LayerParameter", False),
                      ("layers", 2, "repeated", "message", "V1LayerParameter", False)],
     "ConvolutionParameter": [("num_output", 1, "optional", "uint32", None, False),
@@ -272,7 +278,8 @@ def _input_shape(arch):
     if len(arch.input_dim) >= 4:
         return tuple(int(d) for d in arch.input_dim[:4])
     for name, kind, _, _, lay in _layers(arch):
-        if kind == "Input" and len(lay.input_param.shape):
+        if kind == "Input" and len(lay.input_param.shape) and (
+                (len(lay.include) and len(lay.exclude)) or _at_test(lay, set(arch.state.stage), name)):
             return tuple(int(d) for d in lay.input_param.shape[0].dim)
     return None
 
@@ -280,6 +287,25 @@ def _input_shape(arch):
 #: Layers that compute nothing at test time: data layers name the input, the others pass their bottom on.
 _DATA = {"Input", "Data", "ImageData", "MemoryData", "DummyData", "HDF5Data", "WindowData"}
 _IDENTITY = {"Dropout", "Split"}
+
+
+def _meets(rule, stages):
+    """Whether Caffe's state at test time (phase TEST, level 0, the net's own ``state`` stages) meets ``rule``:
+    every constraint the rule sets holds (a rule that sets none is met)."""
+    return (not rule.HasField("phase") or rule.phase == 1) \
+        and (not rule.HasField("min_level") or 0 >= rule.min_level) \
+        and (not rule.HasField("max_level") or 0 <= rule.max_level) \
+        and all(s in stages for s in rule.stage) and not any(s in stages for s in rule.not_stage)
+
+
+def _at_test(lay, stages, where):
+    """Whether Caffe keeps the layer at test time (its ``FilterNet``): with include rules, when any of them is met;
+    otherwise unless an exclude rule is met."""
+    if len(lay.include) and len(lay.exclude):
+        raise ModelFormatError(f"{where}: both include and exclude rules; Caffe takes one or the other")
+    if len(lay.include):
+        return any(_meets(rule, stages) for rule in lay.include)
+    return not any(_meets(rule, stages) for rule in lay.exclude)
 
 
 def _build(arch, weights, prototxt, caffemodel):
@@ -290,9 +316,10 @@ def _build(arch, weights, prototxt, caffemodel):
     producer = {b: INPUT for b in list(arch.input)[:1]}  # blob -> node name
     shapes = {INPUT: shape[1:] if shape else None}          # node -> sample shape (None: unknown)
     nodes, layer_of, readers, taken, dtype = [], {}, {}, {INPUT}, None
+    stages = set(arch.state.stage)  # Caffe at TEST: phase TEST, level 0, the stages the net's state names
     for name, kind, bottoms, tops, lay in _layers(arch):
         where = f"{prototxt}: layer {name!r} ({kind})"
-        if any(rule.phase == 0 for rule in lay.include) or kind == "Silence":  # TRAIN-only (losses, data)
+        if not _at_test(lay, stages, where) or kind == "Silence":  # TRAIN-only layers (losses, data), ...
             continue
         if kind in _DATA:
             if INPUT in producer.values():
@@ -412,6 +439,8 @@ def _make(kind, lay, blobs, where, caffemodel, dims, prev, dtype):
         if kernel[0] is None or kernel[0] == 0:
             raise ModelFormatError(f"{where}: pooling_param needs kernel_size or kernel_h/kernel_w")
         stride, pad = _pair(p, "stride", 1), _pair(p, "pad", 0)
+        if pad[0] >= kernel[0] or pad[1] >= kernel[1]:  # Caffe's own check: no window wholly in the padding
+            raise ModelFormatError(f"{where}: pad {pad} must be smaller than the kernel {kernel}")
         ceil = p.round_mode == 0  # Caffe rounds the output size up by default
         if p.pool == 0:
             return [Lyr.MaxPool2d(kernel, stride, pad, ceil_mode=ceil)]

@@ -5,6 +5,7 @@ parameter arrays (stored as ``layer{i}.{name}``); loading rebuilds it with
 :meth:`~lrpnumpy.layers.Layer.from_config`, which checks the arrays against the configuration.
 """
 
+import collections
 import json
 import math
 import zipfile
@@ -12,15 +13,18 @@ import zipfile
 import numpy as np
 
 from .. import layers as Lyr
-from ..errors import ModelFormatError, ShapeError, UnsupportedLayerError
+from ..errors import LRPError, ModelFormatError, ShapeError, UnsupportedLayerError
 from ..layers.base import MAX_SIZE, check_array, check_finite
-from ._common import atomic_write, converted, memory_budget, parse_errors
+from ._common import atomic_write, brief, converted, memory_budget, parse_errors
 
 FORMAT, VERSION = "lrpnumpy", 1
 
 
 def save(net, path):
-    """Write ``net`` to ``path`` (``.npz``) atomically: a temporary file renamed into place."""
+    """Write ``net`` to ``path`` (``.npz``) atomically: a temporary file renamed into place.
+
+    ``net.meta`` must pass the checks :func:`load` makes (ModelFormatError otherwise).
+    """
     arch, arrays = {"format": FORMAT, "version": VERSION, "layers": [],
                     "input_shape": None if net.input_shape is None else list(net.input_shape),
                     "meta": getattr(net, "meta", {})}, {}
@@ -33,6 +37,8 @@ def save(net, path):
         for p in params:  # checked again: arrays may have been changed in place since they were assigned
             arrays[f"layer{i}.{p}"] = check_finite(check_array(getattr(layer, p), f"layer {i} ({layer!r}) {p}"),
                                                    f"layer {i} ({layer!r}) {p}")
+    _check_meta(path, arch["meta"] or {})  # never write a file that load() refuses
+    _check_classes(path, net)
     if isinstance(net, Lyr.Graph):  # the wiring: node names in execution order and what each reads
         arch["graph"] = {"names": list(net.names), "inputs": [list(net.inputs[n]) for n in net.names],
                          "output": net.output, "input_name": net.input_name}
@@ -62,8 +68,13 @@ def _load(path):
     try:
         with zipfile.ZipFile(path) as archive:  # what the arrays will take, before any is read
             declared = sum(info.file_size for info in archive.infolist())
+            names = collections.Counter(archive.namelist())
     except (OSError, zipfile.BadZipFile, ValueError, EOFError) as exc:
         raise ModelFormatError(f"{path}: not a readable lrpnumpy .npz file ({exc})") from None
+    twice = [(name, k) for name, k in names.items() if k > 1]
+    if twice:  # numpy would read the last of them; which one the writer meant is unknown
+        raise ModelFormatError(f"{path}: archive member {brief(twice[0][0])!r} appears {twice[0][1]} times; each array "
+                               f"must be stored once")
     if declared > memory_budget():
         raise ModelFormatError(f"{path}: its arrays would take {declared / 2 ** 30:.1f} GiB, more than this machine "
                                f"has")
@@ -114,10 +125,11 @@ def _load(path):
     meta = arch.get("meta") or {}
     if not isinstance(meta, dict):
         raise ModelFormatError(f"{path}: 'meta' must be a JSON object, got {type(meta).__name__}")
+    _check_meta(path, meta)
     shape = tuple(shape) if shape else None
     wiring = arch.get("graph")
     if wiring is None:
-        return Lyr.Sequential(*layers, input_shape=shape, meta=meta)
+        return _check_classes(path, Lyr.Sequential(*layers, input_shape=shape, meta=meta))
     try:
         names, inputs = list(wiring["names"]), [list(i) for i in wiring["inputs"]]
         output, input_name = str(wiring["output"]), str(wiring["input_name"])
@@ -129,7 +141,40 @@ def _load(path):
         raise ModelFormatError(f"{path}: the 'graph' record needs one name (a string) and one list of input names "
                                f"per layer ({len(layers)} layers)")
     try:
-        return Lyr.Graph(list(zip(names, layers, inputs)), output=output, input_name=input_name, input_shape=shape,
-                         meta=meta)
+        net = Lyr.Graph(list(zip(names, layers, inputs)), output=output, input_name=input_name, input_shape=shape,
+                        meta=meta)
     except ShapeError as exc:
         raise ModelFormatError(f"{path}: bad 'graph' record: {exc}") from None
+    return _check_classes(path, net)
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_meta(path, meta):
+    """The ``meta`` fields lrpnumpy reads (the command line, the demo) have the kinds it expects."""
+    checks = {"input_range": (lambda v: isinstance(v, list) and len(v) == 2 and all(map(_number, v)) and v[0] < v[1],
+                              "a list [low, high] of two finite numbers with low < high"),
+              "classes": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v),
+                          "a list of class names (strings)"),
+              "dataset": (lambda v: isinstance(v, str), "a string"),
+              "test_accuracy": (_number, "a finite number")}
+    for key, (ok, expected) in checks.items():
+        if key in meta and not ok(meta[key]):
+            raise ModelFormatError(f"{path}: meta {key!r} must be {expected}, got {brief(meta[key])!r}")
+
+
+def _check_classes(path, net):
+    """A ``classes`` list names every output of a network whose input shape is known."""
+    classes = net.meta.get("classes")
+    if classes is None or net.input_shape is None:
+        return net
+    try:
+        out = net.output_shape((1,) + tuple(net.input_shape))
+    except LRPError as exc:
+        raise ModelFormatError(f"{path}: the layers do not fit the input shape {net.input_shape} ({exc})") from None
+    if math.prod(out[1:]) != len(classes):
+        raise ModelFormatError(f"{path}: meta 'classes' names {len(classes)} classes, but the network has "
+                               f"{math.prod(out[1:])} outputs (shape {tuple(out[1:])}); expected one name per output")
+    return net

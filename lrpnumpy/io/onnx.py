@@ -4,16 +4,32 @@ ONNX already uses lrpnumpy's layouts (NCHW, Conv weights (out, in/groups, kh, kw
 module converts is operator semantics: Gemm's alpha/beta/transB, ``auto_pad``, Softmax before and
 after opset 13, MatMul + Add, BatchNormalization (folded into the layer before it when possible),
 and weights given as initializers, ``Constant`` or ``ConstantOfShape`` nodes.
+
+A file is only trusted as far as its size: every constant's declared element count is checked
+against fixed caps (:data:`MAX_SHAPE_VALUES` for shape and axes tensors, ``max_elements`` for the
+rest) before it is read, listed, copied or cast, so a 200-byte file cannot ask for gigabytes, and
+error messages quote at most a few of a constant's values.  (A ``ConstantOfShape`` is a zero-copy
+view until something copies it, so an unused one costs nothing whatever it declares.)
 """
 
 import math
+import numbers
+import os
 
 import numpy as np
 
 from .. import layers as Lyr
 from ..canonize import fold_batchnorm
-from ..errors import LRPError, MissingDependencyError, ModelFormatError, UnsupportedLayerError
-from ._common import converted, memory_budget, network, parse_errors, unique_name
+from ..layers.base import MAX_SIZE
+from ..layers.pool import _windows_touch
+from ..errors import LRPError, MissingDependencyError, ModelFormatError, ParameterError, UnsupportedLayerError
+from ._common import brief, converted, network, parse_errors, unique_name
+
+#: Most values a shape tensor (a Reshape target, Unsqueeze axes, a ConstantOfShape shape) may hold.
+MAX_SHAPE_VALUES = 64
+#: Default cap on the values one constant may declare, and on all the weights a network takes from one
+#: file (2**28: VGG-16's 138 million parameters fit; 1 GiB in float32, 2 GiB in float64).
+MAX_ELEMENTS = 2 ** 28
 
 SUPPORTED = ("Conv", "Gemm", "MatMul", "Add", "Sum", "Mul", "Concat", "Relu", "Tanh", "MaxPool", "AveragePool",
              "GlobalAveragePool", "Flatten", "Reshape", "Softmax", "BatchNormalization", "Dropout", "Identity", "LRN",
@@ -33,11 +49,12 @@ def _onnx():
 class _Node:
     """One node's attributes with defaults, and errors that name the node."""
 
-    def __init__(self, node, where):
+    def __init__(self, node, where, limits=None):
         onnx, _ = _onnx()
-        self.node, self.where = node, where
+        self.node, self.where, self.limits = node, where, limits
         self.attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        self.label = f"{where}: node {node.name or node.output[0]!r} ({node.op_type})"
+        self.label = f"{where}: node {brief(node.name or (node.output[0] if node.output else ''))!r} " \
+                     f"({brief(node.op_type)})"
 
     def get(self, name, default=None):
         v = self.attrs.get(name, default)
@@ -49,11 +66,11 @@ class _Node:
     def ints(self, name, default, length=2):
         v = list(self.get(name, default))
         if len(v) != length:
-            raise self.unsupported(f"attribute {name}={v}: only 2-D (NCHW) operators are supported")
+            raise self.unsupported(f"attribute {name}={brief(v)}: only 2-D (NCHW) operators are supported")
         return v
 
 
-def load_onnx(path, dtype=None):
+def load_onnx(path, dtype=None, max_elements=None):
     """Load an ONNX model (file path, bytes or ``ModelProto``) that is a chain of supported operators.
 
     Parameters
@@ -62,6 +79,10 @@ def load_onnx(path, dtype=None):
     dtype : None, float32 or float64
         The parameters' dtype; None keeps the model's (ONNX files usually hold float32;
         ``dtype=np.float64`` gives lrpnumpy's reference precision).
+    max_elements : int, optional
+        Most values one constant may declare, and most values all the network's weights together
+        may hold (default :data:`MAX_ELEMENTS`, 2**28).  Checked on the declared sizes before
+        anything is read or allocated, whatever the machine's memory.
 
     Returns
     -------
@@ -71,51 +92,160 @@ def load_onnx(path, dtype=None):
     Raises
     ------
     ModelFormatError
-        The file is not a readable ONNX model, or its weights are missing, misshapen or not finite.
+        The file is not a readable ONNX model; its weights are missing, misshapen or not finite; a
+        constant declares more values than the caps allow; a name is defined twice.
     UnsupportedLayerError
-        An operator or attribute value outside the supported set, or a graph that is not a chain;
-        the message names the node, the operator and the attribute.
+        An operator or attribute value outside the supported set (operators of a domain other
+        than ONNX's own included), or a graph that is not a chain; the message names the node,
+        the operator and the attribute.
     """
     onnx, numpy_helper = _onnx()
     where = path if isinstance(path, str) else "<onnx model>"
+    limits = _Limits(MAX_ELEMENTS if max_elements is None else max_elements)
     try:
-        model = path if isinstance(path, onnx.ModelProto) else (
-            onnx.load_model_from_string(path) if isinstance(path, bytes) else onnx.load(path))
+        if isinstance(path, onnx.ModelProto):
+            model = path
+        elif isinstance(path, bytes):
+            model = onnx.load_model_from_string(path)
+        else:  # external data is read only once every tensor's declared size has been checked
+            model = onnx.load(path, load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises several kinds; all mean "not ONNX"
-        raise ModelFormatError(f"{where}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+        raise ModelFormatError(f"{where}: not a readable ONNX model ({type(exc).__name__}: "
+                               f"{brief(str(exc))})") from None
     with parse_errors(where, "ONNX graph"):
-        return converted(_convert(model, where, onnx, numpy_helper), dtype)
+        external = _check_tensors(model.graph, where, limits, onnx)
+        if external and not isinstance(path, str):
+            raise ModelFormatError(f"{where}: its tensors keep their data in external files; give the model's file "
+                                   f"path, so that they are read from its folder")
+        if external:
+            onnx.external_data_helper.load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
+        return converted(_convert(model, where, onnx, numpy_helper, limits), dtype)
 
 
-def _convert(model, where, onnx, numpy_helper):
+class _Limits:
+    """The caps on what a file's constants may declare, and the weights taken so far."""
+
+    def __init__(self, max_elements):
+        if not isinstance(max_elements, numbers.Integral) or isinstance(max_elements, bool) or max_elements < 1:
+            raise ParameterError(f"max_elements must be a positive int, got {max_elements!r}")
+        self.max_elements, self.taken = int(max_elements), 0
+
+    def dims(self, label, what, shape):
+        """The element count of ``shape`` (Python ints: no overflow), for a zero-copy view: ModelFormatError for a
+        negative axis, an axis no array can have, or more values than any array can hold."""
+        dims = [int(d) for d in shape]
+        if any(d < 0 for d in dims):
+            raise ModelFormatError(f"{label}: {what} has negative dimensions {brief(dims)}")
+        if any(d > MAX_SIZE for d in dims):  # even with a zero elsewhere: no array has such an axis
+            raise ModelFormatError(f"{label}: {what} has a dimension over {MAX_SIZE}: {brief(dims)}")
+        size = math.prod(dims)
+        if size >= 2 ** 60:  # numpy: size * itemsize (8 at most here) must fit an int64
+            raise ModelFormatError(f"{label}: {what} declares {size} values (shape {brief(dims)}), more than any "
+                                   f"array holds")
+        return size
+
+    def count(self, label, what, shape):
+        """As :meth:`dims`, for a constant that is (or will be) materialised: at most ``max_elements`` values."""
+        size = self.dims(label, what, shape)
+        self.check(label, what, size, shape)
+        return size
+
+    def check(self, label, what, size, shape):
+        if size > self.max_elements:
+            raise ModelFormatError(f"{label}: {what} declares {size} values (shape {brief(list(shape))}), more than "
+                                   f"the {self.max_elements} a constant may have (max_elements)")
+
+    def take(self, label, what, shape):
+        """Account for the weight values of ``shape`` the network keeps, before they are copied."""
+        size = math.prod(int(d) for d in shape)
+        self.check(label, what, size, shape)
+        self.taken += size
+        if self.taken > self.max_elements:
+            raise ModelFormatError(f"{label}: {what} brings the network's weights to {self.taken} values, more than "
+                                   f"the {self.max_elements} a model may have (max_elements)")
+
+
+def _check_tensors(graph, where, limits, onnx):
+    """Check every tensor's declared size (initializers and node attributes, in subgraphs too) and its name
+    (no initializer defined twice); whether any keeps its data in an external file."""
+    external, seen = False, set()
+    for t in graph.initializer:
+        if t.name in seen:
+            raise ModelFormatError(f"{where}: initializer {brief(t.name)!r} is defined twice")
+        seen.add(t.name)
+    tensors = [(f"{where}: initializer {brief(t.name)!r}", t) for t in graph.initializer]
+    for node in graph.node:
+        label = f"{where}: node {brief(node.name or (node.output[0] if node.output else ''))!r} ({brief(node.op_type)})"
+        for a in node.attribute:
+            tensors += [(label, t) for t in ([a.t] if a.HasField("t") else []) + list(a.tensors)]
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                external |= _check_tensors(g, where, limits, onnx)
+    for label, t in tensors:
+        size = limits.count(label, "the tensor", t.dims)
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            external = True
+            _bound_external(t, size, label, onnx)
+    return external
+
+
+def _bound_external(t, size, label, onnx):
+    """Make an external tensor's read exactly the bytes its declared shape needs (its ``length``, set when absent)."""
+    try:
+        need = size * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        raise ModelFormatError(f"{label}: external data of ONNX data type {t.data_type}; expected numbers") from None
+    entries = {e.key: e for e in t.external_data}
+    if "length" not in entries:
+        t.external_data.add(key="length", value=str(need))
+    elif not entries["length"].value.isdigit() or int(entries["length"].value) != need:
+        raise ModelFormatError(f"{label}: external data length {brief(entries['length'].value)!r}; its shape "
+                               f"{brief(list(t.dims))} needs {need} bytes")
+
+
+def _convert(model, where, onnx, numpy_helper, limits):
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            raise _Node(node, where).unsupported(f"operator of domain {brief(node.domain)!r}; only ONNX's own "
+                                                 f"operators (the default domain) are supported")
+        if node.op_type == "ChannelShuffle":  # lrpnumpy's own pseudo-operator, made below
+            raise _Node(node, where).unsupported("not an ONNX operator")
+        for out in node.output:
+            if out in defined:
+                raise _Node(node, where).unsupported(f"its output {brief(out)!r} is already defined (by the graph "
+                                                     f"input, an initializer or an earlier node); ONNX names each "
+                                                     f"value once")
+            if out:
+                defined.add(out)
     consts = {}
     for init in graph.initializer:
         consts[init.name] = _array(numpy_helper, init, where)
     nodes = []
     for node in graph.node:  # fold constant-producing nodes
         if node.op_type == "Constant":
-            consts[node.output[0]] = _constant_value(_Node(node, where), numpy_helper)
+            consts[node.output[0]] = _constant_value(_Node(node, where), numpy_helper, limits)
         elif node.op_type == "ConstantOfShape" and node.input[0] in consts:
             n = _Node(node, where)
             value = n.get("value")
             fill = numpy_helper.to_array(value).ravel() if value is not None else np.zeros(1, np.float32)
-            shape = np.asarray(consts[node.input[0]]).astype(np.int64).ravel()
-            if (shape < 0).any():
-                raise ModelFormatError(f"{_Node(node, where).label}: negative shape {shape.tolist()}")
-            if fill.size != 1 or (fill.dtype.kind == "f" and not np.isfinite(fill).all()):
-                raise ModelFormatError(f"{_Node(node, where).label}: value must be one finite number, got {fill}")
-            # a read-only view that takes no memory; a layer that uses it as its weight checks its size first
-            consts[node.output[0]] = np.broadcast_to(fill[:1].reshape(()), tuple(int(d) for d in shape))
+            if fill.size != 1 or fill.dtype.kind not in "biuf" or (fill.dtype.kind == "f" and
+                                                                    not np.isfinite(fill).all()):
+                raise ModelFormatError(f"{n.label}: value must be one finite number, got {brief(fill)}")
+            shape = _shape_values(n, consts[node.input[0]], "its shape input")
+            limits.dims(n.label, "the constant", shape)
+            # a read-only view that takes no memory; whatever copies it (a layer's weight, a folded Reshape) checks
+            # its size against max_elements first
+            consts[node.output[0]] = np.broadcast_to(fill[:1].reshape(()), tuple(shape))
         elif node.op_type in ("Transpose", "Identity", "Unsqueeze", "Reshape") and node.input \
                 and all(i in consts for i in node.input if i):
-            consts[node.output[0]] = _fold(_Node(node, where), [consts[i] for i in node.input if i])
+            consts[node.output[0]] = _fold(_Node(node, where, limits), [consts[i] for i in node.input if i])
         else:
             nodes.append(node)
     data_inputs = [i for i in graph.input if i.name not in consts]
     if len(data_inputs) != 1:
-        raise UnsupportedLayerError(f"{where}: expected one data input, found {[i.name for i in data_inputs]}")
+        raise UnsupportedLayerError(f"{where}: expected one data input, found {brief([i.name for i in data_inputs])}")
     inp = data_inputs[0]
     if inp.type.tensor_type.elem_type not in (1, 11):
         raise UnsupportedLayerError(f"{where}: input {inp.name!r} must be float32 or float64 "
@@ -134,13 +264,13 @@ def _convert(model, where, onnx, numpy_helper):
     producer, shapes = {inp.name: Lyr.graph.INPUT}, {Lyr.graph.INPUT: shape}
     gnodes, layer_of, taken = [], {}, {Lyr.graph.INPUT}
     for node in nodes:
-        n = _Node(node, where)
+        n = _Node(node, where, limits)
         if node.op_type not in SUPPORTED:
             raise n.unsupported(f"operator not supported; supported: {', '.join(SUPPORTED)}")
         data = [i for i in node.input if i and i not in consts]
         unknown = [i for i in data if i not in producer]
         if unknown or not data:
-            raise n.unsupported(f"its data inputs {unknown or data} are not produced by an earlier node or the "
+            raise n.unsupported(f"its data inputs {brief(unknown or data)} are not produced by an earlier node or the "
                                 f"graph input" if data else "it has no data input")
         for extra in node.output[1:]:
             if extra and uses.get(extra):
@@ -164,7 +294,7 @@ def _convert(model, where, onnx, numpy_helper):
         producer[node.output[0]] = current[0]
     outputs = [o.name for o in graph.output]
     if len(outputs) != 1 or outputs[0] not in producer:
-        raise UnsupportedLayerError(f"{where}: expected one graph output computed by the nodes, got {outputs}")
+        raise UnsupportedLayerError(f"{where}: expected one graph output computed by the nodes, got {brief(outputs)}")
     if not graph.node:
         raise ModelFormatError(f"{where}: the graph has no nodes")
     input_shape = tuple(dims[1:]) if dims and all(d is not None for d in dims[1:]) else None
@@ -210,46 +340,71 @@ def _array(numpy_helper, tensor, where):
     return a
 
 
-def _constant_value(n, numpy_helper):
-    value = _constant_attr(n, numpy_helper)
+def _constant_value(n, numpy_helper, limits):
+    value = _constant_attr(n, numpy_helper, limits)
     if value.dtype.kind == "f" and not np.isfinite(value).all():
         raise ModelFormatError(f"{n.label}: the constant holds NaN or infinity")
     return value
 
 
-def _constant_attr(n, numpy_helper):
-    if "value" in n.attrs:
+def _constant_attr(n, numpy_helper, limits):
+    if "value" in n.attrs:  # its declared size was checked with every tensor of the file
         return numpy_helper.to_array(n.attrs["value"])
     for key in ("value_float", "value_int"):
         if key in n.attrs:
             return np.array(n.attrs[key])
     for key in ("value_floats", "value_ints"):
         if key in n.attrs:
+            limits.count(n.label, f"attribute {key}", [len(n.attrs[key])])
             return np.array(list(n.attrs[key]))
-    raise n.unsupported(f"Constant attributes {sorted(n.attrs)} are not supported")
+    raise n.unsupported(f"Constant attributes {brief(sorted(n.attrs))} are not supported")
+
+
+def _shape_values(n, value, what):
+    """A shape or axes tensor's values as Python ints, its size checked before it is read."""
+    value = np.asarray(value)  # a view: nothing is copied
+    if value.size > MAX_SHAPE_VALUES:
+        raise ModelFormatError(f"{n.label}: {what} holds {value.size} values; a shape or axes tensor holds at most "
+                               f"{MAX_SHAPE_VALUES}")
+    if value.dtype.kind not in "iu":
+        raise ModelFormatError(f"{n.label}: {what} has dtype {value.dtype}, expected integers")
+    return [int(v) for v in value.ravel()]
 
 
 def _fold(n, values):
     """Evaluate a shape-only operator on constants (weights transposed or reshaped at export)."""
     x = values[0]
     if n.node.op_type == "Transpose":
-        return np.transpose(x, n.get("perm"))
+        perm = n.get("perm")
+        if perm is not None and sorted(perm) != list(range(x.ndim)):
+            raise ModelFormatError(f"{n.label}: perm {brief(list(perm))} is not a permutation of the constant's "
+                                   f"{x.ndim} axes")
+        return np.transpose(x, perm)
     if n.node.op_type == "Unsqueeze":
-        axes = list(n.get("axes", [])) or [int(a) for a in np.asarray(values[1]).ravel()]
-        for axis in sorted(a % (x.ndim + len(axes)) for a in axes):
+        axes = list(n.get("axes", []))
+        if len(axes) > MAX_SHAPE_VALUES:
+            raise ModelFormatError(f"{n.label}: attribute axes holds {len(axes)} values; at most "
+                                   f"{MAX_SHAPE_VALUES}")
+        axes = axes or (_shape_values(n, values[1], "its axes input") if len(values) > 1 else [])
+        rank = x.ndim + len(axes)
+        if rank > MAX_SHAPE_VALUES or any(not -rank <= a < rank for a in axes) or \
+                len({a % rank for a in axes}) != len(axes):
+            raise ModelFormatError(f"{n.label}: axes {brief(axes)} are not distinct axes of a result of rank {rank}")
+        for axis in sorted(a % rank for a in axes):
             x = np.expand_dims(x, axis)
         return x
     if n.node.op_type == "Reshape":
         shape = values[1] if len(values) > 1 else n.get("shape", None)
         if shape is None:
             raise ModelFormatError(f"{n.label}: Reshape without a target shape")
-        target = [int(t) for t in np.asarray(shape).ravel()]
+        target = _shape_values(n, shape, "the target shape")
         target = [x.shape[i] if t == 0 and i < x.ndim else t for i, t in enumerate(target)]
+        n.limits.check(n.label, "the reshaped constant", x.size, x.shape)  # reshaping a view may copy it
         try:
             return np.reshape(x, target)
-        except ValueError as exc:
-            raise ModelFormatError(f"{n.label}: cannot reshape a constant of shape {x.shape} to {target}: "
-                                   f"{exc}") from None
+        except ValueError:
+            raise ModelFormatError(f"{n.label}: cannot reshape a constant of shape {brief(x.shape)} to "
+                                   f"{brief(target)}") from None
     return x
 
 
@@ -269,11 +424,8 @@ def _weight(n, consts, i, dtype, what):
         raise n.unsupported(f"{what} {name!r} must be a constant (initializer or Constant node)")
     w = np.asarray(consts[name])
     if w.dtype.kind != "f":
-        raise ModelFormatError(f"{n.label}: {what} {name!r} has dtype {w.dtype}, expected floats")
-    needed = w.size * np.dtype(dtype).itemsize
-    if needed > memory_budget():
-        raise ModelFormatError(f"{n.label}: {what} {name!r} of shape {w.shape} would take {needed / 2 ** 30:.1f} GiB, "
-                               f"more than this machine has")
+        raise ModelFormatError(f"{n.label}: {what} {brief(name)!r} has dtype {w.dtype}, expected floats")
+    n.limits.take(n.label, f"{what} {brief(name)!r} of shape {brief(w.shape)}", w.shape)  # before it is copied
     return np.array(w, dtype=dtype)  # a copy: constants may be read-only views
 
 
@@ -304,7 +456,7 @@ def _conv(n, consts, prev, shape, opset, dtype, n_in):
     b = _weight(n, consts, 2, dtype, "bias")
     kernel = n.ints("kernel_shape", w.shape[2:])
     if tuple(kernel) != w.shape[2:]:
-        raise ModelFormatError(f"{n.label}: kernel_shape {kernel} does not match the weight {w.shape}")
+        raise ModelFormatError(f"{n.label}: kernel_shape {brief(kernel)} does not match the weight {w.shape}")
     stride, dilation, group = n.ints("strides", [1, 1]), n.ints("dilations", [1, 1]), int(n.get("group", 1))
     pads = _pads(n, shape, kernel, stride, dilation)
     layer = Lyr.Conv2d(w.shape[1] * group, w.shape[0], kernel, stride=stride, padding=pads, groups=group,
@@ -321,6 +473,13 @@ def _pool_common(n, shape):
         raise n.unsupported("kernel_shape is required")
     stride, dilation = n.ints("strides", [1, 1]), n.ints("dilations", [1, 1])
     pads = _pads(n, shape, kernel, stride, dilation)
+    if min(pads) < 0:
+        raise ModelFormatError(f"{n.label}: negative pads {brief(list(pads))} (top, bottom, left, right)")
+    # as ONNX's own shape inference: a window wholly in the padding pools nothing (and, in an average that
+    # leaves the padding out, would lose its relevance)
+    if max(pads[0], pads[1]) >= kernel[0] or max(pads[2], pads[3]) >= kernel[1]:
+        raise n.unsupported(f"pads {brief(list(pads))} (top, bottom, left, right): each must be smaller than the "
+                            f"kernel {brief(list(kernel))}, so that no window lies wholly in the padding")
     return kernel, stride, pads, bool(n.get("ceil_mode", 0)), dilation
 
 
@@ -329,13 +488,26 @@ def _maxpool(n, consts, prev, shape, opset, dtype, n_in):
     try:
         return [Lyr.MaxPool2d(kernel, stride, pads, ceil_mode=ceil, dilation=dilation)]
     except LRPError as exc:
-        raise n.unsupported(f"attribute pads={list(n.get('pads', []))}: {exc}") from None
+        raise n.unsupported(f"attribute pads={brief(list(n.get('pads', [])))}: {exc}") from None
 
 
 def _avgpool(n, consts, prev, shape, opset, dtype, n_in):
     kernel, stride, pads, ceil, dilation = _pool_common(n, shape)
-    return [Lyr.AvgPool2d(kernel, stride, pads, ceil_mode=ceil, count_include_pad=bool(n.get("count_include_pad", 0)),
-                          dilation=dilation)]
+    layer = Lyr.AvgPool2d(kernel, stride, pads, ceil_mode=ceil, count_include_pad=bool(n.get("count_include_pad", 0)),
+                          dilation=dilation)
+    if not layer.count_include_pad and dilation != [1, 1] and shape is not None and len(shape) == 3:
+        # dilated taps can skip the whole input even with pads < kernel
+        h, w = shape[1:]
+        try:
+            out = layer.output_shape((1,) + tuple(shape))[2:]
+        except LRPError:
+            return [layer]  # _track names the mismatch
+        p = layer.effective_padding(h, w)
+        if not all(_windows_touch(size, o, k, s, pad, d) for size, o, k, s, pad, d in
+                   zip((h, w), out, kernel, stride, (p[0], p[2]), dilation)):
+            raise n.unsupported(f"on an input of spatial size {(h, w)} some windows have every tap in the padding; "
+                                f"with count_include_pad=0 their average (and relevance) would be lost")
+    return [layer]
 
 
 def _gemm(n, consts, prev, shape, opset, dtype, n_in):
@@ -415,6 +587,7 @@ def _per_channel(n, v, channels, dtype, what, flat):
     For (N, C) data: shape (C,) or (1, C); for (N, C, H, W): (C, 1, 1) or (1, C, 1, 1); or a scalar.
     """
     if v.size == 1:
+        n.limits.take(n.label, f"{what} repeated over {channels} channels", [channels])
         return np.full(channels, v.reshape(-1)[0], dtype)
     axis = v.ndim - 1 if flat else v.ndim - 3
     if v.size == channels and axis >= 0 and v.shape[axis] == channels:
@@ -452,13 +625,13 @@ def _reshape(n, consts, prev, shape, opset, dtype, n_in):
     target = consts.get(n.node.input[1]) if len(n.node.input) > 1 else None
     if target is None:
         raise n.unsupported("the target shape must be a constant")
-    target = [int(t) for t in np.asarray(target).ravel()]
+    target = _shape_values(n, target, "the target shape")
     if len(target) == 2 and target[0] in (0, -1, 1) and (target[1] == -1 or shape is None
                                                          or target[1] == int(np.prod(shape))):
         if target[0] == -1 and target[1] == -1:
-            raise ModelFormatError(f"{n.label}: shape {target} has two -1 entries")
+            raise ModelFormatError(f"{n.label}: shape {brief(target)} has two -1 entries")
         return [Lyr.Flatten()]
-    raise n.unsupported(f"target shape {target}: only reshaping to (batch, features) is supported")
+    raise n.unsupported(f"target shape {brief(target)}: only reshaping to (batch, features) is supported")
 
 
 def _softmax(n, consts, prev, shape, opset, dtype, n_in):
