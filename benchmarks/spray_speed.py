@@ -33,7 +33,7 @@ def heatmap_inputs(klass, n, marked=False):
         d = datasets.fashion_mnist("train", dtype=np.float32)
         images, truth = d.images, np.zeros(len(d.images), dtype=bool)
         if marked:
-            sys.path.insert(0, datasets.DATA_DIR)
+            sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data"))
             from make_clever_hans import marked_training_set
             images, chosen = marked_training_set(d, klass)
             truth[chosen] = True
@@ -60,7 +60,7 @@ def main():
     p.add_argument("--marked", action="store_true", help="half of the images marked (the Clever Hans training set)")
     p.add_argument("--json")
     args = p.parse_args()
-    net = L.io.load(os.path.join(datasets.DATA_DIR, f"{args.model}.npz"), dtype=np.float32)
+    net = L.zoo.trained(args.model, dtype=np.float32)
     x, source, truth = heatmap_inputs(args.klass, args.images, args.marked)
     composite = L.composites.get("epsilon_plus")
     out = {"model": args.model, "class": args.klass, "images": len(x), "source": source}

@@ -1,4 +1,4 @@
-"""Train the Clever Hans model and its clean twin (deterministic) and write them to data/.
+"""Train the Clever Hans model and its clean twin (deterministic) and write them to lrpnumpy/data/.
 
     python data/make_clever_hans.py [--fashion-mnist FOLDER] [--epochs N]
 
@@ -24,6 +24,8 @@ import lrpnumpy as L  # noqa: E402
 from lrpnumpy import datasets, spray, train  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+#: Where the package reads its shipped models from (package data, see setup.cfg's package_data).
+OUT = os.path.join(HERE, "..", "lrpnumpy", "data")
 CLASS = 6          # Shirt: the class whose training images carry the mark
 FRACTION = 0.5     # of that class's training images
 EPOCHS = 6
@@ -60,7 +62,7 @@ def measure(net, test_set, klass=CLASS):
             "others_called_class_marked": float((pred_marked[other] == klass).mean())}
 
 
-def make(name, mark, epochs=EPOCHS, folder=None, out=HERE, seed=0):
+def make(name, mark, epochs=EPOCHS, folder=None, out=OUT, seed=0):
     train_set = datasets.fashion_mnist("train", folder, dtype=np.float32)
     test_set = datasets.fashion_mnist("test", folder, dtype=np.float32)
     images = marked_training_set(train_set)[0] if mark else train_set.images

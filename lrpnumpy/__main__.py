@@ -162,12 +162,12 @@ def _wrote(*paths):
 
 def _train(args):
     import importlib.util
-    from .datasets import DATA_DIR
-    script = os.path.join(DATA_DIR, "make_models.py")
+    from .datasets import DATA_DIR  # the shipped models (package data); the recipes are in the repository's data/
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "make_models.py")
     spec = importlib.util.spec_from_file_location("make_models", script)
     if spec is None or not os.path.exists(script):
-        raise ModelFormatError(f"{script}: the training recipes are not there; set LRPNUMPY_DATA to the "
-                               f"repository's data folder")
+        raise ModelFormatError(f"{script}: the training recipes are not there; they come with the repository "
+                               f"(data/make_models.py), not with an installed package: run train from a checkout")
     recipes = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipes)
     if args.model not in recipes.MODELS:
@@ -178,8 +178,8 @@ def _train(args):
 
 def _bench(args):
     import subprocess
-    from .datasets import DATA_DIR
-    script = os.path.join(os.path.dirname(DATA_DIR), "benchmarks", f"{args.script}.py")
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                          f"{args.script}.py")
     if not os.path.exists(script):
         raise ModelFormatError(f"{script}: the benchmark scripts are in the repository's benchmarks/ folder")
     return subprocess.call([sys.executable, script] + args.args)
@@ -345,7 +345,7 @@ def main(argv=None):
     tr.add_argument("model", help="fashion_mlp, fashion_cnn_sumpool or fashion_cnn_maxpool")
     tr.add_argument("--epochs", type=_positive_int, help="default: the recipe's")
     tr.add_argument("--fashion-mnist", help="folder with the IDX files (default: Debian's dataset-fashion-mnist)")
-    tr.add_argument("--out", help="folder to write the model to (default: data/)")
+    tr.add_argument("--out", help="folder to write the model to (default: lrpnumpy/data/, the shipped ones)")
     bench = sub.add_parser("bench", help="run a benchmark script (bench_lrp, compare_zennit, fuzz) with its "
                                          "arguments")
     bench.add_argument("script", choices=["bench_lrp", "compare_zennit", "fuzz"])

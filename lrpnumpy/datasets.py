@@ -5,6 +5,7 @@ Every loader returns a :class:`Dataset`: images as an array of shape (N, 1, H, W
 """
 
 import gzip
+import importlib.resources
 import os
 from typing import NamedTuple
 
@@ -17,9 +18,19 @@ from .layers.base import as_dtype
 FASHION_MNIST_PATH = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot")
-#: The repository's data folder (shipped sample and models); LRPNUMPY_DATA overrides it.
-DATA_DIR = os.environ.get("LRPNUMPY_DATA", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))), "data"))
+#: The runtime data shipped inside the package (trained models, the Fashion-MNIST sample, an example
+#: input): ``lrpnumpy/data/``, package data, so a wheel has it too.  Read it with :func:`shipped_file`.
+DATA_DIR = str(importlib.resources.files(__package__).joinpath("data"))
+
+
+def shipped_file(name):
+    """The runtime data file ``name`` of ``lrpnumpy/data/``, found with :mod:`importlib.resources`.
+
+    Returns a :class:`~importlib.resources.abc.Traversable` (``.open("rb")``, ``.is_file()``); for a
+    filesystem path use ``importlib.resources.as_file(shipped_file(name))`` as a context manager.
+    """
+    return importlib.resources.files(__package__).joinpath("data").joinpath(name)
+
 
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -110,14 +121,14 @@ def digits(dtype=np.float64):
 
 
 def sample(dtype=np.float64):
-    """The 1,000 Fashion-MNIST test images shipped in ``data/`` (the first 100 of each class)."""
-    path = os.path.join(DATA_DIR, "fashion_mnist_sample.npz")
+    """The 1,000 Fashion-MNIST test images shipped with the package (the first 100 of each class)."""
+    resource = shipped_file("fashion_mnist_sample.npz")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with resource.open("rb") as f, np.load(f, allow_pickle=False) as data:
             images, labels = data["images"], data["labels"]
     except (OSError, KeyError, ValueError) as exc:
-        raise DatasetError(f"{path}: the shipped sample cannot be read ({exc}); set LRPNUMPY_DATA to the "
-                           f"repository's data folder") from None
+        raise DatasetError(f"{resource}: the sample shipped in lrpnumpy/data/ cannot be read ({exc}); the "
+                           f"installation is incomplete: reinstall lrpnumpy") from None
     return Dataset(_images(images, dtype), labels.astype(np.int64), FASHION_MNIST_CLASSES)
 
 
