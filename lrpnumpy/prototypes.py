@@ -23,7 +23,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .errors import MissingDependencyError, RuleParameterError, ShapeError
-from .explain import forward_checked, forward_finite, logit_network, onehot
+from .explain import forward_checked, forward_finite, logit_network, onehot, sample_rows
 from .layers.base import check_array, check_finite, make_rng
 
 
@@ -44,7 +44,7 @@ def _log_softmax(logits):
 def _model_term(net, x, t, objective):
     """``(value (N,), gradient w.r.t. x)`` of log p(t | x) or of the logit of t."""
     out, trace = forward_checked(net, x)
-    logits = out.reshape(len(x), -1)
+    logits = sample_rows(out)
     if objective == "logit":
         value, seed = logits[np.arange(len(x)), t], onehot(out, t)
     else:
@@ -155,7 +155,7 @@ def _fitted(obj, attribute):
 
 def _flat(x):
     x = np.asarray(x, dtype=np.float64)
-    return x.reshape(len(x), -1)
+    return sample_rows(x)
 
 
 class GaussianExpert:
@@ -298,7 +298,7 @@ def train_autoencoder(data, code=16, hidden=128, epochs=20, batch_size=64, lr=1e
     from .layers import Flatten, Linear, ReLU, Sequential
     from .train import Adam
     data = check_array(np.asarray(data), "data")
-    flat = data.reshape(len(data), -1)
+    flat = sample_rows(data)
     dim, dt, rng = flat.shape[1], data.dtype, make_rng(seed)
     encoder = Sequential(Flatten(), Linear(dim, hidden, rng=rng, dtype=dt), ReLU(), Linear(hidden, code, rng=rng,
                                                                                           dtype=dt))
@@ -395,9 +395,9 @@ def surrogate_tree(model, x, x_test, max_depth=3, seed=0):
     except ImportError as exc:
         raise MissingDependencyError("surrogate_tree needs scikit-learn: pip install 'lrpnumpy[data]'") from exc
     net = logit_network(model, x)
-    y = forward_finite(net, x).reshape(len(x), -1).argmax(axis=1)
+    y = sample_rows(forward_finite(net, x)).argmax(axis=1)
     tree = DecisionTreeClassifier(max_depth=max_depth, random_state=seed).fit(_flat(x), y)
-    y_test = forward_finite(net, x_test).reshape(len(x_test), -1).argmax(axis=1)
+    y_test = sample_rows(forward_finite(net, x_test)).argmax(axis=1)
     return tree, float(np.mean(tree.predict(_flat(x_test)) == y_test))
 
 
@@ -427,7 +427,7 @@ def _grads(W, h, y):
     """Per-sample gradients of CE(W h_i, y_i), flattened: (N, K*D)."""
     p = _softmax(h @ W.T)
     p[np.arange(len(y)), y] -= 1
-    return (p[:, :, None] * h[:, None, :]).reshape(len(h), -1)
+    return sample_rows(p[:, :, None] * h[:, None, :])
 
 
 def fit_last_layer(h, y, classes, l2=1e-2, W0=None, iterations=50, exclude=None):
