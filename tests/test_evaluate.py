@@ -472,3 +472,20 @@ def test_perturbation_layout_errors():
         E.pixel_flipping(net, x, x, channel_axis=2)
     with pytest.raises(L.errors.RuleParameterError, match="blur"):
         E.pixel_flipping(net, x, x, fill="blur")
+
+
+@pytest.mark.parametrize("batch_size", [None, 1])
+def test_an_overflow_on_the_incremental_path_names_the_layer_of_the_whole_network(batch_size, rng):
+    """The unperturbed input is finite through the network; filling with 1e10 overflows the first layer,
+    a Conv2d.  The incremental path runs that layer itself and the rest as a network of its own, whose
+    layer 0 is the ReLU: the error named "layer 0 (ReLU())".  Both paths now name the Conv2d."""
+    net = L.Sequential(L.Conv2d(1, 2, 3, padding=1, rng=0), L.ReLU(), L.MaxPool2d(2), L.Flatten(),
+                       L.Linear(2 * 4 * 4, 3, rng=1))
+    net[0].weight = net[0].weight * 1e300
+    x = rng.random((2, 1, 8, 8)) * 1e-300
+    assert np.isfinite(net.forward(x)).all()
+    R = rng.normal(size=x.shape)
+    assert incremental.plan(net, x.shape[1:], 1, 1) >= 1  # the Conv2d runs on the path
+    for incremental_ in (True, False):
+        with np.errstate(all="ignore"), pytest.raises(L.errors.NonFiniteError, match=r"layer 0 \(Conv2d\(1, 2"):
+            E.pixel_flipping(net, x, R, fill=1e10, incremental=incremental_, batch_size=batch_size)
