@@ -414,8 +414,8 @@ def test_perturbation_curves_of_a_three_feature_model_in_every_layout(layout):
     x = THREE_X.reshape(shape)
     R = M.gradient_x_input(net, x, 0).relevance
     np.testing.assert_array_equal(R.reshape(2, 3), [[1.0, 2.0, -3.0], [2.0, -2.0, -3.0]])
-    for incremental in (True, False):
-        r = E.pixel_flipping(net, x, R, target=0, incremental=incremental, **kw)
+    for incremental_ in (True, False):
+        r = E.pixel_flipping(net, x, R, target=0, incremental=incremental_, **kw)
         np.testing.assert_array_equal(r.curves, THREE_MORF)
     np.testing.assert_array_equal(r.fractions, [0, 1 / 3, 2 / 3, 1])
     # AOPC: 1/4 * sum_k f(x) - f(x^k) = (0 + 2 + 3 + 0) / 4 and (0 + 2 + 0 - 3) / 4
