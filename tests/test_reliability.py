@@ -540,3 +540,31 @@ def test_training_on_an_empty_batch_is_refused_and_predicting_it_is_empty():
     assert p.shape == (0,) and p.dtype == np.int64
     with pytest.raises(ShapeError, match="empty batch"):
         L.train.accuracy(net, np.zeros((0, 3)), np.zeros(0, int))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_kernel_takes_an_empty_batch(backend):
+    """Each kernel entry on 0 samples returns what the NumPy reference does on 0 samples: empty arrays of
+    the shapes a batch of 1 has after its first axis (zero weight gradients), of the input's dtype."""
+    p = (1, 0, 1, 1)
+    x, w = np.ones((0, 2, 6, 5), np.float32), np.ones((4, 2, 3, 3), np.float32)
+    previous = kernels.set_backend(backend)
+    try:
+        y = kernels.conv2d(x, w, 2, 1, p, 1, 1, 1)
+        assert y.shape == (0, 4, 3, 5) and y.dtype == np.float32
+        gx = kernels.conv2d_grad_input(y, w, 6, 5, 2, 1, p, 1, 1, 1)
+        assert gx.shape == x.shape and gx.dtype == np.float32
+        gw = kernels.conv2d_grad_weight(x, y, 3, 3, 2, 1, p, 1, 1, 1)
+        assert gw.shape == w.shape and not gw.any()
+        s = kernels.sum_pool2d(x, 2, 2, 2, 2, p)
+        assert s.shape == (0, 2, 3, 3) and kernels.sum_pool2d_grad(s, 6, 5, 2, 2, 2, 2, p).shape == x.shape
+        m, idx = kernels.max_pool2d(x, 2, 2, 2, 2, p)
+        assert m.shape == (0, 2, 3, 3) and idx.shape == m.shape
+        assert kernels.max_pool2d_values(x, 2, 2, 2, 2, p).shape == m.shape
+        assert kernels.max_pool2d_gather(x, idx, 2, 2, 2, 2, p).shape == m.shape
+        assert kernels.max_pool2d_grad(m, idx, 6, 5, 2, 2, 2, 2, p).shape == x.shape
+        z = np.ones((0, 4, 3, 3))
+        s2, sums, per_channel = kernels.lrp_step2(z, z, None, 1e-6, 4)
+        assert s2.shape == z.shape and sums.shape == (0, 4) and per_channel.shape == (0, 4)
+    finally:
+        kernels.set_backend(previous)
