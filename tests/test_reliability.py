@@ -419,6 +419,9 @@ EMPTY_LAYERS = {
     "Dropout": (lambda: L.Dropout(), (2, 6, 6)), "ChannelAffine": (lambda: L.ChannelAffine(2), (2, 6, 6)),
     "ChannelShuffle": (lambda: L.ChannelShuffle(2), (4, 6, 6)),
     "Add": (lambda: L.Add([1.0, -2.0]), [(2, 6, 6), (2, 6, 6)]), "Concat": (lambda: L.Concat(), [(2, 6, 6), (3, 6, 6)]),
+    "Hardtanh": (lambda: L.Hardtanh(-1.0, 2.0), (2, 6, 6)), "ReLU6": (lambda: L.ReLU6(), (2, 6, 6)),
+    "LeakyReLU": (lambda: L.LeakyReLU(0.1), (2, 6, 6)),
+    "AdaptiveAvgPool2d": (lambda: L.AdaptiveAvgPool2d((4, 3)), (2, 6, 6)),
 }
 
 
