@@ -498,7 +498,7 @@ def _serial(job, model, data, chunks, todo, targets, paths, progress, finished):
 
 def _chunk_name(chunks, i):
     a, b = chunks[i]
-    return f"chunk {os.path.basename(_chunk_path('', a, b))} (inputs {a}:{b})"
+    return f"{os.path.basename(_chunk_path('', a, b))} (inputs {a}:{b})"
 
 
 def _on_dask(job, model, data, chunks, todo, targets, paths, scheduler, progress, finished):
