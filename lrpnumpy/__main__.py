@@ -352,6 +352,12 @@ def _explain_dataset(args):
     return 0
 
 
+def _error(message):
+    """Exit code 2 and one line, whatever the message holds."""
+    print("lrpnumpy: error: " + " ".join(str(message).split()), file=sys.stderr)
+    return 2
+
+
 def _warn(message, category, filename, lineno, file=None, line=None):
     print(f"lrpnumpy: warning: {message}", file=sys.stderr)
 
@@ -462,8 +468,10 @@ def _run(args):
         return {"explain": _explain, "evaluate": _evaluate, "explain-dataset": _explain_dataset, "verify": _verify,
                 "train": _train, "bench": _bench}[args.command](args)
     except (LRPError, OSError) as exc:
-        print(f"lrpnumpy: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(exc)
+    except ImportError as exc:  # an optional package lrpnumpy does not wrap yet, or a broken installation
+        return _error(f"cannot import {exc.name or 'a package'} ({exc}); install it, e.g. pip install "
+                      f"'lrpnumpy[data,dask,onnx]'")
     except MemoryError:
         print("lrpnumpy: error: not enough memory (is the model's input_shape or --batch too large?)",
               file=sys.stderr)

@@ -270,3 +270,12 @@ def test_workers_without_distributed_names_the_pip_command(tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert err.startswith("lrpnumpy: error: --workers needs dask.distributed") and "pip install 'lrpnumpy[dask]'" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_missing_package_is_one_line(tmp_path, monkeypatch, capsys):
+    np.save(tmp_path / "x.npy", datasets.sample().images[:2])
+    for name in ("matplotlib", "matplotlib.pyplot", "matplotlib.colors"):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert main(["explain", MODEL, str(tmp_path / "x.npy"), "--out", str(tmp_path / "h.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lrpnumpy: error: cannot import matplotlib") and len(err.strip().splitlines()) == 1
