@@ -225,7 +225,7 @@ def _describe(value, depth=0):
         if a.dtype.kind not in "biuf":
             return {"array": str(a.dtype), "shape": list(a.shape)}
         d = {"array": a.dtype.str, "shape": list(a.shape),
-             "sha256": hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()}
+             "sha256": hashlib.sha256(_bytes(a)).hexdigest()}
         if a.size <= 8:
             d["values"] = [_describe(v) for v in a.ravel().tolist()]
         return d
@@ -248,6 +248,11 @@ def _describe(value, depth=0):
     return {"type": kind}
 
 
+def _bytes(a):
+    """An array's bytes for a hash, without a copy when it is contiguous."""
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+
 def _model_fingerprint(model):
     """SHA-256 of a network: its kind, input shape, every node's name, type, configuration and inputs, and
     every parameter's name, dtype, shape and bytes."""
@@ -264,7 +269,7 @@ def _model_fingerprint(model):
                 h.update(f"{p}:none;".encode())
                 continue
             h.update(f"{p}:{value.dtype.str}:{value.shape};".encode())
-            h.update(np.ascontiguousarray(value).tobytes())
+            h.update(_bytes(value))
     return h.hexdigest()
 
 
@@ -274,7 +279,7 @@ def _data_fingerprint(data, chunks):
     for a, b in chunks:
         x = np.ascontiguousarray(np.asarray(data[a:b]))
         h.update(f"{x.dtype.str}:{x.shape[1:]};".encode())
-        h.update(x.tobytes())
+        h.update(_bytes(x))
     return h.hexdigest()
 
 
