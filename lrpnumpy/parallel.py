@@ -50,7 +50,7 @@ import warnings
 
 import numpy as np
 
-from .errors import (LRPError, ManifestError, MissingDependencyError, NonFiniteError, RuleParameterError, SaveError,
+from .errors import (DTypeError, LRPError, ManifestError, MissingDependencyError, NonFiniteError, RuleParameterError, SaveError,
                      ShapeError, WorkerError)
 from .progress import bar
 
@@ -150,7 +150,9 @@ def _check_result(result, rows, path):
     if not isinstance(result, np.ndarray) or result.ndim == 0 or len(result) != rows:
         raise ShapeError(f"{name}: the method returned {_what(result)}, expected an array with one row per input "
                          f"({rows})")
-    if result.dtype.kind == "f" and not np.isfinite(result).all():
+    if result.dtype.kind != "f":
+        raise DTypeError(f"{name}: the method returned {result.dtype} values, expected floats")
+    if not np.isfinite(result).all():
         raise NonFiniteError(f"{name}: the result holds NaN or infinity; it is not written")
     return result
 
@@ -180,6 +182,8 @@ def _write_chunk(path, result):
 def _read_chunk(path, rows, spec=None):
     """``(array, None)`` for a complete chunk of ``rows`` rows (and ``spec``'s dtype and sample shape), else
     ``(None, why)``.  Memory-mapped first, so a header that only declares a large array allocates nothing."""
+    if not os.path.isfile(path):  # a folder, a FIFO (reading it would wait forever), a device, a broken link
+        return None, "not a regular file"
     try:
         a = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError, TypeError) as exc:
@@ -336,6 +340,8 @@ def read_manifest(out):
     """
     path = os.path.join(out, MANIFEST)
     try:
+        if os.path.lexists(path) and not os.path.isfile(path):
+            raise ManifestError(f"{path}: not a regular file")
         with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
     except FileNotFoundError:

@@ -128,13 +128,16 @@ def _damage(path, how):
         np.save(path, np.array([None, 1], dtype=object), allow_pickle=True)
     elif how == "strings":
         np.save(path, np.array(["a"] * 4))
+    elif how == "fifo":
+        os.remove(path)
+        os.mkfifo(path)
     elif how == "huge header":  # declares 2**40 float64 values in 128 bytes
         header = "{'descr': '<f8', 'fortran_order': False, 'shape': (4, 1, 524288, 524288), }"
         open(path, "wb").write(b"\x93NUMPY\x01\x00" + len(header.ljust(118)).to_bytes(2, "little")
                                + header.ljust(117).encode() + b"\n")
 
 
-DAMAGE = ["nan", "float32", "shape", "rows", "truncated", "text", "object", "strings", "huge header"]
+DAMAGE = ["nan", "float32", "shape", "rows", "truncated", "text", "object", "strings", "huge header", "fifo"]
 
 
 @pytest.mark.parametrize("how", DAMAGE)
@@ -211,6 +214,8 @@ def test_a_non_finite_result_is_refused_and_not_written(setup, tmp_path):
     assert _chunks(tmp_path / "nan") == []
     with pytest.raises(LRPError, match="one row per input"):
         _run(setup, tmp_path / "rows", composite=None, method=lambda model, x, target=None: x[:1])
+    with pytest.raises(LRPError, match="int64 values, expected floats"):
+        _run(setup, tmp_path / "ints", composite=None, method=lambda model, x, target=None: np.zeros(x.shape, int))
 
 
 def test_evaluate_dataset_folder_has_a_manifest_too(setup, tmp_path):
