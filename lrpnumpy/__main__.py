@@ -8,8 +8,8 @@ import warnings
 
 import numpy as np
 
-from .errors import (DatasetError, DTypeError, LRPError, MissingDependencyError, ModelFormatError, RuleParameterError,
-                     ShapeError)
+from .errors import (DatasetError, DTypeError, LRPError, MissingDependencyError, ModelFormatError, NonFiniteError,
+                     RuleParameterError, ShapeError)
 
 #: Images with more pixels than this are refused before they are decoded (Pillow's own default limit,
 #: applied whatever ``PIL.Image.MAX_IMAGE_PIXELS`` is set to).
@@ -89,7 +89,14 @@ def _scaled(x, path, net, input_range=None):
     if x.dtype.kind in "iu":
         raise DTypeError(f"{path}: holds {x.dtype} values; give floats in the model's input range, or uint8 pixels "
                          f"0-255 (scaled to the input range like images)")
-    return x if x.dtype == dtype else x.astype(dtype)
+    if x.dtype == dtype:
+        return x
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = np.asarray(x).astype(dtype)
+    if not np.isfinite(y).all() and np.isfinite(x).all():
+        raise NonFiniteError(f"{path}: holds values up to {float(np.abs(x).max()):.4g}, beyond {dtype}'s range "
+                             f"(the model's dtype)")
+    return y
 
 
 def _input_range(net, input_range=None):

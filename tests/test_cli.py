@@ -149,7 +149,7 @@ def _hostile_inputs(tmp_path):
     s = datasets.sample().images[:4]
     arrays = {"complex": s.astype(complex), "datetime": np.zeros((2, 1, 28, 28), "datetime64[s]"),
               "string": np.array(["a", "b"]), "structured": np.zeros(2, [("a", "f8"), ("b", "i4")]),
-              "bool": s > 0.5, "int32": (s * 255).astype(np.int32)}
+              "bool": s > 0.5, "int32": (s * 255).astype(np.int32), "huge": np.full((2, 1, 28, 28), 1e300)}
     for name, a in arrays.items():
         np.save(tmp_path / f"{name}.npy", a)
     np.save(tmp_path / "object.npy", np.array([None, 1], dtype=object), allow_pickle=True)
