@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 
 from .errors import (DatasetError, DTypeError, LRPError, MissingDependencyError, ModelFormatError, NonFiniteError,
-                     RuleParameterError, ShapeError)
+                     RuleParameterError, ShapeError, WorkerError)
 
 #: Images with more pixels than this are refused before they are decoded (Pillow's own default limit,
 #: applied whatever ``PIL.Image.MAX_IMAGE_PIXELS`` is set to).
@@ -338,9 +338,15 @@ def _explain_dataset(args):
         except ImportError as exc:
             raise MissingDependencyError(f"--workers needs dask.distributed ({exc}): pip install "
                                          f"'lrpnumpy[dask]'") from None
-        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None)
-        scheduler = Client(cluster)
+        try:
+            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address=None)
+            scheduler = Client(cluster)
+        except Exception as exc:  # (distributed raises RuntimeError, OSError, TimeoutError, ...)
+            if cluster is not None:
+                cluster.close()
+            raise WorkerError(f"--workers {args.workers}: a local Dask cluster cannot start ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})") from None
     try:
         result = parallel.explain_dataset(net, data, target=args.target, batch_size=args.batch_size,
                                           scheduler=scheduler, out=args.out, progress=not args.quiet,

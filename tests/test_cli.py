@@ -279,3 +279,16 @@ def test_a_missing_package_is_one_line(tmp_path, monkeypatch, capsys):
     assert main(["explain", MODEL, str(tmp_path / "x.npy"), "--out", str(tmp_path / "h.png")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lrpnumpy: error: cannot import matplotlib") and len(err.strip().splitlines()) == 1
+
+
+def test_a_cluster_that_cannot_start_is_one_line(tmp_path, monkeypatch, capsys):
+    distributed = pytest.importorskip("distributed")
+    np.save(tmp_path / "x.npy", datasets.sample().images[:4])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Nanny failed to start.")
+    monkeypatch.setattr(distributed, "LocalCluster", broken)
+    assert main(["explain-dataset", MODEL, str(tmp_path / "x.npy"), "--workers", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "lrpnumpy: error: --workers 2: a local Dask cluster cannot start (RuntimeError: Nanny " \
+                          "failed to start.)"
