@@ -217,6 +217,11 @@ def test_uint8_inputs_are_scaled_like_images(tmp_path, capsys):
     capsys.readouterr()
     assert main(["explain-dataset", MODEL, str(tmp_path / "u8.npy"), "--quiet", "--npy", str(tmp_path / "d.npy")]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "d.npy"), np.load(tmp_path / "rp.npy"), rtol=1e-6, atol=1e-7)
+    head = bytes([0, 0, 8, 3]) + np.array(pixels.shape, ">u4").tobytes()  # the same pixels as an IDX file
+    (tmp_path / "images.idx").write_bytes(head + pixels.tobytes())
+    assert main(["explain-dataset", MODEL, str(tmp_path / "images.idx"), "--quiet", "--npy",
+                 str(tmp_path / "i.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "i.npy"), np.load(tmp_path / "d.npy"))
 
 
 def test_npy_into_a_folder_writes_relevance_npy(tmp_path, capsys):
