@@ -47,6 +47,7 @@ import re
 import threading
 import types
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
@@ -131,17 +132,28 @@ def _limit_blas():
 
 def _task(job, model, x, target, path, limit=False):
     """One chunk: compute it (unless it is on disk already and complete: a retried task) and write it;
-    ``limit``: one BLAS thread in this task (for a process of its own, where nothing else runs)."""
+    ``limit``: one BLAS thread in this task (for a process of its own, where nothing else runs).
+
+    Returns the result, or with ``path`` only its shape and dtype (the chunk is on disk: nothing large
+    travels back to the client or stays in its memory)."""
     if path is not None and os.path.exists(path):
         done, _ = _read_chunk(path, len(x))
         if done is not None:
-            return done
+            return _Written(done.shape, done.dtype.str)
     with (_limit_blas() if limit else contextlib.nullcontext()):
         result = job(model, np.asarray(x), target)
     result = _check_result(result, len(x), path)
-    if path is not None:
-        _write_chunk(path, result)
-    return result
+    if path is None:
+        return result
+    _write_chunk(path, result)
+    return _Written(result.shape, result.dtype.str)
+
+
+class _Written(NamedTuple):
+    """What a task that wrote its chunk returns: the result's shape and dtype."""
+
+    shape: tuple
+    dtype: str
 
 
 def _check_result(result, rows, path):
@@ -419,7 +431,8 @@ def _prepare(out, manifest, overwrite):
 
 
 def _spec(result):
-    return {"sample_shape": list(result.shape[1:]), "dtype": result.dtype.str}
+    """The record of a result's per-sample shape and dtype (from an array or a :class:`_Written`)."""
+    return {"sample_shape": list(result.shape[1:]), "dtype": np.dtype(result.dtype).str}
 
 
 def run(job, model, data, target=None, batch_size=256, scheduler=None, out=None, progress=None, overwrite=False,
@@ -449,8 +462,8 @@ def run(job, model, data, target=None, batch_size=256, scheduler=None, out=None,
                 state["manifest"]["result"] = spec
                 _write_manifest(out, state["manifest"])
         elif spec != state["spec"]:
-            raise ShapeError(f"chunk {i} (inputs {chunks[i][0]}:{chunks[i][1]}): the result has shape "
-                             f"{result.shape} ({result.dtype}), the other chunks' rows are "
+            raise ShapeError(f"{_chunk_name(chunks, i)}: the result has shape {tuple(result.shape)} "
+                             f"({np.dtype(result.dtype)}), the other chunks' rows are "
                              f"{tuple(state['spec']['sample_shape'])} ({np.dtype(state['spec']['dtype'])})")
 
     results = {}
@@ -468,20 +481,20 @@ def _reusable(job, model, data, chunks, targets, paths, state):
     """The chunks still to compute: those not on disk, and those on disk that fail a check (removed, with a
     warning).  Without a recorded result shape (a run stopped before it recorded one), the first chunk
     to compute is computed here first, to learn it."""
-    present = [i for i, p in enumerate(paths) if os.path.lexists(p)]
+    present = {i for i, p in enumerate(paths) if os.path.lexists(p)}
     if not present:
         return list(range(len(chunks)))
     if state["spec"] is None:
-        i = next((i for i in range(len(chunks)) if i not in present), present[0])
+        i = next((i for i in range(len(chunks)) if i not in present), min(present))
         a, b = chunks[i]
         with _limit_blas():
             result = _check_result(job(model, np.asarray(data[a:b]), targets(a, b)), b - a, paths[i])
         _write_chunk(paths[i], result)
         state["spec"] = state["manifest"]["result"] = _spec(result)
         _write_manifest(os.path.dirname(paths[i]), state["manifest"])
-        present = [j for j in present if j != i] + [i]
+        present.add(i)
     todo = [i for i in range(len(chunks)) if i not in present]
-    for i in present[:]:
+    for i in sorted(present):
         a, b = chunks[i]
         _, why = _read_chunk(paths[i], b - a, state["spec"])
         if why is not None:

@@ -232,3 +232,14 @@ def test_evaluate_dataset_folder_has_a_manifest_too(setup, tmp_path):
                            features_per_step=196)
     with pytest.raises(ManifestError, match=r"kind"):
         P.explain_dataset(net, x, composite=L.EpsilonPlus(), batch_size=4, out=folder)
+
+
+def test_a_task_that_writes_its_chunk_returns_only_its_shape(setup, tmp_path):
+    """With out=FOLDER nothing large travels back from a worker or stays in the client's memory."""
+    net, x = setup
+    job = P.Job(composite=L.EpsilonPlus())
+    path = str(tmp_path / "chunk_000000000_000000004.npy")
+    written = P._task(job, net, x[:4], None, path)
+    assert not isinstance(written, np.ndarray) and tuple(written.shape) == (4, 1, 28, 28) and written.dtype == "<f8"
+    np.testing.assert_array_equal(np.load(path), P._task(job, net, x[:4], None, None))
+    assert P._task(job, net, x[:4], None, path) == written  # a retried task reads the chunk on disk
