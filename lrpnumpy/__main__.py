@@ -1,6 +1,7 @@
 """Command line: ``lrpnumpy demo``, ``explain``, ``verify``, ``train`` and ``bench``."""
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -325,36 +326,38 @@ def _read_dataset(path, net, input_range=None):
     return data if data.dtype == dtype else _Converted(data, path, net, input_range)
 
 
+def _local_cluster(workers, stack):
+    """A Client of a local cluster of ``workers`` processes, closed (then the cluster) when ``stack`` exits;
+    distributed's log lines are held back meanwhile: a failure is the command's one error line."""
+    import logging
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise MissingDependencyError(f"--workers needs dask.distributed ({exc}): pip install 'lrpnumpy[dask]'") \
+            from None
+    logger = logging.getLogger("distributed")
+    stack.callback(logger.setLevel, logger.level)
+    logger.setLevel(logging.CRITICAL)
+    try:
+        cluster = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                   host="127.0.0.1", dashboard_address=None))
+        return stack.enter_context(Client(cluster))
+    except Exception as exc:  # (distributed raises RuntimeError, OSError, TimeoutError, ...)
+        raise WorkerError(f"--workers {workers}: a local Dask cluster cannot start ({type(exc).__name__}: "
+                          f"{str(exc)[:200]})") from None
+
+
 def _explain_dataset(args):
     from . import composites, parallel
     net = _load_model(args.model)
     data = _read_dataset(args.data, net)
     kwargs = dict(method=args.method) if args.method else dict(
         composite=composites.get(args.composite, data=np.asarray(data[:args.batch_size])))
-    scheduler, cluster = args.scheduler, None
-    if args.workers:
-        try:
-            from distributed import Client, LocalCluster
-        except ImportError as exc:
-            raise MissingDependencyError(f"--workers needs dask.distributed ({exc}): pip install "
-                                         f"'lrpnumpy[dask]'") from None
-        try:
-            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                   dashboard_address=None)
-            scheduler = Client(cluster)
-        except Exception as exc:  # (distributed raises RuntimeError, OSError, TimeoutError, ...)
-            if cluster is not None:
-                cluster.close()
-            raise WorkerError(f"--workers {args.workers}: a local Dask cluster cannot start ({type(exc).__name__}: "
-                              f"{str(exc)[:200]})") from None
-    try:
+    with contextlib.ExitStack() as stack:
+        scheduler = _local_cluster(args.workers, stack) if args.workers else args.scheduler
         result = parallel.explain_dataset(net, data, target=args.target, batch_size=args.batch_size,
                                           scheduler=scheduler, out=args.out, progress=not args.quiet,
                                           overwrite=args.overwrite, **kwargs)
-    finally:
-        if cluster is not None:
-            scheduler.close()
-            cluster.close()
     relevance = parallel.load(result) if args.out else result
     if args.npy:
         args.npy = _npy_path(args.npy)

@@ -583,8 +583,13 @@ def _on_client(client, job, model, data, chunks, todo, targets, paths, progress,
     except Exception as exc:
         _cancel(client, futures)
         where = f"{_chunk_name(chunks, i)}" if i is not None else "sending the model to the workers"
-        raise WorkerError(f"Dask failed on {where}: {type(exc).__name__}: {str(exc)[:300]} (a worker that died on "
-                          f"every try, or a scheduler that went away)") from exc
+        raise WorkerError(f"Dask failed on {where}: {type(exc).__name__}: {_first_sentence(exc)} (a worker that "
+                          f"died on every try, or a scheduler that went away)") from exc
+
+
+def _first_sentence(exc, width=200):
+    text = str(exc).split(". ")[0].strip()
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _cancel(client, futures):

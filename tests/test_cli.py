@@ -297,3 +297,27 @@ def test_a_cluster_that_cannot_start_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.strip() == "lrpnumpy: error: --workers 2: a local Dask cluster cannot start (RuntimeError: Nanny " \
                           "failed to start.)"
+
+
+def test_a_worker_dying_on_a_chunk_is_one_line(tmp_path):
+    """--workers: a chunk that kills its worker every time is the command's one error line (distributed's own
+    log lines held back), naming the chunk.  A fresh process, whose stderr is distributed's log stream too."""
+    pytest.importorskip("distributed")
+    np.save(tmp_path / "x.npy", datasets.sample().images[:8])
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import os, sys, dask\n"
+        "from lrpnumpy import parallel as P\n"
+        "from lrpnumpy.__main__ import main\n"
+        "original = P.explain_dataset\n"
+        "def dying(net, data, **kw):  # the lambda travels by value to the worker process, and exits it\n"
+        "    kw.pop('composite', None)\n"
+        "    return original(net, data, **kw, method=lambda model, v, t=None: os._exit(1))\n"
+        "P.explain_dataset = dying\n"
+        "if __name__ == '__main__':\n"
+        "    with dask.config.set({'distributed.scheduler.allowed-failures': 0}):\n"
+        f"        sys.exit(main(['explain-dataset', {MODEL!r}, {str(tmp_path / 'x.npy')!r}, '--workers', '1', "
+        "'--quiet', '--batch-size', '4']))\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("lrpnumpy: error: Dask failed on chunk_00000000") and "KilledWorker" in r.stderr
