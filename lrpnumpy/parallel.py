@@ -130,9 +130,10 @@ def _limit_blas():
     return threadpool_limits(1)
 
 
-def _task(job, model, x, target, path, limit=False):
+def _task(job, model, x, target, path, limit=False, start=None):
     """One chunk: compute it (unless it is on disk already and complete: a retried task) and write it;
-    ``limit``: one BLAS thread in this task (for a process of its own, where nothing else runs).
+    ``limit``: one BLAS thread in this task (for a process of its own, where nothing else runs);
+    ``start``: the index of its first input, which an lrpnumpy error of the chunk then names.
 
     Returns the result, or with ``path`` only its shape and dtype (the chunk is on disk: nothing large
     travels back to the client or stays in its memory)."""
@@ -140,8 +141,17 @@ def _task(job, model, x, target, path, limit=False):
         done, _ = _read_chunk(path, len(x))
         if done is not None:
             return _Written(done.shape, done.dtype.str)
-    with (_limit_blas() if limit else contextlib.nullcontext()):
-        result = job(model, np.asarray(x), target)
+    try:
+        with (_limit_blas() if limit else contextlib.nullcontext()):
+            result = job(model, np.asarray(x), target)
+    except LRPError as exc:
+        if start is None or len(exc.args) != 1:
+            raise
+        try:
+            named = type(exc)(f"inputs {start}:{start + len(x)}: {exc}")
+        except TypeError:  # a subclass with another constructor
+            raise exc from None
+        raise named from None
     result = _check_result(result, len(x), path)
     if path is None:
         return result
@@ -511,7 +521,7 @@ def _serial(job, model, data, chunks, todo, targets, paths, progress, finished):
     results, shown = {}, bar(len(todo), progress, unit="chunk")
     for i in todo:
         a, b = chunks[i]
-        results[i] = _task(job, model, data[a:b], targets(a, b), paths[i])
+        results[i] = _task(job, model, data[a:b], targets(a, b), paths[i], start=a)
         finished(i, results[i])
         if shown is not None:
             shown.update(1)
@@ -544,7 +554,7 @@ def _on_dask(job, model, data, chunks, todo, targets, paths, scheduler, progress
     if client is not None:
         return _on_client(client, job, model, data, chunks, todo, targets, paths, progress, finished)
     m, j = dask.delayed(model, pure=True), dask.delayed(job, pure=True)
-    tasks = [dask.delayed(_task)(j, m, np.asarray(data[a:b]), targets(a, b), paths[i], scheduler == "processes")
+    tasks = [dask.delayed(_task)(j, m, np.asarray(data[a:b]), targets(a, b), paths[i], scheduler == "processes", a)
              for i, (a, b) in ((i, chunks[i]) for i in todo)]
     try:
         with _limit_blas(), (_dask_bar() if progress else contextlib.nullcontext()):
@@ -565,7 +575,7 @@ def _on_client(client, job, model, data, chunks, todo, targets, paths, progress,
     futures, results, i = {}, {}, None
     try:
         m, j = client.scatter([model, job], broadcast=True, hash=False)  # once per worker, not per chunk
-        futures = {client.submit(_task, j, m, np.asarray(data[a:b]), targets(a, b), paths[i], pure=False): i
+        futures = {client.submit(_task, j, m, np.asarray(data[a:b]), targets(a, b), paths[i], False, a, pure=False): i
                    for i, (a, b) in ((i, chunks[i]) for i in todo)}
         shown = bar(len(futures), progress, unit="chunk")
         for future in as_completed(futures):

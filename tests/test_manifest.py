@@ -243,3 +243,13 @@ def test_a_task_that_writes_its_chunk_returns_only_its_shape(setup, tmp_path):
     assert not isinstance(written, np.ndarray) and tuple(written.shape) == (4, 1, 28, 28) and written.dtype == "<f8"
     np.testing.assert_array_equal(np.load(path), P._task(job, net, x[:4], None, None))
     assert P._task(job, net, x[:4], None, path) == written  # a retried task reads the chunk on disk
+
+
+@pytest.mark.parametrize("scheduler", [None, "threads"])
+def test_an_error_in_a_chunk_names_its_inputs(setup, scheduler):
+    pytest.importorskip("dask")
+    net, x = setup
+    y = x.copy()
+    y[6, 0, 2, 3] = np.nan
+    with pytest.raises(NonFiniteError, match=r"^inputs 4:8: x holds NaN or infinity \(first at index \(2, 0, 2, 3\)\)"):
+        P.explain_dataset(net, y, composite=L.EpsilonPlus(), batch_size=4, scheduler=scheduler)
