@@ -1,4 +1,9 @@
-"""Command line: ``lrpnumpy demo``, ``explain``, ``verify``, ``train`` and ``bench``."""
+"""Command line: ``lrpnumpy demo``, ``explain``, ``evaluate``, ``explain-dataset``, ``verify``, ``train`` and ``bench``.
+
+One error path for every subcommand: an lrpnumpy error, an unreadable input, a non-real dtype or a
+missing package is exit code 2 and one line on standard error (1 means "verification failed");
+warnings are one line each too.
+"""
 
 import argparse
 import contextlib
