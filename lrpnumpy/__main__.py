@@ -106,8 +106,16 @@ def _scaled(x, path, net, input_range=None):
 
 
 def _input_range(net, input_range=None):
-    low, high = input_range or net.meta.get("input_range", [0.0, 1.0])
-    return float(low), float(high)
+    """``--input-range``, else the model's metadata, else [0, 1]."""
+    value = input_range or net.meta.get("input_range", [0.0, 1.0])
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ModelFormatError(f"the model's input_range must be two numbers [low, high], got {value!r:.80}") \
+            from None
+    if not (np.isfinite(low) and np.isfinite(high) and low <= high):
+        raise ModelFormatError(f"the input range must be finite with low <= high, got [{low}, {high}]")
+    return low, high
 
 
 def _positive_int(text):
