@@ -39,6 +39,7 @@ results may differ from one mode to another by rounding (1e-16).
 
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import json
 import numbers
@@ -268,6 +269,9 @@ def _describe(value, depth=0):
             d["code"] = hashlib.sha256(code.co_code + repr(code.co_names).encode()).hexdigest()[:16]
         return d
     kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    if isinstance(value, functools.partial):
+        return {"type": kind, "func": _describe(value.func, depth + 1), "args": _describe(value.args, depth + 1),
+                "keywords": _describe(value.keywords, depth + 1)}
     if hasattr(value, "__dict__"):
         return {"type": kind, **{k: _describe(v, depth + 1) for k, v in sorted(vars(value).items())
                                  if not k.startswith("_")}}

@@ -253,3 +253,14 @@ def test_an_error_in_a_chunk_names_its_inputs(setup, scheduler):
     y[6, 0, 2, 3] = np.nan
     with pytest.raises(NonFiniteError, match=r"^inputs 4:8: x holds NaN or infinity \(first at index \(2, 0, 2, 3\)\)"):
         P.explain_dataset(net, y, composite=L.EpsilonPlus(), batch_size=4, scheduler=scheduler)
+
+
+def test_descriptions_tell_methods_and_options_apart():
+    import functools
+    d = P._describe
+    assert d(functools.partial(L.methods.smoothgrad, n=4)) != d(functools.partial(L.methods.smoothgrad, n=8))
+    assert d(lambda m, x, t=None: x) != d(lambda m, x, t=None: -x)
+    assert d(L.ZBox(np.zeros(20), np.ones(20))) != d(L.ZBox(np.zeros(20), np.r_[np.ones(19), 2.0]))
+    assert d({0: L.Epsilon(0.25)}) != d({1: L.Epsilon(0.25)}) and d(L.Epsilon(0.25)) == d(L.Epsilon(0.25))
+    assert json.loads(json.dumps(d(L.composites.get("epsilon_gamma_box", low=0.0, high=1.0)))) == \
+        d(L.composites.get("epsilon_gamma_box", low=0.0, high=1.0))
