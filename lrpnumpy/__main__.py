@@ -29,8 +29,9 @@ def _verify(args):
     else:
         raise ShapeError(f"{args.model}: the model does not record its input shape; pass --input X.npy")
     def progress(row):
-        print(f"  {row['method']} against {row['against']}: max rel diff {row['max_rel']:.2e} "
-              f"{'pass' if row['passed'] else 'FAIL'}", file=sys.stderr, flush=True)
+        diff = f"max rel diff {row['max_rel']:.2e} " if row["max_rel"] is not None else ""
+        print(f"  {row['method']} against {row['against']}: {diff}{verify._result(row)}", file=sys.stderr,
+              flush=True)
     rows = verify.compare(net, x, target=args.target, against=args.against, methods=args.rules, rtol=args.rtol,
                           chunk=args.chunk, progress=progress)
     method = next((r["method"] for r in rows if r["method"] in verify.ZENNIT_COMPOSITES), None)
@@ -49,7 +50,7 @@ def _verify(args):
     if args.plot and report:
         from .viz import plot_conservation
         plot_conservation(report, title=f"{args.model}: {method}").savefig(args.plot, dpi=120)
-    return 0 if all(r["passed"] for r in rows) else 1
+    return verify.exit_status(rows)
 
 
 def _read_input(path):
