@@ -23,7 +23,7 @@ def _verify(args):
     from .explain import explain
     net = _load_model(args.model)
     if args.input:
-        x = _read_input(args.input)
+        x = _fits(args.input, _read_input(args.input), net, args.model)
     elif getattr(net, "input_shape", None):
         x = np.random.default_rng(args.seed).random((args.batch,) + tuple(net.input_shape))
     else:
@@ -66,6 +66,24 @@ def _read_input(path):
     return x
 
 
+def _fits(path, x, net, name="the model"):
+    """``x`` as a batch (one sample of the model's recorded input shape gains a batch axis); an input the
+    model cannot take is refused with a ShapeError that names the shape it expects."""
+    shape = tuple(getattr(net, "input_shape", None) or ())
+    if not shape:
+        return x
+    x = x[None] if x.shape == shape else x
+    try:
+        bad = x.shape[1:] != shape and not net.output_shape((1,) + x.shape[1:])
+    except LRPError:
+        bad = True
+    if bad:
+        dims = " x ".join(str(d) for d in shape)
+        raise ShapeError(f"{path}: an array of shape {x.shape}, but {name} expects {dims} inputs (one sample of "
+                         f"shape {shape} or a batch (N, {', '.join(str(d) for d in shape)}))")
+    return x
+
+
 def _positive_int(text):
     try:
         value = int(text)
@@ -89,8 +107,7 @@ def _read_inputs(paths, net, input_range=None):
     parts = []
     for path in paths:
         if path.lower().endswith(".npy"):
-            x = _read_input(path)
-            parts.append(x[None] if shape and x.shape == shape else x)
+            parts.append(_fits(path, _read_input(path), net))
             continue
         if not shape or len(shape) != 3:
             raise ShapeError(f"{path}: an image input needs a model that records its (C, H, W) input shape")

@@ -692,12 +692,17 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
 
 
 def _check_input_shape(model, x):
-    """Refuse an input whose samples are not the model's recorded ``input_shape``, naming it."""
+    """Refuse an input the model cannot take, naming its recorded ``input_shape`` (inputs of other sizes that
+    it can take, e.g. through a global pooling, are fine)."""
     shape = getattr(model, "input_shape", None)
-    if shape and isinstance(x, np.ndarray) and tuple(x.shape[1:]) != tuple(shape):
+    if not (shape and isinstance(x, np.ndarray) and x.ndim >= 1 and tuple(x.shape[1:]) != tuple(shape)):
+        return
+    try:
+        model.output_shape((1,) + tuple(x.shape[1:]))
+    except LRPError:
         raise ShapeError(f"the input has shape {tuple(x.shape)} but the model expects "
                          f"{' x '.join(str(d) for d in shape)} per sample (a batch of shape "
-                         f"(N, {', '.join(str(d) for d in shape)}))")
+                         f"(N, {', '.join(str(d) for d in shape)}))") from None
 
 
 def _difference(ours, theirs):
@@ -789,24 +794,30 @@ def _pool_windows(layer, a):
 
 
 def _near_zero(a, b):
-    """Where ``a`` and ``b`` (the two sides' values) straddle 0 or lie within their difference of it."""
+    """Where ``a`` and ``b`` (the two sides' values) straddle 0 or lie within their difference of it; where
+    they straddle it (the sides decide differently)."""
     d = np.abs(a - b)
     eps = np.finfo(np.float64).eps
     small = np.minimum(np.abs(a), np.abs(b)) <= TIE_ULPS * eps * np.maximum(np.abs(a), np.abs(b)) + 2 * d
-    return ((a > 0) != (b > 0)) | ((d > 0) & small)
+    flip = (a > 0) != (b > 0)
+    return flip | ((d > 0) & small), flip
 
 
 def _pool_ties(layer, a, b):
     ta, tb = _pool_windows(layer, a), _pool_windows(layer, b)
     if ta.shape[-1] < 2:
-        return np.zeros(ta.shape[:4], dtype=bool)
+        return np.zeros(ta.shape[:4], dtype=bool), np.zeros(ta.shape[:4], dtype=bool)
     with np.errstate(invalid="ignore"):
-        d = np.nan_to_num(np.abs(ta - tb), nan=0.0).max(axis=-1)  # -inf - -inf in the padding: no difference
-        top = -np.sort(-ta, axis=-1)[..., :2]
-        gap = top[..., 0] - top[..., 1]
-    eps = np.finfo(np.float64).eps
-    close = (d > 0) & (gap <= TIE_ULPS * eps * np.abs(top[..., 0]) + 2 * d)
-    return (ta.argmax(axis=-1) != tb.argmax(axis=-1)) | close
+        diff = np.nan_to_num(np.abs(ta - tb), nan=0.0)  # -inf - -inf in the padding: no difference
+        top_a, top_b = ta.max(axis=-1, keepdims=True), tb.max(axis=-1, keepdims=True)
+        margin = TIE_ULPS * np.finfo(np.float64).eps * np.abs(top_a) + 2 * diff.max(axis=-1, keepdims=True)
+        # the taps that could win on either side, and how far below the top each side puts them: where
+        # those gaps are the same on both sides (exact ties of a uniform region, say) they are ranked alike
+        contenders = (ta >= top_a - margin) | (tb >= top_b - margin)
+        regap = np.nan_to_num(np.abs((ta - top_a) - (tb - top_b)), nan=0.0)
+    close = (contenders.sum(axis=-1) >= 2) & (np.where(contenders, regap, 0.0).max(axis=-1) > 0)
+    flip = ta.argmax(axis=-1) != tb.argmax(axis=-1)
+    return flip | close, flip
 
 
 def near_ties(net, x, tnet=None, chunk=None, rtol=1e-10):
@@ -835,20 +846,21 @@ def near_ties(net, x, tnet=None, chunk=None, rtol=1e-10):
     Returns
     -------
     dict
-        ``total`` (int), ``per_sample`` (list of int), ``layers`` (list of ``(layer, kind, count)``
-        for the layers that have near-ties), ``forward_rel``, ``forward_layer``, ``rtol``.
+        ``total`` (int), ``per_sample`` (list of int), ``layers`` (list of ``(layer, kind, count,
+        decided_differently)`` for the layers that have near-ties: how many of them the two sides
+        decide differently, a max-pool window won by another tap or a value on the other side of 0), ``forward_rel``, ``forward_layer``, ``rtol``.
     """
     torch = _torch()
     tnet = to_torch(net, copy=False) if tnet is None else tnet
     names = net.names if isinstance(net, Graph) else None
     counts, per_sample, worst = {}, [], (0.0, "")
     for i in range(0, len(x), chunk or len(x)):
-        xs = x[i:i + (chunk or len(x))]
+        xs = np.ascontiguousarray(x[i:i + (chunk or len(x))])  # as compare runs it (lowerings follow the layout)
         _, trace = net.forward_trace(xs)
         tnet.record = []
         try:
-            with torch.no_grad():
-                tnet(torch.from_numpy(np.ascontiguousarray(xs)))
+            # with the input requiring grad, as the methods run it (torch may pick other kernels without)
+            tnet(torch.from_numpy(xs.copy()).requires_grad_(True))
             theirs = tnet.record
         finally:
             tnet.record = None
@@ -870,12 +882,13 @@ def near_ties(net, x, tnet=None, chunk=None, rtol=1e-10):
                                lambda _, u, v: _near_zero(u, v))(layer, a, b)))
             if isinstance(layer, (Conv2d, Linear, Add)):
                 found.append(("denominators at 0", _near_zero(ours_out, theirs_out)))
-            for kind, mask in found:
+            for kind, (mask, flip) in found:
                 n = mask.reshape(len(xs), -1).sum(axis=1)
                 sample += n
-                counts[(name, kind)] = counts.get((name, kind), 0) + int(n.sum())
+                before = counts.get((name, kind), (0, 0))
+                counts[(name, kind)] = (before[0] + int(n.sum()), before[1] + int(flip.sum()))
         per_sample += [int(v) for v in sample]
-    layers = [(name, kind, n) for (name, kind), n in counts.items() if n]
+    layers = [(name, kind, n, flipped) for (name, kind), (n, flipped) in counts.items() if n]
     return dict(total=sum(per_sample), per_sample=per_sample, layers=layers, forward_rel=worst[0],
                 forward_layer=worst[1], rtol=rtol)
 
@@ -919,7 +932,7 @@ def format_rows(rows, rtol):
     for impl, (total, layers) in ties.items():
         lines += ["", f"near-ties against {impl} (decisions the last bits of the forward arithmetic make; "
                       f"{total} in all):"]
-        lines += [f"  {name}: {n} {kind}" for name, kind, n in layers]
+        lines += [f"  {name}: {n} {kind}, {flipped} decided differently" for name, kind, n, flipped in layers]
     failed = [r for r in rows if r["status"] == "FAIL" and r.get("reason")]
     if failed:
         lines += ["", "failures:"] + [f"  {r['method']} against {r['against']}: {r['reason']}" for r in failed]
