@@ -131,3 +131,12 @@ def test_explain_dataset_command(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "store"))[-1] == "chunk_000000064_000000070.npy"
     r = _cli("explain-dataset", MODEL, str(tmp_path / "x.npy"), "--method", "lime")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [["verify", "toolbox_lenet", "--input"], ["explain", "toolbox_lenet"]])
+def test_wrong_input_size_names_the_models_input(command):
+    """A 28 x 28 sample for the 32 x 32 LeNet: exit 2 and one line naming the expected input, not an error
+    from inside a SumPool2d."""
+    r = _cli(*command, os.path.join(datasets.DATA_DIR, "sample_input.npy"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "expects 1 x 32 x 32 inputs" in r.stderr and "SumPool2d" not in r.stderr
