@@ -15,6 +15,14 @@ Known differences, reproduced here by configuring lrpnumpy (see :data:`NOTES`):
   its alpha1-beta0 rule only ``W <- W+``, neither splits inputs by sign), uses epsilon 1e-9,
   and applies its epsilon rule to pooling layers (max pooling included).  lrpnumpy reproduces
   it with :class:`~lrpnumpy.rules.Rho` (``bias="raw"``) and ``Epsilon(1e-9)`` on pooling.
+
+Ill-conditioned rows: two correct float64 implementations round differently, so a decision the last
+bits make (a max-pool window's winner among taps a few ulps apart, a ReLU or a stabilizer's sign at
+0) can go differently, and the explanations then differ by far more than rounding.  A failing row
+is checked for these near-ties (:func:`near_ties`, both sides' forward values) and re-run with the
+reference computing from lrpnumpy's forward values (every tie broken alike); if it then agrees, the
+row is ``ill-conditioned (N near-ties)``, not ``FAIL``.  A method a side cannot run gives an ``n/a``
+row that says why; :func:`compare` never stops at one.
 """
 
 import gc

@@ -516,3 +516,31 @@ def test_verify_names_the_expected_input_shape(tmp_path, capsys):
     gap = L.Sequential(L.Conv2d(1, 2, 3, rng=0), L.ReLU(), L.GlobalAvgPool2d(), L.Flatten(), L.Linear(2, 2, rng=1),
                        input_shape=(1, 8, 8))
     verify._check_input_shape(gap, np.zeros((1, 1, 12, 12)))  # runs at 12 x 12 too: accepted
+
+
+def test_near_ties_by_layer_with_a_reference_that_rounds_otherwise():
+    """near_ties on a chain whose first output is 0 in exact arithmetic: a reference that computes it as
+    1e-17 (as another summation order may) decides its ReLU and its stabilizer's sign differently; both
+    are counted, by layer and sample.  Values equal on both sides are not."""
+    pytest.importorskip("torch")
+    net = L.Sequential(L.Linear(3, 2, rng=0), L.ReLU(), L.Linear(2, 2, rng=1))
+    net[0].weight = np.array([[1.0, -1.0, 0.0], [0.5, 0.25, 1.0]])
+    net[0].bias = np.zeros(2)
+    x = np.array([[0.3, 0.3, 0.1], [0.2, 0.7, 0.4]])
+
+    class Reference:  # lrpnumpy's values, but sample 0's first unit computed as 1e-17
+        record = None
+
+        def __call__(self, xt):
+            _, trace = net.forward_trace(xt.detach().numpy())
+            outputs = [step.output.copy() for step in trace]
+            outputs[0][0, 0] = outputs[1][0, 0] = 1e-17
+            outputs[2] = net[2].forward(outputs[1])
+            self.record.extend(outputs)
+
+    ties = verify.near_ties(net, x, Reference())
+    assert net.forward_trace(x)[1][0].output[0, 0] == 0.0
+    assert ties["layers"][:2] == [("layer 0 (Linear)", "denominators at 0", 1, 1),
+                                  ("layer 1 (ReLU)", "ReLU inputs at 0", 1, 1)]
+    assert ties["per_sample"][1] == 0 and ties["per_sample"][0] == ties["total"] >= 2
+    assert ties["forward_layer"] and ties["forward_rel"] > 0
