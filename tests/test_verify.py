@@ -544,3 +544,15 @@ def test_near_ties_by_layer_with_a_reference_that_rounds_otherwise():
                                   ("layer 1 (ReLU)", "ReLU inputs at 0", 1, 1)]
     assert ties["per_sample"][1] == 0 and ties["per_sample"][0] == ties["total"] >= 2
     assert ties["forward_layer"] and ties["forward_rel"] > 0
+
+
+@needs_zennit
+def test_a_network_without_a_torch_equivalent_gives_na_rows():
+    """Asymmetric padding has no PyTorch equivalent: every row against the reference is n/a with the
+    reason (a table, exit status 1: nothing was compared), not an exception."""
+    net = L.Sequential(L.Conv2d(1, 2, 3, padding=(0, 1, 0, 0), rng=0), L.ReLU(), L.Flatten(),
+                       L.Linear(2 * 4 * 5, 3, rng=1))
+    rows = verify.compare(net, np.random.default_rng(0).random((2, 1, 6, 6)), methods=["epsilon", "gradient"])
+    assert [r["status"] for r in rows] == ["n/a", "n/a"] and verify.exit_status(rows) == 1
+    assert all("asymmetric padding has no direct PyTorch equivalent" in r["reason"] for r in rows)
+    assert "2 n/a" in verify.format_rows(rows, 1e-10)
