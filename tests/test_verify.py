@@ -405,6 +405,10 @@ def test_near_ties_make_rows_ill_conditioned_not_failed():
     text = verify.format_rows(rows, 1e-10)
     assert f"ill-conditioned ({count} near-ties)" in text and "3 ill-conditioned" in text
     assert f"pool (MaxPool2d): {count} max-pool windows, {flipped} decided differently" in text
+    # the images as shipped (not symmetric): here 14 near-ties and 0.12 relative for the gradient, not a FAIL
+    g, x = _residual_on_real_images(mirrored=False)
+    [row] = verify.compare(g, x, methods=["gradient"])
+    assert row["status"] in ("pass", "ill-conditioned"), (row["max_rel"], row["reason"])
 
 
 @pytest.mark.reference
