@@ -35,14 +35,15 @@ def _verify(args):
     from .explain import explain
     net = _load_model(args.model)
     if args.input:
-        x = _read_input(args.input)
+        x = _fits(args.input, _read_input(args.input), net, args.model)
     elif getattr(net, "input_shape", None):
         x = np.random.default_rng(args.seed).random((args.batch,) + tuple(net.input_shape))
     else:
         raise ShapeError(f"{args.model}: the model does not record its input shape; pass --input X.npy")
     def progress(row):
-        print(f"  {row['method']} against {row['against']}: max rel diff {row['max_rel']:.2e} "
-              f"{'pass' if row['passed'] else 'FAIL'}", file=sys.stderr, flush=True)
+        diff = f"max rel diff {row['max_rel']:.2e} " if row["max_rel"] is not None else ""
+        print(f"  {row['method']} against {row['against']}: {diff}{verify._result(row)}", file=sys.stderr,
+              flush=True)
     rows = verify.compare(net, x, target=args.target, against=args.against, methods=args.rules, rtol=args.rtol,
                           chunk=args.chunk, progress=progress)
     method = next((r["method"] for r in rows if r["method"] in verify.ZENNIT_COMPOSITES), None)
@@ -61,7 +62,7 @@ def _verify(args):
     if args.plot and report:
         from .viz import plot_conservation
         plot_conservation(report, title=f"{args.model}: {method}").savefig(args.plot, dpi=120)
-    return 0 if all(r["passed"] for r in rows) else 1
+    return verify.exit_status(rows)
 
 
 def _read_input(path):
@@ -118,6 +119,24 @@ def _input_range(net, input_range=None):
     return low, high
 
 
+def _fits(path, x, net, name="the model"):
+    """``x`` as a batch (one sample of the model's recorded input shape gains a batch axis); an input the
+    model cannot take is refused with a ShapeError that names the shape it expects."""
+    shape = tuple(getattr(net, "input_shape", None) or ())
+    if not shape:
+        return x
+    x = x[None] if x.shape == shape else x
+    try:
+        bad = x.shape[1:] != shape and not net.output_shape((1,) + x.shape[1:])
+    except LRPError:
+        bad = True
+    if bad:
+        dims = " x ".join(str(d) for d in shape)
+        raise ShapeError(f"{path}: an array of shape {x.shape}, but {name} expects {dims} inputs (one sample of "
+                         f"shape {shape} or a batch (N, {', '.join(str(d) for d in shape)}))")
+    return x
+
+
 def _positive_int(text):
     try:
         value = int(text)
@@ -141,8 +160,7 @@ def _read_inputs(paths, net, input_range=None):
     parts = []
     for path in paths:
         if path.lower().endswith(".npy"):
-            x = _scaled(_read_input(path), path, net, input_range)
-            parts.append(x[None] if shape and x.shape == shape else x)
+            parts.append(_fits(path, _scaled(_read_input(path), path, net, input_range), net))
             continue
         if not shape or len(shape) != 3:
             raise ShapeError(f"{path}: an image input needs a model that records its (C, H, W) input shape")

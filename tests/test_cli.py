@@ -345,3 +345,12 @@ def test_a_bad_input_range_is_one_line(tmp_path, capsys):
         assert err.startswith("lrpnumpy: error: ") and "meta 'input_range' must be" in err and err.count("\n") == 1
     assert main(["explain", MODEL, str(tmp_path / "a.png"), "--input-range", "1", "nan"]) == 2
     assert "finite with low <= high" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["verify", "toolbox_lenet", "--input"], ["explain", "toolbox_lenet"]])
+def test_wrong_input_size_names_the_models_input(command):
+    """A 28 x 28 sample for the 32 x 32 LeNet: exit 2 and one line naming the expected input, not an error
+    from inside a SumPool2d."""
+    r = _cli(*command, os.path.join(datasets.DATA_DIR, "sample_input.npy"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "expects 1 x 32 x 32 inputs" in r.stderr and "SumPool2d" not in r.stderr
