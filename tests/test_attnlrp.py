@@ -281,3 +281,31 @@ def test_matches_lxt_on_an_encoder_block(name, rng, monkeypatch):
     np.testing.assert_allclose(yt.detach().numpy(), y, rtol=1e-12, atol=1e-12)
     assert np.abs(theirs).max() > 0.1
     np.testing.assert_allclose(ours, theirs, rtol=1e-8, atol=1e-8)
+
+
+def test_expanded_attention_reports_each_primitive(rng):
+    """expand() gives the attention's primitives their own rows: same relevance, every row balanced,
+    the softmax's share on the softmax's row and the projections' biases on theirs."""
+    from lrpnumpy.layers.attention import expand
+    net = encoder_block(rng)
+    x = rng.normal(size=(2, 5, 8))
+    y = net.forward(x)
+    flat = expand(net)
+    np.testing.assert_allclose(flat.forward(x), y, rtol=1e-13)
+    assert "attn.attention" in flat.names and "attn" in flat.names
+    for name in ("attnlrp", "cp_lrp"):
+        comp = composites.get(name, epsilon=EPS)
+        nested, expanded = (explain(n, x, relevance_out=y, composite=comp) for n in (net, flat))
+        np.testing.assert_allclose(expanded.relevance, nested.relevance, rtol=1e-11, atol=1e-13)
+        report = expanded.conservation()
+        assert np.abs(report.residual()).max() < 1e-9
+        rows = {r["name"]: r for r in report.to_dict()}
+        nested_row = next(r for r in nested.conservation().to_dict() if r["name"] == "attn")
+        inner = [r for n, r in rows.items() if n == "attn" or n.startswith("attn.")]
+        for column in ("softmax", "bias"):
+            assert abs(sum(r[column] for r in inner) - nested_row[column]) < 1e-9
+        if name == "attnlrp":
+            assert abs(rows["attn.attention"]["softmax"]) > 1e-3
+            assert "softmax" in report.to_text()
+        else:
+            assert rows["attn.attention"]["relevance_out"] == 0.0  # CP-LRP: nothing flows through the softmax
