@@ -226,3 +226,20 @@ def test_multihead_attention_matches_torch(causal, bias, rng):
     def run(xt):
         return tm(xt, xt, xt, attn_mask=mask, need_weights=False)[0]
     _compare(torch, *_plain(mha), run, rng.normal(size=(3, T, E)), params_theirs=theirs, rng=rng)
+
+
+def test_transformer_layers_train_and_save(tmp_path, rng):
+    """train.fit updates the attention's and the norms' parameters through param_grads; the native
+    format saves and loads them."""
+    from lrpnumpy import io, train
+    net = L.Sequential([L.LayerNorm(4), L.MultiheadAttention(4, 2, rng=0), L.RMSNorm(4), L.Linear(4, 4, rng=1),
+                        L.GELU(), L.Flatten(), L.Linear(12, 2, rng=2)])
+    x = rng.normal(size=(64, 3, 4))
+    y = (x[:, 0, 0] > x[:, 2, 1]).astype(int)
+    before = net[1].in_proj_weight.copy(), net[0].bias.copy()
+    history = train.fit(net, x, y, epochs=8, batch_size=16, progress=False)
+    assert history.loss[-1] < history.loss[0]
+    assert not np.allclose(net[1].in_proj_weight, before[0]) and not np.allclose(net[0].bias, before[1])
+    io.save(net, tmp_path / "t.npz")
+    back = io.load(tmp_path / "t.npz")
+    np.testing.assert_array_equal(back.forward(x), net.forward(x))
