@@ -243,3 +243,20 @@ def test_transformer_layers_train_and_save(tmp_path, rng):
     io.save(net, tmp_path / "t.npz")
     back = io.load(tmp_path / "t.npz")
     np.testing.assert_array_equal(back.forward(x), net.forward(x))
+
+
+@pytest.mark.parametrize("case", sorted(set(ONE_INPUT) - {"causal_mask"}))
+def test_config_shape_and_float32(case, rng):
+    """config() through JSON rebuilds the layer; output_shape without running; float32 stays float32."""
+    import json
+    make, shape = ONE_INPUT[case]
+    layer = make(rng)
+    params = {p: getattr(layer, p) for p in layer.params if getattr(layer, p) is not None}
+    back = type(layer).from_config(json.loads(json.dumps(layer.config())), params or None)
+    assert repr(back) == repr(layer) and L.Layer.registry[type(layer).__name__] is type(layer)
+    x = rng.normal(size=shape)
+    np.testing.assert_array_equal(back.forward(x), layer.forward(x))
+    assert layer.output_shape(shape) == layer.forward(x).shape
+    y32 = layer.astype(np.float32).forward(x.astype(np.float32))
+    assert y32.dtype == np.float32
+    np.testing.assert_allclose(y32, layer.forward(x), rtol=1e-4, atol=1e-5)

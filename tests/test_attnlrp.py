@@ -309,3 +309,17 @@ def test_expanded_attention_reports_each_primitive(rng):
             assert "softmax" in report.to_text()
         else:
             assert rows["attn.attention"]["relevance_out"] == 0.0  # CP-LRP: nothing flows through the softmax
+
+
+def test_causal_attention_gives_finite_balanced_relevance(rng):
+    """The mask's -inf scores get no relevance (as in lxt) and every row of the report still balances."""
+    from lrpnumpy.layers.attention import expand
+    mha = L.MultiheadAttention(8, 2, causal=True, rng=0)
+    x = rng.normal(size=(2, 4, 8))
+    y = mha.forward(x)
+    net = expand(Graph([("attn", mha, "input")]))
+    e = explain(net, x, relevance_out=y, composite=composites.get("attnlrp", epsilon=EPS))
+    assert np.isfinite(e.relevance).all()
+    assert np.abs(e.conservation().residual()).max() < 1e-9
+    R_scores = e.layers[net.names.index("attn.masked")]
+    assert not R_scores[:, :, np.triu_indices(4, 1)[0], np.triu_indices(4, 1)[1]].any()
