@@ -323,3 +323,20 @@ def test_causal_attention_gives_finite_balanced_relevance(rng):
     assert np.abs(e.conservation().residual()).max() < 1e-9
     R_scores = e.layers[net.names.index("attn.masked")]
     assert not R_scores[:, :, np.triu_indices(4, 1)[0], np.triu_indices(4, 1)[1]].any()
+
+
+@pytest.mark.parametrize("rule", [Epsilon(1e-3), composites.get("attnlrp", gamma=0.25).layer_map[0][1]])
+def test_token_linear_rules_equal_the_rules_on_flattened_rows(rule, rng):
+    """A rule on a Linear over (N, T, D) gives what it gives on the N*T rows (N*T, D), and books the same
+    bias and stabilizer per sample (the several-term gamma rule runs the stacked passes on the last axis)."""
+    lin = L.Linear(4, 3, rng=0)
+    lin.bias = rng.normal(size=3)
+    x = rng.normal(size=(2, 5, 4))
+    y, step = lin.forward_trace(x)
+    R = rng.normal(size=y.shape)
+    R_in, ledger = rule.propagate(step, R)
+    y2, step2 = lin.forward_trace(x.reshape(10, 4))
+    R2, ledger2 = rule.propagate(step2, R.reshape(10, 3))
+    np.testing.assert_allclose(R_in, R2.reshape(x.shape), rtol=1e-12, atol=1e-14)
+    for key in ("bias", "stabilizer"):
+        np.testing.assert_allclose(ledger[key], ledger2[key].reshape(2, 5).sum(axis=1), rtol=1e-10, atol=1e-14)
