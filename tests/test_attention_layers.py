@@ -260,3 +260,29 @@ def test_config_shape_and_float32(case, rng):
     y32 = layer.astype(np.float32).forward(x.astype(np.float32))
     assert y32.dtype == np.float32
     np.testing.assert_allclose(y32, layer.forward(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.reference
+def test_an_encoder_block_graph_equals_torchs_encoder_layer(rng):
+    """A Graph of these layers is torch's TransformerEncoderLayer (norm_first, GELU): outputs and input
+    gradients to 1e-12, with the weights copied by torch's parameter names."""
+    torch = _torch()
+    from test_attnlrp import encoder_block
+    net = encoder_block(rng)
+    t = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, activation="gelu", batch_first=True,
+                                         norm_first=True).double().eval()
+    ours = {"self_attn.in_proj_weight": net["attn"].in_proj_weight, "self_attn.in_proj_bias": net["attn"].in_proj_bias,
+            "self_attn.out_proj.weight": net["attn"].out_proj.weight, "self_attn.out_proj.bias": net["attn"].out_proj.bias,
+            "linear1.weight": net["fc1"].weight, "linear1.bias": net["fc1"].bias,
+            "linear2.weight": net["fc2"].weight, "linear2.bias": net["fc2"].bias,
+            "norm1.weight": net["ln1"].weight, "norm1.bias": net["ln1"].bias,
+            "norm2.weight": net["ln2"].weight, "norm2.bias": net["ln2"].bias}
+    t.load_state_dict({k: torch.tensor(v) for k, v in ours.items()})
+    x = rng.normal(size=(2, 5, 8))
+    y, trace = net.forward_trace(x)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = t(xt)  # the input needs a gradient, so torch takes its plain (not the fused) path
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-12)
+    g = rng.normal(size=y.shape)
+    yt.backward(torch.tensor(g))
+    np.testing.assert_allclose(net.backward(g, trace), xt.grad.numpy(), rtol=1e-11, atol=1e-12)
