@@ -340,3 +340,35 @@ def test_token_linear_rules_equal_the_rules_on_flattened_rows(rule, rng):
     np.testing.assert_allclose(R_in, R2.reshape(x.shape), rtol=1e-12, atol=1e-14)
     for key in ("bias", "stabilizer"):
         np.testing.assert_allclose(ledger[key], ledger2[key].reshape(2, 5).sum(axis=1), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", ["attnlrp", "cp_lrp"])
+def test_gated_mlp_matches_lxt(name, rng, monkeypatch):
+    """LLaMA's gated MLP ``down(silu(gate(x)) * up(x))`` as a Graph with Mul(gate, up): AttnLRP (identity on
+    SiLU, uniform on the product) and CP-LRP (the gate held constant) against lxt's efficient patches."""
+    torch = pytest.importorskip("torch")
+    patches, rules = _lxt_efficient(monkeypatch)
+    net = Graph([("gate", L.Linear(4, 6, rng=1), "input"), ("act", L.SiLU(), "gate"),
+                 ("up", L.Linear(4, 6, rng=2), "input"), ("prod", L.Mul(), ["act", "up"]),
+                 ("down", L.Linear(6, 4, rng=3), "prod")])
+    for layer in (net["gate"], net["up"], net["down"]):
+        layer.bias = 0.3 * rng.normal(size=layer.bias.shape)
+    x = rng.normal(size=(2, 5, 4))
+    y = net.forward(x)
+    ours = explain(net, x, relevance_out=y, composite=composites.get(name, epsilon=EPS)).relevance
+
+    mlp = torch.nn.Module()
+    for attr in ("gate", "up", "down"):
+        W = net[attr].weight
+        m = torch.nn.Linear(W.shape[1], W.shape[0]).double()
+        m.weight.data, m.bias.data = _t(torch, W), _t(torch, net[attr].bias)
+        setattr(mlp, f"{attr}_proj", m)
+    mlp.act_fn = torch.nn.functional.silu
+    xt = torch.tensor(x, requires_grad=True)
+    yt = (patches.gated_mlp_forward if name == "attnlrp" else patches.cp_gated_mlp_forward)(mlp, xt)
+    np.testing.assert_allclose(yt.detach().numpy(), y, rtol=1e-12, atol=1e-12)
+    yt.backward(torch.ones_like(yt))  # relevance = output x gradient, seeded with R_out = y
+    theirs = (xt * xt.grad).detach().numpy()
+    assert np.abs(theirs).max() > 0.1
+    np.testing.assert_allclose(ours, theirs, rtol=1e-8, atol=1e-8)
