@@ -324,7 +324,8 @@ def _shorten(text, n):
 def _full(ledger):
     """The ledger with every column (zeros for what the rule did not report)."""
     n = ledger["relevance_out"].shape
-    return {k: ledger.get(k, np.zeros(n)) for k in ("relevance_out", "relevance_in", "bias", "stabilizer", "dropped")}
+    return {k: ledger.get(k, np.zeros(n))
+            for k in ("relevance_out", "relevance_in", "bias", "stabilizer", "dropped", "softmax")}
 
 
 class ConservationReport:
@@ -332,13 +333,14 @@ class ConservationReport:
 
     ``rows`` holds one dict per layer with ``index``, ``layer``, ``rule`` and
     per-sample arrays (shape (N,)) ``relevance_in``, ``relevance_out``,
-    ``bias``, ``stabilizer``, ``dropped``; for each layer
-    ``relevance_in + bias + stabilizer + dropped == relevance_out`` up to
+    ``bias``, ``stabilizer``, ``dropped`` and ``softmax`` (what AttnLRP's softmax rule does not
+    pass on, by design; zero elsewhere); for each layer
+    ``relevance_in + bias + stabilizer + dropped + softmax == relevance_out`` up to
     rounding.  ``str(report)`` prints the table summed over the batch;
     :meth:`to_text` can show one sample.
     """
 
-    columns = ("relevance_in", "relevance_out", "bias", "stabilizer", "dropped")
+    columns = ("relevance_in", "relevance_out", "bias", "stabilizer", "dropped", "softmax")
 
     def __init__(self, rows):
         self.rows = rows
@@ -352,7 +354,7 @@ class ConservationReport:
     def residual(self):
         """Per layer and sample: ``relevance_out - relevance_in - bias - stabilizer - dropped``."""
         return np.array([r["relevance_out"] - r["relevance_in"] - r["bias"] - r["stabilizer"] - r["dropped"]
-                         for r in self.rows])
+                         - r.get("softmax", 0) for r in self.rows])
 
     def to_dict(self, sample=None):
         """Rows with plain floats (summed over the batch, or for one ``sample``), for JSON."""
@@ -378,18 +380,20 @@ class ConservationReport:
         Layer and rule descriptions are shortened to fit about 120 columns unless ``full``.
         """
         rows = self.to_dict(sample)
+        softmax = any(r.get("softmax", 0.0) != 0 for r in rows)  # AttnLRP's softmax rule: its own column
         short = (lambda text, n: text) if full else _shorten
         named = any(r.get("name") != str(r["index"]) for r in rows)
         layers = [short((f"{r['name']}: " if named else "") + r["layer"], 30 + 14 * named) for r in rows]
         rules = [short(r["rule"], 24) for r in rows]
         width, rwidth = max(len(x) for x in layers), max(len(x) for x in rules)
         head = (f"{'#':>3}  {'layer':<{width}}  {'rule':<{rwidth}}  {'sum R in':>11}  {'sum R out':>11}  "
-                f"{'bias':>10}  {'stabilizer':>10}  {'dropped':>10}")
+                f"{'bias':>10}  {'stabilizer':>10}  {'dropped':>10}" + (f"  {'softmax':>10}" if softmax else ""))
         lines = [head, "-" * len(head)]
         for r, layer, rule in zip(rows, layers, rules):
             lines.append(f"{r['index']:>3}  {layer:<{width}}  {rule:<{rwidth}}  "
                          f"{r['relevance_in']:>11.5g}  {r['relevance_out']:>11.5g}  {r['bias']:>10.3g}  "
-                         f"{r['stabilizer']:>10.3g}  {r['dropped']:>10.3g}")
+                         f"{r['stabilizer']:>10.3g}  {r['dropped']:>10.3g}"
+                         + (f"  {r.get('softmax', 0.0):>10.3g}" if softmax else ""))
             if r.get("parts") is not None:
                 split = ", ".join(f"{short(n, 24)} {p:.5g}" for n, p in zip(r["inputs"], r["parts"]))
                 lines.append(f"{'':>3}  {'':<{width}}  {'split to inputs:':<{rwidth}}  {split}")
