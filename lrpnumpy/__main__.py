@@ -21,19 +21,43 @@ from .errors import (DatasetError, DTypeError, LRPError, MissingDependencyError,
 #: applied whatever ``PIL.Image.MAX_IMAGE_PIXELS`` is set to).
 MAX_IMAGE_PIXELS = 89_478_485
 
-def _load_model(name):
-    from .zoo import MODELS
+def _builtin_help():
+    """The built-in model names, for every subcommand's --help: trained ones, then the random-weight ones."""
+    from .zoo import MODELS, TRAINED
+    return (f"a model file (.npz, .onnx, .txt, .prototxt) or a built-in name: trained on Fashion-MNIST "
+            f"{', '.join(TRAINED)}; RANDOM WEIGHTS (untrained architectures, for tests and timing; their "
+            f"predictions mean nothing): {', '.join(MODELS)}")
+
+
+def _load_model(name, warn=True):
+    """A model file or a built-in name: a shipped trained model, or a random-weight architecture (with a
+    one-line warning saying so, unless ``warn`` is False: verify compares implementations, for which any
+    weights do)."""
+    from .zoo import MODELS, TRAINED, trained
+    if name in TRAINED:
+        return trained(name)
     if name in MODELS:
+        if warn:
+            _warn_random(name)
         return MODELS[name]()
     from .io import load_model
     return load_model(name)
+
+
+def _warn_random(name):
+    """The one-line warning that a built-in model has random weights (nothing for other models)."""
+    from .zoo import MODELS, TRAINED
+    if name in MODELS:
+        warnings.warn(f"{name} has random weights (an untrained architecture for tests and timing): its "
+                      f"predictions and explanations mean nothing; the trained built-in models are "
+                      f"{', '.join(TRAINED)}", stacklevel=2)
 
 
 def _verify(args):
     from . import verify
     from .composites import get
     from .explain import explain
-    net = _load_model(args.model)
+    net = _load_model(args.model, warn=False)
     if args.input:
         x = _fits(args.input, _read_input(args.input), net, args.model)
     elif getattr(net, "input_shape", None):
@@ -58,7 +82,7 @@ def _verify(args):
     else:
         print(verify.format_rows(rows, args.rtol))
         if report:
-            print(f"\nper-layer conservation, lrpnumpy {method} (sums over the batch):\n{report}")
+            print(f"\nper-layer conservation, lrpnumpy {method}:\n{report}")
     if args.plot and report:
         from .viz import plot_conservation
         plot_conservation(report, title=f"{args.model}: {method}").savefig(args.plot, dpi=120)
@@ -137,6 +161,105 @@ def _fits(path, x, net, name="the model"):
     return x
 
 
+#: Parameters the command line gives itself, or that take arrays, callables or rule maps: not options.
+_NOT_OPTIONS = {"model", "x", "target", "rule", "composite", "relevance_out", "mask", "patterns", "alphas", "noise",
+                "method", "data", "bounds"}
+
+
+def _option_names(factory):
+    """The keyword options ``NAME:key=value`` may set: ``factory``'s named parameters (introspected)."""
+    import inspect
+    params = inspect.signature(factory).parameters.values()
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.name not in _NOT_OPTIONS]
+
+
+def _value(text):
+    """An option's value: an int, a float, true/false, none, or else the text itself."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def _spec(kind, text, registry, numbers_only=False):
+    """``(name, options)`` from ``NAME`` or ``NAME:key=value,key=value`` (the syntax of --rule, --composite and
+    --method alike): an unknown name is refused with the known ones, an unknown option with the accepted ones
+    (read from the signature of what the name builds)."""
+    name, _, rest = str(text).partition(":")
+    name = name.strip()
+    if name not in registry:
+        raise RuleParameterError(f"unknown {kind} {name!r}; known: {', '.join(sorted(registry))}")
+    accepted = _option_names(registry[name])
+    options = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = (t.strip() for t in part.partition("="))
+        if not eq or not key:
+            raise RuleParameterError(f"{kind} {text!r}: options are key=value, got {part!r}")
+        if key not in accepted:
+            raise RuleParameterError(f"{kind} {name!r} has no option {key!r}; accepted: "
+                                     f"{', '.join(accepted) if accepted else 'none'}")
+        options[key] = _value(value)
+        if numbers_only and not isinstance(options[key], bool):
+            if not isinstance(options[key], (int, float)):
+                raise RuleParameterError(f"{kind} {text!r}: {key} must be a number, got {value!r}")
+            options[key] = float(options[key])
+    return name, options
+
+
+def _rule(text):
+    from .rules import REGISTRY
+    name, options = _spec("rule", text, REGISTRY, numbers_only=True)
+    try:
+        return REGISTRY[name](**options)
+    except TypeError as exc:  # a required option missing (zbox's low and high)
+        raise RuleParameterError(f"rule {text!r}: {exc}; accepted options: "
+                                 f"{', '.join(_option_names(REGISTRY[name]))}") from None
+
+
+def _composite(text, x):
+    from . import composites
+    name, options = _spec("composite", text, composites.REGISTRY, numbers_only=True)
+    return composites.get(name, data=x, **options)
+
+
+#: Methods that need more than the command line gives (patterns fitted on training data).
+_NEEDS_PATTERNS = ("pattern_net", "pattern_attribution")
+
+
+def _method(text):
+    """``method(model, x, target) -> Explanation`` from ``NAME[:key=value,...]``; Grad-CAM's map is drawn at
+    the input's size unless its upsample option says otherwise."""
+    from . import methods
+    usable = {k: v for k, v in methods.REGISTRY.items() if k not in _NEEDS_PATTERNS}
+    name = str(text).partition(":")[0].strip()
+    if name in _NEEDS_PATTERNS:
+        raise RuleParameterError(f"method {name!r} needs patterns fitted on training data "
+                                 f"(lrpnumpy.methods.fit_patterns), which the command line does not do")
+    name, options = _spec("method", text, usable)
+    if name == "grad_cam":
+        options.setdefault("upsample", "bilinear")
+    function = usable[name]
+    return lambda model, x, target=None: function(model, x, target, **options)
+
+
+def _trained():
+    from .zoo import TRAINED
+    return TRAINED
+
+
+def _methods_help():
+    from .methods import REGISTRY
+    return ", ".join(name for name in REGISTRY if name not in _NEEDS_PATTERNS)
+
+
 def _positive_int(text):
     try:
         value = int(text)
@@ -211,17 +334,17 @@ def _npy_path(path):
 
 
 def _explain(args):
-    from . import composites, methods, rules, viz
+    from . import viz
     from .explain import explain
-    net = _load_model(args.model)
+    net = _load_model(args.model, warn=False)
     x = _read_inputs(args.inputs, net, args.input_range)
-    if args.method:  # Grad-CAM's map is drawn at the input's size
-        e = methods.get(args.method)(net, x, args.target, **({"upsample": "bilinear"}
-                                                               if args.method == "grad_cam" else {}))
+    _warn_random(args.model)  # once the inputs fit: a refused input stays the command's one line
+    if args.method:
+        e = _method(args.method)(net, x, args.target)
     elif args.rule:
-        e = explain(net, x, args.target, rule=rules.get(args.rule))
+        e = explain(net, x, args.target, rule=_rule(args.rule))
     else:
-        e = explain(net, x, args.target, composite=composites.get(args.composite, data=x))
+        e = explain(net, x, args.target, composite=_composite(args.composite, x))
     classes = net.meta.get("classes")
     rows = []
     for i in range(len(x)):
@@ -230,8 +353,12 @@ def _explain(args):
                    relevance_sum=float(e.relevance[i].sum()))
         if classes:
             row.update(predicted_class=classes[pred], target_class=classes[t])
-        if e.layers is not None:
-            row["absorbed_by_biases"] = float(sum(r["bias"] for r in e.conservation().to_dict(sample=i)))
+        if e.layers is not None:  # where the explained logit went: the parts add up to it (rounding aside)
+            ledger = e.conservation().to_dict(sample=i)
+            for key, column in (("absorbed_by_biases", "bias"), ("absorbed_by_stabilizer", "stabilizer"),
+                                ("dropped", "dropped")):
+                row[key] = float(sum(r[column] for r in ledger))
+            row["explained"] = float(e.layers[-1][i].sum())
         rows.append(row)
     if args.npy:
         args.npy = _npy_path(args.npy)
@@ -245,11 +372,27 @@ def _explain(args):
     else:
         for r in rows:
             label = f" ({r['predicted_class']!r})" if classes else ""
-            bias = f", biases absorbed {r['absorbed_by_biases']:+.4f}" if "absorbed_by_biases" in r else ""
-            print(f"input {r['input']}: predicted {r['predicted']}{label}, target {r['target']}, logit "
-                  f"{r['logit']:.4f}, sum of relevance {r['relevance_sum']:.4f}{bias}")
+            print(f"input {r['input']}: predicted {r['predicted']}{label}, target {r['target']}, " + _balance(r))
         _wrote(args.out, args.npy)
     return 0
+
+
+def _balance(row):
+    """The per-image account: for LRP, the explained logit as the sum of the relevance that reached the
+    input and what biases, stabilizers and the rules' dropped relevance took on the way (a rounding term
+    only when it shows at the printed precision); for other methods, the logit and the sum of relevance."""
+    if "explained" not in row:
+        return f"logit {row['logit']:.4f}, sum of relevance {row['relevance_sum']:.4f}"
+    parts = [("relevance at the input", row["relevance_sum"]), ("biases", row["absorbed_by_biases"]),
+             ("stabilizer", row["absorbed_by_stabilizer"]), ("dropped", row["dropped"])]
+    rest = row["explained"] - sum(v for _, v in parts)
+    if abs(rest) >= 5e-5:
+        parts.append(("rounding", rest))
+    text = f"{parts[0][0]} {parts[0][1]:.4f}" + "".join(
+        f" {'-' if v < 0 else '+'} {name} {abs(v):.4f}" for name, v in parts[1:])
+    what = "logit" if abs(row["explained"] - row["logit"]) <= 1e-6 * max(1.0, abs(row["logit"])) else \
+        "explained output"
+    return f"{what} {row['explained']:.4f} = {text}"
 
 
 def _wrote(*paths):
@@ -270,6 +413,8 @@ def _train(args):
     spec.loader.exec_module(recipes)
     if args.model not in recipes.MODELS:
         raise RuleParameterError(f"unknown model {args.model!r}; known: {', '.join(sorted(recipes.MODELS))}")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
     recipes.make(args.model, args.epochs or recipes.EPOCHS[args.model], args.fashion_mnist, args.out or DATA_DIR)
     return 0
 
@@ -301,8 +446,9 @@ def _method_by_name(name, x):
 
 def _evaluate(args):
     from . import evaluate
-    net = _load_model(args.model)
+    net = _load_model(args.model, warn=False)
     x = _read_inputs(args.inputs, net, args.input_range)
+    _warn_random(args.model)  # once the inputs fit: a refused input stays the command's one line
     methods = {name: _method_by_name(name, x) for name in args.methods}
     options = {"pixel_flipping": dict(features_per_step=args.features_per_step, steps=args.steps),
                "region_perturbation": dict(patch=args.patch, steps=args.steps),
@@ -423,19 +569,19 @@ def main(argv=None):
                                        "write a figure comparing five explanations")
     demo.add_argument("--out", default="lrpnumpy_demo.png", help="the figure (PNG or PDF; default %(default)s)")
     demo.add_argument("--model", default="fashion_cnn_maxpool",
-                      help="a shipped model: fashion_cnn_maxpool (default), fashion_cnn_sumpool, fashion_mlp")
+                      help=f"a shipped trained model: {', '.join(_trained())} (default %(default)s)")
     exp = sub.add_parser("explain", help="explain a model's predictions for images or .npy inputs")
     exp.add_argument("model", help="a model file (.npz, .onnx, .txt, .prototxt) or a built-in name")
     exp.add_argument("inputs", nargs="+", help=".npy arrays (a batch or one sample) or PNG/JPEG images "
                                                "(converted, resized and scaled to the model's input range)")
     how = exp.add_mutually_exclusive_group()
-    how.add_argument("--composite", default="epsilon_plus", help="a composite name (default %(default)s)")
+    how.add_argument("--composite", default="epsilon_plus", help="a composite: NAME[:key=value,...], e.g. "
+                                                                 "epsilon_plus:epsilon=0.1 (default %(default)s)")
     how.add_argument("--rule", help="one rule on every Linear/Conv2d layer: NAME[:key=value,...], e.g. "
                                     "epsilon:epsilon=0.25")
-    how.add_argument("--method", help="another explanation method instead of LRP's composites: "
-                                      "gradient, sensitivity, gradient_x_input, interior_gradients, "
-                                      "integrated_gradients, smoothgrad, simple_taylor, deconvnet, guided_backprop, "
-                                      "deeplift, occlusion, grad_cam (each with its defaults)")
+    how.add_argument("--method", help="another explanation method instead of LRP's composites: NAME[:key=value,"
+                                      "...], e.g. integrated_gradients:n=64, smoothgrad:n=50,noise_level=0.2 "
+                                      f"(options: the method's parameters); {_methods_help()}")
     exp.add_argument("--target", type=int, help="class to explain (default: the predicted class)")
     exp.add_argument("--input-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
                      help="image pixels 0..255 are scaled to [LOW, HIGH] (default: the model's metadata, else 0 1)")
@@ -465,7 +611,8 @@ def main(argv=None):
     ev.add_argument("model", help="a model file (.npz, .onnx, .txt, .prototxt) or a built-in name")
     ev.add_argument("inputs", nargs="+", help=".npy arrays or PNG/JPEG images, as for explain")
     ev.add_argument("--methods", nargs="+", default=["epsilon_plus", "gradient", "random"],
-                    help="composite names (LRP), method names or random (default: %(default)s)")
+                    help="what explain takes, each NAME[:key=value,...]: composites (LRP), rules (LRP with one rule), "
+                         "methods, or random (the baseline) (default: %(default)s)")
     ev.add_argument("--metrics", nargs="+", default=["pixel_flipping"], choices=["pixel_flipping",
                     "region_perturbation", "selectivity", "continuity", "class_sensitivity", "randomization"],
                     help="default: %(default)s")
@@ -500,13 +647,18 @@ def main(argv=None):
     tr.add_argument("model", help="fashion_mlp, fashion_cnn_sumpool or fashion_cnn_maxpool")
     tr.add_argument("--epochs", type=_positive_int, help="default: the recipe's")
     tr.add_argument("--fashion-mnist", help="folder with the IDX files (default: Debian's dataset-fashion-mnist)")
-    tr.add_argument("--out", help="folder to write the model to (default: lrpnumpy/data/, the shipped ones)")
+    tr.add_argument("--out", help="folder to write the model to, created if missing (default: lrpnumpy/data/, the "
+                                  "shipped ones)")
     bench = sub.add_parser("bench", help="run a benchmark script (bench_lrp, compare_zennit, fuzz) with its "
                                          "arguments")
     bench.add_argument("script", choices=["bench_lrp", "compare_zennit", "fuzz"])
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the script")
     from .spray import add_parser as _spray_parser
     _spray_parser(sub, _positive_int)
+    for command in sub.choices.values():  # every subcommand that loads a model lists the built-in names
+        for action in command._actions:
+            if action.dest == "model" and not action.option_strings:
+                action.help = _builtin_help()
     args = parser.parse_args(argv)
     with warnings.catch_warnings():
         warnings.showwarning = _warn  # one line each (catch_warnings restores the handler)
@@ -517,6 +669,11 @@ def _run(args):
     try:
         if args.command == "demo":
             from .demo import run
+            from .zoo import MODELS
+            if args.model in MODELS:
+                raise RuleParameterError(f"{args.model} has random weights (an untrained architecture); the demo "
+                                         f"shows a trained model's explanations: --model one of {', '.join(_trained())} "
+                                         f"(explain {args.model} ... runs, with a warning)")
             run(args.out, args.model)
             return 0
         return {"explain": _explain, "evaluate": _evaluate, "explain-dataset": _explain_dataset, "verify": _verify,
