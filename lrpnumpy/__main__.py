@@ -429,38 +429,129 @@ def _bench(args):
 
 
 def _method_by_name(name, x):
-    """A method for evaluate: a registered method, a composite name (LRP), or "random"."""
-    from . import composites, evaluate, methods
+    """A method for evaluate, each ``NAME[:key=value,...]`` as explain takes it: a composite (LRP), a rule
+    (LRP with that rule on every Linear/Conv2d layer), a method, or "random" (the baseline)."""
+    from . import composites, evaluate, methods, rules
     from .explain import explain
+    base = str(name).partition(":")[0].strip()
     if name == "random":
         return evaluate.random_relevance
-    if name in composites.REGISTRY:
-        composite = composites.get(name, data=x)
+    if base in composites.REGISTRY:
+        composite = _composite(name, x)
         return lambda model, v, t: explain(model, v, t, composite=composite)
-    usable = [m for m in methods.REGISTRY if m not in ("lrp", "grad_cam", "pattern_net", "pattern_attribution")]
-    if name in usable:  # (Grad-CAM's map is not input-sized; the pattern methods need fitted patterns)
-        return methods.get(name)
-    raise RuleParameterError(f"unknown method {name!r} for evaluate: use a composite ({', '.join(composites.REGISTRY)})"
-                             f", a method ({', '.join(usable)}) or random")
+    if base in rules.REGISTRY:
+        rule = _rule(name)
+        return lambda model, v, t: explain(model, v, t, rule=rule)
+    if base in methods.REGISTRY:
+        return _method(name)
+    raise RuleParameterError(f"unknown method {base!r} for evaluate: use a composite "
+                             f"({', '.join(composites.REGISTRY)}), a rule ({', '.join(rules.REGISTRY)}), a method "
+                             f"({_methods_help()}) or random")
+
+
+#: Which way is better, per column of evaluate's table: perturbation curves remove the most relevant
+#: features first, so a faithful explanation makes the score fall fast (a large AOPC, a small area under
+#: the curve); continuity is a largest change of relevance per change of input (small: smooth); class
+#: sensitivity is 1 - the similarity of different classes' explanations (large: class-specific);
+#: randomization is the similarity to the explanation once every layer is random (near 0: it depends on
+#: what the model learned).
+_BETTER = {"aopc": "higher", "auc": "lower", "continuity": "lower", "class_sensitivity": "higher",
+           "randomization": "nearer 0"}
+
+
+def _better(column):
+    return _BETTER.get(column, _BETTER.get(column.rpartition("_")[2], "?"))
+
+
+def _notes(names, metrics):
+    """What a reader of evaluate's table should not misread."""
+    notes = []
+    if "random" in names and "continuity" in metrics:
+        notes.append("random's continuity is 0 because its (seeded) noise ignores the input, not because it is a "
+                     "smooth explanation: it is the baseline of the perturbation metrics, not of continuity")
+    if "random" in names and "randomization" in metrics:
+        notes.append("random's randomization similarity is 1 because its noise ignores the model: the worst value")
+    return notes
+
+
+def _table_text(table, notes):
+    """evaluate's table with a row saying which way is better for each column, then the notes."""
+    columns = list(table.rows[0])
+    better = {c: "(better)" if c == "method" else _better(c) for c in columns}
+    cells = [{c: (f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])) for c in columns} for r in table.rows]
+    width = {c: max(len(c), len(better[c]), *(len(r[c]) for r in cells)) for c in columns}
+
+    def line(row):
+        return "  ".join(f"{row[c]:<{width[c]}}" if c == "method" else f"{row[c]:>{width[c]}}" for c in columns)
+    head = line({c: c for c in columns})
+    return "\n".join([head, line(better), "-" * len(head)] + [line(r) for r in cells] +
+                     [f"note: {n}" for n in notes])
+
+
+def _plot_metrics(table, metrics, title):
+    """One panel per metric asked for: the mean perturbation curves, or one bar per method for the others."""
+    from .viz import _plt
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        if metric in ("pixel_flipping", "region_perturbation", "selectivity"):
+            for name, curves in table.curves.items():
+                if metric in curves:
+                    fractions, curve = curves[metric]
+                    ax.plot(fractions, curve, label=name)
+            ax.set_xlabel("fraction of features removed")
+            ax.set_ylabel("target score")
+            ax.set_title(f"{metric.replace('_', ' ')} (faster fall: better)", fontsize="medium")
+            ax.legend(fontsize="small")
+        else:
+            names = [r["method"] for r in table.rows]
+            ax.barh(names, [r[metric] for r in table.rows])
+            ax.invert_yaxis()
+            ax.set_xlabel(metric.replace("_", " "))
+            ax.set_title(f"{metric.replace('_', ' ')} ({_better(metric)} is better)", fontsize="medium")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def _evaluate(args):
     from . import evaluate
+    from .progress import bar
     net = _load_model(args.model, warn=False)
     x = _read_inputs(args.inputs, net, args.input_range)
     _warn_random(args.model)  # once the inputs fit: a refused input stays the command's one line
     methods = {name: _method_by_name(name, x) for name in args.methods}
+    metrics = list(dict.fromkeys(args.metrics))
     options = {"pixel_flipping": dict(features_per_step=args.features_per_step, steps=args.steps),
                "region_perturbation": dict(patch=args.patch, steps=args.steps),
                "selectivity": dict(steps=args.steps)}
-    table = evaluate.compare(net, x, methods, metrics=args.metrics, target=args.target, options=options)
-    print(table.to_json() if args.json else table)
+    rows, per_sample, curves = [], {}, {}
+    progress = bar(len(methods), None, unit="method")
+    try:
+        for name, method in methods.items():  # one method at a time, so the progress bar can say which
+            if progress is not None:
+                progress.set_description(name)
+            part = evaluate.compare(net, x, {name: method}, metrics=metrics, target=args.target, options=options)
+            rows += part.rows
+            per_sample.update(part.per_sample)
+            curves.update(part.curves)
+            if progress is not None:
+                progress.update(1)
+    finally:
+        if progress is not None:
+            progress.close()
+    table = evaluate.Comparison(rows, per_sample, curves)
+    notes = _notes(methods, metrics)
+    if args.json:
+        print(json.dumps({"rows": table.rows, "better": {c: _better(c) for c in table.rows[0] if c != "method"},
+                          "notes": notes}, indent=2))
+    else:
+        print(_table_text(table, notes))
     if args.csv:
         table.to_csv(args.csv)
     if args.plot:
         from . import viz
-        viz.save(table.plot(next((m for m in args.metrics if m in ("pixel_flipping", "region_perturbation",
-                                                                    "selectivity")), "pixel_flipping")), args.plot)
+        viz.save(_plot_metrics(table, metrics, f"{args.model}: {len(x)} input{'s' * (len(x) != 1)}"), args.plot)
     if not args.json:
         _wrote(args.csv, args.plot)
     return 0
@@ -624,7 +715,8 @@ def main(argv=None):
                     help="image pixels 0..255 are scaled to [LOW, HIGH] (default: the model's metadata)")
     ev.add_argument("--json", action="store_true", help="print JSON")
     ev.add_argument("--csv", help="write the table to this CSV file")
-    ev.add_argument("--plot", help="write the perturbation curves to this PNG/PDF")
+    ev.add_argument("--plot", help="write a figure of every metric asked for (the perturbation curves, bars for "
+                                   "the others) to this PNG/PDF")
     ds = sub.add_parser("explain-dataset", help="explain a whole data set in chunks, serially or on Dask (threads, "
                                                 "processes, or --workers N local worker processes)")
     ds.add_argument("model", help="a model file (.npz, .onnx, .txt, .prototxt) or a built-in name")

@@ -459,3 +459,50 @@ def test_conservation_tables_say_what_they_sum_and_keep_rule_names():
     assert float(row[-5]) == pytest.approx(first["relevance_out"], rel=1e-4)
     assert float(row[-4]) == pytest.approx(first["relevance_in"], rel=1e-4)
     assert "sums every column over the batch" in " ".join(L.Explanation.conservation.__doc__.split())
+
+
+def test_evaluate_says_which_way_is_better_plots_every_metric_and_shows_progress(tmp_path, capsys, monkeypatch):
+    import lrpnumpy.progress
+    import lrpnumpy.viz
+    bars, figures = [], []
+
+    class Bar:
+        def __init__(self, total, progress=None, unit="batch"):
+            self.total, self.done, self.names = total, 0, []
+            bars.append(self)
+
+        def set_description(self, name):
+            self.names.append(name)
+
+        def update(self, n):
+            self.done += n
+
+        def close(self):
+            pass
+    monkeypatch.setattr(lrpnumpy.progress, "bar", lambda total, progress=None, unit="batch":
+                        Bar(total) if unit == "method" else None)
+    monkeypatch.setattr(lrpnumpy.viz, "save", lambda fig, path, dpi=120: figures.append(fig))
+    x = _x(tmp_path, 2)
+    methods = ["epsilon_plus", "grad_cam", "epsilon:epsilon=0.25", "integrated_gradients:n=4", "random"]
+    metrics = ["pixel_flipping", "continuity", "randomization"]
+    assert main(["evaluate", "fashion_cnn_maxpool", x, "--methods", *methods, "--metrics", *metrics,
+                 "--features-per-step", "196", "--plot", str(tmp_path / "p.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head, better = lines[0].split(), lines[1].split()
+    assert head == ["method", "pixel_flipping_aopc", "pixel_flipping_auc", "continuity", "randomization"]
+    assert " ".join(better) == "(better) higher lower lower nearer 0"
+    assert [line.split()[0] for line in lines[3:8]] == methods
+    assert any(line.startswith("note: random's continuity is 0") for line in lines)
+    assert [b.total for b in bars] == [5] and bars[0].done == 5 and bars[0].names == methods
+    titles = [ax.get_title() for ax in figures[0].axes]
+    assert len(titles) == 3 and titles[0].startswith("pixel flipping") and "lower is better" in titles[1]
+    assert main(["evaluate", "fashion_cnn_maxpool", x, "--methods", "gradient", "random", "--metrics", "continuity",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["better"] == {"continuity": "lower"} and "random's continuity" in out["notes"][0]
+    net = L.zoo.trained("fashion_cnn_maxpool")
+    xs = datasets.sample().images[:2].astype(net.dtype)
+    expected = L.evaluate.continuity(net, L.methods.gradient, xs, [(0, 1), (1, 1), (1, 0)])["continuity"].mean()
+    assert out["rows"][0]["continuity"] == pytest.approx(expected, rel=1e-9)
+    assert main(["evaluate", "fashion_cnn_maxpool", x, "--methods", "pattern_net"]) == 2
+    assert "fit_patterns" in capsys.readouterr().err
