@@ -29,6 +29,13 @@ def _builtin_help():
             f"predictions mean nothing): {', '.join(MODELS)}")
 
 
+#: What a subcommand's model argument takes besides a file or a built-in name.
+_MODEL_HELP = {"verify": "; or your own torch module FILE.py:NAME (NAME: a module, a Module class, or a function "
+                         "making one that loads its weights; needs --input): converted with lrpnumpy.io.from_torch "
+                         "and compared on the module itself, canonized for Zennit (BatchNorm merged, + made Zennit's "
+                         "Sum); random-weight built-ins are fine here (any weights compare implementations)"}
+
+
 def _load_model(name, warn=True):
     """A model file or a built-in name: a shipped trained model, or a random-weight architecture (with a
     one-line warning saying so, unless ``warn`` is False: verify compares implementations, for which any
@@ -57,19 +64,30 @@ def _verify(args):
     from . import verify
     from .composites import get
     from .explain import explain
-    net = _load_model(args.model, warn=False)
-    if args.input:
-        x = _fits(args.input, _read_input(args.input), net, args.model)
-    elif getattr(net, "input_shape", None):
-        x = np.random.default_rng(args.seed).random((args.batch,) + tuple(net.input_shape))
+    module = _user_torch_module(args.model) if _is_torch_spec(args.model) else None
+    if module is not None:  # the user's own torch module: converted with from_torch, the references run on it
+        from .io import from_torch
+        if not args.input:
+            raise ShapeError(f"{args.model}: a torch module needs --input X.npy (an example batch it accepts)")
+        x = _read_input(args.input)
+        if x.dtype.kind != "f":
+            raise DTypeError(f"{args.input}: holds {x.dtype} values; a torch module's example input must be floats")
+        x = x.astype(np.float64)
+        net = from_torch(module, x)
     else:
-        raise ShapeError(f"{args.model}: the model does not record its input shape; pass --input X.npy")
+        net = _load_model(args.model, warn=False)
+        if args.input:
+            x = _fits(args.input, _read_input(args.input), net, args.model)
+        elif getattr(net, "input_shape", None):
+            x = np.random.default_rng(args.seed).random((args.batch,) + tuple(net.input_shape))
+        else:
+            raise ShapeError(f"{args.model}: the model does not record its input shape; pass --input X.npy")
     def progress(row):
         diff = f"max rel diff {row['max_rel']:.2e} " if row["max_rel"] is not None else ""
         print(f"  {row['method']} against {row['against']}: {diff}{verify._result(row)}", file=sys.stderr,
               flush=True)
     rows = verify.compare(net, x, target=args.target, against=args.against, methods=args.rules, rtol=args.rtol,
-                          chunk=args.chunk, progress=progress)
+                          chunk=args.chunk, progress=progress, torch_module=module)
     method = next((r["method"] for r in rows if r["method"] in verify.ZENNIT_COMPOSITES), None)
     report = None
     if method:
@@ -87,6 +105,36 @@ def _verify(args):
         from .viz import plot_conservation
         plot_conservation(report, title=f"{args.model}: {method}").savefig(args.plot, dpi=120)
     return verify.exit_status(rows)
+
+
+def _is_torch_spec(text):
+    path, sep, name = str(text).rpartition(":")
+    return bool(sep and name and path.endswith(".py"))
+
+
+def _user_torch_module(spec):
+    """The torch module ``FILE.py:NAME`` names: NAME is a module instance, a torch.nn.Module class or a function
+    made without arguments (loading its own weights).  The file is the user's own code, and is run."""
+    import importlib.util
+    path, _, name = spec.rpartition(":")
+    if not os.path.isfile(path):
+        raise ModelFormatError(f"{path}: no such file (a torch module is given as FILE.py:NAME)")
+    try:
+        import torch
+        loader = importlib.util.spec_from_file_location(f"_lrpnumpy_user_{os.path.basename(path)[:-3]}", path)
+        code = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(code)
+        obj = getattr(code, name)
+        module = obj if isinstance(obj, torch.nn.Module) else obj()
+    except ImportError:
+        raise
+    except AttributeError:
+        raise ModelFormatError(f"{path} has no {name!r}") from None
+    except Exception as exc:  # the user's code can raise anything: one line naming it
+        raise ModelFormatError(f"{spec}: making the module raised {type(exc).__name__}: {str(exc)[:200]}") from None
+    if not isinstance(module, torch.nn.Module):
+        raise ModelFormatError(f"{spec} gave {type(module).__name__}, not a torch.nn.Module")
+    return module
 
 
 def _read_input(path):
@@ -682,8 +730,9 @@ def main(argv=None):
     ver = sub.add_parser("verify", help="compare lrpnumpy's relevance with Zennit and Captum (needs the "
                                         "'reference' extra; lenet5 takes seconds, vgg16 about 7 minutes and "
                                         "4.4 GB of memory in float64, one sample at a time)")
-    ver.add_argument("model", help="a model file (.npz, .onnx, .txt) or a built-in: lenet5, toolbox_lenet, vgg16")
-    ver.add_argument("--input", help=".npy batch of inputs (default: random inputs of the model's shape)")
+    ver.add_argument("model")  # its help: _builtin_help() and _MODEL_HELP["verify"]
+    ver.add_argument("--input", help=".npy batch of inputs (default: random inputs of the model's shape; needed "
+                                     "with FILE.py:NAME)")
     ver.add_argument("--against", nargs="+", default=["zennit"], choices=["zennit", "captum"],
                      help="the implementations to compare with (default: zennit)")
     ver.add_argument("--rules", nargs="+", help="method names, e.g. epsilon zplus epsilon_gamma_box")
@@ -747,10 +796,10 @@ def main(argv=None):
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the script")
     from .spray import add_parser as _spray_parser
     _spray_parser(sub, _positive_int)
-    for command in sub.choices.values():  # every subcommand that loads a model lists the built-in names
+    for name, command in sub.choices.items():  # every subcommand that loads a model lists the built-in names
         for action in command._actions:
             if action.dest == "model" and not action.option_strings:
-                action.help = _builtin_help()
+                action.help = _builtin_help() + _MODEL_HELP.get(name, "")
     args = parser.parse_args(argv)
     with warnings.catch_warnings():
         warnings.showwarning = _warn  # one line each (catch_warnings restores the handler)
