@@ -209,9 +209,10 @@ def _fits(path, x, net, name="the model"):
     return x
 
 
-#: Parameters the command line gives itself, or that take arrays, callables or rule maps: not options.
+#: Parameters the command line gives itself, or that take arrays (baselines, noise), callables or rule maps: not
+#: options.
 _NOT_OPTIONS = {"model", "x", "target", "rule", "composite", "relevance_out", "mask", "patterns", "alphas", "noise",
-                "method", "data", "bounds"}
+                "baseline", "method", "data", "bounds"}
 
 
 def _option_names(factory):

@@ -377,8 +377,8 @@ def canonize(module, x):
         if not is_add or len(node.args) != 2 or node.kwargs:
             continue
         a, b = node.args
-        if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)):
-            continue  # a tensor plus a constant: a bias, no summands to split relevance between
+        if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)) or "get_attr" in (a.op, b.op):
+            continue  # a tensor plus a constant or a parameter: a bias, no summands to split relevance between
         shapes = [n.meta.get("tensor_meta") for n in (a, b)]
         if any(m is None or not hasattr(m, "shape") for m in shapes) or shapes[0].shape != shapes[1].shape:
             left.append(f"{node.name} ({a.name} + {b.name}) left as it is: its summands' shapes differ (broadcast)")

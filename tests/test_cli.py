@@ -407,7 +407,7 @@ def test_method_options_use_the_rule_syntax(tmp_path, capsys):
     np.testing.assert_allclose(np.load(tmp_path / "c.npy"), L.explain(net, xs, composite=L.EpsilonPlus(0.5)).relevance,
                                rtol=1e-6, atol=1e-7)
     capsys.readouterr()
-    for option, spec, accepted in (("--method", "integrated_gradients:steps=64", "accepted: n, baseline"),
+    for option, spec, accepted in (("--method", "integrated_gradients:steps=64", "accepted: n\n"),
                                    ("--rule", "epsilon:eps=0.1", "accepted: epsilon"),
                                    ("--composite", "epsilon_plus:eps=0.1", "accepted: epsilon"),
                                    ("--method", "gradient:n=3", "accepted: none"),

@@ -647,3 +647,32 @@ def test_verify_command_on_a_torch_module_file(tmp_path, capsys):
     assert "needs --input" in capsys.readouterr().err
     assert main(["verify", f"{tmp_path / 'user_net.py'}:nope", "--input", str(tmp_path / "x.npy")]) == 2
     assert "has no 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.reference
+@needs_zennit
+def test_canonize_says_what_it_left():
+    """A + with a parameter is a bias (not rewritten), a broadcasting + is left and said, and a module torch.fx
+    cannot trace is used as it is, saying so."""
+    import torch
+
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3)
+            self.shift = torch.nn.Parameter(torch.ones(1, 2, 4, 4))
+
+        def forward(self, x):
+            y = self.conv(x) + self.shift
+            return (y + y.mean(dim=(2, 3), keepdim=True)).flatten(1)
+
+    class Untraceable(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1) if x.sum() > 0 else -x.flatten(1)
+
+    x = np.random.default_rng(0).random((2, 1, 6, 6))
+    module, applied = verify.canonize(Odd(), x)
+    assert applied[0].startswith("nothing to rewrite") and "summands' shapes differ" in applied[1]
+    assert not any(type(m).__name__ == "Sum" for m in module.modules())
+    module, applied = verify.canonize(Untraceable(), x)
+    assert len(applied) == 1 and applied[0].startswith("none: torch.fx cannot trace the module")
