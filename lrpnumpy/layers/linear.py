@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from ..kernels import matmul_rows
 from .base import AffineLayer, as_dtype, he_normal, pair, stackable
 
 
@@ -48,13 +49,13 @@ class Linear(AffineLayer):
         return (input_shape[0], self.out_features)
 
     def forward_with(self, x, weight, bias=None, step=None):
-        y = x @ weight.T
+        y = matmul_rows(x, weight.T)  # in fixed blocks of rows: a sample's output never depends on its batch
         if bias is not None:  # in place: the product is a new array
             y += bias
         return y
 
     def backward_with(self, grad, weight, step):
-        return grad @ weight
+        return matmul_rows(grad, weight)
 
     def bias_view(self, bias, ndim=None):
         return bias
@@ -62,7 +63,7 @@ class Linear(AffineLayer):
     def forward_many(self, x, weights, step, biases=None):
         if len(weights) == 1 or not stackable(weights):
             return super().forward_many(x, weights, step, biases)
-        y = x @ self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights).T
+        y = matmul_rows(x, self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights).T)
         ys = np.split(y, len(weights), axis=1)
         for part, b in zip(ys, biases or ()):
             if b is not None:  # views of one new array: in place
@@ -71,12 +72,12 @@ class Linear(AffineLayer):
 
     def backward_many(self, pairs, step):
         if len(pairs) == 1:
-            return pairs[0][0] @ pairs[0][1]
+            return matmul_rows(*pairs[0])
         if not stackable([w for _, w in pairs]):
-            return sum(s @ w for s, w in pairs)
+            return sum(matmul_rows(s, w) for s, w in pairs)
         weights = [w for _, w in pairs]
         stacked = self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights)
-        return np.concatenate([s for s, _ in pairs], axis=1) @ stacked
+        return matmul_rows(np.concatenate([s for s, _ in pairs], axis=1), stacked)
 
     def param_grads(self, grad, step):
         self.check_grad(grad, step)
