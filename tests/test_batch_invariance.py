@@ -32,7 +32,7 @@ def backend(request):
 
 @pytest.fixture(scope="module")
 def images():
-    """64 shipped test images of all ten classes, in a fixed mixed order."""
+    """256 shipped test images of all ten classes, in a fixed mixed order."""
     x = datasets.sample().images
     return x[np.random.default_rng(0).permutation(len(x))[:256]]
 
@@ -88,16 +88,16 @@ def inputs(name, images, dtype):
 def test_output_gradient_and_relevance(name, dtype, backend, images):
     net, x = model(name, dtype), inputs(name, images, dtype)
     assert_invariant(net.forward, x, what="output")
-    assert_invariant(lambda b: methods.gradient(net, b, target=3).relevance, x, what="gradient")
+    assert_invariant(lambda b: methods.gradient(net, b, target=3).relevance, x, sizes=(2, 64), what="gradient")
     egb = composites.get("epsilon_gamma_box", low=0.0, high=1.0)
-    assert_invariant(lambda b: L.explain(net, b, composite=egb).relevance, x, what="epsilon_gamma_box")
+    assert_invariant(lambda b: L.explain(net, b, composite=egb).relevance, x, sizes=(7,), what="epsilon_gamma_box")
 
 
 @pytest.mark.parametrize("name", ["fashion_cnn_maxpool", "residual"])
 def test_every_composite(name, backend, images):
     net, x = model(name, np.float32), inputs(name, images, np.float32)
     for key in sorted(composites.REGISTRY):
-        comp = composites.get(key, low=0.0, high=1.0)
+        comp = composites.get(key, bounds=(0.0, 1.0))
         assert_invariant(lambda b: L.explain(net, b, target=0, composite=comp).relevance, x, sizes=(7,), what=key)
 
 
@@ -124,7 +124,7 @@ def test_gradient_based_methods(dtype, backend, images):
 
 
 def test_batch_of_256(backend, images):
-    net = model("fashion_cnn_maxpool", np.float32)
+    net = model("lenet5", np.float32)
     x = images.astype(np.float32)
     assert_invariant(net.forward, x, sizes=(256,), what="output")
     assert_invariant(lambda b: L.explain(net, b, composite=L.EpsilonPlus()).relevance, x, sizes=(256,),

@@ -339,3 +339,47 @@ def test_lowerings_return_their_own_array(lowering, o, h, rng, monkeypatch):
     np.testing.assert_array_equal(first_grad, kept_grad)
     _close(first, ref.conv2d(x, w, 1, 1, (0, 0, 0, 0), 1, 1, 1))
     _close(first_grad, ref.conv2d_grad_input(g, w, h, 5, 1, 1, (0, 0, 0, 0), 1, 1, 1))
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+@pytest.mark.parametrize("lowering", ["chosen", "im2col", "im2col by rows", "rows", "channels last", "direct",
+                                      "reference"])
+def test_conv_kernels_are_batch_invariant(case, lowering, rng, monkeypatch):
+    """A sample's convolution and input gradient are the same bit for bit alone and inside a batch of
+    7 (first, middle, last), on every lowering: each runs one sample per GEMM, its shape a sample's."""
+    shape, o, (kh, kw), (sh, sw), pad, (dh, dw), groups = case
+    if lowering not in ("chosen", "reference"):
+        monkeypatch.setattr(nb, "_prefer_direct", lambda c, g, sh, sw, x, w, most=12: lowering == "direct" and g == 1
+                            and sh == sw == 1)
+        monkeypatch.setattr(nb, "_prefer_rows", lambda *shapes: not lowering.startswith("im2col") and shapes[-1] == 1)
+        monkeypatch.setattr(nb, "_prefer_channels_last", lambda c, kw: lowering == "channels last")
+    if lowering == "im2col by rows":
+        monkeypatch.setattr(nb, "COLUMN_BYTES", 1)
+    module = ref if lowering == "reference" else nb
+    x = rng.normal(size=(7,) + shape[1:])
+    x[:, :, ::2] = 0  # zeros, as in images after a ReLU
+    w = rng.normal(size=(o, shape[1] // groups, kh, kw))
+    y = module.conv2d(x, w, sh, sw, pad, dh, dw, groups)
+    gy = rng.normal(size=y.shape)
+    gx = module.conv2d_grad_input(gy, w, shape[2], shape[3], sh, sw, pad, dh, dw, groups)
+    for b in (0, 3, 6):
+        alone = module.conv2d(x[b:b + 1], w, sh, sw, pad, dh, dw, groups)
+        assert alone.tobytes() == np.ascontiguousarray(y[b:b + 1]).tobytes()
+        alone = module.conv2d_grad_input(gy[b:b + 1], w, shape[2], shape[3], sh, sw, pad, dh, dw, groups)
+        assert alone.tobytes() == np.ascontiguousarray(gx[b:b + 1]).tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k, n", [(784, 300), (300, 100), (100, 10), (400, 120), (84, 10)])
+def test_matmul_rows_is_batch_invariant(dtype, k, n, rng):
+    """Linear layers' product: a row's result is the same bit for bit whatever the other rows and
+    their number (numpy's matmul is not: a one-row product runs gemv, and OpenBLAS's small-matrix
+    kernels differ from its blocked GEMM); and it is the product."""
+    a = rng.normal(size=(70, k)).astype(dtype)
+    a[:, ::3] = 0
+    wt = rng.normal(size=(n, k)).astype(dtype).T
+    alone = [kernels.matmul_rows(a[i:i + 1], wt) for i in range(70)]
+    for m in (1, 2, 7, 8, 9, 64, 70):
+        out = kernels.matmul_rows(a[:m], wt)
+        assert all(out[i].tobytes() == alone[i][0].tobytes() for i in range(m)), m
+    np.testing.assert_allclose(out, a @ wt, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-3)

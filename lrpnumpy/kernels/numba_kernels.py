@@ -458,12 +458,13 @@ def _direct_kernel(kh, kw):
     return fn
 
 
-#: Convolutions with fewer outputs per sample than this keep the GEMM lowerings: a small explanation
-#: never imports numba (see the module's docstring; lenet5's first layer, 6 x 28 x 28, and
-#: toolbox_lenet's, 10 x 28 x 28, stay below), and there the direct kernel saves microseconds.  Per
-#: sample, never per batch: the direct kernel's sums are not the GEMM's, so the choice must not
-#: depend on the batch.
-SMALL_DIRECT = 8192
+#: Convolutions with less than this (output channels x one sample's input plane) keep the GEMM
+#: lowerings: a small explanation never imports numba (see the module's docstring; lenet5's first
+#: layer, 6 x 28 x 28, and toolbox_lenet's, 10 x 32 x 32, stay below; the shipped CNNs', 16 x 28 x
+#: 28, runs direct), and there the direct kernel saves microseconds.  Per sample, never per batch:
+#: the direct kernel's sums are not the GEMM's, so the choice must not depend on the batch (it did:
+#: lenet5's first layer ran direct from batch 7 on, so a sample's output changed with its batch).
+SMALL_DIRECT = 12288
 
 
 def _prefer_direct(c, groups, sh, sw, x, w, most=12):
