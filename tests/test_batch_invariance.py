@@ -54,15 +54,15 @@ def assert_invariant(f, x, sizes=(2, 7, 64), what=""):
                                             f"by up to {np.abs(out[pos] - ref).max():.3g}")
 
 
-def _residual(dtype):
+def _residual(dtype, coefficients=None):
     """The shipped max-pool CNN with a residual block (3 x 3, 16 -> 16, seeded, plus the skip path)
-    after its first max pool: a Graph with an Add node and two max pools."""
+    after its first max pool: a Graph with an Add node (weighted by ``coefficients``) and two max pools."""
     cnn = load_model(os.path.join(DATA, "fashion_cnn_maxpool.npz"), dtype=dtype)
     layers = list(cnn)
     block = L.Conv2d(16, 16, 3, padding=1, rng=3, dtype=dtype)
     block.weight = block.weight * dtype(0.3)
     nodes = [("conv1", layers[0], "input"), ("relu1", layers[1], "conv1"), ("pool1", layers[2], "relu1"),
-             ("block", block, "pool1"), ("add", L.Add(), ["block", "pool1"]), ("relu_add", L.ReLU(), "add")]
+             ("block", block, "pool1"), ("add", L.Add(coefficients), ["block", "pool1"]), ("relu_add", L.ReLU(), "add")]
     prev = "relu_add"
     for i, layer in enumerate(layers[3:], start=3):
         nodes.append((f"l{i}", layer, prev))
@@ -129,3 +129,19 @@ def test_batch_of_256(backend, images):
     assert_invariant(net.forward, x, sizes=(256,), what="output")
     assert_invariant(lambda b: L.explain(net, b, composite=L.EpsilonPlus()).relevance, x, sizes=(256,),
                      what="epsilon_plus")
+
+
+def test_weighted_residual_sum(backend, images):
+    """An Add with coefficients (Caffe's Eltwise SUM) adds its terms one by one, in input order (as
+    one tensordot, a gemv over the whole batch's values, its sums changed with the batch's length)."""
+    for dtype in (np.float32, np.float64):
+        rng = np.random.default_rng(0)
+        odd = L.Graph([("flat", L.Flatten(), "input"), ("a", L.Linear(784, 7, rng=rng, dtype=dtype), "flat"),
+                       ("b", L.Linear(784, 7, rng=rng, dtype=dtype), "flat"),
+                       ("add", L.Add([1.0, 0.7]), ["a", "b"]), ("out", L.Linear(7, 10, rng=rng, dtype=dtype), "add")],
+                      input_shape=(1, 28, 28))
+        assert_invariant(odd.forward, images.astype(dtype), sizes=(2, 3, 5, 7, 64), what="output")
+        net, x = _residual(dtype, coefficients=[1.0, 0.7]), images.astype(dtype)
+        assert_invariant(net.forward, x, sizes=(7, 64), what="output")
+        assert_invariant(lambda b: L.explain(net, b, composite=L.EpsilonPlus()).relevance, x, sizes=(7,),
+                         what="epsilon_plus")
