@@ -383,3 +383,27 @@ def test_matmul_rows_is_batch_invariant(dtype, k, n, rng):
         out = kernels.matmul_rows(a[:m], wt)
         assert all(out[i].tobytes() == alone[i][0].tobytes() for i in range(m)), m
     np.testing.assert_allclose(out, a @ wt, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_paths_chosen_by_batch_size_give_the_same_bits(dtype, rng, monkeypatch):
+    """Pools and step 2 still choose NumPy or jitted code by the batch's size (so that a small
+    explanation never imports numba); both give the same numbers bit for bit, so a sample's result
+    does not depend on which one its batch took: 2 x 2 sum pools and their gradient, max pools
+    (values, winners, gathering, gradient) and step 2's quotients and sums."""
+    x = rng.integers(-2, 3, size=(3, 4, 10, 12)).astype(dtype)  # ties, zeros
+    x[0, 0, :2] = -0.0
+    z, R = rng.normal(size=(3, 40)).astype(dtype), rng.normal(size=(3, 40)).astype(dtype)
+    geo = (2, 2, 2, 2, (0, 0, 0, 0), 1, 1)
+
+    def run():
+        y, idx = nb.max_pool2d(x, *geo)
+        g = (x[:, :, ::2, ::2] * dtype(0.5)).copy()
+        return (nb.sum_pool2d(x, *geo), nb.sum_pool2d_grad(g, 10, 12, *geo), y, idx, nb.max_pool2d_gather(x * 3, idx, *geo),
+                nb.max_pool2d_grad(g, idx, 10, 12, *geo)) + tuple(nb.lrp_step2(z, R, None, 0.25, 4))
+
+    small = run()
+    monkeypatch.setattr(nb, "SMALL_POOL", 0)
+    monkeypatch.setattr(nb, "SMALL_STEP2", 0)
+    for a, b in zip(small, run()):
+        assert a.dtype == b.dtype and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()

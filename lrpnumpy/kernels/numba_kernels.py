@@ -843,11 +843,13 @@ def _max_pool_grad_small(gy, idx, h, wd, kh, kw, sh, sw, padding, dh, dw):
         tiles = gx[:, :, :oh * kh, :ow * kw].reshape(n, c, oh, kh, ow, kw)  # tap (i, j): [:, :, :, i, :, j]
         for tap in range(kh * kw):
             np.copyto(tiles[:, :, :, tap // kw, :, tap % kw], gy, where=idx == tap)
+        gx += gy.dtype.type(0)  # -0 -> +0, as the jitted loop's and the reference's adds into zeros give
         return gx
     gxp = np.zeros((n, c, h + pt + pb, wd + pl + pr), dtype=gy.dtype)
     zero = gy.dtype.type(0)
     for tap in range(kh * kw):
         gxp[_reference._tap(tap // kw, tap % kw, sh, sw, dh, dw, oh, ow)] = np.where(idx == tap, gy, zero)
+    gxp += zero  # -0 -> +0 (see above): which path a batch takes depends on its size
     return np.ascontiguousarray(_reference._unpad(gxp, padding, h, wd))
 
 
