@@ -55,14 +55,15 @@ def _unpad(xp, padding, h, w):
 # gemv, which differs from every M >= 2 in every shape tried; below about M*N*K = 1e6 the small-matrix
 # kernels run, which differ from the blocked GEMM (784 x 300 weights: M <= 4 against M >= 5); and the
 # blocked GEMM itself differs between sizes (float64, 784 x 300: M = 1200 against 1500; 300 x 100:
-# M = 64 and 100 against 1500).  Within one fixed shape of at most 32 rows, a row's result was the
-# same at every position of the block (2-128 rows, 16 shapes from 25 x 6 to 3000 x 800, both dtypes,
-# x @ W.T and x @ W; 64 rows was not, in three float64 shapes).  So the batch is multiplied in blocks
+# M = 64 and 100 against 1500).  Within one fixed shape, a row's result was the same at every position
+# of the block for blocks of 2 to 32 rows (8 shapes from 25 x 6 to 3000 x 800, both dtypes, x @ W.T
+# and x @ W); for 64 rows it was not in three float64 shapes.  So the batch is multiplied in blocks
 # of BLOCK_ROWS rows, the last one padded with zeros: every call has one shape whatever the batch.
+# The cost: each call packs the weights again (8-row blocks made the shipped MLP's 784 -> 300 layer
+# several times slower at batch 256), and a sample alone pays a product of BLOCK_ROWS rows.
 
-#: Rows per product of :func:`matmul_rows`: a sample alone costs a product of this many rows (on the
-#: shipped MLP about as fast as the one-row gemv, which reads the same weights).
-BLOCK_ROWS = 8
+#: Rows per product of :func:`matmul_rows`: the largest block measured position-invariant above.
+BLOCK_ROWS = 32
 
 
 def matmul_rows(a, b):
