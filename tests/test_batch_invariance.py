@@ -17,7 +17,7 @@ import lrpnumpy as L
 from lrpnumpy import composites, datasets, kernels, methods, zoo
 from lrpnumpy.io import load_model
 
-DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+from lrpnumpy.datasets import DATA_DIR as DATA  # the shipped package data
 SHIPPED = ("fashion_mlp", "fashion_cnn_sumpool", "fashion_cnn_maxpool")
 BACKENDS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
     __import__("importlib").util.find_spec("numba") is None, reason="numba is not installed"))]
