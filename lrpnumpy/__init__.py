@@ -13,6 +13,8 @@ from .explain import ConservationReport, Explanation, explain
 from .layers import (LRN, Add, AvgPool2d, BatchNorm2d, ChannelAffine, ChannelShuffle, Concat, Conv2d, Dropout,
                      Flatten, GlobalAvgPool2d, Graph, Layer, Linear, MaxPool2d, ReLU, Sequential, Softmax, SumPool2d,
                      Tanh)
+from .layers import (GRU, LSTM, AvgPool1d, Conv1d, Embedding, GlobalMaxPool1d, MaxPool1d, Sigmoid, SumPool1d,
+                     Transpose, sequence_lengths)
 from .rules import LRP0, AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Rho, WinnerTakesAll, WSquare, ZBox, ZPlus
 from .stabilize import stabilize
 from .trace import Step, Trace
@@ -30,6 +32,8 @@ __all__ = [
     "Dropout", "BatchNorm2d", "Add", "Concat", "ChannelAffine", "ChannelShuffle", "Sequential", "Graph",
     "LRP0", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "Flat", "WSquare", "Norm", "Pass", "Rho",
     "WinnerTakesAll",
+    "Embedding", "Transpose", "Sigmoid", "Conv1d", "MaxPool1d", "AvgPool1d", "SumPool1d", "GlobalMaxPool1d", "LSTM",
+    "GRU", "sequence_lengths",
     "Composite", "EpsilonPlus", "EpsilonAlpha2Beta1", "EpsilonGammaBox", "EpsilonPlusFlat",
     "EpsilonAlpha2Beta1Flat", "DeepTaylor", "LRPToolbox",
     "composites", "rules", "errors", "evaluate", "io", "kernels", "methods", "prototypes", "parallel", "verify", "viz", "zoo",
