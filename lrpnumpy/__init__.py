@@ -16,6 +16,8 @@ from .layers import (LRN, Add, AvgPool2d, BatchNorm2d, ChannelAffine, ChannelShu
 from .layers import (GRU, LSTM, AvgPool1d, Conv1d, Embedding, GlobalMaxPool1d, MaxPool1d, Sigmoid, SumPool1d,
                      Transpose, sequence_lengths)
 from .rules import LRP0, AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Rho, WinnerTakesAll, WSquare, ZBox, ZPlus
+from .rules import HalfHalf, ProductRule, Proportional, SignalTakesAll, TokenSum
+from .composites import LRPAll, LRPHalf, LRPProp
 from .stabilize import stabilize
 from .trace import Step, Trace
 
@@ -33,7 +35,8 @@ __all__ = [
     "LRP0", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "Flat", "WSquare", "Norm", "Pass", "Rho",
     "WinnerTakesAll",
     "Embedding", "Transpose", "Sigmoid", "Conv1d", "MaxPool1d", "AvgPool1d", "SumPool1d", "GlobalMaxPool1d", "LSTM",
-    "GRU", "sequence_lengths",
+    "GRU", "sequence_lengths", "TokenSum", "ProductRule", "SignalTakesAll", "HalfHalf", "Proportional", "LRPAll",
+    "LRPHalf", "LRPProp",
     "Composite", "EpsilonPlus", "EpsilonAlpha2Beta1", "EpsilonGammaBox", "EpsilonPlusFlat",
     "EpsilonAlpha2Beta1Flat", "DeepTaylor", "LRPToolbox",
     "composites", "rules", "errors", "evaluate", "io", "kernels", "methods", "prototypes", "parallel", "verify", "viz", "zoo",

@@ -76,8 +76,10 @@ def _gather(a, order):
 def eps_linear(inputs, bias, z, R, epsilon, bias_factor, ledger):
     r"""The epsilon rule on ``z = sum_k x_k W_k^T + bias`` (an input with ``W_k`` None maps element-wise).
 
-    With ``bias_factor`` the bias and the stabilizer are shared equally among each neuron's inputs
-    (Arras et al.'s ``bias_nb_units``): ``bias_factor = 1`` conserves relevance exactly.  What is
+    With ``bias_factor`` the bias and the stabilizer terms are shared equally among the map's
+    ``n = sum_k dim(x_k)`` input units, as in Arras et al.'s code (its ``bias_nb_units``; for an
+    element-wise map such as the cell update that spreads them over all units):
+    ``bias_factor = 1`` conserves relevance exactly.  What is
     not passed on is added to ``ledger`` (per sample: ``bias``, ``stabilizer``, ``dropped``).
     Returns one relevance per input.
     """
@@ -88,11 +90,10 @@ def eps_linear(inputs, bias, z, R, epsilon, bias_factor, ledger):
     finite = np.isfinite(zs)
     absorbed_b = s * (0 if bias is None else bias)
     absorbed_e = np.where(finite, s * (zs - z), 0)
-    if bias_factor:  # each neuron's bias and stabilizer, shared among its n inputs
-        n = sum(1 if W is None else W.shape[1] for _, W in inputs)
-        share = (absorbed_b + absorbed_e) * (bias_factor / n)
-        dense = share.sum(axis=-1, keepdims=True)
-        R_in = [r + (share if W is None else dense) for r, (_, W) in zip(R_in, inputs)]
+    if bias_factor:  # the bias and stabilizer terms, shared equally among the n input units
+        n = sum(x.shape[-1] for x, _ in inputs)
+        share = (absorbed_b + absorbed_e).sum(axis=-1, keepdims=True) * (bias_factor / n)
+        R_in = [r + share for r in R_in]
     keep = 1 - bias_factor
     _add(ledger, "bias", keep * _per_sample(absorbed_b))
     _add(ledger, "stabilizer", keep * _per_sample(absorbed_e))
@@ -240,8 +241,8 @@ class _Recurrent(Layer):
     def lrp(self, step, R, product, epsilon=0.0, bias_factor=0.0):
         """Relevance at the input and the ledger: LRP through time (see the module docstring).
 
-        ``product`` splits the relevance of a gate x signal product: ``product.split(gate, signal, R)
-        -> (R_gate, R_signal)``.
+        ``product`` splits the relevance of a gate x signal product: ``product.split(gate, signal, R,
+        ledger) -> (R_gate, R_signal)`` (R_gate None: the gate gets nothing).
         """
         self.check_grad(R, step, "relevance")
         state, R_in, ledger = step.state, 0, {}
@@ -330,12 +331,12 @@ class LSTM(_Recurrent):
             i, f, g, o = np.split(v["gates"][:, t], 4, axis=1)
             x, h_prev, c_prev, c_new = v["x"][:, t], v["hp"][:, t], v["cp"][:, t], v["cn"][:, t]
             # h = o * tanh(c): a product; the signal's share passes tanh unchanged
-            R_o, R_tanh = product.split(o, np.tanh(c_new), Rh_new)
+            R_o, R_tanh = product.split(o, np.tanh(c_new), Rh_new, ledger)
             Rc_new = Rc_new + R_tanh
             # c = f * c_prev + i * g: the epsilon rule on a sum of two products
             R_fc, R_ig = eps_linear([(f * c_prev, None), (i * g, None)], None, c_new, Rc_new, eps, bf, ledger)
-            R_f, R_cprev = product.split(f, c_prev, R_fc)
-            R_i, R_g = product.split(i, g, R_ig)
+            R_f, R_cprev = product.split(f, c_prev, R_fc, ledger)
+            R_i, R_g = product.split(i, g, R_ig, ledger)
             Rc = Rc + R_cprev
             # each gate's pre-activation x W_ih^T + h_prev W_hh^T + b: the epsilon rule
             for q, R_q in enumerate((R_i, R_f, R_g, R_o)):
@@ -415,8 +416,8 @@ class GRU(_Recurrent):
             # h = (1 - z) * n + z * h_prev: the epsilon rule on a sum of two products
             R_zn, R_zh = eps_linear([((1 - z) * nn, None), (z * h_prev, None)], None, v["hn"][:, t], Rh_new,
                                     eps, bf, ledger)
-            R_z1, R_n = product.split(1 - z, nn, R_zn)
-            R_z2, R_hp = product.split(z, h_prev, R_zh)
+            R_z1, R_n = product.split(1 - z, nn, R_zn, ledger)
+            R_z2, R_hp = product.split(z, h_prev, R_zh, ledger)
             Rh = Rh + R_hp
             # n = tanh(x W_in^T + b_in + r * q): the signal's share passes tanh; the epsilon rule on the sum
             rows = slice(2 * H, 3 * H)
@@ -424,7 +425,7 @@ class GRU(_Recurrent):
                                    eps, bf, ledger)
             R_x[:, t] += r_x
             # r * q with q = h_prev W_hn^T + b_hn: a product, then the epsilon rule on q
-            R_r, R_q = product.split(r, q, R_rq)
+            R_r, R_q = product.split(r, q, R_rq, ledger)
             if R_q.any():
                 Rh = Rh + eps_linear([(h_prev, W_hh[rows])], b_hh[rows], q, R_q, eps, bf, ledger)[0]
             # the gates r and z (what the product rule gave them): the epsilon rule on their pre-activations
