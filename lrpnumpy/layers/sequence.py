@@ -13,7 +13,7 @@ from .. import kernels
 from ..errors import DTypeError, LayerParameterError, ShapeError, UnsupportedLayerError
 from ..trace import Step
 from .activation import _Elementwise
-from .base import MAX_SIZE, Layer, as_dtype, check_array, make_rng
+from .base import MAX_SIZE, Layer, as_dtype, make_rng
 from .conv import Conv2d
 from .pool import AvgPool2d, MaxPool2d, SumPool2d
 
