@@ -257,6 +257,14 @@ class _Recurrent(Layer):
     def _at(r, t):
         return r[:, t] if np.ndim(r) else 0
 
+    def _padded(self, R_seq, t, m, ledger):
+        """Relevance at output step t; what sits past a sample's length (a constant 0 output) is dropped."""
+        r = self._at(R_seq, t)
+        if np.ndim(r) and not m.all():
+            _add(ledger, "dropped", _per_sample(np.where(m, 0, r)))
+            r = np.where(m, r, 0)
+        return r
+
 
 class LSTM(_Recurrent):
     """Long short-term memory, ``torch.nn.LSTM(batch_first=True)`` with one layer.
@@ -305,7 +313,7 @@ class LSTM(_Recurrent):
         dx = np.empty_like(v["x"])
         for t in reversed(range(T)):
             m = mask[:, t]
-            dh = dh + self._at(dy, t)
+            dh = dh + np.where(m, self._at(dy, t), 0)  # outputs past a sample's length are constant 0
             i, f, g, o = np.split(v["gates"][:, t], 4, axis=1)
             tc = np.tanh(v["cn"][:, t])
             dhn, dcn = np.where(m, dh, 0), np.where(m, dc, 0)
@@ -325,7 +333,7 @@ class LSTM(_Recurrent):
         R_x = np.zeros_like(v["x"])
         for t in reversed(range(T)):
             m = mask[:, t]
-            Rh = Rh + self._at(R_seq, t)
+            Rh = Rh + self._padded(R_seq, t, m, ledger)
             Rh_new, Rc_new = np.where(m, Rh, 0), np.where(m, Rc, 0)   # past a sample's length: passed back as is
             Rh, Rc = np.where(m, 0, Rh), np.where(m, 0, Rc)
             i, f, g, o = np.split(v["gates"][:, t], 4, axis=1)
@@ -391,7 +399,7 @@ class GRU(_Recurrent):
         dx = np.empty_like(v["x"])
         for t in reversed(range(T)):
             m = mask[:, t]
-            dh = dh + self._at(dy, t)
+            dh = dh + np.where(m, self._at(dy, t), 0)  # outputs past a sample's length are constant 0
             r, z, nn = np.split(v["gates"][:, t], 3, axis=1)
             dhn = np.where(m, dh, 0)
             dan = dhn * (1 - z) * (1 - nn ** 2)
@@ -408,7 +416,7 @@ class GRU(_Recurrent):
         R_x = np.zeros_like(v["x"])
         for t in reversed(range(T)):
             m = mask[:, t]
-            Rh = Rh + self._at(R_seq, t)
+            Rh = Rh + self._padded(R_seq, t, m, ledger)
             Rh_new = np.where(m, Rh, 0)
             Rh = np.where(m, 0, Rh)
             r, z, nn = np.split(v["gates"][:, t], 3, axis=1)
