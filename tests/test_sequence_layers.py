@@ -44,6 +44,28 @@ def test_recurrent_backward_is_the_gradient(cls, bi, out):
     check_backward(layer, x, lengths=[2, 4])
 
 
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+def test_recurrent_param_grads_by_finite_differences(cls):
+    layer = getattr(lp, cls)(2, 3, bidirectional=True, rng=8)
+    x = RNG(9).normal(size=(2, 3, 2))
+    y, step = layer.forward_trace(x, lengths=[3, 2])
+    w = RNG(10).normal(size=y.shape)
+    grads = layer.param_grads(w, step)
+    for name in layer.params:
+        value = getattr(layer, name)
+        fd = np.zeros_like(value)
+        for idx in np.ndindex(value.shape):
+            up, down = value.copy(), value.copy()
+            up[idx] += 1e-6
+            down[idx] -= 1e-6
+            setattr(layer, name, up)
+            f_up = (layer.forward(x, lengths=[3, 2]) * w).sum()
+            setattr(layer, name, down)
+            fd[idx] = (f_up - (layer.forward(x, lengths=[3, 2]) * w).sum()) / 2e-6
+            setattr(layer, name, value)
+        np.testing.assert_allclose(grads[name], fd, rtol=1e-6, atol=1e-8)
+
+
 @pytest.mark.parametrize("cls,bi,out", RECURRENT)
 def test_lengths_equal_each_sample_alone(cls, bi, out):
     layer = getattr(lp, cls)(3, 5, bidirectional=bi, output=out, rng=2)
@@ -106,6 +128,13 @@ def test_recurrent_equals_torch(cls, bi, out):
         g = RNG(7).normal(size=y.shape)
         ref.backward(torch.tensor(g))
         np.testing.assert_allclose(layer.backward(g, step), xt.grad.numpy(), rtol=0, atol=1e-12)
+        pg = layer.param_grads(g, step)
+        for k in range(layer.dirs):
+            sfx = "_l0" + ("_reverse" if k else "")
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                p = getattr(tm, name + sfx)
+                np.testing.assert_allclose(pg[name][k], p.grad.numpy(), rtol=0, atol=1e-12)
+                p.grad = None
 
 
 @pytest.mark.reference

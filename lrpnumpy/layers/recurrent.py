@@ -236,6 +236,16 @@ class _Recurrent(Layer):
             dx = dx + _gather(self._back(k, state.dirs[k], dy, dlast, state.mask), state.orders[k])
         return dx
 
+    def param_grads(self, grad, step):
+        """Gradients of ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (shapes as the parameters)."""
+        self.check_grad(grad, step)
+        state = step.state
+        grads = {name: np.zeros(shape, grad.dtype) for name, shape in self.param_shapes().items()}
+        for k in range(self.dirs):
+            dy, dlast = self._split_grad(grad, state, k)
+            self._back(k, state.dirs[k], dy, dlast, state.mask, grads)
+        return grads
+
     # ----- LRP -----
 
     def lrp(self, step, R, product, epsilon=0.0, bias_factor=0.0):
@@ -305,12 +315,13 @@ class LSTM(_Recurrent):
             y[:, t] = np.where(m, h_new, 0)
         return {"x": x, "hp": hp, "cp": cp, "gates": gates, "pre": pre, "cn": cn}, y, h
 
-    def _back(self, k, v, dy, dlast, mask):
+    def _back(self, k, v, dy, dlast, mask, grads=None):
         W_ih, W_hh = self.weight_ih[k], self.weight_hh[k]
         H, (n, T) = self.hidden_size, v["x"].shape[:2]
         dh = np.zeros((n, H), v["x"].dtype) + dlast
         dc = np.zeros_like(dh)
         dx = np.empty_like(v["x"])
+        dpres = np.empty_like(v["pre"]) if grads is not None else None
         for t in reversed(range(T)):
             m = mask[:, t]
             dh = dh + np.where(m, self._at(dy, t), 0)  # outputs past a sample's length are constant 0
@@ -323,6 +334,10 @@ class LSTM(_Recurrent):
             dx[:, t] = dpre @ W_ih
             dh = np.where(m, 0, dh) + dpre @ W_hh
             dc = np.where(m, 0, dc) + dcn * f
+            if dpres is not None:
+                dpres[:, t] = dpre
+        if dpres is not None:
+            _param_grads(grads, k, dpres, dpres, v["x"], v["hp"])
         return dx
 
     def _lrp(self, k, v, R_seq, R_last, mask, product, eps, bf, ledger):
@@ -392,11 +407,12 @@ class GRU(_Recurrent):
             y[:, t] = np.where(m, h_new, 0)
         return {"x": x, "hp": hp, "gates": gates, "pre": pre, "q": q_all, "hn": hn, "px": pre_x}, y, h
 
-    def _back(self, k, v, dy, dlast, mask):
+    def _back(self, k, v, dy, dlast, mask, grads=None):
         W_ih, W_hh = self.weight_ih[k], self.weight_hh[k]
         H, (n, T) = self.hidden_size, v["x"].shape[:2]
         dh = np.zeros((n, H), v["x"].dtype) + dlast
         dx = np.empty_like(v["x"])
+        d_i, d_h = (np.empty_like(v["pre"]), np.empty_like(v["pre"])) if grads is not None else (None, None)
         for t in reversed(range(T)):
             m = mask[:, t]
             dh = dh + np.where(m, self._at(dy, t), 0)  # outputs past a sample's length are constant 0
@@ -405,8 +421,13 @@ class GRU(_Recurrent):
             dan = dhn * (1 - z) * (1 - nn ** 2)
             dar = dan * v["q"][:, t] * r * (1 - r)
             daz = dhn * (v["hp"][:, t] - nn) * z * (1 - z)
-            dx[:, t] = np.concatenate([dar, daz, dan], axis=1) @ W_ih
-            dh = np.where(m, dh, 0) * z + np.where(m, 0, dh) + np.concatenate([dar, daz, dan * r], axis=1) @ W_hh
+            di, dhh = np.concatenate([dar, daz, dan], axis=1), np.concatenate([dar, daz, dan * r], axis=1)
+            dx[:, t] = di @ W_ih
+            dh = np.where(m, dh, 0) * z + np.where(m, 0, dh) + dhh @ W_hh
+            if d_i is not None:
+                d_i[:, t], d_h[:, t] = di, dhh
+        if d_i is not None:
+            _param_grads(grads, k, d_i, d_h, v["x"], v["hp"])
         return dx
 
     def _lrp(self, k, v, R_seq, R_last, mask, product, eps, bf, ledger):
@@ -447,6 +468,14 @@ class GRU(_Recurrent):
                 R_x[:, t] += r_x
                 Rh = Rh + r_h
         return R_x, _per_sample(Rh)
+
+
+def _param_grads(grads, k, d_ih, d_hh, x, h_prev):
+    """Direction k's parameter gradients from the pre-activation gradients of every step (N, T, G*H)."""
+    grads["weight_ih"][k] = np.einsum("ntg,ntd->gd", d_ih, x)
+    grads["weight_hh"][k] = np.einsum("ntg,nth->gh", d_hh, h_prev)
+    grads["bias_ih"][k] = d_ih.sum(axis=(0, 1))
+    grads["bias_hh"][k] = d_hh.sum(axis=(0, 1))
 
 
 def _sum_or_none(a, b):
