@@ -136,7 +136,24 @@ def test_conservation_report_covers_recurrent_layers(name, cell, output):
     assert np.abs(row["relevance_out"]).sum() > 1e-6
     # with bias_factor = 1 (and no dropped state relevance in LRP-all) what the layer absorbs is shared out
     ex1 = lp.explain(net, ids, target=2, composite=composites.get(name, epsilon=0.01, bias_factor=1.0))
-    np.testing.assert_allclose(ex1.conservation().residual(), 0, atol=1e-10)
+    report1 = ex1.conservation()
+    np.testing.assert_allclose(report1.residual(), 0, atol=1e-10)
+    keys = ("bias", "stabilizer") if name != "lrp_prop" else ("bias",)  # (prop's own split keeps a stabilizer)
+    for key in keys:
+        np.testing.assert_allclose(report1.rows[1][key], 0, atol=1e-12)
+    assert np.abs(report.rows[1]["bias"]).max() > 1e-6  # with bias_factor 0 the biases do absorb
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_float32_is_kept_and_close_to_float64(cell):
+    net = lp.Sequential(lp.Embedding(7, 4, rng=0), getattr(lp, cell)(4, 3, bidirectional=True, output="last", rng=1),
+                        lp.Linear(6, 2, rng=2))
+    ids = np.random.default_rng(3).integers(0, 7, size=(3, 5)).astype(np.float64)
+    comp = composites.get("lrp_half")
+    r64 = lp.explain(net, ids, target=0, composite=comp).relevance
+    r32 = lp.explain(net.astype(np.float32), ids.astype(np.float32), target=0, composite=comp).relevance
+    assert r32.dtype == np.float32
+    np.testing.assert_allclose(r32, r64, rtol=1e-4, atol=1e-5)
 
 
 def test_product_rules_split_as_documented():
@@ -214,3 +231,104 @@ def test_epsilon_bias_factor_refused_where_meaningless():
     y, step = pool.forward_trace(np.ones((1, 1, 4)))
     with pytest.raises(UnsupportedLayerError, match="bias_factor"):
         lp.Epsilon(0.1, bias_factor=1.0).propagate(step, y)
+
+
+# ----- LRP-half and LRP-prop, and the GRU, against a per-sentence plain-NumPy statement of the rules -----
+
+def eps_matrix(inputs, b, z, R, eps):
+    """The epsilon rule as an explicit contribution matrix per input: x_i W_ji / (z_j + eps sign z_j) R_j."""
+    zs = z + eps * np.where(z >= 0, 1.0, -1.0)
+    out = []
+    for x, W in inputs:
+        W = np.identity(len(x)) if W is None else W
+        out.append((x[None, :] * W / zs[:, None] * R[:, None]).sum(axis=0))
+    return out
+
+
+SPLITS = {"lrp_all": lambda g, s, R, eps: (np.zeros_like(R), R),
+          "lrp_half": lambda g, s, R, eps: (R / 2, R / 2),
+          "lrp_prop": lambda g, s, R, eps: (g * R / (g + s + eps * np.where(g + s >= 0, 1.0, -1.0)),
+                                            s * R / (g + s + eps * np.where(g + s >= 0, 1.0, -1.0)))}
+
+
+def lstm_sentence(x, P, R_last, split, eps):
+    Wxh, Whh, bxh, bhh = P
+    h, c, pre, gates = lstm_forward(x, *P)
+    T, d = len(x), Whh.shape[1]
+    Rx, Rh, Rc = np.zeros_like(x), R_last.copy(), np.zeros(d)
+    for t in reversed(range(T)):
+        i, f, g, o = np.split(gates[t], 4)
+        R_o, R_tc = split(o, np.tanh(c[t]), Rh, eps)
+        Rc = Rc + R_tc
+        R_fc, R_ig = eps_matrix([(f * c[t - 1], None), (i * g, None)], 0, c[t], Rc, eps)
+        R_f, Rc = split(f, c[t - 1], R_fc, eps)
+        R_i, R_g = split(i, g, R_ig, eps)
+        Rh = np.zeros(d)
+        for q, R_q in enumerate((R_i, R_f, R_g, R_o)):
+            rows = slice(q * d, (q + 1) * d)
+            rx, rh = eps_matrix([(x[t], Wxh[rows]), (h[t - 1], Whh[rows])], bxh[rows] + bhh[rows], pre[t, rows],
+                                R_q, eps)
+            Rx[t] += rx
+            Rh += rh
+    return h[T - 1], Rx
+
+
+def gru_sentence(x, P, R_last, split, eps):
+    Wih, Whh, bih, bhh = P
+    T, d = len(x), Whh.shape[1]
+    h = np.zeros((T + 1, d))
+    keep = []
+    for t in range(T):
+        r = _sigm(Wih[:d] @ x[t] + bih[:d] + Whh[:d] @ h[t - 1] + bhh[:d])
+        z = _sigm(Wih[d:2 * d] @ x[t] + bih[d:2 * d] + Whh[d:2 * d] @ h[t - 1] + bhh[d:2 * d])
+        q = Whh[2 * d:] @ h[t - 1] + bhh[2 * d:]
+        a_n = Wih[2 * d:] @ x[t] + bih[2 * d:] + r * q
+        n = np.tanh(a_n)
+        h[t] = (1 - z) * n + z * h[t - 1]
+        keep.append((r, z, q, a_n, n))
+    Rx, Rh = np.zeros_like(x), R_last.copy()
+    for t in reversed(range(T)):
+        r, z, q, a_n, n = keep[t]
+        R_a, R_b = eps_matrix([((1 - z) * n, None), (z * h[t - 1], None)], 0, h[t], Rh, eps)
+        R_z1, R_n = split(1 - z, n, R_a, eps)
+        R_z2, Rh = split(z, h[t - 1], R_b, eps)
+        rx, R_rq = eps_matrix([(x[t], Wih[2 * d:]), (r * q, None)], bih[2 * d:], a_n, R_n, eps)
+        Rx[t] += rx
+        R_r, R_q = split(r, q, R_rq, eps)
+        Rh = Rh + eps_matrix([(h[t - 1], Whh[2 * d:])], bhh[2 * d:], q, R_q, eps)[0]
+        for gi, R_g in ((0, R_r), (1, R_z1 + R_z2)):
+            rows = slice(gi * d, (gi + 1) * d)
+            pre = Wih[rows] @ x[t] + bih[rows] + Whh[rows] @ h[t - 1] + bhh[rows]
+            rx, rh = eps_matrix([(x[t], Wih[rows]), (h[t - 1], Whh[rows])], bih[rows] + bhh[rows], pre, R_g, eps)
+            Rx[t] += rx
+            Rh = Rh + rh
+    return h[T - 1], Rx
+
+
+@pytest.mark.parametrize("name", ["lrp_all", "lrp_half", "lrp_prop"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_recurrent_lrp_equals_the_per_sentence_statement(name, cell):
+    """Bidirectional, a ragged batch, and the output layer's epsilon rule, sentence by sentence."""
+    e, d, eps = 3, 4, 0.01
+    rec = getattr(lp, cell)(e, d, bidirectional=True, output="last", rng=11)
+    net = lp.Sequential(rec, lp.Linear(2 * d, 2, rng=12))
+    net[1].bias = np.array([0.3, -0.2])
+    x = np.random.default_rng(13).normal(size=(3, 5, e))
+    lengths = np.array([5, 3, 4])
+    with lp.sequence_lengths(lengths):
+        ex = lp.explain(net, x, target=1, composite=composites.get(name, epsilon=eps))
+    sentence = lstm_sentence if cell == "LSTM" else gru_sentence
+    W, b = net[1].weight, net[1].bias
+    for n, L in enumerate(lengths):
+        P = [(rec.weight_ih[k], rec.weight_hh[k], rec.bias_ih[k], rec.bias_hh[k]) for k in (0, 1)]
+        # the final states first (the output layer's relevance needs them)
+        h_left, _ = sentence(x[n, :L], P[0], np.zeros(d), SPLITS[name], eps)
+        h_right, _ = sentence(x[n, :L][::-1], P[1], np.zeros(d), SPLITS[name], eps)
+        hin = np.concatenate([h_left, h_right])
+        s = W @ hin + b
+        R_out = np.where(np.arange(2) == 1, s, 0)
+        R_h = eps_matrix([(hin, W)], b, s, R_out, eps)[0]
+        _, Rx_left = sentence(x[n, :L], P[0], R_h[:d], SPLITS[name], eps)
+        _, Rx_right = sentence(x[n, :L][::-1], P[1], R_h[d:], SPLITS[name], eps)
+        np.testing.assert_allclose(ex.relevance[n, :L], Rx_left + Rx_right[::-1], rtol=0, atol=1e-12)
+        assert (ex.relevance[n, L:] == 0).all()
