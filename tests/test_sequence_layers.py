@@ -399,3 +399,27 @@ def test_captum_on_the_same_torch_lstm():
     ig = IntegratedGradients(model).attribute(x, target=1, n_steps=16, method="riemann_right").detach().numpy()
     np.testing.assert_allclose(getattr(methods.integrated_gradients(tail, E, target=1, n=16), "relevance", None), ig,
                                rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("body", ["LSTM", "Conv1d"])
+def test_token_occlusion_on_a_sequence_model(body):
+    """methods.occlusion on token ids (N, T): each token replaced by the padding id 0, one at a time."""
+    emb = lp.Embedding(9, 4, rng=0)
+    if body == "LSTM":
+        layers = [lp.LSTM(4, 3, bidirectional=True, output="last", rng=1), lp.Linear(6, 2, rng=2)]
+    else:
+        layers = [lp.Transpose((0, 2, 1)), lp.Conv1d(4, 3, 2, rng=1), lp.ReLU(), lp.GlobalMaxPool1d(),
+                  lp.Linear(3, 2, rng=2)]
+    net = lp.Sequential(emb, *layers)
+    ids = RNG(20).integers(1, 9, size=(2, 5)).astype(np.float64)
+    e = methods.occlusion(net, ids, target=1, window=1, stride=1, fill=0.0)
+    assert e.relevance.shape == ids.shape
+    base = net.forward(ids)[:, 1]
+    for t in range(5):
+        occluded = ids.copy()
+        occluded[:, t] = 0
+        np.testing.assert_allclose(e.relevance[:, t], base - net.forward(occluded)[:, 1], rtol=1e-12, atol=1e-15)
+    two = methods.occlusion(net, ids, target=1, window=2, stride=1, fill=0.0, average=False)
+    assert two.relevance.shape == ids.shape and np.abs(two.relevance).max() > 0
+    with pytest.raises(lp.errors.RuleParameterError, match="window"):
+        methods.occlusion(net, ids, target=1, window=(1, 2))
