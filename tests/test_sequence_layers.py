@@ -224,6 +224,11 @@ def test_global_max_pool_is_max_over_time_and_winner_takes_all():
     for n, c in np.ndindex(3, 4):
         expected[n, c, x[n, c].argmax()] = R[n, c]
     np.testing.assert_array_equal(R_in, expected)
+    # Norm and Flat see the sum over the whole length
+    x = np.abs(x) + 0.1
+    y, step = layer.forward_trace(x)
+    np.testing.assert_allclose(lp.Norm(0.0).relevance(step, R), x * (R / x.sum(axis=2))[:, :, None], rtol=1e-13)
+    np.testing.assert_allclose(lp.Flat(0.0).relevance(step, R), np.repeat(R[:, :, None] / 7, 7, axis=2), rtol=1e-13)
 
 
 def test_embedding_and_transpose():

@@ -10,7 +10,7 @@ import numbers
 import numpy as np
 
 from .. import kernels
-from ..errors import DTypeError, LayerParameterError, ShapeError, UnsupportedLayerError
+from ..errors import DTypeError, LayerParameterError, ShapeError
 from ..trace import Step
 from .activation import _Elementwise
 from .base import MAX_SIZE, Layer, as_dtype, make_rng
@@ -358,4 +358,30 @@ class GlobalMaxPool1d(MaxPool1d):
         return bias
 
     def sum_pool(self):
-        raise UnsupportedLayerError(f"{self!r} has no fixed window; use WinnerTakesAll or Epsilon on it")
+        """The sum over the whole length (what Norm and Flat redistribute like)."""
+        return _GlobalSumPool1d()
+
+
+class _GlobalSumPool1d(SumPool1d):
+    """Sum over the whole length, (N, C, L) -> (N, C): the linear map Norm and Flat see in a GlobalMaxPool1d."""
+
+    def __init__(self):
+        SumPool2d.__init__(self, 1)
+
+    def __repr__(self):
+        return "GlobalSumPool1d()"
+
+    def _geometry(self, h, w):
+        return (1, w, 1, w, (0, 0, 0, 0), 1, 1)
+
+    def output_shape(self, input_shape):
+        return GlobalMaxPool1d.output_shape(self, input_shape)
+
+    def forward_with(self, x, weight=None, bias=None, step=None):
+        return SumPool2d.forward_with(self, x[:, :, None], None, None, None)[:, :, 0, 0]
+
+    def backward_with(self, grad, weight, step):
+        return SumPool2d.backward_with(self, grad[:, :, None, None], None, _step2d(step))[:, :, 0]
+
+    def bias_view(self, bias, ndim=None):
+        return bias
