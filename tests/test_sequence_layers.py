@@ -428,3 +428,17 @@ def test_token_occlusion_on_a_sequence_model(body):
     assert two.relevance.shape == ids.shape and np.abs(two.relevance).max() > 0
     with pytest.raises(lp.errors.RuleParameterError, match="window"):
         methods.occlusion(net, ids, target=1, window=(1, 2))
+
+
+def test_train_fits_an_embedding_lstm_model():
+    """lrpnumpy's own train reaches the parameters of Embedding and LSTM (their param_grads)."""
+    from lrpnumpy import train
+    rng = RNG(0)
+    ids = rng.integers(1, 10, size=(400, 8)).astype(np.float64)
+    y = (np.isin(ids, [3, 4]).sum(1) > 1).astype(int)
+    net = lp.Sequential(lp.Embedding(10, 6, rng=0), lp.LSTM(6, 8, bidirectional=True, output="last", rng=1),
+                        lp.Linear(16, 2, rng=2))
+    before = net[0].weight.copy()
+    train.fit(net, ids, y, epochs=15, batch_size=32)
+    assert not np.array_equal(net[0].weight, before)
+    assert train.accuracy(net, ids, y) > 0.75 > max(np.mean(y), 1 - np.mean(y))
