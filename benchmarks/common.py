@@ -3,13 +3,11 @@
 import contextlib
 import importlib
 import json
-import os
 import time
 
 import numpy as np
 
-import lrpnumpy as L
-from lrpnumpy import datasets, kernels, zoo
+from lrpnumpy import kernels, zoo
 from lrpnumpy.layers import Linear
 
 
@@ -31,10 +29,10 @@ def write_json(path, data):
 
 
 def load_model(model):
-    """A zoo model (seed 0) or a shipped model (``data/NAME.npz``), float32."""
+    """A zoo model (seed 0) or a shipped trained model (``zoo.trained``: ``lrpnumpy/data/NAME.npz``), float32."""
     if model in zoo.MODELS:
         return zoo.MODELS[model](seed=0, dtype=np.float32)
-    return L.io.load(os.path.join(datasets.DATA_DIR, f"{model}.npz"), dtype=np.float32)
+    return zoo.trained(model, dtype=np.float32)
 
 
 def rss_mb():

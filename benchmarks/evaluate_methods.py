@@ -15,7 +15,6 @@ and testing on the shipped images.  Writes ``PREFIX.json`` and ``PREFIX.png`` an
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -31,7 +30,7 @@ def main():
     p.add_argument("--roar-train", type=int, default=10000)
     p.add_argument("--out-prefix", default="evaluation")
     args = p.parse_args()
-    net = L.io.load(os.path.join(datasets.DATA_DIR, "fashion_cnn_maxpool.npz"), dtype=np.float32).freeze()
+    net = L.zoo.trained("fashion_cnn_maxpool", dtype=np.float32).freeze()
     sample = datasets.sample(np.float32)
     x, labels = sample.images[:args.images], sample.labels[:args.images]
 

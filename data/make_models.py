@@ -1,4 +1,4 @@
-"""Train the shipped Fashion-MNIST models from scratch (deterministic) and write them to data/.
+"""Train the shipped Fashion-MNIST models from scratch (deterministic) and write them to lrpnumpy/data/.
 
     python data/make_models.py [--fashion-mnist FOLDER] [--epochs N]
 
@@ -20,6 +20,8 @@ import lrpnumpy as L  # noqa: E402
 from lrpnumpy import datasets, train  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+#: Where the package reads its shipped models from (package data, see setup.cfg's package_data).
+OUT = os.path.join(HERE, "..", "lrpnumpy", "data")
 
 
 def mlp(rng):
@@ -47,7 +49,7 @@ MODELS = {"fashion_mlp": (mlp, 1e-3), "fashion_cnn_sumpool": (cnn_sumpool, 5e-4)
 EPOCHS = {"fashion_mlp": 12, "fashion_cnn_sumpool": 10, "fashion_cnn_maxpool": 8}
 
 
-def make(name, epochs, folder=None, out=HERE, seed=0):
+def make(name, epochs, folder=None, out=OUT, seed=0):
     build, lr = MODELS[name]
     train_set = datasets.fashion_mnist("train", folder, dtype=np.float32)
     test_set = datasets.fashion_mnist("test", folder, dtype=np.float32)

@@ -13,6 +13,7 @@ from .explain import ConservationReport, Explanation, explain
 from .layers import (LRN, Add, AvgPool2d, BatchNorm2d, ChannelAffine, ChannelShuffle, Concat, Conv2d, Dropout,
                      Flatten, GlobalAvgPool2d, Graph, Layer, Linear, MaxPool2d, ReLU, Sequential, Softmax, SumPool2d,
                      Tanh)
+from .layers import AdaptiveAvgPool2d, Hardtanh, LeakyReLU, ReLU6
 from .layers import (GRU, LSTM, AvgPool1d, Conv1d, Embedding, GlobalMaxPool1d, MaxPool1d, Sigmoid, SumPool1d,
                      Transpose, sequence_lengths)
 from .rules import LRP0, AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Rho, WinnerTakesAll, WSquare, ZBox, ZPlus
@@ -34,6 +35,7 @@ __all__ = [
     "Dropout", "BatchNorm2d", "Add", "Concat", "ChannelAffine", "ChannelShuffle", "Sequential", "Graph",
     "LRP0", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "Flat", "WSquare", "Norm", "Pass", "Rho",
     "WinnerTakesAll",
+    "Hardtanh", "ReLU6", "LeakyReLU", "AdaptiveAvgPool2d",
     "Embedding", "Transpose", "Sigmoid", "Conv1d", "MaxPool1d", "AvgPool1d", "SumPool1d", "GlobalMaxPool1d", "LSTM",
     "GRU", "sequence_lengths", "TokenSum", "ProductRule", "SignalTakesAll", "HalfHalf", "Proportional", "LRPAll",
     "LRPHalf", "LRPProp",

@@ -13,12 +13,13 @@ Zennit's; a composite that needs parameters says so in ``needs``, and
 import numpy as np
 
 from .errors import RuleParameterError
-from .layers import GRU, LSTM, Add, Conv2d, Embedding, GlobalAvgPool2d, Layer, Linear, MaxPool2d, SumPool2d
+from .layers import (GRU, LSTM, AdaptiveAvgPool2d, Add, Conv2d, Embedding, GlobalAvgPool2d, Layer, Linear, MaxPool2d,
+                     SumPool2d)
 from .rules import (LRP0, AlphaBeta, Epsilon, Flat, Gamma, HalfHalf, Norm, Pass, Proportional, Rule, SignalTakesAll,
                     TokenSum, ToolboxAlphaBeta, WinnerTakesAll, WSquare, ZBox, ZPlus)
 
 #: The rule of every layer that nothing else gives one: the first matching entry wins.
-DEFAULT_RULES = [((Linear, Conv2d), LRP0()), ((SumPool2d, GlobalAvgPool2d, Add), Norm()),
+DEFAULT_RULES = [((Linear, Conv2d), LRP0()), ((SumPool2d, GlobalAvgPool2d, AdaptiveAvgPool2d, Add), Norm()),
                  (MaxPool2d, WinnerTakesAll()), ((LSTM, GRU), SignalTakesAll(0.0)), (Embedding, TokenSum()),
                  (Layer, Pass())]
 

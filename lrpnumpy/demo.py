@@ -1,16 +1,17 @@
 """The demo: a trained Fashion-MNIST model, shipped test images, and the heatmaps of five explanations.
 
-``lrpnumpy demo`` loads ``data/fashion_cnn_maxpool.npz`` (trained by ``data/make_models.py``) and
-four of the shipped test images, explains the predicted class with three LRP composites, LRP-0
+``lrpnumpy demo`` loads the shipped ``fashion_cnn_maxpool`` model (package data,
+``lrpnumpy/data/``, trained by the repository's ``data/make_models.py``) and four of the shipped
+test images, explains the predicted class with three LRP composites, LRP-0
 and the gradient (sensitivity), prints the predictions and the conservation table of one
-explanation, and writes a figure comparing them.
+explanation, and writes a figure comparing them (titled, with a colour bar and the red/blue legend).
 """
 
 import os
 
 import numpy as np
 
-from . import composites, datasets, io, methods, viz
+from . import composites, datasets, methods, viz, zoo
 from .explain import explain
 from .rules import LRP0
 
@@ -28,7 +29,7 @@ def sample_input():
 
 def run(out_png="lrpnumpy_demo.png", model="fashion_cnn_maxpool", out=print):
     """Run the demo; returns the epsilon_gamma_box explanation.  ``out_png=None`` draws no figure."""
-    net = io.load(os.path.join(datasets.DATA_DIR, f"{model}.npz"), dtype=np.float64)  # float64: the reference
+    net = zoo.trained(model, dtype=np.float64)  # float64: the reference
     data = datasets.sample()
     x = data.images[[int(np.flatnonzero(data.labels == k)[0]) for k in DEMO_CLASSES]]
     classes = net.meta.get("classes", data.classes)
@@ -47,8 +48,8 @@ def run(out_png="lrpnumpy_demo.png", model="fashion_cnn_maxpool", out=print):
             f"sum of relevance {e.relevance[i].sum():.4f}")
     out(f"\nper-layer conservation of image 0, epsilon_gamma_box:\n{e.conservation().to_text(sample=0)}")
     if out_png:
-        fig = viz.grid({name: ex.relevance for name, ex in explanations.items()}, images=x,
-                       titles=[f"{classes[p]}" for p in e.target])
-        viz.save(fig, out_png)
-        out(f"\nheatmaps (red: for the predicted class, blue: against): {os.path.abspath(out_png)}")
+        viz.grid({name: ex.relevance for name, ex in explanations.items()}, images=x,
+                 titles=[f"{classes[p]}" for p in e.target], save=out_png,
+                 title=f"{model}: relevance for the predicted class, five explanations")
+        out(f"\nheatmaps ({', '.join(viz.LEGEND)}): {os.path.abspath(out_png)}")
     return e

@@ -29,8 +29,8 @@ import numbers
 
 import numpy as np
 
-from .errors import RuleParameterError, ShapeError
-from .explain import forward_finite, logit_network, target_classes
+from .errors import NonFiniteError, RuleParameterError, ShapeError
+from .explain import forward_finite, logit_network, sample_rows, target_classes
 from .incremental import PerturbationPath, plan as incremental_plan
 from .layers.base import check_array, check_finite, make_rng
 from .progress import bar
@@ -57,9 +57,9 @@ class PerturbationResult:
         self.params, self.interrupted = dict(params), interrupted
 
     def __repr__(self):
+        mean = f"AOPC {self.aopc().mean():.4g}" if len(self.curves) else "no AOPC"
         return (f"PerturbationResult({self.params.get('order')}, {len(self.curves)} samples, "
-                f"{self.curves.shape[1] - 1} steps, AOPC {self.aopc().mean():.4g}"
-                f"{', interrupted' if self.interrupted else ''})")
+                f"{self.curves.shape[1] - 1} steps, {mean}{', interrupted' if self.interrupted else ''})")
 
     def auc(self):
         """Area under each sample's curve over the fraction removed (trapezoidal rule), shape (N,)."""
@@ -72,30 +72,32 @@ class PerturbationResult:
 
 
 def _scores(net, x, t, output):
-    out = forward_finite(net, x).reshape(len(x), -1)
+    out = sample_rows(forward_finite(net, x))
     if output == "probability":
         e = np.exp(out - out.max(axis=1, keepdims=True))
         out = e / e.sum(axis=1, keepdims=True)
     return out[np.arange(len(x)), t]
 
 
-def _fill(x, fill, rng):
-    """The values removed features are replaced with (an array of x's shape)."""
+def _fill(x, fill, rng, images):
+    """The values removed features are replaced with, for ``x`` in the layout (N, C, positions...)."""
     if isinstance(fill, numbers.Real) and not isinstance(fill, bool):
         if not np.isfinite(fill):
             raise RuleParameterError(f"fill must be finite, got {fill!r}")
         return np.full_like(x, fill)
     if isinstance(fill, np.ndarray):
-        check_finite(check_array(fill, "fill"), "fill")
-        if fill.shape != x.shape or fill.dtype != x.dtype:
-            raise ShapeError(f"fill must have x's shape {x.shape} and dtype {x.dtype}, got {fill.shape} {fill.dtype}")
-        return fill
+        return fill  # checked (x's shape and dtype) and moved to x's layout by the caller
     if fill == "mean":  # each sample's per-channel mean
-        return np.broadcast_to(x.mean(axis=(2, 3), keepdims=True), x.shape).copy()
+        axes = tuple(range(2, x.ndim))
+        return np.broadcast_to(x.mean(axis=axes, keepdims=True), x.shape).copy()
     if fill == "uniform":  # uniform noise over each sample's value range
-        lo, hi = x.min(axis=(1, 2, 3), keepdims=True), x.max(axis=(1, 2, 3), keepdims=True)
+        axes = tuple(range(1, x.ndim))
+        lo, hi = x.min(axis=axes, keepdims=True), x.max(axis=axes, keepdims=True)
         return (lo + (hi - lo) * make_rng(rng).random(x.shape)).astype(x.dtype)
     if fill == "blur":  # the mean over a 5 x 5 window (edges repeated)
+        if not images:
+            raise RuleParameterError(f"fill='blur' is a 5 x 5 box blur of images (N, C, H, W); the input has shape "
+                                     f"{x.shape} in the layout (N, channels, positions...): choose another fill")
         p = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)), mode="edge")
         h, w = x.shape[2:]
         return sum(p[:, :, i:i + h, j:j + w] for i in range(5) for j in range(5)) / x.dtype.type(25)
@@ -110,14 +112,58 @@ def _int(v, name, minimum=1, none=False):
     return int(v)
 
 
+def channel_axis_of(x, channel_axis="auto"):
+    """The axis of ``x`` whose values make up one position (removed together), or None (every value is
+    a feature of its own).  "auto": 1 for images (N, C, H, W) and sequences (N, C, L) (lrpnumpy's
+    channels-first layout; pass 2 or -1 for (N, T, D)), None for vectors (N, F)."""
+    if isinstance(channel_axis, str) and channel_axis == "auto":
+        return 1 if x.ndim >= 3 else None
+    if channel_axis is None:
+        return None
+    if isinstance(channel_axis, numbers.Integral) and not isinstance(channel_axis, bool) and \
+            -x.ndim < channel_axis < x.ndim and channel_axis % x.ndim != 0:
+        return int(channel_axis) % x.ndim
+    raise RuleParameterError(f"channel_axis must be 'auto', None or an axis of x other than the batch axis "
+                             f"(1..{x.ndim - 1} or -{x.ndim - 1}..-1), got {channel_axis!r} for shape {x.shape}")
+
+
+class _Layout:
+    """Where features sit in ``x``: (N, C, positions...) with the channel axis second (a size-1 axis
+    when there is none); ``patch`` groups ``patch`` consecutive positions along every positional axis."""
+
+    def __init__(self, shape, axis, patch):
+        self.shape, self.axis = tuple(shape), axis
+        if axis is None:
+            self.channels, self.space = 1, self.shape[1:]
+        else:
+            self.channels, self.space = self.shape[axis], self.shape[1:axis] + self.shape[axis + 1:]
+        self.grid = tuple(math.ceil(d / patch) for d in self.space)
+        self.features = math.prod(self.grid)
+        where = np.indices(self.space).reshape(len(self.space), -1) // patch  # () positions: one feature
+        self.feature_of = np.ravel_multi_index(tuple(where), self.grid) if self.space else np.zeros(1, np.intp)
+
+    def canonical(self, a):
+        """``a`` (N, ...) of x's layout as (N, C, P): channels second, positions flattened."""
+        a = a[:, None] if self.axis is None else np.moveaxis(a, self.axis, 1)
+        return a.reshape(len(a), self.channels, math.prod(self.space))
+
+    def restore(self, a):
+        """(m, C, P) back to x's layout (m, ...)."""
+        a = a.reshape((len(a), self.channels) + self.space)
+        return a[:, 0] if self.axis is None else np.moveaxis(a, 1, self.axis)
+
+
 def pixel_flipping(model, x, relevance, target=None, features_per_step=1, steps=None, patch=1, order="morf",
-                   fill=0.0, output="logit", rng=None, batch_size=None, progress=None, incremental=True):
+                   fill=0.0, output="logit", rng=None, batch_size=None, progress=None, incremental=True,
+                   channel_axis="auto"):
     """Remove features in order of relevance and record the target score after each step.
 
     Parameters
     ----------
     model : Sequential or Graph
-    x : ndarray of shape (N, C, H, W)
+    x : ndarray of shape (N, C, H, W), (N, C, L), (N, T, D) or (N, F)
+        Images (features: pixels or patches), sequences (features: positions or segments) or
+        vectors (features: the values), or any rank: see ``channel_axis``.
     relevance : ndarray of x's shape
         What the order follows: a feature's relevance is its sum over channels (and patch).
     target : None, int or sequence of int
@@ -127,14 +173,15 @@ def pixel_flipping(model, x, relevance, target=None, features_per_step=1, steps=
     steps : int, optional
         Steps taken (default: until every feature is removed).
     patch : int
-        Features are ``patch x patch`` squares of a grid over the image (1: pixels); all channels
-        of a feature are removed together.
+        Features are ``patch x patch`` squares of a grid over an image, ``patch`` consecutive
+        positions of a sequence, ``patch`` consecutive values of a vector (1: each position);
+        all channels of a feature are removed together.
     order : "morf", "lerf" or "random"
         Most relevant first, least relevant first, or a random order (``rng``).
     fill : float, ndarray, "mean", "uniform" or "blur"
         What replaces a removed feature: a number, an array of ``x``'s shape, each sample's
-        per-channel mean, uniform noise over the sample's range (drawn once, ``rng``), or a
-        5 x 5 box blur of the image.
+        per-channel mean (over the positions), uniform noise over the sample's range (drawn once,
+        ``rng``), or (images only) a 5 x 5 box blur of the image.
     output : "logit" or "probability"
         Score the target logit or its softmax probability.
     rng : None, int or numpy.random.Generator
@@ -145,16 +192,21 @@ def pixel_flipping(model, x, relevance, target=None, features_per_step=1, steps=
         A progress bar (default: on a terminal).
     incremental : bool
         Update the first, local layers' outputs where each step's change reaches instead of
-        recomputing them (see the module's notes; False recomputes every perturbed input).
+        recomputing them (images only; see the module's notes; False recomputes every perturbed
+        input).
+    channel_axis : "auto", int or None
+        The axis whose values make up one position and are removed together: "auto" is 1 for
+        images and sequences (lrpnumpy's channels-first layout, (N, C, H, W) and (N, C, L); pass
+        ``channel_axis=2`` for (N, T, D)) and None for vectors; None makes every value a feature
+        (the other axes after the batch axis are positions).
 
     Returns
     -------
     PerturbationResult
+        An empty batch (N = 0) gives empty curves, of shape (0, steps + 1).
     """
     net = logit_network(model, x)
     check_finite(check_array(relevance, "relevance"), "relevance")
-    if x.ndim != 4:
-        raise ShapeError(f"pixel flipping needs images (N, C, H, W), got shape {x.shape}")
     if relevance.shape != x.shape:
         raise ShapeError(f"relevance must have x's shape {x.shape}, got {relevance.shape}")
     fps, patch = _int(features_per_step, "features_per_step"), _int(patch, "patch")
@@ -162,25 +214,35 @@ def pixel_flipping(model, x, relevance, target=None, features_per_step=1, steps=
     if order not in ("morf", "lerf", "random") or output not in ("logit", "probability"):
         raise RuleParameterError(f"order must be 'morf', 'lerf' or 'random' and output 'logit' or 'probability', "
                                  f"got {order!r}, {output!r}")
+    if isinstance(fill, np.ndarray):
+        check_finite(check_array(fill, "fill"), "fill")
+        if fill.shape != x.shape or fill.dtype != x.dtype:
+            raise ShapeError(f"fill must have x's shape {x.shape} and dtype {x.dtype}, got {fill.shape} {fill.dtype}")
     rng = make_rng(rng)
-    n, c, h, w = x.shape
-    gh, gw = math.ceil(h / patch), math.ceil(w / patch)
-    feature_of = ((np.arange(h) // patch)[:, None] * gw + (np.arange(w) // patch)[None, :]).ravel()  # per pixel
-    score = np.zeros((n, gh * gw))
-    np.add.at(score.T, feature_of, relevance.sum(axis=1).reshape(n, -1).T.astype(np.float64))
+    axis = channel_axis_of(x, channel_axis)
+    layout = _Layout(x.shape, axis, patch)
+    images = x.ndim == 4 and axis == 1
+    n, features, feature_of = len(x), layout.features, layout.feature_of
+    score = np.zeros((n, features))
+    np.add.at(score.T, feature_of, layout.canonical(relevance).sum(axis=1).T.astype(np.float64))
     if order == "random":
         ranking = np.argsort(rng.random(score.shape), axis=1, kind="stable")
     else:
         ranking = np.argsort(-score if order == "morf" else score, axis=1, kind="stable")
     position = np.empty_like(ranking)
-    position[np.arange(n)[:, None], ranking] = np.arange(gh * gw)[None]
-    removed_at = position[:, feature_of] // fps + 1  # (N, H*W): the step that removes each pixel
-    total = math.ceil(gh * gw / fps)
+    position[np.arange(n)[:, None], ranking] = np.arange(features)[None]
+    removed_at = position[:, feature_of] // fps + 1  # (N, positions): the step that removes each position
+    total = math.ceil(features / fps)
     steps = total if steps is None else min(steps, total)
-    values = _fill(x, fill, rng).reshape(n, c, -1)
-    flat = x.reshape(n, c, -1)
+    flat = layout.canonical(x)
+    values = _fill_values(layout, x, fill, rng, images)
     out = forward_finite(net, x)
     t = target_classes(out, target)
+    fractions_all = np.minimum(np.arange(steps + 1) * fps, features) / features
+    params = dict(order=order, features_per_step=fps, patch=patch, fill=fill if isinstance(fill, (str, float, int))
+                  else "array", output=output, features=features, channel_axis=axis)
+    if n == 0:  # an empty batch: no sample, no score, curves of shape (0, steps + 1)
+        return PerturbationResult(np.zeros((0, steps + 1)), fractions_all, t, params)
     curves = np.full((n, steps + 1), np.nan)
     curves[:, 0] = _scores(net, x, t, output)
     # a step that removes only pixels already at their fill value leaves a sample's score as it was
@@ -188,15 +250,32 @@ def pixel_flipping(model, x, relevance, target=None, features_per_step=1, steps=
     sample, pixel = np.nonzero((values != flat).any(axis=1))
     changes = np.zeros((n, total + 1), bool)
     changes[sample, removed_at[sample, pixel]] = True
-    count = incremental_plan(net, x.shape[1:], fps, patch) if incremental else 0
+    count = incremental_plan(net, x.shape[1:], fps, patch) if incremental and images else 0
+    full = net
     if count:  # the first layers follow the path step by step; the rest runs on many inputs at once
         path, net = PerturbationPath(net, x, values, removed_at, steps, count), net[count:]
     stored = np.empty((max(batch_size, n),) + (path.stored if count else x.shape[1:]), x.dtype)
     buffer = path.as_input(stored) if count else stored
     waiting, rows, done, interrupted = [], 0, 0, False  # the (step, samples) pairs whose inputs are in buffer
 
+    def perturbed(k, who):
+        """The inputs of samples ``who`` after step ``k``, in x's layout."""
+        return layout.restore(np.where((removed_at[who] <= k)[:, None, :], values[who], flat[who]))
+
+    def scored(inputs, classes, pairs):
+        """The scores of the path's outputs (or perturbed inputs); an overflow is named by the layer of the
+        whole network where it happened (the path's layers do not check, the rest's indices start at 0)."""
+        try:
+            return _scores(net, inputs, classes, output)
+        except NonFiniteError:
+            if not count:
+                raise
+            for k, who in pairs:
+                forward_finite(full, perturbed(k, who))  # raises, naming the layer of the whole network
+            raise
+
     def score_waiting():
-        scores = _scores(net, buffer[:rows], np.concatenate([t[who] for _, who in waiting]), output)
+        scores = scored(buffer[:rows], np.concatenate([t[who] for _, who in waiting]), waiting)
         start = 0
         for k, who in waiting:
             curves[who, k] = scores[start:start + len(who)]
@@ -217,14 +296,13 @@ def pixel_flipping(model, x, relevance, target=None, features_per_step=1, steps=
                 done, waiting, rows = finished(score_waiting()), [], 0
             if count and rows == 0 and len(who) == n and len(stored) < 2 * n:
                 # the step alone fills a batch and changed every sample: score the path's output in place
-                curves[:, k] = _scores(net, path.as_input(path.after(k)), t, output)
+                curves[:, k] = scored(path.as_input(path.after(k)), t, [(k, who)])
                 waiting, done = [], finished(k)
                 continue
             if count:
                 stored[rows:rows + len(who)] = path.after(k)[who]
             else:
-                gone = (removed_at[who] <= k)[:, None, :]
-                buffer[rows:rows + len(who)] = np.where(gone, values[who], flat[who]).reshape((-1, c, h, w))
+                buffer[rows:rows + len(who)] = perturbed(k, who)
             waiting.append((k, who))
             rows += len(who)
         done = score_waiting() if rows else steps
@@ -234,12 +312,18 @@ def pixel_flipping(model, x, relevance, target=None, features_per_step=1, steps=
         if shown is not None:
             finished(done)
             shown.close()
-    scored = np.where(changes[:, :done + 1], np.arange(done + 1), 0)  # each step's score is that of the
-    curves = curves[np.arange(n)[:, None], np.maximum.accumulate(scored, axis=1)]  # last step scored
-    fractions = np.minimum(np.arange(done + 1) * fps, gh * gw) / (gh * gw)
-    params = dict(order=order, features_per_step=fps, patch=patch, fill=fill if isinstance(fill, (str, float, int))
-                  else "array", output=output, features=gh * gw)
-    return PerturbationResult(curves, fractions, t, params, interrupted)
+    scored_at = np.where(changes[:, :done + 1], np.arange(done + 1), 0)  # each step's score is that of the
+    curves = curves[np.arange(n)[:, None], np.maximum.accumulate(scored_at, axis=1)]  # last step scored
+    return PerturbationResult(curves, fractions_all[:done + 1], t, params, interrupted)
+
+
+def _fill_values(layout, x, fill, rng, images):
+    """What each removed value becomes, as (N, C, P) (see :class:`_Layout`)."""
+    n, c = len(x), layout.channels
+    shaped = layout.canonical(x).reshape((n, c) + layout.space)
+    if isinstance(fill, np.ndarray):
+        fill = layout.canonical(fill).reshape((n, c) + layout.space)
+    return _fill(shaped, fill, rng, images).reshape(n, c, math.prod(layout.space))
 
 
 def region_perturbation(model, x, relevance, target=None, patch=9, fill="uniform", **kwargs):
@@ -297,16 +381,16 @@ def continuity(model, method, x, shifts, target=None, **kwargs):
     best = np.zeros(n)
     for i in range(len(points)):
         for j in range(i + 1, len(points)):
-            dx = np.sqrt(((points[i] - points[j]).reshape(n, -1) ** 2).sum(axis=1))
-            dr = np.abs(R[i] - R[j]).reshape(n, -1).sum(axis=1)
+            dx = np.sqrt((sample_rows(points[i] - points[j]) ** 2).sum(axis=1))
+            dr = sample_rows(np.abs(R[i] - R[j])).sum(axis=1)
             best = np.maximum(best, np.where(dx > 0, dr / np.where(dx > 0, dx, 1), 0))
     f = np.stack([_scores(net, p, t, "logit") for p in points], axis=1)
-    sums = np.stack([r.reshape(n, -1).sum(axis=1) for r in R], axis=1)
+    sums = np.stack([sample_rows(r).sum(axis=1) for r in R], axis=1)
     return {"continuity": best, "f": f, "sum_relevance": sums, "shifts": shifts}
 
 
 def _cosine(a, b):
-    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    a, b = sample_rows(a), sample_rows(b)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     return np.where((na > 0) & (nb > 0), (a * b).sum(axis=1) / np.where(na * nb > 0, na * nb, 1), 0.0)
 
@@ -320,7 +404,7 @@ def class_sensitivity(model, method, x, classes=None, **kwargs):
     explanation ignores the class, as for an input-only saliency; near 1: class-specific).
     """
     net = logit_network(model, x)
-    k = forward_finite(net, x).reshape(len(x), -1).shape[1]
+    k = sample_rows(forward_finite(net, x)).shape[1]
     classes = list(range(k)) if classes is None else [int(c) for c in classes]
     if len(classes) < 2:
         raise RuleParameterError(f"class_sensitivity needs at least two classes, got {classes!r}")
@@ -351,7 +435,7 @@ def similarity(a, b, kind="spearman"):
     """Per-sample similarity of two batches of explanations: "spearman" (rank correlation, ties
     averaged), "spearman_abs" (of the absolute values, as Adebayo et al. also report), "pearson" or
     "cosine"."""
-    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    a, b = sample_rows(a).astype(np.float64), sample_rows(b).astype(np.float64)
     if kind in ("spearman", "spearman_abs"):
         if kind == "spearman_abs":
             a, b = np.abs(a), np.abs(b)
@@ -433,8 +517,8 @@ def context(relevance, region, kind="positive"):
         r = np.abs(r)
     elif kind != "signed":
         raise RuleParameterError(f"kind must be 'positive', 'absolute' or 'signed', got {kind!r}")
-    total = r.reshape(len(r), -1).sum(axis=1)
-    outside = np.where(region, 0, r).reshape(len(r), -1).sum(axis=1)
+    total = sample_rows(r).sum(axis=1)
+    outside = sample_rows(np.where(region, 0, r)).sum(axis=1)
     return np.where(total != 0, outside / np.where(total != 0, total, 1), 0.0)
 
 
@@ -564,6 +648,10 @@ def compare(model, x, methods, metrics=("pixel_flipping",), target=None, options
     if not isinstance(methods, dict) or not methods or not all(callable(m) for m in methods.values()):
         raise RuleParameterError("methods must be a non-empty dict {name: method(model, x, target)}")
     options = dict(options or {})
+    if len(x) == 0:
+        raise ShapeError(f"x is an empty batch (shape {x.shape}): a comparison reports each metric's mean over "
+                         f"the samples, and no samples have no mean; the metrics themselves (pixel_flipping, "
+                         f"continuity, ...) return empty per-sample scores")
     t = target_classes(forward_finite(net, x), target)
     rows, per_sample, curves = [], {}, {}
     for name, method in methods.items():
@@ -647,7 +735,7 @@ def roar(make_model, train, test, method, fractions=(0.1, 0.3, 0.5, 0.7, 0.9), e
             xb = x[i:i + batch_size]
             tb = y[i:i + batch_size] if explain == "label" else T.predict(explain_model, xb)
             r = _relevance(method(explain_model, xb, tb))
-            scores.append(r.sum(axis=1).reshape(len(r), -1))
+            scores.append(sample_rows(r.sum(axis=1)))
         order = np.argsort(-np.concatenate(scores), axis=1, kind="stable")
         rank = np.empty_like(order)
         rank[np.arange(len(order))[:, None], order] = np.arange(order.shape[1])[None]

@@ -3,12 +3,13 @@
 Every explanation method in lrpnumpy returns an :class:`Explanation`.
 """
 
+import math
 import numbers
 
 import numpy as np
 
 from .composites import Composite, SingleRule, default_rule
-from .errors import LRPError, NonFiniteError, ResourceError, RuleParameterError, ShapeError, TargetError
+from .errors import DTypeError, LRPError, NonFiniteError, ResourceError, RuleParameterError, ShapeError, TargetError
 from .layers import Graph, Network, Softmax
 from .layers.base import check_array, check_finite, per_sample_sum
 from .rules import Rule
@@ -33,7 +34,8 @@ def explain(model, x, target=None, rule=None, composite=None, relevance_out=None
         Rules by layer type (see :mod:`lrpnumpy.composites`).  Not together
         with ``rule``.
     relevance_out : ndarray, optional
-        Relevance at the output, shape of the output; overrides ``target``.
+        Relevance at the output, of the output's shape and dtype; instead of ``target`` (giving
+        both is an error).
     mask : dict of (int or str) to ndarray, optional
         Filtering: ``{k: m}`` multiplies the relevance at the output of layer ``k`` (index in
         execution order, or node name) by ``m`` (boolean or float, broadcastable to that
@@ -53,6 +55,9 @@ def explain(model, x, target=None, rule=None, composite=None, relevance_out=None
     ``R_out = output * onehot(target)``.  The forward pass returns a trace; the rules
     read each layer's input and output from it, walking it backward.  Nothing is
     written to the network, so one network can be explained by several threads at once.
+
+    An empty batch (N = 0) gives an empty explanation: relevance of shape ``(0, ...)`` at
+    every layer, the output's shape (0, classes), and a conservation report of empty columns.
     """
     net = logit_network(model, x)
     masks = _masks(net, mask, x.dtype)
@@ -70,6 +75,8 @@ def explain(model, x, target=None, rule=None, composite=None, relevance_out=None
 def _explain(net, x, rules, target, rule, composite, relevance_out, masks):
     output, trace = forward_checked(net, x)
     R, t = _initial_relevance(output, target, relevance_out)
+    if len(x) == 0:  # nothing to walk: every layer's relevance is empty, of its input's shape
+        return _empty_explanation(net, x, trace, output, R, t, rules, rule, composite, relevance_out)
     relevances, ledgers = [None] * len(trace), [None] * len(trace)
     for k, m in masks.items():
         try:
@@ -108,6 +115,24 @@ def _explain(net, x, rules, target, rule, composite, relevance_out, masks):
     params.update({} if relevance_out is None else {"relevance_out": "given"}, **({"mask": masks} if masks else {}))
     return Explanation(relevance, output, t, method="lrp", params=params,
                        layers=relevances + [R], network=net, rules=rules, ledgers=ledgers)
+
+
+def _empty_explanation(net, x, trace, output, R, t, rules, rule, composite, relevance_out):
+    """The explanation of an empty batch: empty relevance at every layer, empty ledger columns."""
+    relevances = [tuple(np.zeros_like(a) for a in step.inputs) if len(step.inputs) > 1
+                  else np.zeros_like(step.input) for step in trace]
+    none = np.zeros(0, x.dtype)
+    ledgers = [dict(relevance_in=none, relevance_out=none,
+                    parts=[none] * len(step.inputs) if len(step.inputs) > 1 else None) for step in trace]
+    params = {"rule": rule, "composite": composite}
+    params.update({} if relevance_out is None else {"relevance_out": "given"})
+    return Explanation(np.zeros_like(x), output, t, method="lrp", params=params,
+                       layers=relevances + [R], network=net, rules=rules, ledgers=ledgers)
+
+
+def sample_rows(a):
+    """``a`` as one row per sample, shape (N, features); an empty batch gives (0, features)."""
+    return a.reshape(a.shape[0], math.prod(a.shape[1:]))
 
 
 def layer_index(net, layer):
@@ -160,7 +185,7 @@ def logit_network(model, x):
     if not isinstance(model, Network) or len(model) == 0:
         raise ShapeError(f"model must be a non-empty lrpnumpy Sequential or Graph, got {type(model).__name__}")
     check_finite(check_array(x, "x"), "x")
-    if x.ndim < 2 or x.shape[0] == 0:
+    if x.ndim < 2:
         raise ShapeError(f"x must be a batch with a leading sample axis, got shape {x.shape}")
     return without_softmax(model)
 
@@ -194,11 +219,17 @@ def _rules(net, rule, composite):
 def _initial_relevance(output, target, relevance_out):
     """``(R, target)``: the relevance at the output and the class of each sample (None when given R)."""
     if relevance_out is not None:
+        if target is not None:
+            raise TargetError("give either target or relevance_out, not both: relevance_out already says what "
+                              "is explained (target would be ignored)")
         R = check_finite(check_array(np.asarray(relevance_out) if not isinstance(relevance_out, np.ndarray)
                                      else relevance_out, "relevance_out"), "relevance_out")
         if R.shape != output.shape:
             raise ShapeError(f"relevance_out must have the output's shape {output.shape}, got {R.shape}")
-        return R.astype(output.dtype, copy=False), None
+        if R.dtype != output.dtype:
+            raise DTypeError(f"relevance_out is {R.dtype} but the network's output is {output.dtype}; convert it "
+                             f"explicitly (relevance_out.astype({str(output.dtype)!r}))")
+        return R, None
     t = target_classes(output, target)
     return output * onehot(output, t), t
 

@@ -22,8 +22,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .errors import MissingDependencyError, RuleParameterError, ShapeError
-from .explain import forward_checked, forward_finite, logit_network, onehot
+from .errors import MissingDependencyError, NonFiniteError, RuleParameterError, ShapeError
+from .explain import forward_checked, forward_finite, logit_network, onehot, sample_rows
 from .layers.base import check_array, check_finite, make_rng
 
 
@@ -34,6 +34,9 @@ class AMResult(NamedTuple):
     objective: np.ndarray         # (steps + 1, N): the objective at the start and after every step
     z: Optional[np.ndarray]       # the codes found (code space only)
     target: np.ndarray            # the class of each sample
+    converged: Optional[np.ndarray] = None  # (N,) bool: whether each sample's ascent converged
+    reason: Optional[tuple] = None          # per sample, why it stopped (or did not converge)
+    step_size: Optional[np.ndarray] = None  # (N,): the step each sample ended with (lr, or lr / 2^k)
 
 
 def _log_softmax(logits):
@@ -44,7 +47,7 @@ def _log_softmax(logits):
 def _model_term(net, x, t, objective):
     """``(value (N,), gradient w.r.t. x)`` of log p(t | x) or of the logit of t."""
     out, trace = forward_checked(net, x)
-    logits = out.reshape(len(x), -1)
+    logits = sample_rows(out)
     if objective == "logit":
         value, seed = logits[np.arange(len(x)), t], onehot(out, t)
     else:
@@ -55,7 +58,7 @@ def _model_term(net, x, t, objective):
 
 
 def activation_maximization(model, target, x0, l2=0.0, steps=100, lr=0.1, bounds=None, objective="log_softmax",
-                            expert=None, decoder=None, z0=None):
+                            expert=None, decoder=None, z0=None, tol=1e-6):
     """Gradient ascent on ``log p(target | x)`` (or the logit), optionally tied to the data.
 
     Parameters
@@ -69,24 +72,41 @@ def activation_maximization(model, target, x0, l2=0.0, steps=100, lr=0.1, bounds
     l2 : float
         Weight ``lambda`` of the penalty ``lambda ||x||^2`` (``||z||^2`` in code space).
     steps, lr : int, float
-        Steps of plain gradient ascent and their size.
+        Steps of gradient ascent and the largest step size (see Notes).
     bounds : (float, float), optional
-        Keep ``x`` in this box (projected ascent; inputs only).
+        Keep ``x`` in this box (projected ascent, from ``x0`` projected into the box; inputs only).
     objective : "log_softmax" or "logit"
     expert : object, optional
         A density with ``log_prob(x)`` and ``grad_log_prob(x)``: adds ``log p(x)``.
     decoder, z0 : optional
         Code space: ``x = decoder.forward(z)``, gradients through ``decoder.backward(grad, z)``,
         starting at ``z0`` (N, k).
+    tol : float
+        A sample has converged when the squared norm of its gradient (projected into ``bounds``)
+        is at most ``tol * (1 + |objective|)``.
 
     Returns
     -------
     AMResult
-        ``x``, the trajectory of the ``objective``, ``z`` (code space), ``target``.
+        ``x``, the trajectory of the ``objective``, ``z`` (code space), ``target``, and per
+        sample ``converged``, the ``reason`` it stopped or did not converge, and the
+        ``step_size`` it ended with.
+
+    Notes
+    -----
+    Each step is a backtracking line search (Armijo's condition): a sample's step ``lr * g`` is
+    taken when it raises the objective by at least ``1e-4 <g, step>``; otherwise the step is
+    halved (and stays halved for the following steps) until it does.  So the objective never
+    falls, and a step too large for the problem's curvature (a density expert of nearly
+    singular covariance) cannot make the ascent diverge: it is shrunk to a stable one.  A sample
+    for which no step of 50 halvings raises the objective stops there; it has ``converged`` if its
+    (projected) gradient vanishes there, else not (the ascent ran into a kink of the network,
+    where the gradient is no ascent direction), and ``reason`` says which.  Where ``lr`` is small enough, the trajectory is exactly that of plain gradient
+    ascent.
     """
     if objective not in ("log_softmax", "logit"):
         raise RuleParameterError(f"objective must be 'log_softmax' or 'logit', got {objective!r}")
-    for name, v, low in (("l2", l2, 0), ("lr", lr, 0)):
+    for name, v, low in (("l2", l2, 0), ("lr", lr, 0), ("tol", tol, 0)):
         if not (isinstance(v, numbers.Real) and np.isfinite(v) and v >= low):
             raise RuleParameterError(f"{name} must be a finite number >= {low}, got {v!r}")
     if not (isinstance(steps, numbers.Integral) and steps >= 0):
@@ -106,7 +126,7 @@ def activation_maximization(model, target, x0, l2=0.0, steps=100, lr=0.1, bounds
     v = check_finite(check_array(z0 if code else x0, "z0" if code else "x0"), "z0" if code else "x0")
     if code and v.ndim != 2:
         raise ShapeError(f"z0 must be codes of shape (N, k), got {v.shape}")
-    v = v.copy()
+    v = v.copy() if bounds is None or code else np.clip(v, low, high)  # the ascent starts in the box
     x = decoder.forward(v) if code else v
     net = logit_network(model, x)
     t = np.asarray(target)
@@ -114,26 +134,84 @@ def activation_maximization(model, target, x0, l2=0.0, steps=100, lr=0.1, bounds
     if t.shape != (len(v),):
         raise ShapeError(f"target needs one class per start point ({len(v)}), got shape {t.shape}")
     axes = tuple(range(1, v.ndim))
-    trajectory = []
-    with np.errstate(over="ignore", invalid="ignore"):
-        for step in range(steps + 1):
-            x = decoder.forward(v) if code else v
-            value, g = _model_term(net, x, t, objective)
-            if expert is not None:
-                value = value + expert.log_prob(x)
-                g = g + expert.grad_log_prob(x).astype(g.dtype)
-            value = value - l2 * (v ** 2).sum(axis=axes)
-            trajectory.append(value)
-            if step == steps:
+
+    def ascent(u, who):
+        """The objective at ``u`` (the points of samples ``who``) and its gradient (the ascent direction)."""
+        x = decoder.forward(u) if code else u
+        value, g = _model_term(net, x, t[who], objective)
+        if expert is not None:
+            value = value + expert.log_prob(x)
+            g = g + expert.grad_log_prob(x).astype(g.dtype)
+        value = value - l2 * (u ** 2).sum(axis=axes)
+        g = decoder.backward(g, u) if code else g
+        return value, g - u.dtype.type(2 * l2) * u
+
+    def trial(u, who):
+        """:func:`ascent` where it is finite; -inf (a step to reject) where a sample overflows."""
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                value, g = ascent(u, who)
+            finite = np.isfinite(value) & np.isfinite(g).reshape(len(u), -1).all(axis=1)
+            if finite.all():
+                return value, g
+        except NonFiniteError:
+            if len(who) == 1:
+                return np.full(1, -np.inf), np.zeros_like(u)
+            parts = [trial(u[i:i + 1], who[i:i + 1]) for i in range(len(who))]  # which of them overflows
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return np.where(finite, value, -np.inf), np.where(finite.reshape((-1,) + (1,) * (u.ndim - 1)), g, 0)
+
+    n = len(v)
+    everyone = np.arange(n)
+    value, g = ascent(v, everyone)
+    if not (np.isfinite(value).all() and np.isfinite(g).all()):
+        raise NonFiniteError("the objective or its gradient at the start points is not finite")
+    size = np.full(n, float(lr))
+    moving, rise, stuck = np.ones(n, bool), np.full(n, np.inf), np.zeros(n, bool)
+    trajectory = [value.copy()]
+    for _ in range(steps):
+        todo, before = np.flatnonzero(moving), size.copy()
+        for _halving in range(51):
+            if len(todo) == 0:
                 break
-            g = decoder.backward(g, v) if code else g
-            v = v + v.dtype.type(lr) * (g - v.dtype.type(2 * l2) * v)
+            step = size[todo].reshape((-1,) + (1,) * (v.ndim - 1)).astype(v.dtype) * g[todo]
+            new = v[todo] + step
             if bounds is not None and not code:
-                v = np.clip(v, low, high)
-            if not np.isfinite(v).all():
-                raise RuleParameterError(f"activation maximization diverged at step {step + 1}: lower lr "
-                                         f"(now {lr!r}) or raise l2")
-    return AMResult(decoder.forward(v) if code else v, np.array(trajectory), v if code else None, t)
+                new = np.clip(new, low, high)
+            new_value, new_g = trial(new, todo)
+            armijo = (g[todo] * (new - v[todo])).reshape(len(todo), -1).sum(axis=1)
+            moved = (new != v[todo]).reshape(len(todo), -1).any(axis=1)
+            ok = np.isfinite(new_value) & (new_value >= value[todo] + 1e-4 * armijo) & moved
+            done = todo[ok]
+            rise[done] = new_value[ok] - value[done]
+            v[done], value[done], g[done] = new[ok], new_value[ok], new_g[ok]
+            todo = todo[~ok]
+            size[todo] /= 2
+        # 50 halvings and no rise: no step along the (projected) gradient raises the objective
+        moving[todo], stuck[todo], rise[todo], size[todo] = False, True, 0.0, before[todo]
+        trajectory.append(value.copy())
+    # where a sample stopped: stationary if its (projected) gradient vanishes, else stuck on a kink
+    if bounds is not None and not code:
+        g = np.clip(v + g, low, high) - v  # the projected gradient: what a unit step could still move
+    slope = (g * g).reshape(n, -1).sum(axis=1)
+    flat = slope <= tol * (1 + np.abs(value))
+    converged = flat
+    reason = []
+    for i in range(n):
+        if flat[i]:
+            text = f"the (projected) gradient vanished: squared norm {slope[i]:.3g} <= tol (1 + |objective|)"
+        elif stuck[i] or size[i] < lr * 2.0 ** -20:
+            text = (f"stuck: the gradient (squared norm {slope[i]:.3g}) does not vanish, but no step along it "
+                    f"raises the objective {'any more' if stuck[i] else 'by more than rounding'}: the ascent ran "
+                    f"into a kink of the network (a ReLU or max pool switching), where the gradient jumps")
+        else:
+            text = (f"not converged after {steps} steps: the gradient's squared norm is still {slope[i]:.3g} "
+                    f"(the last step raised the objective by {rise[i]:.3g}); take more steps")
+        if size[i] < lr and not text.startswith("stuck"):
+            text += f" (the step was halved to {size[i]:.3g}: lr={lr!r} is too large for the objective's curvature)"
+        reason.append(text)
+    return AMResult(decoder.forward(v) if code else v, np.array(trajectory), v if code else None, t,
+                    converged, tuple(reason), size)
 
 
 def start_points(data, labels=None, classes=None):
@@ -155,7 +233,7 @@ def _fitted(obj, attribute):
 
 def _flat(x):
     x = np.asarray(x, dtype=np.float64)
-    return x.reshape(len(x), -1)
+    return sample_rows(x)
 
 
 class GaussianExpert:
@@ -298,7 +376,7 @@ def train_autoencoder(data, code=16, hidden=128, epochs=20, batch_size=64, lr=1e
     from .layers import Flatten, Linear, ReLU, Sequential
     from .train import Adam
     data = check_array(np.asarray(data), "data")
-    flat = data.reshape(len(data), -1)
+    flat = sample_rows(data)
     dim, dt, rng = flat.shape[1], data.dtype, make_rng(seed)
     encoder = Sequential(Flatten(), Linear(dim, hidden, rng=rng, dtype=dt), ReLU(), Linear(hidden, code, rng=rng,
                                                                                           dtype=dt))
@@ -318,6 +396,9 @@ def train_autoencoder(data, code=16, hidden=128, epochs=20, batch_size=64, lr=1e
             opt.step([(getattr(layer, name), g[name]) for net, grads in ((decoder, dgrads), (encoder, egrads))
                       for layer, g in zip(net, grads) for name in g if g[name] is not None])
         losses.append(total / len(flat))
+        if not np.isfinite(losses[-1]):
+            raise RuleParameterError(f"train_autoencoder diverged in epoch {len(losses)} (loss {losses[-1]}); lower "
+                                     f"lr (now {lr!r})")
     return encoder, decoder, losses
 
 
@@ -395,9 +476,9 @@ def surrogate_tree(model, x, x_test, max_depth=3, seed=0):
     except ImportError as exc:
         raise MissingDependencyError("surrogate_tree needs scikit-learn: pip install 'lrpnumpy[data]'") from exc
     net = logit_network(model, x)
-    y = forward_finite(net, x).reshape(len(x), -1).argmax(axis=1)
+    y = sample_rows(forward_finite(net, x)).argmax(axis=1)
     tree = DecisionTreeClassifier(max_depth=max_depth, random_state=seed).fit(_flat(x), y)
-    y_test = forward_finite(net, x_test).reshape(len(x_test), -1).argmax(axis=1)
+    y_test = sample_rows(forward_finite(net, x_test)).argmax(axis=1)
     return tree, float(np.mean(tree.predict(_flat(x_test)) == y_test))
 
 
@@ -427,24 +508,47 @@ def _grads(W, h, y):
     """Per-sample gradients of CE(W h_i, y_i), flattened: (N, K*D)."""
     p = _softmax(h @ W.T)
     p[np.arange(len(y)), y] -= 1
-    return (p[:, :, None] * h[:, None, :]).reshape(len(h), -1)
+    return sample_rows(p[:, :, None] * h[:, None, :])
+
+
+def _last_layer_loss(W, h, y, l2):
+    """``mean_i CE(W h_i, y_i) + l2/2 ||W||^2``."""
+    z = h @ W.T
+    top = z.max(axis=1, keepdims=True)
+    log_p = z - top - np.log(np.exp(z - top).sum(axis=1, keepdims=True))
+    return -log_p[np.arange(len(y)), y].mean() + 0.5 * l2 * (W ** 2).sum()
 
 
 def fit_last_layer(h, y, classes, l2=1e-2, W0=None, iterations=50, exclude=None):
     """Train a softmax layer (with bias) on features ``h`` to convergence by Newton's method (the loss
-    is strictly convex with ``l2 > 0``); ``exclude`` leaves one training point out."""
+    is strictly convex with ``l2 > 0``); ``exclude`` leaves one training point out.
+
+    Each Newton step is damped by a backtracking line search (halved until the loss falls by
+    Armijo's condition), so the iteration cannot overshoot and diverge where the loss is flat; a
+    fit that has not converged after ``iterations`` steps is an error, not a result.
+    """
     ha = _augment(np.asarray(h, np.float64))
     keep = np.ones(len(ha), bool)
     if exclude is not None:
         keep[exclude] = False
     ha, y = ha[keep], np.asarray(y)[keep]
     W = np.zeros((classes, ha.shape[1])) if W0 is None else W0.copy()
+    loss, step = _last_layer_loss(W, ha, y, l2), np.inf
     for _ in range(iterations):
         g = _grads(W, ha, y).mean(axis=0) + l2 * W.ravel()
         step = np.linalg.solve(last_layer_hessian(W, ha, l2), g)
-        W -= step.reshape(W.shape)
+        for _halving in range(50):
+            new = W - step.reshape(W.shape)
+            new_loss = _last_layer_loss(new, ha, y, l2)
+            if np.isfinite(new_loss) and new_loss <= loss - 1e-4 * float(g @ step):
+                break
+            step = step / 2
+        W, loss = new, new_loss
         if np.abs(step).max() < 1e-12:
             break
+    if not (np.isfinite(W).all() and np.abs(step).max() <= 1e-6 * (1 + np.abs(W).max())):
+        raise RuleParameterError(f"fit_last_layer did not converge in {iterations} Newton steps (the last step "
+                                 f"moved a weight by {np.abs(step).max():.3g}); raise iterations or l2")
     return W
 
 

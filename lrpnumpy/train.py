@@ -112,6 +112,8 @@ def fit(net, x, y, epochs=5, batch_size=64, optimizer=None, validation=None, see
     History
     """
     logits_net = logit_network(net, x)
+    if len(x) == 0:
+        raise ShapeError(f"x is an empty batch (shape {x.shape}): there is nothing to train on")
     y = _labels(y, len(x))
     epochs, batch_size = _count(epochs, "epochs"), _count(batch_size, "batch_size")
     if not (isinstance(lr_decay, numbers.Real) and 0 < lr_decay <= 1):
@@ -157,13 +159,15 @@ def fit(net, x, y, epochs=5, batch_size=64, optimizer=None, validation=None, see
 
 def predict(net, x, batch_size=512):
     """The predicted class of every input (in batches)."""
-    logits_net = logit_network(net, x[:1]) if len(x) else net
+    logits_net = logit_network(net, x[:1] if len(x) else x)
     return np.concatenate([logits_net.forward(x[i:i + batch_size]).argmax(axis=1)
-                           for i in range(0, len(x), batch_size)])
+                           for i in range(0, len(x), batch_size)] or [np.zeros(0, np.int64)])
 
 
 def accuracy(net, x, y, batch_size=512):
     """The fraction of inputs whose predicted class is the label."""
+    if len(x) == 0:
+        raise ShapeError(f"x is an empty batch (shape {x.shape}): no inputs have no accuracy")
     return float(np.mean(predict(net, x, batch_size) == _labels(y, len(x))))
 
 

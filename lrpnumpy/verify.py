@@ -29,6 +29,7 @@ from .errors import MissingDependencyError, UnsupportedLayerError
 from .explain import explain, logit_network, target_onehot, without_softmax
 from .layers import (Add, AvgPool2d, BatchNorm2d, ChannelAffine, ChannelShuffle, Concat, Conv2d, Dropout, Flatten,
                      GlobalAvgPool2d, Graph, Linear, MaxPool2d, ReLU, SumPool2d, Tanh)
+from .layers import AdaptiveAvgPool2d, Hardtanh, LeakyReLU, ReLU6
 from .rules import (AlphaBeta, Epsilon, Flat, Gamma, Rho, WSquare, ZBox, ZPlus)
 
 ZENNIT_RULE_METHODS = ("epsilon", "zplus", "alpha_beta_2_1", "alpha_beta_1_0", "gamma", "zbox", "flat", "wsquare")
@@ -109,6 +110,10 @@ TORCH_MODULES = {
     GlobalAvgPool2d: lambda nn, m: nn.AdaptiveAvgPool2d(1),
     ReLU: lambda nn, m: nn.ReLU(),
     Tanh: lambda nn, m: nn.Tanh(),
+    Hardtanh: lambda nn, m: nn.Hardtanh(m.min_val, m.max_val),
+    ReLU6: lambda nn, m: nn.ReLU6(),
+    LeakyReLU: lambda nn, m: nn.LeakyReLU(m.negative_slope),
+    AdaptiveAvgPool2d: lambda nn, m: nn.AdaptiveAvgPool2d(m.output_size),
     Dropout: lambda nn, m: nn.Dropout(m.p),
     BatchNorm2d: _batchnorm,
 }

@@ -2,8 +2,14 @@
 
 The field's conventions: colour limits symmetric around zero, so zero is white with ``bwr`` /
 ``seismic`` (red positive, blue negative), or black with the LRP Toolbox's ``hotcold`` look
-(positive red to yellow, negative blue to cyan).  Every function returns the figure;
-:func:`save` writes PNG or PDF.  :func:`to_rgb` is the colour mapping itself, as an array.
+(positive red to yellow, negative blue to cyan).  :func:`heatmap` draws on one Axes and returns
+it, as matplotlib's own plotting functions do; the others return the figure.  Figures are made
+with :mod:`matplotlib.pyplot` and its backend as configured (Agg when there is no display), so in
+a script ``plt.show()`` shows them and in an interactive session they appear at once; ``save=PATH``
+(or :func:`save`) writes PNG or PDF.  :func:`to_rgb` is the colour mapping itself, as an array.
+
+The heatmap figures (:func:`grid`, and :func:`heatmap` with ``colorbar`` and ``legend``) carry
+a title, a colour bar and the legend :data:`LEGEND` (red: evidence for the class, blue: against).
 """
 
 import numpy as np
@@ -11,15 +17,36 @@ import numpy as np
 from .errors import ShapeError
 
 
+#: The two entries of the heatmaps' legend: relevance above zero speaks for the explained class.
+LEGEND = ("red: evidence for the class", "blue: against")
+_RED_BLUE = ("bwr", "seismic", "hotcold", "coolwarm", "RdBu_r")
+
+
 def _plt():
-    import matplotlib
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        try:
-            matplotlib.use("Agg")
-        except Exception:  # noqa: BLE001 - an interactive backend already in use is fine
-            pass
+    # pyplot with the backend matplotlib chose or the user set: never forced, so plt.show() works
     import matplotlib.pyplot as plt
     return plt
+
+
+def _legend_labels(cmap):
+    if cmap in _RED_BLUE:
+        return LEGEND
+    return (f"high ({cmap}): evidence for the class", "low: against")
+
+
+def _legend_handles(cmap):
+    from matplotlib.patches import Patch
+    colours, (positive, negative) = _cmap(cmap), _legend_labels(cmap)
+    high, low = (0.75, 0.25) if cmap == "hotcold" else (0.9, 0.1)  # hotcold: red and blue, not yellow and cyan
+    return [Patch(facecolor=colours(high), edgecolor="none", label=positive),
+            Patch(facecolor=colours(low), edgecolor="none", label=negative)]
+
+
+def _colorbar(fig, im, ax):
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, ticks=[-1, 0, 1])
+    bar.ax.set_yticklabels(["-max", "0", "+max"], fontsize="x-small")
+    bar.set_label("relevance / max |R|", fontsize="x-small")
+    return bar
 
 
 def _cmap(name):
@@ -60,11 +87,14 @@ def to_rgb(relevance, cmap="bwr", gamma=1.0, percentile=None):
 
 
 def heatmap(relevance, ax=None, title=None, cmap="bwr", gamma=1.0, percentile=None, image=None, alpha=0.6,
-            colorbar=False):
-    """Draw one sample's relevance (C, H, W) or (H, W), summed over channels; returns the figure.
+            colorbar=False, legend=False, save=None):
+    """Draw one sample's relevance (C, H, W) or (H, W), summed over channels; returns the Axes.
 
     Parameters
     ----------
+    ax : matplotlib Axes, optional
+        Where to draw; default a new 3 x 3 inch figure (made with pyplot: ``plt.show()`` shows it).
+    title : str, optional
     cmap : str
         ``"bwr"`` (default; white at zero), ``"seismic"``, ``"hotcold"`` (the LRP Toolbox's look,
         black at zero) or any matplotlib colormap.
@@ -75,11 +105,19 @@ def heatmap(relevance, ax=None, title=None, cmap="bwr", gamma=1.0, percentile=No
         then drawn with ``alpha``.
     colorbar : bool
         Add a colour bar (relevance scaled to [-1, 1]).
+    legend : bool
+        Add the legend :data:`LEGEND` below the heatmap.
+    save : str or path-like, optional
+        Also write the figure to this PNG or PDF file (see :func:`save`).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The Axes drawn on (its figure: ``ax.figure``).
     """
-    plt = _plt()
     r = normalize(relevance, gamma, percentile)
     if ax is None:
-        _, ax = plt.subplots(figsize=(3, 3))
+        _, ax = _plt().subplots(figsize=(3, 3), layout="constrained")
     if image is not None:
         ax.imshow(_one_sample(image, "image"), cmap="gray")
     im = ax.imshow(r, cmap=_cmap(cmap), vmin=-1, vmax=1, alpha=alpha if image is not None else None,
@@ -89,11 +127,17 @@ def heatmap(relevance, ax=None, title=None, cmap="bwr", gamma=1.0, percentile=No
     if title:
         ax.set_title(title, fontsize="small")
     if colorbar:
-        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    return ax.figure
+        _colorbar(ax.figure, im, ax)
+    if legend:
+        ax.legend(handles=_legend_handles(cmap), loc="upper center", bbox_to_anchor=(0.5, -0.02),
+                  fontsize="x-small", frameon=False)
+    if save is not None:
+        _write(ax.figure, save)
+    return ax
 
 
-def grid(relevances, images=None, titles=None, cmap="bwr", gamma=1.0, percentile=None, size=1.8):
+def grid(relevances, images=None, titles=None, cmap="bwr", gamma=1.0, percentile=None, size=1.8,
+         title="relevance of each pixel for the explained class", colorbar=True, legend=True, save=None):
     """A grid of heatmaps: one row per sample, one column per method (and the input first, if given).
 
     Parameters
@@ -104,12 +148,23 @@ def grid(relevances, images=None, titles=None, cmap="bwr", gamma=1.0, percentile
         The inputs, shown in the first column.
     titles : list of str, optional
         One per sample (e.g. the predicted class), put on the left.
+    title : str or None
+        The figure's title (None: none).
+    colorbar, legend : bool
+        A colour bar beside the heatmaps, and the legend :data:`LEGEND` below them.
+    save : str or path-like, optional
+        Also write the figure to this PNG or PDF file (see :func:`save`).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
     plt = _plt()
     names = list(relevances)
     n = len(next(iter(relevances.values())))
     cols = len(names) + (images is not None)
-    fig, axes = plt.subplots(n, cols, figsize=(size * cols, size * n), squeeze=False)
+    fig, axes = plt.subplots(n, cols, figsize=(size * cols + 0.8 * colorbar, size * n + 0.5 * bool(title) +
+                                               0.4 * legend), squeeze=False, layout="constrained")
     for i in range(n):
         col = 0
         if images is not None:
@@ -124,7 +179,16 @@ def grid(relevances, images=None, titles=None, cmap="bwr", gamma=1.0, percentile
                     gamma=gamma, percentile=percentile)
         if titles:
             axes[i, 0].set_ylabel(titles[i], fontsize="small")
-    fig.tight_layout()
+    maps = axes[:, cols - len(names):]
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    if colorbar:
+        _colorbar(fig, maps[0, 0].images[-1], list(maps.ravel()))
+    if legend:
+        fig.legend(handles=_legend_handles(cmap), loc="outside lower center", ncol=2, fontsize="small",
+                   frameon=False)
+    if save is not None:
+        _write(fig, save)
     return fig
 
 
@@ -174,7 +238,12 @@ def weights(layer, shape, titles=None, cols=5, size=1.4):
 
 
 def save(fig, path, dpi=120):
-    """Write ``fig`` to ``path`` (PNG or PDF, by its extension); returns the path."""
+    """Write ``fig`` (a Figure, or an Axes: its figure) to ``path`` (PNG or PDF, by its extension);
+    returns the path."""
+    return _write(fig.figure, path, dpi)
+
+
+def _write(fig, path, dpi=120):
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path
 

@@ -1,7 +1,11 @@
-"""Reference architectures with seeded random weights (for benchmarks, demos and tests)."""
+"""Reference architectures with seeded random weights (for benchmarks, demos and tests), and the
+trained models shipped with the package (:func:`trained`)."""
+
+import importlib.resources
 
 import numpy as np
 
+from .errors import ParameterError
 from .layers import Add, Conv2d, Flatten, GlobalAvgPool2d, Graph, Linear, MaxPool2d, ReLU, Sequential, SumPool2d
 
 
@@ -91,3 +95,28 @@ def resnet50(seed=0, dtype=np.float64, bias_scale=0.01, num_classes=1000, blocks
 
 
 MODELS = {"lenet5": lenet5, "toolbox_lenet": toolbox_lenet, "vgg16": vgg16, "resnet50": resnet50}
+
+
+#: The trained Fashion-MNIST models shipped as package data, ``lrpnumpy/data/NAME.npz`` (their test
+#: accuracy and how to train them again: the repository's ``data/README.rst``); the last two are the
+#: Clever Hans model (a planted mark on half of its Shirt training images) and its clean twin.
+TRAINED = ("fashion_mlp", "fashion_cnn_sumpool", "fashion_cnn_maxpool", "fashion_clever_hans", "fashion_clean")
+
+
+def trained(name, dtype=None):
+    """A trained model shipped with lrpnumpy, read from the package data with :mod:`importlib.resources`.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`TRAINED`.
+    dtype : float32 or float64, optional
+        Converts the parameters; None keeps the file's (float32).
+    """
+    from .datasets import shipped_file
+    from .io import load
+    if name not in TRAINED:
+        raise ParameterError(f"{name!r} is not a shipped trained model; shipped: {', '.join(TRAINED)} "
+                             f"(random-weight architectures: {', '.join(MODELS)})")
+    with importlib.resources.as_file(shipped_file(f"{name}.npz")) as path:
+        return load(path, dtype=dtype)

@@ -242,7 +242,7 @@ def check(net, x, run, moderate=False):
     for backend, e in zip(backends, results):
         if e is not None and finite_params and not (np.isfinite(e.relevance).all() and np.isfinite(e.output).all()):
             violations.append(f"non-finite result from finite input on {backend}")
-    if len(results) == 2 and all(r is not None for r in results):
+    if len(results) == 2 and all(r is not None for r in results) and results[0].relevance.size:
         a, b = results[0].relevance, results[1].relevance
         scale = max(float(np.abs(a).max()), float(np.abs(b).max()), np.finfo(a.dtype).tiny)
         tol = 1e-9 if a.dtype == np.float64 else 2e-3
@@ -252,7 +252,33 @@ def check(net, x, run, moderate=False):
         violations.append("the input was changed")
     if any(not np.array_equal(w, v) for w, v in zip(w_before, _weights(net))):
         violations.append("the weights were changed")
+    if outcomes[0] == "ok" and len(x):
+        violations += check_empty(net, x, run, backends)
     return outcomes[0], violations
+
+
+def check_empty(net, x, run, backends):
+    """The same network and method on an empty batch ``x[:0]``: on every backend, an empty explanation
+    of the right shapes and dtype (relevance (0,) + sample shape, output (0,) + an output's shape)."""
+    violations = []
+    for backend in backends:
+        previous = kernels.set_backend(backend)
+        try:
+            with np.errstate(all="ignore"):
+                e = run(net, x[:0])
+            r = e.relevance  # (0,) + a sample's shape; (len(alpha), 0, ...) for interior gradients at several scales
+            if r.shape[r.ndim - x.ndim:] != (0,) + x.shape[1:] or r.dtype != x.dtype or e.output.shape[:1] != (0,):
+                violations.append(f"empty batch on {backend}: relevance {e.relevance.shape} {e.relevance.dtype}, "
+                                  f"output {e.output.shape}")
+        except L.errors.TargetError:
+            pass  # a target per sample ([0]) does not fit an empty batch
+        except LRPError as exc:
+            violations.append(f"empty batch on {backend}: refused ({type(exc).__name__}: {exc})")
+        except Exception as exc:  # noqa: BLE001 - what the harness looks for
+            violations.append(f"empty batch on {backend}: foreign {type(exc).__name__}: {exc}")
+        finally:
+            kernels.set_backend(previous)
+    return violations
 
 
 def _has_numba():

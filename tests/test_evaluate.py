@@ -384,3 +384,108 @@ def test_pixel_flipping_interrupted_returns_the_steps_it_finished(incremental_, 
     done = part.curves.shape[1]
     assert 1 < done < full.curves.shape[1] and len(part.fractions) == done
     np.testing.assert_allclose(part.curves, full.curves[:, :done], rtol=1e-12)
+
+
+def _three_feature_model():
+    """f_0 = x_0 + 2 x_1 - 3 x_2 + 0.5, f_1 = 0: one Linear layer on three features."""
+    lin = L.Linear(3, 2)
+    lin.weight, lin.bias = np.array([[1.0, 2.0, -3.0], [0.0, 0.0, 0.0]]), np.array([0.5, 0.0])
+    return lin
+
+
+# Two samples, x = (1, 1, 1) and (2, -1, 1); relevance = gradient x input = (1, 2, -3) and (2, -2, -3).
+# MoRF, fill 0, by hand:
+#   sample 0: f = 0.5; remove x_1 (R 2): 1 - 3 + 0.5 = -1.5; then x_0 (R 1): -3 + 0.5 = -2.5; then x_2: 0.5
+#   sample 1: f = 2 - 2 - 3 + 0.5 = -2.5; remove x_0 (R 2): -2 - 3 + 0.5 = -4.5; then x_1: -2.5; then x_2: 0.5
+THREE_X = np.array([[1.0, 1.0, 1.0], [2.0, -1.0, 1.0]])
+THREE_MORF = [[0.5, -1.5, -2.5, 0.5], [-2.5, -4.5, -2.5, 0.5]]
+
+
+@pytest.mark.parametrize("layout", ["vector (N, F)", "sequence (N, C, L)", "sequence (N, T, D)", "image (N, C, H, W)"])
+def test_perturbation_curves_of_a_three_feature_model_in_every_layout(layout):
+    """The same three features as a tabular vector, a one-channel sequence (positions on the last axis),
+    a sequence of one-dimensional steps (channel_axis=2) and a 1 x 3 image: the curves computed by hand
+    (above), their AOPC and AUC, LeRF, two features per step, patches and a fill value."""
+    lin = _three_feature_model()
+    shape, net, kw = {"vector (N, F)": ((2, 3), L.Sequential(lin), {}),
+                      "sequence (N, C, L)": ((2, 1, 3), L.Sequential(L.Flatten(), lin), {}),
+                      "sequence (N, T, D)": ((2, 3, 1), L.Sequential(L.Flatten(), lin), dict(channel_axis=2)),
+                      "image (N, C, H, W)": ((2, 1, 1, 3), L.Sequential(L.Flatten(), lin), {})}[layout]
+    x = THREE_X.reshape(shape)
+    R = M.gradient_x_input(net, x, 0).relevance
+    np.testing.assert_array_equal(R.reshape(2, 3), [[1.0, 2.0, -3.0], [2.0, -2.0, -3.0]])
+    for incremental_ in (True, False):
+        r = E.pixel_flipping(net, x, R, target=0, incremental=incremental_, **kw)
+        np.testing.assert_array_equal(r.curves, THREE_MORF)
+    np.testing.assert_array_equal(r.fractions, [0, 1 / 3, 2 / 3, 1])
+    # AOPC: 1/4 * sum_k f(x) - f(x^k) = (0 + 2 + 3 + 0) / 4 and (0 + 2 + 0 - 3) / 4
+    np.testing.assert_allclose(r.aopc(), [1.25, -0.25], rtol=1e-15)
+    # AUC: 1/3 * ((0.5 - 1.5) / 2 + (-1.5 - 2.5) / 2 + (-2.5 + 0.5) / 2) = -7/6; sample 1: -8/3
+    np.testing.assert_allclose(r.auc(), [-7 / 6, -8 / 3], rtol=1e-15)
+    # LeRF, sample 0: remove x_2 (R -3): 1 + 2 + 0.5 = 3.5; then x_0: 2.5; then x_1: 0.5
+    lerf = E.pixel_flipping(net, x, R, target=0, order="lerf", **kw)
+    np.testing.assert_array_equal(lerf.curves[0], [0.5, 3.5, 2.5, 0.5])
+    # two features per step, sample 0: remove x_1 and x_0: -2.5; then x_2: 0.5
+    two = E.pixel_flipping(net, x, R, target=0, features_per_step=2, **kw)
+    np.testing.assert_array_equal(two.curves[0], [0.5, -2.5, 0.5])
+    np.testing.assert_array_equal(two.fractions, [0, 2 / 3, 1])
+    # patches of 2 positions: {x_0, x_1} (R 3 in sample 0) and {x_2} (R -3): -2.5, then 0.5
+    patches = E.pixel_flipping(net, x, R, target=0, patch=2, **kw)
+    np.testing.assert_array_equal(patches.curves[0], [0.5, -2.5, 0.5])
+    np.testing.assert_array_equal(patches.fractions, [0, 0.5, 1])
+    # fill -1, one step, sample 0: x_1 becomes -1: 1 - 2 - 3 + 0.5 = -3.5
+    np.testing.assert_array_equal(E.pixel_flipping(net, x, R, 0, steps=1, fill=-1.0, **kw).curves[0], [0.5, -3.5])
+    # fill "mean" (sample 0's mean over positions is 1: nothing changes) and an array fill of zeros
+    np.testing.assert_array_equal(E.pixel_flipping(net, x, R, 0, fill="mean", **kw).curves[0], [0.5] * 4)
+    np.testing.assert_array_equal(E.pixel_flipping(net, x, R, 0, fill=np.zeros_like(x), **kw).curves, THREE_MORF)
+    empty = E.pixel_flipping(net, x[:0], R[:0], 0, **kw)
+    assert empty.curves.shape == (0, 4) and empty.aopc().shape == (0,)
+
+
+def test_perturbation_curves_remove_all_channels_of_a_position_together():
+    """(N, T, D) = (1, 3, 2), f_0 = x_00 + x_01 + 2 x_10 + 0 x_11 - 3 x_20 + x_21 + 0.5 at x = 1:
+    f = 2.5, position relevance (2, 2, -2).  By hand, channel_axis=2 (positions = time steps): remove
+    step 0 (first of the tie): 0.5; step 1: -1.5; step 2: 0.5.  channel_axis=None (every value a feature,
+    R = (1, 1, 2, 0, -3, 1)): remove x_10: 0.5, x_00: -0.5, x_01: -1.5, x_21: -2.5, x_11: -2.5, x_20: 0.5.
+    The default for a 3-D input is (N, C, L): axis 1's three values are one position's channels."""
+    lin = L.Linear(6, 2)
+    lin.weight, lin.bias = np.array([[1.0, 1.0, 2.0, 0.0, -3.0, 1.0], [0.0] * 6]), np.array([0.5, 0.0])
+    net = L.Sequential(L.Flatten(), lin)
+    x = np.ones((1, 3, 2))
+    R = M.gradient_x_input(net, x, 0).relevance
+    steps = E.pixel_flipping(net, x, R, 0, channel_axis=2)
+    np.testing.assert_array_equal(steps.curves, [[2.5, 0.5, -1.5, 0.5]])
+    assert E.pixel_flipping(net, x, R, 0, channel_axis=-1).curves.tolist() == steps.curves.tolist()
+    values = E.pixel_flipping(net, x, R, 0, channel_axis=None)
+    np.testing.assert_array_equal(values.curves, [[2.5, 0.5, -0.5, -1.5, -2.5, -2.5, 0.5]])
+    np.testing.assert_array_equal(values.fractions, np.arange(7) / 6)
+    # default (N, C, L): 3 channels at each of 2 positions, position relevance (1 + 2 - 3, 1 + 0 + 1) = (0, 2)
+    np.testing.assert_array_equal(E.pixel_flipping(net, x, R, 0).curves, [[2.5, 0.5, 0.5]])
+
+
+def test_perturbation_layout_errors():
+    net = L.Sequential(_three_feature_model())
+    x = THREE_X
+    with pytest.raises(L.errors.RuleParameterError, match="channel_axis"):
+        E.pixel_flipping(net, x, x, channel_axis=0)
+    with pytest.raises(L.errors.RuleParameterError, match="channel_axis"):
+        E.pixel_flipping(net, x, x, channel_axis=2)
+    with pytest.raises(L.errors.RuleParameterError, match="blur"):
+        E.pixel_flipping(net, x, x, fill="blur")
+
+
+@pytest.mark.parametrize("batch_size", [None, 1])
+def test_an_overflow_on_the_incremental_path_names_the_layer_of_the_whole_network(batch_size, rng):
+    """The unperturbed input is finite through the network; filling with 1e10 overflows the first layer,
+    a Conv2d.  The incremental path runs that layer itself and the rest as a network of its own, whose
+    layer 0 is the ReLU: the error named "layer 0 (ReLU())".  Both paths now name the Conv2d."""
+    net = L.Sequential(L.Conv2d(1, 2, 3, padding=1, rng=0), L.ReLU(), L.MaxPool2d(2), L.Flatten(),
+                       L.Linear(2 * 4 * 4, 3, rng=1))
+    net[0].weight = net[0].weight * 1e300
+    x = rng.random((2, 1, 8, 8)) * 1e-300
+    assert np.isfinite(net.forward(x)).all()
+    R = rng.normal(size=x.shape)
+    assert incremental.plan(net, x.shape[1:], 1, 1) >= 1  # the Conv2d runs on the path
+    for incremental_ in (True, False):
+        with np.errstate(all="ignore"), pytest.raises(L.errors.NonFiniteError, match=r"layer 0 \(Conv2d\(1, 2"):
+            E.pixel_flipping(net, x, R, fill=1e10, incremental=incremental_, batch_size=batch_size)

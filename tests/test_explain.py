@@ -5,7 +5,7 @@ import pytest
 
 import lrpnumpy as L
 from lrpnumpy import composites
-from lrpnumpy.errors import LRPError, NonFiniteError, RuleParameterError, ShapeError, TargetError
+from lrpnumpy.errors import DTypeError, LRPError, NonFiniteError, RuleParameterError, ShapeError, TargetError
 
 
 def cnn(rng, bias=True):
@@ -176,6 +176,42 @@ def test_bad_rule_arguments(rng):
         L.explain(net, x, relevance_out=np.full((1, 3), np.inf))
     with pytest.raises(ShapeError, match="ZBox bound"):
         L.explain(net, x, composite=L.EpsilonGammaBox(np.zeros(3), np.ones(3)))
+
+
+def test_relevance_out_must_have_the_output_dtype_and_excludes_target(rng):
+    """The README says relevance_out has the output's dtype: a float32 one on a float64 network (and the
+    reverse) is refused, not cast; with target too, target would be ignored: refused."""
+    net, x = cnn(rng), rng.random((2, 1, 12, 12))
+    with pytest.raises(DTypeError, match="relevance_out is float32 but the network's output is float64"):
+        L.explain(net, x, relevance_out=np.ones((2, 3), np.float32))
+    with pytest.raises(DTypeError, match="relevance_out is float64 but the network's output is float32"):
+        L.explain(net.astype(np.float32), x.astype(np.float32), relevance_out=np.ones((2, 3)))
+    with pytest.raises(TargetError, match="either target or relevance_out"):
+        L.explain(net, x, target=1, relevance_out=np.ones((2, 3)))
+    e = L.explain(net, x, relevance_out=np.eye(3)[[1, 1]])  # alone it still works, and means what it says
+    assert e.target is None and e.relevance.dtype == np.float64
+
+
+def test_masked_arrays_are_refused_everywhere(rng):
+    """A numpy.ma array's mask would be silently ignored: explain, every method, the metrics and a plain
+    forward pass refuse it (DTypeError naming the masked array)."""
+    from lrpnumpy import evaluate as E, methods as M
+    net = cnn(rng)
+    x = rng.random((2, 1, 12, 12))
+    masked = np.ma.masked_array(x, mask=x > 0.5)
+    calls = {"explain": lambda: L.explain(net, masked), "forward": lambda: net.forward(masked),
+             "relevance_out": lambda: L.explain(net, x, relevance_out=np.ma.masked_array(np.ones((2, 3)))),
+             "pixel_flipping": lambda: E.pixel_flipping(net, masked, x),
+             "pixel_flipping relevance": lambda: E.pixel_flipping(net, x, np.ma.masked_array(x)),
+             "compare": lambda: E.compare(net, masked, {"gradient": M.gradient}),
+             "continuity": lambda: E.continuity(net, M.gradient, masked, [(0, 1)])}
+    options = {"occlusion": dict(window=4, stride=4), "pattern_net": dict(patterns=M.fit_patterns(net, x)),
+               "pattern_attribution": dict(patterns=M.fit_patterns(net, x))}
+    for name, method in M.REGISTRY.items():
+        calls[name] = lambda method=method, name=name: method(net, masked, **options.get(name, {}))
+    for name, call in calls.items():
+        with pytest.raises(DTypeError, match="masked array"):
+            call()
 
 
 ALL_RULES = [L.Epsilon(), L.ZPlus(), L.AlphaBeta(2, 1), L.AlphaBeta(1, 0), L.Gamma(), L.ZBox(-1, 2), L.Flat(),

@@ -171,3 +171,68 @@ def test_filter_and_weight_pictures(rng):
     assert len([ax for ax in L.viz.weights(lin, (3, 4)).axes if ax.get_images()]) == 4
     with pytest.raises(LRPError):
         L.viz.weights(lin, (5, 5))
+
+
+def _correlated_data(rng, n=400, d=16):
+    """``n`` Gaussian points in ``d`` dimensions that vary along two directions (plus a little noise):
+    their covariance is nearly singular, so a density expert's gradient has a curvature of about 60."""
+    mix = rng.normal(size=(d, 2)) @ rng.normal(size=(2, d)) * 3
+    return rng.multivariate_normal(np.zeros(d), mix @ mix.T + 0.01 * np.eye(d), size=n)
+
+
+def test_am_with_an_expert_on_correlated_data_does_not_diverge():
+    """The issue's setup: a random 16-input MLP, 400 correlated Gaussian points, steps=200, lr=0.05 and a
+    GaussianExpert.  Plain gradient ascent (by hand below) runs away to 1e56 with an objective of -1e115;
+    activation_maximization halves the step where it would lower the objective, so the objective never
+    falls, the prototype stays near the data, and the result says whether and why it converged."""
+    rng = np.random.default_rng(0)
+    net = L.Sequential(L.Linear(16, 32, rng=1), L.ReLU(), L.Linear(32, 3, rng=2))
+    data = _correlated_data(rng)
+    x0 = data.mean(axis=0, keepdims=True)
+    expert = P.GaussianExpert().fit(data)
+    plain = x0.copy()
+    with np.errstate(all="ignore"):
+        for _ in range(200):
+            _, g = P._model_term(net, plain, np.array([1]), "log_softmax")
+            plain = plain + 0.05 * (g + expert.grad_log_prob(plain))
+    assert np.abs(plain).max() > 1e40  # what the ascent did before
+    res = P.activation_maximization(net, 1, x0, steps=200, lr=0.05, expert=expert)
+    assert np.isfinite(res.x).all() and np.abs(res.x).max() < np.abs(data).max()
+    assert (np.diff(res.objective, axis=0) >= 0).all() and res.objective[-1, 0] > res.objective[0, 0]
+    assert res.step_size[0] < 0.05  # halved: 0.05 is unstable for a curvature of about 60
+    assert res.converged.dtype == bool and res.converged.shape == (1,)
+    assert len(res.reason) == 1 and res.reason[0]
+    if not res.converged[0]:
+        assert res.reason[0].startswith(("not converged", "stuck"))
+    # the objective is what it says at the point returned
+    z = net.forward(res.x)
+    ls = z - np.log(np.exp(z).sum(1, keepdims=True))
+    np.testing.assert_allclose(res.objective[-1], ls[:, 1] + expert.log_prob(res.x), rtol=1e-12)
+
+
+def test_am_with_too_large_a_step_converges_on_a_smooth_problem(rng):
+    """A linear model (log p(c|x) smooth and concave) with l2, the expert of correlated data and lr=0.05: the
+    step is halved to a stable one, the ascent converges (the gradient vanishes), and the reason says so;
+    a run of too few steps says it has not converged."""
+    net = linear_model(rng, d=16, k=3)
+    data = _correlated_data(rng).reshape(400, 1, 4, 4)
+    expert = P.GaussianExpert().fit(data)
+    start = P.start_points(data)
+    res = P.activation_maximization(net, 2, start, l2=0.1, steps=3000, lr=0.05, expert=expert)
+    assert (np.diff(res.objective, axis=0) >= 0).all()
+    assert res.converged[0] and res.step_size[0] < 0.05 and "halved" in res.reason[0]
+    short = P.activation_maximization(net, 2, start, l2=0.1, steps=3, lr=0.05, expert=expert)
+    assert not short.converged[0] and short.reason[0].startswith("not converged after 3 steps")
+    assert np.array_equal(short.objective, res.objective[:4])  # the same path, stopped early
+
+
+def test_other_iterative_fits_report_divergence(rng):
+    """fit_last_layer (damped Newton) refuses to return an unconverged fit; train_autoencoder reports a
+    non-finite loss instead of returning NaN weights."""
+    h, y = rng.normal(size=(50, 3)), rng.integers(0, 3, 50)
+    with pytest.raises(L.errors.RuleParameterError, match="did not converge in 1 Newton steps"):
+        P.fit_last_layer(h, y, 3, iterations=1)
+    W = P.fit_last_layer(h, y, 3)
+    assert np.isfinite(W).all()
+    with np.errstate(all="ignore"), pytest.raises(L.errors.RuleParameterError, match="diverged"):
+        P.train_autoencoder(rng.normal(size=(64, 1, 2, 2)), code=2, hidden=4, epochs=2, lr=1e200)

@@ -200,8 +200,8 @@ def test_bad_method_arguments(rng):
         M.smoothgrad(net, x, n=2, noise_level=np.nan)
     with pytest.raises(DTypeError, match="baseline"):
         M.integrated_gradients(net, x, baseline=np.zeros((2, 3), np.float32))
-    with pytest.raises(ShapeError):
-        L.explain(net, x[:0])
+    e = L.explain(net, x[:0])  # an empty batch is an empty explanation (tests below), not an error
+    assert e.relevance.shape == (0, 3) and e.output.shape == (0, 2)
     with pytest.raises(UnsupportedLayerError):
         L.explain(net, x, composite=L.Composite([(L.Linear, L.Pass())]))
 
@@ -399,3 +399,182 @@ def test_command_line_bad_input_is_exit_2_and_one_line(tmp_path):
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 3, r.stderr
     r = _cli("verify", str(huge))
     assert r.returncode == 2 and "Traceback" not in r.stderr and "input_shape" in r.stderr
+
+
+# ----- empty batches: an empty result of the right shape and dtype everywhere, on both backends -----
+
+BACKENDS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
+    __import__("importlib").util.find_spec("numba") is None, reason="numba is not installed"))]
+
+#: Every layer kind: (layer, shape of one sample, or shapes of each input's sample for several inputs).
+EMPTY_LAYERS = {
+    "Linear": (lambda: L.Linear(5, 3, rng=0), (5,)),
+    "Conv2d": (lambda: L.Conv2d(2, 4, 3, padding=1, rng=0), (2, 6, 6)),
+    "ReLU": (lambda: L.ReLU(), (2, 6, 6)), "Tanh": (lambda: L.Tanh(), (3,)), "Softmax": (lambda: L.Softmax(), (4,)),
+    "MaxPool2d": (lambda: L.MaxPool2d(3, stride=2, padding=1), (2, 6, 6)),
+    "SumPool2d": (lambda: L.SumPool2d(2), (2, 6, 6)),
+    "AvgPool2d": (lambda: L.AvgPool2d(3, stride=2, padding=1, count_include_pad=False), (2, 6, 6)),
+    "GlobalAvgPool2d": (lambda: L.GlobalAvgPool2d(), (2, 6, 6)), "BatchNorm2d": (lambda: L.BatchNorm2d(2), (2, 6, 6)),
+    "LRN": (lambda: L.LRN(3), (2, 6, 6)), "Flatten": (lambda: L.Flatten(), (2, 6, 6)),
+    "Dropout": (lambda: L.Dropout(), (2, 6, 6)), "ChannelAffine": (lambda: L.ChannelAffine(2), (2, 6, 6)),
+    "ChannelShuffle": (lambda: L.ChannelShuffle(2), (4, 6, 6)),
+    "Add": (lambda: L.Add([1.0, -2.0]), [(2, 6, 6), (2, 6, 6)]), "Concat": (lambda: L.Concat(), [(2, 6, 6), (3, 6, 6)]),
+    "Hardtanh": (lambda: L.Hardtanh(-1.0, 2.0), (2, 6, 6)), "ReLU6": (lambda: L.ReLU6(), (2, 6, 6)),
+    "LeakyReLU": (lambda: L.LeakyReLU(0.1), (2, 6, 6)),
+    "AdaptiveAvgPool2d": (lambda: L.AdaptiveAvgPool2d((4, 3)), (2, 6, 6)),
+    "Embedding": (lambda: L.Embedding(5, 3, rng=0), (6,)),  # (ones: token id 1)
+    "Transpose": (lambda: L.Transpose((0, 2, 1)), (2, 6)), "Sigmoid": (lambda: L.Sigmoid(), (2, 6)),
+    "Conv1d": (lambda: L.Conv1d(2, 4, 3, padding=1, rng=0), (2, 6)), "MaxPool1d": (lambda: L.MaxPool1d(2), (2, 6)),
+    "AvgPool1d": (lambda: L.AvgPool1d(3, 2, 1), (2, 6)), "SumPool1d": (lambda: L.SumPool1d(2), (2, 6)),
+    "GlobalMaxPool1d": (lambda: L.GlobalMaxPool1d(), (2, 6)),
+    "LSTM": (lambda: L.LSTM(3, 2, bidirectional=True, rng=0), (4, 3)),
+    "GRU": (lambda: L.GRU(3, 2, output="last", rng=0), (4, 3)),
+}
+
+
+def test_every_layer_kind_has_an_empty_batch_case():
+    assert set(EMPTY_LAYERS) == set(L.Layer.registry)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kind", sorted(EMPTY_LAYERS))
+def test_every_layer_takes_an_empty_batch(kind, dtype, backend):
+    """Forward, traced forward, backward and parameter gradients of 0 samples: empty arrays of the shapes
+    and dtype of a batch of 2 (before, the numba convolution and Flatten raised a foreign ValueError)."""
+    make, shape = EMPTY_LAYERS[kind]
+    layer = make()
+    layer = layer.astype(dtype) if layer.params else layer
+    shapes = shape if isinstance(shape, list) else [shape]
+    previous = kernels.set_backend(backend)
+    try:
+        two = [np.ones((2,) + s, dtype) for s in shapes]
+        y2 = layer.forward(*two)
+        empty = [np.ones((0,) + s, dtype) for s in shapes]
+        y, step = layer.forward_trace(*empty)
+        assert y.shape == (0,) + y2.shape[1:] and y.dtype == dtype
+        assert layer.forward(*empty).shape == y.shape
+        g = layer.backward(np.zeros_like(y), step)
+        for gi, s in zip(g if isinstance(g, tuple) else (g,), shapes):
+            assert gi.shape == (0,) + s and gi.dtype == dtype
+        for name, pg in layer.param_grads(np.zeros_like(y), step).items():
+            if pg is not None:
+                assert pg.shape == getattr(layer, name).shape and not pg.any()
+    finally:
+        kernels.set_backend(previous)
+
+
+def _empty_cnn(dtype):
+    return L.Sequential(L.Conv2d(1, 4, 3, padding=1, rng=0), L.ReLU(), L.MaxPool2d(2), L.Conv2d(4, 4, 3, rng=1),
+                        L.ReLU(), L.AvgPool2d(2), L.Flatten(), L.Linear(4, 3, rng=2)).astype(dtype)
+
+
+def _empty_graph(dtype):
+    return L.Graph([("a", L.Conv2d(1, 2, 3, padding=1, rng=0), "input"), ("b", L.Conv2d(1, 2, 1, rng=1), "input"),
+                    ("add", L.Add(), ["a", "b"]), ("relu", L.ReLU(), "add"), ("cat", L.Concat(), ["relu", "a"]),
+                    ("gap", L.GlobalAvgPool2d(), "cat"), ("flat", L.Flatten(), "gap"),
+                    ("fc", L.Linear(4, 3, rng=2), "flat")]).astype(dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("make", [_empty_cnn, _empty_graph])
+def test_every_composite_and_method_explains_an_empty_batch(make, dtype, backend):
+    """explain (every composite, a rule, relevance_out) and every method of methods.REGISTRY: relevance
+    (0, 1, 8, 8) of x's dtype, output (0, 3), an empty conservation report."""
+    from lrpnumpy import composites
+    net = make(dtype)
+    x = np.zeros((0, 1, 8, 8), dtype)
+    data = np.random.default_rng(0).random((4, 1, 8, 8)).astype(dtype)
+    previous = kernels.set_backend(backend)
+    try:
+        runs = {f"composite {name}": lambda name=name: L.explain(net, x, composite=composites.get(name, bounds=(0, 1)))
+                for name in composites.REGISTRY}
+        runs["rule"] = lambda: L.explain(net, x, rule=L.AlphaBeta(2, 1))
+        runs["relevance_out"] = lambda: L.explain(net, x, relevance_out=np.zeros((0, 3), dtype))
+        patterns = M.fit_patterns(net, data) if make is _empty_cnn else None
+        options = {"pattern_net": dict(patterns=patterns), "pattern_attribution": dict(patterns=patterns),
+                   "occlusion": dict(window=2, stride=2), "integrated_gradients": dict(n=2),
+                   "smoothgrad": dict(n=2, rng=0), "simple_taylor": dict(root="search", steps=4),
+                   "grad_cam": dict(upsample="bilinear")}
+        for name, method in M.REGISTRY.items():
+            if name.startswith("pattern") and patterns is None:
+                continue  # patterns are fitted for Sequential networks
+            runs[name] = lambda method=method, name=name: method(net, x, target=1, **options.get(name, {}))
+        for name, run in runs.items():
+            e = run()
+            assert e.relevance.shape[-4:] == (0, 1, 8, 8) and e.relevance.dtype == dtype, name
+            assert e.output.shape == (0, 3) and e.output.dtype == dtype, name
+            if e.method == "lrp":
+                report = e.conservation()
+                assert len(report) == len(net) and all(r["relevance_in"].shape == (0,) for r in report), name
+                assert len(e.layers) == len(net) + 1 and e.layers[-1].shape == (0, 3), name
+                str(report)
+    finally:
+        kernels.set_backend(previous)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_metrics_of_an_empty_batch_are_empty_and_a_comparison_is_refused(backend):
+    """Per-sample metrics give empty per-sample scores; compare (means over the samples) refuses an
+    empty batch with a ShapeError saying so."""
+    from lrpnumpy import evaluate as E
+    net = _empty_cnn(np.float64)
+    x, R = np.zeros((0, 1, 8, 8)), np.zeros((0, 1, 8, 8))
+    previous = kernels.set_backend(backend)
+    try:
+        for incremental in (True, False):
+            r = E.pixel_flipping(net, x, R, features_per_step=8, incremental=incremental)
+            assert r.curves.shape == (0, 9) and r.aopc().shape == (0,) and r.auc().shape == (0,)
+            assert r.fractions.shape == (9,) and r.target.shape == (0,) and "0 samples" in repr(r)
+        assert E.region_perturbation(net, x, R, patch=4).curves.shape == (0, 5)
+        assert E.selectivity(net, x, R).curves.shape == (0, 5)
+        c = E.continuity(net, M.gradient, x, [(0, 1), (1, 0)])
+        assert c["continuity"].shape == (0,) and c["f"].shape == (0, 3) and c["sum_relevance"].shape == (0, 3)
+        s = E.class_sensitivity(net, M.gradient, x)
+        assert s["similarity"].shape == (0, 3, 3) and s["sensitivity"].shape == (0,)
+        assert E.randomization_check(net, M.gradient, x)["similarity"].shape == (3, 0)
+        assert E.context(R, np.ones((8, 8), bool)).shape == (0,)
+        assert E.similarity(R, R).shape == (0,)
+        with pytest.raises(ShapeError, match="empty batch"):
+            E.compare(net, x, {"gradient": M.gradient}, metrics=tuple(E.METRICS))
+    finally:
+        kernels.set_backend(previous)
+
+
+def test_training_on_an_empty_batch_is_refused_and_predicting_it_is_empty():
+    net = L.Sequential(L.Linear(3, 2, rng=0))
+    with pytest.raises(ShapeError, match="nothing to train"):
+        L.train.fit(net, np.zeros((0, 3)), np.zeros(0, int), epochs=1, progress=False)
+    p = L.train.predict(net, np.zeros((0, 3)))
+    assert p.shape == (0,) and p.dtype == np.int64
+    with pytest.raises(ShapeError, match="empty batch"):
+        L.train.accuracy(net, np.zeros((0, 3)), np.zeros(0, int))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_kernel_takes_an_empty_batch(backend):
+    """Each kernel entry on 0 samples returns what the NumPy reference does on 0 samples: empty arrays of
+    the shapes a batch of 1 has after its first axis (zero weight gradients), of the input's dtype."""
+    p = (1, 0, 1, 1)
+    x, w = np.ones((0, 2, 6, 5), np.float32), np.ones((4, 2, 3, 3), np.float32)
+    previous = kernels.set_backend(backend)
+    try:
+        y = kernels.conv2d(x, w, 2, 1, p, 1, 1, 1)
+        assert y.shape == (0, 4, 3, 5) and y.dtype == np.float32
+        gx = kernels.conv2d_grad_input(y, w, 6, 5, 2, 1, p, 1, 1, 1)
+        assert gx.shape == x.shape and gx.dtype == np.float32
+        gw = kernels.conv2d_grad_weight(x, y, 3, 3, 2, 1, p, 1, 1, 1)
+        assert gw.shape == w.shape and not gw.any()
+        s = kernels.sum_pool2d(x, 2, 2, 2, 2, p)
+        assert s.shape == (0, 2, 3, 3) and kernels.sum_pool2d_grad(s, 6, 5, 2, 2, 2, 2, p).shape == x.shape
+        m, idx = kernels.max_pool2d(x, 2, 2, 2, 2, p)
+        assert m.shape == (0, 2, 3, 3) and idx.shape == m.shape
+        assert kernels.max_pool2d_values(x, 2, 2, 2, 2, p).shape == m.shape
+        assert kernels.max_pool2d_gather(x, idx, 2, 2, 2, 2, p).shape == m.shape
+        assert kernels.max_pool2d_grad(m, idx, 6, 5, 2, 2, 2, 2, p).shape == x.shape
+        z = np.ones((0, 4, 3, 3))
+        s2, sums, per_channel = kernels.lrp_step2(z, z, None, 1e-6, 4)
+        assert s2.shape == z.shape and sums.shape == (0, 4) and per_channel.shape == (0, 4)
+    finally:
+        kernels.set_backend(previous)

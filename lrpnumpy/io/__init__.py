@@ -6,10 +6,12 @@ from ..errors import ModelFormatError
 from .caffe import load_caffe
 from .native import load, save
 from .onnx import load_onnx, save_onnx
+from .state_dict import load_state_dict, read_state_dict
 from .toolbox import from_nhwc, load_lrp_toolbox, save_lrp_toolbox
+from .torch import from_torch
 
 __all__ = ["load", "save", "load_caffe", "load_onnx", "save_onnx", "load_lrp_toolbox", "save_lrp_toolbox", "from_nhwc",
-           "load_model"]
+           "load_model", "from_torch", "load_state_dict", "read_state_dict"]
 
 
 def load_model(path, weights=None, input_shape=None, dtype=None):

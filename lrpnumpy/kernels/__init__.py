@@ -142,17 +142,32 @@ def _check_lrp_step2(z, R, mask, epsilon, channels):
         fits = False
     if not fits:
         _fail("lrp_step2", f"mask must be boolean and broadcast to {z.shape}, got {mask.dtype} {mask.shape}")
-    if not (isinstance(channels, int) and channels >= 1 and (z.size // len(z)) % channels == 0):
+    if not (isinstance(channels, int) and channels >= 1 and (z.size // max(1, len(z))) % channels == 0):
         _fail("lrp_step2", f"channels must divide the {z.size // max(1, len(z))} values of a sample, got {channels!r}")
     if not (np.isfinite(epsilon) and epsilon >= 0):
         _fail("lrp_step2", f"epsilon must be a finite number >= 0, got {epsilon!r}")
 
 
+def _empty_lrp_step2(z, R, mask, epsilon, channels):
+    """``lrp_step2`` of no samples: ``s`` of z's shape, sums (0, 4) and per-channel sums (0, channels)."""
+    return np.zeros_like(z), np.zeros((0, 4), z.dtype), np.zeros((0, channels), z.dtype)
+
+
 def _checked(fn, check):
-    """``fn`` behind its shape check (keeping fn's name and module, so the backend stays visible)."""
+    """``fn`` behind its shape check (keeping fn's name and module, so the backend stays visible).
+
+    An empty first or second array (a batch of 0 samples, or no pixels to add; every kernel's
+    first argument is its batch) runs the NumPy reference, whose slicing and ``tensordot`` give
+    the empty result of the right shape and dtype; the faster backends' lowerings (reshapes with
+    -1, per-thread blocks) assume at least one sample.  (Two attribute reads: 0.5 us a call.)
+    """
+    empty_case = _empty_lrp_step2 if fn.__name__ == "lrp_step2" else getattr(reference, fn.__name__, fn)
+
     @functools.wraps(fn)
     def kernel(*args):
         check(*args)
+        if args[0].size == 0 or (type(args[1]) is np.ndarray and args[1].size == 0):
+            return empty_case(*args)
         return fn(*args)
     return kernel
 

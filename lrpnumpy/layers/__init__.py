@@ -1,11 +1,11 @@
 """lrpnumpy's own layers: forward, exact-gradient backward and LRP."""
 
-from .activation import ReLU, Softmax, Tanh
+from .activation import Hardtanh, LeakyReLU, ReLU, ReLU6, Softmax, Tanh
 from .base import AffineLayer, Layer
 from .conv import Conv2d
 from .linear import Linear
 from .norm import LRN, BatchNorm2d
-from .pool import AvgPool2d, GlobalAvgPool2d, MaxPool2d, SumPool2d
+from .pool import AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, MaxPool2d, SumPool2d
 from .graph import Graph
 from .merge import Add, ChannelAffine, ChannelShuffle, Concat
 from .recurrent import GRU, LSTM, sequence_lengths
@@ -16,6 +16,7 @@ from .shape import Dropout, Flatten
 
 __all__ = ["Layer", "AffineLayer", "Linear", "Conv2d", "ReLU", "Tanh", "Softmax", "SumPool2d", "AvgPool2d",
            "GlobalAvgPool2d", "LRN", "MaxPool2d", "Flatten", "Dropout", "BatchNorm2d", "Add", "Concat",
-           "ChannelAffine", "ChannelShuffle", "Network", "Sequential", "Graph",
+           "ChannelAffine", "ChannelShuffle", "Network", "Sequential", "Graph", "Hardtanh", "ReLU6", "LeakyReLU",
+           "AdaptiveAvgPool2d",
            "Embedding", "Transpose", "Sigmoid", "Conv1d", "MaxPool1d", "AvgPool1d", "SumPool1d", "GlobalMaxPool1d",
            "LSTM", "GRU", "sequence_lengths"]

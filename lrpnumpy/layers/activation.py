@@ -81,3 +81,66 @@ class Softmax(Layer):
             y2, g2 = self._rows(y), self._rows(grad)
             return (y2 * (g2 - (g2 * y2).sum(axis=1, keepdims=True))).reshape(y.shape)
         return y * (grad - (grad * y).sum(axis=self.axis, keepdims=True))
+
+
+class Hardtanh(_Elementwise):
+    """``min(max(x, min_val), max_val)`` (PyTorch's ``Hardtanh``, ONNX's ``Clip``).
+
+    The gradient is 1 strictly inside ``(min_val, max_val)`` and 0 elsewhere, the bounds
+    included, as in PyTorch.  For LRP the layer passes relevance through (its default rule is
+    Pass), as for the other activations.
+    """
+
+    config_keys = ("min_val", "max_val")
+
+    def __init__(self, min_val=-1.0, max_val=1.0):
+        for name, v in (("min_val", min_val), ("max_val", max_val)):
+            if not (isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v)):
+                raise LayerParameterError(f"{type(self).__name__} {name} must be a finite number, got {v!r}")
+        if not min_val < max_val:
+            raise LayerParameterError(f"{type(self).__name__} needs min_val < max_val, got {min_val!r} and {max_val!r}")
+        self.min_val, self.max_val = float(min_val), float(max_val)
+
+    def __repr__(self):
+        return f"Hardtanh(min_val={self.min_val}, max_val={self.max_val})"
+
+    def _forward(self, a):
+        t = a.dtype.type
+        return np.clip(a, t(self.min_val), t(self.max_val))
+
+    def _backward(self, grad, step):
+        a, t = step.input, grad.dtype.type
+        return np.where((a > t(self.min_val)) & (a < t(self.max_val)), grad, t(0))
+
+
+class ReLU6(Hardtanh):
+    """``min(max(x, 0), 6)`` (MobileNet's activation): :class:`Hardtanh` from 0 to 6."""
+
+    config_keys = ()
+
+    def __init__(self):
+        super().__init__(0.0, 6.0)
+
+    def __repr__(self):
+        return "ReLU6()"
+
+
+class LeakyReLU(_Elementwise):
+    """``x`` where ``x > 0``, else ``negative_slope * x``; the gradient at 0 is ``negative_slope`` (as in PyTorch)."""
+
+    config_keys = ("negative_slope",)
+
+    def __init__(self, negative_slope=0.01):
+        if not (isinstance(negative_slope, numbers.Real) and not isinstance(negative_slope, bool)
+                and np.isfinite(negative_slope)):
+            raise LayerParameterError(f"LeakyReLU negative_slope must be a finite number, got {negative_slope!r}")
+        self.negative_slope = float(negative_slope)
+
+    def __repr__(self):
+        return f"LeakyReLU(negative_slope={self.negative_slope})"
+
+    def _forward(self, a):
+        return np.where(a > 0, a, a * a.dtype.type(self.negative_slope))
+
+    def _backward(self, grad, step):
+        return np.where(step.input > 0, grad, grad * grad.dtype.type(self.negative_slope))

@@ -100,6 +100,9 @@ def check_array(x, what="input"):
     """Check that ``x`` is a float32/float64 ndarray; return it."""
     if not isinstance(x, np.ndarray):
         raise DTypeError(f"{what} must be a numpy ndarray, got {type(x).__name__}")
+    if isinstance(x, np.ma.MaskedArray):  # every computation here would ignore the mask
+        raise DTypeError(f"{what} is a masked array (numpy.ma), whose mask lrpnumpy would ignore; pass a plain "
+                         f"array, e.g. x.filled(0.0) or np.asarray(x) if the mask does not matter")
     if x.dtype not in FLOAT_DTYPES:
         raise DTypeError(f"{what} must be float32 or float64, got {x.dtype}; convert explicitly, "
                          f"e.g. x.astype(np.float64)")
@@ -208,7 +211,7 @@ class Layer:
 
     def check_input(self, a):
         """Check that ``a`` is a float array of a shape and dtype the layer takes; return it."""
-        if not isinstance(a, np.ndarray) or a.dtype not in FLOAT_DTYPES:
+        if not isinstance(a, np.ndarray) or a.dtype not in FLOAT_DTYPES or isinstance(a, np.ma.MaskedArray):
             check_array(a, f"input of {self!r}")  # raises, naming the layer (formatted only then)
         self.output_shape(a.shape)
         dt = self.dtype

@@ -267,3 +267,59 @@ class MaxPool2d(_Pool2d, AffineLayer):
     def sum_pool(self):
         """The :class:`SumPool2d` with the same windows."""
         return SumPool2d(self.kernel_size, self.stride, self.padding, self.ceil_mode, dilation=self.dilation)
+
+
+def adaptive_windows(size, out):
+    """PyTorch's adaptive pooling windows: output ``i`` averages ``[floor(i size / out), ceil((i + 1) size / out))``."""
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+
+class AdaptiveAvgPool2d(AffineLayer):
+    """Mean over windows that divide the input into an ``output_size`` grid (PyTorch's ``AdaptiveAvgPool2d``).
+
+    Output ``(i, j)`` averages rows ``[floor(i H / oh), ceil((i + 1) H / oh))`` and the same for
+    columns, so windows may overlap, and an output larger than the input repeats values (VGG's
+    7 x 7 pool on a small input).  The mean over a rectangle is a row average followed by a
+    column average: ``y = P_h x P_w^T`` with ``P[i, h] = 1 / |window i|`` on window ``i``, and the
+    gradient is ``P_h^T g P_w``.  A linear map: its default rule is Norm, as for average pooling.
+    ``output_size`` (1, 1) is :class:`GlobalAvgPool2d`.
+    """
+
+    config_keys = ("output_size",)
+
+    def __init__(self, output_size):
+        self.output_size = pair(output_size, "output_size")
+
+    def config(self):
+        return {"output_size": list(self.output_size)}
+
+    def __repr__(self):
+        return f"AdaptiveAvgPool2d(output_size={self.output_size})"
+
+    def output_shape(self, input_shape):
+        self._check_rank(input_shape, 4)
+        if input_shape[2] < 1 or input_shape[3] < 1:
+            raise ShapeError(f"{self!r} needs a non-empty spatial input, got shape {tuple(input_shape)}")
+        return tuple(input_shape[:2]) + self.output_size
+
+    @staticmethod
+    def averaging(size, out, dtype):
+        """The (out, size) matrix whose row ``i`` averages window ``i`` (see :func:`adaptive_windows`)."""
+        p = np.zeros((out, size), dtype)
+        for i, (start, stop) in enumerate(adaptive_windows(size, out)):
+            p[i, start:stop] = 1.0 / (stop - start)
+        return p
+
+    def forward_with(self, x, weight=None, bias=None, step=None):
+        ph = self.averaging(x.shape[2], self.output_size[0], x.dtype)
+        pw = self.averaging(x.shape[3], self.output_size[1], x.dtype)
+        return np.ascontiguousarray(ph @ x @ pw.T)
+
+    def backward_with(self, grad, weight, step):
+        h, w = step.input.shape[2:]
+        ph = self.averaging(h, self.output_size[0], grad.dtype)
+        pw = self.averaging(w, self.output_size[1], grad.dtype)
+        return np.ascontiguousarray(ph.T @ grad @ pw)
+
+    def bias_view(self, bias, ndim=None):
+        return bias

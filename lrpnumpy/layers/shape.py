@@ -19,7 +19,7 @@ class Flatten(Layer):
         return (input_shape[0], math.prod(input_shape[1:]))
 
     def _forward(self, a):
-        return a.reshape(a.shape[0], -1)
+        return a.reshape(self.output_shape(a.shape))  # not -1: an empty batch has no size to divide
 
     def _backward(self, grad, step):
         return grad.reshape(step.input.shape)

@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from ..errors import RuleParameterError, ShapeError
-from ..explain import Explanation, forward_finite, logit_network, target_classes
+from ..explain import Explanation, forward_finite, logit_network, sample_rows, target_classes
 from ..layers.base import pair
 
 
@@ -83,16 +83,16 @@ def occlusion(model, x, target=None, window=8, stride=8, fill=0.0, occlude="insi
     n, _, h, w = x.shape
     out = forward_finite(net, x)
     t = target_classes(out, target)
-    f_x = out.reshape(n, -1)[np.arange(n), t]
+    f_x = sample_rows(out)[np.arange(n), t]
     masks = [_mask((h, w), offsets, (wh, ww), wrap)
              for offsets in itertools.product(_positions(h, wh, sh, wrap), _positions(w, ww, sw, wrap))]
     total, count = np.zeros_like(x), np.zeros((h, w), x.dtype)
-    per_chunk = max(1, batch_size // n)
+    per_chunk = max(1, batch_size // max(n, 1))  # an empty batch: no copies, an empty relevance
     for start in range(0, len(masks), per_chunk):
         chunk = masks[start:start + per_chunk]
         hide = np.stack([m if occlude == "inside" else ~m for m in chunk])[:, None, None]  # (k, 1, 1, H, W)
         copies = np.where(hide, replacement[None], x[None]).reshape((-1,) + x.shape[1:])
-        scores = forward_finite(net, copies).reshape(len(chunk), n, -1)[:, np.arange(n), t]  # (k, N)
+        scores = forward_finite(net, copies).reshape(len(chunk), n, sample_rows(out).shape[1])[:, np.arange(n), t]
         if score == "difference":
             scores = f_x[None] - scores
         for m, s in zip(chunk, scores):

@@ -12,14 +12,14 @@ import numbers
 import numpy as np
 
 from ..errors import RuleParameterError, ShapeError
-from ..explain import Explanation, forward_finite, logit_network, target_classes
+from ..explain import Explanation, forward_finite, logit_network, sample_rows, target_classes
 from .gradient import check_baseline, walk
 
 
 def _logit(net, points, t):
     """The target logits ``f_t`` of ``points`` (one class per sample)."""
     out = forward_finite(net, points)
-    return out.reshape(len(out), -1)[np.arange(len(out)), t]
+    return sample_rows(out)[np.arange(len(out)), t]
 
 
 def _along(start, end, s):
@@ -53,7 +53,7 @@ def find_root(net, x, t, baseline=None, steps=60, max_doublings=20):
     on_segment = np.sign(f_b) != np.sign(f_x)
     if not on_segment.all():
         g = walk(net, x, t)[0]
-        norm2 = (g.reshape(len(g), -1) ** 2).sum(axis=1)
+        norm2 = (sample_rows(g) ** 2).sum(axis=1)
         step = np.where(norm2 > 0, f_x / np.where(norm2 > 0, norm2, 1), 0)
         best, best_f = x.copy(), np.abs(f_x)
         todo = ~on_segment
@@ -122,8 +122,8 @@ def simple_taylor(model, x, target=None, root="origin", baseline=None, steps=60,
         g = walk(net, point + x.dtype.type(delta) * (x - point), t)[0]
         relevance = g * (x - point)
         f_root = _logit(net, point, t)
-    f_x = out.reshape(len(out), -1)[np.arange(len(out)), t]
-    residual = f_x - relevance.reshape(len(x), -1).sum(axis=1)
+    f_x = sample_rows(out)[np.arange(len(out)), t]
+    residual = f_x - sample_rows(relevance).sum(axis=1)
     return Explanation(relevance, out, t, method="simple_taylor",
                        params=dict(root=point, f_root=f_root, residual=residual, delta=delta,
                                    search=root if isinstance(root, str) else "given"))

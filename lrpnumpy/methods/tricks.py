@@ -8,7 +8,7 @@ import numbers
 import numpy as np
 
 from ..errors import RuleParameterError, ShapeError
-from ..explain import Explanation, forward_finite, logit_network, onehot, target_classes
+from ..explain import Explanation, forward_finite, logit_network, onehot, sample_rows, target_classes
 from ..layers.base import check_array, check_finite, pair
 from .cam import layer_index
 from .gradient import walk
@@ -181,7 +181,7 @@ def top_units(influence, k, by="channel"):
     """The ``k`` most influential channels (mean over positions) or single neurons (flat indices)."""
     influence = np.asarray(influence)
     if by == "channel":
-        score = influence.reshape(influence.shape[0], -1).mean(axis=1)
+        score = sample_rows(influence).mean(axis=1)
     elif by == "neuron":
         score = influence.ravel()
     else:
