@@ -119,9 +119,26 @@ class Job:
         return r.curves
 
 
-def _dask_bar():
-    from dask.diagnostics import ProgressBar
-    return ProgressBar()
+def _inputs_bar(chunks, todo, progress):
+    """A bar over the inputs (throughput in inputs/s, time left), counting the chunks already done."""
+    total = chunks[-1][1]
+    left = sum(b - a for a, b in (chunks[i] for i in todo))
+    return bar(total, progress, unit="input", initial=total - left)
+
+
+def _rows(result):
+    return int(result.shape[0]) if isinstance(result, (np.ndarray, _Written)) else 0
+
+
+@contextlib.contextmanager
+def _dask_bar(shown):
+    """Dask's local schedulers: each finished chunk task moves the bar."""
+    if shown is None:
+        yield
+        return
+    from dask.callbacks import Callback
+    with Callback(posttask=lambda key, result, dsk, state, worker: shown.update(_rows(result))):
+        yield
 
 
 def _limit_blas():
@@ -525,13 +542,13 @@ def _reusable(job, model, data, chunks, targets, paths, state):
 
 
 def _serial(job, model, data, chunks, todo, targets, paths, progress, finished):
-    results, shown = {}, bar(len(todo), progress, unit="chunk")
+    results, shown = {}, _inputs_bar(chunks, todo, progress)
     for i in todo:
         a, b = chunks[i]
         results[i] = _task(job, model, data, targets(a, b), paths[i], start=a, stop=b)
         finished(i, results[i])
         if shown is not None:
-            shown.update(1)
+            shown.update(b - a)
     if shown is not None:
         shown.close()
     return results
@@ -572,6 +589,17 @@ def choose_batch_size(job, model, data, target=None, scheduler=None, share=0.1, 
             workers = 1
         batch = min(batch, max(1, -(-n // (2 * max(workers, 1)))))
     return int(max(1, min(batch, MAX_BATCH, n)))
+
+
+def cluster_options(dashboard=False):
+    """Keywords for ``distributed.LocalCluster`` about its web server.  A scheduler always serves HTTP (its
+    health and metrics routes), on port 8787 unless told otherwise, where a second cluster (another
+    user's, another run's) warns and moves; ``dashboard_address=None`` does not stop it.  Here the
+    server takes a free port (":0") and the dashboard is off, unless ``dashboard`` is True (a free
+    port; ``client.dashboard_link`` tells it) or an address such as ":8787"."""
+    if not dashboard:
+        return {"dashboard_address": ":0", "scheduler_kwargs": {"dashboard": False}}
+    return {"dashboard_address": ":0" if dashboard is True else str(dashboard)}
 
 
 def _recorded_batch_size(out, overwrite):
@@ -623,8 +651,11 @@ def _on_dask(job, model, data, chunks, todo, targets, paths, scheduler, progress
         tasks = [dask.delayed(_task)(j, m, d, targets(a, b), paths[i], scheduler == "processes", a, b)
                  for i, (a, b) in ((i, chunks[i]) for i in todo)]
     try:
-        with _limit_blas(), (_dask_bar() if progress else contextlib.nullcontext()):
+        shown = _inputs_bar(chunks, todo, progress)
+        with _limit_blas(), _dask_bar(shown):
             values = dask.compute(*tasks, scheduler=scheduler)
+        if shown is not None:
+            shown.close()
     except (concurrent.futures.BrokenExecutor, concurrent.futures.CancelledError) as exc:
         raise WorkerError(f"Dask's {scheduler} scheduler lost a worker while running chunks "
                           f"{_chunk_name(chunks, todo[0])} to {_chunk_name(chunks, todo[-1])}: "
@@ -645,13 +676,13 @@ def _on_client(client, job, model, data, chunks, todo, targets, paths, progress,
         m, j, d = client.scatter([model, job, data], broadcast=True, hash=False)
         futures = {client.submit(_task, j, m, d, targets(a, b), paths[i], False, a, b, pure=False): i
                    for i, (a, b) in ((i, chunks[i]) for i in todo)}
-        shown = bar(len(futures), progress, unit="chunk")
+        shown = _inputs_bar(chunks, todo, progress)
         for future in as_completed(futures):
             i = futures[future]
             results[i] = future.result()
             finished(i, results[i])
             if shown is not None:
-                shown.update(1)
+                shown.update(_rows(results[i]))
         if shown is not None:
             shown.close()
         return results
