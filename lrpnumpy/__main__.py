@@ -354,6 +354,9 @@ def _read_dataset(path, net, input_range=None):
     if data.ndim < 2 or len(data) == 0:
         raise ShapeError(f"{path}: holds an array of shape {data.shape}; expected a batch (N, ...) of inputs")
     dtype = np.dtype(net.dtype or np.float64)
+    if isinstance(data, np.memmap):  # a worker reads its own chunks of the file: tasks carry its path, not data
+        from .sources import ArraySource, NpySource
+        data = ArraySource(NpySource(path))  # (fingerprinted by content, as the memory map was)
     return data if data.dtype == dtype else _Converted(data, path, net, input_range)
 
 

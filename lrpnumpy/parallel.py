@@ -5,6 +5,16 @@ for :func:`evaluate_dataset`, perturb it).  Networks keep nothing of a call, so 
 every task: Dask's threaded scheduler shares it between threads, and a ``dask.distributed.Client``
 gets it once per worker (``client.scatter(..., broadcast=True)``), not with every chunk.
 
+The data are a source (:mod:`lrpnumpy.sources`: a ``.npy`` file, a folder of ``.npy`` shards, an
+IDX file, a zarr array, an image folder, or an array in memory).  A task carries the source and its
+range, ``(source, start, stop)``, and reads its chunk where it runs: a file source travels as its
+path (scattered once to each worker, like the model), an array in memory is scattered once too
+(Dask's process scheduler, which has no scatter, gets each task's slice).  With ``out`` the task
+writes its chunk itself and returns only its shape and dtype: the client schedules and tracks.
+Without ``batch_size``, :func:`choose_batch_size` measures the cost per input and picks chunks long
+enough that the scheduler's per-task overhead (:data:`TASK_OVERHEAD`) stays under 10 % of a task; a
+resumed run takes the batch size its manifest records.
+
 With ``out=FOLDER`` every finished chunk is written there (``chunk_<start>_<stop>.npy``, written to a
 temporary name, synced and renamed, so a file that exists is complete), beside ``manifest.json``, the
 record of how the run was made: the model's fingerprint (a SHA-256 of its layers' types,

@@ -200,3 +200,21 @@ def test_the_automatic_batch_size_bounds_the_overhead_and_is_kept_on_resume(net,
     P.explain_dataset(net, x, composite=L.EpsilonPlus(), out=folder, progress=False)  # resumes, not refused
     np.testing.assert_array_equal(P.load(folder), P.explain_dataset(net, x, composite=L.EpsilonPlus(),
                                                                      batch_size=16, progress=False))
+
+
+def test_the_cli_sends_a_path_not_the_data(stored, net, tmp_path):
+    """explain-dataset's .npy data travel to a worker as a path (a few hundred bytes), read there, and are
+    fingerprinted by content as before (a folder made from the array in memory resumes)."""
+    from lrpnumpy.__main__ import _read_dataset
+    root, x = stored
+    np.save(tmp_path / "u8.npy", np.round(x * 0).astype(np.uint8) + 7)
+    for name in ("x.npy", "u8.npy"):
+        path = str((root if name == "x.npy" else tmp_path) / name)
+        data = _read_dataset(path, net)
+        inner = data.data if name == "u8.npy" else data  # (converted to the network's dtype on reading)
+        assert len(pickle.dumps(inner)) < 5_000, name
+        np.testing.assert_array_equal(pickle.loads(pickle.dumps(data))[3:9], data[3:9])
+    folder = str(tmp_path / "run")
+    P.explain_dataset(net, x, composite=L.EpsilonPlus(), batch_size=16, out=folder, progress=False)
+    P.explain_dataset(net, _read_dataset(str(root / "x.npy"), net), composite=L.EpsilonPlus(), batch_size=16,
+                      out=folder, progress=False)  # the same manifest: not refused
