@@ -640,13 +640,18 @@ def _read_dataset(path, net, input_range=None):
     if data.ndim < 2 or len(data) == 0:
         raise ShapeError(f"{path}: holds an array of shape {data.shape}; expected a batch (N, ...) of inputs")
     dtype = np.dtype(net.dtype or np.float64)
+    if isinstance(data, np.memmap):  # a worker reads its own chunks of the file: tasks carry its path, not data
+        from .sources import ArraySource, NpySource
+        data = ArraySource(NpySource(path))  # (fingerprinted by content, as the memory map was)
     return data if data.dtype == dtype else _Converted(data, path, net, input_range)
 
 
-def _local_cluster(workers, stack):
+def _local_cluster(workers, stack, dashboard=False):
     """A Client of a local cluster of ``workers`` processes, closed (then the cluster) when ``stack`` exits;
-    distributed's log lines are held back meanwhile: a failure is the command's one error line."""
+    distributed's log lines are held back meanwhile: a failure is the command's one error line.  No
+    dashboard unless ``dashboard`` (then on a free port, its address printed)."""
     import logging
+    from .parallel import cluster_options
     try:
         from distributed import Client, LocalCluster
     except ImportError as exc:
@@ -657,8 +662,11 @@ def _local_cluster(workers, stack):
     logger.setLevel(logging.CRITICAL)
     try:
         cluster = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                                   host="127.0.0.1", dashboard_address=None))
-        return stack.enter_context(Client(cluster))
+                                                   host="127.0.0.1", **cluster_options(dashboard)))
+        client = stack.enter_context(Client(cluster))
+        if dashboard:
+            print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
+        return client
     except Exception as exc:  # (distributed raises RuntimeError, OSError, TimeoutError, ...)
         raise WorkerError(f"--workers {workers}: a local Dask cluster cannot start ({type(exc).__name__}: "
                           f"{str(exc)[:200]})") from None
@@ -669,9 +677,11 @@ def _explain_dataset(args):
     net = _load_model(args.model)
     data = _read_dataset(args.data, net)
     kwargs = dict(method=args.method) if args.method else dict(
-        composite=composites.get(args.composite, data=np.asarray(data[:args.batch_size])))
+        composite=composites.get(args.composite, data=np.asarray(data[:args.batch_size or 256])))
     with contextlib.ExitStack() as stack:
-        scheduler = _local_cluster(args.workers, stack) if args.workers else args.scheduler
+        if args.dashboard and not args.workers:
+            raise RuleParameterError("--dashboard shows a local Dask cluster's dashboard: give --workers N too")
+        scheduler = _local_cluster(args.workers, stack, args.dashboard) if args.workers else args.scheduler
         result = parallel.explain_dataset(net, data, target=args.target, batch_size=args.batch_size,
                                           scheduler=scheduler, out=args.out, progress=not args.quiet,
                                           overwrite=args.overwrite, **kwargs)
@@ -775,10 +785,13 @@ def main(argv=None):
     dhow.add_argument("--composite", default="epsilon_plus", help="a composite name (default %(default)s)")
     dhow.add_argument("--method", help="a method name instead of LRP (e.g. gradient)")
     ds.add_argument("--target", type=int, help="class to explain (default: the predicted class)")
-    ds.add_argument("--batch-size", type=_positive_int, default=256, help="inputs per chunk (default %(default)s)")
+    ds.add_argument("--batch-size", type=_positive_int, help="inputs per chunk (default: chosen from the measured cost "
+                                                             "per input, or the one --out's run records)")
     ds.add_argument("--scheduler", choices=["threads", "processes", "synchronous"],
                     help="a Dask scheduler (default: serial in this process)")
     ds.add_argument("--workers", type=_positive_int, help="start a local Dask cluster of this many worker processes")
+    ds.add_argument("--dashboard", action="store_true", help="with --workers: serve Dask's dashboard on a free "
+                                                             "port (its address is printed); off by default")
     ds.add_argument("--out", help="a folder for the chunks and a manifest of the run (resumable: the same command "
                                   "computes only the missing chunks; another run into it is refused)")
     ds.add_argument("--overwrite", action="store_true", help="replace the chunks and manifest in --out, whatever "
