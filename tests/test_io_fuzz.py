@@ -281,7 +281,7 @@ def test_native_good_meta_loads(tmp_path):
     assert L.io.load(_native(tmp_path, {"classes": ["a", "b", "c"]}, shape=None)).meta["classes"] == ["a", "b", "c"]
     for name in ("fashion_mlp", "fashion_cnn_maxpool", "fashion_cnn_sumpool"):  # the shipped models
         import os
-        path = os.path.join(os.path.dirname(__file__), "..", "data", f"{name}.npz")
+        path = os.path.join(L.datasets.DATA_DIR, f"{name}.npz")
         assert len(L.io.load(path).meta["classes"]) == 10
 
 
