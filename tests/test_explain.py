@@ -319,3 +319,22 @@ def test_reference_runs_no_fast_path(rng, monkeypatch):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
     with pytest.raises(AssertionError, match="the fast path ran"):
         L.explain(net, x, composite=L.EpsilonGammaBox(0, 1))
+
+
+def test_the_vocabulary_is_its_own_module_below_the_rules():
+    """Explanation, ConservationReport, targets, one-hot and the checked forward pass live in
+    lrpnumpy.explanation, which imports no rule, composite, method or driver; lrpnumpy.explain
+    re-exports the same objects (old imports keep working)."""
+    import ast
+    import inspect
+
+    import importlib
+    driver = importlib.import_module("lrpnumpy.explain")  # the module (lrpnumpy.explain is the function)
+    vocab = importlib.import_module("lrpnumpy.explanation")
+    imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(vocab)))
+                if isinstance(node, ast.ImportFrom)}
+    assert imported <= {"errors", "layers", "layers.base"}, imported
+    for name in ("Explanation", "ConservationReport", "target_classes", "onehot", "target_onehot", "sample_rows",
+                 "forward_checked", "forward_finite", "logit_network", "without_softmax", "layer_index"):
+        assert getattr(driver, name) is getattr(vocab, name), name
+    assert L.Explanation is vocab.Explanation and L.ConservationReport is vocab.ConservationReport

@@ -4,7 +4,7 @@ parameter-randomisation check, context, and the random baseline."""
 import numpy as np
 
 from ..errors import RuleParameterError, ShapeError
-from ..explain import forward_finite, logit_network, sample_rows, target_classes
+from ..explanation import forward_finite, logit_network, sample_rows, target_classes
 from ..layers.base import make_rng
 from .perturbation import _scores
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import NonFiniteError, RuleParameterError, ShapeError
-from ..explain import forward_finite, logit_network, sample_rows, target_classes
+from ..explanation import forward_finite, logit_network, sample_rows, target_classes
 from ..incremental import PerturbationPath, plan as incremental_plan
 from ..layers.base import check_array, check_finite, make_rng
 from ..progress import bar

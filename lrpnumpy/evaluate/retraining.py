@@ -3,7 +3,7 @@
 import numpy as np
 
 from ..errors import RuleParameterError, ShapeError
-from ..explain import sample_rows
+from ..explanation import sample_rows
 from ..layers.base import check_array, check_finite
 from .metrics import _relevance
 

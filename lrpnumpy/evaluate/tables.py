@@ -3,7 +3,7 @@
 import numpy as np
 
 from ..errors import RuleParameterError, ShapeError
-from ..explain import forward_finite, logit_network, target_classes
+from ..explanation import forward_finite, logit_network, target_classes
 from .metrics import _relevance, class_sensitivity, continuity, randomization_check
 from .perturbation import pixel_flipping, region_perturbation, selectivity
 
