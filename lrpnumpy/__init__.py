@@ -14,6 +14,7 @@ from .layers import (LRN, Add, AvgPool2d, BatchNorm2d, ChannelAffine, ChannelShu
                      Flatten, GlobalAvgPool2d, Graph, Layer, Linear, MaxPool2d, ReLU, Sequential, Softmax, SumPool2d,
                      Tanh)
 from .layers import AdaptiveAvgPool2d, Hardtanh, LeakyReLU, ReLU6
+from .layers import GELU, LayerNorm, MatMul, Mul, MultiheadAttention, RMSNorm, SiLU
 from .rules import LRP0, AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Rho, WinnerTakesAll, WSquare, ZBox, ZPlus
 from .stabilize import stabilize
 from .trace import Step, Trace
@@ -32,6 +33,7 @@ __all__ = [
     "LRP0", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "Flat", "WSquare", "Norm", "Pass", "Rho",
     "WinnerTakesAll",
     "Hardtanh", "ReLU6", "LeakyReLU", "AdaptiveAvgPool2d",
+    "GELU", "SiLU", "LayerNorm", "RMSNorm", "MatMul", "Mul", "MultiheadAttention",
     "Composite", "EpsilonPlus", "EpsilonAlpha2Beta1", "EpsilonGammaBox", "EpsilonPlusFlat",
     "EpsilonAlpha2Beta1Flat", "DeepTaylor", "LRPToolbox",
     "composites", "rules", "errors", "evaluate", "io", "kernels", "methods", "prototypes", "parallel", "verify", "viz", "zoo",

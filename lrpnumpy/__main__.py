@@ -1,13 +1,25 @@
-"""Command line: ``lrpnumpy demo``, ``explain``, ``verify``, ``train`` and ``bench``."""
+"""Command line: ``lrpnumpy demo``, ``explain``, ``evaluate``, ``explain-dataset``, ``verify``, ``train`` and ``bench``.
+
+One error path for every subcommand: an lrpnumpy error, an unreadable input, a non-real dtype or a
+missing package is exit code 2 and one line on standard error (1 means "verification failed");
+warnings are one line each too.
+"""
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import warnings
 
 import numpy as np
 
-from .errors import LRPError, MissingDependencyError, ModelFormatError, RuleParameterError, ShapeError
+from .errors import (DatasetError, DTypeError, LRPError, MissingDependencyError, ModelFormatError, NonFiniteError,
+                     RuleParameterError, ShapeError, WorkerError)
+
+#: Images with more pixels than this are refused before they are decoded (Pillow's own default limit,
+#: applied whatever ``PIL.Image.MAX_IMAGE_PIXELS`` is set to).
+MAX_IMAGE_PIXELS = 89_478_485
 
 def _load_model(name):
     from .zoo import MODELS
@@ -23,14 +35,15 @@ def _verify(args):
     from .explain import explain
     net = _load_model(args.model)
     if args.input:
-        x = _read_input(args.input)
+        x = _fits(args.input, _read_input(args.input), net, args.model)
     elif getattr(net, "input_shape", None):
         x = np.random.default_rng(args.seed).random((args.batch,) + tuple(net.input_shape))
     else:
         raise ShapeError(f"{args.model}: the model does not record its input shape; pass --input X.npy")
     def progress(row):
-        print(f"  {row['method']} against {row['against']}: max rel diff {row['max_rel']:.2e} "
-              f"{'pass' if row['passed'] else 'FAIL'}", file=sys.stderr, flush=True)
+        diff = f"max rel diff {row['max_rel']:.2e} " if row["max_rel"] is not None else ""
+        print(f"  {row['method']} against {row['against']}: {diff}{verify._result(row)}", file=sys.stderr,
+              flush=True)
     rows = verify.compare(net, x, target=args.target, against=args.against, methods=args.rules, rtol=args.rtol,
                           chunk=args.chunk, progress=progress)
     method = next((r["method"] for r in rows if r["method"] in verify.ZENNIT_COMPOSITES), None)
@@ -49,7 +62,7 @@ def _verify(args):
     if args.plot and report:
         from .viz import plot_conservation
         plot_conservation(report, title=f"{args.model}: {method}").savefig(args.plot, dpi=120)
-    return 0 if all(r["passed"] for r in rows) else 1
+    return verify.exit_status(rows)
 
 
 def _read_input(path):
@@ -62,6 +75,65 @@ def _read_input(path):
         raise ModelFormatError(f"{path}: not a .npy array of numbers ({exc})") from None
     if not isinstance(x, np.ndarray):
         raise ModelFormatError(f"{path}: holds several arrays ({type(x).__name__}); give one .npy array")
+    _check_real(x.dtype, path)
+    return x
+
+
+def _check_real(dtype, path):
+    """Refuse what is not real numbers (strings, records, objects, complex, datetimes, booleans): never cast."""
+    if dtype.kind not in "fiu" or dtype.fields is not None:
+        raise DTypeError(f"{path}: holds {dtype} values; expected real numbers (floats in the model's input range, "
+                         f"or uint8 pixels 0-255)")
+
+
+def _scaled(x, path, net, input_range=None):
+    """Floats as they are (in the network's dtype); uint8 pixels 0..255 scaled to the model's input range, as
+    images are; other integers refused (their scale is unknown)."""
+    dtype = np.dtype(net.dtype or np.float64)
+    if x.dtype == np.uint8:
+        low, high = _input_range(net, input_range)
+        return (low + (high - low) * (np.asarray(x, dtype=np.float64) / 255.0)).astype(dtype)
+    if x.dtype.kind in "iu":
+        raise DTypeError(f"{path}: holds {x.dtype} values; give floats in the model's input range, or uint8 pixels "
+                         f"0-255 (scaled to the input range like images)")
+    if x.dtype == dtype:
+        return x
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = np.asarray(x).astype(dtype)
+    if not np.isfinite(y).all() and np.isfinite(x).all():
+        raise NonFiniteError(f"{path}: holds values up to {float(np.abs(x).max()):.4g}, beyond {dtype}'s range "
+                             f"(the model's dtype)")
+    return y
+
+
+def _input_range(net, input_range=None):
+    """``--input-range``, else the model's metadata, else [0, 1]."""
+    value = input_range or net.meta.get("input_range", [0.0, 1.0])
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ModelFormatError(f"the model's input_range must be two numbers [low, high], got {value!r:.80}") \
+            from None
+    if not (np.isfinite(low) and np.isfinite(high) and low <= high):
+        raise ModelFormatError(f"the input range must be finite with low <= high, got [{low}, {high}]")
+    return low, high
+
+
+def _fits(path, x, net, name="the model"):
+    """``x`` as a batch (one sample of the model's recorded input shape gains a batch axis); an input the
+    model cannot take is refused with a ShapeError that names the shape it expects."""
+    shape = tuple(getattr(net, "input_shape", None) or ())
+    if not shape:
+        return x
+    x = x[None] if x.shape == shape else x
+    try:
+        bad = x.shape[1:] != shape and not net.output_shape((1,) + x.shape[1:])
+    except LRPError:
+        bad = True
+    if bad:
+        dims = " x ".join(str(d) for d in shape)
+        raise ShapeError(f"{path}: an array of shape {x.shape}, but {name} expects {dims} inputs (one sample of "
+                         f"shape {shape} or a batch (N, {', '.join(str(d) for d in shape)}))")
     return x
 
 
@@ -88,29 +160,54 @@ def _read_inputs(paths, net, input_range=None):
     parts = []
     for path in paths:
         if path.lower().endswith(".npy"):
-            x = _read_input(path)
-            parts.append(x[None] if shape and x.shape == shape else x)
+            parts.append(_fits(path, _scaled(_read_input(path), path, net, input_range), net))
             continue
         if not shape or len(shape) != 3:
             raise ShapeError(f"{path}: an image input needs a model that records its (C, H, W) input shape")
-        try:
-            from PIL import Image
-        except ImportError as exc:
-            raise MissingDependencyError("image inputs need Pillow: pip install 'lrpnumpy[data]'") from exc
-        try:
-            with Image.open(path) as im:
-                im = im.convert("L" if shape[0] == 1 else "RGB").resize((shape[2], shape[1]))
-                a = np.asarray(im, dtype=np.float64) / 255.0
-        except OSError as exc:
-            raise ModelFormatError(f"{path}: not a readable image ({exc})") from None
-        low, high = input_range or net.meta.get("input_range", [0.0, 1.0])
+        a = _read_image(path, shape)
+        low, high = _input_range(net, input_range)
         a = low + (high - low) * (a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
-        parts.append(a[None])
+        parts.append(a[None].astype(net.dtype or np.float64))
     try:
         x = np.concatenate(parts)
     except ValueError as exc:
         raise ShapeError(f"the inputs do not stack into one batch ({exc})") from None
     return x if x.dtype == (net.dtype or x.dtype) else x.astype(net.dtype)
+
+
+def _read_image(path, shape):
+    """An image file as floats in [0, 1] at the model's (C, H, W) size; its declared size is checked before it
+    is decoded, and anything Pillow's decoders raise is a one-line error."""
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise MissingDependencyError("image inputs need Pillow: pip install 'lrpnumpy[data]'") from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise DatasetError(f"{path}: declares {width} x {height} pixels, more than lrpnumpy reads "
+                                       f"({MAX_IMAGE_PIXELS}); resize it first")
+                im = im.convert("L" if shape[0] == 1 else "RGB").resize((shape[2], shape[1]))
+                return np.asarray(im, dtype=np.float64) / 255.0
+    except (LRPError, MemoryError):
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DatasetError(f"{path}: refused ({exc})") from None
+    except Exception as exc:  # a hostile file can make a decoder raise anything: OSError, SyntaxError, ...
+        raise DatasetError(f"{path}: not a readable image ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _npy_path(path):
+    """Where ``--npy PATH`` writes: PATH/relevance.npy for a folder (never a hidden PATH/.npy), else PATH with
+    ``.npy`` added when it lacks it (as numpy.save does)."""
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+        if not os.path.isdir(path):
+            raise DatasetError(f"--npy {path}: no such folder")
+        return os.path.join(path, "relevance.npy")
+    return path if path.endswith(".npy") else path + ".npy"
 
 
 def _explain(args):
@@ -137,6 +234,7 @@ def _explain(args):
             row["absorbed_by_biases"] = float(sum(r["bias"] for r in e.conservation().to_dict(sample=i)))
         rows.append(row)
     if args.npy:
+        args.npy = _npy_path(args.npy)
         np.save(args.npy, e.relevance)
     if args.out:
         name = args.rule or args.method or args.composite
@@ -222,34 +320,78 @@ def _evaluate(args):
     return 0
 
 
+class _Converted:
+    """A data set read chunk by chunk in the network's dtype (uint8 pixels scaled to the input range)."""
+
+    def __init__(self, data, path, net, input_range=None):
+        self.data, self.path, self.net, self.input_range = data, path, net, input_range
+        _scaled(data[:1], path, net, input_range)  # refused now, not in a task
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        return _scaled(np.asarray(self.data[index]), self.path, self.net, self.input_range)
+
+
+def _read_dataset(path, net, input_range=None):
+    """explain-dataset's data: a .npy array (memory-mapped, read one chunk at a time) or an IDX file."""
+    from .datasets import load_idx
+    if path.lower().endswith(".npy"):
+        try:
+            data = np.load(path, mmap_mode="r", allow_pickle=False)
+        except OSError as exc:
+            raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        except (ValueError, EOFError, TypeError) as exc:
+            raise DatasetError(f"{path}: not a .npy array of numbers ({type(exc).__name__}: {str(exc)[:200]})") \
+                from None
+        if not isinstance(data, np.ndarray):
+            raise DatasetError(f"{path}: holds {type(data).__name__}; give one .npy array")
+    else:  # an IDX file (MNIST, Fashion-MNIST): (N, H, W) images get their channel axis
+        data = load_idx(path)
+        data = data[:, None] if data.ndim == 3 else data
+    _check_real(data.dtype, path)
+    if data.ndim < 2 or len(data) == 0:
+        raise ShapeError(f"{path}: holds an array of shape {data.shape}; expected a batch (N, ...) of inputs")
+    dtype = np.dtype(net.dtype or np.float64)
+    return data if data.dtype == dtype else _Converted(data, path, net, input_range)
+
+
+def _local_cluster(workers, stack):
+    """A Client of a local cluster of ``workers`` processes, closed (then the cluster) when ``stack`` exits;
+    distributed's log lines are held back meanwhile: a failure is the command's one error line."""
+    import logging
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise MissingDependencyError(f"--workers needs dask.distributed ({exc}): pip install 'lrpnumpy[dask]'") \
+            from None
+    logger = logging.getLogger("distributed")
+    stack.callback(logger.setLevel, logger.level)
+    logger.setLevel(logging.CRITICAL)
+    try:
+        cluster = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                   host="127.0.0.1", dashboard_address=None))
+        return stack.enter_context(Client(cluster))
+    except Exception as exc:  # (distributed raises RuntimeError, OSError, TimeoutError, ...)
+        raise WorkerError(f"--workers {workers}: a local Dask cluster cannot start ({type(exc).__name__}: "
+                          f"{str(exc)[:200]})") from None
+
+
 def _explain_dataset(args):
     from . import composites, parallel
-    from .datasets import load_idx
     net = _load_model(args.model)
-    if args.data.endswith(".npy"):
-        data = np.load(args.data, mmap_mode="r")  # read one chunk at a time
-    else:  # an IDX file (MNIST, Fashion-MNIST): uint8 images scaled to [0, 1]
-        raw = load_idx(args.data)
-        data = (raw.astype(net.dtype or np.float64) / 255.0)[:, None] if raw.ndim == 3 else raw
-    if data.dtype != (net.dtype or data.dtype):
-        data = np.asarray(data).astype(net.dtype)
+    data = _read_dataset(args.data, net)
     kwargs = dict(method=args.method) if args.method else dict(
         composite=composites.get(args.composite, data=np.asarray(data[:args.batch_size])))
-    scheduler, cluster = args.scheduler, None
-    if args.workers:
-        from distributed import Client, LocalCluster
-        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None)
-        scheduler = Client(cluster)
-    try:
+    with contextlib.ExitStack() as stack:
+        scheduler = _local_cluster(args.workers, stack) if args.workers else args.scheduler
         result = parallel.explain_dataset(net, data, target=args.target, batch_size=args.batch_size,
-                                          scheduler=scheduler, out=args.out, progress=not args.quiet, **kwargs)
-    finally:
-        if cluster is not None:
-            scheduler.close()
-            cluster.close()
+                                          scheduler=scheduler, out=args.out, progress=not args.quiet,
+                                          overwrite=args.overwrite, **kwargs)
     relevance = parallel.load(result) if args.out else result
     if args.npy:
+        args.npy = _npy_path(args.npy)
         np.save(args.npy, relevance)
     print(f"explained {len(relevance)} inputs; sum of relevance per input: mean "
           f"{relevance.reshape(len(relevance), -1).sum(axis=1).mean():.6g}")
@@ -260,6 +402,16 @@ def _explain_dataset(args):
 def _spray(args):
     from .spray import cli
     return cli(args, _load_model)
+
+
+def _error(message):
+    """Exit code 2 and one line, whatever the message holds."""
+    print("lrpnumpy: error: " + " ".join(str(message).split()), file=sys.stderr)
+    return 2
+
+
+def _warn(message, category, filename, lineno, file=None, line=None):
+    print(f"lrpnumpy: warning: {message}", file=sys.stderr)
 
 
 def main(argv=None):
@@ -338,7 +490,10 @@ def main(argv=None):
     ds.add_argument("--scheduler", choices=["threads", "processes", "synchronous"],
                     help="a Dask scheduler (default: serial in this process)")
     ds.add_argument("--workers", type=_positive_int, help="start a local Dask cluster of this many worker processes")
-    ds.add_argument("--out", help="a folder for the chunks (resumable: chunks already there are not recomputed)")
+    ds.add_argument("--out", help="a folder for the chunks and a manifest of the run (resumable: the same command "
+                                  "computes only the missing chunks; another run into it is refused)")
+    ds.add_argument("--overwrite", action="store_true", help="replace the chunks and manifest in --out, whatever "
+                                                             "run made them")
     ds.add_argument("--npy", help="write all the relevance to this .npy file")
     ds.add_argument("--quiet", action="store_true", help="no progress bar")
     tr = sub.add_parser("train", help="train a shipped Fashion-MNIST model again (data/make_models.py)")
@@ -353,6 +508,12 @@ def main(argv=None):
     from .spray import add_parser as _spray_parser
     _spray_parser(sub, _positive_int)
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _warn  # one line each (catch_warnings restores the handler)
+        return _run(args)
+
+
+def _run(args):
     try:
         if args.command == "demo":
             from .demo import run
@@ -361,8 +522,10 @@ def main(argv=None):
         return {"explain": _explain, "evaluate": _evaluate, "explain-dataset": _explain_dataset, "verify": _verify,
                 "train": _train, "bench": _bench, "spray": _spray}[args.command](args)
     except (LRPError, OSError) as exc:
-        print(f"lrpnumpy: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(exc)
+    except ImportError as exc:  # an optional package lrpnumpy does not wrap yet, or a broken installation
+        return _error(f"cannot import {exc.name or 'a package'} ({exc}); install it, e.g. pip install "
+                      f"'lrpnumpy[data,dask,onnx]'")
     except MemoryError:
         print("lrpnumpy: error: not enough memory (is the model's input_shape or --batch too large?)",
               file=sys.stderr)

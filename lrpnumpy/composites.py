@@ -241,7 +241,50 @@ class LRPToolbox(Composite):
                 for i, (layer, rule) in enumerate(zip(net, rules))]
 
 
+class AttnLRP(Composite):
+    """AttnLRP (Achtibat et al., ICML 2024): see :mod:`lrpnumpy.rules_transformer`.
+
+    Linear -> Epsilon (Gamma(gamma) when ``gamma`` is given, as lxt's ViT example), residual Add
+    -> Norm(epsilon), LayerNorm -> LayerNormEpsilon, Softmax -> SoftmaxRule, MatMul and Mul ->
+    Uniform, MultiheadAttention -> Inner (these rules on its primitives); GELU, SiLU, RMSNorm
+    and the rest pass relevance on (the identity rule).
+    """
+
+    def __init__(self, epsilon=1e-6, gamma=None, **kw):
+        from .layers import LayerNorm, MatMul, Mul, MultiheadAttention, Softmax
+        from .rules_transformer import Inner, LayerNormEpsilon, SoftmaxRule, Uniform
+        self.epsilon, self.gamma = epsilon, gamma
+        linear = Epsilon(epsilon) if gamma is None else Gamma(gamma, epsilon)
+        super().__init__([(Linear, linear), (Add, Norm(epsilon)), (LayerNorm, LayerNormEpsilon(epsilon)),
+                          (Softmax, SoftmaxRule()), ((MatMul, Mul), Uniform(epsilon)),
+                          (MultiheadAttention, Inner(self))], **kw)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(epsilon={self.epsilon!r}, gamma={self.gamma!r})"
+
+
+class CPLRP(Composite):
+    """CP-LRP (Ali et al., ICML 2022): the attention weights held constant, relevance through the values.
+
+    As :class:`AttnLRP`, but MatMul and Mul -> HoldConstant(0) (the first input, the attention
+    weights of ``MatMul(A, v)`` or a gate of ``Mul(g, v)``, gets no relevance) and Softmax ->
+    Pass (it receives none).
+    """
+
+    def __init__(self, epsilon=1e-6, **kw):
+        from .layers import LayerNorm, MatMul, Mul, MultiheadAttention
+        from .rules_transformer import HoldConstant, Inner, LayerNormEpsilon
+        self.epsilon = epsilon
+        super().__init__([(Linear, Epsilon(epsilon)), (Add, Norm(epsilon)), (LayerNorm, LayerNormEpsilon(epsilon)),
+                          ((MatMul, Mul), HoldConstant(0, epsilon)), (MultiheadAttention, Inner(self))], **kw)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(epsilon={self.epsilon!r})"
+
+
 REGISTRY = {
+    "attnlrp": AttnLRP,
+    "cp_lrp": CPLRP,
     "lrp_toolbox": LRPToolbox,
     "epsilon_plus": EpsilonPlus,
     "epsilon_alpha2_beta1": EpsilonAlpha2Beta1,

@@ -6,6 +6,7 @@ Every loader returns a :class:`Dataset`: images as an array of shape (N, 1, H, W
 
 import gzip
 import importlib.resources
+import math
 import os
 from typing import NamedTuple
 
@@ -46,33 +47,65 @@ class Dataset(NamedTuple):
 def load_idx(path):
     """Read an IDX file (plain or gzip-compressed) as an ndarray of its declared type and shape.
 
+    The header's declared size is checked (in exact integer arithmetic) against the file's size,
+    or for a gzip file against the memory a loader may use, before the data are read: a header
+    that only declares a huge array allocates nothing.
+
     Raises
     ------
     DatasetError
         The file cannot be read, its magic number is not IDX's, or it holds fewer or more bytes
-        than its header declares.
+        than its header declares (or declares more than memory allows).
     """
     path = str(path)
     try:
         with open(path, "rb") as f:
-            raw = f.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+            packed = f.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if packed else open(path, "rb")) as f:
+            head = f.read(4)
+            if len(head) < 4 or head[:2] != b"\x00\x00" or head[2] not in _IDX_TYPES or head[3] == 0:
+                raise DatasetError(f"{path}: not an IDX file (magic number {head.hex() or 'missing'}; expected "
+                                   f"0000 followed by a type code in {sorted(_IDX_TYPES)} and the number of "
+                                   f"dimensions)")
+            dtype, ndim = np.dtype(_IDX_TYPES[head[2]]), head[3]
+            header = 4 + 4 * ndim
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise DatasetError(f"{path}: truncated IDX header ({4 + len(dims)} bytes, {header} expected)")
+            shape = tuple(int.from_bytes(dims[4 * i:4 * i + 4], "big") for i in range(ndim))
+            expected = header + math.prod(shape) * dtype.itemsize  # Python ints: exact, never overflows
+            limit = None if packed else os.fstat(f.fileno()).st_size
+            if packed and expected > _memory_budget():
+                raise DatasetError(f"{path}: its header declares {_short(shape)} {dtype} values ({_count(expected)} bytes), "
+                                   f"more than this machine's memory allows")
+            if limit is not None and expected != limit:
+                raise DatasetError(f"{path}: holds {limit} bytes, its header (shape {_short(shape)}, {dtype}) "
+                                   f"declares {_count(expected)}; the file is truncated or damaged")
+            raw = f.read(expected - header + 1)  # one byte more than declared: a longer file is found
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise DatasetError(f"{path}: cannot be read as an IDX file ({exc})") from None
-    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_TYPES or raw[3] == 0:
-        raise DatasetError(f"{path}: not an IDX file (magic number {raw[:4].hex() or 'missing'}; expected 0000 "
-                           f"followed by a type code in {sorted(_IDX_TYPES)} and the number of dimensions)")
-    dtype, ndim = np.dtype(_IDX_TYPES[raw[2]]), raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DatasetError(f"{path}: truncated IDX header ({len(raw)} bytes, {header} expected)")
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
-    expected = header + int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-    if len(raw) != expected:
-        raise DatasetError(f"{path}: holds {len(raw)} bytes, its header (shape {shape}, {dtype}) declares "
-                           f"{expected}; the file is truncated or damaged")
-    return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    except MemoryError:
+        raise DatasetError(f"{path}: not enough memory for the {expected} bytes its header declares") from None
+    if header + len(raw) != expected:
+        raise DatasetError(f"{path}: holds {header + len(raw)}{'+' if len(raw) > expected - header else ''} bytes "
+                           f"(uncompressed), its header (shape {_short(shape)}, {dtype}) declares {_count(expected)}; the file "
+                           f"is truncated or damaged")
+    return np.frombuffer(raw, dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _short(shape):
+    """A declared shape for a message: at most eight sizes."""
+    return str(shape) if len(shape) <= 8 else f"({', '.join(map(str, shape[:8]))}, ... {len(shape)} dimensions)"
+
+
+def _count(n):
+    """A declared byte count for a message: exact up to 18 digits, its order of magnitude beyond."""
+    return str(n) if n < 10 ** 18 else f"more than 10**{len(str(n)) - 1}"
+
+
+def _memory_budget():
+    from .io._common import memory_budget
+    return memory_budget()
 
 
 def _images(raw, dtype):

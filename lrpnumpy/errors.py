@@ -62,3 +62,13 @@ class SaveError(LRPError, OSError):
 
 class DatasetError(LRPError, ValueError):
     """A data file is missing, truncated or not in the expected format."""
+
+
+class ManifestError(DatasetError):
+    """An output folder holds another run's results (its manifest differs from this run's), or its
+    manifest or chunk files are damaged."""
+
+
+class WorkerError(LRPError, RuntimeError):
+    """A task failed outside lrpnumpy: a Dask worker died on it every time it was tried, or the
+    scheduler went away; the message names the chunk."""

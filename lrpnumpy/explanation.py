@@ -142,7 +142,11 @@ class Explanation:
         return f"Explanation({self.method}, relevance shape {self.relevance.shape}{extra})"
 
     def conservation(self):
-        """Per-layer conservation table (LRP only); see :class:`ConservationReport`."""
+        """Per-layer conservation table (LRP only); see :class:`ConservationReport`.
+
+        Its rows hold one value per sample; printing it (``str``) sums every column over the batch,
+        and ``to_text(sample=i)`` or ``to_dict(sample=i)`` show one sample.
+        """
         if self._ledgers is None:
             raise LRPError(f"a {self.method} explanation has no per-layer conservation report; it is LRP's")
         net = self.network
@@ -160,7 +164,8 @@ def _shorten(text, n):
 def _full(ledger):
     """The ledger with every column (zeros for what the rule did not report)."""
     n = ledger["relevance_out"].shape
-    return {k: ledger.get(k, np.zeros(n)) for k in ("relevance_out", "relevance_in", "bias", "stabilizer", "dropped")}
+    return {k: ledger.get(k, np.zeros(n))
+            for k in ("relevance_out", "relevance_in", "bias", "stabilizer", "dropped", "softmax")}
 
 
 class ConservationReport:
@@ -168,13 +173,15 @@ class ConservationReport:
 
     ``rows`` holds one dict per layer with ``index``, ``layer``, ``rule`` and
     per-sample arrays (shape (N,)) ``relevance_in``, ``relevance_out``,
-    ``bias``, ``stabilizer``, ``dropped``; for each layer
-    ``relevance_in + bias + stabilizer + dropped == relevance_out`` up to
-    rounding.  ``str(report)`` prints the table summed over the batch;
-    :meth:`to_text` can show one sample.
+    ``bias``, ``stabilizer``, ``dropped`` and ``softmax`` (what AttnLRP's softmax rule does not
+    pass on, by design; zero elsewhere); for each layer
+    ``relevance_in + bias + stabilizer + dropped + softmax == relevance_out`` up to
+    rounding: ``relevance_out`` is the relevance the layer receives at its output (from the layer
+    above), ``relevance_in`` what its rule passes on to its input.  ``str(report)`` prints the table
+    summed over the batch (its title says so); :meth:`to_text` can show one sample.
     """
 
-    columns = ("relevance_in", "relevance_out", "bias", "stabilizer", "dropped")
+    columns = ("relevance_in", "relevance_out", "bias", "stabilizer", "dropped", "softmax")
 
     def __init__(self, rows):
         self.rows = rows
@@ -188,7 +195,7 @@ class ConservationReport:
     def residual(self):
         """Per layer and sample: ``relevance_out - relevance_in - bias - stabilizer - dropped``."""
         return np.array([r["relevance_out"] - r["relevance_in"] - r["bias"] - r["stabilizer"] - r["dropped"]
-                         for r in self.rows])
+                         - r.get("softmax", 0) for r in self.rows])
 
     def to_dict(self, sample=None):
         """Rows with plain floats (summed over the batch, or for one ``sample``), for JSON."""
@@ -209,23 +216,31 @@ class ConservationReport:
         return dict(zip(row["inputs"], parts))
 
     def to_text(self, sample=None, full=False):
-        """The table as text; sums over the batch, or for one ``sample``.
+        """The table as text; sums over the batch, or for one ``sample`` (the title line says which).
 
-        Layer and rule descriptions are shortened to fit about 120 columns unless ``full``.
+        Each row reads ``R at output = R at input + bias + stabilizer + dropped``: the relevance the
+        layer receives from above, then what its rule passes down to the layer's input and what
+        biases, the stabilizer and the rule dropped.  Layer descriptions are shortened to fit about
+        120 columns unless ``full``; rule descriptions are never cut (they say which rule ran).
         """
         rows = self.to_dict(sample)
+        softmax = any(r.get("softmax", 0.0) != 0 for r in rows)  # AttnLRP's softmax rule: its own column
+        n = len(self.rows[0]["relevance_out"]) if self.rows else 0
+        which = f"sample {sample}" if sample is not None else f"summed over the batch of {n} sample{'s' * (n != 1)}"
         short = (lambda text, n: text) if full else _shorten
         named = any(r.get("name") != str(r["index"]) for r in rows)
         layers = [short((f"{r['name']}: " if named else "") + r["layer"], 30 + 14 * named) for r in rows]
-        rules = [short(r["rule"], 24) for r in rows]
+        rules = [r["rule"] for r in rows]
         width, rwidth = max(len(x) for x in layers), max(len(x) for x in rules)
-        head = (f"{'#':>3}  {'layer':<{width}}  {'rule':<{rwidth}}  {'sum R in':>11}  {'sum R out':>11}  "
-                f"{'bias':>10}  {'stabilizer':>10}  {'dropped':>10}")
-        lines = [head, "-" * len(head)]
+        head = (f"{'#':>3}  {'layer':<{width}}  {'rule':<{rwidth}}  {'R at output':>11}  {'R at input':>11}  "
+                f"{'bias':>10}  {'stabilizer':>10}  {'dropped':>10}" + (f"  {'softmax':>10}" if softmax else ""))
+        lines = [f"relevance per layer, {which}: R at output (received from above) = R at input (passed down) "
+                 f"+ bias + stabilizer + dropped" + (" + softmax" if softmax else ""), head, "-" * len(head)]
         for r, layer, rule in zip(rows, layers, rules):
             lines.append(f"{r['index']:>3}  {layer:<{width}}  {rule:<{rwidth}}  "
-                         f"{r['relevance_in']:>11.5g}  {r['relevance_out']:>11.5g}  {r['bias']:>10.3g}  "
-                         f"{r['stabilizer']:>10.3g}  {r['dropped']:>10.3g}")
+                         f"{r['relevance_out']:>11.5g}  {r['relevance_in']:>11.5g}  {r['bias']:>10.3g}  "
+                         f"{r['stabilizer']:>10.3g}  {r['dropped']:>10.3g}"
+                         + (f"  {r.get('softmax', 0.0):>10.3g}" if softmax else ""))
             if r.get("parts") is not None:
                 split = ", ".join(f"{short(n, 24)} {p:.5g}" for n, p in zip(r["inputs"], r["parts"]))
                 lines.append(f"{'':>3}  {'':<{width}}  {'split to inputs:':<{rwidth}}  {split}")

@@ -6,10 +6,27 @@ every task: Dask's threaded scheduler shares it between threads, and a ``dask.di
 gets it once per worker (``client.scatter(..., broadcast=True)``), not with every chunk.
 
 With ``out=FOLDER`` every finished chunk is written there (``chunk_<start>_<stop>.npy``, written to a
-temporary name and renamed, so a file that exists is complete); a run that stops (a crash, Ctrl-C,
-a lost machine) and is started again computes only the chunks that are missing.  The result is
-identical, bit for bit, to the serial run on the same kernel backend: each chunk is the same
-computation wherever it runs.
+temporary name, synced and renamed, so a file that exists is complete), beside ``manifest.json``, the
+record of how the run was made: the model's fingerprint (a SHA-256 of its layers' types,
+configurations, wiring and parameters), the method, composite or rule and their options (the
+metric's too), the target, the data's fingerprint (a SHA-256 of every input), length, sample shape
+and dtype, the batch size, the network's dtype, lrpnumpy's version, the kernel backend, the list of
+chunk files and, once the first chunk is done, the shape and dtype of a result.  A run that stops
+(a crash, Ctrl-C, a lost machine) and is started again with the same arguments computes only the
+chunks that are missing.  A run whose manifest differs from the folder's is refused
+(:class:`~lrpnumpy.errors.ManifestError` naming the differing fields), unless ``overwrite=True``,
+which removes the folder's chunk files and manifest and starts afresh (other files are left alone).
+Every chunk a resumed run reuses is checked first: a file the manifest names, one plain array of
+the recorded dtype and per-sample shape, one row per input of its range, finite; a chunk that
+fails is recomputed (with a warning naming it and why), never mixed in.  A computed chunk that is
+not finite is refused (:class:`~lrpnumpy.errors.NonFiniteError` naming it) and never written.
+:func:`load` reads the chunks the manifest names, in its order, each checked the same way (a bad
+or missing one is an error), and ignores every other file.  The result is identical, bit for bit,
+to the serial run on the same kernel backend: each chunk is the same computation wherever it runs.
+
+On a ``dask.distributed.Client``, a chunk whose worker dies on every try (Dask's ``KilledWorker``) or
+a scheduler that goes away (``FutureCancelledError``, a closed connection) ends in
+:class:`~lrpnumpy.errors.WorkerError` naming the chunk; the process scheduler's broken pool too.
 
 Threads: every chunk runs with one BLAS thread, in every mode, the serial one included (set once
 for the whole run with threadpoolctl, in this process; Dask's workers start with one): OpenBLAS's results depend, in the last bit, on how many threads share a product, and one
@@ -20,15 +37,29 @@ numba kernels are compiled serial.  Without threadpoolctl installed BLAS keeps i
 results may differ from one mode to another by rounding (1e-16).
 """
 
+import concurrent.futures
 import contextlib
-import glob
+import functools
+import hashlib
+import json
 import numbers
 import os
+import re
+import threading
+import types
+import warnings
+from typing import NamedTuple
 
 import numpy as np
 
-from .errors import MissingDependencyError, RuleParameterError, ShapeError
+from .errors import (DTypeError, LRPError, ManifestError, MissingDependencyError, NonFiniteError, RuleParameterError, SaveError,
+                     ShapeError, WorkerError)
 from .progress import bar
+
+#: The record of a run in its ``out`` folder.
+MANIFEST = "manifest.json"
+_FORMAT, _VERSION = "lrpnumpy-dataset-run", 1
+_CHUNK = re.compile(r"chunk_(\d{9})_(\d{9})\.npy")
 
 
 def _chunks(n, batch_size):
@@ -100,26 +131,326 @@ def _limit_blas():
     return threadpool_limits(1)
 
 
-def _task(job, model, x, target, path, limit=False):
-    """One chunk: compute it (unless it is on disk already: a retried task) and write it; ``limit``: one
-    BLAS thread in this task (for a process of its own, where nothing else runs)."""
+def _task(job, model, x, target, path, limit=False, start=None):
+    """One chunk: compute it (unless it is on disk already and complete: a retried task) and write it;
+    ``limit``: one BLAS thread in this task (for a process of its own, where nothing else runs);
+    ``start``: the index of its first input, which an lrpnumpy error of the chunk then names.
+
+    Returns the result, or with ``path`` only its shape and dtype (the chunk is on disk: nothing large
+    travels back to the client or stays in its memory)."""
     if path is not None and os.path.exists(path):
-        return np.load(path)
-    with (_limit_blas() if limit else contextlib.nullcontext()):
-        result = job(model, np.asarray(x), target)
-    if path is not None:
-        folder, name = os.path.split(path)
-        tmp = os.path.join(folder, f".{name}.{os.getpid()}.partial.npy")
-        np.save(tmp, result)
-        os.replace(tmp, path)
+        done, _ = _read_chunk(path, len(x))
+        if done is not None:
+            return _Written(done.shape, done.dtype.str)
+    try:
+        with (_limit_blas() if limit else contextlib.nullcontext()):
+            result = job(model, np.asarray(x), target)
+    except LRPError as exc:
+        if start is None or len(exc.args) != 1:
+            raise
+        try:
+            named = type(exc)(f"inputs {start}:{start + len(x)}: {exc}")
+        except TypeError:  # a subclass with another constructor
+            raise exc from None
+        raise named from None
+    result = _check_result(result, len(x), path)
+    if path is None:
+        return result
+    _write_chunk(path, result)
+    return _Written(result.shape, result.dtype.str)
+
+
+class _Written(NamedTuple):
+    """What a task that wrote its chunk returns: the result's shape and dtype."""
+
+    shape: tuple
+    dtype: str
+
+
+def _check_result(result, rows, path):
+    """A computed chunk: one array, a row per input, finite (never written otherwise)."""
+    name = "a chunk" if path is None else f"chunk {os.path.basename(path)}"
+    if not isinstance(result, np.ndarray) or result.ndim == 0 or len(result) != rows:
+        raise ShapeError(f"{name}: the method returned {_what(result)}, expected an array with one row per input "
+                         f"({rows})")
+    if result.dtype.kind != "f":
+        raise DTypeError(f"{name}: the method returned {result.dtype} values, expected floats")
+    if not np.isfinite(result).all():
+        raise NonFiniteError(f"{name}: the result holds NaN or infinity; it is not written")
     return result
+
+
+def _what(value):
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} ({value.dtype})"
+    return type(value).__name__
+
+
+def _write_chunk(path, result):
+    """Write atomically: a temporary file of this process and thread, synced, then renamed into place."""
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{threading.get_ident()}.partial.npy")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, result, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise SaveError(f"{path}: the chunk cannot be written ({exc.strerror or exc})") from None
+
+
+def _read_chunk(path, rows, spec=None):
+    """``(array, None)`` for a complete chunk of ``rows`` rows (and ``spec``'s dtype and sample shape), else
+    ``(None, why)``.  Memory-mapped first, so a header that only declares a large array allocates nothing."""
+    if not os.path.isfile(path):  # a folder, a FIFO (reading it would wait forever), a device, a broken link
+        return None, "not a regular file"
+    try:
+        a = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError, TypeError) as exc:
+        return None, f"not a readable .npy array ({type(exc).__name__}: {str(exc)[:160]})"
+    if not isinstance(a, np.ndarray):
+        return None, f"holds {type(a).__name__}, not one array"
+    if a.dtype.kind != "f" or a.dtype.fields is not None:
+        return None, f"dtype {a.dtype}, not floats"
+    if a.ndim == 0 or a.shape[0] != rows:
+        return None, f"shape {a.shape}, expected {rows} rows"
+    if spec is not None and (a.dtype.str != spec["dtype"] or list(a.shape[1:]) != list(spec["sample_shape"])):
+        return None, (f"shape {a.shape} ({a.dtype}), expected ({rows}, {', '.join(map(str, spec['sample_shape']))}) "
+                      f"({np.dtype(spec['dtype'])}) as the manifest records")
+    try:
+        a = np.array(a)
+    except MemoryError:
+        return None, "too large to read"
+    if not np.isfinite(a).all():
+        return None, "holds NaN or infinity"
+    return a, None
 
 
 def _chunk_path(out, start, stop):
     return None if out is None else os.path.join(out, f"chunk_{start:09d}_{stop:09d}.npy")
 
 
-def run(job, model, data, target=None, batch_size=256, scheduler=None, out=None, progress=None):
+# ----- the manifest -----
+
+def _describe(value, depth=0):
+    """A JSON-able description of a rule, composite, method, option or target: types by qualified name,
+    objects by their public attributes, arrays by dtype, shape and SHA-256 (and their values when small)."""
+    if depth > 12:
+        return "..."
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        v = float(value)
+        return v if np.isfinite(v) else repr(v)
+    if isinstance(value, (np.ndarray, np.generic)):
+        a = np.asarray(value)
+        if a.dtype.kind not in "biuf":
+            return {"array": str(a.dtype), "shape": list(a.shape)}
+        d = {"array": a.dtype.str, "shape": list(a.shape),
+             "sha256": hashlib.sha256(_bytes(a)).hexdigest()}
+        if a.size <= 8:
+            d["values"] = [_describe(v) for v in a.ravel().tolist()]
+        return d
+    if isinstance(value, dict):
+        return {str(k): _describe(v, depth + 1) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_describe(v, depth + 1) for v in value]
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    if isinstance(value, (types.FunctionType, types.MethodType, types.BuiltinFunctionType)):
+        code = getattr(value, "__code__", None)
+        d = {"function": f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', '?')}"}
+        if code is not None:  # two lambdas, or an edited function, differ here
+            d["code"] = hashlib.sha256(code.co_code + repr(code.co_names).encode()).hexdigest()[:16]
+        return d
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    if isinstance(value, functools.partial):
+        return {"type": kind, "func": _describe(value.func, depth + 1), "args": _describe(value.args, depth + 1),
+                "keywords": _describe(value.keywords, depth + 1)}
+    if hasattr(value, "__dict__"):
+        return {"type": kind, **{k: _describe(v, depth + 1) for k, v in sorted(vars(value).items())
+                                 if not k.startswith("_")}}
+    return {"type": kind}
+
+
+def _bytes(a):
+    """An array's bytes for a hash, without a copy when it is contiguous."""
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+
+def _model_fingerprint(model):
+    """SHA-256 of a network: its kind, input shape, every node's name, type, configuration and inputs, and
+    every parameter's name, dtype, shape and bytes."""
+    h = hashlib.sha256()
+    nodes = [[name, type(layer).__name__, layer.config(), list(model.inputs_of(i))]
+             for i, (name, layer) in enumerate(zip(model.names, model))]
+    h.update(json.dumps({"type": type(model).__name__, "input_shape": _describe(model.input_shape),
+                         "output": getattr(model, "output", None), "nodes": nodes},
+                        sort_keys=True, default=str).encode())
+    for layer in model:
+        for p in layer.params:
+            value = getattr(layer, p)
+            if value is None:
+                h.update(f"{p}:none;".encode())
+                continue
+            h.update(f"{p}:{value.dtype.str}:{value.shape};".encode())
+            h.update(_bytes(value))
+    return h.hexdigest()
+
+
+def _data_fingerprint(data, chunks):
+    """SHA-256 of every input (read chunk by chunk), with the data's dtype and sample shape."""
+    h = hashlib.sha256()
+    for a, b in chunks:
+        x = np.ascontiguousarray(np.asarray(data[a:b]))
+        h.update(f"{x.dtype.str}:{x.shape[1:]};".encode())
+        h.update(_bytes(x))
+    return h.hexdigest()
+
+
+def _manifest(kind, job, model, data, target, batch_size, chunks):
+    from . import __version__, kernels
+    first = np.asarray(data[:1])
+    return {
+        "format": _FORMAT, "version": _VERSION, "kind": kind,
+        "model": {"fingerprint": _model_fingerprint(model), "type": type(model).__name__, "layers": len(model)},
+        "job": {"rule": _describe(job.rule), "composite": _describe(job.composite), "method": _describe(job.method),
+                "method_kwargs": _describe(job.method_kwargs), "metric": job.metric,
+                "metric_kwargs": _describe(job.metric_kwargs)},
+        "target": _describe(target),
+        "data": {"fingerprint": _data_fingerprint(data, chunks), "length": len(data),
+                 "sample_shape": list(first.shape[1:]), "dtype": first.dtype.str},
+        "batch_size": int(batch_size), "dtype": None if model.dtype is None else np.dtype(model.dtype).str,
+        "lrpnumpy": __version__, "kernels": kernels.BACKEND,
+        "chunks": [os.path.basename(_chunk_path("", a, b)) for a, b in chunks],
+        "result": None,
+    }
+
+
+def _short(value, width=60):
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _differences(old, new, prefix=""):
+    """The fields (dotted paths, two levels at most) where two manifests differ, with both values."""
+    found = []
+    for key in sorted(set(old) | set(new), key=str):
+        if not prefix and key == "result":
+            continue
+        a, b = old.get(key, "(absent)"), new.get(key, "(absent)")
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict) and not prefix:
+            found += _differences(a, b, f"{key}.")
+        elif key == "chunks":
+            found.append(f"chunks ({len(a) if isinstance(a, list) else a!r} files -> "
+                         f"{len(b) if isinstance(b, list) else b!r})")
+        else:
+            found.append(f"{prefix}{key} (folder: {_short(a)}, this run: {_short(b)})")
+    return found
+
+
+def read_manifest(out):
+    """The manifest of folder ``out`` (a dict), checked for its form.
+
+    Raises
+    ------
+    ManifestError
+        There is none, it is not lrpnumpy's, or it is damaged.
+    """
+    path = os.path.join(out, MANIFEST)
+    try:
+        if os.path.lexists(path) and not os.path.isfile(path):
+            raise ManifestError(f"{path}: not a regular file")
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise ManifestError(f"{out}: no {MANIFEST}; not a folder written by explain_dataset/evaluate_dataset "
+                            f"(or by an older lrpnumpy)") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ManifestError(f"{path}: cannot be read ({type(exc).__name__}: {str(exc)[:160]})") from None
+    chunks = manifest.get("chunks") if isinstance(manifest, dict) else None
+    if (not isinstance(manifest, dict) or manifest.get("format") != _FORMAT or not isinstance(chunks, list)
+            or not chunks):
+        raise ManifestError(f"{path}: not an lrpnumpy run manifest (format {_FORMAT!r} with a list of chunks)")
+    stop = 0
+    for name in chunks:  # contiguous ranges from 0, named as this module names them (never a path elsewhere)
+        m = _CHUNK.fullmatch(name) if isinstance(name, str) else None
+        if m is None or int(m.group(1)) != stop or int(m.group(2)) <= stop:
+            raise ManifestError(f"{path}: damaged chunk list at {_short(name)} (expected chunk_<start>_<stop>.npy "
+                                f"ranges following each other from 0)")
+        stop = int(m.group(2))
+    result = manifest.get("result")
+    if result is not None and not (isinstance(result, dict) and isinstance(result.get("dtype"), str)
+                                   and isinstance(result.get("sample_shape"), list)):
+        raise ManifestError(f"{path}: damaged 'result' record {_short(result)}")
+    return manifest
+
+
+def _write_manifest(out, manifest):
+    from .io._common import atomic_write
+    atomic_write(os.path.join(out, MANIFEST),
+                 lambda f: f.write(json.dumps(manifest, indent=1, sort_keys=True) + "\n"), ".json", text=True)
+
+
+def _remove_run(out):
+    """Remove a run's files from ``out``: its manifest, chunk files and temporary chunk files, nothing else."""
+    names = [n for n in os.listdir(out) if _CHUNK.fullmatch(n) or n == MANIFEST
+             or (n.startswith(".chunk_") and n.endswith(".partial.npy"))]
+    for name in names:
+        try:
+            os.unlink(os.path.join(out, name))
+        except OSError as exc:
+            raise SaveError(f"{os.path.join(out, name)}: cannot be removed ({exc.strerror or exc})") from None
+
+
+def _prepare(out, manifest, overwrite):
+    """Check folder ``out`` against this run's manifest (refuse, or start afresh) and write the manifest;
+    return the result record already known (None for a fresh run)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ManifestError(f"{out}: exists and is not a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise SaveError(f"{out}: the folder cannot be made ({exc.strerror or exc})") from None
+    if overwrite:
+        _remove_run(out)
+        old = None
+    elif os.path.exists(os.path.join(out, MANIFEST)):
+        try:
+            old = read_manifest(out)
+        except ManifestError as exc:
+            raise ManifestError(f"{exc}; pass overwrite=True (--overwrite) to start afresh") from None
+        diffs = _differences(old, json.loads(json.dumps(manifest)))
+        if diffs:
+            raise ManifestError(f"{out}: holds the results of another run; its {MANIFEST} differs in "
+                                f"{'; '.join(diffs)}. Pass overwrite=True (--overwrite) to replace them, or use "
+                                f"another folder")
+    else:
+        old = None
+        stray = sorted(n for n in os.listdir(out) if _CHUNK.fullmatch(n))
+        if stray:
+            raise ManifestError(f"{out}: holds chunk files ({stray[0]}, ...) but no {MANIFEST}, so nothing says how "
+                                f"they were made; pass overwrite=True (--overwrite) to replace them, or use another "
+                                f"folder")
+    manifest["result"] = None if old is None else old.get("result")
+    _write_manifest(out, manifest)
+    return manifest["result"]
+
+
+def _spec(result):
+    """The record of a result's per-sample shape and dtype (from an array or a :class:`_Written`)."""
+    return {"sample_shape": list(result.shape[1:]), "dtype": np.dtype(result.dtype).str}
+
+
+def run(job, model, data, target=None, batch_size=256, scheduler=None, out=None, progress=None, overwrite=False,
+        kind="explain_dataset"):
     """Run ``job`` over ``data`` chunk by chunk (see :func:`explain_dataset`)."""
     from .explain import logit_network
     n = len(data)
@@ -128,26 +459,74 @@ def run(job, model, data, target=None, batch_size=256, scheduler=None, out=None,
     logit_network(model, np.asarray(data[:1]))  # the model and the data's form, checked before any task
     chunks = _chunks(n, batch_size)
     targets = _targets(target, n)
-    if out is not None:
-        os.makedirs(out, exist_ok=True)
     paths = [_chunk_path(out, a, b) for a, b in chunks]
-    todo = [i for i, p in enumerate(paths) if p is None or not os.path.exists(p)]
+    todo = list(range(len(chunks)))
+    state = {"spec": None, "manifest": None}
+    if out is not None:
+        out = os.fspath(out)
+        manifest = _manifest(kind, job, model, data, target, batch_size, chunks)
+        state["spec"], state["manifest"] = _prepare(out, manifest, overwrite), manifest
+        todo = _reusable(job, model, data, chunks, targets, paths, state)
+
+    def finished(i, result):  # in this process, for every chunk computed
+        spec = _spec(result)
+        if state["spec"] is None:
+            state["spec"] = spec
+            if state["manifest"] is not None:
+                state["manifest"]["result"] = spec
+                _write_manifest(out, state["manifest"])
+        elif spec != state["spec"]:
+            raise ShapeError(f"{_chunk_name(chunks, i)}: the result has shape {tuple(result.shape)} "
+                             f"({np.dtype(result.dtype)}), the other chunks' rows are "
+                             f"{tuple(state['spec']['sample_shape'])} ({np.dtype(state['spec']['dtype'])})")
+
     results = {}
     if scheduler is None:
         with _limit_blas():  # (process-wide: set once here, not in each task, which threads would race on)
-            results.update(_serial(job, model, data, chunks, todo, targets, paths, progress))
+            results.update(_serial(job, model, data, chunks, todo, targets, paths, progress, finished))
     else:
-        results.update(_on_dask(job, model, data, chunks, todo, targets, paths, scheduler, progress))
+        results.update(_on_dask(job, model, data, chunks, todo, targets, paths, scheduler, progress, finished))
     if out is not None:
         return out
     return np.concatenate([results[i] for i in range(len(chunks))])
 
 
-def _serial(job, model, data, chunks, todo, targets, paths, progress):
+def _reusable(job, model, data, chunks, targets, paths, state):
+    """The chunks still to compute: those not on disk, and those on disk that fail a check (removed, with a
+    warning).  Without a recorded result shape (a run stopped before it recorded one), the first chunk
+    to compute is computed here first, to learn it."""
+    present = {i for i, p in enumerate(paths) if os.path.lexists(p)}
+    if not present:
+        return list(range(len(chunks)))
+    if state["spec"] is None:
+        i = next((i for i in range(len(chunks)) if i not in present), min(present))
+        a, b = chunks[i]
+        with _limit_blas():
+            result = _check_result(job(model, np.asarray(data[a:b]), targets(a, b)), b - a, paths[i])
+        _write_chunk(paths[i], result)
+        state["spec"] = state["manifest"]["result"] = _spec(result)
+        _write_manifest(os.path.dirname(paths[i]), state["manifest"])
+        present.add(i)
+    todo = [i for i in range(len(chunks)) if i not in present]
+    for i in sorted(present):
+        a, b = chunks[i]
+        _, why = _read_chunk(paths[i], b - a, state["spec"])
+        if why is not None:
+            warnings.warn(f"{paths[i]}: {why}; computing the chunk again", stacklevel=4)
+            try:
+                os.unlink(paths[i])
+            except OSError as exc:
+                raise SaveError(f"{paths[i]}: a bad chunk cannot be removed ({exc.strerror or exc})") from None
+            todo.append(i)
+    return sorted(todo)
+
+
+def _serial(job, model, data, chunks, todo, targets, paths, progress, finished):
     results, shown = {}, bar(len(todo), progress, unit="chunk")
     for i in todo:
         a, b = chunks[i]
-        results[i] = _task(job, model, data[a:b], targets(a, b), paths[i])
+        results[i] = _task(job, model, data[a:b], targets(a, b), paths[i], start=a)
+        finished(i, results[i])
         if shown is not None:
             shown.update(1)
     if shown is not None:
@@ -155,7 +534,12 @@ def _serial(job, model, data, chunks, todo, targets, paths, progress):
     return results
 
 
-def _on_dask(job, model, data, chunks, todo, targets, paths, scheduler, progress):
+def _chunk_name(chunks, i):
+    a, b = chunks[i]
+    return f"{os.path.basename(_chunk_path('', a, b))} (inputs {a}:{b})"
+
+
+def _on_dask(job, model, data, chunks, todo, targets, paths, scheduler, progress, finished):
     try:
         import dask
     except ImportError as exc:
@@ -169,30 +553,66 @@ def _on_dask(job, model, data, chunks, todo, targets, paths, scheduler, progress
     elif scheduler not in ("threads", "processes", "synchronous"):
         raise RuleParameterError(f"scheduler must be 'threads', 'processes' or a dask.distributed.Client, got "
                                  f"{scheduler!r}")
+    if not todo:
+        return {}
     if client is not None:
-        from distributed import as_completed
+        return _on_client(client, job, model, data, chunks, todo, targets, paths, progress, finished)
+    m, j = dask.delayed(model, pure=True), dask.delayed(job, pure=True)
+    tasks = [dask.delayed(_task)(j, m, np.asarray(data[a:b]), targets(a, b), paths[i], scheduler == "processes", a)
+             for i, (a, b) in ((i, chunks[i]) for i in todo)]
+    try:
+        with _limit_blas(), (_dask_bar() if progress else contextlib.nullcontext()):
+            values = dask.compute(*tasks, scheduler=scheduler)
+    except (concurrent.futures.BrokenExecutor, concurrent.futures.CancelledError) as exc:
+        raise WorkerError(f"Dask's {scheduler} scheduler lost a worker while running chunks "
+                          f"{_chunk_name(chunks, todo[0])} to {_chunk_name(chunks, todo[-1])}: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    for i, value in zip(todo, values):
+        finished(i, value)
+    return dict(zip(todo, values))
+
+
+def _on_client(client, job, model, data, chunks, todo, targets, paths, progress, finished):
+    """Chunks as futures on a dask.distributed Client; distributed's own errors become WorkerError naming the
+    chunk (an lrpnumpy error raised by a task is passed on as it is)."""
+    from distributed import as_completed
+    futures, results, i = {}, {}, None
+    try:
         m, j = client.scatter([model, job], broadcast=True, hash=False)  # once per worker, not per chunk
-        futures = {client.submit(_task, j, m, np.asarray(data[a:b]), targets(a, b), paths[i], pure=False): i
+        futures = {client.submit(_task, j, m, np.asarray(data[a:b]), targets(a, b), paths[i], False, a, pure=False): i
                    for i, (a, b) in ((i, chunks[i]) for i in todo)}
         shown = bar(len(futures), progress, unit="chunk")
-        results = {}
         for future in as_completed(futures):
-            results[futures[future]] = future.result()
+            i = futures[future]
+            results[i] = future.result()
+            finished(i, results[i])
             if shown is not None:
                 shown.update(1)
         if shown is not None:
             shown.close()
         return results
-    m, j = dask.delayed(model, pure=True), dask.delayed(job, pure=True)
-    tasks = [dask.delayed(_task)(j, m, np.asarray(data[a:b]), targets(a, b), paths[i], scheduler == "processes")
-             for i, (a, b) in ((i, chunks[i]) for i in todo)]
-    with _limit_blas(), (_dask_bar() if progress else contextlib.nullcontext()):
-        values = dask.compute(*tasks, scheduler=scheduler)
-    return dict(zip(todo, values))
+    except LRPError:
+        _cancel(client, futures)
+        raise
+    except Exception as exc:
+        _cancel(client, futures)
+        where = f"{_chunk_name(chunks, i)}" if i is not None else "sending the model to the workers"
+        raise WorkerError(f"Dask failed on {where}: {type(exc).__name__}: {_first_sentence(exc)} (a worker that "
+                          f"died on every try, or a scheduler that went away)") from exc
+
+
+def _first_sentence(exc, width=200):
+    text = str(exc).split(". ")[0].strip()
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _cancel(client, futures):
+    with contextlib.suppress(Exception):
+        client.cancel(list(futures))
 
 
 def explain_dataset(model, data, target=None, rule=None, composite=None, method=None, batch_size=256,
-                    scheduler=None, out=None, progress=None, **method_kwargs):
+                    scheduler=None, out=None, progress=None, overwrite=False, **method_kwargs):
     """Explain every input of a data set, in chunks, serially or on Dask.
 
     Parameters
@@ -213,10 +633,14 @@ def explain_dataset(model, data, target=None, rule=None, composite=None, method=
     scheduler : None, "threads", "processes", "synchronous" or a dask.distributed.Client
         None runs serially in this process.
     out : str, optional
-        A folder: each chunk's relevance is written there as it finishes, chunks already there are
-        not computed again, and the folder's path is returned (:func:`load` reads it).
+        A folder: each chunk's relevance is written there as it finishes, beside a manifest of how
+        the run was made; chunks already there from the same run (same manifest) are checked and not
+        computed again, and the folder's path is returned (:func:`load` reads it).  A folder holding
+        another run's results is refused (:class:`~lrpnumpy.errors.ManifestError`).
     progress : bool, optional
         A progress bar over the chunks (default: on a terminal).
+    overwrite : bool
+        With ``out``: remove the folder's chunks and manifest, whatever run made them, and start afresh.
 
     Returns
     -------
@@ -224,16 +648,17 @@ def explain_dataset(model, data, target=None, rule=None, composite=None, method=
         The relevance of every input (the data's shape), or ``out``.
     """
     job = Job(rule, composite, method, method_kwargs)
-    return run(job, model, data, target, batch_size, scheduler, out, progress)
+    return run(job, model, data, target, batch_size, scheduler, out, progress, overwrite, "explain_dataset")
 
 
 def evaluate_dataset(model, data, metric="pixel_flipping", target=None, rule=None, composite=None, method=None,
-                     batch_size=256, scheduler=None, out=None, progress=None, **metric_kwargs):
+                     batch_size=256, scheduler=None, out=None, progress=None, overwrite=False, **metric_kwargs):
     """Explain and score every input of a data set with a perturbation metric, in chunks.
 
     Each chunk is explained (as by :func:`explain_dataset`) and perturbed (``metric``:
     ``"pixel_flipping"``, ``"region_perturbation"`` or ``"selectivity"`` of :mod:`lrpnumpy.evaluate`
-    with ``metric_kwargs``); the per-sample curves are kept (or written to ``out``).
+    with ``metric_kwargs``); the per-sample curves are kept (or written to ``out``, with a manifest,
+    as for :func:`explain_dataset`; ``overwrite`` as there).
 
     Returns
     -------
@@ -241,7 +666,7 @@ def evaluate_dataset(model, data, metric="pixel_flipping", target=None, rule=Non
         ``curves`` (N, L + 1), ``mean_curve`` and ``aopc`` (per sample, and ``mean_aopc``).
     """
     job = Job(rule, composite, method, None, metric, metric_kwargs)
-    curves = run(job, model, data, target, batch_size, scheduler, out, progress)
+    curves = run(job, model, data, target, batch_size, scheduler, out, progress, overwrite, "evaluate_dataset")
     if out is not None:
         curves = load(out)
     aopc = (curves[:, :1] - curves).mean(axis=1)
@@ -249,9 +674,31 @@ def evaluate_dataset(model, data, metric="pixel_flipping", target=None, rule=Non
 
 
 def load(out):
-    """The chunks in folder ``out`` (written by :func:`explain_dataset` or :func:`evaluate_dataset`),
-    in order, as one array."""
-    paths = sorted(glob.glob(os.path.join(out, "chunk_*_*.npy")))
-    if not paths:
-        raise ShapeError(f"{out}: no chunks (chunk_<start>_<stop>.npy) found")
-    return np.concatenate([np.load(p) for p in paths])
+    """The chunks of folder ``out`` (written by :func:`explain_dataset` or :func:`evaluate_dataset`) that
+    its manifest names, in order, as one array; every other file in the folder is ignored.
+
+    Raises
+    ------
+    ManifestError
+        No manifest, a damaged one, a chunk missing (an unfinished run: run it again to finish) or a
+        chunk that is not what the manifest records (unreadable, another dtype or shape, NaN).
+    """
+    out = os.fspath(out)
+    manifest = read_manifest(out)
+    spec, parts, missing = manifest.get("result"), [], []
+    for name in manifest["chunks"]:
+        m = _CHUNK.fullmatch(name)
+        path = os.path.join(out, name)
+        if not os.path.lexists(path):
+            missing.append(name)
+            continue
+        a, why = _read_chunk(path, int(m.group(2)) - int(m.group(1)), spec)
+        if why is not None:
+            raise ManifestError(f"{path}: {why}; run the same command again to compute it afresh")
+        spec = spec or _spec(a)
+        parts.append(a)
+    if missing:
+        raise ManifestError(f"{out}: the run is unfinished: {len(missing)} of {len(manifest['chunks'])} chunks are "
+                            f"missing ({missing[0]}{', ...' if len(missing) > 1 else ''}); run it again with the "
+                            f"same arguments to compute them")
+    return np.concatenate(parts)

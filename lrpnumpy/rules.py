@@ -136,12 +136,12 @@ def _group_bias(g):
     return sum(biases[1:], biases[0]) if biases else None
 
 
-def accounts(groups, values, R, epsilon):
+def accounts(layer, groups, values, R, epsilon):
     """Each group's :class:`Account` from what :func:`four_steps` computed (its ``values``).
 
     The same sums step 2 of the fast path collects as it divides (``kernels.lrp_step2``), here
     written out: ``sum R_g``, ``sum R_g`` where the stabilized ``z`` is finite, ``sum s (zs - z)``
-    there, ``sum R``, and ``sum s`` per output channel.
+    there, ``sum R``, and ``sum s`` per output channel (the axis the layer's bias lies along).
     """
     out = []
     for g, v in zip(groups, values):
@@ -149,8 +149,12 @@ def accounts(groups, values, R, epsilon):
         kept = v.R if epsilon > 0 else np.where(np.isfinite(v.zs), v.R, 0)  # zs = inf: nothing passed on
         absorbed = _sums(v.s * (v.zs - v.z)) if epsilon > 0 else np.zeros(n)  # zs = z when epsilon = 0
         sums = np.stack([_sums(v.R), _sums(kept), absorbed, _sums(R)], axis=1).astype(R.dtype)
-        channels = 1 if bias is None else bias.size
-        out.append(Account(sums, np.asarray(v.s).reshape(n, channels, -1).sum(axis=2), bias))
+        if bias is None:
+            per_channel = _sums(v.s)[:, None]
+        else:  # the bias broadcasts from the channel axis on
+            axis = v.s.ndim - np.ndim(layer.bias_view(bias, v.s.ndim))
+            per_channel = np.moveaxis(v.s, axis, 1).reshape(n, bias.size, -1).sum(axis=2)
+        out.append(Account(sums, per_channel, bias))
     return out
 
 
@@ -334,7 +338,7 @@ class AffineRule(Rule):
         layer = self.layer_for(step)
         groups = self.groups(layer, step)
         R_in, values = four_steps(layer, step, groups, R, self.epsilon)
-        return layer.split(R_in), ledger(groups, accounts(groups, values, R, self.epsilon), self.epsilon)
+        return layer.split(R_in), ledger(groups, accounts(layer, groups, values, R, self.epsilon), self.epsilon)
 
 
 class Epsilon(AffineRule):

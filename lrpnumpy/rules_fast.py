@@ -37,9 +37,9 @@ def propagate(rule, layer, step, R):
     # belong to single output neurons, so the blocks' relevance adds up at the shared input
     R_in, absorbed = 0, {}
     for rows, part in blocks:
-        sub = Step(part, step.inputs, step.output[:, rows], step.state, step.index, step.parents)
+        sub = Step(part, step.inputs, step.output[..., rows], step.state, step.index, step.parents)
         groups = groups_for(rule, part, sub)
-        r, values = four_steps_fast(part, sub, groups, R[:, rows], rule.epsilon)
+        r, values = four_steps_fast(part, sub, groups, R[..., rows], rule.epsilon)
         R_in = R_in + r
         for key, value in rules.ledger(groups, values, rule.epsilon).items():
             _add(absorbed, key, value)
@@ -97,6 +97,7 @@ def four_steps_fast(layer, step, groups, R, epsilon):
     for g, zg in zip(groups, z):
         bias = _group_bias(g)
         sg, sums, per_channel = kernels.lrp_step2(_total(zg), R, g.mask, epsilon, 1 if bias is None else bias.size)
+        per_channel = _last_axis_channels(layer, sg, bias, per_channel)
         s.append(sg)
         accounts.append(Account(sums, per_channel, bias))
     # step 3: c = backward pass of the modified layer applied to s (each weight once: the sum of its
@@ -119,8 +120,17 @@ def _one_term(layer, step, g, t, R, epsilon):
     bias = _group_bias(g)
     s, sums, per_channel = kernels.lrp_step2(_scaled(t.coef, z), R, g.mask, epsilon,   # step 2: s
                                              1 if bias is None else bias.size)
+    per_channel = _last_axis_channels(layer, s, bias, per_channel)
     c = layer.backward_many([(_scaled(g.coef * t.coef, s), t.weight)], step)            # step 3: c
     return _times(t.x, c), [Account(sums, per_channel, bias)]                           # step 4: R
+
+
+def _last_axis_channels(layer, s, bias, per_channel):
+    """The per-channel sums of ``s`` for a Linear layer on tokens (N, ..., out): its channels are
+    on the last axis, not in the contiguous blocks ``kernels.lrp_step2`` sums over."""
+    if bias is None or s.ndim <= 2 or not isinstance(layer, Linear):
+        return per_channel
+    return s.reshape(len(s), -1, s.shape[-1]).sum(axis=1)
 
 
 def _times(x, c):

@@ -15,6 +15,14 @@ Known differences, reproduced here by configuring lrpnumpy (see :data:`NOTES`):
   its alpha1-beta0 rule only ``W <- W+``, neither splits inputs by sign), uses epsilon 1e-9,
   and applies its epsilon rule to pooling layers (max pooling included).  lrpnumpy reproduces
   it with :class:`~lrpnumpy.rules.Rho` (``bias="raw"``) and ``Epsilon(1e-9)`` on pooling.
+
+Ill-conditioned rows: two correct float64 implementations round differently, so a decision the last
+bits make (a max-pool window's winner among taps a few ulps apart, a ReLU or a stabilizer's sign at
+0) can go differently, and the explanations then differ by far more than rounding.  A failing row
+is checked for these near-ties (:func:`near_ties`, both sides' forward values) and re-run with the
+reference computing from lrpnumpy's forward values (every tie broken alike); if it then agrees, the
+row is ``ill-conditioned (N near-ties)``, not ``FAIL``.  A method a side cannot run gives an ``n/a``
+row that says why; :func:`compare` never stops at one.
 """
 
 import gc
@@ -25,7 +33,7 @@ import numpy as np
 from . import composites as C
 from . import methods as M
 from .canonize import fold_batchnorm
-from .errors import MissingDependencyError, UnsupportedLayerError
+from .errors import LRPError, MissingDependencyError, ShapeError, UnsupportedLayerError
 from .explain import explain, logit_network, target_onehot, without_softmax
 from .layers import (Add, AvgPool2d, BatchNorm2d, ChannelAffine, ChannelShuffle, Concat, Conv2d, Dropout, Flatten,
                      GlobalAvgPool2d, Graph, Linear, MaxPool2d, ReLU, SumPool2d, Tanh)
@@ -165,18 +173,32 @@ def to_torch(net, copy=True, split_bytes=None):
         return _GraphModule(nn)(net, [module(layer) for layer in net]).double().eval()
 
     class Chain(nn.Module):
-        def __init__(self, steps):
+        def __init__(self, steps, layers):
             super().__init__()
-            self.steps = steps
+            self.steps, self.lrp_layers, self.record, self.pin = steps, layers, None, False
             self.layers = nn.ModuleList([s for s in steps if s != "flatten"])
 
         def forward(self, x):
             modules = iter(self.layers)
-            for step in self.steps:
-                x = x.flatten(1) if step == "flatten" else next(modules)(x)
+            for k, step in enumerate(self.steps):
+                x = _step_output(self, k, x.flatten(1) if step == "flatten" else next(modules)(x), (x,))
             return x
 
-    return Chain([module(layer) for layer in without_softmax(net)]).double().eval()
+    net = without_softmax(net)
+    return Chain([module(layer) for layer in net], list(net)).double().eval()
+
+
+def _step_output(tnet, k, y, args):
+    """Step ``k``'s output ``y``: recorded (``tnet.record``, a list) and, with ``tnet.pin``, given the value
+    lrpnumpy's layer computes from the same inputs while keeping torch's graph for the backward pass
+    (``y + (value - y).detach()``), so that both sides see the same forward values: every max-pool
+    winner, ReLU mask and stabilizer sign is then decided alike (see :func:`near_ties`)."""
+    if tnet.record is not None:
+        tnet.record.append(y.detach().numpy().copy())
+    if tnet.pin:
+        value = tnet.lrp_layers[k].forward(*(a.detach().numpy() for a in args))
+        y = y + (_torch().from_numpy(value) - y).detach()
+    return y
 
 
 def _row_blocks(nn, layer, split_bytes, tensor):
@@ -209,17 +231,19 @@ def _GraphModule(nn):
             self.steps = [(m, [graph.names.index(n) if n != graph.input_name else -1 for n in graph.inputs[name]])
                           for name, m in zip(graph.names, modules)]
             self.nodes = nn.ModuleList([m for m in modules if m != "flatten"])
+            self.lrp_layers, self.record, self.pin = list(graph), None, False
 
         def forward(self, x):
             outputs, modules = [], iter(self.nodes)
-            for m, parents in self.steps:
+            for k, (m, parents) in enumerate(self.steps):
                 args = [x if p < 0 else outputs[p] for p in parents]
                 if m == "flatten":
-                    outputs.append(args[0].flatten(1))
+                    y = args[0].flatten(1)
                 elif getattr(m, "stacked", False):  # Zennit's hooks see one input: the stacked tensors
-                    outputs.append(next(modules)(_torch().stack(args, dim=-1)))
+                    y = next(modules)(_torch().stack(args, dim=-1))
                 else:
-                    outputs.append(next(modules)(*args))
+                    y = next(modules)(*args)
+                outputs.append(_step_output(self, k, y, args))
             return outputs[-1]
     return GraphModule
 
@@ -374,9 +398,20 @@ def _run_captum(method, tnet, x, target):
             m.rule = {"epsilon": EpsilonRule, "gamma": GammaRule, "alpha_beta_1_0": Alpha1_Beta0_Rule}[method]()
         elif isinstance(m, torch.nn.AvgPool2d) and type(m) is not torch.nn.AvgPool2d:
             m.rule = EpsilonRule()  # our sum pool: an AvgPool2d subclass Captum does not list
+    _captum_has_rules(tnet)
     xt = torch.from_numpy(x.copy()).requires_grad_(True)
     rel = LRP(tnet).attribute(xt, target=torch.from_numpy(np.asarray(target)))
     return rel.detach().numpy()
+
+
+def _captum_has_rules(tnet):
+    """Refuse, naming the module type, a network Captum's LRP has no rule for (a residual sum, say): Captum
+    would raise only after setting rules on some modules, which breaks its next run on them."""
+    from captum.attr._core import lrp
+    known = tuple(lrp.SUPPORTED_LAYERS_WITH_RULES) + tuple(lrp.SUPPORTED_NON_LINEAR_LAYERS)
+    for m in tnet.modules():
+        if not list(m.children()) and not hasattr(m, "rule") and type(m) not in known:
+            raise UnsupportedLayerError(f"captum has no rule for {type(m).__name__}")
 
 
 # ----- the other explanation methods: one table of cases, (implementation, method) -> both sides -----
@@ -571,8 +606,22 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
     list of dict
         One row per (method, implementation): ``method``, ``against``, ``max_abs``, ``max_rel``
         (``max_abs / max|reference|``), ``sum_lrpnumpy``, ``sum_reference`` (over the batch),
-        ``sums_lrpnumpy``, ``sums_reference`` (one per sample), ``passed``, ``note``.
+        ``sums_lrpnumpy``, ``sums_reference`` (one per sample), ``passed``, ``note``, and
+        ``status``: ``"pass"``, ``"FAIL"``, ``"ill-conditioned"`` (it fails as computed, the
+        forward passes agree to ``rtol``, there are near-ties (``near_ties``, their number;
+        ``tie_layers``, by layer, see :func:`near_ties`), and it passes once the reference sees
+        lrpnumpy's forward values, so that both sides break every tie alike: ``max_rel_ties_alike``)
+        or ``"n/a"`` (a side cannot run the method; the numbers are None);
+        ``reason`` says why for every status but ``"pass"``.
+
+    Raises
+    ------
+    ShapeError
+        ``x`` does not fit the model (``model.input_shape``, when recorded, is named).
+    MissingDependencyError
+        A reference implementation is not installed.
     """
+    _check_input_shape(model, x)
     net = fold_batchnorm(logit_network(model, x))  # shares the layers it does not change
     net = net if net.dtype is None or net.dtype == np.float64 else net.astype(np.float64)
     x = x.astype(np.float64)
@@ -587,69 +636,322 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
         if not any(method in default_methods(impl) for impl in against):
             raise UnsupportedLayerError(f"method {method!r} is not compared with {', '.join(against)}; choose from "
                                         f"{', '.join(sorted(set().union(*(default_methods(i) for i in against))))}")
-    rows = []
     for impl in against:
         if impl not in ("zennit", "captum"):
             raise UnsupportedLayerError(f"unknown reference implementation {impl!r}; use 'zennit' or 'captum'")
         if not available(impl):
             raise MissingDependencyError(f"{impl} is not installed: pip install 'lrpnumpy[reference]'")
+    slices = [slice(i, i + (chunk or len(x))) for i in range(0, len(x), chunk or len(x))]
+    rows = []
+    for impl in against:
         if impl == "zennit":
             import torch
             alphas = torch.linspace(1.0 / n_steps, 1.0, n_steps).double().numpy()  # Zennit's float32 steps
-        tnet = None  # one torch copy per implementation
+        tnet, no_torch, ties = None, None, None  # one torch copy per implementation
         for method in (methods or [m for m in default_methods(impl) if _by_default(m, x)]):
             if method not in default_methods(impl):
                 continue  # e.g. the composites have no Captum counterpart; checked below
             lo, hi = (zlow, zhigh) if method == "zbox" else (low, high)
-            if tnet is None:
-                tnet = to_torch(net, copy=False, split_bytes=SPLIT_BYTES if impl == "zennit" else None)
+            if tnet is None and no_torch is None:
+                try:
+                    tnet = to_torch(net, copy=False, split_bytes=SPLIT_BYTES if impl == "zennit" else None)
+                except UnsupportedLayerError as exc:
+                    no_torch = f"n/a: no PyTorch equivalent ({exc})"
             case = CASES.get((impl, method))
-            parts = []
-            for sl in [slice(i, i + (chunk or len(x))) for i in range(0, len(x), chunk or len(x))]:
-                xs, ts, ohs, nz = x[sl], target[sl], onehot[sl], noise[:, sl]
+            contexts = [SimpleNamespace(net=net, tnet=tnet, x=x[sl], target=target[sl], onehot=onehot[sl],
+                                        n_steps=n_steps, noise=noise[:, sl], noise_all=noise_all[:, sl])
+                        for sl in slices]
+
+            def ours_of(c):
                 if case is not None:
-                    ctx = SimpleNamespace(net=net, tnet=tnet, x=xs, target=ts, onehot=ohs, n_steps=n_steps,
-                                          noise_all=noise_all[:, sl])
-                    parts.append((case["ours"](ctx), case["theirs"](ctx)))
-                elif impl == "zennit":
-                    parts.append((_run_lrpnumpy(method, net, xs, ts, lo, hi, impl, nz, alphas),
-                                  _run_zennit(method, tnet, xs, ohs, lo, hi, nz, alphas)))
-                else:
-                    parts.append((_run_lrpnumpy(method, net, xs, ts, lo, hi, impl, nz, alphas),
-                                  _run_captum(method, tnet, xs, ts)))
-            ours, theirs = (np.concatenate(side) for side in zip(*parts))
-            del parts
-            max_abs = float(np.abs(ours - theirs).max())
-            scale = float(np.abs(theirs).max())
-            max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else np.inf)
-            rows.append(dict(method=method, against=impl, max_abs=max_abs, max_rel=max_rel,
-                             sum_lrpnumpy=float(ours.sum()), sum_reference=float(theirs.sum()),
-                             sums_lrpnumpy=_per_sample(ours), sums_reference=_per_sample(theirs),
-                             passed=bool(max_rel <= max(rtol, case["rtol"] if case is not None else 0.0)),
-                             note=case["note"] if case is not None else
-                             NOTES.get((impl, method), NOTES.get((impl, "*"), ""))))
+                    return case["ours"](c)
+                return _run_lrpnumpy(method, net, c.x, c.target, lo, hi, impl, c.noise, alphas)
+
+            def theirs_of(c):
+                if case is not None:
+                    return case["theirs"](c)
+                if impl == "zennit":
+                    return _run_zennit(method, c.tnet, c.x, c.onehot, lo, hi, c.noise, alphas)
+                return _run_captum(method, c.tnet, c.x, c.target)
+
+            note = case["note"] if case is not None else NOTES.get((impl, method), NOTES.get((impl, "*"), ""))
+            tol = max(rtol, case["rtol"] if case is not None else 0.0)
+            row = dict(method=method, against=impl, max_abs=None, max_rel=None, sum_lrpnumpy=None,
+                       sum_reference=None, sums_lrpnumpy=None, sums_reference=None, passed=False, note=note,
+                       status="n/a", reason=no_torch or "", near_ties=None, tie_layers=None,
+                       max_rel_ties_alike=None)
+            ours = theirs = None
+            if not no_torch:
+                ours, theirs, row["status"], row["reason"] = _run_sides(ours_of, theirs_of, contexts, impl)
+            if ours is not None:
+                max_abs, max_rel = _difference(ours, theirs)
+                row.update(max_abs=max_abs, max_rel=max_rel, sum_lrpnumpy=float(ours.sum()),
+                           sum_reference=float(theirs.sum()), sums_lrpnumpy=_per_sample(ours),
+                           sums_reference=_per_sample(theirs), status="pass" if max_rel <= tol else "FAIL")
+                if row["status"] == "FAIL":
+                    if ties is None:
+                        try:
+                            ties = near_ties(net, x, tnet, chunk=chunk, rtol=rtol)
+                        except Exception as exc:  # noqa: BLE001 - the row stays FAIL, saying why
+                            ties = {"error": f"FAIL (its near-ties could not be looked for: {_reason(exc)})"}
+                    row.update(_ties_alike(ours, theirs_of, contexts, tnet, ties, tol))
+                row["passed"] = row["status"] == "pass"
             del ours, theirs
             gc.collect()
+            rows.append(row)
             if progress is not None:
-                progress(rows[-1])
+                progress(row)
     return rows
+
+
+def _check_input_shape(model, x):
+    """Refuse an input the model cannot take, naming its recorded ``input_shape`` (inputs of other sizes that
+    it can take, e.g. through a global pooling, are fine)."""
+    shape = getattr(model, "input_shape", None)
+    if not (shape and isinstance(x, np.ndarray) and x.ndim >= 1 and tuple(x.shape[1:]) != tuple(shape)):
+        return
+    try:
+        model.output_shape((1,) + tuple(x.shape[1:]))
+    except LRPError:
+        raise ShapeError(f"the input has shape {tuple(x.shape)} but the model expects "
+                         f"{' x '.join(str(d) for d in shape)} per sample (a batch of shape "
+                         f"(N, {', '.join(str(d) for d in shape)}))") from None
+
+
+def _difference(ours, theirs):
+    max_abs = float(np.abs(ours - theirs).max()) if ours.size else 0.0
+    scale = float(np.abs(theirs).max()) if theirs.size else 0.0
+    return max_abs, (max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else np.inf))
+
+
+def _reason(exc, limit=160):
+    """One short line from an exception's message."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _why_not(impl, exc):
+    """Why the reference ``impl`` cannot run a method, from the exception it raised."""
+    import re
+    if isinstance(exc, UnsupportedLayerError):
+        return f"n/a: {exc}"
+    found = re.search(r"Module of type <class '(?:[\w.]*\.)?(\w+)'> has no rule", str(exc))
+    if found:
+        return f"n/a: {impl} has no rule for {found.group(1)}"
+    return f"n/a: {impl} cannot run it ({type(exc).__name__}: {_reason(exc)})"
+
+
+def _run_sides(ours_of, theirs_of, contexts, impl):
+    """``(ours, theirs, status, reason)``: both sides' relevance, or None and why a side could not run.
+
+    lrpnumpy's own refusals (an :class:`~lrpnumpy.errors.LRPError`) make the row n/a; any other
+    exception on lrpnumpy's side is a failure of lrpnumpy (FAIL).  Whatever the reference raises
+    makes the row n/a, saying why.
+    """
+    try:
+        ours = np.concatenate([ours_of(c) for c in contexts])
+    except LRPError as exc:
+        return None, None, "n/a", f"n/a: lrpnumpy cannot run it ({_reason(exc)})"
+    except Exception as exc:  # noqa: BLE001 - reported in the row: a failure of lrpnumpy
+        return None, None, "FAIL", f"lrpnumpy raised {type(exc).__name__}: {_reason(exc)}"
+    try:
+        theirs = np.concatenate([theirs_of(c) for c in contexts])
+    except Exception as exc:  # noqa: BLE001 - a reference that cannot run a row says why in that row
+        return None, None, "n/a", _why_not(impl, exc)
+    if theirs.shape != ours.shape:
+        return None, None, "FAIL", f"the reference's result has shape {theirs.shape}, lrpnumpy's {ours.shape}"
+    return ours, theirs, "", ""
+
+
+def _ties_alike(ours, theirs_of, contexts, tnet, ties, tol):
+    """The row's update after a FAIL: ill-conditioned if near-ties explain the difference, else why not."""
+    if ties.get("error"):
+        return dict(reason=ties["error"])
+    update = dict(near_ties=ties["total"], tie_layers=ties["layers"])
+    if not ties["total"]:
+        return update
+    if ties["forward_rel"] > ties["rtol"]:
+        return dict(update, reason=f"the forward passes differ by {ties['forward_rel']:.1e} (relative) at "
+                                   f"{ties['forward_layer']}, not only in the last bits")
+    tnet.pin = True  # break every tie alike: the reference computes from lrpnumpy's forward values
+    try:
+        theirs = np.concatenate([theirs_of(c) for c in contexts])
+    except Exception as exc:  # noqa: BLE001 - reported in the row
+        return dict(update, reason=f"with the ties broken alike the reference failed ({_reason(exc)})")
+    finally:
+        tnet.pin = False
+    _, alike = _difference(ours, theirs)
+    update["max_rel_ties_alike"] = alike
+    if alike <= tol:
+        return dict(update, status="ill-conditioned", reason=f"ill-conditioned ({ties['total']} near-ties)")
+    return dict(update, reason=f"FAIL with the {ties['total']} near-ties broken alike too "
+                               f"(max rel diff {alike:.1e})")
+
+
+#: A decision of the forward pass is a near-tie when the two sides' values there differ and its
+#: margin is within this many ulps of the values plus twice their difference, so that the last bits
+#: of the arithmetic decide it: a max-pool window's top two taps, a ReLU's input near 0, a
+#: Conv2d/Linear/Add output near 0 (step 2's denominator ``z``, whose sign picks the stabilizer's).
+TIE_ULPS = 4
+
+
+def _pool_windows(layer, a):
+    """Every window's taps of the max pool ``layer`` on ``a``: shape (N, C, Ho, Wo, kh * kw), -inf in the padding."""
+    n, c, h, w = a.shape
+    pt, pb, pl, pr = layer.effective_padding(h, w)
+    padded = np.pad(a, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=-np.inf)
+    (kh, kw), (sh, sw), (dh, dw) = layer._span(), layer.stride, layer.dilation
+    oh, ow = layer.output_shape(a.shape)[2:]
+    view = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
+    return view[:, :, :oh, :ow].reshape(n, c, oh, ow, -1)
+
+
+def _near_zero(a, b):
+    """Where ``a`` and ``b`` (the two sides' values) straddle 0 or lie within their difference of it; where
+    they straddle it (the sides decide differently)."""
+    d = np.abs(a - b)
+    eps = np.finfo(np.float64).eps
+    small = np.minimum(np.abs(a), np.abs(b)) <= TIE_ULPS * eps * np.maximum(np.abs(a), np.abs(b)) + 2 * d
+    flip = (a > 0) != (b > 0)
+    return flip | ((d > 0) & small), flip
+
+
+def _pool_ties(layer, a, b):
+    ta, tb = _pool_windows(layer, a), _pool_windows(layer, b)
+    if ta.shape[-1] < 2:
+        return np.zeros(ta.shape[:4], dtype=bool), np.zeros(ta.shape[:4], dtype=bool)
+    with np.errstate(invalid="ignore"):
+        diff = np.nan_to_num(np.abs(ta - tb), nan=0.0)  # -inf - -inf in the padding: no difference
+        top_a, top_b = ta.max(axis=-1, keepdims=True), tb.max(axis=-1, keepdims=True)
+        margin = TIE_ULPS * np.finfo(np.float64).eps * np.abs(top_a) + 2 * diff.max(axis=-1, keepdims=True)
+        # the taps that could win on either side, and how far below the top each side puts them: where
+        # those gaps are the same on both sides (exact ties of a uniform region, say) they are ranked alike
+        contenders = (ta >= top_a - margin) | (tb >= top_b - margin)
+        regap = np.nan_to_num(np.abs((ta - top_a) - (tb - top_b)), nan=0.0)
+    close = (contenders.sum(axis=-1) >= 2) & (np.where(contenders, regap, 0.0).max(axis=-1) > 0)
+    flip = ta.argmax(axis=-1) != tb.argmax(axis=-1)
+    return flip | close, flip
+
+
+def near_ties(net, x, tnet=None, chunk=None, rtol=1e-10):
+    """The forward pass's near-ties, found on both sides: lrpnumpy's trace and the torch module's values.
+
+    A near-tie is a decision the last bits of the arithmetic make (see :data:`TIE_ULPS`): a max-pool
+    window whose top two taps are that close (or whose winners differ between the sides), a ReLU
+    whose input is that close to 0, a Conv2d/Linear/Add output that close to 0 (a denominator of
+    step 2).  Decisions both sides compute from bitwise equal values (exact ties, e.g. a black
+    background) are made alike and are not counted.
+
+    Parameters
+    ----------
+    net : Sequential or Graph
+        float64, as :func:`compare` uses it (no trailing Softmax).
+    x : ndarray
+        The input batch.
+    tnet : torch module, optional
+        ``to_torch(net)`` (built if not given).
+    chunk : int, optional
+        Samples per forward pass.
+    rtol : float
+        The forward passes "agree" when every layer's outputs differ by at most ``rtol`` times the
+        layer's largest value (``forward_rel``; the largest difference is at ``forward_layer``).
+
+    Returns
+    -------
+    dict
+        ``total`` (int), ``per_sample`` (list of int), ``layers`` (list of ``(layer, kind, count,
+        decided_differently)`` for the layers that have near-ties: how many of them the two sides
+        decide differently, a max-pool window won by another tap or a value on the other side of 0), ``forward_rel``, ``forward_layer``, ``rtol``.
+    """
+    torch = _torch()
+    tnet = to_torch(net, copy=False) if tnet is None else tnet
+    names = net.names if isinstance(net, Graph) else None
+    counts, per_sample, worst = {}, [], (0.0, "")
+    for i in range(0, len(x), chunk or len(x)):
+        xs = np.ascontiguousarray(x[i:i + (chunk or len(x))])  # as compare runs it (lowerings follow the layout)
+        _, trace = net.forward_trace(xs)
+        tnet.record = []
+        try:
+            # with the input requiring grad, as the methods run it (torch may pick other kernels without)
+            tnet(torch.from_numpy(xs.copy()).requires_grad_(True))
+            theirs = tnet.record
+        finally:
+            tnet.record = None
+        sample = np.zeros(len(xs), dtype=np.int64)
+        for k, step in enumerate(trace):
+            layer = step.layer
+            name = f"{names[k]} ({type(layer).__name__})" if names else f"layer {k} ({type(layer).__name__})"
+            ours_out, theirs_out = step.output, theirs[k]
+            scale = float(np.abs(ours_out).max()) if ours_out.size else 0.0
+            rel = float(np.abs(ours_out - theirs_out).max()) / scale if scale > 0 else 0.0
+            if rel > worst[0]:
+                worst = (rel, name)
+            found = []
+            if isinstance(layer, (MaxPool2d, ReLU)):
+                p = step.parents[0]
+                a, b = step.input, (xs if p < 0 else theirs[p])
+                found.append(("max-pool windows" if isinstance(layer, MaxPool2d) else "ReLU inputs at 0",
+                              (_pool_ties if isinstance(layer, MaxPool2d) else
+                               lambda _, u, v: _near_zero(u, v))(layer, a, b)))
+            if isinstance(layer, (Conv2d, Linear, Add)):
+                found.append(("denominators at 0", _near_zero(ours_out, theirs_out)))
+            for kind, (mask, flip) in found:
+                n = mask.reshape(len(xs), -1).sum(axis=1)
+                sample += n
+                before = counts.get((name, kind), (0, 0))
+                counts[(name, kind)] = (before[0] + int(n.sum()), before[1] + int(flip.sum()))
+        per_sample += [int(v) for v in sample]
+    layers = [(name, kind, n, flipped) for (name, kind), (n, flipped) in counts.items() if n]
+    return dict(total=sum(per_sample), per_sample=per_sample, layers=layers, forward_rel=worst[0],
+                forward_layer=worst[1], rtol=rtol)
 
 
 def _per_sample(r):
     return [float(v) for v in r.reshape(len(r), -1).sum(axis=1)]
 
 
+def _result(row):
+    """The row's result column: pass, FAIL, ill-conditioned (N near-ties) or n/a: why."""
+    if row["status"] in ("pass", "FAIL"):
+        return row["status"]
+    return row["reason"]
+
+
+def exit_status(rows):
+    """The command line's exit status for these rows: 0 when no row fails and at least one was compared
+    (pass or ill-conditioned; n/a rows compare nothing), 1 otherwise."""
+    statuses = [r["status"] for r in rows]
+    return 0 if "FAIL" not in statuses and any(st in ("pass", "ill-conditioned") for st in statuses) else 1
+
+
 def format_rows(rows, rtol):
-    """The comparison as a text table."""
+    """The comparison as a text table, then its notes: near-ties by layer, why rows failed, the conventions."""
     head = (f"{'method':<26} {'against':<7} {'max abs diff':>12} {'max rel diff':>12} {'sum R lrpnumpy':>16} "
             f"{'sum R reference':>16}  result (rtol {rtol:g})")
     lines = [head, "-" * len(head)]
+
+    def num(v, fmt):
+        return format(v, fmt) if v is not None else "-".rjust(int(fmt.split(".")[0].lstrip(">")))
     for r in rows:
-        lines.append(f"{r['method']:<26} {r['against']:<7} {r['max_abs']:>12.3e} {r['max_rel']:>12.3e} "
-                     f"{r['sum_lrpnumpy']:>16.10g} {r['sum_reference']:>16.10g}  {'pass' if r['passed'] else 'FAIL'}")
+        lines.append(f"{r['method']:<26} {r['against']:<7} {num(r['max_abs'], '>12.3e')} "
+                     f"{num(r['max_rel'], '>12.3e')} {num(r['sum_lrpnumpy'], '>16.10g')} "
+                     f"{num(r['sum_reference'], '>16.10g')}  {_result(r)}")
+    counts = {st: sum(r["status"] == st for r in rows) for st in ("pass", "ill-conditioned", "n/a", "FAIL")}
+    lines.append(", ".join(f"{n} {st}" for st, n in counts.items() if n) or "no rows")
+    ties = {}
+    for r in rows:
+        if r.get("tie_layers"):
+            ties.setdefault(r["against"], (r["near_ties"], r["tie_layers"]))
+    for impl, (total, layers) in ties.items():
+        lines += ["", f"near-ties against {impl} (decisions the last bits of the forward arithmetic make; "
+                      f"{total} in all):"]
+        lines += [f"  {name}: {n} {kind}, {flipped} decided differently" for name, kind, n, flipped in layers]
+    failed = [r for r in rows if r["status"] == "FAIL" and r.get("reason")]
+    if failed:
+        lines += ["", "failures:"] + [f"  {r['method']} against {r['against']}: {r['reason']}" for r in failed]
     notes = sorted({(r["against"], r["note"]) for r in rows if r["note"]})
     lines += ["", "notes:"] + [f"  {impl}: {note}" for impl, note in notes]
     return "\n".join(lines)
 
 
-__all__ = ["compare", "to_torch", "format_rows", "available"]
+__all__ = ["compare", "to_torch", "format_rows", "available", "near_ties", "exit_status"]

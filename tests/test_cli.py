@@ -128,6 +128,229 @@ def test_explain_dataset_command(tmp_path, capsys):
     expected = L.parallel.explain_dataset(net, s.images[:70].astype(net.dtype), composite=L.EpsilonPlus(),
                                           batch_size=32)
     np.testing.assert_array_equal(np.load(tmp_path / "r.npy"), expected)
-    assert sorted(os.listdir(tmp_path / "store"))[-1] == "chunk_000000064_000000070.npy"
+    chunks = sorted(n for n in os.listdir(tmp_path / "store") if n.startswith("chunk_"))
+    assert chunks[-1] == "chunk_000000064_000000070.npy"
     r = _cli("explain-dataset", MODEL, str(tmp_path / "x.npy"), "--method", "lime")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def _png(path, width, height):
+    """A PNG whose header declares width x height grey pixels (its data are a few bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+
+
+def _hostile_inputs(tmp_path):
+    s = datasets.sample().images[:4]
+    arrays = {"complex": s.astype(complex), "datetime": np.zeros((2, 1, 28, 28), "datetime64[s]"),
+              "string": np.array(["a", "b"]), "structured": np.zeros(2, [("a", "f8"), ("b", "i4")]),
+              "bool": s > 0.5, "int32": (s * 255).astype(np.int32), "huge": np.full((2, 1, 28, 28), 1e300)}
+    for name, a in arrays.items():
+        np.save(tmp_path / f"{name}.npy", a)
+    np.save(tmp_path / "object.npy", np.array([None, 1], dtype=object), allow_pickle=True)
+    (tmp_path / "text.npy").write_text("0.1 0.2\n")
+    whole = (tmp_path / "complex.npy").read_bytes()
+    np.save(tmp_path / "ok.npy", s)
+    (tmp_path / "truncated.npy").write_bytes((tmp_path / "ok.npy").read_bytes()[:5000])
+    (tmp_path / "header.npy").write_bytes(whole[:60])
+    _png(tmp_path / "bomb.png", 100000, 100000)  # Pillow's DecompressionBombError
+    _png(tmp_path / "big.png", 10000, 10000)  # above lrpnumpy's limit, Pillow's warning
+    (tmp_path / "dims.idx").write_bytes(bytes([0, 0, 0x0E, 255]) + b"\xff\xff\xff\xff" * 255)
+    return sorted(list(arrays) + ["object", "text", "truncated", "header"])
+
+
+def test_hostile_inputs_are_exit_2_and_one_line(tmp_path, capsys):
+    """Red team: a PNG declaring 100000 x 100000 pixels, .npy inputs of strings, records, objects, text or a
+    truncated file, an IDX file of 255 dimensions: tracebacks; complex and datetime64 inputs silently cast."""
+    names = _hostile_inputs(tmp_path)
+    cases = [["explain", MODEL, str(tmp_path / f"{n}.npy")] for n in names]
+    cases += [["explain-dataset", MODEL, str(tmp_path / f"{n}.npy"), "--quiet"] for n in names]
+    cases += [["evaluate", MODEL, str(tmp_path / "complex.npy")], ["verify", MODEL, "--input", str(tmp_path /
+                                                                                                 "datetime.npy")],
+              ["explain", MODEL, str(tmp_path / "bomb.png")], ["explain", MODEL, str(tmp_path / "big.png")],
+              ["explain-dataset", MODEL, str(tmp_path / "dims.idx")]]
+    errors = {}
+    for args in cases:  # in this process (an exception escaping main fails the test), two in a fresh one
+        assert main(args) == 2, args
+        err = errors[args[2]] = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("lrpnumpy: error: ") and len(err) < 600, err
+    for args in cases[:1] + cases[-1:]:
+        r = _cli(*args)
+        assert r.returncode == 2 and r.stderr.startswith("lrpnumpy: error: ") and "Traceback" not in r.stderr
+    for n in ("complex", "datetime", "bool", "int32"):  # refused, naming the dtype, never cast
+        assert f"{n}.npy: holds " in errors[str(tmp_path / f"{n}.npy")]
+    assert "refused (Image size (10000000000 pixels) exceeds" in errors[str(tmp_path / "bomb.png")]
+    assert "refused (Image size (100000000 pixels) exceeds" in errors[str(tmp_path / "big.png")]
+
+
+def test_the_pixel_limit_holds_without_pillows(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+    _png(tmp_path / "big.png", 10000, 10000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # Pillow's check off: lrpnumpy's own still refuses
+    assert main(["explain", MODEL, str(tmp_path / "big.png")]) == 2
+    assert "declares 10000 x 10000 pixels, more than lrpnumpy reads" in capsys.readouterr().err
+
+
+def test_uint8_inputs_are_scaled_like_images(tmp_path, capsys):
+    """Issue 27: a uint8 0-255 .npy was used unscaled (logit 1664); now it is scaled to the model's input range as
+    a PNG is, so the three give the same explanation."""
+    from PIL import Image
+    s = datasets.sample()
+    pixels = (s.images[:2, 0] * 255).round().astype(np.uint8)
+    np.save(tmp_path / "u8.npy", pixels[:, None])
+    Image.fromarray(pixels[0]).save(tmp_path / "a.png")
+    Image.fromarray(pixels[1]).save(tmp_path / "b.png")
+    assert main(["explain", MODEL, str(tmp_path / "u8.npy"), "--json", "--npy", str(tmp_path / "r8.npy")]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert main(["explain", MODEL, str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--npy",
+                 str(tmp_path / "rp.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "r8.npy"), np.load(tmp_path / "rp.npy"))
+    net = L.io.load(MODEL)
+    assert max(r["logit"] for r in rows) < 50
+    np.testing.assert_allclose([r["logit"] for r in rows], net.forward(s.images[:2].astype(net.dtype)).max(1),
+                               rtol=1e-5)
+    capsys.readouterr()
+    assert main(["explain-dataset", MODEL, str(tmp_path / "u8.npy"), "--quiet", "--npy", str(tmp_path / "d.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "d.npy"), np.load(tmp_path / "rp.npy"), rtol=1e-6, atol=1e-7)
+    head = bytes([0, 0, 8, 3]) + np.array(pixels.shape, ">u4").tobytes()  # the same pixels as an IDX file
+    (tmp_path / "images.idx").write_bytes(head + pixels.tobytes())
+    assert main(["explain-dataset", MODEL, str(tmp_path / "images.idx"), "--quiet", "--npy",
+                 str(tmp_path / "i.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "i.npy"), np.load(tmp_path / "d.npy"))
+
+
+def test_npy_into_a_folder_writes_relevance_npy(tmp_path, capsys):
+    """Red team: `--npy DIR/` wrote a hidden DIR/.npy."""
+    np.save(tmp_path / "x.npy", datasets.sample().images[:2])
+    (tmp_path / "d").mkdir()
+    for target in ("d/", "d"):
+        assert main(["explain", MODEL, str(tmp_path / "x.npy"), "--npy", str(tmp_path / target)]) == 0
+        assert f"wrote {tmp_path / 'd' / 'relevance.npy'}" in capsys.readouterr().out
+    assert os.listdir(tmp_path / "d") == ["relevance.npy"]
+    assert main(["explain", MODEL, str(tmp_path / "x.npy"), "--npy", str(tmp_path / "r")]) == 0
+    assert f"wrote {tmp_path / 'r.npy'}" in capsys.readouterr().out and (tmp_path / "r.npy").exists()
+    r = _cli("explain", MODEL, str(tmp_path / "x.npy"), "--npy", str(tmp_path / "nowhere") + "/")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "nowhere").exists()
+
+
+def test_explain_dataset_refuses_another_run_into_its_folder(tmp_path, capsys):
+    """Red team: another --batch-size into the same folder reported "explained 20 inputs" for 10; --method gradient
+    into an epsilon_plus folder printed the old mean."""
+    s = datasets.sample()
+    np.save(tmp_path / "x.npy", s.images[:10])
+    store = str(tmp_path / "store")
+    base = ["explain-dataset", MODEL, str(tmp_path / "x.npy"), "--out", store, "--quiet"]
+    assert main(base + ["--batch-size", "5"]) == 0
+    assert "explained 10 inputs" in capsys.readouterr().out
+    for extra, field in ((["--batch-size", "4"], "batch_size"), (["--method", "gradient"], "job.method"),
+                         (["--target", "3"], "target")):
+        r = _cli(*base, *extra)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert f"{field} (folder: " in r.stderr and "--overwrite" in r.stderr
+    np.save(tmp_path / "chunk_stray.npy", np.zeros(3))
+    assert main(base + ["--method", "gradient", "--overwrite", "--batch-size", "4", "--npy", str(tmp_path / "g")]) == 0
+    assert "explained 10 inputs" in capsys.readouterr().out
+    net = L.io.load(MODEL)
+    np.testing.assert_array_equal(np.load(tmp_path / "g.npy"),
+                                  L.methods.gradient(net, s.images[:10].astype(net.dtype)).relevance)
+    bad = os.path.join(store, "chunk_000000004_000000008.npy")
+    a = np.load(bad)
+    a[0, 0, 0, 0] = np.nan
+    np.save(bad, a)
+    r = _cli(*base, "--method", "gradient", "--batch-size", "4")
+    assert r.returncode == 0 and "explained 10 inputs" in r.stdout
+    assert r.stderr.strip().splitlines() == [f"lrpnumpy: warning: {bad}: holds NaN or infinity; computing the chunk "
+                                             f"again"], r.stderr
+
+
+def test_workers_without_distributed_names_the_pip_command(tmp_path, monkeypatch, capsys):
+    np.save(tmp_path / "x.npy", datasets.sample().images[:4])
+    monkeypatch.setitem(sys.modules, "distributed", None)  # `import distributed` raises ImportError
+    assert main(["explain-dataset", MODEL, str(tmp_path / "x.npy"), "--workers", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lrpnumpy: error: --workers needs dask.distributed") and "pip install 'lrpnumpy[dask]'" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_missing_package_is_one_line(tmp_path, monkeypatch, capsys):
+    np.save(tmp_path / "x.npy", datasets.sample().images[:2])
+    for name in ("matplotlib", "matplotlib.pyplot", "matplotlib.colors"):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert main(["explain", MODEL, str(tmp_path / "x.npy"), "--out", str(tmp_path / "h.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lrpnumpy: error: cannot import matplotlib") and len(err.strip().splitlines()) == 1
+
+
+def test_a_cluster_that_cannot_start_is_one_line(tmp_path, monkeypatch, capsys):
+    distributed = pytest.importorskip("distributed")
+    np.save(tmp_path / "x.npy", datasets.sample().images[:4])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Nanny failed to start.")
+    monkeypatch.setattr(distributed, "LocalCluster", broken)
+    assert main(["explain-dataset", MODEL, str(tmp_path / "x.npy"), "--workers", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "lrpnumpy: error: --workers 2: a local Dask cluster cannot start (RuntimeError: Nanny " \
+                          "failed to start.)"
+
+
+def test_a_worker_dying_on_a_chunk_is_one_line(tmp_path):
+    """--workers: a chunk that kills its worker every time is the command's one error line (distributed's own
+    log lines held back), naming the chunk.  A fresh process, whose stderr is distributed's log stream too."""
+    pytest.importorskip("distributed")
+    np.save(tmp_path / "x.npy", datasets.sample().images[:8])
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import os, sys, dask\n"
+        "from lrpnumpy import parallel as P\n"
+        "from lrpnumpy.__main__ import main\n"
+        "original = P.explain_dataset\n"
+        "def dying(net, data, **kw):  # the lambda travels by value to the worker process, and exits it\n"
+        "    kw.pop('composite', None)\n"
+        "    return original(net, data, **kw, method=lambda model, v, t=None: os._exit(1))\n"
+        "P.explain_dataset = dying\n"
+        "if __name__ == '__main__':\n"
+        "    with dask.config.set({'distributed.scheduler.allowed-failures': 0}):\n"
+        f"        sys.exit(main(['explain-dataset', {MODEL!r}, {str(tmp_path / 'x.npy')!r}, '--workers', '1', "
+        "'--quiet', '--batch-size', '4']))\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("lrpnumpy: error: Dask failed on chunk_00000000") and "KilledWorker" in r.stderr
+
+
+def test_a_bad_input_range_is_one_line(tmp_path, capsys):
+    """A model whose metadata holds input_range "ab" (red team: a traceback when pixels were scaled)."""
+    from PIL import Image
+    import lrpnumpy.io.native as native
+    net = L.io.load(MODEL)
+    net.meta["input_range"] = "ab"
+    with pytest.raises(L.errors.ModelFormatError, match="input_range"):  # never written by save ...
+        L.io.save(net, tmp_path / "m.npz")
+    check = native._check_meta
+    try:  # ... so write it by hand, as another program could
+        native._check_meta = lambda path, meta: None
+        L.io.save(net, tmp_path / "m.npz")
+    finally:
+        native._check_meta = check
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "a.png")
+    np.save(tmp_path / "u8.npy", np.zeros((1, 1, 28, 28), np.uint8))
+    for data in ("a.png", "u8.npy"):
+        assert main(["explain", str(tmp_path / "m.npz"), str(tmp_path / data)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("lrpnumpy: error: ") and "meta 'input_range' must be" in err and err.count("\n") == 1
+    assert main(["explain", MODEL, str(tmp_path / "a.png"), "--input-range", "1", "nan"]) == 2
+    assert "finite with low <= high" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["verify", "toolbox_lenet", "--input"], ["explain", "toolbox_lenet"]])
+def test_wrong_input_size_names_the_models_input(command):
+    """A 28 x 28 sample for the 32 x 32 LeNet: exit 2 and one line naming the expected input, not an error
+    from inside a SumPool2d."""
+    r = _cli(*command, os.path.join(datasets.DATA_DIR, "sample_input.npy"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "expects 1 x 32 x 32 inputs" in r.stderr and "SumPool2d" not in r.stderr

@@ -42,6 +42,26 @@ def test_idx_errors(tmp_path, damage, message):
         D.load_idx(tmp_path / "missing")
 
 
+def test_idx_declaring_huge_sizes_allocates_nothing(tmp_path):
+    """255 dimensions of 2**32 - 1 (an OverflowError in float arithmetic before) and a gzip file declaring
+    more than memory: refused from the header alone."""
+    head = bytes([0, 0, 0x0E, 255]) + b"\xff\xff\xff\xff" * 255
+    (tmp_path / "dims").write_bytes(head + b"\0" * 64)
+    with pytest.raises(DatasetError, match=r"truncated or damaged") as info:
+        D.load_idx(tmp_path / "dims")
+    assert "255 dimensions" in str(info.value) and len(str(info.value)) < 400
+    (tmp_path / "dims.gz").write_bytes(gzip.compress(head))
+    with pytest.raises(DatasetError, match="more than this machine's memory"):
+        D.load_idx(tmp_path / "dims.gz")
+    big = bytes([0, 0, 8, 2]) + np.array([1000, 1000], ">u4").tobytes()  # declares 1e6 bytes, holds 5e6
+    (tmp_path / "long.gz").write_bytes(gzip.compress(big + bytes(5_000_000)))
+    with pytest.raises(DatasetError, match="truncated or damaged"):
+        D.load_idx(tmp_path / "long.gz")
+    (tmp_path / "short.gz").write_bytes(gzip.compress(big + bytes(10)))
+    with pytest.raises(DatasetError, match="truncated or damaged"):
+        D.load_idx(tmp_path / "short.gz")
+
+
 def test_fashion_mnist_without_the_files_says_how_to_get_them(tmp_path):
     with pytest.raises(DatasetError, match="apt-get install dataset-fashion-mnist"):
         D.fashion_mnist("test", path=tmp_path)

@@ -338,3 +338,27 @@ def test_the_vocabulary_is_its_own_module_below_the_rules():
                  "forward_checked", "forward_finite", "logit_network", "without_softmax", "layer_index"):
         assert getattr(driver, name) is getattr(vocab, name), name
     assert L.Explanation is vocab.Explanation and L.ConservationReport is vocab.ConservationReport
+
+
+@pytest.mark.parametrize("name", ["attnlrp", "cp_lrp", "epsilon_plus"])
+def test_reference_explain_on_a_transformer_block(name, rng):
+    """reference=True on tokens (N, T, E): attention, layer norm, token Linear layers with biases (their
+    bias booked per output feature, the last axis) -- the same explanation as the fast path."""
+    E, F = 8, 12
+
+    def linear(i, o, seed):
+        lin = L.Linear(i, o, rng=seed)
+        lin.bias = rng.normal(size=o) * 0.3
+        return lin
+    mha = L.MultiheadAttention(E, 2, rng=1)
+    mha.in_proj_bias = rng.normal(size=3 * E) * 0.3
+    net = L.Graph([("ln1", L.LayerNorm(E), "input"), ("attn", mha, "ln1"), ("add1", L.Add(), ["attn", "input"]),
+                   ("fc1", linear(E, F, 2), "add1"), ("gelu", L.GELU(), "fc1"), ("fc2", linear(F, E, 3), "gelu"),
+                   ("add2", L.Add(), ["fc2", "add1"])])
+    x = rng.normal(size=(2, 5, E))
+    y = net.forward(x)
+    comp = composites.get(name, epsilon=1e-3) if name != "epsilon_plus" else composites.get(name)
+    fast = L.explain(net, x, relevance_out=y, composite=comp)
+    ref = L.explain(net, x, relevance_out=y, composite=comp, reference=True)
+    _same_explanation(fast, ref)
+    assert np.abs(ref.conservation().residual()).max() < 1e-9

@@ -64,7 +64,8 @@ def test_interrupted_run_resumes_with_only_the_missing_chunks(lenet, serial, tmp
     net, x = lenet
     folder = str(tmp_path / "store")
     assert P.explain_dataset(net, x, composite=L.EpsilonPlus(), batch_size=32, out=folder) == folder
-    chunks = sorted(os.listdir(folder))
+    chunks = sorted(n for n in os.listdir(folder) if n != P.MANIFEST)
+    assert os.path.exists(os.path.join(folder, P.MANIFEST))
     assert len(chunks) == 16 and chunks[0] == "chunk_000000000_000000032.npy"
     for name in chunks[5:8]:  # as if the run had stopped before these
         os.remove(os.path.join(folder, name))
@@ -100,7 +101,7 @@ def test_local_cluster_with_a_worker_killed_midway(lenet, serial, tmp_path):
             net, x, composite=L.EpsilonPlus(), batch_size=16, scheduler=client, out=folder)))
         job.start()
         deadline = time.time() + 60
-        while time.time() < deadline and (not os.path.isdir(folder) or len(os.listdir(folder)) < 3):
+        while time.time() < deadline and (not os.path.isdir(folder) or len(os.listdir(folder)) < 4):
             time.sleep(0.02)
         pids = client.run(os.getpid)
         os.kill(next(iter(pids.values())), signal.SIGKILL)  # one worker dies in the middle of the run
@@ -124,3 +125,69 @@ def test_evaluate_dataset_and_errors(lenet):
             P.explain_dataset(net, x, **bad)
     with pytest.raises(LRPError):
         P.evaluate_dataset(net, x, "accuracy")
+
+
+def test_a_chunk_that_kills_its_worker_every_time_is_a_worker_error():
+    """Red team: distributed's KilledWorker reached the user; now an lrpnumpy error naming the chunk."""
+    distributed = pytest.importorskip("distributed")
+    from lrpnumpy.errors import WorkerError
+    net = L.io.load(os.path.join(L.datasets.DATA_DIR, "fashion_mlp.npz"), dtype=np.float64)
+    x = L.datasets.sample(np.float64).images[:8]
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                     dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        with pytest.raises(WorkerError, match=r"chunk_00000000[04]_00000000[48]\.npy \(inputs [04]:[48]\): "
+                                              r"KilledWorker"):
+            P.explain_dataset(net, x, method=lambda model, v, t=None: os._exit(1), batch_size=4, scheduler=client)
+
+
+def test_a_scheduler_that_goes_away_is_a_worker_error(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from lrpnumpy.errors import WorkerError
+    net = L.io.load(os.path.join(L.datasets.DATA_DIR, "fashion_mlp.npz"), dtype=np.float64)
+    x = L.datasets.sample(np.float64).images[:40]
+
+    def slow(model, v, t=None):
+        time.sleep(0.2)
+        return L.methods.gradient(model, v, t).relevance
+    folder, result = tmp_path / "store", {}
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
+    client = distributed.Client(cluster)
+    try:
+        def run():
+            try:
+                P.explain_dataset(net, x, method=slow, batch_size=4, scheduler=client, out=str(folder))
+            except Exception as exc:  # noqa: BLE001 (the type is what the test checks)
+                result["error"] = exc
+        job = threading.Thread(target=run)
+        job.start()
+        deadline = time.time() + 60
+        while time.time() < deadline and (not folder.is_dir() or len(os.listdir(folder)) < 3):
+            time.sleep(0.02)
+        cluster.close()  # the scheduler and its worker go away in the middle of the run
+        job.join(timeout=60)
+        assert not job.is_alive()
+    finally:
+        client.close()
+    assert isinstance(result.get("error"), WorkerError), result
+    assert "(inputs " in str(result["error"]) and "Cancelled" in str(result["error"])
+
+
+def test_a_process_pool_that_breaks_is_a_worker_error(tmp_path):
+    import subprocess
+    import sys
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import os, numpy as np, lrpnumpy as L\n"
+        "from lrpnumpy import parallel as P\n"
+        "def die(model, x, target=None):\n"
+        "    os._exit(1)\n"
+        "if __name__ == '__main__':\n"
+        "    x = np.random.default_rng(0).random((8, 1, 28, 28))\n"
+        "    try:\n"
+        "        P.explain_dataset(L.zoo.lenet5(seed=0), x, method=die, batch_size=4, scheduler='processes')\n"
+        "    except L.errors.WorkerError as exc:\n"
+        "        print('WorkerError', exc)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.stdout.startswith("WorkerError Dask's processes scheduler lost a worker while running chunks "
+                                 "chunk_000000000_000000004.npy"), out.stderr[-2000:]

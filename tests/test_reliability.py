@@ -422,6 +422,14 @@ EMPTY_LAYERS = {
     "Hardtanh": (lambda: L.Hardtanh(-1.0, 2.0), (2, 6, 6)), "ReLU6": (lambda: L.ReLU6(), (2, 6, 6)),
     "LeakyReLU": (lambda: L.LeakyReLU(0.1), (2, 6, 6)),
     "AdaptiveAvgPool2d": (lambda: L.AdaptiveAvgPool2d((4, 3)), (2, 6, 6)),
+    "LayerNorm": (lambda: L.LayerNorm(4), (5, 4)), "RMSNorm": (lambda: L.RMSNorm(4), (5, 4)),
+    "GELU": (lambda: L.GELU(), (5, 4)), "SiLU": (lambda: L.SiLU(), (5, 4)),
+    "MatMul": (lambda: L.MatMul(), [(5, 4), (4, 3)]), "Mul": (lambda: L.Mul(), [(5, 4), (5, 4)]),
+    "MultiheadAttention": (lambda: L.MultiheadAttention(4, 2, rng=0), (5, 4)),
+    "SplitHeads": (lambda: L.layers.attention.SplitHeads(2), (5, 4)),
+    "MergeHeads": (lambda: L.layers.attention.MergeHeads(), (2, 5, 2)),
+    "Scale": (lambda: L.layers.attention.Scale(0.5), (5, 4)),
+    "CausalMask": (lambda: L.layers.attention.CausalMask(), (2, 5, 5)),
 }
 
 

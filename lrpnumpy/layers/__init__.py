@@ -10,8 +10,11 @@ from .graph import Graph
 from .merge import Add, ChannelAffine, ChannelShuffle, Concat
 from .sequential import Network, Sequential
 from .shape import Dropout, Flatten
+from .attention import GELU, CausalMask, MatMul, MergeHeads, Mul, MultiheadAttention, Scale, SiLU, SplitHeads, expand
+from .transformer_norm import LayerNorm, RMSNorm
 
 __all__ = ["Layer", "AffineLayer", "Linear", "Conv2d", "ReLU", "Tanh", "Softmax", "SumPool2d", "AvgPool2d",
            "GlobalAvgPool2d", "LRN", "MaxPool2d", "Flatten", "Dropout", "BatchNorm2d", "Add", "Concat",
            "ChannelAffine", "ChannelShuffle", "Network", "Sequential", "Graph", "Hardtanh", "ReLU6", "LeakyReLU",
-           "AdaptiveAvgPool2d"]
+           "AdaptiveAvgPool2d", "GELU", "SiLU", "Scale", "CausalMask", "SplitHeads", "MergeHeads", "MatMul", "Mul",
+           "MultiheadAttention", "LayerNorm", "RMSNorm", "expand"]

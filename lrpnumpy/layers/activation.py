@@ -59,6 +59,9 @@ class Softmax(Layer):
     def output_shape(self, input_shape):
         if not -len(input_shape) <= self.axis < len(input_shape):
             raise ShapeError(f"{self!r} got a {len(input_shape)}-D input of shape {tuple(input_shape)}")
+        if input_shape[self.axis] == 0:
+            raise ShapeError(f"{self!r} normalises over axis {self.axis}, which has length 0 in the input of shape "
+                             f"{tuple(input_shape)}; a softmax needs at least one entry")
         return tuple(input_shape)
 
     def _rows(self, a):

@@ -2,11 +2,15 @@
 
 import numpy as np
 
+from ..errors import ShapeError
 from .base import AffineLayer, as_dtype, he_normal, pair, stackable
 
 
 class Linear(AffineLayer):
-    """``y = x W^T + b`` with ``W`` of shape (out_features, in_features).
+    """``y = x W^T + b`` with ``W`` of shape (out_features, in_features), on the last axis.
+
+    Inputs may have any rank >= 2, ``(N, in_features)`` or ``(N, T, in_features)`` (tokens), as in
+    PyTorch; the leading axes are kept.
 
     Parameters
     ----------
@@ -44,8 +48,10 @@ class Linear(AffineLayer):
         return f"Linear({self.in_features}, {self.out_features}, bias={self.bias is not None})"
 
     def output_shape(self, input_shape):
-        self._check_rank(input_shape, 2, self.in_features, "features")
-        return (input_shape[0], self.out_features)
+        if len(input_shape) < 2 or input_shape[-1] != self.in_features:
+            raise ShapeError(f"{self!r} expects {self.in_features} features on the last axis of an input "
+                             f"(N, ..., {self.in_features}), got shape {tuple(input_shape)}")
+        return tuple(input_shape[:-1]) + (self.out_features,)
 
     def forward_with(self, x, weight, bias=None, step=None):
         y = x @ weight.T
@@ -63,7 +69,7 @@ class Linear(AffineLayer):
         if len(weights) == 1 or not stackable(weights):
             return super().forward_many(x, weights, step, biases)
         y = x @ self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights).T
-        ys = np.split(y, len(weights), axis=1)
+        ys = np.split(y, len(weights), axis=-1)
         for part, b in zip(ys, biases or ()):
             if b is not None:  # views of one new array: in place
                 part += b
@@ -76,8 +82,9 @@ class Linear(AffineLayer):
             return sum(s @ w for s, w in pairs)
         weights = [w for _, w in pairs]
         stacked = self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights)
-        return np.concatenate([s for s, _ in pairs], axis=1) @ stacked
+        return np.concatenate([s for s, _ in pairs], axis=-1) @ stacked
 
     def param_grads(self, grad, step):
         self.check_grad(grad, step)
-        return {"weight": grad.T @ step.input, "bias": None if self.bias is None else grad.sum(axis=0)}
+        g2, x2 = grad.reshape(-1, grad.shape[-1]), step.input.reshape(-1, step.input.shape[-1])
+        return {"weight": g2.T @ x2, "bias": None if self.bias is None else g2.sum(axis=0)}

@@ -1,0 +1,215 @@
+r"""LRP rules for transformers: AttnLRP (Achtibat et al., 2024) and CP-LRP (Ali et al., 2022).
+
+AttnLRP's rules, each a :class:`~lrpnumpy.rules.Rule` object:
+
+* linear maps (Linear, residual Add): the epsilon rule (:class:`~lrpnumpy.rules.Epsilon`,
+  :class:`~lrpnumpy.rules.Norm`);
+* elementwise activations (GELU, SiLU) and RMSNorm: the identity rule
+  (:class:`~lrpnumpy.rules.Pass`), ``R_in = R``;
+* LayerNorm: :class:`LayerNormEpsilon`, the std held constant, then the epsilon rule on the
+  now affine layer;
+* Softmax: :class:`SoftmaxRule`, ``R_in = x (R - s sum(R))`` (their Proposition 3.1);
+* MatMul and Mul of two activations: :class:`Uniform`, the epsilon rule on the bilinear map
+  with each input taking half (their Proposition 3.3);
+* MultiheadAttention: :class:`Inner`, the composite's rules on each primitive of
+  :meth:`~lrpnumpy.layers.MultiheadAttention.graph`.
+
+CP-LRP differs in that the attention weights (and a gate) are held constant:
+:class:`HoldConstant` on MatMul and Mul sends all relevance through the other input, so relevance
+flows through the values only.
+
+References
+----------
+.. [1] Achtibat, Hatefi, Dreyer, Jain, Wiegand, Lapuschkin, Samek. "AttnLRP: Attention-Aware
+   Layer-wise Relevance Propagation for Transformers". ICML 2024.
+.. [2] Ali, Schnake, Eberle, Montavon, Müller, Wolf. "XAI for Transformers: Better Explanations
+   through Conservative Propagation". ICML 2022.
+"""
+
+import numpy as np
+
+from .errors import RuleParameterError, UnsupportedLayerError
+from .layers import LayerNorm, MatMul, Mul, MultiheadAttention, Softmax
+from .layers.attention import _reduce_to
+from .layers.base import per_sample_sum
+from .rules import Rule, _check_epsilon
+from .stabilize import stabilize
+
+
+def _stabilized(z, R, epsilon):
+    """Step 2 with its ledger: ``s = R / stabilize(z)``, and per sample what the stabilizer absorbed
+    (``sum s (stabilize(z) - z)``) and what reached zero denominators (dropped, only when epsilon is 0)."""
+    zs = stabilize(z, epsilon)
+    s = R / zs
+    finite = np.isfinite(zs)
+    ledger = {"stabilizer": per_sample_sum(np.where(finite, s * (np.where(finite, zs, 0) - z), 0))}
+    if epsilon == 0:
+        ledger["dropped"] = per_sample_sum(np.where(finite, 0, R))
+    return s, ledger
+
+
+def _check_two(rule, step, types):
+    if not isinstance(step.layer, types) or len(step.inputs) != 2:
+        raise UnsupportedLayerError(f"{rule!r} applies to two-input MatMul or Mul layers, not to {step.layer!r}")
+
+
+def _bilinear_backward(layer, s, a, b):
+    """``(d <z, s> / d a, d <z, s> / d b)`` for ``z = a @ b`` or ``a * b``: the layer's backward pass."""
+    if isinstance(layer, MatMul):
+        return (_reduce_to(s @ np.swapaxes(b, -1, -2), a.shape), _reduce_to(np.swapaxes(a, -1, -2) @ s, b.shape))
+    return _reduce_to(s * b, a.shape), _reduce_to(s * a, b.shape)
+
+
+class Uniform(Rule):
+    r"""AttnLRP's rule for a product of two activations (MatMul, Mul): epsilon, each input half.
+
+    ``z = a @ b`` (or ``a * b``) is bilinear; the epsilon rule on it with the relevance split
+    uniformly between the two inputs (Proposition 3.3 of [1]):
+
+    .. math:: R_{a,ik} = \tfrac12\, a_{ik} \sum_j b_{kj} \frac{R_{ij}}{z_{ij} + \epsilon\,\mathrm{sign}(z_{ij})},
+              \qquad R_{b,kj} = \tfrac12\, b_{kj} \sum_i a_{ik} \frac{R_{ij}}{z_{ij} + \epsilon\,\mathrm{sign}(z_{ij})}
+
+    so ``sum R_a + sum R_b = sum R z / stabilize(z)``; the difference is the stabilizer's.
+    ``explain`` gets one relevance per input, like :class:`~lrpnumpy.layers.Add`'s rules.
+
+    Parameters
+    ----------
+    epsilon : float, optional
+    """
+
+    def __init__(self, epsilon=1e-6):
+        self.epsilon = _check_epsilon(epsilon)
+
+    def _propagate(self, step, R):
+        _check_two(self, step, (MatMul, Mul))
+        a, b = step.inputs
+        z = step.output                                                  # step 1: z = a @ b (the forward pass)
+        s, ledger = _stabilized(z, R, self.epsilon)                      # step 2: s = R / stabilize(z)
+        half = s * s.dtype.type(0.5)
+        c_a, c_b = _bilinear_backward(step.layer, half, a, b)            # step 3: c = backward(s / 2), per input
+        return (a * c_a, b * c_b), ledger                                # step 4: R = a * c
+
+
+class HoldConstant(Rule):
+    r"""CP-LRP's rule for a product of two activations: input ``constant`` held fixed.
+
+    With the attention weights ``A`` (``MatMul(A, v)``, input 0) or a gate ``g`` (``Mul(g, v)``,
+    input 0) held constant the product is linear in the other input, which gets all relevance
+    by the epsilon rule; the constant input gets none:
+
+    .. math:: R_{v,kj} = v_{kj} \sum_i A_{ik} \frac{R_{ij}}{z_{ij} + \epsilon\,\mathrm{sign}(z_{ij})}, \qquad R_A = 0
+
+    Parameters
+    ----------
+    constant : {0, 1}, optional
+        Which input is held constant (default 0: the attention weights of ``MatMul(A, v)``).
+    epsilon : float, optional
+    """
+
+    def __init__(self, constant=0, epsilon=1e-6):
+        if constant not in (0, 1) or isinstance(constant, bool):
+            raise RuleParameterError(f"HoldConstant constant must be the input index 0 or 1, got {constant!r}")
+        self.constant, self.epsilon = int(constant), _check_epsilon(epsilon)
+
+    def _propagate(self, step, R):
+        _check_two(self, step, (MatMul, Mul))
+        a, b = step.inputs
+        z = step.output                                                  # step 1: z = a @ b
+        s, ledger = _stabilized(z, R, self.epsilon)                      # step 2: s = R / stabilize(z)
+        c = _bilinear_backward(step.layer, s, a, b)[1 - self.constant]   # step 3: c, the free input's only
+        free = step.inputs[1 - self.constant]
+        R_free = free * c                                                # step 4: R = x * c
+        zero = np.zeros(step.inputs[self.constant].shape, R.dtype)
+        return ((zero, R_free) if self.constant == 0 else (R_free, zero)), ledger
+
+
+class SoftmaxRule(Rule):
+    r"""AttnLRP's softmax rule (Proposition 3.1 of [1]): ``R_in = x (R - s sum(R))`` along the softmax axis.
+
+    The deep Taylor decomposition of ``s = softmax(x)`` at ``x`` itself (the rest is a bias term):
+
+    .. math:: R_{\mathrm{in}, i} = x_i \Big(R_i - s_i \sum_j R_j\Big)
+
+    It does not conserve relevance by design: ``sum R_in = sum_j (x_j - sum_i s_i x_i) R_j``
+    (the ledger's ``softmax`` entry is ``sum R - sum R_in``).  Inputs of ``-inf`` (masked
+    positions, where ``s = 0``) get no relevance, as in lxt.  No stabilizer.
+    """
+
+    def _propagate(self, step, R):
+        layer = step.layer
+        if not isinstance(layer, Softmax) or layer.flatten:
+            raise UnsupportedLayerError(f"{self!r} applies to Softmax on one axis, not to {layer!r}")
+        x, s = step.input, step.output
+        x = np.where(np.isneginf(x), x.dtype.type(0), x)
+        R_in = x * (R - s * R.sum(axis=layer.axis, keepdims=True))
+        return R_in, {"softmax": per_sample_sum(R) - per_sample_sum(R_in)}
+
+
+class LayerNormEpsilon(Rule):
+    r"""LayerNorm with the standard deviation held constant, then the epsilon rule (lxt's convention).
+
+    With ``sigma`` constant the layer is affine, ``y = (x - mean(x)) / sigma * w + b``; the four
+    steps on it:
+
+    .. math:: s = \frac{R}{y + \epsilon\,\mathrm{sign}(y)}, \qquad
+              c = \frac{w s - \mathrm{mean}(w s)}{\sigma}, \qquad R_{\mathrm{in}} = x\, c
+
+    The bias absorbs ``sum s b``.  With ``b = 0`` this is the epsilon rule on the mean-centring
+    followed by the identity through the division and the scale (AttnLRP's Proposition 3.4).
+    """
+
+    def __init__(self, epsilon=1e-6):
+        self.epsilon = _check_epsilon(epsilon)
+
+    def _propagate(self, step, R):
+        layer = step.layer
+        if not isinstance(layer, LayerNorm):
+            raise UnsupportedLayerError(f"{self!r} applies to LayerNorm, not to {layer!r}")
+        x, y = step.input, step.output
+        axes = layer._axes(x.ndim)
+        sigma = layer.scale(x)                                           # held constant
+        s, ledger = _stabilized(y, R, self.epsilon)                      # step 1: z = y; step 2: s = R / z
+        ws = s if layer.weight is None else s * layer.weight
+        c = (ws - ws.mean(axis=axes, keepdims=True)) / sigma             # step 3: c = backward with sigma fixed
+        if layer.bias is not None:
+            ledger["bias"] = per_sample_sum(s * layer.bias)
+        return x * c, ledger                                             # step 4: R = x * c
+
+
+class Inner(Rule):
+    """A MultiheadAttention's relevance through its primitives, each with the composite's rule.
+
+    The ledger adds up the primitives' ledgers (what the projections' biases, the stabilizers
+    and the softmax rule absorbed); :func:`expand` gives each primitive its own row instead.
+
+    Parameters
+    ----------
+    composite : Composite
+        Gives the rule of each primitive of :meth:`~lrpnumpy.layers.MultiheadAttention.graph`.
+    """
+
+    def __init__(self, composite):
+        self.composite = composite
+
+    def __repr__(self):
+        return f"Inner({type(self.composite).__name__})"
+
+    def check_dtype(self, dtype):
+        return self
+
+    def _propagate(self, step, R):
+        from .composites import default_rule
+        if not isinstance(step.layer, MultiheadAttention):
+            raise UnsupportedLayerError(f"{self!r} applies to MultiheadAttention, not to {step.layer!r}")
+        graph, trace = step.state
+        rules = [r if r is not None else default_rule(layer)
+                 for r, layer in zip(self.composite.rules(graph), graph)]
+        absorbed = {}
+
+        def visit(s, R_out):
+            R_in, ledger = rules[s.index].propagate(s, R_out)
+            for key, value in ledger.items():
+                absorbed[key] = absorbed.get(key, 0) + value
+            return R_in
+        return trace.reverse(R, visit), absorbed
+
