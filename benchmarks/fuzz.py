@@ -101,6 +101,7 @@ def main():
         name, run = data.draw(A.methods(x))
         moderate = moderate and net.fuzz_moderate and not any(k in name for k in ("e-320", "e-50", "e+39"))
         outcome, violations = A.check(net, x, run, moderate)
+        violations = violations + A.batch_invariance(net, x, name, run, data.draw(st.integers(0, 2 ** 32 - 1)))
         counts["outcome"][outcome] += 1
         counts["method"][name.split("/")[0]] += 1
         counts["input"][input_kind.split("/")[0] + ("" if input_kind.endswith("/ok") else " (malformed)")] += 1

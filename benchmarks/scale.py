@@ -1,25 +1,36 @@
-"""Data-set scale on this machine: explanations per second with 1 and 2 Dask workers.
+"""Data-set scale on this machine: serial, Dask threads, and 1 and 2 Dask worker processes side by side.
 
-    python benchmarks/scale.py [--model lenet5] [--images 4096] [--batch-size 128] [--json OUT]
+    python benchmarks/scale.py [--model lenet5] [--images 4096] [--batch-size N] [--in-memory] [--out]
+                               [--repeat 3] [--json OUT]
 
-lenet5 (float32, EpsilonPlus) over ``--images`` random inputs in chunks of ``--batch-size``: serially
-in this process (one BLAS thread per chunk, as every mode runs chunks), on a local Dask cluster of 1
-and of 2 worker processes (one thread each), and on Dask's threaded scheduler with 2 threads.  Every
-run's relevance is first asserted equal, bit for bit, to the serial run's; then each is timed
-(best of ``--repeat``; the cluster is started before timing).  It prints images/s and the speed-up
-from 1 to 2 workers, and the per-chunk cost that the README's plan for larger jobs uses.
+lenet5 (float32) over ``--images`` random inputs stored in a ``.npy`` file that every mode reads chunk
+by chunk (a worker reads its own chunks: a task carries the file's path and a range, never the data;
+``--in-memory``: an array in memory instead, sent once to each worker), for two jobs: LRP
+(EpsilonPlus) and ``evaluate_dataset`` (pixel flipping of the EpsilonPlus relevance, 16 steps).
+The batch size is chosen as ``parallel.choose_batch_size`` chooses it for a cluster of 2 workers (a
+chunk long enough that the per-task overhead stays under 10 % of its time), unless ``--batch-size``
+is given; every mode uses the same one.  ``--out``: every mode writes its chunks to a folder (the
+workers write them; only shapes travel back).
+
+Every mode's result is first asserted equal, bit for bit, to the serial one; then each is timed
+(best of ``--repeat``, the modes taking turns; the clusters are started and warmed up before timing).  Printed: seconds and
+inputs/s per mode, one worker against serial (target: at most 1.25x), two workers against one
+(target: at least 1.8x), the per-task overhead on a worker ((1 worker - serial) / tasks) and the
+round trip of an empty task on the cluster.
 """
 
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 import lrpnumpy as L
-from lrpnumpy import parallel, zoo
+from lrpnumpy import parallel, sources, zoo
 
 
 def timed(fn, repeat):
@@ -31,12 +42,21 @@ def timed(fn, repeat):
     return best, out
 
 
+def empty_task_seconds(client, tasks=200):
+    client.gather(client.map(abs, range(20), pure=False))
+    t = time.perf_counter()
+    client.gather(client.map(abs, range(tasks), pure=False))
+    return (time.perf_counter() - t) / tasks
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="lenet5", choices=sorted(zoo.MODELS))
     p.add_argument("--images", type=int, default=4096)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--in-memory", action="store_true")
+    p.add_argument("--out", action="store_true")
     p.add_argument("--json")
     args = p.parse_args()
     try:
@@ -47,35 +67,73 @@ def main():
         return 0
     dask.config.set({"distributed.worker.daemon": False})
     net = zoo.MODELS[args.model](seed=0, dtype=np.float32).freeze()
-    x = np.random.default_rng(0).random((args.images,) + net.input_shape).astype(np.float32)
-    kw = dict(composite=L.EpsilonPlus(), batch_size=args.batch_size, progress=False)
-    rows = []
-    t_serial, reference = timed(lambda: parallel.explain_dataset(net, x, **kw), args.repeat)
-    rows.append(("serial (this process, 1 BLAS thread per chunk)", t_serial))
-    t_threads, out = timed(lambda: parallel.explain_dataset(net, x, scheduler="threads", **kw), args.repeat)
-    assert np.array_equal(out, reference), "the threaded scheduler's result differs from the serial one"
-    rows.append(("Dask threads, 2", t_threads))
-    cluster_times = {}
-    for workers in (1, 2):
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as client:
-            parallel.explain_dataset(net, x[:args.batch_size * workers], scheduler=client, **kw)  # warm up
-            t, out = timed(lambda: parallel.explain_dataset(net, x, scheduler=client, **kw), args.repeat)
-            assert np.array_equal(out, reference), f"{workers} workers: the result differs from the serial one"
-            cluster_times[workers] = t
-            rows.append((f"Dask cluster, {workers} worker process{'es' if workers > 1 else ''}", t))
-    print(f"{args.model} float32, {args.images} inputs in chunks of {args.batch_size}, EpsilonPlus; results equal "
-          f"bit for bit in every mode")
-    for name, t in rows:
-        print(f"  {name:<48} {t:7.2f} s   {args.images / t:8.0f} images/s")
-    speedup = cluster_times[1] / cluster_times[2]
-    chunk = cluster_times[1] / (args.images / args.batch_size)
-    print(f"  speed-up from 1 to 2 workers: {speedup:.2f}x; one chunk of {args.batch_size} on one worker: "
-          f"{1e3 * chunk:.1f} ms")
+    tmp = tempfile.mkdtemp(prefix="lrpnumpy-scale-")
+    try:
+        x = np.random.default_rng(0).random((args.images,) + net.input_shape).astype(np.float32)
+        np.save(os.path.join(tmp, "x.npy"), x)
+        data = x if args.in_memory else sources.NpySource(os.path.join(tmp, "x.npy"))
+        jobs = {"LRP (EpsilonPlus)": (parallel.Job(composite=L.EpsilonPlus()), parallel.explain_dataset,
+                                      dict(composite=L.EpsilonPlus())),
+                "evaluate_dataset (pixel flipping)": (
+                    parallel.Job(composite=L.EpsilonPlus(), metric="pixel_flipping",
+                                 metric_kwargs=dict(steps=16)),
+                    lambda *a, **k: parallel.evaluate_dataset(*a, **k)["curves"],
+                    dict(composite=L.EpsilonPlus(), metric="pixel_flipping", steps=16))}
+        report = {"images": args.images, "data": "in memory" if args.in_memory else ".npy file (NpySource)",
+                  "out": args.out, "jobs": {}}
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          silence_logs=40, **parallel.cluster_options()) as cluster2, Client(cluster2) as client2, \
+                LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                             silence_logs=40, **parallel.cluster_options()) as cluster1, Client(cluster1) as client1:
+            report["empty_task_ms"] = 1e3 * empty_task_seconds(client1)
+            for name, (job, fn, kw) in jobs.items():
+                batch = args.batch_size or parallel.choose_batch_size(job, net, data, scheduler=client2)
+                tasks = -(-args.images // batch)
+                counter = iter(range(10 ** 6))
+
+                def run(scheduler):
+                    extra = {}
+                    if args.out:
+                        extra = dict(out=os.path.join(tmp, f"out{next(counter)}"), overwrite=True)
+                    out = fn(net, data, batch_size=batch, scheduler=scheduler, progress=False, **kw, **extra)
+                    if args.out and not isinstance(out, np.ndarray):
+                        out = parallel.load(out)
+                    return out
+                modes = [("serial (this process)", None), ("Dask threads, 2", "threads"),
+                         ("Dask cluster, 1 worker process", client1), ("Dask cluster, 2 worker processes", client2)]
+                reference = run(None)
+                for mode, scheduler in modes[1:]:
+                    if scheduler is not None and not isinstance(scheduler, str):
+                        fn(net, x[:batch * 2], batch_size=batch, scheduler=scheduler, progress=False, **kw)  # warm
+                    assert np.array_equal(run(scheduler), reference), f"{name}, {mode}: differs from the serial run"
+                times = {mode: np.inf for mode, _ in modes}
+                for _ in range(args.repeat):  # the modes in turn, so that a shared machine's load hits each alike
+                    for mode, scheduler in modes:
+                        times[mode] = min(times[mode], timed(lambda s=scheduler: run(s), 1)[0])
+                t_serial, t1, t2 = (times[m] for m, _ in (modes[0], modes[2], modes[3]))
+                report["jobs"][name] = {
+                    "batch_size": batch, "tasks": tasks, "seconds": times,
+                    "one_worker_vs_serial": t1 / t_serial, "two_vs_one_worker": t1 / t2,
+                    "overhead_per_task_ms": 1e3 * (t1 - t_serial) / tasks,
+                    "serial_ms_per_task": 1e3 * t_serial / tasks}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{args.model} float32, {args.images} inputs ({report['data']}{', chunks written by the workers' if args.out else ''}); "
+          f"results equal bit for bit in every mode")
+    print(f"  empty task round trip on the cluster: {report['empty_task_ms']:.2f} ms")
+    for name, r in report["jobs"].items():
+        print(f"{name}: batch size {r['batch_size']} (chosen{' by --batch-size' if args.batch_size else ' automatically'}), "
+              f"{r['tasks']} tasks of {r['serial_ms_per_task']:.1f} ms serially")
+        for mode, t in r["seconds"].items():
+            print(f"  {mode:<36} {t:7.3f} s   {args.images / t:8.0f} inputs/s")
+        ok1 = "met" if r["one_worker_vs_serial"] <= 1.25 else "NOT met"
+        ok2 = "met" if r["two_vs_one_worker"] >= 1.8 else "NOT met"
+        print(f"  1 worker / serial: {r['one_worker_vs_serial']:.2f}x (target <= 1.25x: {ok1}); "
+              f"2 workers speed-up over 1: {r['two_vs_one_worker']:.2f}x (target >= 1.8x: {ok2}); "
+              f"overhead per task on a worker: {r['overhead_per_task_ms']:.1f} ms")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": [{"mode": n, "seconds": t, "images_per_s": args.images / t} for n, t in rows],
-                       "speedup_1_to_2_workers": speedup, "chunk_seconds": chunk}, f, indent=2)
+            json.dump(report, f, indent=2)
     return 0
 
 

@@ -13,13 +13,15 @@ Zennit's; a composite that needs parameters says so in ``needs``, and
 import numpy as np
 
 from .errors import RuleParameterError
-from .layers import AdaptiveAvgPool2d, Add, Conv2d, GlobalAvgPool2d, Layer, Linear, MaxPool2d, SumPool2d
-from .rules import (LRP0, AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Rule, ToolboxAlphaBeta, WinnerTakesAll,
-                    WSquare, ZBox, ZPlus)
+from .layers import (GRU, LSTM, AdaptiveAvgPool2d, Add, Conv2d, Embedding, GlobalAvgPool2d, Layer, Linear, MaxPool2d,
+                     SumPool2d)
+from .rules import (LRP0, AlphaBeta, Epsilon, Flat, Gamma, HalfHalf, Norm, Pass, Proportional, Rule, SignalTakesAll,
+                    TokenSum, ToolboxAlphaBeta, WinnerTakesAll, WSquare, ZBox, ZPlus)
 
 #: The rule of every layer that nothing else gives one: the first matching entry wins.
 DEFAULT_RULES = [((Linear, Conv2d), LRP0()), ((SumPool2d, GlobalAvgPool2d, AdaptiveAvgPool2d, Add), Norm()),
-                 (MaxPool2d, WinnerTakesAll()), (Layer, Pass())]
+                 (MaxPool2d, WinnerTakesAll()), ((LSTM, GRU), SignalTakesAll(0.0)), (Embedding, TokenSum()),
+                 (Layer, Pass())]
 
 
 def default_rule(layer):
@@ -282,9 +284,44 @@ class CPLRP(Composite):
         return f"{type(self).__name__}(epsilon={self.epsilon!r})"
 
 
+class _Recurrent(Composite):
+    """Epsilon on every Linear and convolution, a product rule in every LSTM and GRU (Arras et al.)."""
+
+    product = None
+
+    def __init__(self, epsilon=1e-3, bias_factor=0.0, **kw):
+        super().__init__([(_WEIGHTED, Epsilon(epsilon, bias_factor)),
+                          ((LSTM, GRU), self.product(epsilon, bias_factor))], **kw)
+        self.epsilon, self.bias_factor = epsilon, bias_factor
+
+    def __repr__(self):
+        return f"{type(self).__name__}(epsilon={self.epsilon!r}, bias_factor={self.bias_factor!r})"
+
+
+class LRPAll(_Recurrent):
+    """LRP-all (Arras et al. 2017): a product's signal takes all its relevance."""
+
+    product = SignalTakesAll
+
+
+class LRPHalf(_Recurrent):
+    """LRP-half (Arras et al. 2019): gate and signal take half each."""
+
+    product = HalfHalf
+
+
+class LRPProp(_Recurrent):
+    """LRP-prop (Arras et al. 2019): gate and signal in proportion to their values."""
+
+    product = Proportional
+
+
 REGISTRY = {
     "attnlrp": AttnLRP,
     "cp_lrp": CPLRP,
+    "lrp_all": LRPAll,
+    "lrp_half": LRPHalf,
+    "lrp_prop": LRPProp,
     "lrp_toolbox": LRPToolbox,
     "epsilon_plus": EpsilonPlus,
     "epsilon_alpha2_beta1": EpsilonAlpha2Beta1,

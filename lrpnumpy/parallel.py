@@ -5,6 +5,16 @@ for :func:`evaluate_dataset`, perturb it).  Networks keep nothing of a call, so 
 every task: Dask's threaded scheduler shares it between threads, and a ``dask.distributed.Client``
 gets it once per worker (``client.scatter(..., broadcast=True)``), not with every chunk.
 
+The data are a source (:mod:`lrpnumpy.sources`: a ``.npy`` file, a folder of ``.npy`` shards, an
+IDX file, a zarr array, an image folder, or an array in memory).  A task carries the source and its
+range, ``(source, start, stop)``, and reads its chunk where it runs: a file source travels as its
+path (scattered once to each worker, like the model), an array in memory is scattered once too
+(Dask's process scheduler, which has no scatter, gets each task's slice).  With ``out`` the task
+writes its chunk itself and returns only its shape and dtype: the client schedules and tracks.
+Without ``batch_size``, :func:`choose_batch_size` measures the cost per input and picks chunks long
+enough that the scheduler's per-task overhead (:data:`TASK_OVERHEAD`) stays under 10 % of a task; a
+resumed run takes the batch size its manifest records.
+
 With ``out=FOLDER`` every finished chunk is written there (``chunk_<start>_<stop>.npy``, written to a
 temporary name, synced and renamed, so a file that exists is complete), beside ``manifest.json``, the
 record of how the run was made: the model's fingerprint (a SHA-256 of its layers' types,
@@ -42,6 +52,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import numbers
 import os
 import re
@@ -118,9 +129,26 @@ class Job:
         return r.curves
 
 
-def _dask_bar():
-    from dask.diagnostics import ProgressBar
-    return ProgressBar()
+def _inputs_bar(chunks, todo, progress):
+    """A bar over the inputs (throughput in inputs/s, time left), counting the chunks already done."""
+    total = chunks[-1][1]
+    left = sum(b - a for a, b in (chunks[i] for i in todo))
+    return bar(total, progress, unit="input", initial=total - left)
+
+
+def _rows(result):
+    return int(result.shape[0]) if isinstance(result, (np.ndarray, _Written)) else 0
+
+
+@contextlib.contextmanager
+def _dask_bar(shown):
+    """Dask's local schedulers: each finished chunk task moves the bar."""
+    if shown is None:
+        yield
+        return
+    from dask.callbacks import Callback
+    with Callback(posttask=lambda key, result, dsk, state, worker: shown.update(_rows(result))):
+        yield
 
 
 def _limit_blas():
@@ -131,29 +159,34 @@ def _limit_blas():
     return threadpool_limits(1)
 
 
-def _task(job, model, x, target, path, limit=False, start=None):
+def _task(job, model, x, target, path, limit=False, start=None, stop=None):
     """One chunk: compute it (unless it is on disk already and complete: a retried task) and write it;
     ``limit``: one BLAS thread in this task (for a process of its own, where nothing else runs);
     ``start``: the index of its first input, which an lrpnumpy error of the chunk then names.
+    ``x``: the chunk's inputs, or with ``stop`` a source (:mod:`lrpnumpy.sources`) that this task reads
+    inputs ``start:stop`` of, where it runs.
 
     Returns the result, or with ``path`` only its shape and dtype (the chunk is on disk: nothing large
     travels back to the client or stays in its memory)."""
+    rows = len(x) if stop is None else stop - start
     if path is not None and os.path.exists(path):
-        done, _ = _read_chunk(path, len(x))
+        done, _ = _read_chunk(path, rows)
         if done is not None:
             return _Written(done.shape, done.dtype.str)
     try:
         with (_limit_blas() if limit else contextlib.nullcontext()):
+            if stop is not None:
+                x = x.read(start, stop)
             result = job(model, np.asarray(x), target)
     except LRPError as exc:
         if start is None or len(exc.args) != 1:
             raise
         try:
-            named = type(exc)(f"inputs {start}:{start + len(x)}: {exc}")
+            named = type(exc)(f"inputs {start}:{start + rows}: {exc}")
         except TypeError:  # a subclass with another constructor
             raise exc from None
         raise named from None
-    result = _check_result(result, len(x), path)
+    result = _check_result(result, rows, path)
     if path is None:
         return result
     _write_chunk(path, result)
@@ -303,19 +336,10 @@ def _model_fingerprint(model):
     return h.hexdigest()
 
 
-def _data_fingerprint(data, chunks):
-    """SHA-256 of every input (read chunk by chunk), with the data's dtype and sample shape."""
-    h = hashlib.sha256()
-    for a, b in chunks:
-        x = np.ascontiguousarray(np.asarray(data[a:b]))
-        h.update(f"{x.dtype.str}:{x.shape[1:]};".encode())
-        h.update(_bytes(x))
-    return h.hexdigest()
-
-
 def _manifest(kind, job, model, data, target, batch_size, chunks):
     from . import __version__, kernels
-    first = np.asarray(data[:1])
+    first = data.read(0, 1)
+    described = data.describe()
     return {
         "format": _FORMAT, "version": _VERSION, "kind": kind,
         "model": {"fingerprint": _model_fingerprint(model), "type": type(model).__name__, "layers": len(model)},
@@ -323,8 +347,9 @@ def _manifest(kind, job, model, data, target, batch_size, chunks):
                 "method_kwargs": _describe(job.method_kwargs), "metric": job.metric,
                 "metric_kwargs": _describe(job.metric_kwargs)},
         "target": _describe(target),
-        "data": {"fingerprint": _data_fingerprint(data, chunks), "length": len(data),
-                 "sample_shape": list(first.shape[1:]), "dtype": first.dtype.str},
+        "data": {"fingerprint": data.fingerprint(chunks), "length": len(data),
+                 "sample_shape": list(first.shape[1:]), "dtype": first.dtype.str,
+                 **({} if described is None else {"source": described})},
         "batch_size": int(batch_size), "dtype": None if model.dtype is None else np.dtype(model.dtype).str,
         "lrpnumpy": __version__, "kernels": kernels.BACKEND,
         "chunks": [os.path.basename(_chunk_path("", a, b)) for a, b in chunks],
@@ -449,14 +474,19 @@ def _spec(result):
     return {"sample_shape": list(result.shape[1:]), "dtype": np.dtype(result.dtype).str}
 
 
-def run(job, model, data, target=None, batch_size=256, scheduler=None, out=None, progress=None, overwrite=False,
+def run(job, model, data, target=None, batch_size=None, scheduler=None, out=None, progress=None, overwrite=False,
         kind="explain_dataset"):
     """Run ``job`` over ``data`` chunk by chunk (see :func:`explain_dataset`)."""
     from .explain import logit_network
+    from .sources import as_source
+    data = as_source(data)
     n = len(data)
     if n == 0:
         raise ShapeError("the data set is empty")
-    logit_network(model, np.asarray(data[:1]))  # the model and the data's form, checked before any task
+    logit_network(model, data.read(0, 1))  # the model and the data's form, checked before any task
+    _check_scheduler(scheduler)
+    if batch_size is None:
+        batch_size = _recorded_batch_size(out, overwrite) or choose_batch_size(job, model, data, target, scheduler)
     chunks = _chunks(n, batch_size)
     targets = _targets(target, n)
     paths = [_chunk_path(out, a, b) for a, b in chunks]
@@ -502,7 +532,7 @@ def _reusable(job, model, data, chunks, targets, paths, state):
         i = next((i for i in range(len(chunks)) if i not in present), min(present))
         a, b = chunks[i]
         with _limit_blas():
-            result = _check_result(job(model, np.asarray(data[a:b]), targets(a, b)), b - a, paths[i])
+            result = _check_result(job(model, data.read(a, b), targets(a, b)), b - a, paths[i])
         _write_chunk(paths[i], result)
         state["spec"] = state["manifest"]["result"] = _spec(result)
         _write_manifest(os.path.dirname(paths[i]), state["manifest"])
@@ -522,16 +552,75 @@ def _reusable(job, model, data, chunks, targets, paths, state):
 
 
 def _serial(job, model, data, chunks, todo, targets, paths, progress, finished):
-    results, shown = {}, bar(len(todo), progress, unit="chunk")
+    results, shown = {}, _inputs_bar(chunks, todo, progress)
     for i in todo:
         a, b = chunks[i]
-        results[i] = _task(job, model, data[a:b], targets(a, b), paths[i], start=a)
+        results[i] = _task(job, model, data, targets(a, b), paths[i], start=a, stop=b)
         finished(i, results[i])
         if shown is not None:
-            shown.update(1)
+            shown.update(b - a)
     if shown is not None:
         shown.close()
     return results
+
+
+#: Seconds of overhead per task (scheduling, sending, a worker's bookkeeping; measured with
+#: benchmarks/scale.py on a 2-core machine, rounded up): the automatic batch size makes a chunk's work
+#: at least ten times this.
+TASK_OVERHEAD = {None: 0.001, "synchronous": 0.001, "threads": 0.002, "processes": 0.05, "client": 0.02}
+MAX_BATCH = 4096
+
+
+def choose_batch_size(job, model, data, target=None, scheduler=None, share=0.1, overhead=None):
+    """The batch size that keeps a task's overhead under ``share`` of its time: the per-input cost is
+    measured on a few inputs (read and computed here, after a warm-up), the per-task overhead is
+    ``overhead`` seconds (default: :data:`TASK_OVERHEAD` of the scheduler).  A power of two, at most
+    :data:`MAX_BATCH` and, on Dask, small enough that every worker gets two chunks or more."""
+    import time
+    from .sources import as_source
+    data = as_source(data)
+    n = len(data)
+    k = min(n, 16)
+    t = _targets(target, n)(0, k)
+    with _limit_blas():
+        job(model, data.read(0, k), t)  # compiles kernels, fills caches
+        begin = time.perf_counter()
+        job(model, data.read(0, k), t)
+        cost = max((time.perf_counter() - begin) / k, 1e-7)
+    if overhead is None:
+        overhead = TASK_OVERHEAD[scheduler if scheduler is None or isinstance(scheduler, str) else "client"]
+    batch = 1 << max(0, math.ceil(math.log2(max(overhead / (share * cost), 1))))
+    workers = 1
+    if scheduler is not None:
+        try:
+            workers = len(scheduler.scheduler_info()["workers"]) if not isinstance(scheduler, str) else \
+                (os.cpu_count() or 1)
+        except Exception:  # noqa: BLE001 (a client that cannot tell: one worker)
+            workers = 1
+        batch = min(batch, max(1, -(-n // (2 * max(workers, 1)))))
+    return int(max(1, min(batch, MAX_BATCH, n)))
+
+
+def cluster_options(dashboard=False):
+    """Keywords for ``distributed.LocalCluster`` about its web server.  A scheduler always serves HTTP (its
+    health and metrics routes), on port 8787 unless told otherwise, where a second cluster (another
+    user's, another run's) warns and moves; ``dashboard_address=None`` does not stop it.  Here the
+    server takes a free port (":0") and the dashboard is off, unless ``dashboard`` is True (a free
+    port; ``client.dashboard_link`` tells it) or an address such as ":8787"."""
+    if not dashboard:
+        return {"dashboard_address": ":0", "scheduler_kwargs": {"dashboard": False}}
+    return {"dashboard_address": ":0" if dashboard is True else str(dashboard)}
+
+
+def _recorded_batch_size(out, overwrite):
+    """The batch size of the run already in ``out`` (a resumed run keeps it), or None."""
+    if out is None or overwrite or not os.path.exists(os.path.join(os.fspath(out), MANIFEST)):
+        return None
+    try:
+        size = read_manifest(os.fspath(out)).get("batch_size")
+    except ManifestError:
+        return None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 1 else None
 
 
 def _chunk_name(chunks, i):
@@ -539,30 +628,44 @@ def _chunk_name(chunks, i):
     return f"{os.path.basename(_chunk_path('', a, b))} (inputs {a}:{b})"
 
 
-def _on_dask(job, model, data, chunks, todo, targets, paths, scheduler, progress, finished):
+def _check_scheduler(scheduler):
+    if scheduler is None:
+        return
     try:
-        import dask
+        import dask  # noqa: F401
     except ImportError as exc:
         raise MissingDependencyError("a scheduler needs Dask: pip install 'lrpnumpy[dask]'") from exc
-    client = None
     if not isinstance(scheduler, str):
-        client = scheduler
-        if not hasattr(client, "scatter") or not hasattr(client, "submit"):
+        if not hasattr(scheduler, "scatter") or not hasattr(scheduler, "submit"):
             raise RuleParameterError(f"scheduler must be 'threads', 'processes' or a dask.distributed.Client, got "
                                      f"{scheduler!r}")
     elif scheduler not in ("threads", "processes", "synchronous"):
         raise RuleParameterError(f"scheduler must be 'threads', 'processes' or a dask.distributed.Client, got "
                                  f"{scheduler!r}")
+
+
+def _on_dask(job, model, data, chunks, todo, targets, paths, scheduler, progress, finished):
+    import dask
+    from .sources import ArraySource
     if not todo:
         return {}
-    if client is not None:
-        return _on_client(client, job, model, data, chunks, todo, targets, paths, progress, finished)
+    if not isinstance(scheduler, str):
+        return _on_client(scheduler, job, model, data, chunks, todo, targets, paths, progress, finished)
     m, j = dask.delayed(model, pure=True), dask.delayed(job, pure=True)
-    tasks = [dask.delayed(_task)(j, m, np.asarray(data[a:b]), targets(a, b), paths[i], scheduler == "processes", a)
-             for i, (a, b) in ((i, chunks[i]) for i in todo)]
+    if scheduler == "processes" and isinstance(data, ArraySource):
+        # an array in memory would be pickled with every task: each task gets its own slice instead
+        tasks = [dask.delayed(_task)(j, m, data.read(a, b), targets(a, b), paths[i], True, a)
+                 for i, (a, b) in ((i, chunks[i]) for i in todo)]
+    else:  # the source itself (threads share it; a file source pickles as its path): each task reads its chunk
+        d = dask.delayed(data, name=f"lrpnumpy-data-{id(data):x}")
+        tasks = [dask.delayed(_task)(j, m, d, targets(a, b), paths[i], scheduler == "processes", a, b)
+                 for i, (a, b) in ((i, chunks[i]) for i in todo)]
     try:
-        with _limit_blas(), (_dask_bar() if progress else contextlib.nullcontext()):
+        shown = _inputs_bar(chunks, todo, progress)
+        with _limit_blas(), _dask_bar(shown):
             values = dask.compute(*tasks, scheduler=scheduler)
+        if shown is not None:
+            shown.close()
     except (concurrent.futures.BrokenExecutor, concurrent.futures.CancelledError) as exc:
         raise WorkerError(f"Dask's {scheduler} scheduler lost a worker while running chunks "
                           f"{_chunk_name(chunks, todo[0])} to {_chunk_name(chunks, todo[-1])}: "
@@ -578,16 +681,18 @@ def _on_client(client, job, model, data, chunks, todo, targets, paths, progress,
     from distributed import as_completed
     futures, results, i = {}, {}, None
     try:
-        m, j = client.scatter([model, job], broadcast=True, hash=False)  # once per worker, not per chunk
-        futures = {client.submit(_task, j, m, np.asarray(data[a:b]), targets(a, b), paths[i], False, a, pure=False): i
+        # the model, the job and the data (an array in memory, or a file source: a path) go once to every
+        # worker, not with each chunk; a task carries (source, start, stop) and its worker reads the chunk
+        m, j, d = client.scatter([model, job, data], broadcast=True, hash=False)
+        futures = {client.submit(_task, j, m, d, targets(a, b), paths[i], False, a, b, pure=False): i
                    for i, (a, b) in ((i, chunks[i]) for i in todo)}
-        shown = bar(len(futures), progress, unit="chunk")
+        shown = _inputs_bar(chunks, todo, progress)
         for future in as_completed(futures):
             i = futures[future]
             results[i] = future.result()
             finished(i, results[i])
             if shown is not None:
-                shown.update(1)
+                shown.update(_rows(results[i]))
         if shown is not None:
             shown.close()
         return results
@@ -611,16 +716,19 @@ def _cancel(client, futures):
         client.cancel(list(futures))
 
 
-def explain_dataset(model, data, target=None, rule=None, composite=None, method=None, batch_size=256,
+def explain_dataset(model, data, target=None, rule=None, composite=None, method=None, batch_size=None,
                     scheduler=None, out=None, progress=None, overwrite=False, **method_kwargs):
     """Explain every input of a data set, in chunks, serially or on Dask.
 
     Parameters
     ----------
     model : Sequential or Graph
-    data : ndarray, numpy.memmap, or any object with ``len()`` and slicing that gives arrays
-        The inputs (N, ...); a memory-mapped ``.npy`` (``np.load(path, mmap_mode="r")``) is read one
-        chunk at a time.
+    data : ndarray, numpy.memmap, a source of :mod:`lrpnumpy.sources`, a path, or any object with ``len()``
+        and slicing that gives arrays
+        The inputs (N, ...).  A source (a ``.npy`` file, a folder of ``.npy`` shards, an IDX file, a zarr
+        array, an image folder; a path is read as :func:`lrpnumpy.sources.as_source` says) is read one
+        chunk at a time by the task that computes it, where it runs: on a Dask cluster, by the worker,
+        from storage every worker sees.  An array in memory goes to each worker once.
     target : None, int or sequence of int
         As for :func:`lrpnumpy.explain` (one class per input for a sequence).
     rule, composite : optional
@@ -628,8 +736,10 @@ def explain_dataset(model, data, target=None, rule=None, composite=None, method=
     method : str or callable, optional
         Instead of LRP: a name of :data:`lrpnumpy.methods.REGISTRY` (e.g. ``"gradient"``) or a
         function ``method(model, x, target, **method_kwargs)``.
-    batch_size : int
-        Inputs per chunk (task).
+    batch_size : int, optional
+        Inputs per chunk (task).  Default: the one a resumed run's manifest records, else
+        :func:`choose_batch_size`'s (a chunk long enough that the scheduler's per-task overhead stays
+        under 10 % of its time; measured, so give it explicitly to make a run repeatable elsewhere).
     scheduler : None, "threads", "processes", "synchronous" or a dask.distributed.Client
         None runs serially in this process.
     out : str, optional
@@ -652,7 +762,7 @@ def explain_dataset(model, data, target=None, rule=None, composite=None, method=
 
 
 def evaluate_dataset(model, data, metric="pixel_flipping", target=None, rule=None, composite=None, method=None,
-                     batch_size=256, scheduler=None, out=None, progress=None, overwrite=False, **metric_kwargs):
+                     batch_size=None, scheduler=None, out=None, progress=None, overwrite=False, **metric_kwargs):
     """Explain and score every input of a data set with a perturbation metric, in chunks.
 
     Each chunk is explained (as by :func:`explain_dataset`) and perturbed (``metric``:

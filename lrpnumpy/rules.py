@@ -43,7 +43,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .errors import RuleParameterError, ShapeError, UnsupportedLayerError
-from .layers import AffineLayer, MaxPool2d
+from .layers import GRU, LSTM, AffineLayer, Embedding, MaxPool2d
 from .stabilize import stabilize
 
 
@@ -351,12 +351,44 @@ class Epsilon(AffineRule):
     """
 
     needs_weight = False
+    bias_factor = 0.0
 
-    def __init__(self, epsilon=1e-6):
+    def __init__(self, epsilon=1e-6, bias_factor=0.0):
         self.epsilon = _check_epsilon(epsilon)
+        if not (isinstance(bias_factor, numbers.Real) and 0 <= bias_factor <= 1):
+            raise RuleParameterError(f"Epsilon bias_factor must be a number in [0, 1], got {bias_factor!r}")
+        if bias_factor:  # (0, the default, is left out of the repr: the rule as before)
+            self.bias_factor = float(bias_factor)
 
     def groups(self, layer, step):
         return [Group([Term(step.input, layer.weight, layer.bias)])]
+
+    def _propagate(self, step, R):
+        R_in, absorbed = super()._propagate(step, R)
+        if not self.bias_factor:
+            return R_in, absorbed
+        return R_in + self._bias_share(step, R), {k: v * (1 - self.bias_factor) if k in ("bias", "stabilizer") else v
+                                                  for k, v in absorbed.items()}
+
+    def reference(self, step, R):
+        R_in = super().reference(step, R)
+        return R_in + self._bias_share(step, R) if self.bias_factor else R_in
+
+    def _bias_share(self, step, R):
+        """``bias_factor`` times each neuron's bias and stabilizer, shared equally among its connected
+        inputs (Arras et al.'s ``bias_nb_units``): ``R_i += sum_j bf (b_j + zs_j - z_j) s_j / n_j``."""
+        layer = self.layer_for(step)
+        if layer.weight is None:
+            raise UnsupportedLayerError(f"{self!r}: bias_factor shares a neuron's bias among its weighted inputs; "
+                                        f"{layer!r} has no weights (use bias_factor=0 there)")
+        x, ones = step.input, layer.derived("ones", lambda: np.ones_like(layer.weight))
+        z = layer.forward_with(x, layer.weight, layer.bias, step)                       # step 1: z
+        zs = stabilize(z, self.epsilon)
+        s = np.where(np.isfinite(zs), R / zs, 0)                                          # step 2: s = R / z
+        bias = 0 if layer.bias is None else layer.bias_view(layer.bias, R.ndim)
+        n = layer.forward_with(np.ones_like(x), ones, None, step)                        # inputs per neuron
+        t = np.where(np.isfinite(zs), (bias + zs - z) * s, 0) * (self.bias_factor / np.maximum(n, 1))
+        return layer.backward_with(t, ones, step)                                         # step 3 and 4: shared
 
 
 class LRP0(Epsilon):
@@ -679,6 +711,81 @@ class WinnerTakesAll(Rule):
         if not isinstance(layer, MaxPool2d):
             raise UnsupportedLayerError(f"{self!r} applies to MaxPool2d, not to {layer!r}")
         return (layer.backward(R, step) if self.ties == "first" else layer.backward_split(R, step)), {}
+
+
+class TokenSum(Rule):
+    """An :class:`~lrpnumpy.layers.Embedding`: each token gets its vector's relevance, summed over D."""
+
+    def _propagate(self, step, R):
+        if not isinstance(step.layer, Embedding):
+            raise UnsupportedLayerError(f"{self!r} applies to Embedding, not to {step.layer!r}")
+        return R.sum(axis=-1), {}
+
+
+class ProductRule(Rule):
+    r"""Base of the rules for products of two activations, gate x signal, in LSTM and GRU layers.
+
+    On a recurrent layer the rule runs LRP through time (Arras et al. 2017, 2019): the epsilon rule
+    (``epsilon``, ``bias_factor`` as in :class:`Epsilon`) on every linear map - each gate's
+    pre-activation, the cell update ``c = f * c_prev + i * g`` - relevance passed unchanged through
+    the tanh of a signal, and :meth:`split` on every product.  A layer without products is refused.
+
+    References
+    ----------
+    .. [1] Arras, Montavon, Müller, Samek. "Explaining recurrent neural network predictions in
+       sentiment analysis". WASSA workshop, EMNLP 2017.
+    .. [2] Arras, Osman, Müller, Samek. "Evaluating recurrent neural network explanations".
+       BlackboxNLP workshop, ACL 2019.
+    """
+
+    def __init__(self, epsilon=1e-3, bias_factor=0.0):
+        self.epsilon = _check_epsilon(epsilon)
+        if not (isinstance(bias_factor, numbers.Real) and 0 <= bias_factor <= 1):
+            raise RuleParameterError(f"{type(self).__name__} bias_factor must be a number in [0, 1], "
+                                     f"got {bias_factor!r}")
+        self.bias_factor = float(bias_factor)
+
+    def split(self, gate, signal, R, ledger):
+        """``(R_gate, R_signal)`` for ``R`` at ``gate * signal`` (R_gate None: the gate gets nothing)."""
+        raise NotImplementedError
+
+    def _propagate(self, step, R):
+        if not isinstance(step.layer, (LSTM, GRU)):
+            raise UnsupportedLayerError(f"{self!r} is a rule for gate x signal products, which {step.layer!r} "
+                                        f"does not have; it applies to LSTM and GRU")
+        return step.layer.lrp(step, R, self, self.epsilon, self.bias_factor)
+
+
+class SignalTakesAll(ProductRule):
+    """LRP-all: the signal takes all of a product's relevance, the gate none (Arras et al. 2017)."""
+
+    def split(self, gate, signal, R, ledger):
+        return None, R
+
+
+class HalfHalf(ProductRule):
+    """LRP-half: gate and signal get half each (Arras et al. 2019; AttnLRP's uniform rule)."""
+
+    def split(self, gate, signal, R, ledger):
+        half = R * R.dtype.type(0.5)
+        return half, half
+
+
+class Proportional(ProductRule):
+    """LRP-prop: in proportion to their values, ``R_gate = gate / (gate + signal) R`` (Arras et al. 2019).
+
+    The denominator is stabilized with ``epsilon`` (what that keeps is reported as stabilizer).
+    """
+
+    def split(self, gate, signal, R, ledger):
+        z = gate + signal
+        zs = stabilize(z, self.epsilon)
+        s = np.where(np.isfinite(zs), R / zs, 0)
+        R_gate, R_signal = gate * s, signal * s
+        kept = R - R_gate - R_signal
+        ledger["stabilizer"] = ledger.get("stabilizer", 0) + _sums(np.where(np.isfinite(zs), kept, 0))
+        ledger["dropped"] = ledger.get("dropped", 0) + _sums(np.where(np.isfinite(zs), 0, kept))
+        return R_gate, R_signal
 
 
 #: Rules by name, for the command line and benchmarks (code passes rule objects).

@@ -33,7 +33,7 @@ import numpy as np
 from . import composites as C
 from . import methods as M
 from .canonize import fold_batchnorm
-from .errors import LRPError, MissingDependencyError, ShapeError, UnsupportedLayerError
+from .errors import LRPError, MissingDependencyError, ModelFormatError, ShapeError, UnsupportedLayerError
 from .explain import explain, logit_network, target_onehot, without_softmax
 from .layers import (Add, AvgPool2d, BatchNorm2d, ChannelAffine, ChannelShuffle, Concat, Conv2d, Dropout, Flatten,
                      GlobalAvgPool2d, Graph, Linear, MaxPool2d, ReLU, SumPool2d, Tanh)
@@ -310,6 +310,95 @@ def _with_params(nn, module, layer, tensor):
     return module.double()
 
 
+def canonize(module, x):
+    """A float64 copy of the user's torch ``module`` rewritten as Zennit needs it, and what was done.
+
+    Zennit's rules see modules, not functions, so two things in a user's network make it explain
+    another function than lrpnumpy does: a BatchNorm (Zennit gives it the Pass rule unless merged;
+    lrpnumpy folds it into the layer before) and a ``+`` in ``forward`` (no module, so no rule:
+    relevance follows the gradient to both summands instead of being split by their
+    contributions).  The module is traced with ``torch.fx``; each BatchNorm whose input is a
+    Conv/Linear module used nowhere else is merged into it with Zennit's ``NamedMergeBatchNorm``
+    (its eps then set to 0, so that the emptied BatchNorm is exactly the identity), and each
+    ``a + b`` of two tensors of the same shape becomes Zennit's ``Sum`` on ``torch.stack([a, b],
+    -1)`` (the Norm rule, as lrpnumpy's Add).  What cannot be rewritten is left and said.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Not changed (a deep copy is rewritten).
+    x : ndarray
+        An example input batch (for the shapes of the summands).
+
+    Returns
+    -------
+    (torch.nn.Module, list of str)
+        The rewritten float64 module in eval mode, and one line per canonizer applied or rewrite
+        not made.
+    """
+    import copy
+    import operator
+    torch = _torch()
+    nn = torch.nn
+    module = copy.deepcopy(module).double().eval()
+    try:
+        import torch.fx
+        from torch.fx.passes.shape_prop import ShapeProp
+        gm = torch.fx.symbolic_trace(module)
+        ShapeProp(gm).propagate(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)))
+    except Exception as exc:  # noqa: BLE001 - any tracing failure: the module is used as it is, and said so
+        return module, [f"none: torch.fx cannot trace the module ({_reason(exc)}); its BatchNorms and + are "
+                        f"left as they are, so Zennit may explain another function"]
+    from zennit.canonizers import NamedMergeBatchNorm
+    from zennit.layer import Sum
+    modules = dict(gm.named_modules())
+    applied, pairs, left = [], [], []
+    linear = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.modules.batchnorm._BatchNorm):
+            continue
+        bn, src = modules[node.target], node.args[0] if node.args else None
+        if (isinstance(src, torch.fx.Node) and src.op == "call_module" and isinstance(modules[src.target], linear)
+                and len(src.users) == 1 and bn.affine and bn.running_mean is not None):
+            pairs.append(([src.target], node.target))
+        else:
+            left.append(f"BatchNorm {node.target} left unmerged (its input is not a Conv/Linear module used only "
+                        f"by it): Zennit gives it the Pass rule, lrpnumpy folds it")
+    if pairs:
+        for instance in NamedMergeBatchNorm(pairs).apply(gm):
+            instance.batch_norm.eps = 0.0  # the emptied BatchNorm: exactly the identity
+        applied.append("merged BatchNorm into the layer before (zennit.canonizers.NamedMergeBatchNorm): "
+                       + ", ".join(f"{bn} into {lin[0]}" for lin, bn in pairs))
+    adds = (operator.add, operator.iadd, torch.add)
+    summed = []
+    for node in list(gm.graph.nodes):
+        is_add = (node.op == "call_function" and node.target in adds) or \
+            (node.op == "call_method" and node.target in ("add", "add_", "__add__"))
+        if not is_add or len(node.args) != 2 or node.kwargs:
+            continue
+        a, b = node.args
+        if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)) or "get_attr" in (a.op, b.op):
+            continue  # a tensor plus a constant or a parameter: a bias, no summands to split relevance between
+        shapes = [n.meta.get("tensor_meta") for n in (a, b)]
+        if any(m is None or not hasattr(m, "shape") for m in shapes) or shapes[0].shape != shapes[1].shape:
+            left.append(f"{node.name} ({a.name} + {b.name}) left as it is: its summands' shapes differ (broadcast)")
+            continue
+        name = f"zennit_sum_{len(summed)}"
+        gm.add_submodule(name, Sum())
+        with gm.graph.inserting_before(node):
+            stacked = gm.graph.call_function(torch.stack, ([a, b],), {"dim": -1})
+            new = gm.graph.call_module(name, (stacked,))
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        summed.append(f"{node.name} ({a.name} + {b.name})")
+    if summed:
+        gm.graph.lint()
+        gm.recompile()
+        applied.append(f"replaced {len(summed)} + by zennit.layer.Sum on the stacked summands (the Norm rule): "
+                       + ", ".join(summed))
+    return gm.eval(), (applied or ["nothing to rewrite (no BatchNorm, no + of two tensors)"]) + left
+
+
 def _bounds(net, x):
     """Scalar bounds below and above every Conv2d/Linear input (for ZBox on every layer)."""
     _, trace = net.forward_trace(x)
@@ -565,7 +654,7 @@ def default_methods(against):
 
 
 def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10, n_steps=8, seed=0, progress=None,
-            chunk=None):
+            chunk=None, torch_module=None, canonize_module=True):
     """Run each method in lrpnumpy and in each reference implementation; report the differences.
 
     Parameters
@@ -592,6 +681,15 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
         Run both sides on this many samples at a time (every method explains each sample on its
         own, so the results are the same): the activations both sides keep scale with it, which
         bounds the memory of large models.  Default: the whole batch at once.
+    torch_module : torch.nn.Module, optional
+        The user's own module (e.g. the one ``lrpnumpy.io.from_torch`` converted into ``model``):
+        the references run on it instead of on lrpnumpy's rebuild (:func:`to_torch`), after
+        :func:`canonize` (BatchNorm merged, ``+`` made Zennit's ``Sum``); every row's note says
+        which rewrites were applied.  Its outputs must equal ``model``'s (checked).  Near-ties are
+        looked for only on the rebuild.
+    canonize_module : bool
+        False runs the references on ``torch_module`` as it is (float64, eval mode): what Zennit
+        computes on a module nobody canonized.
 
     Notes
     -----
@@ -642,6 +740,7 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
         if not available(impl):
             raise MissingDependencyError(f"{impl} is not installed: pip install 'lrpnumpy[reference]'")
     slices = [slice(i, i + (chunk or len(x))) for i in range(0, len(x), chunk or len(x))]
+    user, rewrites = (None, None) if torch_module is None else _user_module(torch_module, net, x, canonize_module)
     rows = []
     for impl in against:
         if impl == "zennit":
@@ -652,7 +751,9 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
             if method not in default_methods(impl):
                 continue  # e.g. the composites have no Captum counterpart; checked below
             lo, hi = (zlow, zhigh) if method == "zbox" else (low, high)
-            if tnet is None and no_torch is None:
+            if user is not None:
+                tnet = user
+            elif tnet is None and no_torch is None:
                 try:
                     tnet = to_torch(net, copy=False, split_bytes=SPLIT_BYTES if impl == "zennit" else None)
                 except UnsupportedLayerError as exc:
@@ -675,6 +776,8 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
                 return _run_captum(method, c.tnet, c.x, c.target)
 
             note = case["note"] if case is not None else NOTES.get((impl, method), NOTES.get((impl, "*"), ""))
+            if rewrites is not None:
+                note = f"{note}; on your torch module: {'; '.join(rewrites)}"
             tol = max(rtol, case["rtol"] if case is not None else 0.0)
             row = dict(method=method, against=impl, max_abs=None, max_rel=None, sum_lrpnumpy=None,
                        sum_reference=None, sums_lrpnumpy=None, sums_reference=None, passed=False, note=note,
@@ -689,6 +792,11 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
                            sum_reference=float(theirs.sum()), sums_lrpnumpy=_per_sample(ours),
                            sums_reference=_per_sample(theirs), status="pass" if max_rel <= tol else "FAIL")
                 if row["status"] == "FAIL":
+                    if ties is None and user is not None:
+                        ties = {"error": "FAIL on your torch module as it is: Zennit needs it canonized "
+                                         "(canonize_module=True)" if not canonize_module else
+                                "FAIL on your torch module (near-ties are looked for on lrpnumpy's own torch "
+                                "rebuild only: compare without torch_module to see them)"}
                     if ties is None:
                         try:
                             ties = near_ties(net, x, tnet, chunk=chunk, rtol=rtol)
@@ -702,6 +810,30 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
             if progress is not None:
                 progress(row)
     return rows
+
+
+def _user_module(module, net, x, canonize_module):
+    """The user's module for the references, canonized for Zennit (or as it is), and the rewrites done; its
+    outputs must be the network's."""
+    torch = _torch()
+    if not isinstance(module, torch.nn.Module):
+        raise UnsupportedLayerError(f"torch_module must be a torch.nn.Module, got {type(module).__name__}")
+    if canonize_module:
+        user, rewrites = canonize(module, x)
+    else:
+        import copy
+        user, rewrites = copy.deepcopy(module).double().eval(), ["none (canonize_module=False)"]
+    with torch.no_grad():
+        theirs = user(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+    ours = net.forward(x)
+    if theirs.shape != ours.shape:
+        raise ShapeError(f"torch_module's output has shape {theirs.shape}, the network's {ours.shape}")
+    diff, rel = _difference(ours, theirs)
+    if rel > 1e-8:
+        raise ModelFormatError(f"torch_module and the network compute different outputs (largest difference "
+                               f"{diff:.3g}, {rel:.2e} of the largest output): give the module the network "
+                               f"was made from")
+    return user, rewrites
 
 
 def _check_input_shape(model, x):
@@ -954,4 +1086,4 @@ def format_rows(rows, rtol):
     return "\n".join(lines)
 
 
-__all__ = ["compare", "to_torch", "format_rows", "available", "near_ties", "exit_status"]
+__all__ = ["compare", "canonize", "to_torch", "format_rows", "available", "near_ties", "exit_status"]

@@ -287,3 +287,37 @@ def _has_numba():
         return True
     except ImportError:
         return False
+
+
+def batch_invariance(net, x, name, run, seed):
+    """Violations of batch invariance: the first sample of ``x`` explained alone and at a random
+    position of a random batch of 2-9 (the others random normals) must give the same output and
+    relevance bit for bit, on both backends.  Invalid inputs and methods that raise are left to
+    :func:`check`; SmoothGrad draws its noise for the whole batch, so it is not compared."""
+    if (not isinstance(x, np.ndarray) or x.ndim < 2 or len(x) == 0 or x.dtype != net.dtype
+            or "smoothgrad" in name):
+        return []
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 10))
+    pos = int(rng.integers(0, n))
+    sample = np.ascontiguousarray(x[:1])
+    others = rng.normal(size=(n - 1,) + x.shape[1:]).astype(x.dtype)
+    batch = np.concatenate([others[:pos], sample, others[pos:]])
+    violations = []
+    for backend in ["numpy"] + (["numba"] if _has_numba() else []):
+        previous = kernels.set_backend(backend)
+        try:
+            with np.errstate(all="ignore"):
+                alone, inside = run(net, sample), run(net, batch)
+        except Exception:  # noqa: BLE001 - errors are check()'s business
+            continue
+        finally:
+            kernels.set_backend(previous)
+        for what in ("output", "relevance"):
+            a, b = np.ascontiguousarray(getattr(alone, what)[0]), np.ascontiguousarray(getattr(inside, what)[pos])
+            if a.shape != b.shape or a.tobytes() != b.tobytes():
+                with np.errstate(all="ignore"):
+                    gap = float(np.abs(a - b).max()) if a.shape == b.shape else float("nan")
+                violations.append(f"batch invariance broken on {backend}: the {what} of a sample alone and at "
+                                  f"position {pos} of {n} differ by up to {gap:.3g}")
+    return violations

@@ -60,3 +60,14 @@ def test_constructors_given_garbage_raise_only_lrpnumpy_errors(name):
             except Exception as exc:  # noqa: BLE001 - what the test looks for
                 foreign.append((param.name, repr(value)[:30], f"{type(exc).__name__}: {exc}"[:120]))
     assert not foreign, foreign
+
+
+@settings(max_examples=max(20, EXAMPLES // 3), deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_random_networks_are_batch_invariant(data):
+    """A sample's output and relevance, alone and inside a random batch, bit for bit (both backends)."""
+    net, shape = data.draw(A.networks(), label="network")
+    x, input_kind, _ = data.draw(A.inputs(shape, net.dtype), label="input")
+    name, run = data.draw(A.methods(x), label="method")
+    violations = A.batch_invariance(net, x, name, run, data.draw(st.integers(0, 2 ** 32 - 1), label="seed"))
+    assert not violations, (name, input_kind, violations, repr(net))

@@ -83,8 +83,10 @@ def test_bad_input_is_exit_2_and_one_line(tmp_path):
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
 
 
-def test_train_regenerates_a_model(tmp_path, monkeypatch):
-    """`lrpnumpy train` runs data/make_models.py's recipe (here on a tiny fake data set)."""
+@pytest.mark.parametrize("exists", [True, False])
+def test_train_regenerates_a_model(tmp_path, monkeypatch, exists):
+    """`lrpnumpy train` runs data/make_models.py's recipe (here on a tiny fake data set); --out is created when
+    missing."""
     import gzip
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 64), ("t10k", 32)):
@@ -93,8 +95,9 @@ def test_train_regenerates_a_model(tmp_path, monkeypatch):
         for kind, a in (("images-idx3-ubyte", images), ("labels-idx1-ubyte", labels)):
             head = bytes([0, 0, 8, a.ndim]) + np.array(a.shape, ">u4").tobytes()
             (tmp_path / f"{prefix}-{kind}.gz").write_bytes(gzip.compress(head + a.tobytes()))
-    out = tmp_path / "models"
-    out.mkdir()
+    out = tmp_path / "models" if exists else tmp_path / "new" / "models"
+    if exists:
+        out.mkdir()
     assert main(["train", "fashion_mlp", "--epochs", "1", "--fashion-mnist", str(tmp_path), "--out", str(out)]) == 0
     net = L.io.load(out / "fashion_mlp.npz")
     assert net.meta["classes"][0] == "T-shirt/top" and net.input_shape == (1, 28, 28)
@@ -354,3 +357,152 @@ def test_wrong_input_size_names_the_models_input(command):
     r = _cli(*command, os.path.join(datasets.DATA_DIR, "sample_input.npy"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "expects 1 x 32 x 32 inputs" in r.stderr and "SumPool2d" not in r.stderr
+
+
+def _x(tmp_path, n=2):
+    np.save(tmp_path / "x.npy", datasets.sample().images[:n])
+    return str(tmp_path / "x.npy")
+
+
+@pytest.mark.parametrize("command", ["explain", "evaluate", "verify", "explain-dataset", "spray"])
+def test_every_subcommand_lists_the_built_in_models(command):
+    from lrpnumpy.zoo import MODELS, TRAINED
+    r = _cli(command, "--help")
+    text = " ".join(r.stdout.split())
+    assert r.returncode == 0 and all(name in text for name in TRAINED + tuple(MODELS)), text
+    assert "RANDOM WEIGHTS" in text
+
+
+def test_built_in_names_are_accepted_and_random_weights_flagged(tmp_path, capsys):
+    x = _x(tmp_path)
+    assert main(["explain", "fashion_cnn_maxpool", x, "--json"]) == 0
+    out, err = capsys.readouterr()
+    net = L.zoo.trained("fashion_cnn_maxpool")
+    e = L.explain(net, datasets.sample().images[:2].astype(net.dtype), composite=L.EpsilonPlus())
+    assert [r["predicted"] for r in json.loads(out)["rows"]] == e.output.argmax(1).tolist() and err == ""
+    assert main(["evaluate", "fashion_mlp", x, "--methods", "gradient", "--features-per-step", "392"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["explain", "lenet5", x]) == 0  # a random-weight model: runs, and one line says so
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lrpnumpy: warning: lenet5 has random weights")
+    assert main(["demo", "--model", "lenet5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "random weights" in err and "fashion_cnn_maxpool" in err
+
+
+def test_method_options_use_the_rule_syntax(tmp_path, capsys):
+    x = _x(tmp_path)
+    net = L.io.load(MODEL)
+    xs = datasets.sample().images[:2].astype(net.dtype)
+    for spec, expected in (("integrated_gradients:n=5", L.methods.integrated_gradients(net, xs, n=5)),
+                           ("interior_gradients:alpha=0.5", L.methods.interior_gradients(net, xs, alpha=0.5)),
+                           ("smoothgrad:n=3,noise_level=0.2,rng=1",
+                            L.methods.smoothgrad(net, xs, n=3, noise_level=0.2, rng=1))):
+        assert main(["explain", MODEL, x, "--method", spec, "--npy", str(tmp_path / "r.npy")]) == 0, spec
+        np.testing.assert_allclose(np.load(tmp_path / "r.npy"), expected.relevance, rtol=1e-6, atol=1e-7)
+    gradient = L.methods.gradient(net, xs).relevance
+    assert not np.allclose(L.methods.interior_gradients(net, xs, alpha=0.5).relevance, gradient)
+    assert main(["explain", MODEL, x, "--composite", "epsilon_plus:epsilon=0.5", "--npy", str(tmp_path / "c.npy")]) \
+        == 0
+    np.testing.assert_allclose(np.load(tmp_path / "c.npy"), L.explain(net, xs, composite=L.EpsilonPlus(0.5)).relevance,
+                               rtol=1e-6, atol=1e-7)
+    capsys.readouterr()
+    for option, spec, accepted in (("--method", "integrated_gradients:steps=64", "accepted: n\n"),
+                                   ("--rule", "epsilon:eps=0.1", "accepted: epsilon"),
+                                   ("--composite", "epsilon_plus:eps=0.1", "accepted: epsilon"),
+                                   ("--method", "gradient:n=3", "accepted: none"),
+                                   ("--rule", "zbox:low=0", "accepted options: low, high, epsilon"),
+                                   ("--method", "integrated_gradients:n", "options are key=value")):
+        assert main(["explain", MODEL, x, option, spec]) == 2, spec
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and accepted in err and "unexpected keyword" not in err, err
+
+
+def _numbers(text):
+    import re
+    return [float(v) for v in re.findall(r"-?\d+\.\d+", text)]
+
+
+@pytest.mark.parametrize("how", [["--rule", "epsilon:epsilon=0.25"], ["--composite", "epsilon_gamma_box"],
+                                 ["--rule", "zplus"]])
+def test_the_per_image_line_adds_up(tmp_path, capsys, how):
+    """The logit = relevance at the input + biases + stabilizer + dropped, in the line (to its printed
+    precision) and in --json; with epsilon 0.25 the stabilizer takes a large part."""
+    x = _x(tmp_path)
+    assert main(["explain", "fashion_cnn_maxpool", x, *how]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    for line in lines:
+        logit, *parts = _numbers(line.split("logit", 1)[1])
+        signs = [1.0] + [-1.0 if f" - {name}" in line else 1.0 for name in ("biases", "stabilizer", "dropped")]
+        assert len(parts) == 4 and "relevance at the input" in line, line
+        assert abs(logit - sum(s * p for s, p in zip(signs, parts))) <= 3e-4, line
+    assert main(["explain", "fashion_cnn_maxpool", x, *how, "--json"]) == 0
+    for row in json.loads(capsys.readouterr().out)["rows"]:
+        total = row["relevance_sum"] + row["absorbed_by_biases"] + row["absorbed_by_stabilizer"] + row["dropped"]
+        assert abs(total - row["logit"]) <= 1e-5 * abs(row["logit"]), row
+        if how[1] == "epsilon:epsilon=0.25":
+            assert row["absorbed_by_stabilizer"] > 0.1 * row["logit"]
+
+
+def test_conservation_tables_say_what_they_sum_and_keep_rule_names():
+    net = L.zoo.trained("fashion_cnn_maxpool", dtype=np.float64)
+    x = datasets.sample().images[:3]
+    report = L.explain(net, x, composite=L.EpsilonGammaBox(0.0, 1.0)).conservation()
+    text, one = str(report), report.to_text(sample=1)
+    assert "ZBox(low=0.0, high=1.0, epsilon=1e-06)" in text and "..." not in text.split("\n")[3].split("  ZBox")[1]
+    assert text.splitlines()[0].startswith("relevance per layer, summed over the batch of 3 samples")
+    assert one.splitlines()[0].startswith("relevance per layer, sample 1:")
+    head = text.splitlines()[1]
+    assert head.index("R at output") < head.index("R at input") and "sum R in" not in text
+    row = text.splitlines()[3].split()  # the first layer: R at output = R at input + bias + stabilizer + dropped
+    first = report.to_dict()[0]
+    assert float(row[-5]) == pytest.approx(first["relevance_out"], rel=1e-4)
+    assert float(row[-4]) == pytest.approx(first["relevance_in"], rel=1e-4)
+    assert "sums every column over the batch" in " ".join(L.Explanation.conservation.__doc__.split())
+
+
+def test_evaluate_says_which_way_is_better_plots_every_metric_and_shows_progress(tmp_path, capsys, monkeypatch):
+    import lrpnumpy.progress
+    import lrpnumpy.viz
+    bars, figures = [], []
+
+    class Bar:
+        def __init__(self, total, progress=None, unit="batch"):
+            self.total, self.done, self.names = total, 0, []
+            bars.append(self)
+
+        def set_description(self, name):
+            self.names.append(name)
+
+        def update(self, n):
+            self.done += n
+
+        def close(self):
+            pass
+    monkeypatch.setattr(lrpnumpy.progress, "bar", lambda total, progress=None, unit="batch":
+                        Bar(total) if unit == "method" else None)
+    monkeypatch.setattr(lrpnumpy.viz, "save", lambda fig, path, dpi=120: figures.append(fig))
+    x = _x(tmp_path, 2)
+    methods = ["epsilon_plus", "grad_cam", "epsilon:epsilon=0.25", "integrated_gradients:n=4", "random"]
+    metrics = ["pixel_flipping", "continuity", "randomization"]
+    assert main(["evaluate", "fashion_cnn_maxpool", x, "--methods", *methods, "--metrics", *metrics,
+                 "--features-per-step", "196", "--plot", str(tmp_path / "p.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head, better = lines[0].split(), lines[1].split()
+    assert head == ["method", "pixel_flipping_aopc", "pixel_flipping_auc", "continuity", "randomization"]
+    assert " ".join(better) == "(better) higher lower lower nearer 0"
+    assert [line.split()[0] for line in lines[3:8]] == methods
+    assert any(line.startswith("note: random's continuity is 0") for line in lines)
+    assert [b.total for b in bars] == [5] and bars[0].done == 5 and bars[0].names == methods
+    titles = [ax.get_title() for ax in figures[0].axes]
+    assert len(titles) == 3 and titles[0].startswith("pixel flipping") and "lower is better" in titles[1]
+    assert main(["evaluate", "fashion_cnn_maxpool", x, "--methods", "gradient", "random", "--metrics", "continuity",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["better"] == {"continuity": "lower"} and "random's continuity" in out["notes"][0]
+    net = L.zoo.trained("fashion_cnn_maxpool")
+    xs = datasets.sample().images[:2].astype(net.dtype)
+    expected = L.evaluate.continuity(net, L.methods.gradient, xs, [(0, 1), (1, 1), (1, 0)])["continuity"].mean()
+    assert out["rows"][0]["continuity"] == pytest.approx(expected, rel=1e-9)
+    assert main(["evaluate", "fashion_cnn_maxpool", x, "--methods", "pattern_net"]) == 2
+    assert "fit_patterns" in capsys.readouterr().err

@@ -339,3 +339,71 @@ def test_lowerings_return_their_own_array(lowering, o, h, rng, monkeypatch):
     np.testing.assert_array_equal(first_grad, kept_grad)
     _close(first, ref.conv2d(x, w, 1, 1, (0, 0, 0, 0), 1, 1, 1))
     _close(first_grad, ref.conv2d_grad_input(g, w, h, 5, 1, 1, (0, 0, 0, 0), 1, 1, 1))
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+@pytest.mark.parametrize("lowering", ["chosen", "im2col", "im2col by rows", "rows", "channels last", "direct",
+                                      "reference"])
+def test_conv_kernels_are_batch_invariant(case, lowering, rng, monkeypatch):
+    """A sample's convolution and input gradient are the same bit for bit alone and inside a batch of
+    7 (first, middle, last), on every lowering: each runs one sample per GEMM, its shape a sample's."""
+    shape, o, (kh, kw), (sh, sw), pad, (dh, dw), groups = case
+    if lowering not in ("chosen", "reference"):
+        monkeypatch.setattr(nb, "_prefer_direct", lambda c, g, sh, sw, x, w, most=12: lowering == "direct" and g == 1
+                            and sh == sw == 1)
+        monkeypatch.setattr(nb, "_prefer_rows", lambda *shapes: not lowering.startswith("im2col") and shapes[-1] == 1)
+        monkeypatch.setattr(nb, "_prefer_channels_last", lambda c, kw: lowering == "channels last")
+    if lowering == "im2col by rows":
+        monkeypatch.setattr(nb, "COLUMN_BYTES", 1)
+    module = ref if lowering == "reference" else nb
+    x = rng.normal(size=(7,) + shape[1:])
+    x[:, :, ::2] = 0  # zeros, as in images after a ReLU
+    w = rng.normal(size=(o, shape[1] // groups, kh, kw))
+    y = module.conv2d(x, w, sh, sw, pad, dh, dw, groups)
+    gy = rng.normal(size=y.shape)
+    gx = module.conv2d_grad_input(gy, w, shape[2], shape[3], sh, sw, pad, dh, dw, groups)
+    for b in (0, 3, 6):
+        alone = module.conv2d(x[b:b + 1], w, sh, sw, pad, dh, dw, groups)
+        assert alone.tobytes() == np.ascontiguousarray(y[b:b + 1]).tobytes()
+        alone = module.conv2d_grad_input(gy[b:b + 1], w, shape[2], shape[3], sh, sw, pad, dh, dw, groups)
+        assert alone.tobytes() == np.ascontiguousarray(gx[b:b + 1]).tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k, n", [(784, 300), (300, 100), (100, 10), (400, 120), (84, 10)])
+def test_matmul_rows_is_batch_invariant(dtype, k, n, rng):
+    """Linear layers' product: a row's result is the same bit for bit whatever the other rows and
+    their number (numpy's matmul is not: a one-row product runs gemv, and OpenBLAS's small-matrix
+    kernels differ from its blocked GEMM); and it is the product."""
+    a = rng.normal(size=(70, k)).astype(dtype)
+    a[:, ::3] = 0
+    wt = rng.normal(size=(n, k)).astype(dtype).T
+    alone = [kernels.matmul_rows(a[i:i + 1], wt) for i in range(70)]
+    for m in (1, 2, 7, 31, 32, 33, 64, 70):
+        out = kernels.matmul_rows(a[:m], wt)
+        assert all(out[i].tobytes() == alone[i][0].tobytes() for i in range(m)), m
+    np.testing.assert_allclose(out, a @ wt, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_paths_chosen_by_batch_size_give_the_same_bits(dtype, rng, monkeypatch):
+    """Pools and step 2 still choose NumPy or jitted code by the batch's size (so that a small
+    explanation never imports numba); both give the same numbers bit for bit, so a sample's result
+    does not depend on which one its batch took: 2 x 2 sum pools and their gradient, max pools
+    (values, winners, gathering, gradient) and step 2's quotients and sums."""
+    x = rng.integers(-2, 3, size=(3, 4, 10, 12)).astype(dtype)  # ties, zeros
+    x[0, 0, :2] = -0.0
+    z, R = rng.normal(size=(3, 40)).astype(dtype), rng.normal(size=(3, 40)).astype(dtype)
+    geo = (2, 2, 2, 2, (0, 0, 0, 0), 1, 1)
+
+    def run():
+        y, idx = nb.max_pool2d(x, *geo)
+        g = (x[:, :, ::2, ::2] * dtype(0.5)).copy()
+        return (nb.sum_pool2d(x, *geo), nb.sum_pool2d_grad(g, 10, 12, *geo), y, idx, nb.max_pool2d_gather(x * 3, idx, *geo),
+                nb.max_pool2d_grad(g, idx, 10, 12, *geo)) + tuple(nb.lrp_step2(z, R, None, 0.25, 4))
+
+    small = run()
+    monkeypatch.setattr(nb, "SMALL_POOL", 0)
+    monkeypatch.setattr(nb, "SMALL_STEP2", 0)
+    for a, b in zip(small, run()):
+        assert a.dtype == b.dtype and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()

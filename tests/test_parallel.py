@@ -191,3 +191,54 @@ def test_a_process_pool_that_breaks_is_a_worker_error(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.stdout.startswith("WorkerError Dask's processes scheduler lost a worker while running chunks "
                                  "chunk_000000000_000000004.npy"), out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("scheduler", [None, "threads"])
+def test_the_progress_bar_counts_inputs_with_throughput_and_time_left(lenet, capsys, tmp_path, scheduler):
+    pytest.importorskip("tqdm")
+    net, x = lenet
+    P.explain_dataset(net, x[:48], method="gradient", batch_size=16, scheduler=scheduler, progress=True)
+    shown = capsys.readouterr().err
+    assert " 0/48 [" in shown and "input/s" in shown and " left]" in shown, shown[-500:]
+    folder = str(tmp_path / "store")
+    P.explain_dataset(net, x[:48], method="gradient", batch_size=16, out=folder, progress=False)
+    os.remove(os.path.join(folder, "chunk_000000016_000000032.npy"))
+    capsys.readouterr()
+    P.explain_dataset(net, x[:48], method="gradient", batch_size=16, scheduler=scheduler, out=folder, progress=True)
+    shown = capsys.readouterr().err
+    assert " 67%|" in shown and "32/48 [" in shown and " 0/48 [" not in shown, shown[-500:]  # a resumed
+    # run starts at the chunks it has
+
+
+def test_no_dashboard_unless_asked_and_no_port_clash():
+    """Red team: dashboard_address=None still served HTTP on 8787, and a second cluster warned that the
+    port was taken; now a free port, the dashboard off unless asked."""
+    import urllib.error
+    import urllib.request
+    import warnings
+    distributed = pytest.importorskip("distributed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # "Port 8787 is already in use"
+        with distributed.LocalCluster(n_workers=1, processes=False, **P.cluster_options()) as a, \
+                distributed.LocalCluster(n_workers=1, processes=False, **P.cluster_options()) as b, \
+                distributed.LocalCluster(n_workers=1, processes=False, **P.cluster_options(True)) as c:
+            assert a.scheduler.http_server.port != 8787 and b.scheduler.http_server.port != 8787
+            link = f"http://127.0.0.1:{a.scheduler.http_server.port}/status"
+            with pytest.raises(urllib.error.HTTPError, match="404"):
+                urllib.request.urlopen(link, timeout=20)
+            link = f"http://127.0.0.1:{c.scheduler.http_server.port}/status"  # (without bokeh: a page saying
+            assert urllib.request.urlopen(link, timeout=20).status == 200    # to install it)
+
+
+def test_cli_dashboard_is_opt_in(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    from lrpnumpy.__main__ import main
+    np.save(tmp_path / "x.npy", L.datasets.sample(np.float64).images[:8])
+    model = os.path.join(L.datasets.DATA_DIR, "fashion_mlp.npz")
+    assert main(["explain-dataset", model, str(tmp_path / "x.npy"), "--quiet", "--dashboard"]) == 2
+    assert "--dashboard" in capsys.readouterr().err
+    assert main(["explain-dataset", model, str(tmp_path / "x.npy"), "--quiet", "--workers", "1", "--batch-size",
+                 "4", "--dashboard"]) == 0
+    assert "Dask dashboard: http://" in capsys.readouterr().err
+    assert main(["explain-dataset", model, str(tmp_path / "x.npy"), "--quiet", "--workers", "1"]) == 0
+    assert "dashboard" not in capsys.readouterr().err

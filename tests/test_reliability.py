@@ -430,6 +430,13 @@ EMPTY_LAYERS = {
     "MergeHeads": (lambda: L.layers.attention.MergeHeads(), (2, 5, 2)),
     "Scale": (lambda: L.layers.attention.Scale(0.5), (5, 4)),
     "CausalMask": (lambda: L.layers.attention.CausalMask(), (2, 5, 5)),
+    "Embedding": (lambda: L.Embedding(5, 3, rng=0), (6,)),  # (ones: token id 1)
+    "Transpose": (lambda: L.Transpose((0, 2, 1)), (2, 6)), "Sigmoid": (lambda: L.Sigmoid(), (2, 6)),
+    "Conv1d": (lambda: L.Conv1d(2, 4, 3, padding=1, rng=0), (2, 6)), "MaxPool1d": (lambda: L.MaxPool1d(2), (2, 6)),
+    "AvgPool1d": (lambda: L.AvgPool1d(3, 2, 1), (2, 6)), "SumPool1d": (lambda: L.SumPool1d(2), (2, 6)),
+    "GlobalMaxPool1d": (lambda: L.GlobalMaxPool1d(), (2, 6)),
+    "LSTM": (lambda: L.LSTM(3, 2, bidirectional=True, rng=0), (4, 3)),
+    "GRU": (lambda: L.GRU(3, 2, output="last", rng=0), (4, 3)),
 }
 
 

@@ -560,3 +560,119 @@ def test_a_network_without_a_torch_equivalent_gives_na_rows():
     assert [r["status"] for r in rows] == ["n/a", "n/a"] and verify.exit_status(rows) == 1
     assert all("asymmetric padding has no direct PyTorch equivalent" in r["reason"] for r in rows)
     assert "2 n/a" in verify.format_rows(rows, 1e-10)
+
+
+_USER_MODULE = '''
+import torch
+
+
+class Net(torch.nn.Module):
+    """A user's module: a BatchNorm after the first convolution and a residual `a + b` in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.bn1 = torch.nn.BatchNorm2d(4)
+        self.conv2 = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        a = torch.relu(self.bn1(self.conv1(x)))
+        b = torch.relu(self.conv2(a))
+        return self.fc((a + b).flatten(1))
+
+
+def make():
+    torch.manual_seed(0)
+    net = Net()
+    with torch.no_grad():
+        net.bn1.running_mean.uniform_(-0.5, 0.5)
+        net.bn1.running_var.uniform_(0.5, 2.0)
+        net.bn1.weight.uniform_(0.5, 1.5)
+        net.bn1.bias.uniform_(-0.3, 0.3)
+    return net.eval()
+'''
+
+
+def _user_module(tmp_path):
+    import importlib.util
+    (tmp_path / "user_net.py").write_text(_USER_MODULE)
+    spec = importlib.util.spec_from_file_location("user_net", tmp_path / "user_net.py")
+    code = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(code)
+    return code.make()
+
+
+@pytest.mark.reference
+@needs_zennit
+def test_compare_against_the_users_own_torch_module(tmp_path):
+    """verify.compare(..., torch_module=m): Zennit on the user's module, canonized (BatchNorm merged, `a + b`
+    made Zennit's Sum), agrees to 1e-10, and the rows say what was applied; uncanonized it does not."""
+    import torch
+    module = _user_module(tmp_path)
+    x = np.random.default_rng(0).random((2, 1, 6, 6))
+    net = L.io.from_torch(module, x)
+    methods = ["epsilon", "epsilon_plus", "zplus", "gradient"]
+    rows = verify.compare(net, x, methods=methods, torch_module=module)
+    assert [r["method"] for r in rows] == methods
+    assert all(r["status"] == "pass" for r in rows), [(r["method"], r["max_rel"]) for r in rows]
+    note = rows[0]["note"]
+    assert "NamedMergeBatchNorm): bn1 into conv1" in note and "replaced 1 + by zennit.layer.Sum" in note
+    assert module.bn1.running_var.dtype == torch.float32  # the user's module is not changed
+    raw = {r["method"]: r for r in verify.compare(net, x, methods=methods, torch_module=module,
+                                                  canonize_module=False)}
+    assert raw["gradient"]["status"] == "pass"  # the same function: only the rules differ
+    assert all(raw[m]["status"] == "FAIL" and raw[m]["max_rel"] > 0.1 for m in ("epsilon", "epsilon_plus", "zplus"))
+    assert "Zennit needs it canonized" in raw["epsilon"]["reason"]
+    canonized, applied = verify.canonize(module, x)
+    assert any(isinstance(m, __import__("zennit.layer", fromlist=["Sum"]).Sum) for m in canonized.modules())
+    np.testing.assert_allclose(canonized(torch.from_numpy(x)).detach().numpy(), net.forward(x), rtol=1e-12)
+    other = _user_module(tmp_path)
+    with torch.no_grad():
+        other.fc.bias += 1.0
+    with pytest.raises(L.errors.ModelFormatError, match="compute different outputs"):
+        verify.compare(net, x, methods=["epsilon"], torch_module=other)
+
+
+@pytest.mark.reference
+@needs_zennit
+def test_verify_command_on_a_torch_module_file(tmp_path, capsys):
+    _user_module(tmp_path)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((2, 1, 6, 6)))
+    spec = f"{tmp_path / 'user_net.py'}:make"
+    assert main(["verify", spec, "--input", str(tmp_path / "x.npy"), "--rules", "epsilon_plus", "zplus"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" pass") >= 2 and "bn1 into conv1" in out and "zennit.layer.Sum" in out
+    assert main(["verify", spec, "--rules", "zplus"]) == 2
+    assert "needs --input" in capsys.readouterr().err
+    assert main(["verify", f"{tmp_path / 'user_net.py'}:nope", "--input", str(tmp_path / "x.npy")]) == 2
+    assert "has no 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.reference
+@needs_zennit
+def test_canonize_says_what_it_left():
+    """A + with a parameter is a bias (not rewritten), a broadcasting + is left and said, and a module torch.fx
+    cannot trace is used as it is, saying so."""
+    import torch
+
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3)
+            self.shift = torch.nn.Parameter(torch.ones(1, 2, 4, 4))
+
+        def forward(self, x):
+            y = self.conv(x) + self.shift
+            return (y + y.mean(dim=(2, 3), keepdim=True)).flatten(1)
+
+    class Untraceable(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1) if x.sum() > 0 else -x.flatten(1)
+
+    x = np.random.default_rng(0).random((2, 1, 6, 6))
+    module, applied = verify.canonize(Odd(), x)
+    assert applied[0].startswith("nothing to rewrite") and "summands' shapes differ" in applied[1]
+    assert not any(type(m).__name__ == "Sum" for m in module.modules())
+    module, applied = verify.canonize(Untraceable(), x)
+    assert len(applied) == 1 and applied[0].startswith("none: torch.fx cannot trace the module")

@@ -7,6 +7,10 @@ take arrays and ints only.  Every entry point here checks, in Python and before 
 code runs, that the shapes it will index agree (a mismatch is a ShapeError, never an
 out-of-bounds read); the layers validate user input before that.  ``max_pool2d_grad_split``
 (tied maxima share equally) has only the reference version.
+
+Both backends are batch invariant: a sample's results are the same bit for bit whatever batch it
+is in (see :mod:`.reference` for what was measured of BLAS, and :func:`matmul_rows`, which the
+Linear layers use on both).
 """
 
 import functools
@@ -17,7 +21,7 @@ import numpy as np
 
 from ..errors import DTypeError, ShapeError
 from . import reference
-from .reference import output_size
+from .reference import matmul_rows, output_size  # noqa: F401  (matmul_rows: one for both backends)
 
 NAMES = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_add_pixels", "sum_pool2d", "sum_pool2d_grad",
          "max_pool2d", "max_pool2d_values", "max_pool2d_gather", "max_pool2d_grad", "lrp_step2")

@@ -1,8 +1,14 @@
 """numba backend: im2col / col2im and pooling loops jitted, the multiply-adds in BLAS.
 
-Convolutions are lowered to one GEMM over the whole batch: ``cols[k, (n, p)]`` with
-``k = (c, i, j)`` (the weight's own order) and ``p = (oh, ow)``, so ``y = W.reshape(O, K) @ cols``
-is (O, N*P), transposed once to NCHW; the input gradient is ``col2im(W^T @ g)``.  The jitted loops walk
+Convolutions are lowered to one GEMM per sample: ``cols[k, p]`` with ``k = (c, i, j)`` (the
+weight's own order) and ``p = (oh, ow)``, so ``y = W.reshape(O, K) @ cols`` is (O, P); the input
+gradient is ``col2im(W^T @ g)``.  One sample per GEMM, and every lowering chosen from one sample's
+shape, never the batch's: BLAS's results depend on the shapes it is called with (measured: see
+:mod:`.reference`), so a sample's numbers are then the same bit for bit in any batch.  The cost is
+one BLAS call per sample and layer: on small images at large batches many small GEMMs, each paying
+OpenBLAS's hand-off to its second thread, which on a shared machine can wait for a time slice
+(measured while the machine ran at load ~15 on 2 cores: toolbox_lenet's forward pass at batch 256
+0.24 s before and 0.42 s after with one BLAS thread, but seconds with two).  The jitted loops walk
 (sample, channel) planes serially: on 2 cores, numba's worker threads (``prange``) competed with
 OpenBLAS's spinning threads, and measured serial loops won (lenet5 batch 64 explain 29 ms serial vs
 51 ms parallel; vgg16 3.1 s vs 3.5 s).  BLAS keeps both cores busy in the GEMMs.  No ``fastmath``:
@@ -179,12 +185,13 @@ COLUMN_BYTES = 32 << 20
 
 
 def _row_chunks(oh, row_bytes):
+    """Blocks of output rows, sized by one sample's bytes per row (never the batch's)."""
     rows = max(1, min(oh, COLUMN_BYTES // max(1, row_bytes)))
     return [(p0, min(oh, p0 + rows)) for p0 in range(0, oh, rows)]
 
 
 def _conv_wide(x, w, padding, dh, dw, groups):
-    """Stride-1 convolution in the wide layout, one block of output rows per GEMM."""
+    """Stride-1 convolution in the wide layout, one sample and one block of its output rows per GEMM."""
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     oh, ow, hp, wp = _wide_shape(h, wd, kh, kw, padding, dh, dw)
@@ -192,17 +199,17 @@ def _conv_wide(x, w, padding, dh, dw, groups):
     xp[:, :, padding[0]:padding[0] + h, padding[2]:padding[2] + wd] = x
     xf, k = xp.reshape(n, c, -1), cg * kh * kw
     y = np.empty((n, o, oh, ow), np.result_type(x, w))
-    for p0, p1 in _row_chunks(oh, c * kh * kw * n * wp * x.itemsize):
+    for p0, p1 in _row_chunks(oh, c * kh * kw * wp * x.itemsize):
         run = (p1 - p0) * wp
-        cols = _scratch("cols", (c, kh, kw, n, run), x.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                off = (p0 + i * dh) * wp + j * dw
-                cols[:, i, j] = xf[:, :, off:off + run].transpose(1, 0, 2)
-        cols = cols.reshape(c * kh * kw, n * run)
-        out = None if groups == 1 else np.empty((o, cols.shape[1]), y.dtype)
-        y2 = _matmul_groups(w.reshape(o, k), cols, groups, o // groups, k, out=out)
-        y[:, :, p0:p1] = y2.reshape(o, n, p1 - p0, wp)[:, :, :, :ow].transpose(1, 0, 2, 3)
+        cols = _scratch("cols", (c, kh, kw, run), x.dtype)
+        out = _scratch("wide out", (o, run), y.dtype)
+        for b in range(n):
+            for i in range(kh):
+                for j in range(kw):
+                    off = (p0 + i * dh) * wp + j * dw
+                    cols[:, i, j] = xf[b, :, off:off + run]
+            _matmul_groups(w.reshape(o, k), cols.reshape(c * kh * kw, run), groups, o // groups, k, out=out)
+            y[b, :, p0:p1] = out.reshape(o, p1 - p0, wp)[:, :, :ow]
     return y
 
 
@@ -213,18 +220,19 @@ def _conv_wide_grad_input(gy, w, h, wd, padding, dh, dw, groups):
     c, k = cg * groups, cg * kh * kw
     _, _, hp, wp = _wide_shape(h, wd, kh, kw, padding, dh, dw)
     gx = np.zeros((n, c, (hp + 1) * wp), np.result_type(gy, w))
-    for p0, p1 in _row_chunks(oh, c * kh * kw * n * wp * gx.itemsize):
+    for p0, p1 in _row_chunks(oh, c * kh * kw * wp * gx.itemsize):
         run = (p1 - p0) * wp
-        g = _scratch("grad", (o, n, p1 - p0, wp), gy.dtype)
-        g[:, :, :, ow:] = 0
-        g[:, :, :, :ow] = gy[:, :, p0:p1].transpose(1, 0, 2, 3)
-        gcols = _scratch("gcols", (k * groups, n * run), gx.dtype)
-        _matmul_groups(w.reshape(o, k), g.reshape(o, n * run), groups, o // groups, k, transpose_a=True, out=gcols)
-        gc = gcols.reshape(c, kh, kw, n, run)
-        for i in range(kh):
-            for j in range(kw):
-                off = (p0 + i * dh) * wp + j * dw
-                gx[:, :, off:off + run] += gc[:, i, j].transpose(1, 0, 2)
+        g = _scratch("grad", (o, p1 - p0, wp), gy.dtype)
+        g[:, :, ow:] = 0
+        gcols = _scratch("gcols", (k * groups, run), gx.dtype)
+        gc = gcols.reshape(c, kh, kw, run)
+        for b in range(n):
+            g[:, :, :ow] = gy[b, :, p0:p1]
+            _matmul_groups(w.reshape(o, k), g.reshape(o, run), groups, o // groups, k, transpose_a=True, out=gcols)
+            for i in range(kh):
+                for j in range(kw):
+                    off = (p0 + i * dh) * wp + j * dw
+                    gx[b, :, off:off + run] += gc[:, i, j]
     gx = gx.reshape(n, c, hp + 1, wp)
     return np.ascontiguousarray(gx[:, :, padding[0]:padding[0] + h, padding[2]:padding[2] + wd])
 
@@ -238,11 +246,6 @@ def _cols_strided(x, kh, kw, sh, sw, padding, dh, dw, oh, ow, name):
     n, c = x.shape[:2]
     cols = _scratch(name, (c * kh * kw, n * oh * ow), x.dtype)
     return _im2col(np.ascontiguousarray(x), kh, kw, sh, sw, padding[0], padding[2], dh, dw, oh, ow, cols)
-
-
-def _to_nchw(y2, n, oh, ow, width):
-    """(O, N*oh*width) -> contiguous (N, O, oh, ow), dropping columns past ow."""
-    return np.ascontiguousarray(y2.reshape(y2.shape[0], n, oh, width)[:, :, :, :ow].transpose(1, 0, 2, 3))
 
 
 def _blocks(groups, rows_w, rows_x):
@@ -274,9 +277,10 @@ def _matmul_groups(a, b, groups, rows_a, rows_b, transpose_a=False, out=None):
 # :func:`_prefer_rows` picks the lowering from the shapes alone (never from timings: the same
 # shapes always take the same path, so results are reproducible bit for bit).
 
-def _prefer_rows(n, c, o, kh, kw, oh, ow, width, used, groups):
+def _prefer_rows(c, o, kh, kw, oh, ow, width, used, groups, n=1):
     """True when the row lowering is estimated cheaper than im2col (ns, constants fitted on this
-    project's benchmark shapes; GEMM ~85 multiply-adds per ns, less with few output channels)."""
+    project's benchmark shapes; GEMM ~85 multiply-adds per ns, less with few output channels).
+    Called with one sample's shape (n = 1): the choice must never depend on the batch."""
     if groups != 1:
         return False
     im2col = 0.45 * c * kh * kw * n * oh * width + o * c * kh * kw * n * oh * width / (85 * min(1.0, o / 64))
@@ -344,7 +348,9 @@ def _conv_rows(x, w, sh, sw, padding, dh, dw):
     rows = _scratch("rows", (n, oh, kh, c, used), x.dtype)
     np.copyto(rows, np.ndarray(rows.shape, xp.dtype, xp, 0, (s0, sh * s1, dh * s1, s2, s3)))
     band = _banded_of(w, used, ow, sw, dw)  # the product into a kept buffer: fresh pages cost ~40 % here
-    y = np.matmul(rows.reshape(n * oh, -1), band, out=_scratch("rows out", (n * oh, o * ow), np.result_type(x, w)))
+    y = _scratch("rows out", (n, oh, o * ow), np.result_type(x, w))
+    for b in range(n):  # one sample per GEMM (batch invariance)
+        np.matmul(rows[b].reshape(oh, -1), band, out=y[b])
     return y.reshape(n, oh, o, ow).transpose(0, 2, 1, 3).copy()  # a copy even where that is contiguous (o or oh 1)
 
 
@@ -355,7 +361,9 @@ def _conv_rows_grad_input(gy, w, h, wd, sh, sw, padding, dh, dw):
     g = _scratch("grad", (n, oh, o, ow), gy.dtype)
     g[...] = gy.transpose(0, 2, 1, 3)
     band_t = _banded_of(w, used, ow, sw, dw, transposed=True)
-    grows = np.matmul(g.reshape(n * oh, o * ow), band_t, out=_scratch("rows grad", (n * oh, band_t.shape[1]), g.dtype))
+    grows = _scratch("rows grad", (n, oh, band_t.shape[1]), g.dtype)
+    for b in range(n):  # one sample per GEMM (batch invariance)
+        np.matmul(g[b].reshape(oh, o * ow), band_t, out=grows[b])
     grows = grows.reshape(n, oh, kh, c, used)
     gxp = np.zeros((n, h + padding[0] + padding[1], c, max(used, padding[2] + wd)), grows.dtype)
     for i in range(kh):
@@ -392,14 +400,10 @@ def _conv_channels_last(x, w, sh, sw, padding, dh, dw):
     k = kh * kw * c
     matrix = w.transpose(2, 3, 1, 0).reshape(k, o)
     y = np.empty((n, oh, ow, o), np.result_type(x, w))
-    rows = max(1, WINDOW_BYTES // (ow * k * x.itemsize))  # output rows per block
-    if rows >= oh:  # whole samples per block
-        for b in range(0, n, rows // oh):
-            np.matmul(windows[b:b + rows // oh].reshape(-1, k), matrix, out=y[b:b + rows // oh].reshape(-1, o))
-    else:
-        for b in range(n):
-            for p in range(0, oh, rows):
-                np.matmul(windows[b, p:p + rows].reshape(-1, k), matrix, out=y[b, p:p + rows].reshape(-1, o))
+    rows = max(1, WINDOW_BYTES // (ow * k * x.itemsize))  # output rows per block, one sample's (never more:
+    for b in range(n):  # a block of several samples would give a sample's rows a shape set by the batch)
+        for p in range(0, oh, rows):
+            np.matmul(windows[b, p:p + rows].reshape(-1, k), matrix, out=y[b, p:p + rows].reshape(-1, o))
     return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
 
@@ -458,21 +462,25 @@ def _direct_kernel(kh, kw):
     return fn
 
 
-#: Convolutions with fewer outputs than this keep the GEMM lowerings: a small explanation never
-#: imports numba (see the module's docstring), and there the direct kernel saves microseconds.
-SMALL_DIRECT = 1 << 15
+#: Convolutions with less than this (output channels x one sample's input plane) keep the GEMM
+#: lowerings: a small explanation never imports numba (see the module's docstring; lenet5's first
+#: layer, 6 x 28 x 28, and toolbox_lenet's, 10 x 32 x 32, stay below; the shipped CNNs', 16 x 28 x
+#: 28, runs direct), and there the direct kernel saves microseconds.  Per sample, never per batch:
+#: the direct kernel's sums are not the GEMM's, so the choice must not depend on the batch (it did:
+#: lenet5's first layer ran direct from batch 7 on, so a sample's output changed with its batch).
+SMALL_DIRECT = 12288
 
 
 def _prefer_direct(c, groups, sh, sw, x, w, most=12):
-    """One input channel, stride 1, at most ``most`` output channels, and enough outputs (the whole
-    batch's).  The kernel runs on one core and its time grows with the output channels, while the
+    """One input channel, stride 1, at most ``most`` output channels, and enough outputs (one
+    sample's).  The kernel runs on one core and its time grows with the output channels, while the
     GEMM lowerings use both and get more efficient with more: measured on 5 x 5 kernels over 28 x 28
     (batch 16-256, float32), direct was 1.1-1.8x faster with 6 or 10 output channels, 0.7-1.2x with
     16 and 0.5-0.8x with 32; measured again side by side (in turns, batch 64 and 256): with 16 output
     channels the forward pass 1.1-1.3x faster (2.5 vs 2.7-3.1 ms, 10.7 vs 12.4-13.6 ms), its
     gradient even (hence 16 for :func:`conv2d`, 12 for the gradient), with 32 both 0.9-1.1x."""
     return (c == 1 and groups == 1 and sh == sw == 1 and w.shape[0] <= most and x.dtype == w.dtype
-            and x.shape[0] * w.shape[0] * x.shape[2] * x.shape[3] >= SMALL_DIRECT)
+            and w.shape[0] * x.shape[2] * x.shape[3] >= SMALL_DIRECT)
 
 
 def _conv_direct(x, w, padding, dh, dw):
@@ -514,16 +522,19 @@ def conv2d(x, w, sh, sw, padding, dh, dw, groups):
     width = ow if (sh, sw) != (1, 1) else _wide_shape(h, wd, kh, kw, padding, dh, dw)[3]
     if _prefer_direct(c, groups, sh, sw, x, w, 16):
         return _conv_direct(x, w, padding, dh, dw)
-    if _prefer_rows(n, c, o, kh, kw, oh, ow, width, used, groups):
+    if _prefer_rows(c, o, kh, kw, oh, ow, width, used, groups):
         if _prefer_channels_last(c, kw):
             return _conv_channels_last(x, w, sh, sw, padding, dh, dw)
         return _conv_rows(x, w, sh, sw, padding, dh, dw)
     if sh == sw == 1:
         return _conv_wide(x, w, padding, dh, dw, groups)
-    cols = _cols_strided(x, kh, kw, sh, sw, padding, dh, dw, oh, ow, "cols")
-    out = None if groups == 1 else np.empty((o, cols.shape[1]), np.result_type(x, w))
-    y2 = _matmul_groups(w.reshape(o, cg * kh * kw), cols, groups, o // groups, cg * kh * kw, out=out)
-    return _to_nchw(y2, n, oh, ow, width)
+    y = np.empty((n, o, oh, ow), np.result_type(x, w))
+    out = _scratch("strided out", (o, oh * ow), y.dtype)
+    for b in range(n):  # one sample per GEMM (batch invariance)
+        cols = _cols_strided(x[b:b + 1], kh, kw, sh, sw, padding, dh, dw, oh, ow, "cols")
+        _matmul_groups(w.reshape(o, cg * kh * kw), cols, groups, o // groups, cg * kh * kw, out=out)
+        y[b] = out.reshape(o, oh, ow)
+    return y
 
 
 def conv2d_grad_input(gy, w, h, wd, sh, sw, padding, dh, dw, groups):
@@ -534,15 +545,18 @@ def conv2d_grad_input(gy, w, h, wd, sh, sw, padding, dh, dw, groups):
     width = ow if (sh, sw) != (1, 1) else _wide_shape(h, wd, kh, kw, padding, dh, dw)[3]
     if _prefer_direct(c, groups, sh, sw, gy, w):
         return _conv_direct_grad_input(gy, w, h, wd, padding, dh, dw)
-    if _prefer_rows(n, c, o, kh, kw, oh, ow, width, used, groups):
+    if _prefer_rows(c, o, kh, kw, oh, ow, width, used, groups):
         return _conv_rows_grad_input(gy, w, h, wd, sh, sw, padding, dh, dw)
     w2 = w.reshape(o, k)
     if sh == sw == 1:
         return _conv_wide_grad_input(gy, w, h, wd, padding, dh, dw, groups)
-    g2 = np.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(o, n * oh * ow)
-    gcols = _scratch("gcols", (k * groups, g2.shape[1]), np.result_type(gy, w))
-    _matmul_groups(w2, g2, groups, o // groups, k, transpose_a=True, out=gcols)
-    return _col2im(gcols, n, c, h, wd, kh, kw, sh, sw, padding[0], padding[2], dh, dw, oh, ow)
+    gx = np.empty((n, c, h, wd), np.result_type(gy, w))
+    gcols = _scratch("gcols", (k * groups, oh * ow), gx.dtype)
+    for b in range(n):  # one sample per GEMM (batch invariance)
+        g2 = np.ascontiguousarray(gy[b]).reshape(o, oh * ow)
+        _matmul_groups(w2, g2, groups, o // groups, k, transpose_a=True, out=gcols)
+        gx[b] = _col2im(gcols, 1, c, h, wd, kh, kw, sh, sw, padding[0], padding[2], dh, dw, oh, ow)[0]
+    return gx
 
 
 def conv2d_grad_weight(x, gy, kh, kw, sh, sw, padding, dh, dw, groups):
@@ -833,11 +847,13 @@ def _max_pool_grad_small(gy, idx, h, wd, kh, kw, sh, sw, padding, dh, dw):
         tiles = gx[:, :, :oh * kh, :ow * kw].reshape(n, c, oh, kh, ow, kw)  # tap (i, j): [:, :, :, i, :, j]
         for tap in range(kh * kw):
             np.copyto(tiles[:, :, :, tap // kw, :, tap % kw], gy, where=idx == tap)
+        gx += gy.dtype.type(0)  # -0 -> +0, as the jitted loop's and the reference's adds into zeros give
         return gx
     gxp = np.zeros((n, c, h + pt + pb, wd + pl + pr), dtype=gy.dtype)
     zero = gy.dtype.type(0)
     for tap in range(kh * kw):
         gxp[_reference._tap(tap // kw, tap % kw, sh, sw, dh, dw, oh, ow)] = np.where(idx == tap, gy, zero)
+    gxp += zero  # -0 -> +0 (see above): which path a batch takes depends on its size
     return np.ascontiguousarray(_reference._unpad(gxp, padding, h, wd))
 
 

@@ -4,6 +4,11 @@ All functions take arrays and ints only.  Activations are NCHW, convolution
 weights (out, in/groups, kh, kw), and ``padding`` is always the 4-tuple
 ``(top, bottom, left, right)``; the layers normalise user input before they
 call in here.  Padding is zero padding (``-inf`` for max pooling).
+
+Batch invariance: a sample's numbers never depend on the batch it is in, bit for bit.  Every
+product with a sample's values runs in calls whose shapes come from one sample's shape (the
+convolutions: one sample per GEMM; :func:`matmul_rows`: fixed blocks of rows), and every
+reduction runs over one sample's values in an order fixed by that sample's shape.
 """
 
 import numpy as np
@@ -43,6 +48,40 @@ def _unpad(xp, padding, h, w):
     return xp[:, :, pt:pt + h, pl:pl + w]
 
 
+# ----- products that do not depend on the batch -----
+#
+# OpenBLAS (0.3.31, SkylakeX kernels on this machine's AMD EPYC; both dtypes) is not batch invariant,
+# as measured here by varying M in ``A[:M] @ B`` and comparing rows bit for bit: one row (M = 1) runs
+# gemv, which differs from every M >= 2 in every shape tried; below about M*N*K = 1e6 the small-matrix
+# kernels run, which differ from the blocked GEMM (784 x 300 weights: M <= 4 against M >= 5); and the
+# blocked GEMM itself differs between sizes (float64, 784 x 300: M = 1200 against 1500; 300 x 100:
+# M = 64 and 100 against 1500).  Within one fixed shape, a row's result was the same at every position
+# of the block for blocks of 2 to 32 rows (8 shapes from 25 x 6 to 3000 x 800, both dtypes, x @ W.T
+# and x @ W); for 64 rows it was not in three float64 shapes.  So the batch is multiplied in blocks
+# of BLOCK_ROWS rows, the last one padded with zeros: every call has one shape whatever the batch.
+# The cost: each call packs the weights again (8-row blocks made the shipped MLP's 784 -> 300 layer
+# several times slower at batch 256), and a sample alone pays a product of BLOCK_ROWS rows.
+
+#: Rows per product of :func:`matmul_rows`: the largest block measured position-invariant above.
+BLOCK_ROWS = 32
+
+
+def matmul_rows(a, b):
+    """``a @ b`` for ``a`` of shape (M, K), each row a sample's, computed in products of exactly
+    :data:`BLOCK_ROWS` rows (the last block zero-padded), so that a row's result is the same bit for
+    bit whatever the other rows and M are (see the measurements above)."""
+    m, k = a.shape
+    out = np.empty((m, b.shape[1]), np.result_type(a, b))
+    full = m - m % BLOCK_ROWS
+    for r in range(0, full, BLOCK_ROWS):
+        np.matmul(a[r:r + BLOCK_ROWS], b, out=out[r:r + BLOCK_ROWS])
+    if full < m:
+        tail = np.zeros((BLOCK_ROWS, k), a.dtype)
+        tail[:m - full] = a[full:]
+        out[full:] = (tail @ b)[:m - full]
+    return out
+
+
 def conv2d(x, w, sh, sw, padding, dh, dw, groups):
     """Cross-correlation ``y[n,o] = sum_c,i,j w[o,c,i,j] x[n,c,sh*p+dh*i, sw*q+dw*j]`` (no bias)."""
     n, c, h, wd = x.shape
@@ -52,11 +91,12 @@ def conv2d(x, w, sh, sw, padding, dh, dw, groups):
     win = _windows(_pad(x, padding), kh, kw, sh, sw, dh, dw, oh, ow)
     og = o // groups
     y = np.empty((n, o, oh, ow), dtype=np.result_type(x, w))
-    for g in range(groups):
-        cols = win[:, g * cg:(g + 1) * cg]
-        wg = w[g * og:(g + 1) * og]
-        # (N, oh, ow, og) -> (N, og, oh, ow)
-        y[:, g * og:(g + 1) * og] = np.tensordot(cols, wg, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)
+    for b in range(n):  # one sample per product: its shape, and so its sums, never depend on the batch
+        for g in range(groups):
+            cols = win[b, g * cg:(g + 1) * cg]
+            wg = w[g * og:(g + 1) * og]
+            # (oh, ow, og) -> (og, oh, ow)
+            y[b, g * og:(g + 1) * og] = np.tensordot(cols, wg, axes=([0, 3, 4], [1, 2, 3])).transpose(2, 0, 1)
     return y
 
 
@@ -67,13 +107,14 @@ def conv2d_grad_input(gy, w, h, wd, sh, sw, padding, dh, dw, groups):
     og = o // groups
     pt, pb, pl, pr = padding
     gxp = np.zeros((n, cg * groups, h + pt + pb, wd + pl + pr), dtype=np.result_type(gy, w))
-    for g in range(groups):
-        # (N, oh, ow, cg, kh, kw): every output position's contribution to its window
-        cols = np.tensordot(gy[:, g * og:(g + 1) * og], w[g * og:(g + 1) * og], axes=([1], [0]))
-        target = gxp[:, g * cg:(g + 1) * cg]
-        for i in range(kh):
-            for j in range(kw):
-                target[_tap(i, j, sh, sw, dh, dw, oh, ow)] += cols[..., i, j].transpose(0, 3, 1, 2)
+    for b in range(n):  # one sample per product, as in conv2d
+        for g in range(groups):
+            # (oh, ow, cg, kh, kw): every output position's contribution to its window
+            cols = np.tensordot(gy[b, g * og:(g + 1) * og], w[g * og:(g + 1) * og], axes=([0], [0]))
+            target = gxp[b:b + 1, g * cg:(g + 1) * cg]
+            for i in range(kh):
+                for j in range(kw):
+                    target[_tap(i, j, sh, sw, dh, dw, oh, ow)] += cols[None, ..., i, j].transpose(0, 3, 1, 2)
     return _unpad(gxp, padding, h, wd)
 
 

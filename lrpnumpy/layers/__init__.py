@@ -8,6 +8,9 @@ from .norm import LRN, BatchNorm2d
 from .pool import AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, MaxPool2d, SumPool2d
 from .graph import Graph
 from .merge import Add, ChannelAffine, ChannelShuffle, Concat
+from .recurrent import GRU, LSTM, sequence_lengths
+from .sequence import (AvgPool1d, Conv1d, Embedding, GlobalMaxPool1d, MaxPool1d, Sigmoid, SumPool1d,
+                       Transpose)
 from .sequential import Network, Sequential
 from .shape import Dropout, Flatten
 from .attention import GELU, CausalMask, MatMul, MergeHeads, Mul, MultiheadAttention, Scale, SiLU, SplitHeads, expand
@@ -17,4 +20,6 @@ __all__ = ["Layer", "AffineLayer", "Linear", "Conv2d", "ReLU", "Tanh", "Softmax"
            "GlobalAvgPool2d", "LRN", "MaxPool2d", "Flatten", "Dropout", "BatchNorm2d", "Add", "Concat",
            "ChannelAffine", "ChannelShuffle", "Network", "Sequential", "Graph", "Hardtanh", "ReLU6", "LeakyReLU",
            "AdaptiveAvgPool2d", "GELU", "SiLU", "Scale", "CausalMask", "SplitHeads", "MergeHeads", "MatMul", "Mul",
-           "MultiheadAttention", "LayerNorm", "RMSNorm", "expand"]
+           "MultiheadAttention", "LayerNorm", "RMSNorm", "expand",
+           "Embedding", "Transpose", "Sigmoid", "Conv1d", "MaxPool1d", "AvgPool1d", "SumPool1d", "GlobalMaxPool1d",
+           "LSTM", "GRU", "sequence_lengths"]

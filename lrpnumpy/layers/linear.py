@@ -3,7 +3,14 @@
 import numpy as np
 
 from ..errors import ShapeError
+from ..kernels import matmul_rows
 from .base import AffineLayer, as_dtype, he_normal, pair, stackable
+
+
+def _matmul(x, w):
+    """``x @ w`` on the last axis of ``x`` (N, ..., K), every row in fixed blocks (kernels.matmul_rows), so
+    that a sample's result never depends on its batch, for inputs of any rank."""
+    return matmul_rows(x.reshape(-1, x.shape[-1]), w).reshape(x.shape[:-1] + (w.shape[1],))
 
 
 class Linear(AffineLayer):
@@ -54,13 +61,13 @@ class Linear(AffineLayer):
         return tuple(input_shape[:-1]) + (self.out_features,)
 
     def forward_with(self, x, weight, bias=None, step=None):
-        y = x @ weight.T
+        y = _matmul(x, weight.T)  # in fixed blocks of rows: a sample's output never depends on its batch
         if bias is not None:  # in place: the product is a new array
             y += bias
         return y
 
     def backward_with(self, grad, weight, step):
-        return grad @ weight
+        return _matmul(grad, weight)
 
     def bias_view(self, bias, ndim=None):
         return bias
@@ -68,7 +75,7 @@ class Linear(AffineLayer):
     def forward_many(self, x, weights, step, biases=None):
         if len(weights) == 1 or not stackable(weights):
             return super().forward_many(x, weights, step, biases)
-        y = x @ self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights).T
+        y = _matmul(x, self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights).T)
         ys = np.split(y, len(weights), axis=-1)
         for part, b in zip(ys, biases or ()):
             if b is not None:  # views of one new array: in place
@@ -77,12 +84,12 @@ class Linear(AffineLayer):
 
     def backward_many(self, pairs, step):
         if len(pairs) == 1:
-            return pairs[0][0] @ pairs[0][1]
+            return _matmul(*pairs[0])
         if not stackable([w for _, w in pairs]):
-            return sum(s @ w for s, w in pairs)
+            return sum(_matmul(s, w) for s, w in pairs)
         weights = [w for _, w in pairs]
         stacked = self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights)
-        return np.concatenate([s for s, _ in pairs], axis=-1) @ stacked
+        return _matmul(np.concatenate([s for s, _ in pairs], axis=-1), stacked)
 
     def param_grads(self, grad, step):
         self.check_grad(grad, step)

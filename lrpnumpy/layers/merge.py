@@ -105,7 +105,13 @@ class Add(_MultiInput, AffineLayer):
     def forward_with(self, x, weight, bias=None, step=None):
         if self.coefficients is None:
             return x.sum(axis=0)
-        return np.tensordot(self._coef(len(x), x.dtype), x, axes=1)
+        # c_0 x_0 + c_1 x_1 + ... term by term, in input order (a tensordot is a gemv over the batch's
+        # values, whose order of adds BLAS may choose by the batch's size)
+        c = self._coef(len(x), x.dtype)
+        out = c[0] * x[0]
+        for ci, xi in zip(c[1:], x[1:]):
+            out += ci * xi
+        return out
 
     def backward_with(self, grad, weight, step):
         n = len(step.inputs)

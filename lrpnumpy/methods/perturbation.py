@@ -61,8 +61,10 @@ def occlusion(model, x, target=None, window=8, stride=8, fill=0.0, occlude="insi
     ``occlude="outside", score="output", average=False, wrap=True``.
     """
     net = logit_network(model, x)
+    if x.ndim == 2:  # token ids (N, T): windows of tokens, replaced by ``fill`` (e.g. a padding id)
+        return _token_occlusion(net, x, target, window, stride, fill, occlude, score, average, wrap, batch_size)
     if x.ndim != 4:
-        raise ShapeError(f"occlusion needs images (N, C, H, W), got shape {x.shape}")
+        raise ShapeError(f"occlusion needs images (N, C, H, W) or token ids (N, T), got shape {x.shape}")
     (wh, ww), (sh, sw) = pair(window, "occlusion window"), pair(stride, "occlusion stride")
     if occlude not in ("inside", "outside") or score not in ("difference", "output"):
         raise RuleParameterError(f"occlude must be 'inside' or 'outside' and score 'difference' or 'output', got "
@@ -100,3 +102,20 @@ def occlusion(model, x, target=None, window=8, stride=8, fill=0.0, occlude="insi
     return Explanation(relevance, out, t, method="occlusion",
                        params=dict(window=(wh, ww), stride=(sh, sw), fill=fill if np.isscalar(fill) else "array",
                                    occlude=occlude, score=score, average=average, wrap=wrap))
+
+
+def _token_occlusion(net, x, target, window, stride, fill, occlude, score, average, wrap, batch_size):
+    """Occlusion of token windows: the ids as a (N, 1, 1, T) image that a Flatten turns back into (N, T)."""
+    from ..layers import Flatten, Sequential
+    if not isinstance(net, Sequential):
+        raise ShapeError(f"occlusion of token ids (N, T) needs a Sequential network, got {type(net).__name__}")
+    for name, v in (("window", window), ("stride", stride)):
+        if not (isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1):
+            raise RuleParameterError(f"occlusion {name} over tokens must be an int >= 1, got {v!r}")
+    image = x[:, None, None, :]
+    if isinstance(fill, np.ndarray) and fill.shape == x.shape:
+        fill = fill[:, None, None, :]
+    e = occlusion(Sequential(Flatten(), *net.layers), image, target, (1, window), (1, stride), fill, occlude,
+                  score, average, wrap, batch_size)
+    e.relevance = e.relevance[:, 0, 0, :]
+    return e

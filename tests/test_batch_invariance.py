@@ -1,0 +1,147 @@
+"""A sample's output, gradient and relevance do not depend on the batch it is in, bit for bit.
+
+Alone, first or last of batches of 2, 7 and 64 (256 once), on real shipped Fashion-MNIST images
+(zeros and exact ties in the max pools are where a one-ulp difference becomes a different
+winner), for the shipped models, the zoo's lenet5 and toolbox_lenet and a residual graph with max
+pools, in both dtypes and on both kernel backends.  Before the convolutions and Linear layers
+chose their BLAS calls from one sample's shape, every case here failed (BLAS's sums depend on the
+shapes it is called with).
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+import lrpnumpy as L
+from lrpnumpy import composites, datasets, kernels, methods, zoo
+from lrpnumpy.io import load_model
+
+from lrpnumpy.datasets import DATA_DIR as DATA  # the shipped package data
+SHIPPED = ("fashion_mlp", "fashion_cnn_sumpool", "fashion_cnn_maxpool")
+BACKENDS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
+    __import__("importlib").util.find_spec("numba") is None, reason="numba is not installed"))]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    previous = kernels.set_backend(request.param)
+    yield request.param
+    kernels.set_backend(previous)
+
+
+@pytest.fixture(scope="module")
+def images():
+    """256 shipped test images of all ten classes, in a fixed mixed order."""
+    x = datasets.sample().images
+    return x[np.random.default_rng(0).permutation(len(x))[:256]]
+
+
+def bitwise(a, b):
+    """Equal bit for bit (signed zeros included)."""
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def assert_invariant(f, x, sizes=(2, 7, 64), what=""):
+    """``f(batch)[k]`` equals ``f(sample alone)[0]`` bit for bit, for x[0] first and x[1] last of each size."""
+    alone = [np.asarray(f(x[i:i + 1]))[0] for i in (0, 1)]
+    for n in sizes:
+        out = np.asarray(f(np.concatenate([x[:1], x[2:n], x[1:2]])))
+        assert len(out) == n
+        for pos, ref in ((0, alone[0]), (n - 1, alone[1])):
+            assert bitwise(out[pos], ref), (f"{what}: position {pos} of a batch of {n} differs from the sample alone "
+                                            f"by up to {np.abs(out[pos] - ref).max():.3g}")
+
+
+def _residual(dtype, coefficients=None):
+    """The shipped max-pool CNN with a residual block (3 x 3, 16 -> 16, seeded, plus the skip path)
+    after its first max pool: a Graph with an Add node (weighted by ``coefficients``) and two max pools."""
+    cnn = load_model(os.path.join(DATA, "fashion_cnn_maxpool.npz"), dtype=dtype)
+    layers = list(cnn)
+    block = L.Conv2d(16, 16, 3, padding=1, rng=3, dtype=dtype)
+    block.weight = block.weight * dtype(0.3)
+    nodes = [("conv1", layers[0], "input"), ("relu1", layers[1], "conv1"), ("pool1", layers[2], "relu1"),
+             ("block", block, "pool1"), ("add", L.Add(coefficients), ["block", "pool1"]), ("relu_add", L.ReLU(), "add")]
+    prev = "relu_add"
+    for i, layer in enumerate(layers[3:], start=3):
+        nodes.append((f"l{i}", layer, prev))
+        prev = f"l{i}"
+    return L.Graph(nodes, input_shape=(1, 28, 28))
+
+
+def model(name, dtype):
+    if name in SHIPPED:
+        return load_model(os.path.join(DATA, name + ".npz"), dtype=dtype)
+    if name == "residual":
+        return _residual(dtype)
+    return zoo.MODELS[name](seed=0, dtype=dtype)
+
+
+def inputs(name, images, dtype):
+    x = images.astype(dtype)
+    return np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2))) if name == "toolbox_lenet" else x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name", SHIPPED + ("lenet5", "toolbox_lenet", "residual"))
+def test_output_gradient_and_relevance(name, dtype, backend, images):
+    net, x = model(name, dtype), inputs(name, images, dtype)
+    assert_invariant(net.forward, x, what="output")
+    assert_invariant(lambda b: methods.gradient(net, b, target=3).relevance, x, sizes=(2, 64), what="gradient")
+    egb = composites.get("epsilon_gamma_box", low=0.0, high=1.0)
+    assert_invariant(lambda b: L.explain(net, b, composite=egb).relevance, x, sizes=(7,), what="epsilon_gamma_box")
+
+
+@pytest.mark.parametrize("name", ["fashion_cnn_maxpool", "residual"])
+def test_every_composite(name, backend, images):
+    net, x = model(name, np.float32), inputs(name, images, np.float32)
+    for key in sorted(composites.REGISTRY):
+        comp = composites.get(key, bounds=(0.0, 1.0))
+        assert_invariant(lambda b: L.explain(net, b, target=0, composite=comp).relevance, x, sizes=(7,), what=key)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "toolbox_lenet"])
+def test_rules(name, backend, images):
+    net, x = model(name, np.float64), inputs(name, images, np.float64)
+    for rule in (L.Epsilon(0.25), L.LRP0(), L.ZPlus(), L.AlphaBeta(2, 1), L.Gamma(0.25), L.Flat(), L.WSquare()):
+        assert_invariant(lambda b: L.explain(net, b, rule=rule).relevance, x, sizes=(7,), what=repr(rule))
+
+
+GRADIENT_METHODS = {
+    "gradient": {}, "sensitivity": {}, "gradient_x_input": {}, "interior_gradients": {},
+    "integrated_gradients": {"n": 4}, "deconvnet": {}, "guided_backprop": {}, "deeplift": {},
+    "grad_cam": {}, "simple_taylor": {},
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_gradient_based_methods(dtype, backend, images):
+    net, x = model("fashion_cnn_maxpool", dtype), inputs("fashion_cnn_maxpool", images, dtype)
+    for key, kwargs in GRADIENT_METHODS.items():
+        method = methods.REGISTRY[key]
+        assert_invariant(lambda b: method(net, b, target=5, **kwargs).relevance, x, sizes=(7,), what=key)
+
+
+def test_batch_of_256(backend, images):
+    net = model("lenet5", np.float32)
+    x = images.astype(np.float32)
+    assert_invariant(net.forward, x, sizes=(256,), what="output")
+    assert_invariant(lambda b: L.explain(net, b, composite=L.EpsilonPlus()).relevance, x, sizes=(256,),
+                     what="epsilon_plus")
+
+
+def test_weighted_residual_sum(backend, images):
+    """An Add with coefficients (Caffe's Eltwise SUM) adds its terms one by one, in input order (as
+    one tensordot, a gemv over the whole batch's values, its sums changed with the batch's length)."""
+    for dtype in (np.float32, np.float64):
+        rng = np.random.default_rng(0)
+        odd = L.Graph([("flat", L.Flatten(), "input"), ("a", L.Linear(784, 7, rng=rng, dtype=dtype), "flat"),
+                       ("b", L.Linear(784, 7, rng=rng, dtype=dtype), "flat"),
+                       ("add", L.Add([1.0, 0.7]), ["a", "b"]), ("out", L.Linear(7, 10, rng=rng, dtype=dtype), "add")],
+                      input_shape=(1, 28, 28))
+        assert_invariant(odd.forward, images.astype(dtype), sizes=(2, 3, 5, 7, 64), what="output")
+        net, x = _residual(dtype, coefficients=[1.0, 0.7]), images.astype(dtype)
+        assert_invariant(net.forward, x, sizes=(7, 64), what="output")
+        assert_invariant(lambda b: L.explain(net, b, composite=L.EpsilonPlus()).relevance, x, sizes=(7,),
+                         what="epsilon_plus")
