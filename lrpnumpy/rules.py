@@ -370,9 +370,12 @@ class Epsilon(AffineRule):
         return R_in + self._bias_share(step, R), {k: v * (1 - self.bias_factor) if k in ("bias", "stabilizer") else v
                                                   for k, v in absorbed.items()}
 
-    def reference(self, step, R):
-        R_in = super().reference(step, R)
-        return R_in + self._bias_share(step, R) if self.bias_factor else R_in
+    def propagate_reference(self, step, R):
+        R_in, absorbed = super().propagate_reference(step, R)
+        if not self.bias_factor:
+            return R_in, absorbed
+        return R_in + self._bias_share(step, R), {k: v * (1 - self.bias_factor) if k in ("bias", "stabilizer") else v
+                                                  for k, v in absorbed.items()}
 
     def _bias_share(self, step, R):
         """``bias_factor`` times each neuron's bias and stabilizer, shared equally among its connected

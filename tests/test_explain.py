@@ -283,7 +283,8 @@ def _same_explanation(fast, ref):
 
 REFERENCE_RULES = [L.LRP0(), L.Epsilon(0.25), L.ZPlus(), L.AlphaBeta(2, 1), L.AlphaBeta(1, 0), L.Gamma(0.25),
                    L.ZBox(-1.0, 2.0), L.Flat(), L.WSquare(), L.WSquare(bias=False), L.Rho("gamma", bias="raw"),
-                   L.Rho("positive"), L.Rho("identity", bias="zero"), L.rules.ToolboxAlphaBeta(1.5)]
+                   L.Rho("positive"), L.Rho("identity", bias="zero"), L.rules.ToolboxAlphaBeta(1.5),
+                   L.Epsilon(0.25, bias_factor=0.5)]
 
 
 @pytest.mark.parametrize("make", [cnn, _residual_graph], ids=["sequential", "graph"])
