@@ -15,9 +15,11 @@ epsilon rule, two for ``z+`` (positive and negative inputs), three for
 ``z^B``.  Rules that mix two denominators (alpha-beta, gamma) do the four
 steps once per *group* of terms, with a coefficient (``alpha``, ``-beta``) or
 a mask on ``R``.  :func:`four_steps` is the one place where this is written
-out, literally; :func:`four_steps_fast` does the same with fewer passes and is
-what ``explain`` runs; :func:`ledger` reads what biases and stabilizers
-absorbed from the sums step 2 collects (``kernels.lrp_step2``: one pass).
+out, literally, and :func:`ledger` reads from its values what biases and stabilizers
+absorbed.  This module is the readable form; what exists only for speed (shared and stacked
+passes, vanishing terms skipped, large layers in row blocks, the gamma rule through the traced
+``z``) is :mod:`lrpnumpy.rules_fast`, which ``explain`` runs and which is tested equal to
+:func:`four_steps` for every rule (``explain(..., reference=True)`` runs the literal steps).
 
 Rules read what they need from the layer's :class:`~lrpnumpy.trace.Step` of
 the traced forward pass (its input, its output, max-pool winners); they keep
@@ -40,20 +42,17 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from . import kernels
 from .errors import RuleParameterError, ShapeError, UnsupportedLayerError
-from .layers import GRU, LSTM, AffineLayer, Embedding, Linear, MaxPool2d
+from .layers import GRU, LSTM, AffineLayer, Embedding, MaxPool2d
 from .stabilize import stabilize
-from .trace import Step
 
 
 class Term(NamedTuple):
     """One forward pass ``coef * forward(x; weight, bias)`` of the modified layer.
 
-    ``vanishes`` marks a term whose input is known to be all zero (the negative part of an
-    input after a ReLU): it adds nothing, and the fast path skips it.  ``coef`` lets a rule
-    write a modified weight as a combination of weights the fast path has already used (the
-    gamma rule's ``W + gamma W-`` is ``(1 + gamma) W - gamma W+``).
+    ``vanishes`` states that the term's input is all zero (the negative part of an input after a
+    ReLU; its bias is then None): the term adds nothing, which the fast path uses to skip it.
+    ``coef`` scales the term (a modified weight written as a combination of others).
     """
 
     x: np.ndarray
@@ -87,8 +86,8 @@ class Values(NamedTuple):
 def four_steps(layer, step, groups, R, epsilon):
     """The four LRP steps, literally, as the LRP tutorial writes them.
 
-    This is the reference: :func:`four_steps_fast`, which explain uses, is tested equal to it
-    for every rule and layer.
+    This is the reference: :func:`lrpnumpy.rules_fast.four_steps_fast`, which explain uses, is
+    tested equal to it for every rule and layer.
 
     Parameters
     ----------
@@ -123,148 +122,6 @@ def four_steps(layer, step, groups, R, epsilon):
     return R_in, values
 
 
-def four_steps_fast(layer, step, groups, R, epsilon):
-    """:func:`four_steps` with fewer passes; same arguments, same results up to rounding.
-
-    Terms whose input vanishes are skipped; each distinct (input, weight) pair runs one forward and
-    one backward pass however many terms use it (the backward pass is linear in ``s``, so the
-    terms' ``coef * s`` add up before it), and pairs on one input run together, with stacked
-    weights.  The layer's own weight on its own input needs no forward pass at all: that is the
-    traced forward pass's output.
-    """
-    live = [t for g in groups for t in g.terms if not t.vanishes]
-    if len(groups) == 1 and len(live) == 1:  # Epsilon, Norm, ZPlus after a ReLU, ...: fewer steps in Python
-        return _one_term(layer, step, groups[0], live[0], R, epsilon)
-    pairs = _pairs(groups)
-    # step 1: z = forward pass of the rule-modified layer (each group: the sum of its terms)
-    z = [[] for _ in groups]
-    for x, uses in _by_input(pairs):
-        fresh = [u for u in uses if not _is_traced(layer, step, u)]
-        # a pair whose terms all add the same bias gets it in its forward pass (added in place there)
-        added = [_shared_bias(u) for u in fresh]
-        outs = dict(zip(map(id, fresh), zip(layer.forward_many(x, [u.weight for u in fresh], step, added), added))
-                    if fresh else ())
-        for u in uses:
-            with_bias = {}  # one addition per bias, however many groups use it (gamma: both)
-            for gi, coef, bias in u.terms:
-                if id(u) not in outs:
-                    out = step.output  # the traced forward pass's output, bias included
-                elif bias is outs[id(u)][1]:
-                    out = outs[id(u)][0]
-                else:  # terms with different biases: each added to the pair's output without bias
-                    if id(bias) not in with_bias:
-                        with_bias[id(bias)] = outs[id(u)][0] + layer.bias_view(bias, R.ndim)
-                    out = with_bias[id(bias)]
-                z[gi].append(_scaled(coef, out))
-    # step 2: s = R / stabilize(z), each group's in one pass with the sums its ledger reads
-    s, accounts = [], []
-    for g, zg in zip(groups, z):
-        bias = _group_bias(g)
-        sg, sums, per_channel = kernels.lrp_step2(_total(zg), R, g.mask, epsilon, 1 if bias is None else bias.size)
-        per_channel = _last_axis_channels(layer, sg, bias, per_channel)
-        s.append(sg)
-        accounts.append(Account(sums, per_channel, bias))
-    # step 3: c = backward pass of the modified layer applied to s (each weight once: the sum of its
-    # terms' s scaled by their group's and their own coefficient)
-    # step 4: R = a * c (summed over the inputs the terms use)
-    def s_of(pair):  # the pair's terms' s, each scaled by its group's and its own coefficient
-        return _total([_scaled(groups[gi].coef * coef, s[gi]) for gi, coef, _ in pair.terms])
-    R_in = _total([_times(x, layer.backward_many([(s_of(u), u.weight) for u in uses], step))
-                   for x, uses in _by_input(pairs)])
-    return R_in, accounts
-
-
-def _one_term(layer, step, g, t, R, epsilon):
-    """:func:`four_steps_fast` for one group of one term (what most layers of most composites run)."""
-    pair = _Pair(t.x, t.weight, [(0, t.coef, t.bias)])
-    if _is_traced(layer, step, pair):
-        z = step.output                                                                  # step 1: z
-    else:
-        z = layer.forward_many(t.x, [t.weight], step, [t.bias])[0]
-    bias = _group_bias(g)
-    s, sums, per_channel = kernels.lrp_step2(_scaled(t.coef, z), R, g.mask, epsilon,   # step 2: s
-                                             1 if bias is None else bias.size)
-    per_channel = _last_axis_channels(layer, s, bias, per_channel)
-    c = layer.backward_many([(_scaled(g.coef * t.coef, s), t.weight)], step)            # step 3: c
-    return _times(t.x, c), [Account(sums, per_channel, bias)]                           # step 4: R
-
-
-def _last_axis_channels(layer, s, bias, per_channel):
-    """The per-channel sums of ``s`` for a Linear layer on tokens (N, ..., out): its channels are
-    on the last axis, not in the contiguous blocks ``kernels.lrp_step2`` sums over."""
-    if bias is None or s.ndim <= 2 or not isinstance(layer, Linear):
-        return per_channel
-    return s.reshape(len(s), -1, s.shape[-1]).sum(axis=1)
-
-
-def _times(x, c):
-    """``x * c``, into ``c`` when that is a new array of the product's shape and dtype (the backward
-    pass's result, used nowhere else): one array fewer to allocate and fault in."""
-    if (isinstance(c, np.ndarray) and c.base is None and c.flags.writeable and c is not x
-            and c.shape == np.shape(x) and c.dtype == np.result_type(x, c)):
-        return np.multiply(x, c, out=c)
-    return x * c
-
-
-def _total(parts):
-    """The sum of a list of arrays; the array itself (no copy) when there is one, 0 when none."""
-    if not parts:
-        return 0
-    total = parts[0]
-    for p in parts[1:]:
-        total = total + p
-    return total
-
-
-class _Pair(NamedTuple):
-    x: np.ndarray
-    weight: Optional[np.ndarray]
-    terms: list  # [(group index, coef, bias), ...]
-
-
-def _pairs(groups):
-    """The distinct (input, weight) pairs of the terms that do not vanish (by identity)."""
-    pairs = []
-    for gi, g in enumerate(groups):
-        for t in g.terms:
-            if t.vanishes:
-                continue
-            pair = next((p for p in pairs if p.x is t.x and p.weight is t.weight), None)
-            if pair is None:
-                pair = _Pair(t.x, t.weight, [])
-                pairs.append(pair)
-            pair.terms.append((gi, t.coef, t.bias))
-    return pairs
-
-
-def _by_input(pairs):
-    """``[(x, [pair, ...]), ...]``: the pairs grouped by their input (identity), in order."""
-    out = []
-    for p in pairs:
-        same = next((uses for x, uses in out if x is p.x), None)
-        if same is None:
-            out.append((p.x, [p]))
-        else:
-            same.append(p)
-    return out
-
-
-def _shared_bias(pair):
-    """The bias every term of ``pair`` adds, when that is one array; None otherwise."""
-    first = pair.terms[0][2]
-    return first if all(bias is first for _, _, bias in pair.terms) else None
-
-
-def _is_traced(layer, step, pair):
-    """True when the pair's forward pass, with each of its terms' bias, is the traced output itself:
-    the layer's own weight and bias on the layer's own input, for a layer whose forward pass is
-    ``forward_with`` its own parameters (Linear, Conv2d, sum and average pooling, ...)."""
-    kind = type(layer)
-    return (step.layer is layer and kind._forward is AffineLayer._forward and kind._apply is AffineLayer._apply
-            and pair.x is step.input and pair.weight is layer.weight
-            and all(bias is layer.bias for _, _, bias in pair.terms))
-
-
 class Account(NamedTuple):
     """One group's sums from step 2 (:func:`lrpnumpy.kernels.lrp_step2`), what its ledger reads."""
 
@@ -274,8 +131,31 @@ class Account(NamedTuple):
 
 
 def _group_bias(g):
-    biases = [_scaled(t.coef, t.bias) for t in g.terms if t.bias is not None and not t.vanishes]
-    return _total(biases) if biases else None
+    """The bias of a group's ``z``: ``sum coef * b`` over its terms (None when no term has one)."""
+    biases = [_scaled(t.coef, t.bias) for t in g.terms if t.bias is not None]
+    return sum(biases[1:], biases[0]) if biases else None
+
+
+def accounts(layer, groups, values, R, epsilon):
+    """Each group's :class:`Account` from what :func:`four_steps` computed (its ``values``).
+
+    The same sums step 2 of the fast path collects as it divides (``kernels.lrp_step2``), here
+    written out: ``sum R_g``, ``sum R_g`` where the stabilized ``z`` is finite, ``sum s (zs - z)``
+    there, ``sum R``, and ``sum s`` per output channel (the axis the layer's bias lies along).
+    """
+    out = []
+    for g, v in zip(groups, values):
+        n, bias = len(R), _group_bias(g)
+        kept = v.R if epsilon > 0 else np.where(np.isfinite(v.zs), v.R, 0)  # zs = inf: nothing passed on
+        absorbed = _sums(v.s * (v.zs - v.z)) if epsilon > 0 else np.zeros(n)  # zs = z when epsilon = 0
+        sums = np.stack([_sums(v.R), _sums(kept), absorbed, _sums(R)], axis=1).astype(R.dtype)
+        if bias is None:
+            per_channel = _sums(v.s)[:, None]
+        else:  # the bias broadcasts from the channel axis on
+            axis = v.s.ndim - np.ndim(layer.bias_view(bias, v.s.ndim))
+            per_channel = np.moveaxis(v.s, axis, 1).reshape(n, bias.size, -1).sum(axis=2)
+        out.append(Account(sums, per_channel, bias))
+    return out
 
 
 def ledger(groups, accounts, epsilon):
@@ -297,30 +177,6 @@ def ledger(groups, accounts, epsilon):
             kept = kept + g.coef * a.sums[:, 1]
     _add(out, "dropped", accounts[0].sums[:, 3] - kept)
     return out
-
-
-#: Dense layers with more weight bytes than this run their rules one block of output neurons at a
-#: time (blocks of at most this size), so that modified weights (W+, W + gamma W+, ...) are made
-#: one block at a time: vgg16's first dense layer holds 822 MB of float64 weights.
-ROW_BLOCK_BYTES = 64 << 20
-
-
-def row_blocks(layer):
-    """``[(slice of output neurons, Linear over those rows), ...]`` for a Linear layer above
-    :data:`ROW_BLOCK_BYTES`, else None.  The blocks' parameters are views of the layer's (no copy);
-    on a frozen layer they are kept, so each block caches its own modified weights."""
-    if not isinstance(layer, Linear) or layer.weight.nbytes <= ROW_BLOCK_BYTES:
-        return None
-    W, b = layer.weight, layer.bias
-    rows = max(1, ROW_BLOCK_BYTES // (W.shape[1] * W.itemsize))
-
-    def block(a):
-        part = Linear.__new__(Linear)
-        part._configure(W.shape[1], min(a + rows, len(W)) - a, b is not None)
-        object.__setattr__(part, "weight", W[a:a + rows])  # views of checked parameters: not checked again
-        object.__setattr__(part, "bias", None if b is None else b[a:a + rows])
-        return slice(a, a + part.out_features), part
-    return layer.derived(("row-blocks", rows), lambda: tuple(block(a) for a in range(0, len(W), rows)))
 
 
 def _scaled(coef, s):
@@ -430,6 +286,10 @@ class Rule:
         """Relevance at the input of ``step.layer`` (the first part of :meth:`propagate`)."""
         return self.propagate(step, R)[0]
 
+    def propagate_reference(self, step, R):
+        """:meth:`propagate` in its literal form; a rule without a separate fast path is its own."""
+        return self.propagate(step, R)
+
     def _propagate(self, step, R):
         raise NotImplementedError
 
@@ -466,29 +326,19 @@ class AffineRule(Rule):
         return layer
 
     def _propagate(self, step, R):
-        layer = self.layer_for(step)
-        blocks = row_blocks(layer)
-        if blocks is None:
-            groups = self.groups(layer, step)
-            R_in, values = four_steps_fast(layer, step, groups, R, self.epsilon)
-            return layer.split(R_in), ledger(groups, values, self.epsilon)
-        # a large dense layer, one block of output neurons at a time: every rule's denominators
-        # belong to single output neurons, so the blocks' relevance adds up at the shared input
-        R_in, absorbed = 0, {}
-        for rows, part in blocks:
-            sub = Step(part, step.inputs, step.output[..., rows], step.state, step.index, step.parents)
-            groups = self.groups(part, sub)
-            r, values = four_steps_fast(part, sub, groups, R[..., rows], self.epsilon)
-            R_in = R_in + r
-            for key, value in ledger(groups, values, self.epsilon).items():
-                _add(absorbed, key, value)
-        return layer.split(R_in), absorbed
+        return rules_fast.propagate(self, self.layer_for(step), step, R)
 
     def reference(self, step, R):
         """The relevance by :func:`four_steps` itself: the literal form the fast path is tested against."""
+        return self.propagate_reference(step, R)[0]
+
+    def propagate_reference(self, step, R):
+        """:meth:`propagate` by the literal :func:`four_steps` and its ledger (no fast path)."""
         step.layer.check_grad(R, step, "relevance")
         layer = self.layer_for(step)
-        return layer.split(four_steps(layer, step, self.groups(layer, step), R, self.epsilon)[0])
+        groups = self.groups(layer, step)
+        R_in, values = four_steps(layer, step, groups, R, self.epsilon)
+        return layer.split(R_in), ledger(groups, accounts(layer, groups, values, R, self.epsilon), self.epsilon)
 
 
 class Epsilon(AffineRule):
@@ -520,9 +370,12 @@ class Epsilon(AffineRule):
         return R_in + self._bias_share(step, R), {k: v * (1 - self.bias_factor) if k in ("bias", "stabilizer") else v
                                                   for k, v in absorbed.items()}
 
-    def reference(self, step, R):
-        R_in = super().reference(step, R)
-        return R_in + self._bias_share(step, R) if self.bias_factor else R_in
+    def propagate_reference(self, step, R):
+        R_in, absorbed = super().propagate_reference(step, R)
+        if not self.bias_factor:
+            return R_in, absorbed
+        return R_in + self._bias_share(step, R), {k: v * (1 - self.bias_factor) if k in ("bias", "stabilizer") else v
+                                                  for k, v in absorbed.items()}
 
     def _bias_share(self, step, R):
         """``bias_factor`` times each neuron's bias and stabilizer, shared equally among its connected
@@ -652,10 +505,6 @@ class Gamma(AffineRule):
         ap, an, vanishes = _split(step.input)
         W, b = layer.weight, layer.bias
         z = step.output  # the sign of the original z = W a + b picks the branch
-        if vanishes:  # a >= 0: through z itself (no pass) and u = W+ a + b+ (one pass)
-            Wp, bp = layer.derived("positive-part", lambda: (_pos(W), _pos(b)))
-            return [Group([Term(ap, W, b), Term(ap, Wp, bp, coef=self.gamma)], mask=z > 0),
-                    Group([Term(ap, W, b, coef=1 + self.gamma), Term(ap, Wp, bp, coef=-self.gamma)], mask=z < 0)]
         g = W.dtype.type(self.gamma)
 
         def modified():
@@ -966,3 +815,8 @@ def get(spec):
         return REGISTRY[name](**kwargs)
     except TypeError as exc:
         raise RuleParameterError(f"rule {spec!r}: {exc}") from None
+
+
+# The fast path runs these rules (imported last: it reads the classes above).
+from . import rules_fast  # noqa: E402
+from .rules_fast import ROW_BLOCK_BYTES, four_steps_fast, row_blocks  # noqa: E402,F401  (names kept from before)

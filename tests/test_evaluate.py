@@ -371,14 +371,15 @@ def test_pixel_flipping_interrupted_returns_the_steps_it_finished(incremental_, 
     x = rng.random((3, 3, 8, 9))
     R = rng.normal(size=x.shape)
     full = E.pixel_flipping(net, x, R, 1, features_per_step=2, batch_size=4, incremental=incremental_)
-    calls, scores = [0], E._scores
+    import lrpnumpy.evaluate.perturbation as P  # the scoring path's module
+    calls, scores = [0], P._scores
 
     def interrupted_third(*args):
         calls[0] += 1
         if calls[0] == 3:
             raise KeyboardInterrupt
         return scores(*args)
-    monkeypatch.setattr(E, "_scores", interrupted_third)
+    monkeypatch.setattr(P, "_scores", interrupted_third)
     part = E.pixel_flipping(net, x, R, 1, features_per_step=2, batch_size=4, incremental=incremental_, progress=True)
     assert part.interrupted and not full.interrupted
     done = part.curves.shape[1]
@@ -489,3 +490,33 @@ def test_an_overflow_on_the_incremental_path_names_the_layer_of_the_whole_networ
     for incremental_ in (True, False):
         with np.errstate(all="ignore"), pytest.raises(L.errors.NonFiniteError, match=r"layer 0 \(Conv2d\(1, 2"):
             E.pixel_flipping(net, x, R, fill=1e10, incremental=incremental_, batch_size=batch_size)
+
+
+def test_evaluate_is_a_package_with_every_old_name():
+    """lrpnumpy.evaluate became a package (perturbation curves, metrics, comparison tables, ROAR/KAR
+    in modules of their own); every name the single module had is still importable from it."""
+    from lrpnumpy.evaluate import metrics, perturbation, retraining, tables
+    old = ["PerturbationResult", "pixel_flipping", "region_perturbation", "selectivity", "channel_axis_of",
+           "continuity", "class_sensitivity", "similarity", "randomization_check", "context", "random_relevance",
+           "METRICS", "Comparison", "compare", "roar", "kar",
+           "_scores", "_fill", "_int", "_Layout", "_fill_values", "_relevance", "_cosine", "_ranks"]
+    for name in old:
+        assert hasattr(E, name), name
+    assert E.pixel_flipping is perturbation.pixel_flipping and E.continuity is metrics.continuity
+    assert E.compare is tables.compare and E.roar is retraining.roar and E.kar is retraining.kar
+    from lrpnumpy.evaluate import context, pixel_flipping  # noqa: F401  (as the README and spray import them)
+
+
+def test_removal_order_is_the_ranking_by_hand():
+    """The ranking part of pixel_flipping: THREE_X's relevance (1, 2, -3) and (2, -2, -3); MoRF removes
+    x_1, x_0, x_2 (sample 0) and x_0, x_1, x_2 (sample 1); LeRF the reverse of sample 0's; two per step."""
+    from lrpnumpy.evaluate.perturbation import _Layout
+    R = np.array([[1.0, 2.0, -3.0], [2.0, -2.0, -3.0]])
+    layout = _Layout(R.shape, None, 1)
+    removed_at, total = E.removal_order(layout, R, "morf", 1, None)
+    np.testing.assert_array_equal(removed_at, [[2, 1, 3], [1, 2, 3]])
+    assert total == 3
+    np.testing.assert_array_equal(E.removal_order(layout, R, "lerf", 1, None)[0][0], [2, 3, 1])
+    removed_at, total = E.removal_order(layout, R, "morf", 2, None)
+    np.testing.assert_array_equal(removed_at, [[1, 1, 2], [1, 1, 2]])
+    assert total == 2

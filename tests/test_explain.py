@@ -245,3 +245,121 @@ def test_frozen_cache_follows_new_weights(rng):
     np.testing.assert_array_equal(got, L.explain(fresh, x, composite=L.EpsilonGammaBox(0, 1)).relevance)
     net.clear()
     assert "_derived" not in vars(net[3])
+
+
+# ----- explain(..., reference=True): the literal four steps end to end -----
+
+def _residual_graph(rng):
+    def conv(i, o):
+        c = L.Conv2d(i, o, 3, padding=1, rng=rng)
+        c.bias = rng.normal(size=o) * 0.1
+        return c
+    head = L.Linear(4 * 3 * 3, 3, rng=rng)
+    head.bias = rng.normal(size=3) * 0.1
+    return L.Graph([("c1", conv(1, 4), "input"), ("r1", L.ReLU(), "c1"), ("c2", conv(4, 4), "r1"),
+                    ("add", L.Add(), ["c2", "r1"]), ("r2", L.ReLU(), "add"), ("pool", L.MaxPool2d(2), "r2"),
+                    ("sum", L.SumPool2d(2), "pool"), ("flat", L.Flatten(), "sum"), ("fc", head, "flat")],
+                   input_shape=(1, 12, 12))
+
+
+def _same_explanation(fast, ref):
+    assert ref.params.pop("reference") is True and ref.params == fast.params
+    for got, want in zip(fast.layers, ref.layers):
+        for g, w in zip(*[r if isinstance(r, tuple) else (r,) for r in (got, want)]):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12 * np.abs(w).max())
+    a, b = fast.conservation().rows, ref.conservation().rows
+    assert len(a) == len(b) == len(fast.network)
+    for row_a, row_b in zip(a, b):
+        assert row_a.keys() == row_b.keys()
+        for key in row_a:
+            if isinstance(row_a[key], (str, int)) or key == "inputs":
+                assert row_a[key] == row_b[key], key
+            elif row_a[key] is None:
+                assert row_b[key] is None, key
+            else:  # per-sample sums (and an Add's parts)
+                np.testing.assert_allclose(np.asarray(row_a[key]), np.asarray(row_b[key]), rtol=1e-10, atol=1e-12,
+                                           err_msg=f"{key} of {row_a['layer']} ({row_a['rule']})")
+
+
+REFERENCE_RULES = [L.LRP0(), L.Epsilon(0.25), L.ZPlus(), L.AlphaBeta(2, 1), L.AlphaBeta(1, 0), L.Gamma(0.25),
+                   L.ZBox(-1.0, 2.0), L.Flat(), L.WSquare(), L.WSquare(bias=False), L.Rho("gamma", bias="raw"),
+                   L.Rho("positive"), L.Rho("identity", bias="zero"), L.rules.ToolboxAlphaBeta(1.5),
+                   L.Epsilon(0.25, bias_factor=0.5)]
+
+
+@pytest.mark.parametrize("make", [cnn, _residual_graph], ids=["sequential", "graph"])
+@pytest.mark.parametrize("how", [("composite", n) for n in sorted(composites.REGISTRY)]
+                         + [("rule", r) for r in REFERENCE_RULES], ids=str)
+def test_reference_explain_equals_the_fast_path(make, how, rng):
+    """explain(..., reference=True) runs the literal four_steps on every layer: the same relevance at
+    every layer (1e-12, float64) and the same conservation report as the fast path."""
+    net = make(rng)
+    x = rng.random((3, 1, 12, 12)) - 0.2  # signed input: the first layer's x- terms are live
+    kind, what = how
+    kwargs = {"composite": composites.get(what, bounds=(-1.0, 2.0))} if kind == "composite" else {"rule": what}
+    fast = L.explain(net, x, target=[0, 1, 2], **kwargs)
+    ref = L.explain(net, x, target=[0, 1, 2], reference=True, **kwargs)
+    _same_explanation(fast, ref)
+
+
+def test_reference_is_true_or_false(rng):
+    with pytest.raises(RuleParameterError, match="reference must be True or False"):
+        L.explain(cnn(rng), rng.random((1, 1, 12, 12)), reference="yes")
+
+
+def test_reference_runs_no_fast_path(rng, monkeypatch):
+    """With reference=True not one layer goes through rules_fast (it is made to fail here)."""
+    import lrpnumpy.rules_fast as fast
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the fast path ran")
+    net, x = _residual_graph(rng), rng.random((2, 1, 12, 12))
+    want = L.explain(net, x, composite=L.EpsilonGammaBox(0, 1)).relevance
+    monkeypatch.setattr(fast, "propagate", refuse)
+    got = L.explain(net, x, composite=L.EpsilonGammaBox(0, 1), reference=True).relevance
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+    with pytest.raises(AssertionError, match="the fast path ran"):
+        L.explain(net, x, composite=L.EpsilonGammaBox(0, 1))
+
+
+def test_the_vocabulary_is_its_own_module_below_the_rules():
+    """Explanation, ConservationReport, targets, one-hot and the checked forward pass live in
+    lrpnumpy.explanation, which imports no rule, composite, method or driver; lrpnumpy.explain
+    re-exports the same objects (old imports keep working)."""
+    import ast
+    import inspect
+
+    import importlib
+    driver = importlib.import_module("lrpnumpy.explain")  # the module (lrpnumpy.explain is the function)
+    vocab = importlib.import_module("lrpnumpy.explanation")
+    imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(vocab)))
+                if isinstance(node, ast.ImportFrom)}
+    assert imported <= {"errors", "layers", "layers.base"}, imported
+    for name in ("Explanation", "ConservationReport", "target_classes", "onehot", "target_onehot", "sample_rows",
+                 "forward_checked", "forward_finite", "logit_network", "without_softmax", "layer_index"):
+        assert getattr(driver, name) is getattr(vocab, name), name
+    assert L.Explanation is vocab.Explanation and L.ConservationReport is vocab.ConservationReport
+
+
+@pytest.mark.parametrize("name", ["attnlrp", "cp_lrp", "epsilon_plus"])
+def test_reference_explain_on_a_transformer_block(name, rng):
+    """reference=True on tokens (N, T, E): attention, layer norm, token Linear layers with biases (their
+    bias booked per output feature, the last axis) -- the same explanation as the fast path."""
+    E, F = 8, 12
+
+    def linear(i, o, seed):
+        lin = L.Linear(i, o, rng=seed)
+        lin.bias = rng.normal(size=o) * 0.3
+        return lin
+    mha = L.MultiheadAttention(E, 2, rng=1)
+    mha.in_proj_bias = rng.normal(size=3 * E) * 0.3
+    net = L.Graph([("ln1", L.LayerNorm(E), "input"), ("attn", mha, "ln1"), ("add1", L.Add(), ["attn", "input"]),
+                   ("fc1", linear(E, F, 2), "add1"), ("gelu", L.GELU(), "fc1"), ("fc2", linear(F, E, 3), "gelu"),
+                   ("add2", L.Add(), ["fc2", "add1"])])
+    x = rng.normal(size=(2, 5, E))
+    y = net.forward(x)
+    comp = composites.get(name, epsilon=1e-3) if name != "epsilon_plus" else composites.get(name)
+    fast = L.explain(net, x, relevance_out=y, composite=comp)
+    ref = L.explain(net, x, relevance_out=y, composite=comp, reference=True)
+    _same_explanation(fast, ref)
+    assert np.abs(ref.conservation().residual()).max() < 1e-9

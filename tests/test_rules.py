@@ -352,6 +352,45 @@ def test_fast_path_equals_the_literal_four_steps(layer_name, positive, rng):
                                        err_msg=f"{rule!r} on {layer!r}")
 
 
+@pytest.mark.parametrize("layer_name", sorted(REFERENCE_LAYERS))
+@pytest.mark.parametrize("positive", [False, True], ids=["signed", "positive"])
+@pytest.mark.parametrize("epsilon", [None, 0.0], ids=["rule_epsilon", "no_epsilon"])
+def test_fast_ledger_equals_the_literal_ledger(layer_name, positive, epsilon, rng):
+    """The ledger the fast path reads from step 2's sums == the one written out from four_steps' values
+    (rules.accounts), every rule, with and without a stabilizer (zero denominators dropped)."""
+    import copy
+    layer, shape = REFERENCE_LAYERS[layer_name](rng)
+    x = rng.normal(size=shape)
+    x = np.abs(x) if positive else x
+    y, step = layer.forward_trace(x)
+    R = rng.normal(size=y.shape)
+    for rule in WEIGHTED_RULES if getattr(layer, "weight", None) is not None else POOL_RULES:
+        if epsilon is not None:
+            rule = copy.copy(rule)
+            rule.epsilon = epsilon
+        (fast, fast_ledger), (want, want_ledger) = rule.propagate(step, R), rule.propagate_reference(step, R)
+        np.testing.assert_allclose(fast, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+        assert fast_ledger.keys() == want_ledger.keys(), rule
+        scale = np.abs(R).sum()
+        for key in want_ledger:
+            np.testing.assert_allclose(fast_ledger[key], want_ledger[key], rtol=1e-10, atol=1e-12 * scale,
+                                       err_msg=f"{key} of {rule!r} on {layer!r}")
+
+
+def test_rules_module_holds_no_speed_machinery():
+    """The readable rules: no kernels, pairing, stacking or row blocks in rules.py itself (they are
+    rules_fast's); the old names still resolve there."""
+    import inspect
+    import lrpnumpy.rules as rules
+    import lrpnumpy.rules_fast as fast
+    text = inspect.getsource(rules)
+    for name in ("kernels", "_pairs", "_by_input", "_is_traced", "_one_term", "_times"):
+        assert not hasattr(rules, name), name
+    for name in ("forward_many", "backward_many", "Step("):
+        assert name not in text, name
+    assert rules.four_steps_fast is fast.four_steps_fast and rules.row_blocks is fast.row_blocks
+
+
 @pytest.mark.parametrize("layer_name", [n for n in sorted(REFERENCE_LAYERS) if "pool" not in n])
 @pytest.mark.parametrize("gamma", [0.0, 0.25, 3.0])
 def test_gamma_through_z_equals_its_definition(layer_name, gamma, rng):
@@ -368,7 +407,8 @@ def test_gamma_through_z_equals_its_definition(layer_name, gamma, rng):
     literal = [Group([Term(x, Wp, bp)], mask=y > 0), Group([Term(x, Wn, bn)], mask=y < 0)]
     want = four_steps(layer, step, literal, R, 1e-6)[0]
     rule = L.Gamma(gamma)
-    assert len(rule.groups(layer, step)[1].terms) == 2  # the form through z and u is the one in use
+    from lrpnumpy.rules_fast import groups_for
+    assert len(groups_for(rule, layer, step)[1].terms) == 2  # the form through z and u is the one in use
     for got in (rule.relevance(step, R), rule.reference(step, R)):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
 
@@ -403,7 +443,7 @@ def test_large_layers_run_their_terms_as_separate_passes(rng, monkeypatch):
 def test_large_dense_layers_in_row_blocks_equal_the_whole_layer(monkeypatch, rng, rule, frozen):
     """A Linear above ROW_BLOCK_BYTES runs its rule one block of output neurons at a time: same
     relevance and the same ledger (1e-12) as the whole layer and as the four-step reference."""
-    import lrpnumpy.rules as R
+    import lrpnumpy.rules_fast as R
     layer = L.Linear(7, 10, rng=rng)
     layer.bias = rng.normal(size=10)
     if frozen:
