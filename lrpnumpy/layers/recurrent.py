@@ -29,6 +29,7 @@ from ..errors import DTypeError, LayerParameterError, ResourceError, ShapeError
 from ..stabilize import stabilize
 from ..trace import Step
 from .base import MAX_SIZE, Layer, as_dtype, make_rng
+from .linear import _matmul  # products in fixed blocks of rows: a sample's results never depend on its batch
 
 _LENGTHS = contextvars.ContextVar("lrpnumpy_sequence_lengths", default=None)
 
@@ -85,7 +86,7 @@ def eps_linear(inputs, bias, z, R, epsilon, bias_factor, ledger):
     """
     zs = stabilize(z, epsilon)                                        # step 1: z (stabilized)
     s = R / zs                                                         # step 2: s = R / z
-    c = [s if W is None else s @ W for _, W in inputs]                 # step 3: c = backward(s)
+    c = [s if W is None else _matmul(s, W) for _, W in inputs]                 # step 3: c = backward(s)
     R_in = [x * c_k for (x, _), c_k in zip(inputs, c)]                 # step 4: R = a * c
     finite = np.isfinite(zs)
     absorbed_b = s * (0 if bias is None else bias)
@@ -299,13 +300,13 @@ class LSTM(_Recurrent):
         W_ih, W_hh, b_ih, b_hh = self._weights(k)
         n, T = x.shape[:2]
         H = self.hidden_size
-        pre_x = x @ W_ih.T + b_ih
+        pre_x = _matmul(x, W_ih.T) + b_ih
         h = np.zeros((n, H), x.dtype)
         c = np.zeros((n, H), x.dtype)
         hp, cp, gates, pre, cn, y = (np.empty((n, T, m), x.dtype) for m in (H, H, 4 * H, 4 * H, H, H))
         for t in range(T):
             hp[:, t], cp[:, t] = h, c
-            pre[:, t] = z = pre_x[:, t] + h @ W_hh.T + b_hh
+            pre[:, t] = z = pre_x[:, t] + _matmul(h, W_hh.T) + b_hh
             i, f, g, o = _sigmoid(z[:, :H]), _sigmoid(z[:, H:2 * H]), np.tanh(z[:, 2 * H:3 * H]), _sigmoid(z[:, 3 * H:])
             gates[:, t] = np.concatenate([i, f, g, o], axis=1)
             cn[:, t] = c_new = f * c + i * g
@@ -331,8 +332,8 @@ class LSTM(_Recurrent):
             dcn = dcn + dhn * o * (1 - tc ** 2)
             dpre = np.concatenate([dcn * g * i * (1 - i), dcn * v["cp"][:, t] * f * (1 - f), dcn * i * (1 - g ** 2),
                                    dhn * tc * o * (1 - o)], axis=1)
-            dx[:, t] = dpre @ W_ih
-            dh = np.where(m, 0, dh) + dpre @ W_hh
+            dx[:, t] = _matmul(dpre, W_ih)
+            dh = np.where(m, 0, dh) + _matmul(dpre, W_hh)
             dc = np.where(m, 0, dc) + dcn * f
             if dpres is not None:
                 dpres[:, t] = dpre
@@ -387,12 +388,12 @@ class GRU(_Recurrent):
         W_ih, W_hh, b_ih, b_hh = self._weights(k)
         n, T = x.shape[:2]
         H = self.hidden_size
-        pre_x = x @ W_ih.T + b_ih
+        pre_x = _matmul(x, W_ih.T) + b_ih
         h = np.zeros((n, H), x.dtype)
         hp, gates, pre, q_all, hn, y = (np.empty((n, T, m), x.dtype) for m in (H, 3 * H, 3 * H, H, H, H))
         for t in range(T):
             hp[:, t] = h
-            zh = h @ W_hh.T + b_hh
+            zh = _matmul(h, W_hh.T) + b_hh
             r = _sigmoid(pre_x[:, t, :H] + zh[:, :H])
             z = _sigmoid(pre_x[:, t, H:2 * H] + zh[:, H:2 * H])
             q = zh[:, 2 * H:]
@@ -422,8 +423,8 @@ class GRU(_Recurrent):
             dar = dan * v["q"][:, t] * r * (1 - r)
             daz = dhn * (v["hp"][:, t] - nn) * z * (1 - z)
             di, dhh = np.concatenate([dar, daz, dan], axis=1), np.concatenate([dar, daz, dan * r], axis=1)
-            dx[:, t] = di @ W_ih
-            dh = np.where(m, dh, 0) * z + np.where(m, 0, dh) + dhh @ W_hh
+            dx[:, t] = _matmul(di, W_ih)
+            dh = np.where(m, dh, 0) * z + np.where(m, 0, dh) + _matmul(dhh, W_hh)
             if d_i is not None:
                 d_i[:, t], d_h[:, t] = di, dhh
         if d_i is not None:
