@@ -544,14 +544,8 @@ def _plot_metrics(table, metrics, title):
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         if metric in ("pixel_flipping", "region_perturbation", "selectivity"):
-            for name, curves in table.curves.items():
-                if metric in curves:
-                    fractions, curve = curves[metric]
-                    ax.plot(fractions, curve, label=name)
-            ax.set_xlabel("fraction of features removed")
-            ax.set_ylabel("target score")
+            table.plot(metric, ax=ax)
             ax.set_title(f"{metric.replace('_', ' ')} (faster fall: better)", fontsize="medium")
-            ax.legend(fontsize="small")
         else:
             names = [r["method"] for r in table.rows]
             ax.barh(names, [r[metric] for r in table.rows])

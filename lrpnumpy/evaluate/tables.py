@@ -77,11 +77,11 @@ class Comparison:
                           for c in columns) for r in self.rows]
         return "\n".join([head, "-" * len(head)] + body)
 
-    def plot(self, metric="pixel_flipping"):
-        """The mean curve of ``metric`` for every method (a matplotlib figure)."""
+    def plot(self, metric="pixel_flipping", ax=None):
+        """The mean curve of ``metric`` for every method (a matplotlib figure; drawn on ``ax`` if given)."""
         from ..viz import _plt
         plt = _plt()
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig, ax = plt.subplots(figsize=(5, 3.5)) if ax is None else (ax.figure, ax)
         for name, curves in self.curves.items():
             if metric in curves:
                 fractions, curve = curves[metric]
