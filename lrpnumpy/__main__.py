@@ -23,10 +23,10 @@ MAX_IMAGE_PIXELS = 89_478_485
 
 def _builtin_help():
     """The built-in model names, for every subcommand's --help: trained ones, then the random-weight ones."""
-    from .zoo import MODELS, TRAINED
+    from .zoo import MODELS, TEXT_TRAINED, TRAINED
     return (f"a model file (.npz, .onnx, .txt, .prototxt) or a built-in name: trained on Fashion-MNIST "
-            f"{', '.join(TRAINED)}; RANDOM WEIGHTS (untrained architectures, for tests and timing; their "
-            f"predictions mean nothing): {', '.join(MODELS)}")
+            f"{', '.join(TRAINED)}; on text (--text) {', '.join(TEXT_TRAINED)}; RANDOM WEIGHTS (untrained "
+            f"architectures, for tests and timing; their predictions mean nothing): {', '.join(MODELS)}")
 
 
 #: What a subcommand's model argument takes besides a file or a built-in name.
@@ -40,8 +40,8 @@ def _load_model(name, warn=True):
     """A model file or a built-in name: a shipped trained model, or a random-weight architecture (with a
     one-line warning saying so, unless ``warn`` is False: verify compares implementations, for which any
     weights do)."""
-    from .zoo import MODELS, TRAINED, trained
-    if name in TRAINED:
+    from .zoo import MODELS, TEXT_TRAINED, TRAINED, trained
+    if name in TRAINED + TEXT_TRAINED:
         return trained(name)
     if name in MODELS:
         if warn:
@@ -386,6 +386,9 @@ def _explain(args):
     from . import viz
     from .explain import explain
     net = _load_model(args.model, warn=False)
+    if args.text is not None or not args.inputs:
+        return _explain_text(args, net)
+    args.composite = args.composite or "epsilon_plus"
     x = _read_inputs(args.inputs, net, args.input_range)
     _warn_random(args.model)  # once the inputs fit: a refused input stays the command's one line
     if args.method:
@@ -423,6 +426,53 @@ def _explain(args):
             label = f" ({r['predicted_class']!r})" if classes else ""
             print(f"input {r['input']}: predicted {r['predicted']}{label}, target {r['target']}, " + _balance(r))
         _wrote(args.out, args.npy)
+    return 0
+
+
+def _explain_text(args, net):
+    """``explain MODEL --text "..."``: the words with their relevance, the predicted class, the picture."""
+    from . import viz
+    from .text import text_model
+    if args.text is None:
+        raise ShapeError("explain needs inputs (.npy arrays or images) or --text \"...\" for a text model")
+    if args.inputs:
+        raise ShapeError("explain takes either inputs (.npy arrays or images) or --text, not both")
+    tm = text_model(net)
+    if args.method:
+        method = _method(args.method)
+        x, ids, lengths = tm.inputs([args.text])
+        from .layers.recurrent import sequence_lengths
+        from .text import token_relevance
+        with sequence_lengths(lengths if tm.input == "ids" else None):
+            e = method(net, x, args.target)
+        per = token_relevance(e, ids, lengths)
+    else:
+        kwargs = {"rule": _rule(args.rule)} if args.rule else \
+            {"composite": _composite(args.composite, None)} if args.composite else {}
+        e, ids, lengths, per = tm.explain([args.text], args.target, **kwargs)
+    from .text import UNK_ID, tokenize
+    tokens = tokenize(args.text)[:int(lengths[0])]  # as written: a word outside the vocabulary is read as <unk>
+    unknown = ids[0, :len(tokens)] == UNK_ID
+    rel = [float(v) for v in per[0, :len(tokens)]]
+    pred, t = int(e.output[0].argmax()), int(e.target[0])
+    name = (lambda k: tm.classes[k] if k < len(tm.classes) else str(k))
+    if args.npy:
+        args.npy = _npy_path(args.npy)
+        np.save(args.npy, np.array(rel))
+    if args.out:
+        viz.text(tokens, rel, title=f"{args.model}: relevance for {name(t)!r} (predicted {name(pred)!r})").save(args.out)
+    if args.json:
+        print(json.dumps({"tokens": tokens, "relevance": rel, "predicted": pred, "predicted_class": name(pred),
+                          "unknown": unknown.tolist(), "target": t, "target_class": name(t),
+                          "logit": float(e.output[0, t]),
+                          "out": args.out, "npy": args.npy}, indent=2))
+        return 0
+    print(f"predicted {pred} ({name(pred)!r}), target {t} ({name(t)!r}), logit {float(e.output[0, t]):.4f}, "
+          f"sum of relevance {sum(rel):.4f}")
+    width = max(map(len, tokens))
+    for tok, r, unk in zip(tokens, rel, unknown):
+        print(f"  {tok:<{width}}  {r:+.4f}" + ("  (not in the vocabulary: read as <unk>)" if unk else ""))
+    _wrote(args.out, args.npy)
     return 0
 
 
@@ -714,13 +764,16 @@ def main(argv=None):
     demo.add_argument("--out", default="lrpnumpy_demo.png", help="the figure (PNG or PDF; default %(default)s)")
     demo.add_argument("--model", default="fashion_cnn_maxpool",
                       help=f"a shipped trained model: {', '.join(_trained())} (default %(default)s)")
-    exp = sub.add_parser("explain", help="explain a model's predictions for images or .npy inputs")
+    exp = sub.add_parser("explain", help="explain a model's predictions for images, .npy inputs or a text")
     exp.add_argument("model", help="a model file (.npz, .onnx, .txt, .prototxt) or a built-in name")
-    exp.add_argument("inputs", nargs="+", help=".npy arrays (a batch or one sample) or PNG/JPEG images "
+    exp.add_argument("inputs", nargs="*", help=".npy arrays (a batch or one sample) or PNG/JPEG images "
                                                "(converted, resized and scaled to the model's input range)")
+    exp.add_argument("--text", help="a text to explain instead of inputs (a text model: fortunes_bow, fortunes_cnn, "
+                                    "fortunes_lstm, or a model with meta['text']): prints each word's relevance; "
+                                    "--out writes the word heatmap (.html: HTML, else PNG/PDF)")
     how = exp.add_mutually_exclusive_group()
-    how.add_argument("--composite", default="epsilon_plus", help="a composite: NAME[:key=value,...], e.g. "
-                                                                 "epsilon_plus:epsilon=0.1 (default %(default)s)")
+    how.add_argument("--composite", help="a composite: NAME[:key=value,...], e.g. epsilon_plus:epsilon=0.1 (default "
+                                         "epsilon_plus; lrp_all for a text model with an LSTM or GRU)")
     how.add_argument("--rule", help="one rule on every Linear/Conv2d layer: NAME[:key=value,...], e.g. "
                                     "epsilon:epsilon=0.25")
     how.add_argument("--method", help="another explanation method instead of LRP's composites: NAME[:key=value,"

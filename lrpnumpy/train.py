@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import RuleParameterError, ShapeError
 from .explain import logit_network
+from .layers.recurrent import sequence_lengths
 from .progress import bar
 
 
@@ -82,7 +83,7 @@ class History(NamedTuple):
 
 
 def fit(net, x, y, epochs=5, batch_size=64, optimizer=None, validation=None, seed=0, nonpositive_bias=False,
-        progress=None, lr_decay=1.0):
+        progress=None, lr_decay=1.0, lengths=None):
     """Train ``net`` in place on ``x`` (inputs) and ``y`` (integer labels).
 
     Parameters
@@ -95,7 +96,7 @@ def fit(net, x, y, epochs=5, batch_size=64, optimizer=None, validation=None, see
     epochs, batch_size : int
     optimizer : SGD or Adam, optional
         Default ``Adam()``.
-    validation : (x, y), optional
+    validation : (x, y) or (x, y, lengths), optional
         Accuracy on it is recorded after every epoch.
     seed : int
         Seeds the shuffling: the same seed and initial weights give the same trained weights.
@@ -106,6 +107,10 @@ def fit(net, x, y, epochs=5, batch_size=64, optimizer=None, validation=None, see
         A tqdm progress bar; default: only when standard error is a terminal.
     lr_decay : float
         The optimizer's learning rate is multiplied by it after every epoch (1: constant).
+    lengths : ndarray of int, shape (N,), optional
+        Sequences of different lengths padded to one T: each batch runs inside
+        :func:`~lrpnumpy.layers.sequence_lengths` with its samples' lengths, so recurrent layers
+        read only each sequence's own tokens.
 
     Returns
     -------
@@ -115,6 +120,7 @@ def fit(net, x, y, epochs=5, batch_size=64, optimizer=None, validation=None, see
     if len(x) == 0:
         raise ShapeError(f"x is an empty batch (shape {x.shape}): there is nothing to train on")
     y = _labels(y, len(x))
+    lengths = _sequence_lengths(lengths, len(x))
     epochs, batch_size = _count(epochs, "epochs"), _count(batch_size, "batch_size")
     if not (isinstance(lr_decay, numbers.Real) and 0 < lr_decay <= 1):
         raise RuleParameterError(f"lr_decay must be in (0, 1], got {lr_decay!r}")
@@ -135,9 +141,10 @@ def fit(net, x, y, epochs=5, batch_size=64, optimizer=None, validation=None, see
         order, total = rng.permutation(len(x)), 0.0
         for start in range(0, len(x), batch_size):
             idx = order[start:start + batch_size]
-            out, trace = logits_net.forward_trace(x[idx])
-            loss, grad = cross_entropy(out, y[idx])
-            _, grads = logits_net.backward(grad, trace, param_grads=True)
+            with sequence_lengths(None if lengths is None else lengths[idx]):
+                out, trace = logits_net.forward_trace(x[idx])
+                loss, grad = cross_entropy(out, y[idx])
+                _, grads = logits_net.backward(grad, trace, param_grads=True)
             optimizer.step(_gathered(trace, grads))
             if nonpositive_bias:
                 for layer, name in params:
@@ -149,7 +156,8 @@ def fit(net, x, y, epochs=5, batch_size=64, optimizer=None, validation=None, see
                 shown.set_postfix(loss=f"{loss:.4f}")
         optimizer.lr *= lr_decay
         history.loss.append(total / len(x))
-        history.accuracy.append(None if validation is None else accuracy(net, *validation))
+        history.accuracy.append(None if validation is None else
+                                accuracy(net, *validation[:2], lengths=(validation[2:] or (None,))[0]))
         if not np.isfinite(history.loss[-1]):
             raise RuleParameterError(f"training diverged (loss {history.loss[-1]}); lower the learning rate")
     if shown is not None:
@@ -157,18 +165,31 @@ def fit(net, x, y, epochs=5, batch_size=64, optimizer=None, validation=None, see
     return history
 
 
-def predict(net, x, batch_size=512):
-    """The predicted class of every input (in batches)."""
+def predict(net, x, batch_size=512, lengths=None):
+    """The predicted class of every input (in batches); ``lengths`` as in :func:`fit`."""
     logits_net = logit_network(net, x[:1] if len(x) else x)
-    return np.concatenate([logits_net.forward(x[i:i + batch_size]).argmax(axis=1)
-                           for i in range(0, len(x), batch_size)] or [np.zeros(0, np.int64)])
+    lengths = _sequence_lengths(lengths, len(x))
+    out = []
+    for i in range(0, len(x), batch_size):
+        with sequence_lengths(None if lengths is None else lengths[i:i + batch_size]):
+            out.append(logits_net.forward(x[i:i + batch_size]).argmax(axis=1))
+    return np.concatenate(out or [np.zeros(0, np.int64)])
 
 
-def accuracy(net, x, y, batch_size=512):
+def accuracy(net, x, y, batch_size=512, lengths=None):
     """The fraction of inputs whose predicted class is the label."""
     if len(x) == 0:
         raise ShapeError(f"x is an empty batch (shape {x.shape}): no inputs have no accuracy")
-    return float(np.mean(predict(net, x, batch_size) == _labels(y, len(x))))
+    return float(np.mean(predict(net, x, batch_size, lengths) == _labels(y, len(x))))
+
+
+def _sequence_lengths(lengths, n):
+    if lengths is None:
+        return None
+    values = np.asarray(lengths)
+    if values.shape != (n,) or not np.issubdtype(values.dtype, np.integer):
+        raise ShapeError(f"lengths must be {n} ints (one per input), got {values.dtype} of shape {values.shape}")
+    return values
 
 
 def _gathered(trace, grads):

@@ -281,3 +281,6 @@ def plot_conservation(report, sample=None, title="relevance at each layer"):
     bottom.set_xticklabels(labels, rotation=45, ha="right")
     fig.tight_layout()
     return fig
+
+
+from .viz_text import TextHeatmap, text  # noqa: E402  word heatmaps (lrpnumpy/viz_text.py)

@@ -101,6 +101,9 @@ MODELS = {"lenet5": lenet5, "toolbox_lenet": toolbox_lenet, "vgg16": vgg16, "res
 #: accuracy and how to train them again: the repository's ``data/README.rst``); the last two are the
 #: Clever Hans model (a planted mark on half of its Shirt training images) and its clean twin.
 TRAINED = ("fashion_mlp", "fashion_cnn_sumpool", "fashion_cnn_maxpool", "fashion_clever_hans", "fashion_clean")
+#: The text classifiers shipped as package data (quotations in six categories, :func:`lrpnumpy.text.fortunes`):
+#: a bag of words, an embedding + 1-D CNN and a bidirectional LSTM; read text with :func:`lrpnumpy.text.text_model`.
+TEXT_TRAINED = ("fortunes_bow", "fortunes_cnn", "fortunes_lstm")
 
 
 def trained(name, dtype=None):
@@ -109,14 +112,14 @@ def trained(name, dtype=None):
     Parameters
     ----------
     name : str
-        One of :data:`TRAINED`.
+        One of :data:`TRAINED` or :data:`TEXT_TRAINED`.
     dtype : float32 or float64, optional
         Converts the parameters; None keeps the file's (float32).
     """
     from .datasets import shipped_file
     from .io import load
-    if name not in TRAINED:
-        raise ParameterError(f"{name!r} is not a shipped trained model; shipped: {', '.join(TRAINED)} "
+    if name not in TRAINED + TEXT_TRAINED:
+        raise ParameterError(f"{name!r} is not a shipped trained model; shipped: {', '.join(TRAINED + TEXT_TRAINED)} "
                              f"(random-weight architectures: {', '.join(MODELS)})")
     with importlib.resources.as_file(shipped_file(f"{name}.npz")) as path:
         return load(path, dtype=dtype)
