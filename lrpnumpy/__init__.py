@@ -6,6 +6,7 @@ of forward passes, verification against other implementations, and the errors.
 
 from . import (composites, datasets, errors, evaluate, io, kernels, methods, parallel, prototypes, rules, train,
                verify, viz, zoo)
+from . import text
 from .canonize import fold_batchnorm
 from .composites import (Composite, DeepTaylor, EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat, EpsilonGammaBox,
                          EpsilonPlus, EpsilonPlusFlat, LRPToolbox)
@@ -45,6 +46,6 @@ __all__ = [
     "EpsilonAlpha2Beta1Flat", "DeepTaylor", "LRPToolbox",
     "composites", "rules", "errors", "evaluate", "io", "kernels", "methods", "prototypes", "parallel", "verify", "viz", "zoo",
     "datasets",
-    "train",
+    "train", "text",
     "__version__",
 ]

@@ -233,37 +233,83 @@ class TextModel(NamedTuple):
         bag of words), the token ids (N, T) and the lengths.  Texts are cut to :attr:`length`
         tokens and padded to the longest one."""
         ids, lengths = self.vocabulary.encode(texts, self.length)
-        ids = ids[:, :max(int(lengths.max()), 1)]
+        ids = ids[:, :int(lengths.max())]
+        return self.network_input(ids, lengths), ids, lengths
+
+    def network_input(self, ids, lengths=None):
+        """The network's input for token ids (N, T): the ids as floats, or the bag of words."""
+        ids = check_ids(ids, len(self.vocabulary))
+        ids = ids[None] if ids.ndim == 1 else ids
         dtype = self.net.dtype or np.float64
         if self.input == "bag":
-            return bag_of_words(ids, len(self.vocabulary), lengths, dtype), ids, lengths
-        return ids.astype(dtype), ids, lengths
+            return bag_of_words(ids, len(self.vocabulary), lengths, dtype)
+        return ids.astype(dtype)
 
-    def explain(self, texts, target=None, **kwargs):
-        """``(explanation, ids, lengths, per-token relevance)`` of LRP (:func:`lrpnumpy.explain`
-        and its keyword arguments; default composite ``lrp_all`` for a recurrent model,
-        ``epsilon_plus`` otherwise), the sequences read with their lengths."""
+    def _lengths_context(self, ids, lengths):
+        from .layers.recurrent import sequence_lengths
+        return sequence_lengths(None if self.input == "bag" or lengths is None else _lengths(lengths, ids))
+
+    def logits(self, ids, lengths=None, batch_size=256):
+        """The network's output for token ids (N, T) (each sequence read up to its length)."""
+        ids = check_ids(ids, len(self.vocabulary))
+        ids = ids[None] if ids.ndim == 1 else ids
+        lengths = _lengths(lengths, ids)
+        out = []
+        for i in range(0, len(ids), batch_size):
+            part, n = ids[i:i + batch_size], lengths[i:i + batch_size]
+            with self._lengths_context(part, n):
+                out.append(self.net.forward(self.network_input(part, n)))
+        return np.concatenate(out)
+
+    def explain_ids(self, ids, lengths=None, target=None, **kwargs):
+        """``(explanation, per-token relevance)`` of LRP for token ids (N, T); the keyword arguments
+        go to :func:`lrpnumpy.explain` (default composite: ``lrp_all`` for a recurrent model,
+        ``epsilon_plus`` otherwise)."""
         from . import composites
         from .explain import explain
         from .layers import GRU, LSTM
-        from .layers.recurrent import sequence_lengths
-        x, ids, lengths = self.inputs(texts)
+        ids = check_ids(ids, len(self.vocabulary))
+        ids = ids[None] if ids.ndim == 1 else ids
+        lengths = _lengths(lengths, ids)
         if "rule" not in kwargs and "composite" not in kwargs:
             recurrent = any(isinstance(layer, (LSTM, GRU)) for layer in self.net)
             kwargs["composite"] = composites.get("lrp_all" if recurrent else "epsilon_plus")
-        with sequence_lengths(lengths if self.input == "ids" else None):
-            e = explain(self.net, x, target, **kwargs)
-        return e, ids, lengths, token_relevance(e, ids, lengths)
+        with self._lengths_context(ids, lengths):
+            e = explain(self.net, self.network_input(ids, lengths), target, **kwargs)
+        return e, token_relevance(e, ids, lengths)
+
+    def sensitivity(self, ids, lengths=None, target=None):
+        """Sensitivity analysis per token, ``||d f_target / d e_t||^2``: the squared gradient of the
+        target logit with respect to the token's embedding vector (a bag of words: with respect to
+        the count of the token's word), zero on the padding."""
+        from .methods import gradient
+        ids = check_ids(ids, len(self.vocabulary))
+        ids = ids[None] if ids.ndim == 1 else ids
+        lengths = _lengths(lengths, ids)
+        inside = np.arange(ids.shape[1]) < lengths[:, None]
+        x = self.network_input(ids, lengths)
+        with self._lengths_context(ids, lengths):
+            if self.input == "bag":
+                g = gradient(self.net, x, target).relevance
+                per = g[np.arange(len(ids))[:, None], ids] ** 2
+            else:
+                embedded = self.net[0].forward(x)
+                t = target if target is not None else self.net.forward(x).argmax(axis=1)
+                g = gradient(self.net[1:], embedded, t).relevance
+                per = (g ** 2).sum(axis=-1)
+        return np.where(inside, per, 0)
+
+    def explain(self, texts, target=None, **kwargs):
+        """``(explanation, ids, lengths, per-token relevance)`` of LRP for texts (see :meth:`explain_ids`)."""
+        _, ids, lengths = self.inputs(texts)
+        e, per = self.explain_ids(ids, lengths, target, **kwargs)
+        return e, ids, lengths, per
 
     def predict(self, texts, batch_size=256):
         """The predicted class of every text."""
-        from .layers.recurrent import sequence_lengths
-        out = []
-        for i in range(0, len(texts), batch_size):
-            x, _, lengths = self.inputs(texts[i:i + batch_size])
-            with sequence_lengths(lengths if self.input == "ids" else None):
-                out.append(self.net.forward(x).argmax(axis=1))
-        return np.concatenate(out)
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        ids, lengths = self.vocabulary.encode(texts, self.length)
+        return self.logits(ids, lengths, batch_size).argmax(axis=1)
 
 
 def text_meta(vocabulary, input, length):

@@ -283,4 +283,4 @@ def plot_conservation(report, sample=None, title="relevance at each layer"):
     return fig
 
 
-from .viz_text import TextHeatmap, text  # noqa: E402  word heatmaps (lrpnumpy/viz_text.py)
+from .viz_text import TextHeatmap, text  # noqa: E402,F401  word heatmaps (lrpnumpy/viz_text.py)

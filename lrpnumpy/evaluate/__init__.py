@@ -12,6 +12,8 @@ parameter-randomisation check, and the use of context.
 * :func:`randomization_check` (Adebayo et al., 2018): the similarity of the explanation to itself
   as the model's layers are randomised.
 * :func:`context`: the share of relevance outside a region.
+* :func:`word_deletion` and :func:`word_deletion_curves` (:mod:`~lrpnumpy.evaluate.words`): pixel
+  flipping for text models, words deleted in order of relevance.
 
 The perturbed copies of a batch go through the network together, in chunks of ``batch_size``
 inputs, so memory stays bounded; a long run shows a progress bar and, interrupted with Ctrl-C,
@@ -34,6 +36,7 @@ from .metrics import class_sensitivity, context, continuity, random_relevance, r
 from .perturbation import (PerturbationResult, channel_axis_of, pixel_flipping, region_perturbation, removal_order,
                            selectivity)
 from .retraining import kar, roar
+from .words import WordDeletionResult, word_deletion, word_deletion_curves
 
 # helpers of the single module this package was, still importable from here
 from .metrics import _cosine, _ranks, _relevance  # noqa: E402,F401
@@ -41,4 +44,5 @@ from .perturbation import _fill, _fill_values, _int, _Layout, _scores  # noqa: E
 
 __all__ = ["METRICS", "Comparison", "PerturbationResult", "channel_axis_of", "class_sensitivity", "compare",
            "context", "continuity", "kar", "pixel_flipping", "random_relevance", "randomization_check",
-           "region_perturbation", "removal_order", "roar", "selectivity", "similarity"]
+           "region_perturbation", "removal_order", "roar", "selectivity", "similarity",
+           "WordDeletionResult", "word_deletion", "word_deletion_curves"]
