@@ -18,8 +18,12 @@ _LEGEND = "red: evidence for the class, blue: against, white: zero"
 
 
 def _colours(values, max_abs, cmap="bwr"):
+    """RGB in [0, 1] per value; ``bwr`` exactly (matplotlib's 256-entry table has no exact white)."""
     import matplotlib
     scaled = np.clip(np.asarray(values, np.float64) / max_abs, -1, 1) if max_abs > 0 else np.zeros(len(values))
+    if cmap == "bwr":  # blue (0, 0, 1) -> white -> red (1, 0, 0), linear on each side
+        pos, neg = np.maximum(scaled, 0), np.maximum(-scaled, 0)
+        return np.stack([1 - neg, 1 - pos - neg, 1 - pos], axis=-1).reshape(-1, 3)
     return matplotlib.colormaps[cmap]((scaled + 1) / 2)[:, :3]
 
 
