@@ -283,11 +283,15 @@ def _composite(text, x):
 _NEEDS_PATTERNS = ("pattern_net", "pattern_attribution")
 
 
+def _usable_methods():
+    from . import methods
+    return {k: v for k, v in methods.REGISTRY.items() if k not in _NEEDS_PATTERNS}
+
+
 def _method(text):
     """``method(model, x, target) -> Explanation`` from ``NAME[:key=value,...]``; Grad-CAM's map is drawn at
     the input's size unless its upsample option says otherwise."""
-    from . import methods
-    usable = {k: v for k, v in methods.REGISTRY.items() if k not in _NEEDS_PATTERNS}
+    usable = _usable_methods()
     name = str(text).partition(":")[0].strip()
     if name in _NEEDS_PATTERNS:
         raise RuleParameterError(f"method {name!r} needs patterns fitted on training data "
@@ -439,13 +443,10 @@ def _explain_text(args, net):
         raise ShapeError("explain takes either inputs (.npy arrays or images) or --text, not both")
     tm = text_model(net)
     if args.method:
-        method = _method(args.method)
-        x, ids, lengths = tm.inputs([args.text])
-        from .layers.recurrent import sequence_lengths
-        from .text import token_relevance
-        with sequence_lengths(lengths if tm.input == "ids" else None):
-            e = method(net, x, args.target)
-        per = token_relevance(e, ids, lengths)
+        _, ids, lengths = tm.inputs([args.text])
+        name, options = _spec("method", args.method, _usable_methods())
+        from . import methods
+        e, per = tm.attribute(ids, lengths, methods.REGISTRY[name], args.target, **options)
     else:
         kwargs = {"rule": _rule(args.rule)} if args.rule else \
             {"composite": _composite(args.composite, None)} if args.composite else {}

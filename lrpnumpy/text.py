@@ -179,12 +179,13 @@ def _lengths(lengths, ids):
 
 
 def bag_of_words(ids, size, lengths=None, dtype=np.float64):
-    """The counts (N, size) of every token id in each sequence of ``ids`` (N, T) (its first
-    ``lengths[n]`` ids; without ``lengths``, every id but the padding)."""
+    """The counts (N, size) of every token id in each sequence of ``ids`` (N, T): its first
+    ``lengths[n]`` ids (all without ``lengths``); the padding id is never counted (its column
+    stays zero, so a word replaced by padding is a word deleted)."""
     ids = check_ids(ids, size)
     ids = ids[None] if ids.ndim == 1 else ids
     n, t = ids.shape
-    keep = np.arange(t) < _lengths(lengths, ids)[:, None] if lengths is not None else ids != PAD_ID
+    keep = (np.arange(t) < _lengths(lengths, ids)[:, None]) & (ids != PAD_ID)
     out = np.zeros((n, size), dtype)
     np.add.at(out, (np.repeat(np.arange(n), t)[keep.ravel()], ids.ravel()[keep.ravel()]), 1)
     return out
@@ -249,16 +250,31 @@ class TextModel(NamedTuple):
         from .layers.recurrent import sequence_lengths
         return sequence_lengths(None if self.input == "bag" or lengths is None else _lengths(lengths, ids))
 
-    def logits(self, ids, lengths=None, batch_size=256):
-        """The network's output for token ids (N, T) (each sequence read up to its length)."""
+    def logits(self, ids, lengths=None, batch_size=256, zero=None):
+        """The network's output for token ids (N, T) (each sequence read up to its length).
+
+        ``zero``: optional boolean (N, T), tokens whose embedding vector is replaced by zeros (a bag
+        of words: tokens not counted)."""
         ids = check_ids(ids, len(self.vocabulary))
         ids = ids[None] if ids.ndim == 1 else ids
         lengths = _lengths(lengths, ids)
+        if zero is not None:
+            zero = np.asarray(zero, bool)
+            if zero.shape != ids.shape:
+                raise ShapeError(f"zero must be a boolean mask of the ids' shape {ids.shape}, got {zero.shape}")
         out = []
         for i in range(0, len(ids), batch_size):
             part, n = ids[i:i + batch_size], lengths[i:i + batch_size]
+            z = None if zero is None else zero[i:i + batch_size]
             with self._lengths_context(part, n):
-                out.append(self.net.forward(self.network_input(part, n)))
+                if z is None:
+                    out.append(self.net.forward(self.network_input(part, n)))
+                elif self.input == "bag":
+                    out.append(self.net.forward(self.network_input(np.where(z, PAD_ID, part), n)))
+                else:
+                    embedded = self.net[0].forward(self.network_input(part, n))
+                    embedded[z] = 0
+                    out.append(self.net[1:].forward(embedded))
         return np.concatenate(out)
 
     def explain_ids(self, ids, lengths=None, target=None, **kwargs):
@@ -298,6 +314,45 @@ class TextModel(NamedTuple):
                 g = gradient(self.net[1:], embedded, t).relevance
                 per = (g ** 2).sum(axis=-1)
         return np.where(inside, per, 0)
+
+    def attribute(self, ids, lengths, method, target=None, **kwargs):
+        """``(explanation, per-token relevance)`` of another method (a function of :mod:`lrpnumpy.methods`,
+        called ``method(model, x, target, **kwargs)``) on token ids (N, T).
+
+        On a model with an Embedding the ids are piecewise constant (their gradient is zero), so a
+        gradient method explains the embedded sequence, the network after its Embedding, and each
+        token gets its vector's relevance summed over D (as LRP's :class:`~lrpnumpy.rules.TokenSum`);
+        occlusion (``methods.occlusion``) replaces token ids directly.  On a bag of words the method
+        explains the counts."""
+        from .explain import Explanation
+        from .layers import GRU, LSTM
+        ids = check_ids(ids, len(self.vocabulary))
+        ids = ids[None] if ids.ndim == 1 else ids
+        lengths = _lengths(lengths, ids)
+        x = self.network_input(ids, lengths)
+        occlusion = getattr(method, "__name__", "") == "occlusion"
+        if self.input == "bag" or not any(isinstance(layer, (LSTM, GRU)) for layer in self.net):
+            model, v = (self.net, x) if self.input == "bag" or occlusion else (self.net[1:], self.net[0].forward(x))
+            t = self.net.forward(x).argmax(axis=1) if target is None else target
+            e = method(model, v, t, **kwargs)
+            r = e.relevance if self.input == "bag" or occlusion else np.asarray(e.relevance).sum(axis=-1)
+            return e, token_relevance(r, ids, lengths)
+        # a recurrent model: methods batch copies of their input (integrated gradients' path, SmoothGrad's
+        # noise), which one lengths per sample cannot follow; so each sequence runs alone, cut to its length
+        targets = np.broadcast_to(self.logits(ids, lengths).argmax(axis=1) if target is None else
+                                  np.asarray(target), (len(ids),))
+        per, outputs = np.zeros(ids.shape), []
+        for i, n in enumerate(lengths):
+            xi = x[i:i + 1, :n]
+            if occlusion:
+                e = method(self.net, xi, int(targets[i]), **kwargs)
+                per[i, :n] = e.relevance[0]
+            else:
+                e = method(self.net[1:], self.net[0].forward(xi), int(targets[i]), **kwargs)
+                per[i, :n] = np.asarray(e.relevance)[0].sum(axis=-1)
+            outputs.append(e.output)
+        e = Explanation(per, np.concatenate(outputs), targets.astype(np.int64), method=getattr(method, "__name__", "?"))
+        return e, per
 
     def explain(self, texts, target=None, **kwargs):
         """``(explanation, ids, lengths, per-token relevance)`` of LRP for texts (see :meth:`explain_ids`)."""

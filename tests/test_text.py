@@ -93,6 +93,8 @@ def test_bag_of_words_and_token_relevance_share_a_word_among_its_occurrences():
     ids, lengths = tm.vocabulary.encode(["good good movie", "bad"])
     counts = text.bag_of_words(ids, 5, lengths)
     assert counts.tolist() == [[0, 0, 2, 0, 1], [0, 0, 0, 1, 0]]
+    # padding inside a sequence's length (a deleted word) is not counted; lengths cut the rest
+    assert text.bag_of_words([[2, 0, 4, 3]], 5, lengths=np.array([3])).tolist() == [[0, 0, 1, 0, 1]]
     e, per = tm.explain_ids(ids, lengths, target=0, rule=L.Epsilon(1e-12))
     np.testing.assert_allclose(e.relevance[0], [0, 0, 4.0, 0, 0.5])  # w * count, LRP-0 on a linear model
     np.testing.assert_allclose(per, [[2.0, 2.0, 0.5], [-1.0, 0, 0]])  # each occurrence of good: 4 / 2
@@ -170,6 +172,34 @@ def test_explaining_padded_lstm_sentences_together_equals_each_alone():
     np.testing.assert_allclose(e.conservation().residual(), 0, atol=1e-9)  # biases' share accounted for
 
 
+def test_other_methods_explain_the_embedded_sequence_and_sum_over_d():
+    from lrpnumpy import methods
+    tm = text.text_model(L.zoo.trained("fortunes_lstm", dtype=np.float64))
+    ids, lengths = tm.vocabulary.encode(["the program crashed", "vote for the senator now"])
+    e, per = tm.attribute(ids, lengths, methods.gradient_x_input)
+    embedded = tm.net[0].forward(ids.astype(np.float64))
+    with L.sequence_lengths(lengths):
+        target = tm.net.forward(ids.astype(np.float64)).argmax(axis=1)
+        g = methods.gradient(tm.net[1:], embedded, target).relevance
+    np.testing.assert_allclose(per, (g * embedded).sum(axis=-1) * (np.arange(5) < lengths[:, None]), rtol=1e-10)
+    assert np.abs(per[0, :3]).min() > 0 and (per[0, 3:] == 0).all()
+    _, ig = tm.attribute(ids, lengths, methods.integrated_gradients, target=2, n=64)
+    with L.sequence_lengths(lengths):  # completeness: the sum is f(x) - f(zero embedding), up to the Riemann sum
+        gap = tm.net[1:].forward(embedded)[:, 2] - tm.net[1:].forward(np.zeros_like(embedded))[:, 2]
+    np.testing.assert_allclose(ig.sum(axis=1), gap, rtol=0.05, atol=0.02)
+    cnn = text.text_model(L.zoo.trained("fortunes_cnn", dtype=np.float64))
+    _, per_cnn = cnn.attribute(ids, lengths, methods.gradient_x_input, target=1)
+    emb = cnn.net[0].forward(ids.astype(np.float64))
+    g = methods.gradient(cnn.net[1:], emb, 1).relevance
+    np.testing.assert_allclose(per_cnn, (g * emb).sum(axis=-1) * (np.arange(5) < lengths[:, None]), rtol=1e-10)
+    _, occ = tm.attribute(ids, lengths, methods.occlusion, target=2, window=1, stride=1, fill=0.0)
+    for t in range(3):
+        shut = ids.copy()
+        shut[0, t] = 0
+        np.testing.assert_allclose(occ[0, t], tm.logits(ids, lengths)[0, 2] - tm.logits(shut, lengths)[0, 2],
+                                   rtol=1e-9)
+
+
 # ----- training on sequences of different lengths -----
 
 def test_fit_with_lengths_never_reads_the_padding():
@@ -244,26 +274,39 @@ def test_word_deletion_against_a_hand_computed_curve():
     np.testing.assert_allclose(least.curves[0], [3.5, 4.5, 4.0, 2.0, 0.0])
     unk = evaluate.word_deletion(tm, ids, r, lengths, target=0, replace="unk", steps=2)
     np.testing.assert_allclose(unk.curves[0], [3.5, 1.6, -0.3])  # <unk> weighs 0.1
-    removed = evaluate.word_deletion(tm, ids, r, lengths, target=0, replace="remove")
-    np.testing.assert_allclose(removed.curves, res.curves)  # a bag of words: removing = padding
+    for other in ("remove", "zero"):  # a bag of words: removing, zeroing and padding all stop counting the word
+        np.testing.assert_allclose(evaluate.word_deletion(tm, ids, r, lengths, target=0, replace=other).curves,
+                                   res.curves)
+    tm.net[0].weight[:, 0] = 7.0  # the padding column's weight plays no part
+    np.testing.assert_allclose(evaluate.word_deletion(tm, ids, r, lengths, target=0).curves, res.curves)
     np.testing.assert_allclose(res.aopc(), [np.mean([0, 2, 4, 4.5, 3.5]), np.mean([0, 0.5, -0.5, -0.5, -0.5])])
     with pytest.raises(ParameterError, match="order"):
         evaluate.word_deletion(tm, ids, r, lengths, order="top")
     with pytest.raises(ParameterError, match="replace"):
-        evaluate.word_deletion(tm, ids, r, lengths, replace="zero")
+        evaluate.word_deletion(tm, ids, r, lengths, replace="blank")
     with pytest.raises(ShapeError, match="one number per token"):
         evaluate.word_deletion(tm, ids, r[:, :2], lengths)
     with pytest.raises(ParameterError, match="labels"):
         evaluate.word_deletion(tm, ids, r, lengths).accuracy()
 
 
-def test_word_deletion_removes_tokens_from_an_lstm_sequence():
-    tm = text.text_model("fortunes_lstm")
+def test_word_deletion_removes_or_zeroes_tokens_of_an_lstm_sequence():
+    tm = text.text_model(L.zoo.trained("fortunes_lstm", dtype=np.float64))
     ids, lengths = tm.vocabulary.encode(["the program crashed", "vote for the senator"])
     r = np.array([[0.0, 5.0, 1.0, 0.0], [0.0, 0.0, 0.0, 3.0]])
     res = evaluate.word_deletion(tm, ids, r, lengths, target=0, replace="remove", steps=1)
     expected = tm.logits(*tm.vocabulary.encode(["the crashed", "vote for the"]))[:, 0]
-    np.testing.assert_allclose(res.curves[:, 1], expected, rtol=1e-6)
+    np.testing.assert_allclose(res.curves[:, 1], expected, rtol=1e-12)
+    zero = evaluate.word_deletion(tm, ids, r, lengths, target=0, replace="zero", steps=1)
+    embedded = tm.net[0].forward(ids.astype(np.float64))
+    embedded[0, 1] = 0  # "program"
+    embedded[1, 3] = 0  # "senator"
+    with L.sequence_lengths(lengths):
+        expected = tm.net[1:].forward(embedded)[:, 0]
+    np.testing.assert_allclose(zero.curves[:, 1], expected, rtol=1e-12)
+    assert not np.allclose(zero.curves[:, 1], res.curves[:, 1])
+    with pytest.raises(ShapeError, match="mask"):
+        tm.logits(ids, lengths, zero=np.zeros((1, 4), bool))
 
 
 def test_word_deletion_curves_lrp_falls_faster_than_random_on_the_shipped_models():
@@ -298,6 +341,15 @@ def test_explain_text_prints_words_and_writes_html_and_png(tmp_path):
     assert out["tokens"] == ["zqxv", "the", "senator", "."] and out["unknown"] == [True, False, False, False]
     assert out["predicted_class"] in text.fortunes().classes and len(out["relevance"]) == 4
     assert (tmp_path / "w.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_explain_text_with_another_method():
+    r = _cli("explain", "fortunes_bow", "--text", "War and taxes.", "--method", "gradient_x_input", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    tm = text.text_model("fortunes_bow")
+    w = tm.net[0].weight[out["target"]]
+    np.testing.assert_allclose(out["relevance"], [w[tm.vocabulary.id(t)] for t in out["tokens"]], rtol=1e-6)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -114,7 +114,7 @@ def word_deletion(model, ids, relevance, lengths=None, target=None, labels=None,
         For :meth:`WordDeletionResult.accuracy`.
     order : {"most", "least"}
         Delete the most relevant words first, or the least relevant.
-    replace : {"pad", "unk", "remove"}
+    replace : {"pad", "unk", "zero", "remove"}
         What takes a deleted word's place (see the module docstring).
     steps : int, optional
         Number of deletions (default: the longest text's length).  Ties in relevance: the earlier
@@ -136,8 +136,8 @@ def word_deletion(model, ids, relevance, lengths=None, target=None, labels=None,
         raise ShapeError("relevance holds NaN: a ranking needs comparable numbers")
     if order not in ("most", "least"):
         raise ParameterError(f"order must be 'most' or 'least' (relevant words deleted first), got {order!r}")
-    if replace not in ("pad", "unk", "remove"):
-        raise ParameterError(f"replace must be 'pad', 'unk' or 'remove', got {replace!r}")
+    if replace not in ("pad", "unk", "zero", "remove"):
+        raise ParameterError(f"replace must be 'pad', 'unk', 'zero' or 'remove', got {replace!r}")
     k_max = int(lengths.max())
     if steps is None:
         steps = k_max
@@ -155,8 +155,11 @@ def word_deletion(model, ids, relevance, lengths=None, target=None, labels=None,
     rows = np.arange(len(ids))
     curves, predicted = [out[rows, t]], [out.argmax(axis=1)]
     for k in range(1, steps + 1):
-        deleted, new_lengths = _deleted(ids, lengths, ranked, k, replace, PAD_ID, UNK_ID)
-        o = tm.logits(deleted, new_lengths)
+        if replace == "zero":
+            o = tm.logits(ids, lengths, zero=_deleted(ids, lengths, ranked, k, "pad", -1, -1)[0] == -1)
+        else:
+            deleted, new_lengths = _deleted(ids, lengths, ranked, k, replace, PAD_ID, UNK_ID)
+            o = tm.logits(deleted, new_lengths)
         curves.append(o[rows, t])
         predicted.append(o.argmax(axis=1))
     return WordDeletionResult(np.stack(curves, axis=1).astype(np.float64), np.stack(predicted, axis=1), t,
