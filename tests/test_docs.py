@@ -29,6 +29,10 @@ def test_sphinx_builds_the_site_without_warnings(tmp_path):
         page = (out / "notebooks" / (nb.stem + ".html")).read_text()
         assert "<img" in page or "output" in page, f"{nb.name}: rendered without its outputs"
     assert "recipe-from-torch" in (out / "own_model.html").read_text()
+    # every entry of the API index's summary links to its documented object
+    listed = re.findall(r"^   (lrpnumpy\.[\w.]+)$", (DOCS / "api" / "index.rst").read_text(), re.M)
+    index = (out / "api" / "index.html").read_text()
+    assert len(listed) >= 8 and not [n for n in listed if f"#{n}\"" not in index]
 
 
 def _blocks(text):
