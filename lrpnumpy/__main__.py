@@ -288,9 +288,9 @@ def _usable_methods():
     return {k: v for k, v in methods.REGISTRY.items() if k not in _NEEDS_PATTERNS}
 
 
-def _method(text):
-    """``method(model, x, target) -> Explanation`` from ``NAME[:key=value,...]``; Grad-CAM's map is drawn at
-    the input's size unless its upsample option says otherwise."""
+def _method_spec(text):
+    """``(function, name, options)`` from ``NAME[:key=value,...]``; Grad-CAM's map is drawn at the input's size
+    unless its upsample option says otherwise."""
     usable = _usable_methods()
     name = str(text).partition(":")[0].strip()
     if name in _NEEDS_PATTERNS:
@@ -299,8 +299,26 @@ def _method(text):
     name, options = _spec("method", text, usable)
     if name == "grad_cam":
         options.setdefault("upsample", "bilinear")
-    function = usable[name]
+    return usable[name], name, options
+
+
+def _method(text):
+    """``method(model, x, target) -> Explanation`` from ``NAME[:key=value,...]``."""
+    function, _, options = _method_spec(text)
     return lambda model, x, target=None: function(model, x, target, **options)
+
+
+def _dataset_how(args, data):
+    """The keywords of ``parallel.explain_dataset`` (explain-dataset, spray) from ``--composite``, ``--rule`` or
+    ``--method``, each ``NAME[:key=value,...]`` as for explain.  A method with options is a ``functools.partial``
+    of the registry's function: picklable for Dask's workers, and its options recorded in the manifest."""
+    import functools
+    if args.method:
+        function, name, options = _method_spec(args.method)
+        return {"method": functools.partial(function, **options) if options else name}
+    if args.rule:
+        return {"rule": _rule(args.rule)}
+    return {"composite": _composite(args.composite, np.asarray(data))}
 
 
 def _trained():
@@ -456,7 +474,8 @@ def _explain_text(args, net):
     unknown = ids[0, :len(tokens)] == UNK_ID
     rel = [float(v) for v in per[0, :len(tokens)]]
     pred, t = int(e.output[0].argmax()), int(e.target[0])
-    name = (lambda k: tm.classes[k] if k < len(tm.classes) else str(k))
+    def name(k):
+        return tm.classes[k] if k < len(tm.classes) else str(k)
     if args.npy:
         args.npy = _npy_path(args.npy)
         np.save(args.npy, np.array(rel))
@@ -718,11 +737,10 @@ def _local_cluster(workers, stack, dashboard=False):
 
 
 def _explain_dataset(args):
-    from . import composites, parallel
+    from . import parallel
     net = _load_model(args.model)
     data = _read_dataset(args.data, net)
-    kwargs = dict(method=args.method) if args.method else dict(
-        composite=composites.get(args.composite, data=np.asarray(data[:args.batch_size or 256])))
+    kwargs = _dataset_how(args, data[:args.batch_size or 256])
     with contextlib.ExitStack() as stack:
         if args.dashboard and not args.workers:
             raise RuleParameterError("--dashboard shows a local Dask cluster's dashboard: give --workers N too")
@@ -742,7 +760,7 @@ def _explain_dataset(args):
 
 def _spray(args):
     from .spray import cli
-    return cli(args, _load_model)
+    return cli(args, _load_model, _dataset_how)
 
 
 def _error(message):
@@ -830,8 +848,11 @@ def main(argv=None):
     ds.add_argument("model", help="a model file (.npz, .onnx, .txt, .prototxt) or a built-in name")
     ds.add_argument("data", help="a .npy array (read chunk by chunk, memory-mapped) or an IDX images file")
     dhow = ds.add_mutually_exclusive_group()
-    dhow.add_argument("--composite", default="epsilon_plus", help="a composite name (default %(default)s)")
-    dhow.add_argument("--method", help="a method name instead of LRP (e.g. gradient)")
+    dhow.add_argument("--composite", default="epsilon_plus", help="a composite: NAME[:key=value,...], as for explain "
+                                                                  "(default %(default)s)")
+    dhow.add_argument("--rule", help="one rule on every Linear/Conv2d layer: NAME[:key=value,...], as for explain")
+    dhow.add_argument("--method", help="a method instead of LRP: NAME[:key=value,...], as for explain (e.g. "
+                                       "integrated_gradients:n=64)")
     ds.add_argument("--target", type=int, help="class to explain (default: the predicted class)")
     ds.add_argument("--batch-size", type=_positive_int, help="inputs per chunk (default: chosen from the measured cost "
                                                              "per input, or the one --out's run records)")

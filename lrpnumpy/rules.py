@@ -1,7 +1,7 @@
 r"""LRP rules as objects, each written once through the same four steps.
 
 A rule turns the relevance ``R`` at a layer's output into relevance at its
-input ``a``.  For an affine layer (:class:`~lrpnumpy.layers.Linear`,
+input ``a`` ([1]_, [2]_).  For an affine layer (:class:`~lrpnumpy.layers.Linear`,
 :class:`~lrpnumpy.layers.Conv2d`, sum/average pooling) every rule here is
 
 1. ``z = forward(x_k; W_k, b_k)`` summed over the rule's terms: the forward

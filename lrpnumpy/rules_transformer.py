@@ -1,5 +1,7 @@
 r"""LRP rules for transformers: AttnLRP (Achtibat et al., 2024) and CP-LRP (Ali et al., 2022).
 
+The papers: AttnLRP [1]_, CP-LRP [2]_.
+
 AttnLRP's rules, each a :class:`~lrpnumpy.rules.Rule` object:
 
 * linear maps (Linear, residual Add): the epsilon rule (:class:`~lrpnumpy.rules.Epsilon`,

@@ -726,8 +726,11 @@ def add_parser(sub, positive_int):
     p.add_argument("--labels", help="labels (.npy or IDX) of DATA: analyse the inputs of the class (default: the "
                                     "inputs the model predicts as the class; 'sample' has its own)")
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--composite", default="epsilon_plus", help="a composite name (default %(default)s)")
-    how.add_argument("--method", help="a method name instead of LRP (e.g. gradient)")
+    how.add_argument("--composite", default="epsilon_plus", help="a composite: NAME[:key=value,...], as for explain "
+                                                                 "(default %(default)s)")
+    how.add_argument("--rule", help="one rule on every Linear/Conv2d layer: NAME[:key=value,...], as for explain")
+    how.add_argument("--method", help="a method instead of LRP: NAME[:key=value,...], as for explain (e.g. "
+                                      "integrated_gradients:n=64)")
     p.add_argument("--clusters", type=positive_int, help="number of clusters (default: the eigengap's)")
     p.add_argument("--neighbors", type=positive_int, default=10, help="of the kNN graph (default %(default)s)")
     p.add_argument("--eigenvalues", type=positive_int, default=32, help="computed (default %(default)s)")
@@ -750,8 +753,11 @@ def _read_array(path):
     return load_idx(path)
 
 
-def cli(args, load_model):
-    """Run ``lrpnumpy spray`` (the parsed arguments); prints a summary or JSON, returns the exit code."""
+def cli(args, load_model, keywords=None):
+    """Run ``lrpnumpy spray`` (the parsed arguments); prints a summary or JSON, returns the exit code.
+
+    ``keywords(args, x)`` gives :func:`explain_class`'s keywords from ``--composite``, ``--rule`` or ``--method``
+    (the command line's ``NAME[:key=value,...]``); without it, the names are used as they are."""
     import json
     from .datasets import sample
     from .train import predict
@@ -784,7 +790,10 @@ def cli(args, load_model):
         how = "predicted as"
     if len(chosen) == 0:
         raise ParameterError(f"no input of {args.data} is {how} class {args.klass}")
-    kwargs = {"method": args.method} if args.method else {"composite": args.composite}
+    if keywords is not None:
+        kwargs = keywords(args, x[chosen][:256])
+    else:
+        kwargs = {"method": args.method} if args.method else {"composite": args.composite}
     relevance = explain_class(net, x[chosen], args.klass, **kwargs)
     res = analyze(relevance, n_clusters=args.clusters, n_neighbors=args.neighbors, n_eigval=args.eigenvalues,
                   absolute=args.absolute, pool=args.pool, clustering=args.clustering,

@@ -506,3 +506,62 @@ def test_evaluate_says_which_way_is_better_plots_every_metric_and_shows_progress
     assert out["rows"][0]["continuity"] == pytest.approx(expected, rel=1e-9)
     assert main(["evaluate", "fashion_cnn_maxpool", x, "--methods", "pattern_net"]) == 2
     assert "fit_patterns" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["explain-dataset", "spray"])
+def test_method_composite_and_rule_options_on_the_dataset_commands(command, tmp_path, capsys):
+    """explain-dataset and spray take NAME[:key=value,...] as explain does (issue 27): the options reach the
+    method, composite or rule, and a wrong option is refused with the accepted ones, exit 2 and one line."""
+    pytest.importorskip("dask")
+    s = datasets.sample()
+    net = L.io.load(MODEL)
+    chosen = np.flatnonzero(s.labels == 1)[:12]       # spray with --labels explains exactly these, for class 1
+    xs = s.images[chosen].astype(net.dtype)
+    np.save(tmp_path / "x.npy", s.images[chosen])
+    np.save(tmp_path / "y.npy", s.labels[chosen])
+    target = np.ones(len(xs), int)
+
+    def relevance(how):
+        if command == "explain-dataset":
+            assert main(["explain-dataset", MODEL, str(tmp_path / "x.npy"), "--quiet", "--target", "1", *how,
+                         "--npy", str(tmp_path / "r.npy")]) == 0
+            return np.load(tmp_path / "r.npy")
+        from lrpnumpy import spray
+        calls = []
+        original = spray.explain_class
+        spray.explain_class = lambda *a, **k: calls.append(original(*a, **k)) or calls[-1]
+        try:
+            assert main(["spray", MODEL, str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"), "--class", "1",
+                         "--embedding", "none", "--clusters", "2", "--neighbors", "3", "--json", *how]) == 0
+        finally:
+            spray.explain_class = original
+        return calls[0]
+
+    cases = [(["--method", "integrated_gradients:n=5"], L.methods.integrated_gradients(net, xs, target, n=5).relevance),
+             (["--method", "interior_gradients:alpha=0.5"],
+              L.methods.interior_gradients(net, xs, target, alpha=0.5).relevance),
+             (["--composite", "epsilon_plus:epsilon=0.5"], L.explain(net, xs, target, composite=L.EpsilonPlus(0.5)).relevance),
+             (["--rule", "epsilon:epsilon=0.25"], L.explain(net, xs, target, rule=L.Epsilon(0.25)).relevance)]
+    for how, expected in cases:
+        np.testing.assert_allclose(relevance(how), expected, rtol=1e-5, atol=1e-6, err_msg=str(how))
+    assert not np.allclose(cases[1][1], L.methods.gradient(net, xs, target).relevance)   # the option mattered
+    capsys.readouterr()
+    base = ["explain-dataset", MODEL, str(tmp_path / "x.npy"), "--quiet"] if command == "explain-dataset" else \
+        ["spray", MODEL, str(tmp_path / "x.npy"), "--class", "1", "--embedding", "none"]
+    for option, spec, accepted in (("--method", "integrated_gradients:steps=64", "accepted: n\n"),
+                                   ("--rule", "epsilon:eps=0.1", "accepted: epsilon"),
+                                   ("--composite", "epsilon_plus:eps=0.1", "accepted: epsilon")):
+        assert main([*base, option, spec]) == 2, spec
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and accepted in err and "unexpected keyword" not in err, err
+
+
+def test_explain_dataset_records_method_options_in_its_manifest(tmp_path):
+    """A resumed run with other method options is refused, naming the field (the options are part of the run)."""
+    pytest.importorskip("dask")
+    np.save(tmp_path / "x.npy", datasets.sample().images[:8])
+    base = ["explain-dataset", MODEL, str(tmp_path / "x.npy"), "--quiet", "--out", str(tmp_path / "store")]
+    assert main([*base, "--method", "integrated_gradients:n=4"]) == 0
+    assert main([*base, "--method", "integrated_gradients:n=4"]) == 0          # resumed: the same run
+    r = _cli(*base, "--method", "integrated_gradients:n=8")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "method" in r.stderr, r.stderr

@@ -738,7 +738,7 @@ ONNX_WRITERS = {
 def save_onnx(net, path, input_shape=None):
     """Write ``net`` as an ONNX graph (opset 14) that ONNX runtimes, and :func:`load_onnx`, run to the same outputs.
 
-    The input is ``x`` of shape (N, *input_shape) (``input_shape`` defaults to the network's),
+    The input is ``x`` of shape ``(N, *input_shape)`` (``input_shape`` defaults to the network's),
     the output ``y``; weights are initializers in the network's dtype.  Sum pooling is written as
     a depthwise convolution with constant weights.
     """

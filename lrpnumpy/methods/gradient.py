@@ -183,7 +183,7 @@ def smoothgrad(model, x, target=None, n=20, noise_level=0.1, noise=None, rng=Non
 
     Parameters
     ----------
-    noise : ndarray of shape (n - 1, *x.shape) (``clean=False``: (n, *x.shape)), optional
+    noise : ndarray of shape ``(n - 1, *x.shape)`` (``clean=False``: ``(n, *x.shape)``), optional
         Standard-normal draws (scaled here by the per-sample std) to use instead of ``rng``.
     stdev : float, optional
         The noise's standard deviation itself, instead of ``noise_level`` times each sample's range.
