@@ -31,7 +31,6 @@ import numpy as np
 
 from . import kernels
 from .layers import Conv2d, Flatten, Linear, MaxPool2d, Sequential, SumPool2d
-from .layers.activation import _Elementwise
 
 
 def _geometry(layer, h, w):
@@ -46,7 +45,7 @@ def _kind(layer):
         return "conv"
     if type(layer) in (MaxPool2d, SumPool2d):
         return "pool"
-    if isinstance(layer, _Elementwise):
+    if layer.elementwise:
         return "elementwise"
     return None
 

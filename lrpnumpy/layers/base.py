@@ -140,6 +140,37 @@ class Layer:
     #: Every concrete layer class by name (filled in as classes are defined), for loaders.
     registry = {}
 
+    # ----- capabilities: what a layer declares about itself (docs/extending.rst) -----
+    # Rules, composites, methods, graphs, verify and the incremental engine read these, never a
+    # list of layer types.  Defaults describe a one-input layer that is none of the kinds below.
+
+    #: How many inputs ``forward``/``apply`` take: 1, a fixed number, or None for "one or more"
+    #: (Add, Concat).  Several-input layers return one gradient (and one relevance) per input.
+    n_inputs = 1
+    #: An affine map ``A(x; weight) + bias`` given the step (max pooling: given its winners): the
+    #: layer implements ``forward_with``/``backward_with``/``bias_view`` (see :class:`AffineLayer`)
+    #: and the affine rules (Epsilon, ZPlus, Gamma, ...) run on it.
+    affine = False
+    #: The output is a linear map of the input plus a constant for a fixed step, so the gradient is
+    #: the map's adjoint (DeepLIFT's multipliers pass through it as the gradient does).
+    linear = False
+    #: ``y[i] = f(x[i])`` entry by entry, any shape: the layer may be run on any subset of entries
+    #: (the incremental engine does) and gets DeepLIFT's Rescale rule.
+    elementwise = False
+    #: Only moves values (reshape, permutation, split, join): its backward pass is relevance's
+    #: too (the Pass rule uses it).
+    rearranges = False
+    #: Several inputs multiplied together (an elementwise or a matrix product of two activations):
+    #: not linear in them jointly; the product rules (AttnLRP's Uniform, CP-LRP's HoldConstant)
+    #: apply.
+    products = False
+    #: Divides by statistics of its own input (LayerNorm, RMSNorm, LRN, Softmax): not linear in
+    #: the input even where it is piecewise so; rules treat the statistics as constants or pass.
+    normalises = False
+    #: Runs a loop over time with products of gates and signals inside (LSTM, GRU): implements
+    #: ``lrp(step, R, rule, epsilon, bias_factor)``, which the product rules call.
+    recurrent = False
+
     def __setattr__(self, name, value):
         if name in self.params:
             value = self._checked_param(name, value)
@@ -419,6 +450,8 @@ class AffineLayer(Layer):
     abstract = True  # not a layer of its own (kept out of Layer.registry)
     weight = None
     bias = None
+    affine = True
+    linear = True
 
     def forward_with(self, x, weight, bias=None, step=None):
         raise NotImplementedError

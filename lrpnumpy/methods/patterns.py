@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import RuleParameterError, ShapeError
 from ..explain import Explanation, logit_network, onehot
+from ..registry import register_method as register
 from ..layers import Conv2d, Linear, ReLU
 from ..layers.base import check_array, check_finite
 from .gradient import walk
@@ -111,6 +112,7 @@ def _pattern_walk(model, x, target, patterns, attribution):
     return walk(net, x, target, visit, seed=lambda out, t: out * onehot(out, t))[:3]
 
 
+@register("pattern_net")
 def pattern_net(model, x, target=None, patterns=None):
     """PatternNet: the signal in ``x`` that the target output detects; the gradient's backward walk
     with each layer's weights replaced by its pattern (see :func:`fit_patterns`)."""
@@ -118,6 +120,7 @@ def pattern_net(model, x, target=None, patterns=None):
     return Explanation(g, out, t, method="pattern_net")
 
 
+@register("pattern_attribution")
 def pattern_attribution(model, x, target=None, patterns=None):
     """PatternAttribution: the backward walk with each layer's weights replaced by ``w * a``
     (weights times patterns, element-wise): the output attributed to the signal in ``x``."""
