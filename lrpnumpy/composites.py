@@ -14,8 +14,8 @@ import numpy as np
 
 from .errors import RuleParameterError
 from .registry import Registry
-from .layers import (GRU, LSTM, AdaptiveAvgPool2d, Add, Conv2d, Embedding, GlobalAvgPool2d, Layer, Linear, MaxPool2d,
-                     SumPool2d)
+from .layers import (GRU, LSTM, WEIGHTED, AdaptiveAvgPool2d, Add, Conv2d, Embedding, GlobalAvgPool2d, Layer, Linear,
+                     MaxPool2d, SumPool2d)
 from .rules import (LRP0, AlphaBeta, Epsilon, Flat, Gamma, HalfHalf, Norm, Pass, Proportional, Rule, SignalTakesAll,
                     TokenSum, ToolboxAlphaBeta, WinnerTakesAll, WSquare, ZBox, ZPlus)
 
@@ -130,7 +130,7 @@ class Composite:
         return rules
 
 
-_WEIGHTED = (Conv2d, Linear)
+_WEIGHTED = WEIGHTED  # (the name kept from before)
 
 
 @register("epsilon_plus")

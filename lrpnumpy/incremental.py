@@ -30,20 +30,14 @@ contiguous row, which is what the updates read and write.
 import numpy as np
 
 from . import kernels
-from .layers import Conv2d, Flatten, Linear, MaxPool2d, Sequential, SumPool2d
-
-
-def _geometry(layer, h, w):
-    """(kh, kw, sh, sw, (top, bottom, left, right), dh, dw) of a window layer on an h x w input."""
-    if isinstance(layer, Conv2d):
-        return layer.kernel_size + layer.stride + (layer.padding,) + layer.dilation
-    return layer._geometry(h, w)
+from .layers import Conv2d, Flatten, Linear, Sequential
 
 
 def _kind(layer):
-    if isinstance(layer, Conv2d) and layer.groups == 1:
+    """How a layer runs along the path, from what it declares (None: not locally)."""
+    if isinstance(layer, Conv2d) and layer.groups == 1:  # the kernel adds the convolution of a change
         return "conv"
-    if type(layer) in (MaxPool2d, SumPool2d):
+    if layer.pool in ("max", "sum"):
         return "pool"
     if layer.elementwise:
         return "elementwise"
@@ -64,7 +58,7 @@ def plan(net, input_shape, features_per_step, patch):
         if kind is None or 8 * features_per_step * bh * bw > shape[2] * shape[3]:
             break
         if kind != "elementwise":
-            kh, kw, sh, sw, _, dh, dw = _geometry(layer, *shape[2:])
+            kh, kw, sh, sw, _, dh, dw = layer.window(*shape[2:])
             shape = layer.output_shape(shape)
             bh = min(shape[2], (bh - 1 + (kh - 1) * dh) // sh + 1)
             bw = min(shape[3], (bw - 1 + (kw - 1) * dw) // sw + 1)
@@ -114,7 +108,7 @@ class _Local:
         self.n, self.c, self.oh, self.ow = y.shape
         self.y = _rows(y)
         if self.kind != "elementwise":  # which inputs each output reads, and the other way round
-            self.taps = _taps(_geometry(layer, self.h, self.w), self.h, self.w, self.oh, self.ow)
+            self.taps = _taps(layer.window(self.h, self.w), self.h, self.w, self.oh, self.ow)
             self.reached = _reached_by(self.taps, self.h * self.w)
         if self.kind == "conv":  # (kh * kw * C, O): the weights in a window row's order
             self.matrix = layer.weight.transpose(2, 3, 1, 0).reshape(-1, layer.out_channels)
@@ -144,10 +138,11 @@ class _Local:
                 new = window.reshape(len(q), -1) @ self.matrix
                 if self.layer.bias is not None:
                     new += self.layer.bias
-            elif isinstance(self.layer, MaxPool2d):
+            elif self.layer.pool == "max":
                 new = window.max(axis=1)
-            else:
-                new = self.layer._divide(window.sum(axis=1), 0, 0)
+            else:  # a sum pool's window sums, times its scale
+                new = window.sum(axis=1)
+                new = new if self.layer.scale == 1.0 else new * new.dtype.type(self.layer.scale)
         old = None if last else self.y[q]
         self.y[q] = new
         return None if last else _changed(q, new - old)
@@ -180,7 +175,8 @@ def _rows(a, pad=0):
 
 
 def _pad_value(layer):
-    return -np.inf if isinstance(layer, MaxPool2d) else 0
+    """What the padding row holds for ``layer`` (the next layer; None: none): -inf for a max pool."""
+    return -np.inf if layer is not None and layer.pool == "max" else 0
 
 
 class PerturbationPath:

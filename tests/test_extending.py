@@ -13,6 +13,7 @@ import pytest
 import lrpnumpy as L
 from lrpnumpy import evaluate, incremental, io, methods as M, rules
 from lrpnumpy.errors import UnsupportedLayerError
+from lrpnumpy.explanation import logit_network
 from lrpnumpy.rules import AffineRule, Group, Term
 from lrpnumpy.stabilize import stabilize
 
@@ -62,7 +63,7 @@ def rectified_gradient(model, x, target=None):
     """The gradient with every element-wise layer passing only the positive part of its gradient."""
     def visit(step, g):
         return np.maximum(step.layer.backward(g, step), 0) if step.layer.elementwise else None
-    g, out, t, _ = M.walk(model, x, target, visit)
+    g, out, t, _ = M.walk(logit_network(model, x), x, target, visit)
     return L.Explanation(g, out, t, method="rectified_gradient")
 
 

@@ -170,6 +170,16 @@ class Layer:
     #: Runs a loop over time with products of gates and signals inside (LSTM, GRU): implements
     #: ``lrp(step, R, rule, epsilon, bias_factor)``, which the product rules call.
     recurrent = False
+    #: ``"max"`` or ``"sum"``: each output of an (N, C, H, W) input is the maximum, or the sum times
+    #: ``scale``, of its window's taps, channel by channel; the layer implements :meth:`window`
+    #: (the incremental engine recomputes such a layer at the windows a change reaches).
+    pool = None
+
+    def window(self, h, w):
+        """``(kh, kw, sh, sw, (top, bottom, left, right), dh, dw)``: kernel, stride, padding and
+        dilation of the windows a layer with windows (a convolution, a pooling) slides over an
+        ``h x w`` input."""
+        raise NotImplementedError(f"{type(self).__name__} has no windows")
 
     def __setattr__(self, name, value):
         if name in self.params:

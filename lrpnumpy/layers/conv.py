@@ -79,6 +79,9 @@ class Conv2d(AffineLayer):
         (sh, sw), (dh, dw) = self.stride, self.dilation
         return sh, sw, self.padding, dh, dw, self.groups
 
+    def window(self, h, w):
+        return self.kernel_size + self.stride + (self.padding,) + self.dilation
+
     def output_shape(self, input_shape):
         self._check_rank(input_shape, 4, self.in_channels)
         n, _, h, w = input_shape

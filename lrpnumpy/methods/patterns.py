@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import RuleParameterError, ShapeError
 from ..explain import Explanation, logit_network, onehot
 from ..registry import register_method as register
-from ..layers import Conv2d, Linear, ReLU
+from ..layers import WEIGHTED, ReLU
 from ..layers.base import check_array, check_finite
 from .gradient import walk
 
@@ -58,7 +58,7 @@ def fit_patterns(model, data, kind="relu", batch_size=256):
         raise RuleParameterError(f"fit_patterns kind must be 'relu' or 'linear', got {kind!r}")
     if not (isinstance(batch_size, numbers.Integral) and batch_size >= 1):
         raise RuleParameterError(f"fit_patterns batch_size must be an int >= 1, got {batch_size!r}")
-    layers = [i for i, layer in enumerate(net) if isinstance(layer, (Linear, Conv2d))]
+    layers = [i for i, layer in enumerate(net) if isinstance(layer, WEIGHTED)]
     if not layers:
         raise ShapeError("fit_patterns needs a network with Linear or Conv2d layers")
     positive = {i: kind == "relu" and _feeds_relu(net, i) for i in layers}
