@@ -114,3 +114,46 @@ def test_pools_are_their_windows_reduced(kind, rng):
             taps = padded[:, :, i * sh:i * sh + (kh - 1) * dh + 1:dh, j * sw:j * sw + (kw - 1) * dw + 1:dw]
             expected[:, :, i, j] = taps.max(axis=(2, 3)) if layer.pool == "max" else taps.sum(axis=(2, 3)) * layer.scale
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-14)
+
+
+# ----- one backward walk, and names registered next to their definitions -----
+
+def test_every_backward_walk_is_trace_reverse(rng, monkeypatch):
+    """explain, Network.backward and the gradient methods all walk a trace through Trace.reverse."""
+    from lrpnumpy import methods as M
+    from lrpnumpy.trace import Trace
+    net = L.Sequential(L.Linear(6, 5, rng=rng), L.ReLU(), L.Linear(5, 3, rng=rng))
+    x = rng.normal(size=(2, 6))
+    walks = []
+    original = Trace.reverse
+    monkeypatch.setattr(Trace, "reverse", lambda self, seed, visit: walks.append(1) or original(self, seed, visit))
+    L.explain(net, x)
+    _, trace = net.forward_trace(x)
+    g = net.backward(np.ones((2, 3)), trace)
+    grads = net.backward(np.ones((2, 3)), trace, param_grads=True)
+    np.testing.assert_array_equal(grads[0], g)
+    for method in (M.gradient, M.guided_backprop, M.deconvnet, M.deeplift):
+        method(net, x)
+    assert len(walks) == 7
+    np.testing.assert_array_equal(trace.backward(np.ones((2, 3))), g)
+    assert len(walks) == 8
+
+
+def test_register_by_decorator_or_call(monkeypatch):
+    from lrpnumpy import composites, methods as M, rules
+    from lrpnumpy.errors import RuleParameterError
+    monkeypatch.setattr(composites, "REGISTRY", composites.REGISTRY.__class__("composite"))
+
+    @composites.register("mine")
+    class Mine(composites.Composite):
+        def __init__(self, epsilon=0.5):
+            super().__init__([(L.Linear, L.Epsilon(epsilon))])
+    assert composites.register("also_mine", Mine) is Mine
+    assert isinstance(composites.get("mine"), Mine) and isinstance(composites.get("also_mine", epsilon=0.1), Mine)
+    with pytest.raises(RuleParameterError, match="unknown composite 'other'; known: also_mine, mine"):
+        composites.get("other")
+    with pytest.raises(RuleParameterError, match="non-empty string"):
+        M.register("")
+    with pytest.raises(RuleParameterError, match="unknown rule 'nope'"):
+        rules.get("nope")
+    assert list(M.REGISTRY)[:2] == ["lrp", "gradient"] and M.REGISTRY["lrp"] is L.explain
