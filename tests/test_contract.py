@@ -157,3 +157,21 @@ def test_register_by_decorator_or_call(monkeypatch):
     with pytest.raises(RuleParameterError, match="unknown rule 'nope'"):
         rules.get("nope")
     assert list(M.REGISTRY)[:2] == ["lrp", "gradient"] and M.REGISTRY["lrp"] is L.explain
+
+
+def test_forward_many_is_the_old_name_of_forward_with_many(rng):
+    """A subclass that overrides the old name is still what the fast path calls (and the other way round)."""
+    calls = []
+
+    class Counted(L.Linear):
+        def forward_many(self, x, weights, step, biases=None):
+            calls.append(len(weights))
+            return super().forward_many(x, weights, step, biases)
+    L.Layer.registry.pop("Counted")
+    assert L.Conv1d.forward_with_many is L.Conv1d.__dict__["forward_many"]
+    assert L.Linear.forward_many is L.Linear.forward_with_many
+    layer, x = Counted(4, 3, rng=rng), rng.normal(size=(2, 4))
+    e = L.explain(L.Sequential(layer), x, rule=L.ZPlus())
+    assert calls  # the override ran
+    plain = L.Linear.from_config(layer.config(), {"weight": layer.weight, "bias": layer.bias})
+    np.testing.assert_array_equal(e.relevance, L.explain(L.Sequential(plain), x, rule=L.ZPlus()).relevance)

@@ -482,17 +482,32 @@ class AffineLayer(Layer):
         """Relevance at :meth:`joint_input` as the layer's inputs take it (a tuple for several)."""
         return R
 
-    def forward_many(self, x, weights, step, biases=None):
-        """``[forward_with(x, w, b, step) for w, b in zip(weights, biases)]`` (biases None: none);
-        layers may do it in one pass."""
+    def forward_with_many(self, x, weights, step, biases=None):
+        """``[forward_with(x, w, b, step) for w, b in zip(weights, biases)]`` (biases None: none):
+        the map with several sets of weights on one input; layers may do it in one pass."""
         return [self.forward_with(x, w, b, step) for w, b in zip(weights, biases or [None] * len(weights))]
 
-    def backward_many(self, pairs, step):
+    def backward_with_many(self, pairs, step):
         """``sum(backward_with(s, w, step) for s, w in pairs)``; layers may do it in one pass."""
         total = self.backward_with(*pairs[0], step)  # not sum(): 0 + array would copy it
         for s, w in pairs[1:]:
             total = total + self.backward_with(s, w, step)
         return total
+
+    #: Deprecated names of :meth:`forward_with_many` and :meth:`backward_with_many` ("many" meant
+    #: many weights, which read like the several inputs of Add or Concat); a subclass that
+    #: overrides either name overrides both (see ``__init_subclass__``).
+    forward_many = forward_with_many
+    backward_many = backward_with_many
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__
+        for new, old in (("forward_with_many", "forward_many"), ("backward_with_many", "backward_many")):
+            if old in own and new not in own:
+                setattr(cls, new, own[old])
+            elif new in own and old not in own:
+                setattr(cls, old, own[new])
 
     def _forward(self, a):
         return self.forward_with(a, self.weight, self.bias)
