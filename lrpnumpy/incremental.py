@@ -33,6 +33,11 @@ from . import kernels
 from .layers import Conv2d, Flatten, Linear, Sequential
 
 
+def _geometry(layer, h, w):
+    """(kh, kw, sh, sw, (top, bottom, left, right), dh, dw) of a window layer on an h x w input."""
+    return layer.window(h, w)
+
+
 def _kind(layer):
     """How a layer runs along the path, from what it declares (None: not locally)."""
     if isinstance(layer, Conv2d) and layer.groups == 1:  # the kernel adds the convolution of a change
@@ -58,7 +63,7 @@ def plan(net, input_shape, features_per_step, patch):
         if kind is None or 8 * features_per_step * bh * bw > shape[2] * shape[3]:
             break
         if kind != "elementwise":
-            kh, kw, sh, sw, _, dh, dw = layer.window(*shape[2:])
+            kh, kw, sh, sw, _, dh, dw = _geometry(layer, *shape[2:])
             shape = layer.output_shape(shape)
             bh = min(shape[2], (bh - 1 + (kh - 1) * dh) // sh + 1)
             bw = min(shape[3], (bw - 1 + (kw - 1) * dw) // sw + 1)
@@ -108,7 +113,7 @@ class _Local:
         self.n, self.c, self.oh, self.ow = y.shape
         self.y = _rows(y)
         if self.kind != "elementwise":  # which inputs each output reads, and the other way round
-            self.taps = _taps(layer.window(self.h, self.w), self.h, self.w, self.oh, self.ow)
+            self.taps = _taps(_geometry(layer, self.h, self.w), self.h, self.w, self.oh, self.ow)
             self.reached = _reached_by(self.taps, self.h * self.w)
         if self.kind == "conv":  # (kh * kw * C, O): the weights in a window row's order
             self.matrix = layer.weight.transpose(2, 3, 1, 0).reshape(-1, layer.out_channels)
