@@ -159,17 +159,17 @@ def count_macs():
     kernels.conv2d = timed(saved["conv2d"], conv_macs)
     kernels.conv2d_grad_input = timed(saved["conv2d_grad_input"], grad_in_macs)
     kernels.conv2d_grad_weight = timed(saved["conv2d_grad_weight"], grad_w_macs)
-    # Linear does its own matmuls (forward_many does not call forward_with): count each entry point.
-    originals = {name: getattr(Linear, name) for name in ("forward_with", "backward_with", "forward_many",
-                                                          "backward_many")}
+    # Linear does its own matmuls (forward_with_many does not call forward_with): count each entry point.
+    originals = {name: getattr(Linear, name) for name in ("forward_with", "backward_with", "forward_with_many",
+                                                          "backward_with_many")}
     Linear.forward_with = lambda self, x, w, b=None, step=None: _add(
         counts, x.shape[0] * w.size, originals["forward_with"](self, x, w, b, step))
     Linear.backward_with = lambda self, g, w, step: _add(counts, g.shape[0] * w.size,
                                                          originals["backward_with"](self, g, w, step))
-    Linear.forward_many = lambda self, x, ws, step: _add(counts, x.shape[0] * sum(w.size for w in ws),
-                                                         originals["forward_many"](self, x, ws, step))
-    Linear.backward_many = lambda self, pairs, step: _add(counts, sum(s.shape[0] * w.size for s, w in pairs),
-                                                          originals["backward_many"](self, pairs, step))
+    Linear.forward_with_many = lambda self, x, ws, step, biases=None: _add(
+        counts, x.shape[0] * sum(w.size for w in ws), originals["forward_with_many"](self, x, ws, step, biases))
+    Linear.backward_with_many = lambda self, pairs, step: _add(
+        counts, sum(s.shape[0] * w.size for s, w in pairs), originals["backward_with_many"](self, pairs, step))
     try:
         yield counts
     finally:

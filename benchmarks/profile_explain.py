@@ -60,15 +60,15 @@ def main():
     untimed = median_time(lambda: L.explain(net, x, composite=comp), args.repeat)
 
     timers = Timers()
-    saved = [(AffineLayer, "forward_many"), (AffineLayer, "backward_many"), (rules, "ledger")]
+    saved = [(AffineLayer, "forward_with_many"), (AffineLayer, "backward_with_many"), (rules, "ledger")]
     originals = [getattr(owner, name) for owner, name in saved]
-    AffineLayer.forward_many = timers.timed("step 1 (z)", originals[0])
-    AffineLayer.backward_many = timers.timed("step 3 (c)", originals[1])
+    AffineLayer.forward_with_many = timers.timed("step 1 (z)", originals[0])
+    AffineLayer.backward_with_many = timers.timed("step 3 (c)", originals[1])
     rules.ledger = timers.timed("ledger", originals[2])
-    # subclasses that define their own forward_many/backward_many (Conv2d, Linear) are timed too
+    # subclasses that define their own forward_with_many/backward_with_many (Conv2d, Linear) are timed too
     patched = []
     for cls in {type(layer) for layer in net}:
-        for name, part in (("forward_many", "step 1 (z)"), ("backward_many", "step 3 (c)")):
+        for name, part in (("forward_with_many", "step 1 (z)"), ("backward_with_many", "step 3 (c)")):
             if name in vars(cls):
                 patched.append((cls, name, vars(cls)[name]))
                 setattr(cls, name, timers.timed(part, vars(cls)[name]))

@@ -1,6 +1,6 @@
 """Model rewrites that keep the function and make LRP better defined."""
 
-from .layers import BatchNorm2d, Conv2d, Graph, Linear, Sequential
+from .layers import WEIGHTED, BatchNorm2d, Graph, Sequential
 
 
 def _fold(prev, bn):
@@ -14,7 +14,7 @@ def _fold(prev, bn):
 
 
 def _foldable(prev, bn):
-    return isinstance(bn, BatchNorm2d) and isinstance(prev, (Conv2d, Linear)) \
+    return isinstance(bn, BatchNorm2d) and isinstance(prev, WEIGHTED) \
         and prev.weight.shape[0] == bn.num_features
 
 

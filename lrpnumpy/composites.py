@@ -13,10 +13,24 @@ Zennit's; a composite that needs parameters says so in ``needs``, and
 import numpy as np
 
 from .errors import RuleParameterError
-from .layers import (GRU, LSTM, AdaptiveAvgPool2d, Add, Conv2d, Embedding, GlobalAvgPool2d, Layer, Linear, MaxPool2d,
-                     SumPool2d)
+from .registry import Registry
+from .layers import (GRU, LSTM, WEIGHTED, AdaptiveAvgPool2d, Add, Conv2d, Embedding, GlobalAvgPool2d, Layer, Linear,
+                     MaxPool2d, SumPool2d)
 from .rules import (LRP0, AlphaBeta, Epsilon, Flat, Gamma, HalfHalf, Norm, Pass, Proportional, Rule, SignalTakesAll,
                     TokenSum, ToolboxAlphaBeta, WinnerTakesAll, WSquare, ZBox, ZPlus)
+
+#: Composites by name (for the command line, benchmarks and :func:`get`); a class is named with
+#: ``@register("name")`` where it is defined.
+REGISTRY = Registry("composite")
+
+
+def register(name, cls=None):
+    """Add a composite class (or factory) to :data:`REGISTRY` under ``name``.
+
+    ``register(name, cls)``, or ``@register(name)`` above the class; returns ``cls``.
+    """
+    return REGISTRY.register(name, cls)
+
 
 #: The rule of every layer that nothing else gives one: the first matching entry wins.
 DEFAULT_RULES = [((Linear, Conv2d), LRP0()), ((SumPool2d, GlobalAvgPool2d, AdaptiveAvgPool2d, Add), Norm()),
@@ -116,9 +130,10 @@ class Composite:
         return rules
 
 
-_WEIGHTED = (Conv2d, Linear)
+_WEIGHTED = WEIGHTED  # (the name kept from before)
 
 
+@register("epsilon_plus")
 class EpsilonPlus(Composite):
     """Linear -> Epsilon, Conv2d -> ZPlus."""
 
@@ -126,6 +141,7 @@ class EpsilonPlus(Composite):
         super().__init__([(Linear, Epsilon(epsilon)), (Conv2d, ZPlus())], **kw)
 
 
+@register("epsilon_alpha2_beta1")
 class EpsilonAlpha2Beta1(Composite):
     """Linear -> Epsilon, Conv2d -> AlphaBeta(2, 1)."""
 
@@ -133,6 +149,7 @@ class EpsilonAlpha2Beta1(Composite):
         super().__init__([(Linear, Epsilon(epsilon)), (Conv2d, AlphaBeta(2, 1))], **kw)
 
 
+@register("epsilon_gamma_box")
 class EpsilonGammaBox(Composite):
     """First Conv2d -> ZBox(low, high), other Conv2d -> Gamma, Linear -> Epsilon."""
 
@@ -143,6 +160,7 @@ class EpsilonGammaBox(Composite):
                          first_map=[(Conv2d, ZBox(low, high))], **kw)
 
 
+@register("epsilon_plus_flat")
 class EpsilonPlusFlat(Composite):
     """The first Conv2d or Linear -> Flat, the rest as :class:`EpsilonPlus`."""
 
@@ -150,6 +168,7 @@ class EpsilonPlusFlat(Composite):
         super().__init__([(Linear, Epsilon(epsilon)), (Conv2d, ZPlus())], first_map=[(_WEIGHTED, Flat())], **kw)
 
 
+@register("epsilon_alpha2_beta1_flat")
 class EpsilonAlpha2Beta1Flat(Composite):
     """The first Conv2d or Linear -> Flat, the rest as :class:`EpsilonAlpha2Beta1`."""
 
@@ -158,6 +177,7 @@ class EpsilonAlpha2Beta1Flat(Composite):
                          first_map=[(_WEIGHTED, Flat())], **kw)
 
 
+@register("deep_taylor")
 class DeepTaylor(Composite):
     """The paper's deep Taylor LRP rules: ZBox on the first layer, ZPlus on other Conv2d and Linear."""
 
@@ -174,6 +194,7 @@ class SingleRule(Composite):
         super().__init__([(_WEIGHTED, rule)], **kw)
 
 
+@register("lrp_toolbox")
 class LRPToolbox(Composite):
     r"""The rules of the LRP Toolbox's Python code (Lapuschkin et al., 2016), one name for the network.
 
@@ -243,6 +264,7 @@ class LRPToolbox(Composite):
                 for i, (layer, rule) in enumerate(zip(net, rules))]
 
 
+@register("attnlrp")
 class AttnLRP(Composite):
     """AttnLRP (Achtibat et al., ICML 2024): see :mod:`lrpnumpy.rules_transformer`.
 
@@ -265,6 +287,7 @@ class AttnLRP(Composite):
         return f"{type(self).__name__}(epsilon={self.epsilon!r}, gamma={self.gamma!r})"
 
 
+@register("cp_lrp")
 class CPLRP(Composite):
     """CP-LRP (Ali et al., ICML 2022): the attention weights held constant, relevance through the values.
 
@@ -298,38 +321,25 @@ class _Recurrent(Composite):
         return f"{type(self).__name__}(epsilon={self.epsilon!r}, bias_factor={self.bias_factor!r})"
 
 
+@register("lrp_all")
 class LRPAll(_Recurrent):
     """LRP-all (Arras et al. 2017): a product's signal takes all its relevance."""
 
     product = SignalTakesAll
 
 
+@register("lrp_half")
 class LRPHalf(_Recurrent):
     """LRP-half (Arras et al. 2019): gate and signal take half each."""
 
     product = HalfHalf
 
 
+@register("lrp_prop")
 class LRPProp(_Recurrent):
     """LRP-prop (Arras et al. 2019): gate and signal in proportion to their values."""
 
     product = Proportional
-
-
-REGISTRY = {
-    "attnlrp": AttnLRP,
-    "cp_lrp": CPLRP,
-    "lrp_all": LRPAll,
-    "lrp_half": LRPHalf,
-    "lrp_prop": LRPProp,
-    "lrp_toolbox": LRPToolbox,
-    "epsilon_plus": EpsilonPlus,
-    "epsilon_alpha2_beta1": EpsilonAlpha2Beta1,
-    "epsilon_gamma_box": EpsilonGammaBox,
-    "epsilon_plus_flat": EpsilonPlusFlat,
-    "epsilon_alpha2_beta1_flat": EpsilonAlpha2Beta1Flat,
-    "deep_taylor": DeepTaylor,
-}
 
 
 def get(name, data=None, bounds=None, **kwargs):
@@ -352,10 +362,7 @@ def get(name, data=None, bounds=None, **kwargs):
     >>> get("epsilon_gamma_box", low=0.0, high=1.0)    # doctest: +SKIP
     >>> get(name, data=x)   # any registered name: bounds from the data where needed  # doctest: +SKIP
     """
-    try:
-        cls = REGISTRY[name]
-    except KeyError:
-        raise RuleParameterError(f"unknown composite {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+    cls = REGISTRY.lookup(name)
     needs = getattr(cls, "needs", ())
     if bounds is not None and "low" in needs:
         kwargs.setdefault("low", bounds[0])
@@ -372,8 +379,3 @@ def get(name, data=None, bounds=None, **kwargs):
         return cls(**kwargs)
     except TypeError as exc:
         raise RuleParameterError(f"composite {name!r}: {exc}") from None
-
-
-def register(name, cls):
-    """Add a composite class (or factory) to the registry under ``name``."""
-    REGISTRY[name] = cls

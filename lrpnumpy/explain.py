@@ -15,7 +15,10 @@ from .rules import Rule
 from .explanation import (ConservationReport, Explanation, forward_checked, forward_finite,  # noqa: F401
                           layer_index, logit_network, onehot, sample_rows, target_classes, target_onehot,
                           without_softmax)
+from .registry import register_method
 
+
+@register_method("lrp")
 
 def explain(model, x, target=None, rule=None, composite=None, relevance_out=None, mask=None, reference=False):
     """Explain ``model``'s prediction for ``x`` with LRP.

@@ -30,23 +30,21 @@ contiguous row, which is what the updates read and write.
 import numpy as np
 
 from . import kernels
-from .layers import Conv2d, Flatten, Linear, MaxPool2d, Sequential, SumPool2d
-from .layers.activation import _Elementwise
+from .layers import Conv2d, Flatten, Linear, Sequential
 
 
 def _geometry(layer, h, w):
     """(kh, kw, sh, sw, (top, bottom, left, right), dh, dw) of a window layer on an h x w input."""
-    if isinstance(layer, Conv2d):
-        return layer.kernel_size + layer.stride + (layer.padding,) + layer.dilation
-    return layer._geometry(h, w)
+    return layer.window(h, w)
 
 
 def _kind(layer):
-    if isinstance(layer, Conv2d) and layer.groups == 1:
+    """How a layer runs along the path, from what it declares (None: not locally)."""
+    if isinstance(layer, Conv2d) and layer.groups == 1:  # the kernel adds the convolution of a change
         return "conv"
-    if type(layer) in (MaxPool2d, SumPool2d):
+    if layer.pool in ("max", "sum"):
         return "pool"
-    if isinstance(layer, _Elementwise):
+    if layer.elementwise:
         return "elementwise"
     return None
 
@@ -145,10 +143,11 @@ class _Local:
                 new = window.reshape(len(q), -1) @ self.matrix
                 if self.layer.bias is not None:
                     new += self.layer.bias
-            elif isinstance(self.layer, MaxPool2d):
+            elif self.layer.pool == "max":
                 new = window.max(axis=1)
-            else:
-                new = self.layer._divide(window.sum(axis=1), 0, 0)
+            else:  # a sum pool's window sums, times its scale
+                new = window.sum(axis=1)
+                new = new if self.layer.scale == 1.0 else new * new.dtype.type(self.layer.scale)
         old = None if last else self.y[q]
         self.y[q] = new
         return None if last else _changed(q, new - old)
@@ -181,7 +180,8 @@ def _rows(a, pad=0):
 
 
 def _pad_value(layer):
-    return -np.inf if isinstance(layer, MaxPool2d) else 0
+    """What the padding row holds for ``layer`` (the next layer; None: none): -inf for a max pool."""
+    return -np.inf if layer is not None and layer.pool == "max" else 0
 
 
 class PerturbationPath:

@@ -43,8 +43,14 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .errors import RuleParameterError, ShapeError, UnsupportedLayerError
-from .layers import GRU, LSTM, AffineLayer, Embedding, MaxPool2d
+from .layers import Embedding, MaxPool2d
+from .registry import Registry
 from .stabilize import stabilize
+
+#: Rules by name, for the command line and benchmarks (code passes rule objects); a rule class
+#: is named with ``@register("name")`` where it is defined.
+REGISTRY = Registry("rule")
+register = REGISTRY.register
 
 
 class Term(NamedTuple):
@@ -317,7 +323,7 @@ class AffineRule(Rule):
     def layer_for(self, step):
         """The affine layer the four steps run on (the step's own layer; checked)."""
         layer = step.layer
-        if not isinstance(layer, AffineLayer):
+        if not layer.affine:
             raise UnsupportedLayerError(f"{self!r} applies to affine layers (Linear, Conv2d, pooling), "
                                         f"not to {layer!r}")
         if self.needs_weight and layer.weight is None:
@@ -341,6 +347,7 @@ class AffineRule(Rule):
         return layer.split(R_in), ledger(groups, accounts(layer, groups, values, R, self.epsilon), self.epsilon)
 
 
+@register("epsilon")
 class Epsilon(AffineRule):
     r"""The epsilon rule: ``R_in = x * W^T [R / stabilize(W x + b)]``.
 
@@ -394,6 +401,7 @@ class Epsilon(AffineRule):
         return layer.backward_with(t, ones, step)                                         # step 3 and 4: shared
 
 
+@register("lrp0")
 class LRP0(Epsilon):
     """The plain z-rule (LRP-0): the epsilon rule with ``epsilon = 0``.
 
@@ -407,6 +415,7 @@ class LRP0(Epsilon):
         return "LRP0()"
 
 
+@register("zplus")
 class ZPlus(AffineRule):
     r"""The ``z+`` rule: ``z = W+ x+ + W- x- + b+``,
     ``R_in = x+ * W+^T [R/z] + x- * W-^T [R/z]``.
@@ -421,6 +430,7 @@ class ZPlus(AffineRule):
         return [Group([Term(ap, Wp, bp), Term(an, Wn, None, vanishes)])]
 
 
+@register("alpha_beta")
 class AlphaBeta(AffineRule):
     r"""The alpha-beta rule: ``alpha`` times z+ relevance minus ``beta`` times z- relevance.
 
@@ -486,6 +496,7 @@ class ToolboxAlphaBeta(AffineRule):
         return [g for g in (Group(pos, self.alpha), Group(neg, 1 - self.alpha)) if g.coef != 0]
 
 
+@register("gamma")
 class Gamma(AffineRule):
     r"""The gamma rule: favour positive contributions by ``gamma``.
 
@@ -515,6 +526,7 @@ class Gamma(AffineRule):
                 Group([Term(ap, Wn, bn), Term(an, Wp, None, vanishes)], mask=z < 0)]
 
 
+@register("zbox")
 class ZBox(AffineRule):
     r"""The ``z^B`` rule for input bounded by ``low <= x <= high``.
 
@@ -569,6 +581,7 @@ def _short(v):
     return repr(float(v)) if v.ndim == 0 else f"array{v.shape}"
 
 
+@register("flat")
 class Flat(AffineRule):
     r"""The flat rule: ``R_in = 1^T [R / z]`` with ``z = 1 . 1`` (all weights 1, no bias).
 
@@ -591,6 +604,7 @@ class Flat(AffineRule):
         return [Group([Term(np.ones_like(step.input), ones, None)])]
 
 
+@register("wsquare")
 class WSquare(AffineRule):
     r"""The ``w^2`` rule: ``z = W^2 1 + b^2``, ``R_in = (W^2)^T [R / z]``.
 
@@ -683,7 +697,7 @@ class Pass(Rule):
     """
 
     def _propagate(self, step, R):
-        if getattr(step.layer, "rearranges", False):
+        if step.layer.rearranges:
             return step.layer.backward(R, step), {}
         if R.size != step.input.size:
             raise UnsupportedLayerError(f"{self!r} passes relevance through unchanged, so it needs a layer whose "
@@ -753,9 +767,9 @@ class ProductRule(Rule):
         raise NotImplementedError
 
     def _propagate(self, step, R):
-        if not isinstance(step.layer, (LSTM, GRU)):
+        if not step.layer.recurrent:
             raise UnsupportedLayerError(f"{self!r} is a rule for gate x signal products, which {step.layer!r} "
-                                        f"does not have; it applies to LSTM and GRU")
+                                        f"does not have; it applies to recurrent layers (LSTM, GRU)")
         return step.layer.lrp(step, R, self, self.epsilon, self.bias_factor)
 
 
@@ -791,17 +805,11 @@ class Proportional(ProductRule):
         return R_gate, R_signal
 
 
-#: Rules by name, for the command line and benchmarks (code passes rule objects).
-REGISTRY = {"lrp0": LRP0, "epsilon": Epsilon, "zplus": ZPlus, "alpha_beta": AlphaBeta, "gamma": Gamma, "zbox": ZBox,
-            "flat": Flat, "wsquare": WSquare}
-
-
 def get(spec):
     """A rule from ``"name"`` or ``"name:key=value,key=value"``, e.g. ``"epsilon:epsilon=0.25"``,
     ``"alpha_beta:alpha=1,beta=0"``, ``"zbox:low=0,high=1"``."""
     name, _, args = str(spec).partition(":")
-    if name not in REGISTRY:
-        raise RuleParameterError(f"unknown rule {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    cls = REGISTRY.lookup(name)
     kwargs = {}
     for part in filter(None, args.split(",")):
         key, eq, value = part.partition("=")
@@ -812,7 +820,7 @@ def get(spec):
         if not eq:
             raise RuleParameterError(f"rule {spec!r}: parameters are key=number, got {part!r}")
     try:
-        return REGISTRY[name](**kwargs)
+        return cls(**kwargs)
     except TypeError as exc:
         raise RuleParameterError(f"rule {spec!r}: {exc}") from None
 

@@ -78,7 +78,7 @@ def four_steps_fast(layer, step, groups, R, epsilon):
         fresh = [u for u in uses if not _is_traced(layer, step, u)]
         # a pair whose terms all add the same bias gets it in its forward pass (added in place there)
         added = [_shared_bias(u) for u in fresh]
-        outs = dict(zip(map(id, fresh), zip(layer.forward_many(x, [u.weight for u in fresh], step, added), added))
+        outs = dict(zip(map(id, fresh), zip(layer.forward_with_many(x, [u.weight for u in fresh], step, added), added))
                     if fresh else ())
         for u in uses:
             with_bias = {}  # one addition per bias, however many groups use it (gamma: both)
@@ -105,7 +105,7 @@ def four_steps_fast(layer, step, groups, R, epsilon):
     # step 4: R = a * c (summed over the inputs the terms use)
     def s_of(pair):  # the pair's terms' s, each scaled by its group's and its own coefficient
         return _total([_scaled(groups[gi].coef * coef, s[gi]) for gi, coef, _ in pair.terms])
-    R_in = _total([_times(x, layer.backward_many([(s_of(u), u.weight) for u in uses], step))
+    R_in = _total([_times(x, layer.backward_with_many([(s_of(u), u.weight) for u in uses], step))
                    for x, uses in _by_input(pairs)])
     return R_in, accounts
 
@@ -116,12 +116,12 @@ def _one_term(layer, step, g, t, R, epsilon):
     if _is_traced(layer, step, pair):
         z = step.output                                                                  # step 1: z
     else:
-        z = layer.forward_many(t.x, [t.weight], step, [t.bias])[0]
+        z = layer.forward_with_many(t.x, [t.weight], step, [t.bias])[0]
     bias = _group_bias(g)
     s, sums, per_channel = kernels.lrp_step2(_scaled(t.coef, z), R, g.mask, epsilon,   # step 2: s
                                              1 if bias is None else bias.size)
     per_channel = _last_axis_channels(layer, s, bias, per_channel)
-    c = layer.backward_many([(_scaled(g.coef * t.coef, s), t.weight)], step)            # step 3: c
+    c = layer.backward_with_many([(_scaled(g.coef * t.coef, s), t.weight)], step)            # step 3: c
     return _times(t.x, c), [Account(sums, per_channel, bias)]                           # step 4: R
 
 

@@ -31,8 +31,7 @@ References
 import numpy as np
 
 from .errors import RuleParameterError, UnsupportedLayerError
-from .layers import LayerNorm, MatMul, Mul, MultiheadAttention, Softmax
-from .layers.attention import _reduce_to
+from .layers import LayerNorm, MultiheadAttention, Softmax
 from .layers.base import per_sample_sum
 from .rules import Rule, _check_epsilon
 from .stabilize import stabilize
@@ -50,16 +49,9 @@ def _stabilized(z, R, epsilon):
     return s, ledger
 
 
-def _check_two(rule, step, types):
-    if not isinstance(step.layer, types) or len(step.inputs) != 2:
-        raise UnsupportedLayerError(f"{rule!r} applies to two-input MatMul or Mul layers, not to {step.layer!r}")
-
-
-def _bilinear_backward(layer, s, a, b):
-    """``(d <z, s> / d a, d <z, s> / d b)`` for ``z = a @ b`` or ``a * b``: the layer's backward pass."""
-    if isinstance(layer, MatMul):
-        return (_reduce_to(s @ np.swapaxes(b, -1, -2), a.shape), _reduce_to(np.swapaxes(a, -1, -2) @ s, b.shape))
-    return _reduce_to(s * b, a.shape), _reduce_to(s * a, b.shape)
+def _check_two(rule, step):
+    if not step.layer.products or len(step.inputs) != 2:
+        raise UnsupportedLayerError(f"{rule!r} applies to products of two inputs (MatMul, Mul), not to {step.layer!r}")
 
 
 class Uniform(Rule):
@@ -83,12 +75,12 @@ class Uniform(Rule):
         self.epsilon = _check_epsilon(epsilon)
 
     def _propagate(self, step, R):
-        _check_two(self, step, (MatMul, Mul))
+        _check_two(self, step)
         a, b = step.inputs
         z = step.output                                                  # step 1: z = a @ b (the forward pass)
         s, ledger = _stabilized(z, R, self.epsilon)                      # step 2: s = R / stabilize(z)
         half = s * s.dtype.type(0.5)
-        c_a, c_b = _bilinear_backward(step.layer, half, a, b)            # step 3: c = backward(s / 2), per input
+        c_a, c_b = step.layer.backward(half, step)                       # step 3: c = backward(s / 2), per input
         return (a * c_a, b * c_b), ledger                                # step 4: R = a * c
 
 
@@ -114,11 +106,11 @@ class HoldConstant(Rule):
         self.constant, self.epsilon = int(constant), _check_epsilon(epsilon)
 
     def _propagate(self, step, R):
-        _check_two(self, step, (MatMul, Mul))
+        _check_two(self, step)
         a, b = step.inputs
         z = step.output                                                  # step 1: z = a @ b
         s, ledger = _stabilized(z, R, self.epsilon)                      # step 2: s = R / stabilize(z)
-        c = _bilinear_backward(step.layer, s, a, b)[1 - self.constant]   # step 3: c, the free input's only
+        c = step.layer.backward(s, step)[1 - self.constant]              # step 3: c, the free input's only
         free = step.inputs[1 - self.constant]
         R_free = free * c                                                # step 4: R = x * c
         zero = np.zeros(step.inputs[self.constant].shape, R.dtype)

@@ -10,7 +10,9 @@ pass) side by side.
 Steps refer to the steps that produced their inputs by index (``parents``; ``-1`` is the
 network's input), and a step's output may feed several later steps: :meth:`Trace.reverse`
 walks such a graph backward, adding up what several consumers send to one node.  A chain is
-the special case ``parents == (i - 1,)``.
+the special case ``parents == (i - 1,)``.  It is the one backward walk: :meth:`Trace.backward` (the
+gradient, with any step's backward pass replaceable) runs ``Network.backward`` and every
+gradient-based method, and ``explain`` walks it with the rules.
 """
 
 
@@ -104,3 +106,25 @@ class Trace:
             for parent, value in zip(step.parents, back):
                 pending[parent] = value if parent not in pending else pending[parent] + value
         return pending.get(-1)
+
+    def backward(self, grad, visit=None):
+        """The gradient's walk: :meth:`reverse` with each step's ``layer.backward(g, step)``.
+
+        Parameters
+        ----------
+        grad : ndarray
+            The gradient at the network output.
+        visit : callable, optional
+            ``visit(step, g)`` may replace a step's backward pass: what it returns is sent back
+            instead (None keeps the layer's own).  Modified backward passes (guided backprop,
+            DeconvNet, DeepLIFT, PatternNet) are such walks.
+
+        Returns
+        -------
+        ndarray
+            What reaches the network input (the input gradient when ``visit`` replaces nothing).
+        """
+        def step_back(step, g):
+            back = None if visit is None else visit(step, g)
+            return step.layer.backward(g, step) if back is None else back
+        return self.reverse(grad, step_back)

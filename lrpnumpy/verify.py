@@ -37,7 +37,7 @@ from .errors import LRPError, MissingDependencyError, ModelFormatError, ShapeErr
 from .explain import explain, logit_network, target_onehot, without_softmax
 from .layers import (Add, AvgPool2d, BatchNorm2d, ChannelAffine, ChannelShuffle, Concat, Conv2d, Dropout, Flatten,
                      GlobalAvgPool2d, Graph, Linear, MaxPool2d, ReLU, SumPool2d, Tanh)
-from .layers import AdaptiveAvgPool2d, Hardtanh, LeakyReLU, ReLU6
+from .layers import WEIGHTED, AdaptiveAvgPool2d, Hardtanh, LeakyReLU, ReLU6
 from .rules import (AlphaBeta, Epsilon, Flat, Gamma, Rho, WSquare, ZBox, ZPlus)
 
 ZENNIT_RULE_METHODS = ("epsilon", "zplus", "alpha_beta_2_1", "alpha_beta_1_0", "gamma", "zbox", "flat", "wsquare")
@@ -156,7 +156,7 @@ def to_torch(net, copy=True, split_bytes=None):
     def t(a):
         return torch.from_numpy(np.array(a, dtype=np.float64, copy=copy or None))
 
-    first = next((layer for layer in net if isinstance(layer, (Conv2d, Linear))), None)
+    first = next((layer for layer in net if isinstance(layer, WEIGHTED)), None)
 
     def module(layer):
         if isinstance(layer, Flatten):
@@ -402,7 +402,7 @@ def canonize(module, x):
 def _bounds(net, x):
     """Scalar bounds below and above every Conv2d/Linear input (for ZBox on every layer)."""
     _, trace = net.forward_trace(x)
-    inputs = [step.input for step in trace if isinstance(step.layer, (Conv2d, Linear))]
+    inputs = [step.input for step in trace if isinstance(step.layer, WEIGHTED)]
     return min(0.0, min(float(a.min()) for a in inputs)) - 1.0, max(float(a.max()) for a in inputs) + 1.0
 
 
@@ -1019,13 +1019,13 @@ def near_ties(net, x, tnet=None, chunk=None, rtol=1e-10):
             if rel > worst[0]:
                 worst = (rel, name)
             found = []
-            if isinstance(layer, (MaxPool2d, ReLU)):
-                p = step.parents[0]
-                a, b = step.input, (xs if p < 0 else theirs[p])
-                found.append(("max-pool windows" if isinstance(layer, MaxPool2d) else "ReLU inputs at 0",
-                              (_pool_ties if isinstance(layer, MaxPool2d) else
-                               lambda _, u, v: _near_zero(u, v))(layer, a, b)))
-            if isinstance(layer, (Conv2d, Linear, Add)):
+            p = step.parents[0]
+            a, b = step.input, (xs if p < 0 else theirs[p])  # both sides' input of the layer
+            if isinstance(layer, MaxPool2d):  # which tap wins a window
+                found.append(("max-pool windows", _pool_ties(layer, a, b)))
+            elif isinstance(layer, ReLU):  # which side of the kink
+                found.append(("ReLU inputs at 0", _near_zero(a, b)))
+            if isinstance(layer, WEIGHTED) or isinstance(layer, Add):  # the sign of a rule's denominator
                 found.append(("denominators at 0", _near_zero(ours_out, theirs_out)))
             for kind, (mask, flip) in found:
                 n = mask.reshape(len(xs), -1).sum(axis=1)

@@ -551,7 +551,7 @@ def _add(n, consts, prev, shape, opset, dtype, n_in):
     if n_in > 1:
         return [Lyr.Add()]
     b = _weight(n, consts, 1 if n.node.input[0] not in consts else 0, dtype, "addend")
-    if isinstance(prev, (Lyr.Linear, Lyr.Conv2d)):
+    if isinstance(prev, Lyr.WEIGHTED):
         out = prev.weight.shape[0]
         per_output = _per_channel(n, b, out, dtype, "addend", isinstance(prev, Lyr.Linear))
         prev.bias = per_output if prev.bias is None else prev.bias + per_output

@@ -16,7 +16,12 @@ from .shape import Dropout, Flatten
 from .attention import GELU, CausalMask, MatMul, MergeHeads, Mul, MultiheadAttention, Scale, SiLU, SplitHeads, expand
 from .transformer_norm import LayerNorm, RMSNorm
 
-__all__ = ["Layer", "AffineLayer", "Linear", "Conv2d", "ReLU", "Tanh", "Softmax", "SumPool2d", "AvgPool2d",
+#: The layers with connection weights (output units on the weight's first axis): what the named
+#: composites call weighted (Zennit's Linear and Convolution), PatternNet fits patterns for and
+#: BatchNorm folds into.  Other modules name these kinds through this tuple only.
+WEIGHTED = (Conv2d, Linear)
+
+__all__ = ["WEIGHTED", "Layer", "AffineLayer", "Linear", "Conv2d", "ReLU", "Tanh", "Softmax", "SumPool2d", "AvgPool2d",
            "GlobalAvgPool2d", "LRN", "MaxPool2d", "Flatten", "Dropout", "BatchNorm2d", "Add", "Concat",
            "ChannelAffine", "ChannelShuffle", "Network", "Sequential", "Graph", "Hardtanh", "ReLU6", "LeakyReLU",
            "AdaptiveAvgPool2d", "GELU", "SiLU", "Scale", "CausalMask", "SplitHeads", "MergeHeads", "MatMul", "Mul",

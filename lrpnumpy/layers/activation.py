@@ -9,7 +9,9 @@ from .base import Layer
 
 
 class _Elementwise(Layer):
-    """A layer that keeps the shape of any input."""
+    """A layer that keeps the shape of any input, computed entry by entry."""
+
+    elementwise = True
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -47,6 +49,7 @@ class Softmax(Layer):
     """
 
     config_keys = ("axis", "flatten")
+    normalises = True
 
     def __init__(self, axis=1, flatten=False):
         if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):

@@ -49,6 +49,7 @@ class GELU(_SameShape):
     """
 
     config_keys = ("approximate",)
+    elementwise = True
     _K = math.sqrt(2.0 / math.pi)
 
     def __init__(self, approximate="none"):
@@ -78,6 +79,8 @@ class GELU(_SameShape):
 class SiLU(_SameShape):
     """``x sigmoid(x)`` (swish; the gate of LLaMA's SwiGLU)."""
 
+    elementwise = True
+
     def _forward(self, a):
         return a / (1 + np.exp(-a))
 
@@ -91,6 +94,7 @@ class Scale(_SameShape):
     """``y = factor * x`` (attention's ``1 / sqrt(head_dim)``).  Linear and one-to-one: relevance passes."""
 
     config_keys = ("factor",)
+    linear = True
 
     def __init__(self, factor):
         if not (isinstance(factor, numbers.Real) and not isinstance(factor, bool) and np.isfinite(factor)
@@ -190,6 +194,8 @@ class MatMul(_MultiInput, Layer):
     input's shape.
     """
 
+    n_inputs, products = 2, True
+
     def __repr__(self):
         return "MatMul()"
 
@@ -220,6 +226,8 @@ class Mul(_MultiInput, Layer):
 
     ``backward`` gives ``(grad * b, grad * a)``, each summed to its input's shape.
     """
+
+    n_inputs, products = 2, True
 
     def __repr__(self):
         return "Mul()"

@@ -140,6 +140,47 @@ class Layer:
     #: Every concrete layer class by name (filled in as classes are defined), for loaders.
     registry = {}
 
+    # ----- capabilities: what a layer declares about itself (docs/extending.rst) -----
+    # Rules, composites, methods, graphs, verify and the incremental engine read these, never a
+    # list of layer types.  Defaults describe a one-input layer that is none of the kinds below.
+
+    #: How many inputs ``forward``/``apply`` take: 1, a fixed number, or None for "one or more"
+    #: (Add, Concat).  Several-input layers return one gradient (and one relevance) per input.
+    n_inputs = 1
+    #: An affine map ``A(x; weight) + bias`` given the step (max pooling: given its winners): the
+    #: layer implements ``forward_with``/``backward_with``/``bias_view`` (see :class:`AffineLayer`)
+    #: and the affine rules (Epsilon, ZPlus, Gamma, ...) run on it.
+    affine = False
+    #: The output is a linear map of the input plus a constant for a fixed step, so the gradient is
+    #: the map's adjoint (DeepLIFT's multipliers pass through it as the gradient does).
+    linear = False
+    #: ``y[i] = f(x[i])`` entry by entry, any shape: the layer may be run on any subset of entries
+    #: (the incremental engine does) and gets DeepLIFT's Rescale rule.
+    elementwise = False
+    #: Only moves values (reshape, permutation, split, join): its backward pass is relevance's
+    #: too (the Pass rule uses it).
+    rearranges = False
+    #: Several inputs multiplied together (an elementwise or a matrix product of two activations):
+    #: not linear in them jointly; the product rules (AttnLRP's Uniform, CP-LRP's HoldConstant)
+    #: apply.
+    products = False
+    #: Divides by statistics of its own input (LayerNorm, RMSNorm, LRN, Softmax): not linear in
+    #: the input even where it is piecewise so; rules treat the statistics as constants or pass.
+    normalises = False
+    #: Runs a loop over time with products of gates and signals inside (LSTM, GRU): implements
+    #: ``lrp(step, R, rule, epsilon, bias_factor)``, which the product rules call.
+    recurrent = False
+    #: ``"max"`` or ``"sum"``: each output of an (N, C, H, W) input is the maximum, or the sum times
+    #: ``scale``, of its window's taps, channel by channel; the layer implements :meth:`window`
+    #: (the incremental engine recomputes such a layer at the windows a change reaches).
+    pool = None
+
+    def window(self, h, w):
+        """``(kh, kw, sh, sw, (top, bottom, left, right), dh, dw)``: kernel, stride, padding and
+        dilation of the windows a layer with windows (a convolution, a pooling) slides over an
+        ``h x w`` input."""
+        raise NotImplementedError(f"{type(self).__name__} has no windows")
+
     def __setattr__(self, name, value):
         if name in self.params:
             value = self._checked_param(name, value)
@@ -419,6 +460,8 @@ class AffineLayer(Layer):
     abstract = True  # not a layer of its own (kept out of Layer.registry)
     weight = None
     bias = None
+    affine = True
+    linear = True
 
     def forward_with(self, x, weight, bias=None, step=None):
         raise NotImplementedError
@@ -439,17 +482,32 @@ class AffineLayer(Layer):
         """Relevance at :meth:`joint_input` as the layer's inputs take it (a tuple for several)."""
         return R
 
-    def forward_many(self, x, weights, step, biases=None):
-        """``[forward_with(x, w, b, step) for w, b in zip(weights, biases)]`` (biases None: none);
-        layers may do it in one pass."""
+    def forward_with_many(self, x, weights, step, biases=None):
+        """``[forward_with(x, w, b, step) for w, b in zip(weights, biases)]`` (biases None: none):
+        the map with several sets of weights on one input; layers may do it in one pass."""
         return [self.forward_with(x, w, b, step) for w, b in zip(weights, biases or [None] * len(weights))]
 
-    def backward_many(self, pairs, step):
+    def backward_with_many(self, pairs, step):
         """``sum(backward_with(s, w, step) for s, w in pairs)``; layers may do it in one pass."""
         total = self.backward_with(*pairs[0], step)  # not sum(): 0 + array would copy it
         for s, w in pairs[1:]:
             total = total + self.backward_with(s, w, step)
         return total
+
+    #: Deprecated names of :meth:`forward_with_many` and :meth:`backward_with_many` ("many" meant
+    #: many weights, which read like the several inputs of Add or Concat); a subclass that
+    #: overrides either name overrides both (see ``__init_subclass__``).
+    forward_many = forward_with_many
+    backward_many = backward_with_many
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__
+        for new, old in (("forward_with_many", "forward_many"), ("backward_with_many", "backward_many")):
+            if old in own and new not in own:
+                setattr(cls, new, own[old])
+            elif new in own and old not in own:
+                setattr(cls, old, own[new])
 
     def _forward(self, a):
         return self.forward_with(a, self.weight, self.bias)

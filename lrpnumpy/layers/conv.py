@@ -79,6 +79,9 @@ class Conv2d(AffineLayer):
         (sh, sw), (dh, dw) = self.stride, self.dilation
         return sh, sw, self.padding, dh, dw, self.groups
 
+    def window(self, h, w):
+        return self.kernel_size + self.stride + (self.padding,) + self.dilation
+
     def output_shape(self, input_shape):
         self._check_rank(input_shape, 4, self.in_channels)
         n, _, h, w = input_shape
@@ -102,10 +105,10 @@ class Conv2d(AffineLayer):
     def bias_view(self, bias, ndim=None):
         return bias[:, None, None]
 
-    def forward_many(self, x, weights, step, biases=None):
+    def forward_with_many(self, x, weights, step, biases=None):
         # One convolution with the weights stacked along the output channels.
         if len(weights) == 1 or self.groups != 1 or not stackable(weights):
-            return super().forward_many(x, weights, step, biases)
+            return super().forward_with_many(x, weights, step, biases)
         stacked = self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights)
         ys = np.split(self.forward_with(x, stacked), len(weights), axis=1)
         for y, b in zip(ys, biases or ()):
@@ -113,10 +116,10 @@ class Conv2d(AffineLayer):
                 y += b[:, None, None]
         return ys
 
-    def backward_many(self, pairs, step):
+    def backward_with_many(self, pairs, step):
         # sum_k W_k^T s_k is one transposed convolution with stacked weights and gradients.
         if len(pairs) == 1 or self.groups != 1 or not stackable([w for _, w in pairs]):
-            return super().backward_many(pairs, step)
+            return super().backward_with_many(pairs, step)
         weights = [w for _, w in pairs]
         stacked = self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights)
         return self.backward_with(np.concatenate([s for s, _ in pairs], axis=1), stacked, step)

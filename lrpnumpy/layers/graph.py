@@ -59,8 +59,9 @@ class Graph(Network):
                 raise ShapeError(f"Graph node {name!r}: {type(layer).__name__} is not an lrpnumpy Layer")
             if not inputs or not all(isinstance(n, str) for n in inputs):
                 raise ShapeError(f"Graph node {name!r}: inputs must be node names, got {inputs!r}")
-            if len(inputs) > 1 and not hasattr(layer, "_forward_many"):
-                raise ShapeError(f"Graph node {name!r}: {layer!r} takes one input, got {list(inputs)}")
+            if layer.n_inputs is not None and len(inputs) != layer.n_inputs:
+                raise ShapeError(f"Graph node {name!r}: {layer!r} takes {_inputs(layer.n_inputs)}, got "
+                                 f"{list(inputs)}")
             given.append((name, layer, inputs))
         names = [n for n, _, _ in given]
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -167,6 +168,10 @@ class Graph(Network):
         layers = self._mapped(fn)
         return Graph([(n, layer, self.inputs[n]) for n, layer in zip(self.names, layers)], output=self.output,
                      input_name=self.input_name, input_shape=self.input_shape, meta=self.meta)
+
+
+def _inputs(n):
+    return "one input" if n == 1 else f"{n} inputs"
 
 
 def _topological(nodes, input_name):

@@ -72,9 +72,9 @@ class Linear(AffineLayer):
     def bias_view(self, bias, ndim=None):
         return bias
 
-    def forward_many(self, x, weights, step, biases=None):
+    def forward_with_many(self, x, weights, step, biases=None):
         if len(weights) == 1 or not stackable(weights):
-            return super().forward_many(x, weights, step, biases)
+            return super().forward_with_many(x, weights, step, biases)
         y = _matmul(x, self.derived(("stack", len(weights)), lambda: np.concatenate(weights), inputs=weights).T)
         ys = np.split(y, len(weights), axis=-1)
         for part, b in zip(ys, biases or ()):
@@ -82,7 +82,7 @@ class Linear(AffineLayer):
                 part += b
         return ys
 
-    def backward_many(self, pairs, step):
+    def backward_with_many(self, pairs, step):
         if len(pairs) == 1:
             return _matmul(*pairs[0])
         if not stackable([w for _, w in pairs]):

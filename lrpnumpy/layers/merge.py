@@ -16,6 +16,8 @@ from .base import AffineLayer, Layer, as_dtype, check_array
 class _MultiInput:
     """Mixin for layers with several inputs: ``apply(*inputs)``, ``output_shape(*shapes)``."""
 
+    n_inputs = None  # one or more
+
     def apply(self, *inputs):
         if not inputs:
             raise ShapeError(f"{self!r} needs at least one input")
@@ -132,6 +134,7 @@ class Concat(_MultiInput, Layer):
     """
 
     rearranges = True
+    linear = True
 
     def __repr__(self):
         return "Concat()"
@@ -220,6 +223,7 @@ class ChannelShuffle(Layer):
 
     config_keys = ("groups",)
     rearranges = True
+    linear = True
 
     def __init__(self, groups):
         if not (isinstance(groups, numbers.Integral) and not isinstance(groups, bool) and groups >= 1):

@@ -19,6 +19,7 @@ class BatchNorm2d(Layer):
 
     params = ("weight", "bias", "running_mean", "running_var")
     config_keys = ("num_features", "eps")
+    linear = True  # at inference: a per-channel scale and shift
 
     def __init__(self, num_features, eps=1e-5, dtype=np.float64):
         self._configure(num_features, eps)
@@ -98,6 +99,7 @@ class LRN(Layer):
         self.before, self.after = (self.size - 1) // 2, self.size // 2
 
     config_keys = ("size", "alpha", "beta", "bias")
+    normalises = True
 
     def __repr__(self):
         return f"LRN(size={self.size}, alpha={self.alpha}, beta={self.beta}, bias={self.bias})"

@@ -72,6 +72,9 @@ class _Pool2d:
     def _geometry(self, h, w):
         return self.kernel_size + self.stride + (self.effective_padding(h, w),) + self.dilation
 
+    def window(self, h, w):
+        return self._geometry(h, w)
+
     def output_shape(self, input_shape):
         self._check_rank(input_shape, 4)
         n, c, h, w = input_shape
@@ -106,6 +109,8 @@ class SumPool2d(_Pool2d, AffineLayer):
     dilation : int or (int, int)
         Spacing between the window's taps.
     """
+
+    pool = "sum"
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, scale=1.0, dilation=1):
         self._init_geometry(kernel_size, stride, padding, ceil_mode, dilation)
@@ -147,6 +152,8 @@ class AvgPool2d(SumPool2d):
         clipped to the padded extent (so ceil-mode rows past it do not count; PyTorch and
         Caffe).  False (ONNX's default): only positions inside the input count.
     """
+
+    pool = None  # a mean: the divisor depends on the window's position
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, dilation=1):
         super().__init__(kernel_size, stride, padding, ceil_mode, dilation=dilation)
@@ -219,6 +226,8 @@ class MaxPool2d(_Pool2d, AffineLayer):
     dilation : int or (int, int)
         Spacing between the window's taps.
     """
+
+    pool = "max"
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, dilation=1):
         self._init_geometry(kernel_size, stride, padding, ceil_mode, dilation)

@@ -118,6 +118,7 @@ class _Recurrent(Layer):
     params = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
     optional = ()
     config_keys = ("input_size", "hidden_size", "bidirectional", "output")
+    recurrent = True
     G = 1
 
     def __init__(self, input_size, hidden_size, bidirectional=False, output="sequence", rng=None,

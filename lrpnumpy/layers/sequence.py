@@ -254,6 +254,8 @@ class Conv1d(_As2d, Conv2d):
 
 
 class _Pool1d(_As2d):
+    pool = None  # windows over (N, C, L), not the 2-D windows the capability describes
+
     def _init_1d(self, kernel_size, stride, padding):
         left, right = _pad1(padding)
         k = _int(kernel_size, "kernel_size")

@@ -25,14 +25,13 @@ class Network:
         of parameter gradients of step ``i`` (empty for parameter-free layers).
         """
         self.check_trace(trace)
+        if not param_grads:
+            return trace.backward(grad)
         grads = [None] * len(trace)
 
-        def visit(step, g):
-            if param_grads:
-                grads[step.index] = step.layer.param_grads(g, step)
-            return step.layer.backward(g, step)
-        g_in = trace.reverse(grad, visit)
-        return (g_in, grads) if param_grads else g_in
+        def visit(step, g):  # records the parameter gradients; the layer's backward runs as usual
+            grads[step.index] = step.layer.param_grads(g, step)
+        return trace.backward(grad, visit), grads
 
     def check_trace(self, trace):
         """Raise ShapeError unless ``trace`` came from this network's ``forward_trace``."""

@@ -10,6 +10,8 @@ from .base import Layer
 class Flatten(Layer):
     """Reshape (N, C, H, W) (or any rank) to (N, C*H*W), C order as in PyTorch."""
 
+    linear = True
+
     def __repr__(self):
         return "Flatten()"
 
@@ -29,6 +31,7 @@ class Dropout(Layer):
     """Dropout at inference: the identity.  ``p`` is kept for the record."""
 
     config_keys = ("p",)
+    linear = True
 
     def __init__(self, p=0.5):
         if not (isinstance(p, numbers.Real) and 0 <= p < 1):

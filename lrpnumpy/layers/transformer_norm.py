@@ -37,6 +37,7 @@ class _LastAxesNorm(Layer):
 
     abstract = True
     optional = ("weight", "bias")
+    normalises = True
 
     def param_shapes(self):
         return {name: self.normalized_shape for name in self.params}

@@ -12,28 +12,35 @@
   ``contrastive``, ``internal_influence`` with ``top_units`` and ``channel_mask``.
 
 :data:`REGISTRY` maps names to methods for the command line and ``verify``; ``"lrp"`` is
-:func:`lrpnumpy.explain`.
+:func:`lrpnumpy.explain`.  Each method is named where it is defined, with ``@register("name")``
+(:func:`register`, also for methods defined outside the package).
 """
 
+# (imported in this order, the registry lists the methods in it)
 from ..errors import RuleParameterError
-from ..explain import explain
-from .backprop import deconvnet, deeplift, guided_backprop
-from .cam import grad_cam, interpolate, layer_index
+from ..explain import explain  # noqa: F401  ("lrp")
+from ..registry import METHODS
 from .gradient import (gradient, gradient_x_input, integrated_gradients, interior_gradients, sensitivity, smoothgrad,
                        walk)
-from .patterns import fit_patterns, pattern_attribution, pattern_net
-from .perturbation import occlusion
 from .taylor import find_root, simple_taylor
+from .backprop import deconvnet, deeplift, guided_backprop
+from .perturbation import occlusion
+from .cam import grad_cam, interpolate, layer_index
+from .patterns import fit_patterns, pattern_attribution, pattern_net
 from .tricks import channel_mask, contrastive, internal_influence, shift, sliding_window, top_units, translation_trick
 
 #: Method name -> ``method(model, x, target=None, **kwargs) -> Explanation``.
-REGISTRY = {
-    "lrp": explain, "gradient": gradient, "sensitivity": sensitivity, "gradient_x_input": gradient_x_input,
-    "interior_gradients": interior_gradients, "integrated_gradients": integrated_gradients,
-    "smoothgrad": smoothgrad, "simple_taylor": simple_taylor, "deconvnet": deconvnet,
-    "guided_backprop": guided_backprop, "deeplift": deeplift, "occlusion": occlusion, "grad_cam": grad_cam,
-    "pattern_net": pattern_net, "pattern_attribution": pattern_attribution,
-}
+REGISTRY = METHODS
+
+
+def register(name, method=None):
+    """Add an explanation method to :data:`REGISTRY` under ``name``: ``register(name, fn)``, or
+    ``@register(name)`` above the function; returns ``method``.
+
+    A method is ``method(model, x, target=None, **kwargs) -> Explanation``; once registered, the
+    command line, ``verify`` and ``evaluate`` find it by name.
+    """
+    return REGISTRY.register(name, method)
 
 
 def get(name):
@@ -44,7 +51,9 @@ def get(name):
         raise RuleParameterError(f"unknown method {name!r}; choose from {', '.join(sorted(REGISTRY))}") from None
 
 
-__all__ = sorted(REGISTRY) + ["REGISTRY", "get", "interpolate", "layer_index", "walk", "find_root", "shift",
-                              "translation_trick", "sliding_window", "contrastive", "internal_influence",
-                              "top_units", "channel_mask", "fit_patterns"]
-__all__.remove("lrp")
+__all__ = ["deconvnet", "deeplift", "grad_cam", "gradient", "gradient_x_input", "guided_backprop",
+           "integrated_gradients", "interior_gradients", "occlusion", "pattern_attribution", "pattern_net",
+           "sensitivity", "simple_taylor", "smoothgrad",
+           "REGISTRY", "register", "get", "interpolate", "layer_index", "walk", "find_root", "shift",
+           "translation_trick", "sliding_window", "contrastive", "internal_influence", "top_units", "channel_mask",
+           "fit_patterns"]

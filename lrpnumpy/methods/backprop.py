@@ -9,10 +9,12 @@ import numpy as np
 
 from ..errors import RuleParameterError, UnsupportedLayerError
 from ..explain import Explanation, forward_checked, logit_network
-from ..layers import (AffineLayer, BatchNorm2d, ChannelShuffle, Concat, Dropout, Flatten, MaxPool2d, ReLU, Tanh)
+from ..registry import register_method as register
+from ..layers import MaxPool2d, ReLU
 from .gradient import _finite, check_baseline, walk
 
 
+@register("deconvnet")
 def deconvnet(model, x, target=None):
     """DeconvNet (Zeiler & Fergus, 2014): the backward pass with each ReLU passing ``max(g, 0)``.
 
@@ -26,6 +28,7 @@ def deconvnet(model, x, target=None):
     return Explanation(g, out, t, method="deconvnet")
 
 
+@register("guided_backprop")
 def guided_backprop(model, x, target=None):
     """Guided backpropagation (Springenberg et al., 2015): the gradient, with each ReLU passing
     only positive gradients: ``g * (g > 0) * (a > 0)`` at a ReLU with input ``a``.
@@ -41,17 +44,13 @@ def guided_backprop(model, x, target=None):
     return Explanation(g, out, t, method="guided_backprop")
 
 
-#: Layers that are linear maps of their inputs (up to a constant): DeepLIFT's multipliers pass
-#: through them as the gradient does.
-LINEAR = (AffineLayer, BatchNorm2d, Flatten, Dropout, Concat, ChannelShuffle)
-
-
+@register("deeplift")
 def deeplift(model, x, target=None, baseline=None, eps=1e-10, maxpool="rescale"):
     r"""DeepLIFT with the Rescale rule (Shrikumar et al., 2017).
 
     ``R = m * (x - baseline)``, with multipliers ``m`` carried back from the target logit:
-    through linear layers as the gradient; at an element-wise non-linearity (ReLU, Tanh)
-    multiplied by ``(y - y_ref) / (a - a_ref)``, or by the derivative at ``a`` where
+    through linear layers (``layer.linear``) as the gradient; at an element-wise non-linearity
+    (``layer.elementwise``: ReLU, Tanh, Sigmoid, ...) multiplied by ``(y - y_ref) / (a - a_ref)``, or by the derivative at ``a`` where
     ``|a - a_ref| < eps``.  The relevance sums to ``f(x) - f(baseline)`` (completeness) up to
     what those ``eps`` positions carry.
 
@@ -91,7 +90,7 @@ def deeplift(model, x, target=None, baseline=None, eps=1e-10, maxpool="rescale")
 
     def visit(step, m):
         layer, ref = step.layer, reference[step.index]
-        if isinstance(layer, (ReLU, Tanh)):  # the Rescale rule
+        if layer.elementwise:  # the Rescale rule
             da, dy = step.input - ref.input, step.output - ref.output
             rescale = np.abs(da) >= eps
             return np.where(rescale, m * dy / np.where(rescale, da, 1), layer.backward(m, step))
@@ -101,10 +100,10 @@ def deeplift(model, x, target=None, baseline=None, eps=1e-10, maxpool="rescale")
             back = layer.backward(m * (top - ref.output), step) + layer.backward(m * (step.output - top), ref)
             rescale = np.abs(da) >= eps
             return np.where(rescale, back / np.where(rescale, da, 1), layer.backward(m, step))
-        if isinstance(layer, LINEAR):  # a max pool with maxpool="gradient" too (its gradient)
+        if layer.linear:  # a max pool with maxpool="gradient" too (its gradient, given its winners)
             return None
-        raise UnsupportedLayerError(f"deeplift has no rule for {layer!r}; it supports linear layers, ReLU, Tanh "
-                                    f"and max pooling")
+        raise UnsupportedLayerError(f"deeplift has no rule for {layer!r}; it supports linear layers, element-wise "
+                                    f"activations and max pooling")
     m, out, t, _ = walk(net, x, target, visit)
     with np.errstate(over="ignore", invalid="ignore"):
         relevance = _finite(m * (x - b), "deeplift")

@@ -4,10 +4,12 @@ import numpy as np
 
 from ..errors import RuleParameterError, ShapeError
 from ..explain import Explanation, layer_index, logit_network
+from ..registry import register_method as register
 from ..layers.base import pair
 from .gradient import walk
 
 
+@register("grad_cam")
 def grad_cam(model, x, target=None, layer=None, relu=True, upsample=None):
     r"""Grad-CAM (Selvaraju et al., 2017) at the output of ``layer``.
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import DTypeError, NonFiniteError, ResourceError, RuleParameterError, ShapeError
 from ..explain import Explanation, forward_checked, logit_network, onehot, target_classes
+from ..registry import register_method as register
 from ..layers.base import check_array, check_finite, make_rng
 
 
@@ -29,11 +30,7 @@ def walk(net, x, target, visit=None, seed=None):
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):  # checked below
             out, trace = forward_checked(net, x)
             t = target_classes(out, target)
-
-            def step_back(step, g):
-                back = None if visit is None else visit(step, g)
-                return step.layer.backward(g, step) if back is None else back
-            g = trace.reverse(onehot(out, t) if seed is None else seed(out, t), step_back)
+            g = trace.backward(onehot(out, t) if seed is None else seed(out, t), visit)
     except MemoryError:
         raise ResourceError(f"not enough memory for the backward pass of an input of shape {x.shape}") from None
     if not np.isfinite(g).all():
@@ -47,12 +44,14 @@ def _gradient(net, x, target):
     return walk(net, x, target)[:3]
 
 
+@register("gradient")
 def gradient(model, x, target=None):
     """Sensitivity: the gradient of the target logit with respect to ``x``."""
     g, out, t = _gradient(logit_network(model, x), x, target)
     return Explanation(g, out, t, method="gradient")
 
 
+@register("sensitivity")
 def sensitivity(model, x, target=None):
     r"""Sensitivity analysis: :math:`R_i = (\partial f / \partial x_i)^2` (Simonyan et al., 2014).
 
@@ -64,6 +63,7 @@ def sensitivity(model, x, target=None):
         return Explanation(_finite(g * g, "sensitivity"), out, t, method="sensitivity")
 
 
+@register("interior_gradients")
 def interior_gradients(model, x, target=None, alpha=1.0):
     r"""Interior gradients (Sundararajan et al., 2016): the gradient at the scaled input ``alpha * x``.
 
@@ -99,6 +99,7 @@ def _alphas(alphas, what):
     return a
 
 
+@register("gradient_x_input")
 def gradient_x_input(model, x, target=None):
     """Gradient times input."""
     g, out, t = _gradient(logit_network(model, x), x, target)
@@ -123,6 +124,7 @@ def _averaged(model, x, target, points, method, kwargs):
     return total, out, t
 
 
+@register("integrated_gradients")
 def integrated_gradients(model, x, target=None, n=20, baseline=None, alphas=None, method=None, **kwargs):
     r"""Integrated gradients, a Riemann sum along the straight path from ``baseline`` to ``x``.
 
@@ -172,6 +174,7 @@ def check_baseline(x, baseline):
     return b
 
 
+@register("smoothgrad")
 def smoothgrad(model, x, target=None, n=20, noise_level=0.1, noise=None, rng=None, method=None, stdev=None,
                clean=True, **kwargs):
     r"""SmoothGrad: the gradient (or ``method``'s relevance) averaged over noisy copies of ``x``.

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..errors import RuleParameterError, ShapeError
 from ..explain import Explanation, logit_network, onehot
-from ..layers import Conv2d, Linear, ReLU
+from ..registry import register_method as register
+from ..layers import WEIGHTED, ReLU
 from ..layers.base import check_array, check_finite
 from .gradient import walk
 
@@ -57,7 +58,7 @@ def fit_patterns(model, data, kind="relu", batch_size=256):
         raise RuleParameterError(f"fit_patterns kind must be 'relu' or 'linear', got {kind!r}")
     if not (isinstance(batch_size, numbers.Integral) and batch_size >= 1):
         raise RuleParameterError(f"fit_patterns batch_size must be an int >= 1, got {batch_size!r}")
-    layers = [i for i, layer in enumerate(net) if isinstance(layer, (Linear, Conv2d))]
+    layers = [i for i, layer in enumerate(net) if isinstance(layer, WEIGHTED)]
     if not layers:
         raise ShapeError("fit_patterns needs a network with Linear or Conv2d layers")
     positive = {i: kind == "relu" and _feeds_relu(net, i) for i in layers}
@@ -111,6 +112,7 @@ def _pattern_walk(model, x, target, patterns, attribution):
     return walk(net, x, target, visit, seed=lambda out, t: out * onehot(out, t))[:3]
 
 
+@register("pattern_net")
 def pattern_net(model, x, target=None, patterns=None):
     """PatternNet: the signal in ``x`` that the target output detects; the gradient's backward walk
     with each layer's weights replaced by its pattern (see :func:`fit_patterns`)."""
@@ -118,6 +120,7 @@ def pattern_net(model, x, target=None, patterns=None):
     return Explanation(g, out, t, method="pattern_net")
 
 
+@register("pattern_attribution")
 def pattern_attribution(model, x, target=None, patterns=None):
     """PatternAttribution: the backward walk with each layer's weights replaced by ``w * a``
     (weights times patterns, element-wise): the output attributed to the signal in ``x``."""

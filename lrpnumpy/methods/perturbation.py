@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import RuleParameterError, ShapeError
 from ..explain import Explanation, forward_finite, logit_network, sample_rows, target_classes
+from ..registry import register_method as register
 from ..layers.base import pair
 
 
@@ -28,6 +29,7 @@ def _mask(shape, offsets, window, wrap):
     return m
 
 
+@register("occlusion")
 def occlusion(model, x, target=None, window=8, stride=8, fill=0.0, occlude="inside", score="difference",
               average=True, wrap=False, batch_size=256):
     """Occlusion analysis: the target logit's change when windows of the input are replaced.

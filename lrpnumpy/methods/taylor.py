@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import RuleParameterError, ShapeError
 from ..explain import Explanation, forward_finite, logit_network, sample_rows, target_classes
+from ..registry import register_method as register
 from .gradient import check_baseline, walk
 
 
@@ -75,6 +76,7 @@ def find_root(net, x, t, baseline=None, steps=60, max_doublings=20):
     return root
 
 
+@register("simple_taylor")
 def simple_taylor(model, x, target=None, root="origin", baseline=None, steps=60, delta=1e-6):
     r"""Simple Taylor decomposition at a root point: ``R_i = df/dx_i(root) * (x_i - root_i)``.
 
