@@ -48,6 +48,19 @@ def sequence_lengths(lengths):
         _LENGTHS.reset(token)
 
 
+@contextlib.contextmanager
+def tiled_lengths(copies):
+    """Inside the block, the lengths set by :func:`sequence_lengths` (if any) hold for a batch of ``copies``
+    copies of the batch one after the other (copy-major: sample ``n`` of copy ``k`` at ``k * N + n``), as
+    methods that run altered copies of the input together (occlusion, interior gradients) make them."""
+    lengths = _LENGTHS.get()
+    token = _LENGTHS.set(None if lengths is None else np.tile(np.asarray(lengths), copies))
+    try:
+        yield
+    finally:
+        _LENGTHS.reset(token)
+
+
 def _sigmoid(x):
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
@@ -485,4 +498,4 @@ def _sum_or_none(a, b):
     return a if b is None else a + b
 
 
-__all__ = ["LSTM", "GRU", "sequence_lengths", "eps_linear"]
+__all__ = ["LSTM", "GRU", "sequence_lengths", "tiled_lengths", "eps_linear"]
