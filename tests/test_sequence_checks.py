@@ -146,3 +146,30 @@ def test_captum_on_the_shipped_lstm_with_a_ragged_batch():
         assert np.abs(value).max() > 1e-4
         for n, L in enumerate(lengths):  # nothing past a sentence's end
             assert (ours[key][n, L:] == 0).all()
+
+
+def test_half_and_prop_amplify_on_the_shipped_lstm_and_the_report_accounts_for_it():
+    """LRP-half and LRP-prop as published (see their docstrings): on the shipped LSTM, LRP-prop's word
+    relevance grows exponentially with the sentence's length (products whose gate + signal is near 0), and
+    every unit of it is in the conservation report (the LSTM's biases cancel what reaches the words)."""
+    net, x, lengths = shipped("fortunes_lstm", n=40)
+    i = int(np.argmax(lengths))
+    ratios = {}
+    for T in (2, 16):
+        xs = x[i:i + 1, :T]
+        out = net.forward(xs)
+        t = out.argmax(1)
+        for name in ("lrp_all", "lrp_half", "lrp_prop"):
+            ex = lp.explain(net, xs, target=t, composite=C.get(name, epsilon=0.001))
+            ratios[name, T] = abs(ex.relevance.sum() / out[0, t[0]])
+            report = ex.conservation()
+            scale = max(np.abs(row[k]).max() for row in report.rows
+                        for k in ("relevance_in", "relevance_out", "bias", "stabilizer"))
+            assert np.abs(report.residual()).max() <= 1e-10 * scale
+    assert ratios["lrp_all", 16] < 3 and ratios["lrp_prop", 2] < 3
+    assert ratios["lrp_prop", 16] > 1e6 * ratios["lrp_prop", 2]  # exponential in the length
+    with lp.sequence_lengths(lengths):  # a larger epsilon tames LRP-half on these quotations
+        out = net.forward(x)
+        t = out.argmax(1)
+        half = lp.explain(net, x, target=t, composite=C.get("lrp_half", epsilon=0.01)).relevance
+    assert np.abs(half.sum(1) / out[np.arange(len(x)), t]).max() < 1
