@@ -173,3 +173,27 @@ def test_half_and_prop_amplify_on_the_shipped_lstm_and_the_report_accounts_for_i
         t = out.argmax(1)
         half = lp.explain(net, x, target=t, composite=C.get("lrp_half", epsilon=0.01)).relevance
     assert np.abs(half.sum(1) / out[np.arange(len(x)), t]).max() < 1
+
+
+def test_deeplift_on_the_linear_parts_of_sequence_models():
+    """DeepLIFT through Transpose, Conv1d, 1-D pools and Sigmoid: Captum's DeepLift on the shipped text CNN
+    (from its embedding) and on a 1-D network with a Sigmoid; complete for any baseline with the default
+    max-pool rule; an LSTM (gates times signals: not a linear part) is refused clearly."""
+    net, x, _ = shipped("fortunes_cnn")
+    E = net[0].forward(x)
+    tail = lp.Sequential(*list(net)[1:])
+    one_d = lp.Sequential(lp.Transpose((0, 2, 1)), lp.Conv1d(32, 6, 3, padding=1, rng=0), lp.Sigmoid(),
+                          lp.AvgPool1d(2), lp.Conv1d(6, 4, 2, rng=1), lp.ReLU(), lp.MaxPool1d(2),
+                          lp.Flatten(), lp.Linear(4 * ((E.shape[1] // 2 - 1) // 2), 3, rng=2))
+    for model in (tail, one_d):
+        rows = verify.compare(model, E, against=("captum",), methods=("deeplift",))
+        assert rows[0]["status"] == "pass" and rows[0]["max_rel"] <= 1e-10, rows[0]
+        assert np.abs(rows[0]["sums_reference"]).max() > 1e-3
+    baseline = np.random.default_rng(0).normal(size=E.shape)
+    for model in (tail, one_d):
+        e = methods.deeplift(model, E, target=1, baseline=baseline)
+        np.testing.assert_allclose(e.relevance.reshape(len(E), -1).sum(1),
+                                   model.forward(E)[:, 1] - model.forward(baseline)[:, 1], rtol=1e-9, atol=1e-12)
+    lstm, xl, _ = shipped("fortunes_lstm", n=2)
+    with pytest.raises(lp.errors.UnsupportedLayerError, match="deeplift has no rule for LSTM"):
+        methods.deeplift(lp.Sequential(*list(lstm)[1:]), lstm[0].forward(xl), target=0)

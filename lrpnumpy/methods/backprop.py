@@ -9,7 +9,8 @@ import numpy as np
 
 from ..errors import RuleParameterError, UnsupportedLayerError
 from ..explain import Explanation, forward_checked, logit_network
-from ..layers import (AffineLayer, BatchNorm2d, ChannelShuffle, Concat, Dropout, Flatten, MaxPool2d, ReLU, Tanh)
+from ..layers import (AffineLayer, BatchNorm2d, ChannelShuffle, Concat, Dropout, Flatten, MaxPool2d, ReLU, Sigmoid,
+                      Tanh)
 from .gradient import _finite, check_baseline, walk
 
 
@@ -50,7 +51,9 @@ def deeplift(model, x, target=None, baseline=None, eps=1e-10, maxpool="rescale")
     r"""DeepLIFT with the Rescale rule (Shrikumar et al., 2017).
 
     ``R = m * (x - baseline)``, with multipliers ``m`` carried back from the target logit:
-    through linear layers as the gradient; at an element-wise non-linearity (ReLU, Tanh)
+    through linear layers (Linear, Conv2d, Conv1d, sum and average pools, ...) and layers that
+    only move values (Flatten, Transpose, ...) as the gradient; at an element-wise
+    non-linearity (ReLU, Tanh, Sigmoid)
     multiplied by ``(y - y_ref) / (a - a_ref)``, or by the derivative at ``a`` where
     ``|a - a_ref| < eps``.  The relevance sums to ``f(x) - f(baseline)`` (completeness) up to
     what those ``eps`` positions carry.
@@ -91,7 +94,7 @@ def deeplift(model, x, target=None, baseline=None, eps=1e-10, maxpool="rescale")
 
     def visit(step, m):
         layer, ref = step.layer, reference[step.index]
-        if isinstance(layer, (ReLU, Tanh)):  # the Rescale rule
+        if isinstance(layer, (ReLU, Tanh, Sigmoid)):  # the Rescale rule
             da, dy = step.input - ref.input, step.output - ref.output
             rescale = np.abs(da) >= eps
             return np.where(rescale, m * dy / np.where(rescale, da, 1), layer.backward(m, step))
@@ -101,10 +104,11 @@ def deeplift(model, x, target=None, baseline=None, eps=1e-10, maxpool="rescale")
             back = layer.backward(m * (top - ref.output), step) + layer.backward(m * (step.output - top), ref)
             rescale = np.abs(da) >= eps
             return np.where(rescale, back / np.where(rescale, da, 1), layer.backward(m, step))
-        if isinstance(layer, LINEAR):  # a max pool with maxpool="gradient" too (its gradient)
-            return None
-        raise UnsupportedLayerError(f"deeplift has no rule for {layer!r}; it supports linear layers, ReLU, Tanh "
-                                    f"and max pooling")
+        if isinstance(layer, LINEAR) or getattr(layer, "rearranges", False):  # (Transpose: moves values only)
+            return None  # a max pool with maxpool="gradient" too (its gradient)
+        raise UnsupportedLayerError(f"deeplift has no rule for {layer!r}; it supports linear layers (1-D and 2-D), "
+                                    f"layers that only move values, ReLU, Tanh, Sigmoid and max pooling; a text "
+                                    f"model is explained from its embedding's output")
     m, out, t, _ = walk(net, x, target, visit)
     with np.errstate(over="ignore", invalid="ignore"):
         relevance = _finite(m * (x - b), "deeplift")
