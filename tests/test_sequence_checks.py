@@ -197,3 +197,55 @@ def test_deeplift_on_the_linear_parts_of_sequence_models():
     lstm, xl, _ = shipped("fortunes_lstm", n=2)
     with pytest.raises(lp.errors.UnsupportedLayerError, match="deeplift has no rule for LSTM"):
         methods.deeplift(lp.Sequential(*list(lstm)[1:]), lstm[0].forward(xl), target=0)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("output", ["sequence", "last"])
+@pytest.mark.parametrize("name", ["lrp_all", "lrp_prop"])
+def test_conservation_per_time_step(cell, output, name):
+    """The conservation report's account of every time step of a recurrent layer (both directions, a ragged
+    batch): each step balances, its input relevance is the layer's at that position, what a step passes on is
+    what the step before it (in the direction's reading order) receives, and each sample's account is its own."""
+    import json
+    rec = getattr(lp, cell)(5, 4, bidirectional=True, output=output, rng=3)
+    layers = [lp.Embedding(11, 5, rng=4), rec]
+    if output == "sequence":
+        layers += [lp.Transpose((0, 2, 1)), lp.GlobalMaxPool1d()]
+    net = lp.Sequential(*layers, lp.Linear(8, 3, rng=5))
+    ids = np.random.default_rng(6).integers(0, 11, size=(3, 6)).astype(np.float64)
+    lengths = np.array([6, 2, 4])
+    comp = C.get(name, epsilon=0.01)
+    with lp.sequence_lengths(lengths):
+        ex = lp.explain(net, ids, target=2, composite=comp)
+    report = ex.conservation()
+    row = report.rows[1]
+    steps = row["steps"]
+    assert set(report.step_residual()) == {1} and all(r.get("steps") is None for r in report.rows if r is not row)
+    scale = max(np.abs(v).max() for v in steps.values())
+    np.testing.assert_allclose(report.step_residual()[1], 0, atol=1e-12 * scale)
+    np.testing.assert_allclose(steps["relevance_in"].sum(axis=1), ex.relevance, rtol=1e-12, atol=1e-14)
+    for key in ("relevance_in", "bias", "stabilizer"):  # the steps add up to the layer's row
+        np.testing.assert_allclose(steps[key].sum(axis=(1, 2)), row[key], rtol=1e-10, atol=1e-13)
+    # what reaches a step from above: the layer's output relevance at that position (a sequence output)
+    above = np.zeros_like(steps["relevance_out"])
+    if output == "sequence":
+        R_out = ex.layers[2]  # the relevance at the recurrent layer's output (N, T, 2 * H)
+        above = np.stack([R_out[:, :, :4].sum(-1), R_out[:, :, 4:].sum(-1)], axis=1)
+    for n, L in enumerate(lengths):
+        fwd, bwd = steps["passed"][n, 0], steps["passed"][n, 1]
+        np.testing.assert_allclose(fwd[1:L] + above[n, 0, :L - 1], steps["relevance_out"][n, 0, :L - 1], rtol=1e-12,
+                                   atol=1e-14)
+        np.testing.assert_allclose(bwd[:L - 1] + above[n, 1, 1:L], steps["relevance_out"][n, 1, 1:L], rtol=1e-12,
+                                   atol=1e-14)
+        # what the first step read passes on reaches the zero initial state: dropped in the layer's row
+        np.testing.assert_allclose(row["dropped"][n] - steps["dropped"][n].sum(), fwd[0] + bwd[L - 1], rtol=1e-10,
+                                   atol=1e-13)
+        assert (steps["relevance_in"][n, :, L:] == 0).all()
+        if output == "sequence":  # (the max over time there also sees the padded positions' zero outputs)
+            continue
+        alone = lp.explain(net, ids[n:n + 1, :L], target=2, composite=comp).conservation().rows[1]["steps"]
+        for key, v in alone.items():
+            np.testing.assert_allclose(steps[key][n, :, :L], v[0], rtol=1e-10, atol=1e-13)
+    assert np.abs(steps["relevance_in"]).max() > 1e-3
+    json.dumps(report.to_dict())
+    assert np.shape(report.to_dict(sample=1)[1]["steps"]["passed"]) == (2, 6)
