@@ -62,8 +62,11 @@ def tiled_lengths(copies):
 
 
 def _sigmoid(x):
+    """``1 / (1 + e)`` where ``x >= 0``, else ``e / (1 + e)``, with ``e = exp(-|x|)`` (no overflow)."""
     e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    d = 1 + e
+    out = np.divide(e, d)
+    return np.divide(1, d, out=out, where=x >= 0)
 
 
 def _int(value, name):
@@ -349,16 +352,26 @@ class LSTM(_Recurrent):
         n, T = x.shape[:2]
         H = self.hidden_size
         pre_x = _matmul(x, W_ih.T) + b_ih
+        W_hhT = np.ascontiguousarray(W_hh.T)  # the same products, read faster than through a transposed view
         h = np.zeros((n, H), x.dtype)
         c = np.zeros((n, H), x.dtype)
         hp, cp, gates, pre, cn, y = (np.empty((n, T, m), x.dtype) for m in (H, H, 4 * H, 4 * H, H, H))
+        reading = mask[:, :, 0].all(axis=0)  # steps every sample of the batch reads
         for t in range(T):
             hp[:, t], cp[:, t] = h, c
-            pre[:, t] = z = pre_x[:, t] + _matmul(h, W_hh.T) + b_hh
-            i, f, g, o = _sigmoid(z[:, :H]), _sigmoid(z[:, H:2 * H]), np.tanh(z[:, 2 * H:3 * H]), _sigmoid(z[:, 3 * H:])
-            gates[:, t] = np.concatenate([i, f, g, o], axis=1)
+            z, gt = pre[:, t], gates[:, t]
+            np.add(pre_x[:, t], _matmul(h, W_hhT), out=z)
+            z += b_hh
+            gt[:, :2 * H] = _sigmoid(z[:, :2 * H])  # element-wise: the values of each gate computed alone
+            gt[:, 2 * H:3 * H] = np.tanh(z[:, 2 * H:3 * H])
+            gt[:, 3 * H:] = _sigmoid(z[:, 3 * H:])
+            i, f, g, o = gt[:, :H], gt[:, H:2 * H], gt[:, 2 * H:3 * H], gt[:, 3 * H:]
             cn[:, t] = c_new = f * c + i * g
             h_new = o * np.tanh(c_new)
+            if reading[t]:
+                h, c = h_new, c_new
+                y[:, t] = h_new
+                continue
             m = mask[:, t]
             h, c = np.where(m, h_new, h), np.where(m, c_new, c)
             y[:, t] = np.where(m, h_new, 0)
