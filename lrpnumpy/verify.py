@@ -38,7 +38,7 @@ from .explain import explain, logit_network, target_onehot, without_softmax
 from .layers import (Add, AvgPool2d, BatchNorm2d, ChannelAffine, ChannelShuffle, Concat, Conv2d, Dropout, Flatten,
                      GlobalAvgPool2d, Graph, Linear, MaxPool2d, ReLU, SumPool2d, Tanh)
 from .layers import AdaptiveAvgPool2d, Hardtanh, LeakyReLU, ReLU6
-from .layers import AvgPool1d, Conv1d, GlobalMaxPool1d, MaxPool1d, Sigmoid, SumPool1d, Transpose
+from .layers import AvgPool1d, Conv1d, Embedding, GlobalMaxPool1d, MaxPool1d, Sequential, Sigmoid, SumPool1d, Transpose
 from .rules import (AlphaBeta, Epsilon, Flat, Gamma, Rho, WSquare, ZBox, ZPlus)
 
 ZENNIT_RULE_METHODS = ("epsilon", "zplus", "alpha_beta_2_1", "alpha_beta_1_0", "gamma", "zbox", "flat", "wsquare")
@@ -702,7 +702,9 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
     Parameters
     ----------
     model : Sequential
-        Converted to float64 (and BatchNorm folded into the layer before it) for both sides.
+        Converted to float64 (and BatchNorm folded into the layer before it) for both sides.  A
+        text model that starts with an :class:`~lrpnumpy.layers.Embedding` (``x``: token ids) is
+        compared from the embedding's output: the references explain float inputs.
     x : ndarray
         Input batch.
     target : None, int or sequence of int
@@ -765,6 +767,11 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
     net = fold_batchnorm(logit_network(model, x))  # shares the layers it does not change
     net = net if net.dtype is None or net.dtype == np.float64 else net.astype(np.float64)
     x = x.astype(np.float64)
+    embedded = None
+    if torch_module is None and isinstance(net, Sequential) and len(net) > 1 and isinstance(net[0], Embedding):
+        # the references explain a float input: the embedded sequence (lrpnumpy's per-token relevance is theirs
+        # summed over the embedding's D)
+        x, net, embedded = net[0].forward(x), Sequential(*list(net)[1:]), "from the Embedding's output"
     onehot = target_onehot(net.forward(x), target)
     target = onehot.argmax(axis=1)
     low, high = float(x.min()), float(x.max())
@@ -820,6 +827,8 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
             note = case["note"] if case is not None else NOTES.get((impl, method), NOTES.get((impl, "*"), ""))
             if rewrites is not None:
                 note = f"{note}; on your torch module: {'; '.join(rewrites)}"
+            if embedded:
+                note = f"{note}; {embedded}"
             tol = max(rtol, case["rtol"] if case is not None else 0.0)
             row = dict(method=method, against=impl, max_abs=None, max_rel=None, sum_lrpnumpy=None,
                        sum_reference=None, sums_lrpnumpy=None, sums_reference=None, passed=False, note=note,

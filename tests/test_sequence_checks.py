@@ -249,3 +249,18 @@ def test_conservation_per_time_step(cell, output, name):
     assert np.abs(steps["relevance_in"]).max() > 1e-3
     json.dumps(report.to_dict())
     assert np.shape(report.to_dict(sample=1)[1]["steps"]["passed"]) == (2, 6)
+
+
+def test_verify_a_text_model_from_token_ids(capsys):
+    """compare on a text model given token ids explains from its embedding's output (the references take
+    floats), and ``lrpnumpy verify fortunes_cnn`` runs on the shipped quotations."""
+    import json
+    from lrpnumpy.__main__ import main
+    net, x, _ = shipped("fortunes_cnn", n=3)
+    rows = verify.compare(net, x, methods=("epsilon_plus",))
+    assert rows[0]["status"] == "pass" and "Embedding's output" in rows[0]["note"]
+    ours = lp.explain(net, x, composite=C.get("epsilon_plus"))  # the predicted classes, as compare
+    np.testing.assert_allclose(ours.relevance.sum(1), rows[0]["sums_lrpnumpy"], rtol=1e-12)
+    code = main(["verify", "fortunes_cnn", "--rules", "epsilon", "alpha_beta_2_1", "--batch", "2", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and [r["status"] for r in out["rows"]] == ["pass", "pass"]
