@@ -78,6 +78,9 @@ def _verify(args):
         net = _load_model(args.model, warn=False)
         if args.input:
             x = _fits(args.input, _read_input(args.input), net, args.model)
+        elif (getattr(net, "meta", None) or {}).get("text"):  # a text model: the shipped test quotations
+            from .text import fortunes, text_model
+            x = text_model(net).inputs(fortunes().texts[:args.batch])[0]
         elif getattr(net, "input_shape", None):
             x = np.random.default_rng(args.seed).random((args.batch,) + tuple(net.input_shape))
         else:

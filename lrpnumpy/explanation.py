@@ -152,7 +152,7 @@ class Explanation:
         net = self.network
         return ConservationReport([
             dict(index=i, name=name, layer=repr(layer), rule=repr(rule), inputs=list(net.inputs_of(i)),
-                 parts=ledger.get("parts"), **_full(ledger))
+                 parts=ledger.get("parts"), **_full(ledger), **({"steps": ledger["steps"]} if "steps" in ledger else {}))
             for i, (name, layer, rule, ledger) in enumerate(zip(net.names, net, self.rules, self._ledgers))])
 
 
@@ -168,6 +168,11 @@ def _full(ledger):
             for k in ("relevance_out", "relevance_in", "bias", "stabilizer", "dropped", "softmax")}
 
 
+def _steps(steps, sample):
+    """A recurrent layer's per-step account as lists (dirs x T), summed over the batch or for one sample."""
+    return {k: (np.sum(v, axis=0) if sample is None else v[sample]).tolist() for k, v in steps.items()}
+
+
 class ConservationReport:
     """Sum of relevance at every layer and what biases and stabilizers absorbed.
 
@@ -179,6 +184,12 @@ class ConservationReport:
     rounding: ``relevance_out`` is the relevance the layer receives at its output (from the layer
     above), ``relevance_in`` what its rule passes on to its input.  ``str(report)`` prints the table
     summed over the batch (its title says so); :meth:`to_text` can show one sample.
+
+    A recurrent layer's row also has ``steps``, its account per time step: arrays of shape
+    (N, dirs, T) ``relevance_out``, ``relevance_in``, ``passed``, ``bias``, ``stabilizer`` and
+    ``dropped`` with ``relevance_out = relevance_in + passed + bias + stabilizer + dropped`` at
+    every step (``passed``: on to the state before the step; see
+    :meth:`lrpnumpy.layers.LSTM.lrp`); :meth:`step_residual` checks it.
     """
 
     columns = ("relevance_in", "relevance_out", "bias", "stabilizer", "dropped", "softmax")
@@ -197,11 +208,18 @@ class ConservationReport:
         return np.array([r["relevance_out"] - r["relevance_in"] - r["bias"] - r["stabilizer"] - r["dropped"]
                          - r.get("softmax", 0) for r in self.rows])
 
+    def step_residual(self):
+        """Per recurrent layer (by row index): ``relevance_out - relevance_in - passed - bias - stabilizer -
+        dropped`` of every sample, direction and time step, shape (N, dirs, T)."""
+        return {r["index"]: r["steps"]["relevance_out"] - sum(r["steps"][k] for k in ("relevance_in", "passed", "bias",
+                                                                                      "stabilizer", "dropped"))
+                for r in self.rows if r.get("steps") is not None}
+
     def to_dict(self, sample=None):
         """Rows with plain floats (summed over the batch, or for one ``sample``), for JSON."""
         pick = (lambda v: float(np.sum(v))) if sample is None else (lambda v: float(v[sample]))
         return [{k: (pick(v) if k in self.columns else [pick(p) for p in v] if k == "parts" and v is not None
-                     else v) for k, v in row.items()} for row in self.rows]
+                     else _steps(v, sample) if k == "steps" else v) for k, v in row.items()} for row in self.rows]
 
     def split(self, name, sample=None):
         """How node ``name``'s input relevance divides among its inputs: ``{input name: sum R}``.

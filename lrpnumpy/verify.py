@@ -38,6 +38,7 @@ from .explain import explain, logit_network, target_onehot, without_softmax
 from .layers import (Add, AvgPool2d, BatchNorm2d, ChannelAffine, ChannelShuffle, Concat, Conv2d, Dropout, Flatten,
                      GlobalAvgPool2d, Graph, Linear, MaxPool2d, ReLU, SumPool2d, Tanh)
 from .layers import WEIGHTED, AdaptiveAvgPool2d, Hardtanh, LeakyReLU, ReLU6
+from .layers import AvgPool1d, Conv1d, Embedding, GlobalMaxPool1d, MaxPool1d, Sequential, Sigmoid, SumPool1d, Transpose
 from .rules import (AlphaBeta, Epsilon, Flat, Gamma, Rho, WSquare, ZBox, ZPlus)
 
 ZENNIT_RULE_METHODS = ("epsilon", "zplus", "alpha_beta_2_1", "alpha_beta_1_0", "gamma", "zbox", "flat", "wsquare")
@@ -100,6 +101,36 @@ def _avg_pool(nn, layer):
                         count_include_pad=layer.count_include_pad)
 
 
+def _pad1d(layer):
+    left, right = layer.padding[2:]
+    if left != right:
+        raise UnsupportedLayerError(f"{layer!r}: asymmetric padding has no direct PyTorch equivalent here")
+    return left
+
+
+def _sum_pool1d(nn, layer):
+    factor = layer.kernel_size[1]
+
+    class SumPool(nn.AvgPool1d):  # an AvgPool1d, so Zennit and Captum treat it as average pooling
+        def forward(self, x):
+            return super().forward(x) * factor
+    return SumPool(layer.kernel_size[1], layer.stride[1], _pad1d(layer), count_include_pad=True)
+
+
+def _global_max_pool1d(nn, layer):
+    class GlobalMaxPool1d(nn.AdaptiveMaxPool1d):  # (N, C, L) -> (N, C): the gradient rule in Zennit, as here
+        def forward(self, x):
+            return super().forward(x)[:, :, 0]
+    return GlobalMaxPool1d(1)
+
+
+def _transpose(nn, layer):
+    class Permute(nn.Module):  # no parameters and no rule: relevance follows the gradient (permuted back)
+        def forward(self, x):
+            return x.permute(*layer.perm)
+    return Permute()
+
+
 def _batchnorm(nn, layer):
     return nn.BatchNorm2d(layer.num_features, eps=layer.eps, device="meta")
 
@@ -124,6 +155,17 @@ TORCH_MODULES = {
     AdaptiveAvgPool2d: lambda nn, m: nn.AdaptiveAvgPool2d(m.output_size),
     Dropout: lambda nn, m: nn.Dropout(m.p),
     BatchNorm2d: _batchnorm,
+    # 1-D layers of text models (their sequence-layer code runs them as the 2-D ones, so the rules agree)
+    Conv1d: lambda nn, m: nn.Conv1d(m.in_channels, m.out_channels, m.kernel_size[1], stride=m.stride[1],
+                                    padding=_pad1d(m), dilation=m.dilation[1], groups=m.groups,
+                                    bias=m.bias is not None, device="meta"),
+    MaxPool1d: lambda nn, m: nn.MaxPool1d(m.kernel_size[1], m.stride[1], _pad1d(m)),
+    AvgPool1d: lambda nn, m: nn.AvgPool1d(m.kernel_size[1], m.stride[1], _pad1d(m), ceil_mode=m.ceil_mode,
+                                          count_include_pad=m.count_include_pad),
+    SumPool1d: _sum_pool1d,
+    GlobalMaxPool1d: _global_max_pool1d,
+    Transpose: _transpose,
+    Sigmoid: lambda nn, m: nn.Sigmoid(),
 }
 
 
@@ -660,7 +702,9 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
     Parameters
     ----------
     model : Sequential
-        Converted to float64 (and BatchNorm folded into the layer before it) for both sides.
+        Converted to float64 (and BatchNorm folded into the layer before it) for both sides.  A
+        text model that starts with an :class:`~lrpnumpy.layers.Embedding` (``x``: token ids) is
+        compared from the embedding's output: the references explain float inputs.
     x : ndarray
         Input batch.
     target : None, int or sequence of int
@@ -723,6 +767,11 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
     net = fold_batchnorm(logit_network(model, x))  # shares the layers it does not change
     net = net if net.dtype is None or net.dtype == np.float64 else net.astype(np.float64)
     x = x.astype(np.float64)
+    embedded = None
+    if torch_module is None and isinstance(net, Sequential) and len(net) > 1 and isinstance(net[0], Embedding):
+        # the references explain a float input: the embedded sequence (lrpnumpy's per-token relevance is theirs
+        # summed over the embedding's D)
+        x, net, embedded = net[0].forward(x), Sequential(*list(net)[1:]), "from the Embedding's output"
     onehot = target_onehot(net.forward(x), target)
     target = onehot.argmax(axis=1)
     low, high = float(x.min()), float(x.max())
@@ -778,6 +827,8 @@ def compare(model, x, target=None, against=("zennit",), methods=None, rtol=1e-10
             note = case["note"] if case is not None else NOTES.get((impl, method), NOTES.get((impl, "*"), ""))
             if rewrites is not None:
                 note = f"{note}; on your torch module: {'; '.join(rewrites)}"
+            if embedded:
+                note = f"{note}; {embedded}"
             tol = max(rtol, case["rtol"] if case is not None else 0.0)
             row = dict(method=method, against=impl, max_abs=None, max_rel=None, sum_lrpnumpy=None,
                        sum_reference=None, sums_lrpnumpy=None, sums_reference=None, passed=False, note=note,
@@ -928,12 +979,18 @@ TIE_ULPS = 4
 
 
 def _pool_windows(layer, a):
-    """Every window's taps of the max pool ``layer`` on ``a``: shape (N, C, Ho, Wo, kh * kw), -inf in the padding."""
+    """Every window's taps of the max pool ``layer`` on ``a``: shape (N, C, Ho, Wo, kh * kw), -inf in the padding.
+    A 1-D pool's input (N, C, L) is seen as (N, C, 1, L), its windows as those of the 2-D pool it runs."""
+    if isinstance(layer, GlobalMaxPool1d):
+        return a[:, :, None, None, :]
+    if a.ndim == 3:
+        a = a[:, :, None]
     n, c, h, w = a.shape
     pt, pb, pl, pr = layer.effective_padding(h, w)
     padded = np.pad(a, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=-np.inf)
     (kh, kw), (sh, sw), (dh, dw) = layer._span(), layer.stride, layer.dilation
-    oh, ow = layer.output_shape(a.shape)[2:]
+    oh, ow = (1, layer.output_shape(a[:, :, 0].shape)[2]) if isinstance(layer, MaxPool1d) \
+        else layer.output_shape(a.shape)[2:]
     view = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
     return view[:, :, :oh, :ow].reshape(n, c, oh, ow, -1)
 

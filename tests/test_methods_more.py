@@ -363,3 +363,25 @@ def test_integrated_gradients_completeness_error_shrinks_with_steps(rng):
               for n in (4, 16, 64, 256)]
     assert all(b < a for a, b in zip(errors, errors[1:])), errors
     assert errors[-1] < 0.05 * errors[0]
+
+
+def test_token_occlusion_and_interior_gradients_on_a_recurrent_model_with_lengths():
+    """Methods that run altered copies of the batch together give each copy its sample's length: occlusion
+    of tokens and interior gradients on a ragged batch equal each sentence alone (the shipped LSTM)."""
+    from lrpnumpy import text, zoo
+    net = zoo.trained("fortunes_lstm", dtype=np.float64)
+    x, _, lengths = text.text_model(net).inputs(text.fortunes().texts[:3])
+    x, lengths = x[:, :20], np.minimum(lengths, 20)
+    assert len(set(lengths.tolist())) > 1
+    with L.sequence_lengths(lengths):
+        occ = M.occlusion(net, x, target=2, window=2, stride=1, fill=0.0, batch_size=16)
+        E = net[0].forward(x)
+        inter = M.interior_gradients(net[1:], E, target=2, alpha=[0.5, 1.0]).relevance
+    for n, T in enumerate(lengths):
+        alone = M.occlusion(net, x[n:n + 1, :T], target=2, window=2, stride=1, fill=0.0)
+        # (the last token: the padded batch has one more window over it, half past the end, than the sentence)
+        np.testing.assert_allclose(occ.relevance[n, :T - 1], alone.relevance[0, :T - 1], rtol=1e-12, atol=1e-14)
+        assert np.abs(occ.relevance[n, :T]).max() > 1e-6
+        g = M.interior_gradients(net[1:], E[n:n + 1, :T], target=2, alpha=[0.5, 1.0]).relevance
+        np.testing.assert_allclose(inter[:, n, :T], g[:, 0], rtol=1e-12, atol=1e-14)
+        assert (inter[:, n, T:] == 0).all()

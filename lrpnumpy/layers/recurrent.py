@@ -48,9 +48,25 @@ def sequence_lengths(lengths):
         _LENGTHS.reset(token)
 
 
+@contextlib.contextmanager
+def tiled_lengths(copies):
+    """Inside the block, the lengths set by :func:`sequence_lengths` (if any) hold for a batch of ``copies``
+    copies of the batch one after the other (copy-major: sample ``n`` of copy ``k`` at ``k * N + n``), as
+    methods that run altered copies of the input together (occlusion, interior gradients) make them."""
+    lengths = _LENGTHS.get()
+    token = _LENGTHS.set(None if lengths is None else np.tile(np.asarray(lengths), copies))
+    try:
+        yield
+    finally:
+        _LENGTHS.reset(token)
+
+
 def _sigmoid(x):
+    """``1 / (1 + e)`` where ``x >= 0``, else ``e / (1 + e)``, with ``e = exp(-|x|)`` (no overflow)."""
     e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    d = 1 + e
+    out = np.divide(e, d)
+    return np.divide(1, d, out=out, where=x >= 0)
 
 
 def _int(value, name):
@@ -255,14 +271,28 @@ class _Recurrent(Layer):
 
         ``product`` splits the relevance of a gate x signal product: ``product.split(gate, signal, R,
         ledger) -> (R_gate, R_signal)`` (R_gate None: the gate gets nothing).
+
+        The ledger's ``steps`` entry is the account of every time step: a dict of arrays of shape
+        (N, dirs, T), by the input's time positions, ``relevance_out`` (what reaches the step's
+        state and output from above and from the later steps), ``relevance_in`` (what goes to the
+        input at that position), ``passed`` (what goes on to the state before the step: the
+        previous step's, in the direction's reading order, or the initial zero state, dropped) and
+        ``bias``, ``stabilizer``, ``dropped`` (what the step's rules absorbed), with
+        ``relevance_out = relevance_in + passed + bias + stabilizer + dropped`` at every step.
         """
         self.check_grad(R, step, "relevance")
         state, R_in, ledger = step.state, 0, {}
+        steps = {key: [] for key in _StepLedger.keys}
         for k in range(self.dirs):
             r_seq, r_last = self._split_grad(R, state, k)
-            r_x, left = self._lrp(k, state.dirs[k], r_seq, r_last, state.mask, product, epsilon, bias_factor, ledger)
+            account = _StepLedger(*R.shape[:1], state.mask.shape[1])
+            r_x, left = self._lrp(k, state.dirs[k], r_seq, r_last, state.mask, product, epsilon, bias_factor, ledger,
+                                  account)
             R_in = R_in + _gather(r_x, state.orders[k])
             _add(ledger, "dropped", left)  # relevance that reached the initial (zero) state
+            for key, values in account.values.items():
+                steps[key].append(_gather(values, state.orders[k]))
+        ledger["steps"] = {key: np.stack(v, axis=1) for key, v in steps.items()}
         return R_in, ledger
 
     @staticmethod
@@ -276,6 +306,27 @@ class _Recurrent(Layer):
             _add(ledger, "dropped", _per_sample(np.where(m, 0, r)))
             r = np.where(m, r, 0)
         return r
+
+
+class _StepLedger:
+    """The per-time-step account of one direction's LRP (see :meth:`_Recurrent.lrp`), in reading order."""
+
+    keys = ("relevance_out", "relevance_in", "passed", "bias", "stabilizer", "dropped")
+
+    def __init__(self, n, T):
+        self.values = {key: np.zeros((n, T)) for key in self.keys}
+
+    def start(self, t, ledger, incoming):
+        """Step t begins: ``incoming`` (per sample) reaches it; the ledger's totals so far."""
+        self.values["relevance_out"][:, t] = incoming
+        self.before = {key: np.array(ledger.get(key, 0.0), dtype=np.float64) for key in ("bias", "stabilizer",
+                                                                                          "dropped")}
+
+    def end(self, t, ledger, to_input, passed):
+        self.values["relevance_in"][:, t] = to_input
+        self.values["passed"][:, t] = passed
+        for key, before in self.before.items():
+            self.values[key][:, t] = np.asarray(ledger.get(key, 0.0), dtype=np.float64) - before
 
 
 class LSTM(_Recurrent):
@@ -302,16 +353,26 @@ class LSTM(_Recurrent):
         n, T = x.shape[:2]
         H = self.hidden_size
         pre_x = _matmul(x, W_ih.T) + b_ih
+        W_hhT = np.ascontiguousarray(W_hh.T)  # the same products, read faster than through a transposed view
         h = np.zeros((n, H), x.dtype)
         c = np.zeros((n, H), x.dtype)
         hp, cp, gates, pre, cn, y = (np.empty((n, T, m), x.dtype) for m in (H, H, 4 * H, 4 * H, H, H))
+        reading = mask[:, :, 0].all(axis=0)  # steps every sample of the batch reads
         for t in range(T):
             hp[:, t], cp[:, t] = h, c
-            pre[:, t] = z = pre_x[:, t] + _matmul(h, W_hh.T) + b_hh
-            i, f, g, o = _sigmoid(z[:, :H]), _sigmoid(z[:, H:2 * H]), np.tanh(z[:, 2 * H:3 * H]), _sigmoid(z[:, 3 * H:])
-            gates[:, t] = np.concatenate([i, f, g, o], axis=1)
+            z, gt = pre[:, t], gates[:, t]
+            np.add(pre_x[:, t], _matmul(h, W_hhT), out=z)
+            z += b_hh
+            gt[:, :2 * H] = _sigmoid(z[:, :2 * H])  # element-wise: the values of each gate computed alone
+            gt[:, 2 * H:3 * H] = np.tanh(z[:, 2 * H:3 * H])
+            gt[:, 3 * H:] = _sigmoid(z[:, 3 * H:])
+            i, f, g, o = gt[:, :H], gt[:, H:2 * H], gt[:, 2 * H:3 * H], gt[:, 3 * H:]
             cn[:, t] = c_new = f * c + i * g
             h_new = o * np.tanh(c_new)
+            if reading[t]:
+                h, c = h_new, c_new
+                y[:, t] = h_new
+                continue
             m = mask[:, t]
             h, c = np.where(m, h_new, h), np.where(m, c_new, c)
             y[:, t] = np.where(m, h_new, 0)
@@ -342,7 +403,7 @@ class LSTM(_Recurrent):
             _param_grads(grads, k, dpres, dpres, v["x"], v["hp"])
         return dx
 
-    def _lrp(self, k, v, R_seq, R_last, mask, product, eps, bf, ledger):
+    def _lrp(self, k, v, R_seq, R_last, mask, product, eps, bf, ledger, account):
         W_ih, W_hh, b_ih, b_hh = self._weights(k)
         H, (n, T) = self.hidden_size, v["x"].shape[:2]
         Rh = np.zeros((n, H), v["x"].dtype) + R_last
@@ -350,6 +411,7 @@ class LSTM(_Recurrent):
         R_x = np.zeros_like(v["x"])
         for t in reversed(range(T)):
             m = mask[:, t]
+            account.start(t, ledger, _per_sample(Rh) + _per_sample(Rc) + _per_sample(self._at(R_seq, t)))
             Rh = Rh + self._padded(R_seq, t, m, ledger)
             Rh_new, Rc_new = np.where(m, Rh, 0), np.where(m, Rc, 0)   # past a sample's length: passed back as is
             Rh, Rc = np.where(m, 0, Rh), np.where(m, 0, Rc)
@@ -372,6 +434,7 @@ class LSTM(_Recurrent):
                                       v["pre"][:, t, rows], R_q, eps, bf, ledger)
                 R_x[:, t] += r_x
                 Rh = Rh + r_h
+            account.end(t, ledger, _per_sample(R_x[:, t]), _per_sample(Rh) + _per_sample(Rc))
         return R_x, _per_sample(Rh) + _per_sample(Rc)
 
 
@@ -432,13 +495,14 @@ class GRU(_Recurrent):
             _param_grads(grads, k, d_i, d_h, v["x"], v["hp"])
         return dx
 
-    def _lrp(self, k, v, R_seq, R_last, mask, product, eps, bf, ledger):
+    def _lrp(self, k, v, R_seq, R_last, mask, product, eps, bf, ledger, account):
         W_ih, W_hh, b_ih, b_hh = self._weights(k)
         H, (n, T) = self.hidden_size, v["x"].shape[:2]
         Rh = np.zeros((n, H), v["x"].dtype) + R_last
         R_x = np.zeros_like(v["x"])
         for t in reversed(range(T)):
             m = mask[:, t]
+            account.start(t, ledger, _per_sample(Rh) + _per_sample(self._at(R_seq, t)))
             Rh = Rh + self._padded(R_seq, t, m, ledger)
             Rh_new = np.where(m, Rh, 0)
             Rh = np.where(m, 0, Rh)
@@ -469,6 +533,7 @@ class GRU(_Recurrent):
                                       v["pre"][:, t, rows], R_g, eps, bf, ledger)
                 R_x[:, t] += r_x
                 Rh = Rh + r_h
+            account.end(t, ledger, _per_sample(R_x[:, t]), _per_sample(Rh))
         return R_x, _per_sample(Rh)
 
 
@@ -486,4 +551,4 @@ def _sum_or_none(a, b):
     return a if b is None else a + b
 
 
-__all__ = ["LSTM", "GRU", "sequence_lengths", "eps_linear"]
+__all__ = ["LSTM", "GRU", "sequence_lengths", "tiled_lengths", "eps_linear"]

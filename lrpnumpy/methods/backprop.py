@@ -49,8 +49,9 @@ def deeplift(model, x, target=None, baseline=None, eps=1e-10, maxpool="rescale")
     r"""DeepLIFT with the Rescale rule (Shrikumar et al., 2017).
 
     ``R = m * (x - baseline)``, with multipliers ``m`` carried back from the target logit:
-    through linear layers (``layer.linear``) as the gradient; at an element-wise non-linearity
-    (``layer.elementwise``: ReLU, Tanh, Sigmoid, ...) multiplied by ``(y - y_ref) / (a - a_ref)``, or by the derivative at ``a`` where
+    through linear layers (``layer.linear``) and layers that only move values (``layer.rearranges``:
+    Flatten, Transpose, ...) as the gradient; at an element-wise non-linearity (``layer.elementwise``:
+    ReLU, Tanh, Sigmoid, ...) multiplied by ``(y - y_ref) / (a - a_ref)``, or by the derivative at ``a`` where
     ``|a - a_ref| < eps``.  The relevance sums to ``f(x) - f(baseline)`` (completeness) up to
     what those ``eps`` positions carry.
 
@@ -100,10 +101,11 @@ def deeplift(model, x, target=None, baseline=None, eps=1e-10, maxpool="rescale")
             back = layer.backward(m * (top - ref.output), step) + layer.backward(m * (step.output - top), ref)
             rescale = np.abs(da) >= eps
             return np.where(rescale, back / np.where(rescale, da, 1), layer.backward(m, step))
-        if layer.linear:  # a max pool with maxpool="gradient" too (its gradient, given its winners)
+        if layer.linear or layer.rearranges:  # a max pool with maxpool="gradient" too (its gradient, given its winners)
             return None
-        raise UnsupportedLayerError(f"deeplift has no rule for {layer!r}; it supports linear layers, element-wise "
-                                    f"activations and max pooling")
+        raise UnsupportedLayerError(f"deeplift has no rule for {layer!r}; it supports linear layers (1-D and 2-D), "
+                                    f"layers that only move values, element-wise activations and max pooling; a "
+                                    f"text model is explained from its embedding's output")
     m, out, t, _ = walk(net, x, target, visit)
     with np.errstate(over="ignore", invalid="ignore"):
         relevance = _finite(m * (x - b), "deeplift")

@@ -16,6 +16,7 @@ from ..errors import DTypeError, NonFiniteError, ResourceError, RuleParameterErr
 from ..explain import Explanation, forward_checked, logit_network, onehot, target_classes
 from ..registry import register_method as register
 from ..layers.base import check_array, check_finite, make_rng
+from ..layers.recurrent import tiled_lengths
 
 
 def walk(net, x, target, visit=None, seed=None):
@@ -84,7 +85,9 @@ def interior_gradients(model, x, target=None, alpha=1.0):
         out, _ = forward_checked(net, x)
         t = target_classes(out, target)
         scaled = np.concatenate([x * x.dtype.type(a) for a in alphas])
-    g = _gradient(net, scaled, np.tile(t, len(alphas)))[0].reshape((len(alphas),) + x.shape)
+    with tiled_lengths(len(alphas)):  # a recurrent model's sequence lengths, one per copy
+        g = _gradient(net, scaled, np.tile(t, len(alphas)))[0]
+    g = g.reshape((len(alphas),) + x.shape)
     return Explanation(g[0] if scalar else g, out, t, method="interior_gradients", params=dict(alpha=alpha))
 
 

@@ -10,6 +10,7 @@ from ..errors import RuleParameterError, ShapeError
 from ..explain import Explanation, forward_finite, logit_network, sample_rows, target_classes
 from ..registry import register_method as register
 from ..layers.base import pair
+from ..layers.recurrent import tiled_lengths
 
 
 def _positions(size, window, stride, wrap):
@@ -94,7 +95,9 @@ def occlusion(model, x, target=None, window=8, stride=8, fill=0.0, occlude="insi
         chunk = masks[start:start + per_chunk]
         hide = np.stack([m if occlude == "inside" else ~m for m in chunk])[:, None, None]  # (k, 1, 1, H, W)
         copies = np.where(hide, replacement[None], x[None]).reshape((-1,) + x.shape[1:])
-        scores = forward_finite(net, copies).reshape(len(chunk), n, sample_rows(out).shape[1])[:, np.arange(n), t]
+        with tiled_lengths(len(chunk)):  # a recurrent model's sequence lengths, one per copy
+            scored = forward_finite(net, copies)
+        scores = scored.reshape(len(chunk), n, sample_rows(out).shape[1])[:, np.arange(n), t]
         if score == "difference":
             scores = f_x[None] - scores
         for m, s in zip(chunk, scores):
