@@ -254,12 +254,14 @@ class AttnLRP(Composite):
 
     def __init__(self, epsilon=1e-6, gamma=None, **kw):
         from .layers import LayerNorm, MatMul, Mul, MultiheadAttention, Softmax
-        from .rules_transformer import Inner, LayerNormEpsilon, SoftmaxRule, Uniform
+        from .layers.transformer import ClassToken, GraphLayer, PositionEmbedding
+        from .rules_transformer import AddedParameter, Inner, LayerNormEpsilon, SoftmaxRule, Uniform
         self.epsilon, self.gamma = epsilon, gamma
         linear = Epsilon(epsilon) if gamma is None else Gamma(gamma, epsilon)
-        super().__init__([(Linear, linear), (Add, Norm(epsilon)), (LayerNorm, LayerNormEpsilon(epsilon)),
+        super().__init__([((Linear, Conv2d), linear), (Add, Norm(epsilon)), (LayerNorm, LayerNormEpsilon(epsilon)),
                           (Softmax, SoftmaxRule()), ((MatMul, Mul), Uniform(epsilon)),
-                          (MultiheadAttention, Inner(self))], **kw)
+                          ((MultiheadAttention, GraphLayer), Inner(self)),
+                          ((PositionEmbedding, ClassToken), AddedParameter(epsilon))], **kw)
 
     def __repr__(self):
         return f"{type(self).__name__}(epsilon={self.epsilon!r}, gamma={self.gamma!r})"
@@ -275,10 +277,12 @@ class CPLRP(Composite):
 
     def __init__(self, epsilon=1e-6, **kw):
         from .layers import LayerNorm, MatMul, Mul, MultiheadAttention
-        from .rules_transformer import HoldConstant, Inner, LayerNormEpsilon
+        from .layers.transformer import ClassToken, GraphLayer, PositionEmbedding
+        from .rules_transformer import AddedParameter, HoldConstant, Inner, LayerNormEpsilon
         self.epsilon = epsilon
-        super().__init__([(Linear, Epsilon(epsilon)), (Add, Norm(epsilon)), (LayerNorm, LayerNormEpsilon(epsilon)),
-                          ((MatMul, Mul), HoldConstant(0, epsilon)), (MultiheadAttention, Inner(self))], **kw)
+        super().__init__([((Linear, Conv2d), Epsilon(epsilon)), (Add, Norm(epsilon)),
+                          (LayerNorm, LayerNormEpsilon(epsilon)), ((MatMul, Mul), HoldConstant(0, epsilon)), ((MultiheadAttention, GraphLayer), Inner(self)),
+                          ((PositionEmbedding, ClassToken), AddedParameter(epsilon))], **kw)
 
     def __repr__(self):
         return f"{type(self).__name__}(epsilon={self.epsilon!r})"

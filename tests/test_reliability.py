@@ -437,6 +437,12 @@ EMPTY_LAYERS = {
     "GlobalMaxPool1d": (lambda: L.GlobalMaxPool1d(), (2, 6)),
     "LSTM": (lambda: L.LSTM(3, 2, bidirectional=True, rng=0), (4, 3)),
     "GRU": (lambda: L.GRU(3, 2, output="last", rng=0), (4, 3)),
+    "TransformerEncoderLayer": (lambda: L.TransformerEncoderLayer(4, 2, 6, rng=0), (5, 4)),
+    "SwiGLUBlock": (lambda: L.SwiGLUBlock(4, 6, rng=0), (5, 4)),
+    "PatchEmbedding": (lambda: L.PatchEmbedding(2, 4, 3, rng=0), (2, 6, 6)),
+    "ToTokens": (lambda: L.layers.ToTokens(), (2, 6, 6)), "ClassToken": (lambda: L.ClassToken(4, rng=0), (5, 4)),
+    "PositionEmbedding": (lambda: L.PositionEmbedding(5, 4, rng=0), (5, 4)),
+    "SelectToken": (lambda: L.SelectToken(0), (5, 4)),
 }
 
 

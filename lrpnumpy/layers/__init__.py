@@ -15,11 +15,15 @@ from .sequential import Network, Sequential
 from .shape import Dropout, Flatten
 from .attention import GELU, CausalMask, MatMul, MergeHeads, Mul, MultiheadAttention, Scale, SiLU, SplitHeads, expand
 from .transformer_norm import LayerNorm, RMSNorm
+from .transformer import (ClassToken, GraphLayer, PatchEmbedding, PositionEmbedding, SelectToken, SwiGLUBlock,
+                          ToTokens, TransformerEncoderLayer)
 
 __all__ = ["Layer", "AffineLayer", "Linear", "Conv2d", "ReLU", "Tanh", "Softmax", "SumPool2d", "AvgPool2d",
            "GlobalAvgPool2d", "LRN", "MaxPool2d", "Flatten", "Dropout", "BatchNorm2d", "Add", "Concat",
            "ChannelAffine", "ChannelShuffle", "Network", "Sequential", "Graph", "Hardtanh", "ReLU6", "LeakyReLU",
            "AdaptiveAvgPool2d", "GELU", "SiLU", "Scale", "CausalMask", "SplitHeads", "MergeHeads", "MatMul", "Mul",
            "MultiheadAttention", "LayerNorm", "RMSNorm", "expand",
+           "GraphLayer", "TransformerEncoderLayer", "SwiGLUBlock", "PatchEmbedding", "ToTokens", "ClassToken",
+           "PositionEmbedding", "SelectToken",
            "Embedding", "Transpose", "Sigmoid", "Conv1d", "MaxPool1d", "AvgPool1d", "SumPool1d", "GlobalMaxPool1d",
            "LSTM", "GRU", "sequence_lengths"]
