@@ -315,3 +315,58 @@ def test_bad_input_is_named():
         L.SwiGLUBlock(4, 8).forward(np.zeros((2, 4)))
     with pytest.raises(LayerParameterError, match="activation"):
         L.TransformerEncoderLayer(4, 2, 8, activation="tanh")
+
+
+def vit_two_blocks(rng):
+    net = L.Sequential(L.PatchEmbedding(1, 8, 4, rng=0), L.ClassToken(8, rng=1), L.PositionEmbedding(5, 8, rng=2),
+                       L.TransformerEncoderLayer(8, 2, 16, rng=3), L.TransformerEncoderLayer(8, 2, 16, rng=4),
+                       L.LayerNorm(8), L.SelectToken(0), L.Linear(8, 3, rng=5), input_shape=(1, 8, 8))
+    return randomise(net, rng)
+
+
+def hand_attention(block, h):
+    """Per-head attention weights (N, H, T, T) of a pre-norm block for tokens h, from the formulas."""
+    mha = block.self_attn
+    z = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + block.norm1.eps)
+    z = z * block.norm1.weight + block.norm1.bias
+    W, b, E, H = mha.in_proj_weight, mha.in_proj_bias, mha.embed_dim, mha.num_heads
+    q, k = z @ W[:E].T + b[:E], z @ W[E:2 * E].T + b[E:2 * E]
+    d = E // H
+    out = np.zeros((len(h), H, h.shape[1], h.shape[1]))
+    for n in range(len(h)):
+        for head in range(H):
+            s = q[n, :, head * d:(head + 1) * d] @ k[n, :, head * d:(head + 1) * d].T / np.sqrt(d)
+            e = np.exp(s - s.max(axis=1, keepdims=True))
+            out[n, head] = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
+def test_attention_rollout_and_raw_attention_against_hand_computation(rng):
+    from lrpnumpy import methods
+    net = vit_two_blocks(rng)
+    x = rng.random((2, 1, 8, 8))
+    h = net[2].forward(net[1].forward(net[0].forward(x)))
+    A1 = hand_attention(net[3], h)
+    A2 = hand_attention(net[4], net[3].forward(h))
+    eye = np.eye(5)
+    rollout = (0.5 * A2.mean(1) + 0.5 * eye) @ (0.5 * A1.mean(1) + 0.5 * eye)
+    expected = np.zeros((2, 1, 8, 8))
+    for n in range(2):
+        for token in range(4):  # patch tokens 1..4, row by row on the 2 x 2 grid
+            r, c = divmod(token, 2)
+            expected[n, 0, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = rollout[n, 0, 1 + token]
+    e = methods.get("attention_rollout")(net, x)
+    assert e.method == "attention_rollout" and e.relevance.shape == x.shape
+    np.testing.assert_allclose(e.relevance, expected, rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(e.target, net.forward(x).argmax(1))
+    raw = methods.get("raw_attention")(net, x, layer=0, head_fusion="max")
+    np.testing.assert_allclose(raw.relevance[:, 0, ::4, ::4].reshape(2, 4), A1.max(1)[:, 0, 1:], rtol=1e-12)
+    plain = methods.attention_rollout(net, x, residual=False)
+    np.testing.assert_allclose(plain.relevance[:, 0, ::4, ::4].reshape(2, 4),
+                               (A2.mean(1) @ A1.mean(1))[:, 0, 1:], rtol=1e-12)
+    with pytest.raises(L.errors.RuleParameterError, match="head_fusion"):
+        methods.attention_rollout(net, x, head_fusion="median")
+    with pytest.raises(L.errors.RuleParameterError, match="2 attention layers"):
+        methods.raw_attention(net, x, layer=2)
+    with pytest.raises(ShapeError, match="MultiheadAttention"):
+        methods.attention_rollout(L.Sequential(L.Flatten(), L.Linear(64, 3, rng=0)), x)

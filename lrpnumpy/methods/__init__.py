@@ -6,6 +6,7 @@
 * modified backward passes (:mod:`.backprop`): ``deconvnet``, ``guided_backprop``, ``deeplift``;
 * perturbation (:mod:`.perturbation`): ``occlusion``;
 * class activation maps (:mod:`.cam`): ``grad_cam`` and ``interpolate``;
+* attention (:mod:`.attention`): ``attention_rollout``, ``raw_attention``;
 * signal and attribution from patterns fitted to data (:mod:`.patterns`): ``fit_patterns``,
   ``pattern_net``, ``pattern_attribution``;
 * tricks around any method (:mod:`.tricks`): ``translation_trick``, ``sliding_window``,
@@ -17,6 +18,7 @@
 
 from ..errors import RuleParameterError
 from ..explain import explain
+from .attention import attention_rollout, attention_weights, raw_attention
 from .backprop import deconvnet, deeplift, guided_backprop
 from .cam import grad_cam, interpolate, layer_index
 from .gradient import (gradient, gradient_x_input, integrated_gradients, interior_gradients, sensitivity, smoothgrad,
@@ -33,6 +35,7 @@ REGISTRY = {
     "smoothgrad": smoothgrad, "simple_taylor": simple_taylor, "deconvnet": deconvnet,
     "guided_backprop": guided_backprop, "deeplift": deeplift, "occlusion": occlusion, "grad_cam": grad_cam,
     "pattern_net": pattern_net, "pattern_attribution": pattern_attribution,
+    "attention_rollout": attention_rollout, "raw_attention": raw_attention,
 }
 
 
@@ -46,5 +49,5 @@ def get(name):
 
 __all__ = sorted(REGISTRY) + ["REGISTRY", "get", "interpolate", "layer_index", "walk", "find_root", "shift",
                               "translation_trick", "sliding_window", "contrastive", "internal_influence",
-                              "top_units", "channel_mask", "fit_patterns"]
+                              "top_units", "channel_mask", "fit_patterns", "attention_weights"]
 __all__.remove("lrp")
