@@ -60,7 +60,7 @@ def main():
         net.meta = {"classes": list(datasets.FASHION_MNIST_CLASSES), "input_range": [0.0, 1.0],
                     "dataset": "Fashion-MNIST", "test_accuracy": acc, "epochs": epoch, "seed": args.seed, "lr": LR,
                     "lr_decay": LR_DECAY, "batch_size": BATCH, "architecture": dict(CONFIG),
-                    "trained_by": "data/make_vit.py"}
+                    "composite": "attnlrp", "trained_by": "data/make_vit.py"}
         L.io.save(net, os.path.join(args.out, f"fashion_vit_epoch{epoch}.npz"))
         if acc > best:
             best = acc

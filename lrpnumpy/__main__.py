@@ -388,6 +388,8 @@ def _explain(args):
     net = _load_model(args.model, warn=False)
     x = _read_inputs(args.inputs, net, args.input_range)
     _warn_random(args.model)  # once the inputs fit: a refused input stays the command's one line
+    if not (args.method or args.rule or args.composite):
+        args.composite = str(net.meta.get("composite", "epsilon_plus"))
     if args.method:
         e = _method(args.method)(net, x, args.target)
     elif args.rule:
@@ -719,8 +721,9 @@ def main(argv=None):
     exp.add_argument("inputs", nargs="+", help=".npy arrays (a batch or one sample) or PNG/JPEG images "
                                                "(converted, resized and scaled to the model's input range)")
     how = exp.add_mutually_exclusive_group()
-    how.add_argument("--composite", default="epsilon_plus", help="a composite: NAME[:key=value,...], e.g. "
-                                                                 "epsilon_plus:epsilon=0.1 (default %(default)s)")
+    how.add_argument("--composite", help="a composite: NAME[:key=value,...], e.g. epsilon_plus:epsilon=0.1 "
+                                         "(default: the model's metadata 'composite', e.g. attnlrp for fashion_vit, "
+                                         "else epsilon_plus)")
     how.add_argument("--rule", help="one rule on every Linear/Conv2d layer: NAME[:key=value,...], e.g. "
                                     "epsilon:epsilon=0.25")
     how.add_argument("--method", help="another explanation method instead of LRP's composites: NAME[:key=value,"
