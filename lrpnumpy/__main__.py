@@ -409,6 +409,9 @@ def _explain(args):
             for key, column in (("absorbed_by_biases", "bias"), ("absorbed_by_stabilizer", "stabilizer"),
                                 ("dropped", "dropped")):
                 row[key] = float(sum(r[column] for r in ledger))
+            softmax = float(sum(r["softmax"] for r in ledger))
+            if softmax:  # AttnLRP's softmax rule does not pass everything on, by design
+                row["absorbed_by_softmax"] = softmax
             row["explained"] = float(e.layers[-1][i].sum())
         rows.append(row)
     if args.npy:
@@ -436,6 +439,8 @@ def _balance(row):
         return f"logit {row['logit']:.4f}, sum of relevance {row['relevance_sum']:.4f}"
     parts = [("relevance at the input", row["relevance_sum"]), ("biases", row["absorbed_by_biases"]),
              ("stabilizer", row["absorbed_by_stabilizer"]), ("dropped", row["dropped"])]
+    if "absorbed_by_softmax" in row:
+        parts.append(("softmax", row["absorbed_by_softmax"]))
     rest = row["explained"] - sum(v for _, v in parts)
     if abs(rest) >= 5e-5:
         parts.append(("rounding", rest))
