@@ -49,17 +49,20 @@ def main():
     p.add_argument("--out", default=OUT)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoints", help="also write every epoch's model to this folder")
+    p.add_argument("--patch-size", type=int, default=CONFIG["patch_size"])
+    p.add_argument("--depth", type=int, default=CONFIG["depth"], help="encoder blocks")
     args = p.parse_args()
     train_set = datasets.fashion_mnist("train", args.fashion_mnist, dtype=np.float32)
     test_set = datasets.fashion_mnist("test", args.fashion_mnist, dtype=np.float32)
-    net = vit(args.seed, **CONFIG)
+    config = dict(CONFIG, patch_size=args.patch_size, depth=args.depth)
+    net = vit(args.seed, **config)
     # one BLAS thread: on a busy machine OpenBLAS's second thread spins (a 2176 x 128 x 64 product: 18 ms
     # with two threads, 1 ms with one, measured on 2 shared cores)
     with threadpool_limits(1):
-        _train(net, train_set, test_set, args)
+        _train(net, train_set, test_set, args, config)
 
 
-def _train(net, train_set, test_set, args):
+def _train(net, train_set, test_set, args, config):
     optimizer, accuracies = train.Adam(LR), []
     t = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
@@ -69,7 +72,7 @@ def _train(net, train_set, test_set, args):
         accuracies.append(round(acc, 4))
         net.meta = {"classes": list(datasets.FASHION_MNIST_CLASSES), "input_range": [0.0, 1.0],
                     "dataset": "Fashion-MNIST", "test_accuracy": acc, "epochs": epoch, "seed": args.seed, "lr": LR,
-                    "lr_decay": LR_DECAY, "batch_size": BATCH, "architecture": dict(CONFIG),
+                    "lr_decay": LR_DECAY, "batch_size": BATCH, "architecture": config,
                     "composite": "attnlrp", "trained_by": "data/make_vit.py"}
         if args.checkpoints:
             L.io.save(net, os.path.join(args.checkpoints, f"fashion_vit_epoch{epoch}.npz"))
