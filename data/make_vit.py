@@ -1,6 +1,7 @@
 """Train the shipped Fashion-MNIST vision transformer (``fashion_vit``) with lrpnumpy's own train, deterministic.
 
-    python data/make_vit.py [--fashion-mnist FOLDER] [--epochs N] [--out FOLDER]
+    python data/make_vit.py [--fashion-mnist FOLDER] [--epochs N] [--out FOLDER] [--checkpoints FOLDER]
+                            [--patch-size P] [--depth D]
 
 Patches of 7 x 7 (16 tokens and a class token), width 64, 4 heads, 2 pre-norm encoder blocks with
 an MLP of 128 (GELU), a final LayerNorm and a linear head on the class token.  Adam (lr 1e-3,
@@ -42,6 +43,17 @@ def vit(seed=0, patch_size=7, embed_dim=64, num_heads=4, depth=2, mlp_dim=128, i
     return net.astype(dtype)
 
 
+def augmented(images, rng, shift=2):
+    """A copy of ``images`` (N, 1, 28, 28), each flipped left-right with probability 1/2 and moved by up to
+    ``shift`` pixels in each direction (zero-padded): the training set of one epoch."""
+    n, _, h, w = images.shape
+    flipped = np.where((rng.random(n) < 0.5)[:, None, None, None], images[..., ::-1], images)
+    padded = np.pad(flipped, ((0, 0), (0, 0), (shift, shift), (shift, shift)))
+    rows = rng.integers(0, 2 * shift + 1, n)[:, None] + np.arange(h)
+    cols = rng.integers(0, 2 * shift + 1, n)[:, None] + np.arange(w)
+    return np.ascontiguousarray(padded[np.arange(n)[:, None, None], 0, rows[:, :, None], cols[:, None, :]][:, None])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fashion-mnist", help="folder with the IDX files (default: Debian's package)")
@@ -51,6 +63,9 @@ def main():
     p.add_argument("--checkpoints", help="also write every epoch's model to this folder")
     p.add_argument("--patch-size", type=int, default=CONFIG["patch_size"])
     p.add_argument("--depth", type=int, default=CONFIG["depth"], help="encoder blocks")
+    p.add_argument("--lr-decay", type=float, default=LR_DECAY, help="the learning rate's factor after every epoch")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="train on the images as they are (default: flipped and shifted at random, see augmented())")
     args = p.parse_args()
     train_set = datasets.fashion_mnist("train", args.fashion_mnist, dtype=np.float32)
     test_set = datasets.fashion_mnist("test", args.fashion_mnist, dtype=np.float32)
@@ -66,13 +81,15 @@ def _train(net, train_set, test_set, args, config):
     optimizer, accuracies = train.Adam(LR), []
     t = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
-        history = train.fit(net, train_set.images, train_set.labels, epochs=1, batch_size=BATCH, optimizer=optimizer,
-                            seed=args.seed + epoch, lr_decay=LR_DECAY, progress=False)
+        images = augmented(train_set.images, np.random.default_rng([args.seed, epoch])) if args.augment \
+            else train_set.images
+        history = train.fit(net, images, train_set.labels, epochs=1, batch_size=BATCH, optimizer=optimizer,
+                            seed=args.seed + epoch, lr_decay=args.lr_decay, progress=False)
         acc = train.accuracy(net, test_set.images, test_set.labels)
         accuracies.append(round(acc, 4))
         net.meta = {"classes": list(datasets.FASHION_MNIST_CLASSES), "input_range": [0.0, 1.0],
                     "dataset": "Fashion-MNIST", "test_accuracy": acc, "epochs": epoch, "seed": args.seed, "lr": LR,
-                    "lr_decay": LR_DECAY, "batch_size": BATCH, "architecture": config,
+                    "lr_decay": args.lr_decay, "batch_size": BATCH, "augment": args.augment, "architecture": config,
                     "composite": "attnlrp", "trained_by": "data/make_vit.py"}
         if args.checkpoints:
             L.io.save(net, os.path.join(args.checkpoints, f"fashion_vit_epoch{epoch}.npz"))
