@@ -2,6 +2,8 @@
 outputs and gradients to the last digits, finite differences, nested parameter names, saving, training,
 and AttnLRP / CP-LRP through them with a balanced conservation report per primitive."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -216,8 +218,8 @@ def test_train_fit_trains_the_nested_parameters(rng):
     assert all(not np.array_equal(a, b) for a, b in zip(before, after))
 
 
-@pytest.mark.parametrize("name", ["attnlrp", "cp_lrp"])
-def test_lrp_through_the_blocks_equals_the_expanded_primitives(name, rng):
+@pytest.mark.parametrize("name, kw", [("attnlrp", {}), ("attnlrp", {"gamma": 0.25}), ("cp_lrp", {})])
+def test_lrp_through_the_blocks_equals_the_expanded_primitives(name, kw, rng):
     """The composites reach every primitive inside the blocks; expand() gives each its own row of the
     conservation report, every row balances, and the relevance is the nested network's."""
     net = tiny_vit(rng)
@@ -226,8 +228,10 @@ def test_lrp_through_the_blocks_equals_the_expanded_primitives(name, rng):
     np.testing.assert_allclose(flat.forward(x), net.forward(x), rtol=1e-13, atol=1e-14)
     for node in ("0.proj", "3.norm1", "3.self_attn.q", "3.self_attn.attention", "3.linear1", "4.gated", "4.norm"):
         assert node in flat.names, node
-    comp = composites.get(name, epsilon=EPS)
+    comp = composites.get(name, epsilon=EPS, **kw)
     nested, expanded = (explain(n, x, target=1, composite=comp) for n in (net, flat))
+    assert repr(expanded.rules[flat.names.index("3.linear1")]) == ("Gamma(gamma=0.25, epsilon=1e-12)" if kw else
+                                                                   "Epsilon(epsilon=1e-12)")
     np.testing.assert_allclose(expanded.relevance, nested.relevance, rtol=1e-10, atol=1e-13)
     assert np.abs(nested.relevance).max() > 1e-3
     report = expanded.conservation()
@@ -370,3 +374,66 @@ def test_attention_rollout_and_raw_attention_against_hand_computation(rng):
         methods.raw_attention(net, x, layer=2)
     with pytest.raises(ShapeError, match="MultiheadAttention"):
         methods.attention_rollout(L.Sequential(L.Flatten(), L.Linear(64, 3, rng=0)), x)
+
+
+def test_cli_explains_the_shipped_vit_with_attnlrp(tmp_path, capsys):
+    """``lrpnumpy explain fashion_vit IMAGE``: the model's metadata makes AttnLRP the default, and the
+    per-image line adds up with the softmax's share; attention rollout runs as a --method."""
+    from PIL import Image
+    from lrpnumpy.__main__ import main
+    image = (datasets_sample()[0][0, 0] * 255).round().astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "shoe.png")
+    assert main(["explain", "fashion_vit", str(tmp_path / "shoe.png"), "--json", "--npy", str(tmp_path / "r.npy"),
+                 "--out", str(tmp_path / "r.png")]) == 0
+    [row] = json.loads(capsys.readouterr().out)["rows"]
+    net = L.zoo.trained("fashion_vit")
+    assert net.meta["composite"] == "attnlrp" and net.meta["test_accuracy"] >= 0.88
+    x = (image.astype(np.float32) / 255)[None, None]
+    e = explain(net, x, composite=composites.get("attnlrp"))
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), e.relevance, rtol=1e-6, atol=1e-7)
+    total = row["relevance_sum"] + row["absorbed_by_biases"] + row["absorbed_by_stabilizer"] + row["dropped"] + \
+        row["absorbed_by_softmax"]
+    assert abs(total - row["logit"]) <= 1e-4 * abs(row["logit"]) and row["absorbed_by_softmax"] != 0
+    assert main(["explain", "fashion_vit", str(tmp_path / "shoe.png")]) == 0
+    line = capsys.readouterr().out
+    assert "logit" in line and "softmax" in line and "rounding" not in line, line
+    assert main(["explain", "fashion_vit", str(tmp_path / "shoe.png"), "--method", "attention_rollout",
+                 "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)["rows"]
+    assert row["predicted"] == int(e.output.argmax())
+
+
+def datasets_sample():
+    s = L.datasets.sample()
+    return s.images[s.labels == 9], s.labels[s.labels == 9]
+
+
+def test_demo_runs_on_the_vit_with_transformer_methods(tmp_path):
+    from lrpnumpy import demo
+    lines = []
+    e = demo.run(str(tmp_path / "d.png"), model="fashion_vit", out=lines.append)
+    assert "Inner(AttnLRP)" in [repr(r) for r in e.rules]
+    assert "conservation of image 0, attnlrp" in "\n".join(lines) and (tmp_path / "d.png").stat().st_size > 0
+    assert np.abs(e.conservation().residual()).max() < 1e-9
+
+
+def test_every_method_and_composite_explains_a_vit(rng):
+    """Gradient methods, occlusion, the attention methods and both transformer composites on a ViT, also for
+    an empty batch (relevance of x's shape and dtype)."""
+    from lrpnumpy import methods
+    options = {"occlusion": dict(window=4, stride=4), "integrated_gradients": dict(n=4),
+               "smoothgrad": dict(n=2, rng=0)}
+    runs = {name: (lambda net, b, name=name: methods.get(name)(net, b, target=1, **options.get(name, {})))
+            for name in ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "occlusion",
+                         "attention_rollout", "raw_attention")}
+    runs.update({name: (lambda net, b, name=name: explain(net, b, target=1, composite=composites.get(name)))
+                 for name in ("attnlrp", "cp_lrp")})
+    vit = vit_two_blocks(rng)
+    for dtype in (np.float64, np.float32):
+        net = vit.astype(dtype)
+        for n in (2, 0):
+            x = rng.random((n, 1, 8, 8)).astype(dtype)
+            for name, run in runs.items():
+                e = run(net, x)
+                assert e.relevance.shape == x.shape and e.relevance.dtype == dtype, name
+                assert np.isfinite(e.relevance).all() and e.output.shape == (n, 3), name
