@@ -246,10 +246,12 @@ class LRPToolbox(Composite):
 class AttnLRP(Composite):
     """AttnLRP (Achtibat et al., ICML 2024): see :mod:`lrpnumpy.rules_transformer`.
 
-    Linear -> Epsilon (Gamma(gamma) when ``gamma`` is given, as lxt's ViT example), residual Add
-    -> Norm(epsilon), LayerNorm -> LayerNormEpsilon, Softmax -> SoftmaxRule, MatMul and Mul ->
-    Uniform, MultiheadAttention -> Inner (these rules on its primitives); GELU, SiLU, RMSNorm
-    and the rest pass relevance on (the identity rule).
+    Linear and Conv2d (a ViT's patch embedding) -> Epsilon (Gamma(gamma) when ``gamma`` is given, as
+    lxt's ViT example), residual Add -> Norm(epsilon), LayerNorm -> LayerNormEpsilon, Softmax ->
+    SoftmaxRule, MatMul and Mul -> Uniform, MultiheadAttention and the transformer blocks
+    (:class:`~lrpnumpy.layers.transformer.GraphLayer`) -> Inner (these rules on their primitives),
+    PositionEmbedding and ClassToken -> AddedParameter (a bias); GELU, SiLU, RMSNorm and the rest
+    pass relevance on (the identity rule).
     """
 
     def __init__(self, epsilon=1e-6, gamma=None, **kw):

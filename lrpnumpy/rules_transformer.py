@@ -180,7 +180,8 @@ class LayerNormEpsilon(Rule):
 
 
 class Inner(Rule):
-    """A MultiheadAttention's relevance through its primitives, each with the composite's rule.
+    """A MultiheadAttention's (or a transformer block's) relevance through its primitives, each with the
+    composite's rule (its layer-type map: index, name and first-layer maps address the outer network).
 
     The ledger adds up the primitives' ledgers (what the projections' biases, the stabilizers
     and the softmax rule absorbed); :func:`expand` gives each primitive its own row instead.
