@@ -437,3 +437,17 @@ def test_every_method_and_composite_explains_a_vit(rng):
                 e = run(net, x)
                 assert e.relevance.shape == x.shape and e.relevance.dtype == dtype, name
                 assert np.isfinite(e.relevance).all() and e.output.shape == (n, 3), name
+
+
+def test_name_and_index_maps_address_the_outer_network_only(rng):
+    """A composite's name or index map names the outer network's layers; inside a block the type map
+    applies (before, a name map was looked up among the block's nodes and refused)."""
+    from lrpnumpy.rules import Epsilon
+    net = tiny_vit(rng)
+    x = rng.random((2, 1, 8, 8))
+    plain = explain(net, x, target=0, composite=composites.get("attnlrp", epsilon=EPS))
+    head = composites.AttnLRP(epsilon=EPS, name_map={"7": Epsilon(0.5)})
+    last = composites.AttnLRP(epsilon=EPS, index_map={-1: Epsilon(0.5)})  # inside a block: its last Add
+    e = explain(net, x, target=0, composite=head)
+    assert repr(e.rules[7]) == "Epsilon(epsilon=0.5)" and not np.allclose(e.relevance, plain.relevance)
+    np.testing.assert_array_equal(explain(net, x, target=0, composite=last).relevance, e.relevance)
