@@ -16,6 +16,7 @@ from .layers import (LRN, Add, AvgPool2d, BatchNorm2d, ChannelAffine, ChannelShu
                      Tanh)
 from .layers import AdaptiveAvgPool2d, Hardtanh, LeakyReLU, ReLU6
 from .layers import GELU, LayerNorm, MatMul, Mul, MultiheadAttention, RMSNorm, SiLU
+from .layers import ClassToken, PatchEmbedding, PositionEmbedding, SelectToken, SwiGLUBlock, TransformerEncoderLayer
 from .layers import (GRU, LSTM, AvgPool1d, Conv1d, Embedding, GlobalMaxPool1d, MaxPool1d, Sigmoid, SumPool1d,
                      Transpose, sequence_lengths)
 from .rules import LRP0, AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Rho, WinnerTakesAll, WSquare, ZBox, ZPlus
@@ -39,6 +40,7 @@ __all__ = [
     "WinnerTakesAll",
     "Hardtanh", "ReLU6", "LeakyReLU", "AdaptiveAvgPool2d",
     "GELU", "SiLU", "LayerNorm", "RMSNorm", "MatMul", "Mul", "MultiheadAttention",
+    "TransformerEncoderLayer", "SwiGLUBlock", "PatchEmbedding", "ClassToken", "PositionEmbedding", "SelectToken",
     "Embedding", "Transpose", "Sigmoid", "Conv1d", "MaxPool1d", "AvgPool1d", "SumPool1d", "GlobalMaxPool1d", "LSTM",
     "GRU", "sequence_lengths", "TokenSum", "ProductRule", "SignalTakesAll", "HalfHalf", "Proportional", "LRPAll",
     "LRPHalf", "LRPProp",

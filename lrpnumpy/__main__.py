@@ -413,9 +413,10 @@ def _explain(args):
     net = _load_model(args.model, warn=False)
     if args.text is not None or not args.inputs:
         return _explain_text(args, net)
-    args.composite = args.composite or "epsilon_plus"
     x = _read_inputs(args.inputs, net, args.input_range)
     _warn_random(args.model)  # once the inputs fit: a refused input stays the command's one line
+    if not (args.method or args.rule or args.composite):
+        args.composite = str(net.meta.get("composite", "epsilon_plus"))
     if args.method:
         e = _method(args.method)(net, x, args.target)
     elif args.rule:
@@ -435,6 +436,9 @@ def _explain(args):
             for key, column in (("absorbed_by_biases", "bias"), ("absorbed_by_stabilizer", "stabilizer"),
                                 ("dropped", "dropped")):
                 row[key] = float(sum(r[column] for r in ledger))
+            softmax = float(sum(r["softmax"] for r in ledger))
+            if softmax:  # AttnLRP's softmax rule does not pass everything on, by design
+                row["absorbed_by_softmax"] = softmax
             row["explained"] = float(e.layers[-1][i].sum())
         rows.append(row)
     if args.npy:
@@ -507,6 +511,8 @@ def _balance(row):
         return f"logit {row['logit']:.4f}, sum of relevance {row['relevance_sum']:.4f}"
     parts = [("relevance at the input", row["relevance_sum"]), ("biases", row["absorbed_by_biases"]),
              ("stabilizer", row["absorbed_by_stabilizer"]), ("dropped", row["dropped"])]
+    if "absorbed_by_softmax" in row:
+        parts.append(("softmax", row["absorbed_by_softmax"]))
     rest = row["explained"] - sum(v for _, v in parts)
     if abs(rest) >= 5e-5:
         parts.append(("rounding", rest))
@@ -794,8 +800,9 @@ def main(argv=None):
                                     "fortunes_lstm, or a model with meta['text']): prints each word's relevance; "
                                     "--out writes the word heatmap (.html: HTML, else PNG/PDF)")
     how = exp.add_mutually_exclusive_group()
-    how.add_argument("--composite", help="a composite: NAME[:key=value,...], e.g. epsilon_plus:epsilon=0.1 (default "
-                                         "epsilon_plus; lrp_all for a text model with an LSTM or GRU)")
+    how.add_argument("--composite", help="a composite: NAME[:key=value,...], e.g. epsilon_plus:epsilon=0.1 "
+                                         "(default: the model's metadata 'composite', e.g. attnlrp for fashion_vit, "
+                                         "else epsilon_plus; lrp_all for a text model with an LSTM or GRU)")
     how.add_argument("--rule", help="one rule on every Linear/Conv2d layer: NAME[:key=value,...], e.g. "
                                     "epsilon:epsilon=0.25")
     how.add_argument("--method", help="another explanation method instead of LRP's composites: NAME[:key=value,"

@@ -268,20 +268,24 @@ class LRPToolbox(Composite):
 class AttnLRP(Composite):
     """AttnLRP (Achtibat et al., ICML 2024): see :mod:`lrpnumpy.rules_transformer`.
 
-    Linear -> Epsilon (Gamma(gamma) when ``gamma`` is given, as lxt's ViT example), residual Add
-    -> Norm(epsilon), LayerNorm -> LayerNormEpsilon, Softmax -> SoftmaxRule, MatMul and Mul ->
-    Uniform, MultiheadAttention -> Inner (these rules on its primitives); GELU, SiLU, RMSNorm
-    and the rest pass relevance on (the identity rule).
+    Linear and Conv2d (a ViT's patch embedding) -> Epsilon (Gamma(gamma) when ``gamma`` is given, as
+    lxt's ViT example), residual Add -> Norm(epsilon), LayerNorm -> LayerNormEpsilon, Softmax ->
+    SoftmaxRule, MatMul and Mul -> Uniform, MultiheadAttention and the transformer blocks
+    (:class:`~lrpnumpy.layers.transformer.GraphLayer`) -> Inner (these rules on their primitives),
+    PositionEmbedding and ClassToken -> AddedParameter (a bias); GELU, SiLU, RMSNorm and the rest
+    pass relevance on (the identity rule).
     """
 
     def __init__(self, epsilon=1e-6, gamma=None, **kw):
         from .layers import LayerNorm, MatMul, Mul, MultiheadAttention, Softmax
-        from .rules_transformer import Inner, LayerNormEpsilon, SoftmaxRule, Uniform
+        from .layers.transformer import ClassToken, GraphLayer, PositionEmbedding
+        from .rules_transformer import AddedParameter, Inner, LayerNormEpsilon, SoftmaxRule, Uniform
         self.epsilon, self.gamma = epsilon, gamma
         linear = Epsilon(epsilon) if gamma is None else Gamma(gamma, epsilon)
-        super().__init__([(Linear, linear), (Add, Norm(epsilon)), (LayerNorm, LayerNormEpsilon(epsilon)),
+        super().__init__([((Linear, Conv2d), linear), (Add, Norm(epsilon)), (LayerNorm, LayerNormEpsilon(epsilon)),
                           (Softmax, SoftmaxRule()), ((MatMul, Mul), Uniform(epsilon)),
-                          (MultiheadAttention, Inner(self))], **kw)
+                          ((MultiheadAttention, GraphLayer), Inner(self)),
+                          ((PositionEmbedding, ClassToken), AddedParameter(epsilon))], **kw)
 
     def __repr__(self):
         return f"{type(self).__name__}(epsilon={self.epsilon!r}, gamma={self.gamma!r})"
@@ -298,10 +302,12 @@ class CPLRP(Composite):
 
     def __init__(self, epsilon=1e-6, **kw):
         from .layers import LayerNorm, MatMul, Mul, MultiheadAttention
-        from .rules_transformer import HoldConstant, Inner, LayerNormEpsilon
+        from .layers.transformer import ClassToken, GraphLayer, PositionEmbedding
+        from .rules_transformer import AddedParameter, HoldConstant, Inner, LayerNormEpsilon
         self.epsilon = epsilon
-        super().__init__([(Linear, Epsilon(epsilon)), (Add, Norm(epsilon)), (LayerNorm, LayerNormEpsilon(epsilon)),
-                          ((MatMul, Mul), HoldConstant(0, epsilon)), (MultiheadAttention, Inner(self))], **kw)
+        super().__init__([((Linear, Conv2d), Epsilon(epsilon)), (Add, Norm(epsilon)),
+                          (LayerNorm, LayerNormEpsilon(epsilon)), ((MatMul, Mul), HoldConstant(0, epsilon)), ((MultiheadAttention, GraphLayer), Inner(self)),
+                          ((PositionEmbedding, ClassToken), AddedParameter(epsilon))], **kw)
 
     def __repr__(self):
         return f"{type(self).__name__}(epsilon={self.epsilon!r})"

@@ -13,8 +13,10 @@ AttnLRP's rules, each a :class:`~lrpnumpy.rules.Rule` object:
 * Softmax: :class:`SoftmaxRule`, ``R_in = x (R - s sum(R))`` (their Proposition 3.1);
 * MatMul and Mul of two activations: :class:`Uniform`, the epsilon rule on the bilinear map
   with each input taking half (their Proposition 3.3);
-* MultiheadAttention: :class:`Inner`, the composite's rules on each primitive of
-  :meth:`~lrpnumpy.layers.MultiheadAttention.graph`.
+* MultiheadAttention and the blocks of :mod:`lrpnumpy.layers.transformer`: :class:`Inner`, the
+  composite's rules on each primitive of their ``graph()``;
+* a parameter added in the graph (a ViT's position embedding and class token):
+  :class:`AddedParameter`, the epsilon rule with the parameter as a bias.
 
 CP-LRP differs in that the attention weights (and a gate) are held constant:
 :class:`HoldConstant` on MatMul and Mul sends all relevance through the other input, so relevance
@@ -32,6 +34,7 @@ import numpy as np
 
 from .errors import RuleParameterError, UnsupportedLayerError
 from .layers import LayerNorm, MultiheadAttention, Softmax
+from .layers.transformer import ClassToken, GraphLayer, PositionEmbedding
 from .layers.base import per_sample_sum
 from .rules import Rule, _check_epsilon
 from .stabilize import stabilize
@@ -171,7 +174,8 @@ class LayerNormEpsilon(Rule):
 
 
 class Inner(Rule):
-    """A MultiheadAttention's relevance through its primitives, each with the composite's rule.
+    """A MultiheadAttention's (or a transformer block's) relevance through its primitives, each with the
+    composite's rule (its layer-type map: index, name and first-layer maps address the outer network).
 
     The ledger adds up the primitives' ledgers (what the projections' biases, the stabilizers
     and the softmax rule absorbed); :func:`expand` gives each primitive its own row instead.
@@ -192,12 +196,14 @@ class Inner(Rule):
         return self
 
     def _propagate(self, step, R):
-        from .composites import default_rule
-        if not isinstance(step.layer, MultiheadAttention):
-            raise UnsupportedLayerError(f"{self!r} applies to MultiheadAttention, not to {step.layer!r}")
+        from .composites import Composite, default_rule
+        if not isinstance(step.layer, (MultiheadAttention, GraphLayer)):
+            raise UnsupportedLayerError(f"{self!r} applies to MultiheadAttention and transformer blocks (GraphLayer), "
+                                        f"not to {step.layer!r}")
         graph, trace = step.state
-        rules = [r if r is not None else default_rule(layer)
-                 for r, layer in zip(self.composite.rules(graph), graph)]
+        # the type map only: index, name and first-layer maps address the outer network's layers
+        inner = Composite(self.composite.layer_map)
+        rules = [r if r is not None else default_rule(layer) for r, layer in zip(inner.rules(graph), graph)]
         absorbed = {}
 
         def visit(s, R_out):
@@ -207,3 +213,34 @@ class Inner(Rule):
             return R_in
         return trace.reverse(R, visit), absorbed
 
+
+
+class AddedParameter(Rule):
+    r"""A learned array added in the graph, treated as a bias: the position embedding, the class token.
+
+    :class:`~lrpnumpy.layers.PositionEmbedding` (``y = x + p``): the epsilon rule on that affine map,
+
+    .. math:: R_{\mathrm{in}} = x \frac{R}{y + \epsilon\,\mathrm{sign}(y)}
+
+    the embedding absorbs ``sum p R / stabilize(y)`` (the ledger's ``bias``).
+    :class:`~lrpnumpy.layers.ClassToken` (the token put first): the tokens keep their relevance and
+    the class token's position is absorbed (``bias``).  With epsilon 0 both are what the gradient
+    times the input gives (lxt's treatment of an added parameter).
+
+    Parameters
+    ----------
+    epsilon : float, optional
+    """
+
+    def __init__(self, epsilon=1e-6):
+        self.epsilon = _check_epsilon(epsilon)
+
+    def _propagate(self, step, R):
+        layer = step.layer
+        if isinstance(layer, ClassToken):
+            return np.ascontiguousarray(R[:, 1:]), {"bias": per_sample_sum(R[:, :1])}
+        if not isinstance(layer, PositionEmbedding):
+            raise UnsupportedLayerError(f"{self!r} applies to PositionEmbedding and ClassToken, not to {layer!r}")
+        s, ledger = _stabilized(step.output, R, self.epsilon)            # steps 1-2: z = x + p, s = R / stabilize(z)
+        ledger["bias"] = per_sample_sum(s * layer.pos_embedding)
+        return step.input * s, ledger                                    # steps 3-4: c = s (identity), R = x * c

@@ -98,9 +98,11 @@ MODELS = {"lenet5": lenet5, "toolbox_lenet": toolbox_lenet, "vgg16": vgg16, "res
 
 
 #: The trained Fashion-MNIST models shipped as package data, ``lrpnumpy/data/NAME.npz`` (their test
-#: accuracy and how to train them again: the repository's ``data/README.rst``); the last two are the
-#: Clever Hans model (a planted mark on half of its Shirt training images) and its clean twin.
-TRAINED = ("fashion_mlp", "fashion_cnn_sumpool", "fashion_cnn_maxpool", "fashion_clever_hans", "fashion_clean")
+#: accuracy and how to train them again: the repository's ``data/README.rst``); ``fashion_clever_hans`` and
+#: ``fashion_clean`` are the Clever Hans model (a planted mark on half of its Shirt training images) and its
+#: clean twin; ``fashion_vit`` is a small vision transformer (its metadata names ``"attnlrp"`` as its composite).
+TRAINED = ("fashion_mlp", "fashion_cnn_sumpool", "fashion_cnn_maxpool", "fashion_clever_hans", "fashion_clean",
+           "fashion_vit")
 #: The text classifiers shipped as package data (quotations in six categories, :func:`lrpnumpy.text.fortunes`):
 #: a bag of words, an embedding + 1-D CNN and a bidirectional LSTM; read text with :func:`lrpnumpy.text.text_model`.
 TEXT_TRAINED = ("fortunes_bow", "fortunes_cnn", "fortunes_lstm")

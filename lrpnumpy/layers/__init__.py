@@ -15,6 +15,8 @@ from .sequential import Network, Sequential
 from .shape import Dropout, Flatten
 from .attention import GELU, CausalMask, MatMul, MergeHeads, Mul, MultiheadAttention, Scale, SiLU, SplitHeads, expand
 from .transformer_norm import LayerNorm, RMSNorm
+from .transformer import (ClassToken, GraphLayer, PatchEmbedding, PositionEmbedding, SelectToken, SwiGLUBlock,
+                          ToTokens, TransformerEncoderLayer)
 
 #: The layers with connection weights (output units on the weight's first axis): what the named
 #: composites call weighted (Zennit's Linear and Convolution), PatternNet fits patterns for and
@@ -26,5 +28,7 @@ __all__ = ["WEIGHTED", "Layer", "AffineLayer", "Linear", "Conv2d", "ReLU", "Tanh
            "ChannelAffine", "ChannelShuffle", "Network", "Sequential", "Graph", "Hardtanh", "ReLU6", "LeakyReLU",
            "AdaptiveAvgPool2d", "GELU", "SiLU", "Scale", "CausalMask", "SplitHeads", "MergeHeads", "MatMul", "Mul",
            "MultiheadAttention", "LayerNorm", "RMSNorm", "expand",
+           "GraphLayer", "TransformerEncoderLayer", "SwiGLUBlock", "PatchEmbedding", "ToTokens", "ClassToken",
+           "PositionEmbedding", "SelectToken",
            "Embedding", "Transpose", "Sigmoid", "Conv1d", "MaxPool1d", "AvgPool1d", "SumPool1d", "GlobalMaxPool1d",
            "LSTM", "GRU", "sequence_lengths"]

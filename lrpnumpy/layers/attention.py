@@ -408,10 +408,12 @@ __all__ = ["GELU", "SiLU", "Scale", "CausalMask", "SplitHeads", "MergeHeads", "M
 
 
 def expand(net):
-    """``net`` (a Graph or Sequential) with every MultiheadAttention node replaced by its primitives.
+    """``net`` (a Graph or Sequential) with every MultiheadAttention node, and every block of
+    :mod:`lrpnumpy.layers.transformer` (a layer with a ``graph()``), replaced by its primitives, recursively.
 
     A node ``"attn"`` becomes ``"attn.q"``, ``"attn.k"``, ..., ``"attn.attention"``, ...; its
-    output projection keeps the name ``"attn"``, so the nodes that read it are unchanged.  The
+    output projection (a block's output node) keeps the name ``"attn"``, so the nodes that read it
+    are unchanged; a block ``"b"`` gives ``"b.norm1"``, ``"b.self_attn.q"``, ....  The
     primitives' parameters are views of the attention's, so the expanded network computes the
     same function and gets the same relevance; its conservation report has a row per primitive
     (the softmax's share, each projection's bias).
@@ -419,17 +421,20 @@ def expand(net):
     from .sequential import Sequential
     if isinstance(net, Sequential):
         names = [str(i) for i in range(len(net))]
-        nodes = [(n, layer, "input" if i == 0 else names[i - 1]) for i, (n, layer) in enumerate(zip(names, net))]
+        nodes = [(n, layer, ("input",) if i == 0 else (names[i - 1],)) for i, (n, layer) in enumerate(zip(names, net))]
         input_name, output = "input", names[-1]
     else:
         nodes, input_name, output = net.nodes(), net.input_name, net.output
-    out = []
+    out, nested = [], False
     for name, layer, inputs in nodes:
-        if not isinstance(layer, MultiheadAttention):
+        if not (isinstance(layer, MultiheadAttention) or callable(getattr(type(layer), "graph", None))):
             out.append((name, layer, inputs))
             continue
         inner = layer.graph()
-        rename = {n: name if n == "out_proj" else f"{name}.{n}" for n in inner.names}
+        rename = {n: name if n == inner.output else f"{name}.{n}" for n in inner.names}
         rename[inner.input_name] = inputs[0]
         out += [(rename[n], sub, [rename[p] for p in inner.inputs[n]]) for n, sub in zip(inner.names, inner)]
-    return Graph(out, output=output, input_name=input_name, input_shape=net.input_shape, meta=net.meta)
+        nested = nested or any(isinstance(sub, MultiheadAttention) or callable(getattr(type(sub), "graph", None))
+                               for sub in inner)
+    flat = Graph(out, output=output, input_name=input_name, input_shape=net.input_shape, meta=net.meta)
+    return expand(flat) if nested else flat

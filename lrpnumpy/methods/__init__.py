@@ -6,6 +6,7 @@
 * modified backward passes (:mod:`.backprop`): ``deconvnet``, ``guided_backprop``, ``deeplift``;
 * perturbation (:mod:`.perturbation`): ``occlusion``;
 * class activation maps (:mod:`.cam`): ``grad_cam`` and ``interpolate``;
+* attention (:mod:`.attention`): ``attention_rollout``, ``raw_attention``;
 * signal and attribution from patterns fitted to data (:mod:`.patterns`): ``fit_patterns``,
   ``pattern_net``, ``pattern_attribution``;
 * tricks around any method (:mod:`.tricks`): ``translation_trick``, ``sliding_window``,
@@ -27,6 +28,7 @@ from .backprop import deconvnet, deeplift, guided_backprop
 from .perturbation import occlusion
 from .cam import grad_cam, interpolate, layer_index
 from .patterns import fit_patterns, pattern_attribution, pattern_net
+from .attention import attention_rollout, attention_weights, raw_attention
 from .tricks import channel_mask, contrastive, internal_influence, shift, sliding_window, top_units, translation_trick
 
 #: Method name -> ``method(model, x, target=None, **kwargs) -> Explanation``.
@@ -56,4 +58,4 @@ __all__ = ["deconvnet", "deeplift", "grad_cam", "gradient", "gradient_x_input", 
            "sensitivity", "simple_taylor", "smoothgrad",
            "REGISTRY", "register", "get", "interpolate", "layer_index", "walk", "find_root", "shift",
            "translation_trick", "sliding_window", "contrastive", "internal_influence", "top_units", "channel_mask",
-           "fit_patterns"]
+           "fit_patterns", "attention_rollout", "raw_attention", "attention_weights"]
