@@ -157,7 +157,8 @@ class Layer:
     #: ``y[i] = f(x[i])`` entry by entry, any shape: the layer may be run on any subset of entries
     #: (the incremental engine does) and gets DeepLIFT's Rescale rule.
     elementwise = False
-    #: Only moves values (reshape, permutation, split, join): its backward pass is relevance's
+    #: Only moves values (reshape, permutation, split, join, selection: each output entry is one
+    #: input entry, none taken twice): its backward pass is relevance's
     #: too (the Pass rule uses it).
     rearranges = False
     #: Several inputs multiplied together (an elementwise or a matrix product of two activations):
