@@ -38,6 +38,7 @@ from .explain import explain, logit_network, target_onehot, without_softmax
 from .layers import (Add, AvgPool2d, BatchNorm2d, ChannelAffine, ChannelShuffle, Concat, Conv2d, Dropout, Flatten,
                      GlobalAvgPool2d, Graph, Linear, MaxPool2d, ReLU, SumPool2d, Tanh)
 from .layers import AdaptiveAvgPool2d, Hardtanh, LeakyReLU, ReLU6
+from .layers import GRU, LSTM, AvgPool1d, Conv1d, Embedding, GlobalMaxPool1d, MaxPool1d, Sigmoid, SumPool1d, Transpose
 from .rules import (AlphaBeta, Epsilon, Flat, Gamma, Rho, WSquare, ZBox, ZPlus)
 
 ZENNIT_RULE_METHODS = ("epsilon", "zplus", "alpha_beta_2_1", "alpha_beta_1_0", "gamma", "zbox", "flat", "wsquare")
@@ -293,6 +294,81 @@ def _channel_affine(nn, layer):
 
 
 TORCH_MODULES.update({Add: _add, Concat: _concat, ChannelShuffle: _shuffle, ChannelAffine: _channel_affine})
+
+
+# ----- sequence layers (issue 28): the modules torch text models are built of -----
+
+def _pad_1d(layer):
+    left, right = layer.padding[2:]
+    if left != right:
+        raise UnsupportedLayerError(f"{layer!r}: asymmetric padding has no direct PyTorch equivalent here")
+    return left
+
+
+def _embedding(nn, layer):
+    class Embedding(nn.Embedding):  # the network's input holds the ids as whole floats
+        def forward(self, x):
+            return super().forward(x.long())
+    return Embedding(layer.num_embeddings, layer.embedding_dim, device="meta")
+
+
+def _sum_pool_1d(nn, layer):
+    factor = layer.kernel_size[1] * layer.scale
+
+    class SumPool1d(nn.AvgPool1d):  # an average pool scaled back to a sum, as SumPool2d's
+        def forward(self, x):
+            return super().forward(x) * factor
+    return SumPool1d(layer.kernel_size[1], layer.stride[1], _pad_1d(layer), count_include_pad=True)
+
+
+def _global_max_1d(nn, layer):
+    class GlobalMaxPool1d(nn.Module):
+        def forward(self, x):
+            return x.amax(dim=2)
+    return GlobalMaxPool1d()
+
+
+def _transpose(nn, layer):
+    class Transpose(nn.Module):
+        def forward(self, x):
+            return x.permute(*layer.perm)
+    return Transpose()
+
+
+def _recurrent(nn, layer):
+    """``torch.nn.LSTM`` / ``GRU`` (batch first) with the layer's weights (direction k is torch's suffix
+    ``_reverse`` for k = 1); output the sequence, or the final states of the directions side by side."""
+    torch = _torch()
+    cell = getattr(nn, type(layer).__name__)(layer.input_size, layer.hidden_size, batch_first=True,
+                                             bidirectional=layer.bidirectional, dtype=torch.float64)
+    for name in layer.params:
+        for k in range(layer.dirs):
+            value = torch.from_numpy(np.array(getattr(layer, name)[k], dtype=np.float64))
+            setattr(cell, f"{name}_l0{'_reverse' if k else ''}", nn.Parameter(value, requires_grad=False))
+    last = layer.output == "last"
+
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = cell
+
+        def forward(self, x):
+            out, h = self.rnn(x)
+            h = h[0] if isinstance(h, tuple) else h
+            return torch.cat(list(h), dim=1) if last else out
+    return Recurrent()
+
+
+TORCH_MODULES.update({
+    Embedding: _embedding,
+    Conv1d: lambda nn, m: nn.Conv1d(m.in_channels, m.out_channels, m.kernel_size[1], stride=m.stride[1],
+                                    padding=_pad_1d(m), dilation=m.dilation[1], groups=m.groups,
+                                    bias=m.bias is not None, device="meta"),
+    MaxPool1d: lambda nn, m: nn.MaxPool1d(m.kernel_size[1], m.stride[1], _pad_1d(m)),
+    AvgPool1d: lambda nn, m: nn.AvgPool1d(m.kernel_size[1], m.stride[1], _pad_1d(m), count_include_pad=True),
+    SumPool1d: _sum_pool_1d, GlobalMaxPool1d: _global_max_1d, Transpose: _transpose,
+    Sigmoid: lambda nn, m: nn.Sigmoid(), LSTM: _recurrent, GRU: _recurrent,
+})
 
 
 def _with_params(nn, module, layer, tensor):

@@ -728,10 +728,14 @@ def _fold_node(n, consts, producer, shapes, tags, batch):
     try:
         with np.errstate(all="ignore"):
             out = _evaluate(n, op, vals)
+    except LRPError:
+        raise
     except (ValueError, IndexError, TypeError, OverflowError) as exc:
         raise ModelFormatError(f"{n.label}: cannot evaluate it on its constant inputs of shapes "
                                f"{brief([None if v is None else np.shape(v) for v in vals])}: {brief(str(exc))}") from None
-    if out.dtype.kind == "f" and not np.isfinite(out).all():
+    # arithmetic makes new values (its result was counted); the rest rearrange finite constants, maybe as views
+    if op in ("Add", "Sub", "Mul", "Div", "Mod", "Sqrt", "Neg", "Cast", "Range") and out.dtype.kind == "f" \
+            and not np.isfinite(out).all():
         raise ModelFormatError(f"{n.label}: evaluating it on its constants gives NaN or infinity")
     consts[node.output[0]] = out
     return True
