@@ -266,7 +266,10 @@ def _convert(model, where, onnx, numpy_helper, limits):
     producer, shapes = {inp.name: Lyr.graph.INPUT}, {Lyr.graph.INPUT: shape}
     gnodes, layer_of, taken = [], {}, {Lyr.graph.INPUT}
     tags, batch = {}, dims[0] if dims and dims[0] else 1  # see _sequence_node; Shape's batch entry
+    region = _Region(nodes, inp.name)  # nodes taken into a pattern (an attention block) are skipped
     for node in nodes:
+        if id(node) in region.skip:
+            continue
         n = _Node(node, where, limits)
         if _fold_node(n, consts, producer, shapes, tags, batch):  # shape arithmetic, folded into constants
             continue
@@ -281,7 +284,7 @@ def _convert(model, where, onnx, numpy_helper, limits):
             if extra and uses.get(extra):
                 raise n.unsupported(f"its second output {extra!r} is used; only the first output is supported")
         ins = [producer[i] for i in data]
-        made = _sequence_node(n, consts, data, ins, [shapes[i] for i in ins], tags, dtype, uses)
+        made = _sequence_node(n, consts, data, ins, [shapes[i] for i in ins], tags, dtype, uses, region)
         if made is not None:  # sequence layouts, recurrent nodes, embeddings, 1-D operators
             name = None
             for k, (out, layer, src, tag) in enumerate(made):
@@ -844,7 +847,7 @@ def _onnx_shape(n, ours, tag):
     raise n.unsupported(f"Shape of a value in layout {kind!r}")
 
 
-def _sequence_node(n, consts, data, ins, in_shapes, tags, dtype, uses):
+def _sequence_node(n, consts, data, ins, in_shapes, tags, dtype, uses, region=None):
     """The layers for a node of a sequence model, as ``[(onnx output, layer or None, source node, tag), ...]``
     (a source None: the entry before's layer), or None when the general handlers apply.
 
@@ -866,6 +869,8 @@ def _sequence_node(n, consts, data, ins, in_shapes, tags, dtype, uses):
             raise n.unsupported("on activations (it is supported only on constants, evaluated at load time); "
                                 f"supported on activations: {', '.join(sorted(set(_HANDLERS) | set(SEQUENCE_OPS)))}")
         return None
+    if op == "MatMul" and tag == [("seq-first",)] and region is not None:  # torch's MultiheadAttention export
+        return _attention_block(n, consts, ins[0], in_shapes[0], region, dtype)
     if any(tag) and op not in ("Transpose", "Squeeze", "Gather", "Concat", "Reshape", "Slice", "LSTM", "GRU"):
         kinds = sorted({t[0] for t in tag if t})
         raise n.unsupported(f"reads a value in ONNX's sequence layout {brief(kinds)} (a recurrent node's output or "
@@ -1126,6 +1131,171 @@ def _recurrent_node(n, consts, data, ins, in_shapes, tags, dtype, uses):
     return made
 
 SUPPORTED = SUPPORTED + tuple(op for op in SEQUENCE_OPS + FOLDED if op not in SUPPORTED)
+
+# ----- transformers: layer normalisation, GELU, torch's attention block -----
+
+class _Region:
+    """The graph's nodes with their readers, and the nodes a pattern has taken (skipped by the main loop)."""
+
+    def __init__(self, nodes, data_input):
+        self.nodes, self.skip, self.readers, self.data = nodes, set(), {}, {data_input}
+        for node in nodes:
+            for name in node.input:
+                if name:
+                    self.readers.setdefault(name, []).append(node)
+            if node.op_type != "Shape" and any(i in self.data for i in node.input):  # Shape gives static values
+                self.data.update(o for o in node.output if o)
+
+    def one_reader(self, name, op=None):
+        r = self.readers.get(name, [])
+        return r[0] if len(r) == 1 and (op is None or r[0].op_type == op) else None
+
+
+#: Most nodes one attention block may span (torch's export of nn.MultiheadAttention has about 80).
+MAX_BLOCK_NODES = 400
+
+
+def _attention_block(n, consts, src, shape, region, dtype):
+    """torch's export of ``nn.MultiheadAttention`` (self-attention, batch first) as lrpnumpy's MultiheadAttention.
+
+    The block starts at the input projection ``MatMul`` (tokens transposed to (T, N, E), weight (E, 3E)) and ends
+    at the ``Transpose (1, 0, 2)`` after the output projection (``Gemm``, weight (E, E), reshaped back to
+    (T, N, E)); what lies between (the q/k/v split, the heads' reshapes and transposes, the scaling by
+    ``head_dim ** -1/4`` on each side, the scores' MatMul, an optional causal mask, Softmax, the context's
+    MatMul) must read nothing from outside but constants.  The number of heads is read from the constant
+    target shape (N, H, T, head_dim) the exporter reshapes to."""
+    w = _weight(n, consts, 1, dtype, "the input projection")
+    if w is None or w.ndim != 2 or w.shape[1] != 3 * w.shape[0] or shape is None or shape[-1] != w.shape[0]:
+        raise n.unsupported("a MatMul on tokens transposed to (T, N, E): only torch's attention block (an input "
+                            "projection of shape (E, 3E)) is supported")
+    e = w.shape[0]
+    inside, end, todo = [], None, [n.node.output[0]]
+    seen = set()
+    while todo:
+        name = todo.pop()
+        for node in region.readers.get(name, []):
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            inside.append(node)
+            if len(inside) > MAX_BLOCK_NODES:
+                raise n.unsupported(f"the attention block spans more than {MAX_BLOCK_NODES} nodes")
+            if node.op_type == "Transpose" and _perm(node) == [1, 0, 2]:
+                prev = [m for m in inside if node.input[0] in m.output]
+                if prev and prev[0].op_type == "Reshape" and \
+                        any(m.op_type == "Gemm" and prev[0].input[0] in m.output for m in inside):
+                    if end is not None:
+                        raise n.unsupported("the attention block has two ends")
+                    end = node
+                    continue
+            todo.extend(o for o in node.output if o)
+    if end is None:
+        raise n.unsupported("no end of the attention block (the output projection's Gemm, Reshape to (T, N, E) and "
+                            "Transpose (1, 0, 2)) was found")
+    made = {o for m in inside for o in m.output} | set(n.node.output)
+    for node in inside:
+        if node is end:
+            continue
+        outside = [i for i in node.input if i and i not in made and i not in consts and i in region.data]
+        if outside:
+            raise n.unsupported(f"node {brief(node.name)!r} ({node.op_type}) of the attention block reads "
+                                f"{brief(outside)}, which is neither computed in the block nor a constant")
+        for o in node.output:
+            strangers = [r for r in region.readers.get(o, []) if r not in inside]
+            if strangers:
+                raise n.unsupported(f"a value of the attention block ({brief(o)!r}) is read outside it, by "
+                                    f"{brief(strangers[0].name)!r} ({strangers[0].op_type})")
+    ops = {m.op_type for m in inside}
+    allowed = {"Add", "Reshape", "Unsqueeze", "Transpose", "Squeeze", "Gather", "Mul", "MatMul", "Softmax", "Shape",
+               "Slice", "Cast", "Sqrt", "Div", "Gemm", "Concat", "Constant", "Mod", "Where", "Split"}
+    if ops - allowed:
+        raise n.unsupported(f"the attention block holds {brief(sorted(ops - allowed))}; torch's export of "
+                            f"nn.MultiheadAttention holds only {', '.join(sorted(allowed))}")
+    bias_node = region.one_reader(n.node.output[0], "Add")
+    bias = None
+    if bias_node is not None:
+        other = [i for i in bias_node.input if i != n.node.output[0]]
+        bias = consts.get(other[0]) if other else None
+        if bias is None or bias.shape != (3 * e,):
+            raise n.unsupported("the input projection's Add must add a constant bias of shape (3E,)")
+    gemm = next(m for m in inside if m.op_type == "Gemm")
+    g = _Node(gemm, n.where, n.limits)
+    if g.get("transA", 0) or _finite_attr(g, "alpha", dtype) != 1 or _finite_attr(g, "beta", dtype) != 1:
+        raise g.unsupported("the output projection must be a plain Gemm (alpha = beta = 1, transA = 0)")
+    wo, bo = _weight(g, consts, 1, dtype, "B"), _weight(g, consts, 2, dtype, "C")
+    wo = wo if g.get("transB", 0) else wo.T
+    if wo.shape != (e, e) or (bo is not None and bo.size != e):
+        raise g.unsupported(f"the output projection's weight {brief(wo.shape)} is not (E, E) = ({e}, {e})")
+    heads = {int(np.asarray(consts[m.input[1]]).ravel()[1]) for m in inside if m.op_type == "Reshape"
+             and m.input[1] in consts and np.asarray(consts[m.input[1]]).size == 4}
+    heads = {h for h in heads if h >= 1 and e % h == 0}
+    if len(heads) != 1:
+        raise n.unsupported("the number of heads cannot be read: the block's reshape to (N, H, T, head_dim) must "
+                            "have a constant target shape (export with a fixed batch size)")
+    causal = False
+    softmax = [m for m in inside if m.op_type == "Softmax"]
+    if len(softmax) != 1 or _Node(softmax[0], n.where).get("axis", -1) not in (-1, 3):
+        raise n.unsupported("the attention block must hold one Softmax over the keys (axis -1)")
+    for m in inside:  # a mask added to the scores: only the causal one
+        masks = [consts[i] for i in m.input if i in consts and np.ndim(consts[i]) >= 2] if m.op_type in ("Add",
+                                                                                                         "Where") else []
+        for mask in masks:
+            t = mask.shape[-1]
+            n.limits.count(n.label, "the attention mask", mask.shape)
+            future = np.triu(np.ones((t, t), bool), 1)
+            m2 = np.asarray(mask).reshape(-1, t, t)
+            if mask.dtype == bool and m.op_type == "Where":
+                ok = all((np.array_equal(k, future) or np.array_equal(k, ~future)) for k in m2)
+            else:
+                ok = all(np.all(np.isneginf(k) == future) and np.all(k[~future] == 0) for k in m2)
+            if not ok or t != shape[0]:
+                raise n.unsupported(f"node {brief(m.name)!r} ({m.op_type}) adds an attention mask other than the "
+                                    f"causal one (the future at -inf)")
+            causal = True
+    layer = Lyr.MultiheadAttention(e, heads.pop(), bias=bias is not None or bo is not None, causal=causal,
+                                   dtype=dtype)
+    n.limits.take(n.label, "the attention weights", [4 * e * e + 4 * e])
+    layer.in_proj_weight = np.ascontiguousarray(w.T)
+    layer.out_proj_weight = np.ascontiguousarray(wo)
+    if layer.in_proj_bias is not None:
+        layer.in_proj_bias = np.zeros(3 * e, dtype) if bias is None else bias.astype(dtype)
+        layer.out_proj_bias = np.zeros(e, dtype) if bo is None else bo.reshape(-1).astype(dtype)
+    region.skip.update(id(m) for m in inside)
+    return [(end.output[0], layer, src, None)]
+
+
+def _perm(node):
+    return [list(a.ints) for a in node.attribute if a.name == "perm"][0] if any(
+        a.name == "perm" for a in node.attribute) else None
+
+
+def _layer_normalization(n, consts, prev, shape, opset, dtype, n_in):
+    """``LayerNormalization`` (opset 17) over the last axis, with constant scale and bias."""
+    axis = int(n.get("axis", -1))
+    if shape is None or axis not in (-1, len(shape)):
+        raise n.unsupported(f"axis={axis}: only normalising the last axis (of a static shape) is supported")
+    if n.get("stash_type", 1) != 1 and dtype == np.float32:
+        raise n.unsupported("stash_type other than float32")
+    scale, bias = _weight(n, consts, 1, dtype, "Scale"), _weight(n, consts, 2, dtype, "B")
+    d = shape[-1]
+    if scale is None or scale.size != d or (bias is not None and bias.size != d):
+        raise n.unsupported(f"Scale and B must hold one value per feature ({d})")
+    layer = Lyr.LayerNorm(d, eps=float(n.get("epsilon", 1e-5)), dtype=dtype)
+    layer.weight = scale.reshape(d)
+    layer.bias = np.zeros(d, dtype) if bias is None else bias.reshape(d)
+    return [layer]
+
+
+def _gelu(n, consts, prev, shape, opset, dtype, n_in):
+    approximate = n.get("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise n.unsupported(f"approximate={approximate!r}")
+    return [Lyr.GELU(approximate)]
+
+
+_HANDLERS.update({"LayerNormalization": _layer_normalization, "Gelu": _gelu})
+SUPPORTED = SUPPORTED + ("LayerNormalization", "Gelu")
+
 
 # ----- writing -----
 
