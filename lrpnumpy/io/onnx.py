@@ -368,9 +368,15 @@ def _array(numpy_helper, tensor, where):
 
 def _constant_value(n, numpy_helper, limits):
     value = _constant_attr(n, numpy_helper, limits)
-    if value.dtype.kind == "f" and not np.isfinite(value).all():
+    if value.dtype.kind == "f" and not np.isfinite(value).all() and not _is_mask(value):
         raise ModelFormatError(f"{n.label}: the constant holds NaN or infinity")
     return value
+
+
+def _is_mask(value):
+    """Whether ``value`` is an additive attention mask: (..., T, T) of zeros and -inf (a weight never is: see
+    :func:`_weight`)."""
+    return value.ndim >= 2 and value.shape[-1] == value.shape[-2] and bool(np.all((value == 0) | np.isneginf(value)))
 
 
 def _constant_attr(n, numpy_helper, limits):
@@ -452,6 +458,8 @@ def _weight(n, consts, i, dtype, what):
     if w.dtype.kind != "f":
         raise ModelFormatError(f"{n.label}: {what} {brief(name)!r} has dtype {w.dtype}, expected floats")
     n.limits.take(n.label, f"{what} {brief(name)!r} of shape {brief(w.shape)}", w.shape)  # before it is copied
+    if not np.isfinite(w).all():  # an attention mask (zeros and -inf) is no weight
+        raise ModelFormatError(f"{n.label}: {what} {brief(name)!r} holds infinity")
     return np.array(w, dtype=dtype)  # a copy: constants may be read-only views
 
 
@@ -863,12 +871,17 @@ def _sequence_node(n, consts, data, ins, in_shapes, tags, dtype, uses, region=No
     """
     op = n.node.op_type
     tag = [tags.get(i) for i in data]
-    if not any(tag) and op not in SEQUENCE_OPS and not (op in ("Conv", "MaxPool", "AveragePool")
-                                                          and _is_1d(n, consts)):
+    if not any(tag) and op not in SEQUENCE_OPS + ("Div",) and not (op in ("Conv", "MaxPool", "AveragePool")
+                                                                    and _is_1d(n, consts)):
         if op not in _HANDLERS:
             raise n.unsupported("on activations (it is supported only on constants, evaluated at load time); "
                                 f"supported on activations: {', '.join(sorted(set(_HANDLERS) | set(SEQUENCE_OPS)))}")
         return None
+    if region is not None and not any(tag) and op in ("ReduceMean", "Div"):
+        found = (_decomposed_layernorm if op == "ReduceMean" else _erf_gelu)(n, consts, data, src_of(ins), in_shapes,
+                                                                              region, dtype)
+        if found is not None:
+            return found
     if op == "MatMul" and tag == [("seq-first",)] and region is not None:  # torch's MultiheadAttention export
         return _attention_block(n, consts, ins[0], in_shapes[0], region, dtype)
     if any(tag) and op not in ("Transpose", "Squeeze", "Gather", "Concat", "Reshape", "Slice", "LSTM", "GRU"):
@@ -1295,6 +1308,108 @@ def _gelu(n, consts, prev, shape, opset, dtype, n_in):
 
 _HANDLERS.update({"LayerNormalization": _layer_normalization, "Gelu": _gelu})
 SUPPORTED = SUPPORTED + ("LayerNormalization", "Gelu")
+
+
+def src_of(ins):
+    return ins[0] if ins else None
+
+
+def _const_of(node, consts, data_name):
+    """The constant input of a two-input ``node`` whose other input is ``data_name`` (None if it has none)."""
+    if node is None or len(node.input) != 2 or data_name not in node.input:
+        return None
+    other = node.input[1] if node.input[0] == data_name else node.input[0]
+    return None if other not in consts else np.asarray(consts[other])
+
+
+def _last_axis(n, consts, node, rank):
+    axes = [list(a.ints) for a in node.attribute if a.name == "axes"]
+    if not axes and len(node.input) > 1 and node.input[1] in consts:
+        axes = [_shape_values(n, consts[node.input[1]], "its axes input")]
+    keep = [a.i for a in node.attribute if a.name == "keepdims"]
+    return bool(axes) and [a % rank for a in axes[0]] == [rank - 1] and (not keep or keep[0] == 1)
+
+
+def _decomposed_layernorm(n, consts, data, src, in_shapes, region, dtype):
+    """``ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div[, Mul weight][, Add bias]`` over the last axis (what
+    torch exports a LayerNorm as before opset 17) as one LayerNorm; None when the nodes do not match."""
+    x, shape = data[0], in_shapes[0]
+    if shape is None or not _last_axis(n, consts, n.node, len(shape) + 1):
+        return None
+    rank, mean = len(shape) + 1, n.node.output[0]
+    sub = region.one_reader(mean, "Sub")
+    if sub is None or list(sub.input) != [x, mean]:
+        return None
+    readers = region.readers.get(sub.output[0], [])
+    pow_ = next((r for r in readers if r.op_type == "Pow"), None)
+    div = next((r for r in readers if r.op_type == "Div"), None)
+    if len(readers) != 2 or pow_ is None or div is None or pow_.input[0] != sub.output[0] or \
+            not np.array_equal(_const_of(pow_, consts, sub.output[0]), 2):
+        return None
+    var = region.one_reader(pow_.output[0], "ReduceMean")
+    if var is None or not _last_axis(n, consts, var, rank):
+        return None
+    add = region.one_reader(var.output[0], "Add")
+    eps = _const_of(add, consts, var.output[0])
+    sqrt = add is not None and region.one_reader(add.output[0], "Sqrt")
+    if eps is None or eps.size != 1 or not sqrt or region.one_reader(sqrt.output[0], "Div") is not div or \
+            list(div.input) != [sub.output[0], sqrt.output[0]] or not 0 < float(eps.reshape(-1)[0]) < 1:
+        return None
+    taken, last, d = [n.node, sub, pow_, var, add, sqrt, div], div, shape[-1]
+    weight = bias = None
+    mul = region.one_reader(div.output[0], "Mul")
+    w = _const_of(mul, consts, div.output[0])
+    if w is not None and w.size == d and w.dtype.kind == "f":
+        weight, last = w, mul
+        taken.append(mul)
+    plus = region.one_reader(last.output[0], "Add")
+    b = _const_of(plus, consts, last.output[0])
+    if b is not None and b.size == d and b.dtype.kind == "f":
+        bias, last = b, plus
+        taken.append(plus)
+    for node in taken[1:]:  # nothing else reads the pattern's inner values
+        if node is not last and any(r not in taken for o in node.output for r in region.readers.get(o, [])):
+            return None
+    layer = Lyr.LayerNorm(d, eps=float(eps.reshape(-1)[0]), dtype=dtype)
+    n.limits.take(n.label, "the layer norm's weight and bias", [2 * d])
+    layer.weight = np.ones(d, dtype) if weight is None else weight.reshape(d).astype(dtype)
+    layer.bias = np.zeros(d, dtype) if bias is None else bias.reshape(d).astype(dtype)
+    region.skip.update(id(node) for node in taken[1:])
+    return [(last.output[0], layer, src, None)]
+
+
+def _erf_gelu(n, consts, data, src, in_shapes, region, dtype):
+    """``x * (erf(x / sqrt 2) + 1) * 0.5`` (the factors in any order; what torch exports a GELU as before opset 20)
+    as one GELU; None when the nodes do not match."""
+    x = data[0] if len(data) == 1 else None
+    c = _const_of(n.node, consts, x) if x is not None and n.node.input[0] == x else None
+    if c is None or c.size != 1 or not abs(float(c.reshape(-1)[0]) - math.sqrt(2)) < 1e-6:
+        return None
+    erf = region.one_reader(n.node.output[0], "Erf")
+    add = erf is not None and region.one_reader(erf.output[0], "Add")
+    one = _const_of(add, consts, erf.output[0]) if add else None
+    if one is None or one.size != 1 or float(one.reshape(-1)[0]) != 1:
+        return None
+    m1 = region.one_reader(add.output[0], "Mul")
+    if m1 is None:
+        return None
+    m2 = region.one_reader(m1.output[0], "Mul")
+    if m2 is None:
+        return None
+    halves = [_const_of(m, consts, i) for m, i in ((m1, add.output[0]), (m2, m1.output[0]))]
+    # x * (1 + erf) then * 0.5, or (1 + erf) * 0.5 then * x
+    if set(m1.input) == {x, add.output[0]} and halves[1] is not None and halves[1].size == 1 and \
+            float(halves[1].reshape(-1)[0]) == 0.5:
+        pass
+    elif halves[0] is not None and halves[0].size == 1 and float(halves[0].reshape(-1)[0]) == 0.5 and \
+            set(m2.input) == {x, m1.output[0]}:
+        pass
+    else:
+        return None
+    if len(region.readers.get(x, [])) != 2:  # x feeds the Div and one Mul, nothing else of the pattern's
+        return None
+    region.skip.update(id(node) for node in (erf, add, m1, m2))
+    return [(m2.output[0], Lyr.GELU(), src, None)]
 
 
 # ----- writing -----
