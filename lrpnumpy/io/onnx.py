@@ -361,7 +361,7 @@ def _array(numpy_helper, tensor, where):
         a = numpy_helper.to_array(tensor)
     except Exception as exc:  # noqa: BLE001
         raise ModelFormatError(f"{where}: tensor {tensor.name!r} cannot be read ({exc})") from None
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
+    if a.dtype.kind == "f" and not np.isfinite(a).all() and not _is_mask(a):
         raise ModelFormatError(f"{where}: tensor {tensor.name!r} holds NaN or infinity")
     return a
 
@@ -376,6 +376,8 @@ def _constant_value(n, numpy_helper, limits):
 def _is_mask(value):
     """Whether ``value`` is an additive attention mask: (..., T, T) of zeros and -inf (a weight never is: see
     :func:`_weight`)."""
+    if value.size == 1:  # the -inf a mask is made of
+        return bool(np.isneginf(value).all())
     return value.ndim >= 2 and value.shape[-1] == value.shape[-2] and bool(np.all((value == 0) | np.isneginf(value)))
 
 
@@ -706,7 +708,8 @@ _HANDLERS = {
 _ID_TYPES = (6, 7)
 #: Operators evaluated at load time when every input is a constant (or, for Shape, has a static shape).
 FOLDED = ("Shape", "Gather", "Concat", "Unsqueeze", "Squeeze", "Expand", "Slice", "Cast", "Add", "Sub", "Mul", "Div",
-          "Mod", "Sqrt", "Neg", "Equal", "Where", "Range", "Reshape", "Transpose", "Identity", "ConstantOfShape")
+          "Mod", "Sqrt", "Neg", "Equal", "Where", "Range", "Reshape", "Transpose", "Identity", "ConstantOfShape",
+          "Trilu")
 #: Operators of sequence models that :func:`_sequence_node` maps.
 SEQUENCE_OPS = ("LSTM", "GRU", "Gather", "Transpose", "Squeeze", "Slice", "Sigmoid", "ReduceMax", "ReduceMean")
 
@@ -814,6 +817,12 @@ def _evaluate(n, op, vals):
             raise n.unsupported(f"Cast to ONNX type {to}")
         count(x.shape)
         return x.astype(target)
+    if op == "Trilu":
+        k = int(np.asarray(vals[1]).reshape(-1)[0]) if len(vals) > 1 and vals[1] is not None else 0
+        if x.ndim < 2:
+            raise ModelFormatError(f"{n.label}: Trilu of a constant of rank {x.ndim}")
+        count(x.shape)
+        return np.triu(x, k) if n.get("upper", 1) else np.tril(x, k)
     if op in ("Sqrt", "Neg"):
         count(x.shape)
         return np.sqrt(x) if op == "Sqrt" else -x
@@ -1220,10 +1229,16 @@ def _attention_block(n, consts, src, shape, region, dtype):
                                     f"{brief(strangers[0].name)!r} ({strangers[0].op_type})")
     ops = {m.op_type for m in inside}
     allowed = {"Add", "Reshape", "Unsqueeze", "Transpose", "Squeeze", "Gather", "Mul", "MatMul", "Softmax", "Shape",
-               "Slice", "Cast", "Sqrt", "Div", "Gemm", "Concat", "Constant", "Mod", "Where", "Split"}
+               "Slice", "Cast", "Sqrt", "Div", "Gemm", "Concat", "Constant", "Mod", "Where", "Split", "Expand", "Trilu",
+               "Equal", "ConstantOfShape"}
     if ops - allowed:
         raise n.unsupported(f"the attention block holds {brief(sorted(ops - allowed))}; torch's export of "
                             f"nn.MultiheadAttention holds only {', '.join(sorted(allowed))}")
+    counts = {op: sum(m.op_type == op for m in inside) for op in ("MatMul", "Softmax", "Gemm")}
+    if counts != {"MatMul": 2, "Softmax": 1, "Gemm": 1}:
+        raise n.unsupported(f"the attention block holds {counts['MatMul']} MatMul, {counts['Softmax']} Softmax and "
+                            f"{counts['Gemm']} Gemm nodes; torch's has 2 (scores, context), 1 and 1 (the output "
+                            f"projection)")
     bias_node = region.one_reader(n.node.output[0], "Add")
     bias = None
     if bias_node is not None:
@@ -1249,7 +1264,10 @@ def _attention_block(n, consts, src, shape, region, dtype):
     softmax = [m for m in inside if m.op_type == "Softmax"]
     if len(softmax) != 1 or _Node(softmax[0], n.where).get("axis", -1) not in (-1, 3):
         raise n.unsupported("the attention block must hold one Softmax over the keys (axis -1)")
-    for m in inside:  # a mask added to the scores: only the causal one
+    for m in inside:  # is_causal=True: Where(Trilu(ones) == 0, -inf, 0) added to the scores
+        if m.op_type == "Trilu":
+            causal = _causal_trilu(n, m, inside, consts)
+    for m in inside:  # a constant mask added to the scores: only the causal one
         masks = [consts[i] for i in m.input if i in consts and np.ndim(consts[i]) >= 2] if m.op_type in ("Add",
                                                                                                          "Where") else []
         for mask in masks:
@@ -1275,6 +1293,29 @@ def _attention_block(n, consts, src, shape, region, dtype):
         layer.out_proj_bias = np.zeros(e, dtype) if bo is None else bo.reshape(-1).astype(dtype)
     region.skip.update(id(m) for m in inside)
     return [(end.output[0], layer, src, None)]
+
+
+def _causal_trilu(n, trilu, inside, consts):
+    """True for torch's causal mask ``Where(Trilu(Expand(1), upper=0) == 0, -inf, 0)`` (the future at -inf)."""
+    def producer(name):
+        return next((m for m in inside if name in m.output), None)
+
+    def value(name):
+        v = consts.get(name)
+        return None if v is None or np.size(v) != 1 else float(np.asarray(v).reshape(-1)[0])
+    ones = producer(trilu.input[0])
+    upper = [a.i for a in trilu.attribute if a.name == "upper"]
+    equal = [m for m in inside if m.op_type == "Equal" and trilu.output[0] in m.input]
+    where = [m for m in inside if equal and m.op_type == "Where" and equal[0].output[0] in m.input]
+    ok = (ones is not None and ones.op_type == "Expand" and value(ones.input[0]) == 1 and upper in ([], [0])
+          and (len(trilu.input) < 2 or not trilu.input[1]) and len(equal) == 1 and len(where) == 1
+          and value([i for i in equal[0].input if i != trilu.output[0]][0]) == 0
+          and list(where[0].input[:1]) == [equal[0].output[0]] and value(where[0].input[1]) == -np.inf
+          and value(where[0].input[2]) == 0)
+    if not ok:
+        raise n.unsupported(f"node {brief(trilu.name)!r} (Trilu) builds an attention mask other than torch's causal "
+                            f"one (Where(Trilu(ones) == 0, -inf, 0))")
+    return True
 
 
 def _perm(node):
