@@ -79,6 +79,31 @@ def test_transformer_encoder_stacks_give_torchs_outputs(name):
     np.testing.assert_allclose(net64.forward(x.double().numpy()), want, rtol=0, atol=1e-10)
 
 
+def test_dynamic_batch_axis():
+    """Exported with a dynamic batch axis, the heads' reshape targets are computed from the input's shape."""
+    torch.manual_seed(3)
+    module = Encoder(norm_first=False, causal=True)
+    net = load_onnx(export(module, torch.randn(2, T, E), input_names=["x"], dynamic_axes={"x": {0: "N"}}))
+    assert [a.num_heads for a in net if isinstance(a, L.MultiheadAttention)] == [HEADS, HEADS]
+    x = torch.randn(4, T, E)
+    np.testing.assert_allclose(net.forward(x.numpy()), module(x).detach().numpy(), rtol=0, atol=1e-5)
+
+
+def test_default_exporter():
+    pytest.importorskip("onnxscript")
+    import contextlib
+    torch.manual_seed(4)
+    module = Encoder(norm_first=True, layers=1).eval()
+    x = torch.randn(2, T, E)
+    f = io.BytesIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), f, dynamo=True)
+    net = load_onnx(f.getvalue())
+    assert any(isinstance(layer, L.MultiheadAttention) for layer in net)
+    np.testing.assert_allclose(net.forward(x.numpy()), module(x).detach().numpy(), rtol=0, atol=1e-5)
+
+
 def test_loaded_encoder_gradient_is_torchs():
     """The loaded stack's backward pass is torch's autograd on the same weights (float64)."""
     torch.manual_seed(1)

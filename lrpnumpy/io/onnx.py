@@ -267,6 +267,7 @@ def _convert(model, where, onnx, numpy_helper, limits):
     gnodes, layer_of, taken = [], {}, {Lyr.graph.INPUT}
     tags, batch = {}, dims[0] if dims and dims[0] else 1  # see _sequence_node; Shape's batch entry
     region = _Region(nodes, inp.name)  # nodes taken into a pattern (an attention block) are skipped
+    region.env = (consts, producer, shapes, tags, batch, where, limits)
     for node in nodes:
         if id(node) in region.skip:
             continue
@@ -1167,6 +1168,19 @@ class _Region:
                     self.readers.setdefault(name, []).append(node)
             if node.op_type != "Shape" and any(i in self.data for i in node.input):  # Shape gives static values
                 self.data.update(o for o in node.output if o)
+        self.made_by = {o: node for node in nodes for o in node.output if o}
+        self.env = None
+
+    def resolve(self, name, depth=0):
+        """Fold now the constant computation of ``name`` (shape arithmetic after a pattern's start), if it is one."""
+        consts, producer, shapes, tags, batch, where, limits = self.env
+        node = self.made_by.get(name)
+        if name in consts or name in self.data or node is None or depth > MAX_SHAPE_VALUES:
+            return
+        for i in node.input:
+            if i:
+                self.resolve(i, depth + 1)
+        _fold_node(_Node(node, where, limits), consts, producer, shapes, tags, batch)
 
     def one_reader(self, name, op=None):
         r = self.readers.get(name, [])
@@ -1254,12 +1268,15 @@ def _attention_block(n, consts, src, shape, region, dtype):
     wo = wo if g.get("transB", 0) else wo.T
     if wo.shape != (e, e) or (bo is not None and bo.size != e):
         raise g.unsupported(f"the output projection's weight {brief(wo.shape)} is not (E, E) = ({e}, {e})")
+    for m in inside:  # targets computed from the input's shape (a dynamic batch axis): folded now
+        if m.op_type == "Reshape" and len(m.input) > 1:
+            region.resolve(m.input[1])
     heads = {int(np.asarray(consts[m.input[1]]).ravel()[1]) for m in inside if m.op_type == "Reshape"
              and m.input[1] in consts and np.asarray(consts[m.input[1]]).size == 4}
     heads = {h for h in heads if h >= 1 and e % h == 0}
     if len(heads) != 1:
         raise n.unsupported("the number of heads cannot be read: the block's reshape to (N, H, T, head_dim) must "
-                            "have a constant target shape (export with a fixed batch size)")
+                            "have a target shape computed from constants and the input's static shape")
     causal = False
     softmax = [m for m in inside if m.op_type == "Softmax"]
     if len(softmax) != 1 or _Node(softmax[0], n.where).get("axis", -1) not in (-1, 3):
