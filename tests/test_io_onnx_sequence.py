@@ -161,8 +161,9 @@ def test_unsupported_patterns_are_named():
         load_onnx(export(WithState("GRU", False), ids()))
 
 
-def _rnn_model(op="GRU", extra_inputs=(), inits=None, r_shape=None, **attrs):
-    """X (2, 4) ids -> Gather -> Transpose (1, 0, 2) -> op -> Y_h squeezed: a hand-made graph."""
+def _rnn_model(op="GRU", extra_inputs=(), inits=None, r_shape=None, layout=0, **attrs):
+    """X (2, 4) ids -> Gather -> Transpose (1, 0, 2) -> op -> Y_h squeezed: a hand-made graph (layout=1: no
+    Transpose, the node batch first, both directions' Y_h flattened)."""
     g = 3 if op == "GRU" else 4
     rng = np.random.default_rng(0)
     inits = dict(inits or {})
@@ -171,8 +172,16 @@ def _rnn_model(op="GRU", extra_inputs=(), inits=None, r_shape=None, **attrs):
     nodes = [helper.make_node("Gather", ["E", "x"], ["e"]), helper.make_node("Transpose", ["e"], ["t"], perm=[1, 0, 2]),
              helper.make_node(op, ["t", "W", "R", *extra_inputs], ["Y", "Y_h"], name="rnn", hidden_size=H, **attrs),
              helper.make_node("Squeeze", ["Y_h", "axes"], ["y"])]
+    out = H
+    if layout:
+        for k in ("W", "R"):
+            inits[k] = np.concatenate([inits[k], inits[k][:, ::-1]])
+        nodes = [nodes[0], helper.make_node(op, ["e", "W", "R", *extra_inputs], ["Y", "Y_h"], name="rnn", hidden_size=H,
+                                            layout=1, direction="bidirectional", **attrs),
+                 helper.make_node("Flatten", ["Y_h"], ["y"], axis=1)]
+        out = 2 * H
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.INT64, [2, 4])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, H])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, out])],
                               [numpy_helper.from_array(v, k) for k, v in inits.items()])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
 
@@ -180,7 +189,8 @@ def _rnn_model(op="GRU", extra_inputs=(), inits=None, r_shape=None, **attrs):
 def test_hand_made_recurrent_nodes(tmp_path):
     from onnx.reference import ReferenceEvaluator
     x = np.random.default_rng(1).integers(0, V, (2, 4))
-    for op, attrs in (("GRU", {"linear_before_reset": 1}), ("LSTM", {})):
+    for op, attrs in (("GRU", {"linear_before_reset": 1}), ("LSTM", {}), ("LSTM", {"layout": 1}),
+                      ("GRU", {"linear_before_reset": 1, "layout": 1})):
         model = _rnn_model(op, **attrs)
         want = ReferenceEvaluator(model).run(None, {"x": x})[0]
         np.testing.assert_allclose(load_onnx(model).forward(x.astype(np.float32)), want, atol=1e-5)

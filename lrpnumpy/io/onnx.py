@@ -862,6 +862,10 @@ def _onnx_shape(n, ours, tag):
         return [ours[1], tag[1], ours[0], tag[2]]
     if kind == "Y_h":
         return [tag[1], ours[0], tag[2]]
+    if kind == "Y batch-first":
+        return [ours[0], ours[1], tag[1], tag[2]]
+    if kind == "Y_h batch-first":
+        return [ours[0], tag[1], tag[2]]
     raise n.unsupported(f"Shape of a value in layout {kind!r}")
 
 
@@ -894,7 +898,8 @@ def _sequence_node(n, consts, data, ins, in_shapes, tags, dtype, uses, region=No
             return found
     if op == "MatMul" and tag == [("seq-first",)] and region is not None:  # torch's MultiheadAttention export
         return _attention_block(n, consts, ins[0], in_shapes[0], region, dtype)
-    if any(tag) and op not in ("Transpose", "Squeeze", "Gather", "Concat", "Reshape", "Slice", "LSTM", "GRU"):
+    if any(tag) and op not in ("Transpose", "Squeeze", "Gather", "Concat", "Reshape", "Slice", "LSTM", "GRU",
+                               "Flatten"):
         kinds = sorted({t[0] for t in tag if t})
         raise n.unsupported(f"reads a value in ONNX's sequence layout {brief(kinds)} (a recurrent node's output or "
                             f"a sequence-first tensor); only the Transpose, Squeeze, Gather, Slice, Reshape and Concat "
@@ -937,6 +942,11 @@ def _sequence_node(n, consts, data, ins, in_shapes, tags, dtype, uses, region=No
             return [(out, None, src, ("seq-first",))]
         raise n.unsupported(f"perm {brief(perm)} moves the batch axis; only (1, 0, ...) around a recurrent node is "
                             f"supported")
+    if op == "Flatten" and t0 is not None:
+        if t0[0] == "Y_h batch-first" and int(n.get("axis", 1)) == 1:
+            return [(out, None, src, None)]
+        raise n.unsupported(f"Flatten of a recurrent node's {t0[0]} output: only its final states (N, dirs, H) "
+                            f"flattened at axis 1")
     if op == "Squeeze":
         axes = n.get("axes", None)
         if axes is None and len(n.node.input) > 1 and n.node.input[1]:
@@ -949,6 +959,10 @@ def _sequence_node(n, consts, data, ins, in_shapes, tags, dtype, uses, region=No
             if t0[0] == "Y" and t0[1] == 1 and axes is not None and [a % 4 for a in axes] == [1]:
                 return [(out, None, src, ("seq-first",))]
             if t0[0] == "Y_h" and t0[1] == 1 and axes is not None and [a % 3 for a in axes] == [0]:
+                return [(out, None, src, None)]
+            if t0[0] == "Y batch-first" and t0[1] == 1 and axes is not None and [a % 4 for a in axes] == [2]:
+                return [(out, None, src, None)]
+            if t0[0] == "Y_h batch-first" and t0[1] == 1 and axes is not None and [a % 3 for a in axes] == [1]:
                 return [(out, None, src, None)]
             raise n.unsupported(f"axes {brief(axes)} on a recurrent node's {t0[0]} output: only the direction axis of "
                                 f"a one-direction node is squeezed")
@@ -982,7 +996,12 @@ def _sequence_node(n, consts, data, ins, in_shapes, tags, dtype, uses, region=No
         target = None if target is None else _shape_values(n, target, "the target shape")
         if t0[0] == "Y perm" and target is not None and len(target) == 3 and target[2] in (-1, t0[1] * t0[2]):
             return [(out, None, src, ("seq-first",))]
-        if t0[0] == "Y_h perm" and target is not None and len(target) == 2 and target[1] in (-1, t0[1] * t0[2]):
+        if t0[0] in ("Y_h perm", "Y_h batch-first") and target is not None and len(target) == 2 and \
+                target[1] in (-1, t0[1] * t0[2]):
+            return [(out, None, src, None)]
+        steps = None if in_shapes[0] is None else in_shapes[0][0]
+        if t0[0] == "Y batch-first" and target is not None and len(target) == 3 and target[1] in (0, steps) and \
+                target[2] in (-1, t0[1] * t0[2]):
             return [(out, None, src, None)]
         raise n.unsupported(f"target shape {brief(target)} on a recurrent node's {t0[0]} output; expected the "
                             f"exporter's merge of the directions")
@@ -1093,17 +1112,19 @@ def _recurrent_node(n, consts, data, ins, in_shapes, tags, dtype, uses):
     inputs = list(node.input) + [""] * (8 - len(node.input))
     if not data or inputs[0] != data[0] or len(data) != 1:
         raise n.unsupported("its inputs other than X (weights, biases, lengths, initial states) must be constants")
-    if tags.get(data[0]) != ("seq-first",):
+    if tags.get(data[0]) != (None if int(n.get("layout", 0)) == 1 else ("seq-first",)):
         raise n.unsupported("X must be a batch-first sequence transposed to (T, N, D) (torch's export of "
-                            "batch_first=True); a graph whose input is sequence-first is not supported")
+                            "batch_first=True), or batch first with layout=1; a graph whose input is sequence-first "
+                            "is not supported")
     direction = n.get("direction", "forward")
     if direction not in ("forward", "bidirectional"):
         raise n.unsupported(f"direction={direction!r}: only forward and bidirectional are supported")
     for attr in ("activations", "activation_alpha", "activation_beta", "clip"):
         if attr in n.attrs:
             raise n.unsupported(f"attribute {attr}: only the default activations without clipping are supported")
-    if n.get("layout", 0) or n.get("input_forget", 0):
-        raise n.unsupported("attributes layout=1 and input_forget=1 are not supported")
+    if n.get("input_forget", 0):
+        raise n.unsupported("attribute input_forget=1 is not supported")
+    batch_first = int(n.get("layout", 0)) == 1  # X (N, T, D), Y (N, T, dirs, H), Y_h (N, dirs, H)
     if op == "GRU" and not n.get("linear_before_reset", 0):
         raise n.unsupported("linear_before_reset=0: only torch's GRU (the reset gate applied after the recurrent "
                             "matrix, linear_before_reset=1) is supported")
@@ -1150,7 +1171,8 @@ def _recurrent_node(n, consts, data, ins, in_shapes, tags, dtype, uses):
                                                          dtype=dtype)
         for p, v in params.items():
             setattr(layer, p, v.astype(dtype, copy=False))
-        made.append((name, layer, ins[0], ("Y" if k == 0 else "Y_h", dirs, H)))
+        made.append((name, layer, ins[0], ("Y" if k == 0 else "Y_h", dirs, H) if not batch_first else
+                     ("Y batch-first" if k == 0 else "Y_h batch-first", dirs, H)))
     return made
 
 SUPPORTED = SUPPORTED + tuple(op for op in SEQUENCE_OPS + FOLDED if op not in SUPPORTED)
