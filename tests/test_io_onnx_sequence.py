@@ -233,6 +233,14 @@ def test_folded_constants_are_bounded_before_they_are_made():
         load_onnx(_folding_model(helper.make_node("Sqrt", ["x"], ["c"], name="root")))
 
 
+def test_huge_initial_state_is_bounded_before_it_is_read():
+    model = _rnn_model("LSTM", ["", "", "h0"])
+    model.graph.node.insert(0, helper.make_node("ConstantOfShape", ["h0shape"], ["h0"]))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1, 1 << 20, 1 << 20], np.int64), "h0shape"))
+    with pytest.raises(ModelFormatError, match=r"'rnn' \(LSTM\): initial_h declares 1099511627776 values"):
+        load_onnx(model)
+
+
 def test_bad_token_ids_are_refused():
     net = load_onnx(export(TextCNN(), ids()))
     with pytest.raises(LRPError, match="out of range"):
