@@ -5,6 +5,16 @@ module converts is operator semantics: Gemm's alpha/beta/transB, ``auto_pad``, S
 after opset 13, MatMul + Add, BatchNormalization (folded into the layer before it when possible),
 and weights given as initializers, ``Constant`` or ``ConstantOfShape`` nodes.
 
+Sequence models and transformers as torch's exporter writes them: token ids (an integer input) read by
+an embedding (``Gather`` on an initializer), 1-D ``Conv``/pools and ``ReduceMax``/``ReduceMean`` over
+time, ``LSTM`` and ``GRU`` nodes (ONNX's gate order and sequence-first layout followed through the
+Transpose/Squeeze/Gather/Concat/Reshape nodes around them; see :func:`_sequence_node`), torch's
+``nn.MultiheadAttention`` block taken whole into :class:`~lrpnumpy.layers.MultiheadAttention`
+(:func:`_attention_block`, causal mask included), ``LayerNormalization`` and ``Gelu`` and their
+decomposed forms (opset < 17 / < 20).  Shape arithmetic (``Shape``, ``Gather``, ``Concat``, ``Expand``,
+``Cast``, ``Mod``, ``Sqrt``...) on constants and static shapes is evaluated at load time
+(:func:`_fold_node`), each result's size checked first.
+
 A file is only trusted as far as its size: every constant's declared element count is checked
 against fixed caps (:data:`MAX_SHAPE_VALUES` for shape and axes tensors, ``max_elements`` for the
 rest) before it is read, listed, copied or cast, so a 200-byte file cannot ask for gigabytes, and
