@@ -38,7 +38,8 @@ from .explain import explain, logit_network, target_onehot, without_softmax
 from .layers import (Add, AvgPool2d, BatchNorm2d, ChannelAffine, ChannelShuffle, Concat, Conv2d, Dropout, Flatten,
                      GlobalAvgPool2d, Graph, Linear, MaxPool2d, ReLU, SumPool2d, Tanh)
 from .layers import WEIGHTED, AdaptiveAvgPool2d, Hardtanh, LeakyReLU, ReLU6
-from .layers import AvgPool1d, Conv1d, Embedding, GlobalMaxPool1d, MaxPool1d, Sequential, Sigmoid, SumPool1d, Transpose
+from .layers import (GRU, LSTM, AvgPool1d, Conv1d, Embedding, GlobalMaxPool1d, MaxPool1d, Sequential, Sigmoid, SumPool1d,
+                     Transpose)
 from .rules import (AlphaBeta, Epsilon, Flat, Gamma, Rho, WSquare, ZBox, ZPlus)
 
 ZENNIT_RULE_METHODS = ("epsilon", "zplus", "alpha_beta_2_1", "alpha_beta_1_0", "gamma", "zbox", "flat", "wsquare")
@@ -109,7 +110,7 @@ def _pad1d(layer):
 
 
 def _sum_pool1d(nn, layer):
-    factor = layer.kernel_size[1]
+    factor = layer.kernel_size[1] * layer.scale
 
     class SumPool(nn.AvgPool1d):  # an AvgPool1d, so Zennit and Captum treat it as average pooling
         def forward(self, x):
@@ -335,6 +336,42 @@ def _channel_affine(nn, layer):
 
 
 TORCH_MODULES.update({Add: _add, Concat: _concat, ChannelShuffle: _shuffle, ChannelAffine: _channel_affine})
+
+
+# ----- sequence layers (issue 28): the modules torch text models are built of -----
+
+def _embedding(nn, layer):
+    class Embedding(nn.Embedding):  # the network's input holds the ids as whole floats
+        def forward(self, x):
+            return super().forward(x.long())
+    return Embedding(layer.num_embeddings, layer.embedding_dim, device="meta")
+
+
+def _recurrent(nn, layer):
+    """``torch.nn.LSTM`` / ``GRU`` (batch first) with the layer's weights (direction k is torch's suffix
+    ``_reverse`` for k = 1); output the sequence, or the final states of the directions side by side."""
+    torch = _torch()
+    cell = getattr(nn, type(layer).__name__)(layer.input_size, layer.hidden_size, batch_first=True,
+                                             bidirectional=layer.bidirectional, dtype=torch.float64)
+    for name in layer.params:
+        for k in range(layer.dirs):
+            value = torch.from_numpy(np.array(getattr(layer, name)[k], dtype=np.float64))
+            setattr(cell, f"{name}_l0{'_reverse' if k else ''}", nn.Parameter(value, requires_grad=False))
+    last = layer.output == "last"
+
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = cell
+
+        def forward(self, x):
+            out, h = self.rnn(x)
+            h = h[0] if isinstance(h, tuple) else h
+            return torch.cat(list(h), dim=1) if last else out
+    return Recurrent()
+
+
+TORCH_MODULES.update({Embedding: _embedding, LSTM: _recurrent, GRU: _recurrent})
 
 
 def _with_params(nn, module, layer, tensor):

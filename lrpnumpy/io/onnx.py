@@ -5,6 +5,16 @@ module converts is operator semantics: Gemm's alpha/beta/transB, ``auto_pad``, S
 after opset 13, MatMul + Add, BatchNormalization (folded into the layer before it when possible),
 and weights given as initializers, ``Constant`` or ``ConstantOfShape`` nodes.
 
+Sequence models and transformers as torch's exporter writes them: token ids (an integer input) read by
+an embedding (``Gather`` on an initializer), 1-D ``Conv``/pools and ``ReduceMax``/``ReduceMean`` over
+time, ``LSTM`` and ``GRU`` nodes (ONNX's gate order and sequence-first layout followed through the
+Transpose/Squeeze/Gather/Concat/Reshape nodes around them; see :func:`_sequence_node`), torch's
+``nn.MultiheadAttention`` block taken whole into :class:`~lrpnumpy.layers.MultiheadAttention`
+(:func:`_attention_block`, causal mask included), ``LayerNormalization`` and ``Gelu`` and their
+decomposed forms (opset < 17 / < 20).  Shape arithmetic (``Shape``, ``Gather``, ``Concat``, ``Expand``,
+``Cast``, ``Mod``, ``Sqrt``...) on constants and static shapes is evaluated at load time
+(:func:`_fold_node`), each result's size checked first.
+
 A file is only trusted as far as its size: every constant's declared element count is checked
 against fixed caps (:data:`MAX_SHAPE_VALUES` for shape and axes tensors, ``max_elements`` for the
 rest) before it is read, listed, copied or cast, so a 200-byte file cannot ask for gigabytes, and
@@ -247,10 +257,12 @@ def _convert(model, where, onnx, numpy_helper, limits):
     if len(data_inputs) != 1:
         raise UnsupportedLayerError(f"{where}: expected one data input, found {brief([i.name for i in data_inputs])}")
     inp = data_inputs[0]
-    if inp.type.tensor_type.elem_type not in (1, 11):
-        raise UnsupportedLayerError(f"{where}: input {inp.name!r} must be float32 or float64 "
+    if inp.type.tensor_type.elem_type not in (1, 11) + _ID_TYPES:
+        raise UnsupportedLayerError(f"{where}: input {inp.name!r} must be float32 or float64, or integer token ids "
                                     f"(ONNX elem_type {inp.type.tensor_type.elem_type})")
     dtype = np.float32 if inp.type.tensor_type.elem_type == 1 else np.float64
+    if inp.type.tensor_type.elem_type in _ID_TYPES:  # token ids: the layers take the weights' float dtype
+        dtype = next((c.dtype.type for c in consts.values() if c.dtype in (np.float32, np.float64)), np.float32)
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
     shape = tuple(dims[1:]) if dims and all(d is not None for d in dims[1:]) else None  # tracked per layer
 
@@ -263,8 +275,15 @@ def _convert(model, where, onnx, numpy_helper, limits):
         uses[out.name] = uses.get(out.name, 0) + 1
     producer, shapes = {inp.name: Lyr.graph.INPUT}, {Lyr.graph.INPUT: shape}
     gnodes, layer_of, taken = [], {}, {Lyr.graph.INPUT}
+    tags, batch = {}, dims[0] if dims and dims[0] else 1  # see _sequence_node; Shape's batch entry
+    region = _Region(nodes, inp.name)  # nodes taken into a pattern (an attention block) are skipped
+    region.env = (consts, producer, shapes, tags, batch, where, limits)
     for node in nodes:
+        if id(node) in region.skip:
+            continue
         n = _Node(node, where, limits)
+        if _fold_node(n, consts, producer, shapes, tags, batch):  # shape arithmetic, folded into constants
+            continue
         if node.op_type not in SUPPORTED:
             raise n.unsupported(f"operator not supported; supported: {', '.join(SUPPORTED)}")
         data = [i for i in node.input if i and i not in consts]
@@ -272,10 +291,25 @@ def _convert(model, where, onnx, numpy_helper, limits):
         if unknown or not data:
             raise n.unsupported(f"its data inputs {brief(unknown or data)} are not produced by an earlier node or the "
                                 f"graph input" if data else "it has no data input")
-        for extra in node.output[1:]:
+        for extra in node.output[1:] if node.op_type not in ("LSTM", "GRU") else ():
             if extra and uses.get(extra):
                 raise n.unsupported(f"its second output {extra!r} is used; only the first output is supported")
         ins = [producer[i] for i in data]
+        made = _sequence_node(n, consts, data, ins, [shapes[i] for i in ins], tags, dtype, uses, region)
+        if made is not None:  # sequence layouts, recurrent nodes, embeddings, 1-D operators
+            name = None
+            for k, (out, layer, src, tag) in enumerate(made):
+                src = name if src is None else src  # None: the layer before in this list
+                name = src
+                if layer is not None:
+                    name = unique_name(node.name or out, taken, k)
+                    gnodes.append((name, layer, [src]))
+                    layer_of[name] = layer
+                    shapes[name] = None if shapes[src] is None else _track(layer, [shapes[src]], n)
+                producer[out] = name
+                if tag:
+                    tags[out] = tag
+            continue
         # the layer before, when this node is its only reader (so a bias may be folded into it)
         prev = layer_of.get(ins[0]) if len(ins) == 1 and uses.get(data[0]) == 1 else None
         in_shapes = [shapes[i] for i in ins]
@@ -295,6 +329,9 @@ def _convert(model, where, onnx, numpy_helper, limits):
     outputs = [o.name for o in graph.output]
     if len(outputs) != 1 or outputs[0] not in producer:
         raise UnsupportedLayerError(f"{where}: expected one graph output computed by the nodes, got {brief(outputs)}")
+    if outputs and outputs[0] in tags:
+        raise UnsupportedLayerError(f"{where}: the graph output {brief(outputs[0])!r} is in ONNX's sequence-first "
+                                    f"layout ({tags[outputs[0]][0]}); lrpnumpy's networks output batch first")
     if not graph.node:
         raise ModelFormatError(f"{where}: the graph has no nodes")
     input_shape = tuple(dims[1:]) if dims and all(d is not None for d in dims[1:]) else None
@@ -335,16 +372,24 @@ def _array(numpy_helper, tensor, where):
         a = numpy_helper.to_array(tensor)
     except Exception as exc:  # noqa: BLE001
         raise ModelFormatError(f"{where}: tensor {tensor.name!r} cannot be read ({exc})") from None
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
+    if a.dtype.kind == "f" and not np.isfinite(a).all() and not _is_mask(a):
         raise ModelFormatError(f"{where}: tensor {tensor.name!r} holds NaN or infinity")
     return a
 
 
 def _constant_value(n, numpy_helper, limits):
     value = _constant_attr(n, numpy_helper, limits)
-    if value.dtype.kind == "f" and not np.isfinite(value).all():
+    if value.dtype.kind == "f" and not np.isfinite(value).all() and not _is_mask(value):
         raise ModelFormatError(f"{n.label}: the constant holds NaN or infinity")
     return value
+
+
+def _is_mask(value):
+    """Whether ``value`` is an additive attention mask: (..., T, T) of zeros and -inf (a weight never is: see
+    :func:`_weight`)."""
+    if value.size == 1:  # the -inf a mask is made of
+        return bool(np.isneginf(value).all())
+    return value.ndim >= 2 and value.shape[-1] == value.shape[-2] and bool(np.all((value == 0) | np.isneginf(value)))
 
 
 def _constant_attr(n, numpy_helper, limits):
@@ -426,6 +471,8 @@ def _weight(n, consts, i, dtype, what):
     if w.dtype.kind != "f":
         raise ModelFormatError(f"{n.label}: {what} {brief(name)!r} has dtype {w.dtype}, expected floats")
     n.limits.take(n.label, f"{what} {brief(name)!r} of shape {brief(w.shape)}", w.shape)  # before it is copied
+    if not np.isfinite(w).all():  # an attention mask (zeros and -inf) is no weight
+        raise ModelFormatError(f"{n.label}: {what} {brief(name)!r} holds infinity")
     return np.array(w, dtype=dtype)  # a copy: constants may be read-only views
 
 
@@ -664,6 +711,795 @@ _HANDLERS = {
     "Mul": _mul, "Concat": _concat, "Sum": _sum,
     "ChannelShuffle": lambda n, *a: [Lyr.ChannelShuffle(int(n.get("groups")))],
 }
+
+
+# ----- sequence models: token ids, recurrent nodes, 1-D operators, shape arithmetic -----
+
+#: ONNX elem_types of integer token ids (int32, int64), read by an embedding (a Gather on an initializer).
+_ID_TYPES = (6, 7)
+#: Operators evaluated at load time when every input is a constant (or, for Shape, has a static shape).
+FOLDED = ("Shape", "Gather", "Concat", "Unsqueeze", "Squeeze", "Expand", "Slice", "Cast", "Add", "Sub", "Mul", "Div",
+          "Mod", "Sqrt", "Neg", "Equal", "Where", "Range", "Reshape", "Transpose", "Identity", "ConstantOfShape",
+          "Trilu")
+#: Operators of sequence models that :func:`_sequence_node` maps.
+SEQUENCE_OPS = ("LSTM", "GRU", "Gather", "Transpose", "Squeeze", "Slice", "Sigmoid", "ReduceMax", "ReduceMean")
+
+
+def _fold_node(n, consts, producer, shapes, tags, batch):
+    """Evaluate ``n`` into ``consts`` when its inputs are constants (``Shape``: a value whose static shape is
+    known, the batch entry being ``batch``); False when it is not foldable.
+
+    Every result's size is checked against ``max_elements`` before it is computed; broadcasts stay views."""
+    node, op = n.node, n.node.op_type
+    names = [i for i in node.input]
+    if op not in FOLDED or not node.output or not node.output[0]:
+        return False
+    if op == "Shape":
+        if len(names) != 1 or names[0] in consts or names[0] not in producer:
+            return False
+        static = shapes.get(producer[names[0]])
+        if static is None:
+            raise n.unsupported("Shape of a value whose shape is not static: give the graph input a fixed shape")
+        full = _onnx_shape(n, (batch,) + tuple(static), tags.get(names[0]))
+        start, end = int(n.get("start", 0)), n.get("end", None)
+        consts[node.output[0]] = np.array(full[start:None if end is None else int(end)], np.int64)
+        return True
+    if not names or not all(i in consts for i in names if i) or not names[0]:
+        return False
+    vals = [consts[i] if i else None for i in names]
+    for v in vals:
+        if v is not None and np.asarray(v).dtype.kind not in "biuf":
+            raise ModelFormatError(f"{n.label}: a constant input of dtype {np.asarray(v).dtype}; expected numbers")
+    try:
+        with np.errstate(all="ignore"):
+            out = _evaluate(n, op, vals)
+    except LRPError:
+        raise
+    except (ValueError, IndexError, TypeError, OverflowError) as exc:
+        raise ModelFormatError(f"{n.label}: cannot evaluate it on its constant inputs of shapes "
+                               f"{brief([None if v is None else np.shape(v) for v in vals])}: {brief(str(exc))}") from None
+    # arithmetic makes new values (its result was counted); the rest rearrange finite constants, maybe as views
+    if op in ("Add", "Sub", "Mul", "Div", "Mod", "Sqrt", "Neg", "Cast", "Range") and out.dtype.kind == "f" \
+            and not np.isfinite(out).all():
+        raise ModelFormatError(f"{n.label}: evaluating it on its constants gives NaN or infinity")
+    consts[node.output[0]] = out
+    return True
+
+
+def _evaluate(n, op, vals):
+    """One operator on constants (``vals``: its inputs, None for an empty name), sizes checked first."""
+    x = np.asarray(vals[0])
+    lim = n.limits
+
+    def count(shape, what="the result"):
+        lim.count(n.label, what, shape)
+        return tuple(shape)
+
+    if op in ("Transpose", "Identity", "Unsqueeze", "Reshape"):
+        return np.asarray(_fold(n, [v for v in vals if v is not None]))
+    if op == "ConstantOfShape":  # of a shape computed at load time (e.g. from the batch size)
+        value = n.get("value")
+        fill = _onnx()[1].to_array(value).ravel() if value is not None else np.zeros(1, np.float32)
+        if fill.size != 1 or fill.dtype.kind not in "biuf" or (fill.dtype.kind == "f" and
+                                                                not np.isfinite(fill).all()):
+            raise ModelFormatError(f"{n.label}: value must be one finite number, got {brief(fill)}")
+        shape = _shape_values(n, x, "its shape input")
+        lim.dims(n.label, "the constant", shape)
+        return np.broadcast_to(fill[:1].reshape(()), tuple(shape))  # a view, as in _convert
+    if op == "Squeeze":
+        axes = n.get("axes", None)
+        axes = list(axes) if axes is not None else (_shape_values(n, vals[1], "its axes input")
+                                                    if len(vals) > 1 and vals[1] is not None else None)
+        return np.squeeze(x, axis=None if axes is None else tuple(a % max(x.ndim, 1) for a in axes))
+    if op == "Gather":
+        idx = np.asarray(vals[1])
+        if idx.dtype.kind not in "iu":
+            raise ModelFormatError(f"{n.label}: indices of dtype {idx.dtype}; expected integers")
+        axis = int(n.get("axis", 0)) % max(x.ndim, 1)
+        count(x.shape[:axis] + idx.shape + x.shape[axis + 1:])
+        return np.take(x, idx.astype(np.int64), axis=axis, mode="raise")
+    if op == "Concat":
+        parts = [np.asarray(v) for v in vals if v is not None]
+        axis = int(n.get("axis", 0)) % max(parts[0].ndim, 1)
+        shape = list(parts[0].shape)
+        shape[axis] = sum(p.shape[axis] for p in parts if p.ndim == parts[0].ndim)
+        count(shape)
+        return np.concatenate(parts, axis=axis)
+    if op == "Expand":
+        target = _shape_values(n, vals[1], "its shape input")
+        shape = np.broadcast_shapes(x.shape, tuple(target))
+        lim.dims(n.label, "the result", shape)
+        return np.broadcast_to(x, shape)  # a view, as ConstantOfShape
+    if op == "Slice":
+        starts, ends = (_shape_values(n, v, w) for v, w in ((vals[1], "starts"), (vals[2], "ends")))
+        axes = _shape_values(n, vals[3], "axes") if len(vals) > 3 and vals[3] is not None else \
+            list(range(len(starts)))
+        steps = _shape_values(n, vals[4], "steps") if len(vals) > 4 and vals[4] is not None else [1] * len(starts)
+        if not len(starts) == len(ends) == len(axes) == len(steps) or 0 in steps:
+            raise ModelFormatError(f"{n.label}: starts, ends, axes and steps must be as long, steps non-zero")
+        index = [slice(None)] * x.ndim
+        for s, e, a, st in zip(starts, ends, axes, steps):
+            index[a % max(x.ndim, 1)] = slice(s, e, st)  # numpy clamps as ONNX does
+        return x[tuple(index)]
+    if op == "Cast":
+        to = int(n.get("to", 1))
+        target = {1: np.float32, 11: np.float64, 6: np.int32, 7: np.int64, 9: np.bool_, 10: np.float16}.get(to)
+        if target is None:
+            raise n.unsupported(f"Cast to ONNX type {to}")
+        count(x.shape)
+        return x.astype(target)
+    if op == "Trilu":
+        k = int(np.asarray(vals[1]).reshape(-1)[0]) if len(vals) > 1 and vals[1] is not None else 0
+        if x.ndim < 2:
+            raise ModelFormatError(f"{n.label}: Trilu of a constant of rank {x.ndim}")
+        count(x.shape)
+        return np.triu(x, k) if n.get("upper", 1) else np.tril(x, k)
+    if op in ("Sqrt", "Neg"):
+        count(x.shape)
+        return np.sqrt(x) if op == "Sqrt" else -x
+    if op == "Range":
+        start, limit, delta = (np.asarray(v).reshape(-1)[0] for v in vals[:3])
+        if delta == 0:
+            raise ModelFormatError(f"{n.label}: Range with delta 0")
+        count([max(0, math.ceil((limit - start) / delta))])
+        return np.arange(start, limit, delta, dtype=np.asarray(vals[0]).dtype)
+    if op == "Where":
+        c, a, b = (np.asarray(v) for v in vals[:3])
+        count(np.broadcast_shapes(c.shape, a.shape, b.shape))
+        return np.where(c, a, b)
+    a, b = x, np.asarray(vals[1])
+    count(np.broadcast_shapes(a.shape, b.shape))
+    if op == "Equal":
+        return np.equal(a, b)
+    if op in ("Div", "Mod") and a.dtype.kind in "iu" and (b == 0).any():
+        raise ModelFormatError(f"{n.label}: integer {op.lower()} by zero")
+    if op == "Div" and a.dtype.kind in "iu":
+        return (np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b))).astype(np.result_type(a, b))
+    if op == "Mod":
+        return np.fmod(a, b) if n.get("fmod", 0) else np.mod(a, b)
+    return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op](a, b)
+
+
+def _onnx_shape(n, ours, tag):
+    """The ONNX shape of a value whose layer output has shape ``ours`` (batch first) and layout ``tag``."""
+    ours = list(ours)
+    if tag is None:
+        return ours
+    kind = tag[0]
+    if kind == "seq-first":
+        return [ours[1], ours[0]] + ours[2:]
+    if kind == "Y":
+        return [ours[1], tag[1], ours[0], tag[2]]
+    if kind == "Y_h":
+        return [tag[1], ours[0], tag[2]]
+    if kind == "Y batch-first":
+        return [ours[0], ours[1], tag[1], tag[2]]
+    if kind == "Y_h batch-first":
+        return [ours[0], tag[1], tag[2]]
+    raise n.unsupported(f"Shape of a value in layout {kind!r}")
+
+
+def _sequence_node(n, consts, data, ins, in_shapes, tags, dtype, uses, region=None):
+    """The layers for a node of a sequence model, as ``[(onnx output, layer or None, source node, tag), ...]``
+    (a source None: the entry before's layer), or None when the general handlers apply.
+
+    ONNX recurrent nodes are sequence-first ((T, N, D) in, Y (T, dirs, N, H), Y_h (dirs, N, H) out) while
+    lrpnumpy's layers are batch first: values whose ONNX layout differs from their layer's output carry a
+    tag, and only the operators torch's exporter puts around recurrent nodes are followed through them:
+
+    * ``"seq-first"``: ONNX (T, N, ...) for a layer output (N, T, ...) (a Transpose (1, 0, 2));
+    * ``"Y"`` / ``"Y perm"``: a recurrent node's sequence output (T, dirs, N, H) / (T, N, dirs, H), for
+      ``LSTM(output="sequence")``'s (N, T, dirs * H);
+    * ``"Y_h"``: its final states (dirs, N, H), for ``LSTM(output="last")``'s (N, dirs * H);
+      ``"direction"``: one direction's final state ``Y_h[k]``, joined again by a Concat of all directions.
+    """
+    op = n.node.op_type
+    tag = [tags.get(i) for i in data]
+    if not any(tag) and op not in SEQUENCE_OPS + ("Div",) and not (op in ("Conv", "MaxPool", "AveragePool")
+                                                                    and _is_1d(n, consts)):
+        if op not in _HANDLERS:
+            raise n.unsupported("on activations (it is supported only on constants, evaluated at load time); "
+                                f"supported on activations: {', '.join(sorted(set(_HANDLERS) | set(SEQUENCE_OPS)))}")
+        return None
+    if region is not None and not any(tag) and op in ("ReduceMean", "Div"):
+        found = (_decomposed_layernorm if op == "ReduceMean" else _erf_gelu)(n, consts, data, src_of(ins), in_shapes,
+                                                                              region, dtype)
+        if found is not None:
+            return found
+    if op == "MatMul" and tag == [("seq-first",)] and region is not None:  # torch's MultiheadAttention export
+        return _attention_block(n, consts, ins[0], in_shapes[0], region, dtype)
+    if any(tag) and op not in ("Transpose", "Squeeze", "Gather", "Concat", "Reshape", "Slice", "LSTM", "GRU",
+                               "Flatten"):
+        kinds = sorted({t[0] for t in tag if t})
+        raise n.unsupported(f"reads a value in ONNX's sequence layout {brief(kinds)} (a recurrent node's output or "
+                            f"a sequence-first tensor); only the Transpose, Squeeze, Gather, Slice, Reshape and Concat "
+                            f"nodes torch's exporter puts around recurrent nodes are supported on it")
+    out = n.node.output[0]
+    t0 = tag[0] if tag else None
+    src = ins[0] if ins else None
+    rank = None if not in_shapes or in_shapes[0] is None else len(in_shapes[0]) + 1
+    if op in ("LSTM", "GRU"):
+        return _recurrent_node(n, consts, data, ins, in_shapes, tags, dtype, uses)
+    if op == "Sigmoid":
+        return [(out, Lyr.Sigmoid(), src, None)]
+    if op == "Gather":
+        return _gather_node(n, consts, data, src, t0, dtype)
+    if op == "Transpose":
+        perm = n.get("perm")
+        if perm is None:
+            raise n.unsupported("Transpose without perm")
+        perm = list(perm)
+        if t0 is not None and t0[0] in ("seq-first", "Y", "Y_h"):
+            if t0[0] == "seq-first":
+                layout = [1, 0] + list(range(2, len(perm)))
+                perm = [layout[p] for p in perm]
+            elif t0[0] == "Y" and perm == [0, 2, 1, 3]:
+                return [(out, None, src, ("Y perm",) + t0[1:])]
+            elif t0[0] == "Y_h" and perm == [1, 0, 2]:
+                return [(out, None, src, ("Y_h perm",) + t0[1:])]
+            else:
+                raise n.unsupported(f"perm {brief(perm)} on a recurrent node's {t0[0]} output; expected the "
+                                    f"exporter's (0, 2, 1, 3) on Y or (1, 0, 2) on Y_h")
+        elif t0 is not None:
+            raise n.unsupported(f"perm {brief(perm)} on a value in layout {t0[0]!r}")
+        if sorted(perm) != list(range(len(perm))) or (rank is not None and len(perm) != rank):
+            raise ModelFormatError(f"{n.label}: perm {brief(perm)} is not a permutation of the input's axes")
+        if perm == list(range(len(perm))):
+            return [(out, None, src, None)]
+        if perm[0] == 0:
+            return [(out, Lyr.Transpose(perm), src, None)]
+        if perm[:2] == [1, 0] and perm[2:] == list(range(2, len(perm))):
+            return [(out, None, src, ("seq-first",))]
+        raise n.unsupported(f"perm {brief(perm)} moves the batch axis; only (1, 0, ...) around a recurrent node is "
+                            f"supported")
+    if op == "Flatten" and t0 is not None:
+        if t0[0] == "Y_h batch-first" and int(n.get("axis", 1)) == 1:
+            return [(out, None, src, None)]
+        raise n.unsupported(f"Flatten of a recurrent node's {t0[0]} output: only its final states (N, dirs, H) "
+                            f"flattened at axis 1")
+    if op == "Squeeze":
+        axes = n.get("axes", None)
+        if axes is None and len(n.node.input) > 1 and n.node.input[1]:
+            axes = _shape_values(n, consts[n.node.input[1]], "its axes input") if n.node.input[1] in consts \
+                else None
+            if axes is None:
+                raise n.unsupported("the axes must be a constant")
+        axes = None if axes is None else list(axes)
+        if t0 is not None:
+            if t0[0] == "Y" and t0[1] == 1 and axes is not None and [a % 4 for a in axes] == [1]:
+                return [(out, None, src, ("seq-first",))]
+            if t0[0] == "Y_h" and t0[1] == 1 and axes is not None and [a % 3 for a in axes] == [0]:
+                return [(out, None, src, None)]
+            if t0[0] == "Y batch-first" and t0[1] == 1 and axes is not None and [a % 4 for a in axes] == [2]:
+                return [(out, None, src, None)]
+            if t0[0] == "Y_h batch-first" and t0[1] == 1 and axes is not None and [a % 3 for a in axes] == [1]:
+                return [(out, None, src, None)]
+            raise n.unsupported(f"axes {brief(axes)} on a recurrent node's {t0[0]} output: only the direction axis of "
+                                f"a one-direction node is squeezed")
+        if rank is not None and in_shapes[0] is not None:
+            sizes = (None,) + tuple(in_shapes[0])
+            drop = list(range(1, rank)) if axes is None else sorted({a % rank for a in axes})
+            if 0 not in drop and all(sizes[a] == 1 for a in drop if a):
+                left = [s for i, s in enumerate(sizes) if i and i not in drop]
+                if not drop:
+                    return [(out, None, src, None)]
+                if len(left) == 1:
+                    return [(out, Lyr.Flatten(), src, None)]
+        raise n.unsupported(f"axes {brief(axes)}: only squeezing size-1 axes to (batch, features) is supported")
+    if op == "Slice":
+        if t0 is not None and t0[0] == "Y_h":
+            starts, ends = (_shape_values(n, consts.get(i, np.zeros(0, np.int64)), w)
+                            for i, w in zip(n.node.input[1:3], ("starts", "ends")))
+            axes = _shape_values(n, consts[n.node.input[3]], "axes") if len(n.node.input) > 3 \
+                and n.node.input[3] in consts else [0] * len(starts)
+            if len(starts) == len(ends) == 1 and axes[0] % 3 == 0 and len(n.node.input) < 5 and \
+                    range(t0[1])[slice(starts[0], ends[0])] == range(t0[1]):
+                return [(out, None, src, t0)]
+        raise n.unsupported("Slice of activations: only taking every direction of a recurrent node's final states "
+                            "is supported")
+    if op in ("ReduceMax", "ReduceMean"):
+        return _reduce_time(n, consts, src, in_shapes[0], rank)
+    if op == "Concat":
+        return _concat_directions(n, data, ins, tag)
+    if op == "Reshape":
+        target = consts.get(n.node.input[1]) if len(n.node.input) > 1 else None
+        target = None if target is None else _shape_values(n, target, "the target shape")
+        if t0[0] == "Y perm" and target is not None and len(target) == 3 and target[2] in (-1, t0[1] * t0[2]):
+            return [(out, None, src, ("seq-first",))]
+        if t0[0] in ("Y_h perm", "Y_h batch-first") and target is not None and len(target) == 2 and \
+                target[1] in (-1, t0[1] * t0[2]):
+            return [(out, None, src, None)]
+        steps = None if in_shapes[0] is None else in_shapes[0][0]
+        if t0[0] == "Y batch-first" and target is not None and len(target) == 3 and target[1] in (0, steps) and \
+                target[2] in (-1, t0[1] * t0[2]):
+            return [(out, None, src, None)]
+        raise n.unsupported(f"target shape {brief(target)} on a recurrent node's {t0[0]} output; expected the "
+                            f"exporter's merge of the directions")
+    return _conv_pool_1d(n, consts, src, in_shapes[0], dtype)
+
+
+def _gather_node(n, consts, data, src, tag, dtype):
+    out, axis = n.node.output[0], int(n.get("axis", 0))
+    if n.node.input[0] in consts and len(data) == 1:  # an embedding: weight[ids]
+        w = consts[n.node.input[0]]
+        if w.ndim != 2 or axis != 0 or w.dtype.kind != "f":
+            raise n.unsupported(f"Gather of data indices from a constant of shape {brief(w.shape)} on axis {axis}: "
+                                f"only embeddings (a float matrix, axis 0) are supported")
+        n.limits.take(n.label, "the embedding", w.shape)
+        layer = Lyr.Embedding(w.shape[0], w.shape[1], dtype=dtype)
+        layer.weight = w
+        return [(out, layer, src, None)]
+    index = consts.get(n.node.input[1]) if len(n.node.input) > 1 else None
+    if tag is not None and tag[0] == "Y_h" and index is not None and np.ndim(index) == 0 and axis % 3 == 0:
+        dirs, k = tag[1], int(index)
+        if not -dirs <= k < dirs:
+            raise ModelFormatError(f"{n.label}: index {k} out of range for {dirs} directions")
+        return [(out, None, src, None if dirs == 1 else ("direction", k % dirs, dirs))]
+    if tag is not None:
+        raise n.unsupported(f"Gather on a recurrent node's {tag[0]} output; only Y_h[k] (one direction's final "
+                            f"state) is supported")
+    raise n.unsupported("Gather of activations (e.g. one time step of a sequence); supported: embeddings (a "
+                        "constant matrix indexed by token ids) and a recurrent node's final state per direction")
+
+
+def _concat_directions(n, data, ins, tags):
+    """``Concat([Y_h[0], Y_h[1]], axis=1)``: both directions' final states of one recurrent node, in order."""
+    if len(ins) == len(tags) and all(t is not None and t[0] == "direction" for t in tags) and len(set(ins)) == 1 \
+            and [t[1] for t in tags] == list(range(tags[0][2])) and int(n.get("axis", 1)) in (1, -1) \
+            and len(n.node.input) == len(data):
+        return [(n.node.output[0], None, ins[0], None)]
+    raise n.unsupported("Concat of recurrent outputs: only the final states of every direction of one node, in "
+                        "order, joined on axis 1, are supported")
+
+
+def _is_1d(n, consts):
+    if "kernel_shape" in n.attrs:
+        return len(n.attrs["kernel_shape"]) == 1
+    w = consts.get(n.node.input[1]) if n.node.op_type == "Conv" and len(n.node.input) > 1 else None
+    return w is not None and np.ndim(w) == 3
+
+
+def _conv_pool_1d(n, consts, src, shape, dtype):
+    """``Conv``, ``MaxPool`` and ``AveragePool`` with a 1-D kernel: Conv1d, MaxPool1d, AvgPool1d on (N, C, L)."""
+    op, out = n.node.op_type, n.node.output[0]
+    if n.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise n.unsupported(f"attribute auto_pad={n.get('auto_pad')!r}: give explicit pads")
+    stride, dilation = n.ints("strides", [1], 1), n.ints("dilations", [1], 1)
+    pads = n.ints("pads", [0, 0], 2) if n.get("auto_pad", "NOTSET") == "NOTSET" else [0, 0]
+    if min(pads) < 0:
+        raise ModelFormatError(f"{n.label}: negative pads {brief(pads)}")
+    try:
+        if op == "Conv":
+            w = _weight(n, consts, 1, dtype, "weight")
+            b = _weight(n, consts, 2, dtype, "bias")
+            group = int(n.get("group", 1))
+            if "kernel_shape" in n.attrs and list(n.attrs["kernel_shape"]) != [w.shape[2]]:
+                raise ModelFormatError(f"{n.label}: kernel_shape {brief(list(n.attrs['kernel_shape']))} does not "
+                                       f"match the weight {w.shape}")
+            layer = Lyr.Conv1d(w.shape[1] * group, w.shape[0], w.shape[2], stride[0], tuple(pads), dilation[0], group,
+                               bias=b is not None, dtype=dtype)
+            layer.weight = w
+            if b is not None:
+                layer.bias = b.reshape(-1)
+            return [(out, layer, src, None)]
+        kernel = n.ints("kernel_shape", None, 1)[0]
+        if dilation != [1] or n.get("ceil_mode", 0):
+            raise n.unsupported("dilated or ceil-mode 1-D pooling is not supported")
+        if max(pads) >= kernel:
+            raise n.unsupported(f"pads {brief(pads)}: each must be smaller than the kernel {kernel}")
+        if op == "MaxPool":
+            return [(out, Lyr.MaxPool1d(kernel, stride[0], tuple(pads)), src, None)]
+        if max(pads) and not n.get("count_include_pad", 0):
+            raise n.unsupported("1-D average pooling over padding with count_include_pad=0 (lrpnumpy's AvgPool1d "
+                                "counts the padding, as torch's default)")
+        return [(out, Lyr.AvgPool1d(kernel, stride[0], tuple(pads)), src, None)]
+    except LRPError as exc:
+        if isinstance(exc, (UnsupportedLayerError, ModelFormatError)):
+            raise
+        raise n.unsupported(str(exc)) from None
+
+
+def _reduce_time(n, consts, src, shape, rank):
+    """``ReduceMax`` / ``ReduceMean`` over the last axis of (N, C, L): pooling over time."""
+    axes = n.get("axes", None)
+    if axes is None and len(n.node.input) > 1 and n.node.input[1]:
+        if n.node.input[1] not in consts:
+            raise n.unsupported("the axes must be a constant")
+        axes = _shape_values(n, consts[n.node.input[1]], "its axes input")
+    if rank != 3 or axes is None or [a % 3 for a in axes] != [2]:
+        raise n.unsupported(f"axes {brief(None if axes is None else list(axes))} on an input of rank {rank}: only "
+                            f"the last axis of (N, C, L) (pooling over time) is supported")
+    out, keep, length = n.node.output[0], int(n.get("keepdims", 1)), shape[1]
+    if n.node.op_type == "ReduceMax":
+        return [(out, Lyr.MaxPool1d(length) if keep else Lyr.GlobalMaxPool1d(), src, None)]
+    return [(out, Lyr.AvgPool1d(length), src, None)] + ([] if keep else [(out, Lyr.Flatten(), None, None)])
+
+
+def _recurrent_node(n, consts, data, ins, in_shapes, tags, dtype, uses):
+    """ONNX ``LSTM`` (gates i, o, f, c) and ``GRU`` (z, r, h; ``linear_before_reset=1``, torch's) as lrpnumpy's
+    LSTM / GRU (torch's gate order), on the batch-first sequence the exporter transposed to (T, N, D)."""
+    node, op = n.node, n.node.op_type
+    inputs = list(node.input) + [""] * (8 - len(node.input))
+    if not data or inputs[0] != data[0] or len(data) != 1:
+        raise n.unsupported("its inputs other than X (weights, biases, lengths, initial states) must be constants")
+    if tags.get(data[0]) != (None if int(n.get("layout", 0)) == 1 else ("seq-first",)):
+        raise n.unsupported("X must be a batch-first sequence transposed to (T, N, D) (torch's export of "
+                            "batch_first=True), or batch first with layout=1; a graph whose input is sequence-first "
+                            "is not supported")
+    direction = n.get("direction", "forward")
+    if direction not in ("forward", "bidirectional"):
+        raise n.unsupported(f"direction={direction!r}: only forward and bidirectional are supported")
+    for attr in ("activations", "activation_alpha", "activation_beta", "clip"):
+        if attr in n.attrs:
+            raise n.unsupported(f"attribute {attr}: only the default activations without clipping are supported")
+    if n.get("input_forget", 0):
+        raise n.unsupported("attribute input_forget=1 is not supported")
+    batch_first = int(n.get("layout", 0)) == 1  # X (N, T, D), Y (N, T, dirs, H), Y_h (N, dirs, H)
+    if op == "GRU" and not n.get("linear_before_reset", 0):
+        raise n.unsupported("linear_before_reset=0: only torch's GRU (the reset gate applied after the recurrent "
+                            "matrix, linear_before_reset=1) is supported")
+    G, H = (4, int(n.get("hidden_size", 0))) if op == "LSTM" else (3, int(n.get("hidden_size", 0)))
+    W, R = (_weight(n, consts, i, dtype, what) for i, what in ((1, "W"), (2, "R")))
+    B = _weight(n, consts, 3, dtype, "B")
+    dirs = 2 if direction == "bidirectional" else 1
+    if W is None or R is None or W.ndim != 3 or W.shape[:2] != (dirs, G * H) or R.shape != (dirs, G * H, H) or \
+            (B is not None and B.shape != (dirs, 2 * G * H)):
+        raise ModelFormatError(f"{n.label}: weights W {brief(None if W is None else W.shape)}, R "
+                               f"{brief(None if R is None else R.shape)}, B {brief(None if B is None else B.shape)} "
+                               f"do not fit hidden_size={H}, {dirs} direction(s) and {G} gates")
+    T = in_shapes[0][0] if in_shapes[0] is not None else None
+    for i, what in ((4, "sequence_lens"), (5, "initial_h"), (6, "initial_c"), (7, "P (peepholes)")):
+        name = inputs[i]
+        if not name:
+            continue
+        v = consts[name]
+        if what == "sequence_lens":
+            if T is None or not (np.asarray(v) == T).all():
+                raise n.unsupported("sequence_lens other than the full length: give lrpnumpy's LSTM lengths= at "
+                                    "run time instead")
+        else:
+            n.limits.count(n.label, what, np.shape(v))  # a broadcast view is read whole: bounded first
+            if np.any(v):
+                raise n.unsupported(f"a non-zero {what}: only zero initial states without peepholes are supported")
+    order = [0, 2, 3, 1] if op == "LSTM" else [1, 0, 2]  # ONNX's gate blocks in torch's order
+
+    def gates(a):
+        return np.ascontiguousarray(a.reshape(a.shape[0], G, H, *a.shape[2:])[:, order].reshape(a.shape))
+    n.limits.take(n.label, "the recurrent weights", [W.size + R.size + 2 * dirs * G * H])
+    params = {"weight_ih": gates(W), "weight_hh": gates(R)}
+    bias = np.zeros((dirs, 2 * G * H), dtype) if B is None else B
+    params["bias_ih"], params["bias_hh"] = gates(bias[:, :G * H]), gates(bias[:, G * H:])
+    made = []
+    outs = list(node.output) + ["", "", ""]
+    if outs[2] and uses.get(outs[2]):
+        raise n.unsupported("its output Y_c (the final cell state) is used; only Y and Y_h are supported")
+    for k, output in enumerate(("sequence", "last")):
+        name = outs[k]
+        if not name or not uses.get(name):
+            continue
+        layer = (Lyr.LSTM if op == "LSTM" else Lyr.GRU)(W.shape[2], H, bidirectional=dirs == 2, output=output,
+                                                         dtype=dtype)
+        for p, v in params.items():
+            setattr(layer, p, v.astype(dtype, copy=False))
+        made.append((name, layer, ins[0], ("Y" if k == 0 else "Y_h", dirs, H) if not batch_first else
+                     ("Y batch-first" if k == 0 else "Y_h batch-first", dirs, H)))
+    return made
+
+SUPPORTED = SUPPORTED + tuple(op for op in SEQUENCE_OPS + FOLDED if op not in SUPPORTED)
+
+# ----- transformers: layer normalisation, GELU, torch's attention block -----
+
+class _Region:
+    """The graph's nodes with their readers, and the nodes a pattern has taken (skipped by the main loop)."""
+
+    def __init__(self, nodes, data_input):
+        self.nodes, self.skip, self.readers, self.data = nodes, set(), {}, {data_input}
+        for node in nodes:
+            for name in node.input:
+                if name:
+                    self.readers.setdefault(name, []).append(node)
+            if node.op_type != "Shape" and any(i in self.data for i in node.input):  # Shape gives static values
+                self.data.update(o for o in node.output if o)
+        self.made_by = {o: node for node in nodes for o in node.output if o}
+        self.env = None
+
+    def resolve(self, name, depth=0):
+        """Fold now the constant computation of ``name`` (shape arithmetic after a pattern's start), if it is one."""
+        consts, producer, shapes, tags, batch, where, limits = self.env
+        node = self.made_by.get(name)
+        if name in consts or name in self.data or node is None or depth > MAX_SHAPE_VALUES:
+            return
+        for i in node.input:
+            if i:
+                self.resolve(i, depth + 1)
+        _fold_node(_Node(node, where, limits), consts, producer, shapes, tags, batch)
+
+    def one_reader(self, name, op=None):
+        r = self.readers.get(name, [])
+        return r[0] if len(r) == 1 and (op is None or r[0].op_type == op) else None
+
+
+#: Most nodes one attention block may span (torch's export of nn.MultiheadAttention has about 80).
+MAX_BLOCK_NODES = 400
+
+
+def _attention_block(n, consts, src, shape, region, dtype):
+    """torch's export of ``nn.MultiheadAttention`` (self-attention, batch first) as lrpnumpy's MultiheadAttention.
+
+    The block starts at the input projection ``MatMul`` (tokens transposed to (T, N, E), weight (E, 3E)) and ends
+    at the ``Transpose (1, 0, 2)`` after the output projection (``Gemm``, weight (E, E), reshaped back to
+    (T, N, E)); what lies between (the q/k/v split, the heads' reshapes and transposes, the scaling by
+    ``head_dim ** -1/4`` on each side, the scores' MatMul, an optional causal mask, Softmax, the context's
+    MatMul) must read nothing from outside but constants.  The number of heads is read from the constant
+    target shape (N, H, T, head_dim) the exporter reshapes to."""
+    w = _weight(n, consts, 1, dtype, "the input projection")
+    if w is None or w.ndim != 2 or w.shape[1] != 3 * w.shape[0] or shape is None or shape[-1] != w.shape[0]:
+        raise n.unsupported("a MatMul on tokens transposed to (T, N, E): only torch's attention block (an input "
+                            "projection of shape (E, 3E)) is supported")
+    e = w.shape[0]
+    inside, end, todo = [], None, [n.node.output[0]]
+    seen = set()
+    while todo:
+        name = todo.pop()
+        for node in region.readers.get(name, []):
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            inside.append(node)
+            if len(inside) > MAX_BLOCK_NODES:
+                raise n.unsupported(f"the attention block spans more than {MAX_BLOCK_NODES} nodes")
+            if node.op_type == "Transpose" and _perm(node) == [1, 0, 2]:
+                prev = [m for m in inside if node.input[0] in m.output]
+                if prev and prev[0].op_type == "Reshape" and \
+                        any(m.op_type == "Gemm" and prev[0].input[0] in m.output for m in inside):
+                    if end is not None:
+                        raise n.unsupported("the attention block has two ends")
+                    end = node
+                    continue
+            todo.extend(o for o in node.output if o)
+    if end is None:
+        raise n.unsupported("no end of the attention block (the output projection's Gemm, Reshape to (T, N, E) and "
+                            "Transpose (1, 0, 2)) was found")
+    made = {o for m in inside for o in m.output} | set(n.node.output)
+    for node in inside:
+        if node is end:
+            continue
+        outside = [i for i in node.input if i and i not in made and i not in consts and i in region.data]
+        if outside:
+            raise n.unsupported(f"node {brief(node.name)!r} ({node.op_type}) of the attention block reads "
+                                f"{brief(outside)}, which is neither computed in the block nor a constant")
+        for o in node.output:
+            strangers = [r for r in region.readers.get(o, []) if r not in inside]
+            if strangers:
+                raise n.unsupported(f"a value of the attention block ({brief(o)!r}) is read outside it, by "
+                                    f"{brief(strangers[0].name)!r} ({strangers[0].op_type})")
+    ops = {m.op_type for m in inside}
+    allowed = {"Add", "Reshape", "Unsqueeze", "Transpose", "Squeeze", "Gather", "Mul", "MatMul", "Softmax", "Shape",
+               "Slice", "Cast", "Sqrt", "Div", "Gemm", "Concat", "Constant", "Mod", "Where", "Split", "Expand", "Trilu",
+               "Equal", "ConstantOfShape"}
+    if ops - allowed:
+        raise n.unsupported(f"the attention block holds {brief(sorted(ops - allowed))}; torch's export of "
+                            f"nn.MultiheadAttention holds only {', '.join(sorted(allowed))}")
+    counts = {op: sum(m.op_type == op for m in inside) for op in ("MatMul", "Softmax", "Gemm")}
+    if counts != {"MatMul": 2, "Softmax": 1, "Gemm": 1}:
+        raise n.unsupported(f"the attention block holds {counts['MatMul']} MatMul, {counts['Softmax']} Softmax and "
+                            f"{counts['Gemm']} Gemm nodes; torch's has 2 (scores, context), 1 and 1 (the output "
+                            f"projection)")
+    bias_node = region.one_reader(n.node.output[0], "Add")
+    bias = None
+    if bias_node is not None:
+        other = [i for i in bias_node.input if i != n.node.output[0]]
+        bias = consts.get(other[0]) if other else None
+        if bias is None or bias.shape != (3 * e,):
+            raise n.unsupported("the input projection's Add must add a constant bias of shape (3E,)")
+    gemm = next(m for m in inside if m.op_type == "Gemm")
+    g = _Node(gemm, n.where, n.limits)
+    if g.get("transA", 0) or _finite_attr(g, "alpha", dtype) != 1 or _finite_attr(g, "beta", dtype) != 1:
+        raise g.unsupported("the output projection must be a plain Gemm (alpha = beta = 1, transA = 0)")
+    wo, bo = _weight(g, consts, 1, dtype, "B"), _weight(g, consts, 2, dtype, "C")
+    wo = wo if g.get("transB", 0) else wo.T
+    if wo.shape != (e, e) or (bo is not None and bo.size != e):
+        raise g.unsupported(f"the output projection's weight {brief(wo.shape)} is not (E, E) = ({e}, {e})")
+    for m in inside:  # targets computed from the input's shape (a dynamic batch axis): folded now
+        if m.op_type == "Reshape" and len(m.input) > 1:
+            region.resolve(m.input[1])
+    heads = {int(np.asarray(consts[m.input[1]]).ravel()[1]) for m in inside if m.op_type == "Reshape"
+             and m.input[1] in consts and np.asarray(consts[m.input[1]]).size == 4}
+    heads = {h for h in heads if h >= 1 and e % h == 0}
+    if len(heads) != 1:
+        raise n.unsupported("the number of heads cannot be read: the block's reshape to (N, H, T, head_dim) must "
+                            "have a target shape computed from constants and the input's static shape")
+    causal = False
+    softmax = [m for m in inside if m.op_type == "Softmax"]
+    if len(softmax) != 1 or _Node(softmax[0], n.where).get("axis", -1) not in (-1, 3):
+        raise n.unsupported("the attention block must hold one Softmax over the keys (axis -1)")
+    for m in inside:  # is_causal=True: Where(Trilu(ones) == 0, -inf, 0) added to the scores
+        if m.op_type == "Trilu":
+            causal = _causal_trilu(n, m, inside, consts)
+    for m in inside:  # a constant mask added to the scores: only the causal one
+        masks = [consts[i] for i in m.input if i in consts and np.ndim(consts[i]) >= 2] if m.op_type in ("Add",
+                                                                                                         "Where") else []
+        for mask in masks:
+            t = mask.shape[-1]
+            n.limits.count(n.label, "the attention mask", mask.shape)
+            future = np.triu(np.ones((t, t), bool), 1)
+            m2 = np.asarray(mask).reshape(-1, t, t)
+            if mask.dtype == bool and m.op_type == "Where":
+                ok = all((np.array_equal(k, future) or np.array_equal(k, ~future)) for k in m2)
+            else:
+                ok = all(np.all(np.isneginf(k) == future) and np.all(k[~future] == 0) for k in m2)
+            if not ok or t != shape[0]:
+                raise n.unsupported(f"node {brief(m.name)!r} ({m.op_type}) adds an attention mask other than the "
+                                    f"causal one (the future at -inf)")
+            causal = True
+    layer = Lyr.MultiheadAttention(e, heads.pop(), bias=bias is not None or bo is not None, causal=causal,
+                                   dtype=dtype)
+    n.limits.take(n.label, "the attention weights", [4 * e * e + 4 * e])
+    layer.in_proj_weight = np.ascontiguousarray(w.T)
+    layer.out_proj_weight = np.ascontiguousarray(wo)
+    if layer.in_proj_bias is not None:
+        layer.in_proj_bias = np.zeros(3 * e, dtype) if bias is None else bias.astype(dtype)
+        layer.out_proj_bias = np.zeros(e, dtype) if bo is None else bo.reshape(-1).astype(dtype)
+    region.skip.update(id(m) for m in inside)
+    return [(end.output[0], layer, src, None)]
+
+
+def _causal_trilu(n, trilu, inside, consts):
+    """True for torch's causal mask ``Where(Trilu(Expand(1), upper=0) == 0, -inf, 0)`` (the future at -inf)."""
+    def producer(name):
+        return next((m for m in inside if name in m.output), None)
+
+    def value(name):
+        v = consts.get(name)
+        return None if v is None or np.size(v) != 1 else float(np.asarray(v).reshape(-1)[0])
+    ones = producer(trilu.input[0])
+    upper = [a.i for a in trilu.attribute if a.name == "upper"]
+    equal = [m for m in inside if m.op_type == "Equal" and trilu.output[0] in m.input]
+    where = [m for m in inside if equal and m.op_type == "Where" and equal[0].output[0] in m.input]
+    ok = (ones is not None and ones.op_type == "Expand" and value(ones.input[0]) == 1 and upper in ([], [0])
+          and (len(trilu.input) < 2 or not trilu.input[1]) and len(equal) == 1 and len(where) == 1
+          and value([i for i in equal[0].input if i != trilu.output[0]][0]) == 0
+          and list(where[0].input[:1]) == [equal[0].output[0]] and value(where[0].input[1]) == -np.inf
+          and value(where[0].input[2]) == 0)
+    if not ok:
+        raise n.unsupported(f"node {brief(trilu.name)!r} (Trilu) builds an attention mask other than torch's causal "
+                            f"one (Where(Trilu(ones) == 0, -inf, 0))")
+    return True
+
+
+def _perm(node):
+    return [list(a.ints) for a in node.attribute if a.name == "perm"][0] if any(
+        a.name == "perm" for a in node.attribute) else None
+
+
+def _layer_normalization(n, consts, prev, shape, opset, dtype, n_in):
+    """``LayerNormalization`` (opset 17) over the last axis, with constant scale and bias."""
+    axis = int(n.get("axis", -1))
+    if shape is None or axis not in (-1, len(shape)):
+        raise n.unsupported(f"axis={axis}: only normalising the last axis (of a static shape) is supported")
+    if n.get("stash_type", 1) != 1 and dtype == np.float32:
+        raise n.unsupported("stash_type other than float32")
+    scale, bias = _weight(n, consts, 1, dtype, "Scale"), _weight(n, consts, 2, dtype, "B")
+    d = shape[-1]
+    if scale is None or scale.size != d or (bias is not None and bias.size != d):
+        raise n.unsupported(f"Scale and B must hold one value per feature ({d})")
+    layer = Lyr.LayerNorm(d, eps=float(n.get("epsilon", 1e-5)), dtype=dtype)
+    layer.weight = scale.reshape(d)
+    layer.bias = np.zeros(d, dtype) if bias is None else bias.reshape(d)
+    return [layer]
+
+
+def _gelu(n, consts, prev, shape, opset, dtype, n_in):
+    approximate = n.get("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise n.unsupported(f"approximate={approximate!r}")
+    return [Lyr.GELU(approximate)]
+
+
+_HANDLERS.update({"LayerNormalization": _layer_normalization, "Gelu": _gelu})
+SUPPORTED = SUPPORTED + ("LayerNormalization", "Gelu")
+
+
+def src_of(ins):
+    return ins[0] if ins else None
+
+
+def _const_of(node, consts, data_name):
+    """The constant input of a two-input ``node`` whose other input is ``data_name`` (None if it has none)."""
+    if node is None or len(node.input) != 2 or data_name not in node.input:
+        return None
+    other = node.input[1] if node.input[0] == data_name else node.input[0]
+    return None if other not in consts else np.asarray(consts[other])
+
+
+def _last_axis(n, consts, node, rank):
+    axes = [list(a.ints) for a in node.attribute if a.name == "axes"]
+    if not axes and len(node.input) > 1 and node.input[1] in consts:
+        axes = [_shape_values(n, consts[node.input[1]], "its axes input")]
+    keep = [a.i for a in node.attribute if a.name == "keepdims"]
+    return bool(axes) and [a % rank for a in axes[0]] == [rank - 1] and (not keep or keep[0] == 1)
+
+
+def _decomposed_layernorm(n, consts, data, src, in_shapes, region, dtype):
+    """``ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div[, Mul weight][, Add bias]`` over the last axis (what
+    torch exports a LayerNorm as before opset 17) as one LayerNorm; None when the nodes do not match."""
+    x, shape = data[0], in_shapes[0]
+    if shape is None or not _last_axis(n, consts, n.node, len(shape) + 1):
+        return None
+    rank, mean = len(shape) + 1, n.node.output[0]
+    sub = region.one_reader(mean, "Sub")
+    if sub is None or list(sub.input) != [x, mean]:
+        return None
+    readers = region.readers.get(sub.output[0], [])
+    pow_ = next((r for r in readers if r.op_type == "Pow"), None)
+    div = next((r for r in readers if r.op_type == "Div"), None)
+    if len(readers) != 2 or pow_ is None or div is None or pow_.input[0] != sub.output[0] or \
+            not np.array_equal(_const_of(pow_, consts, sub.output[0]), 2):
+        return None
+    var = region.one_reader(pow_.output[0], "ReduceMean")
+    if var is None or not _last_axis(n, consts, var, rank):
+        return None
+    add = region.one_reader(var.output[0], "Add")
+    eps = _const_of(add, consts, var.output[0])
+    sqrt = add is not None and region.one_reader(add.output[0], "Sqrt")
+    if eps is None or eps.size != 1 or not sqrt or region.one_reader(sqrt.output[0], "Div") is not div or \
+            list(div.input) != [sub.output[0], sqrt.output[0]] or not 0 < float(eps.reshape(-1)[0]) < 1:
+        return None
+    taken, last, d = [n.node, sub, pow_, var, add, sqrt, div], div, shape[-1]
+    weight = bias = None
+    mul = region.one_reader(div.output[0], "Mul")
+    w = _const_of(mul, consts, div.output[0])
+    if w is not None and w.size == d and w.dtype.kind == "f":
+        weight, last = w, mul
+        taken.append(mul)
+    plus = region.one_reader(last.output[0], "Add")
+    b = _const_of(plus, consts, last.output[0])
+    if b is not None and b.size == d and b.dtype.kind == "f":
+        bias, last = b, plus
+        taken.append(plus)
+    for node in taken[1:]:  # nothing else reads the pattern's inner values
+        if node is not last and any(r not in taken for o in node.output for r in region.readers.get(o, [])):
+            return None
+    layer = Lyr.LayerNorm(d, eps=float(eps.reshape(-1)[0]), dtype=dtype)
+    n.limits.take(n.label, "the layer norm's weight and bias", [2 * d])
+    layer.weight = np.ones(d, dtype) if weight is None else weight.reshape(d).astype(dtype)
+    layer.bias = np.zeros(d, dtype) if bias is None else bias.reshape(d).astype(dtype)
+    region.skip.update(id(node) for node in taken[1:])
+    return [(last.output[0], layer, src, None)]
+
+
+def _erf_gelu(n, consts, data, src, in_shapes, region, dtype):
+    """``x * (erf(x / sqrt 2) + 1) * 0.5`` (the factors in any order; what torch exports a GELU as before opset 20)
+    as one GELU; None when the nodes do not match."""
+    x = data[0] if len(data) == 1 else None
+    c = _const_of(n.node, consts, x) if x is not None and n.node.input[0] == x else None
+    if c is None or c.size != 1 or not abs(float(c.reshape(-1)[0]) - math.sqrt(2)) < 1e-6:
+        return None
+    erf = region.one_reader(n.node.output[0], "Erf")
+    add = erf is not None and region.one_reader(erf.output[0], "Add")
+    one = _const_of(add, consts, erf.output[0]) if add else None
+    if one is None or one.size != 1 or float(one.reshape(-1)[0]) != 1:
+        return None
+    m1 = region.one_reader(add.output[0], "Mul")
+    if m1 is None:
+        return None
+    m2 = region.one_reader(m1.output[0], "Mul")
+    if m2 is None:
+        return None
+    halves = [_const_of(m, consts, i) for m, i in ((m1, add.output[0]), (m2, m1.output[0]))]
+    # x * (1 + erf) then * 0.5, or (1 + erf) * 0.5 then * x
+    if set(m1.input) == {x, add.output[0]} and halves[1] is not None and halves[1].size == 1 and \
+            float(halves[1].reshape(-1)[0]) == 0.5:
+        pass
+    elif halves[0] is not None and halves[0].size == 1 and float(halves[0].reshape(-1)[0]) == 0.5 and \
+            set(m2.input) == {x, m1.output[0]}:
+        pass
+    else:
+        return None
+    if len(region.readers.get(x, [])) != 2:  # x feeds the Div and one Mul, nothing else of the pattern's
+        return None
+    region.skip.update(id(node) for node in (erf, add, m1, m2))
+    return [(m2.output[0], Lyr.GELU(), src, None)]
 
 
 # ----- writing -----
