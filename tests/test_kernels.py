@@ -414,3 +414,40 @@ def test_paths_chosen_by_batch_size_give_the_same_bits(dtype, rng, monkeypatch):
     monkeypatch.setattr(step2, "SMALL_STEP2", 0)
     for a, b in zip(small, run()):
         assert a.dtype == b.dtype and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+
+
+@pytest.mark.parametrize("lowering", ["rows", "channels last", "im2col"])
+def test_split_products_agree_and_are_batch_invariant(lowering, rng, monkeypatch):
+    """The small-image lowerings' products in blocks (SMALL_GEMM made tiny, so that every product is
+    split, along rows or columns): the convolution's numbers, the same bits alone and in a batch."""
+    _force(monkeypatch, lowering)
+    monkeypatch.setattr(conv, "SMALL_GEMM", 200)
+    for shape, o, (kh, kw), (sh, sw), pad, (dh, dw), groups in CONV_CASES:
+        x = rng.normal(size=(5,) + shape[1:])
+        w = rng.normal(size=(o, shape[1] // groups, kh, kw))
+        y = nb.conv2d(x, w, sh, sw, pad, dh, dw, groups)
+        _close(y, ref.conv2d(x, w, sh, sw, pad, dh, dw, groups))
+        gx = nb.conv2d_grad_input(y, w, shape[2], shape[3], sh, sw, pad, dh, dw, groups)
+        _close(gx, ref.conv2d_grad_input(y, w, shape[2], shape[3], sh, sw, pad, dh, dw, groups))
+        for b in (0, 4):
+            assert nb.conv2d(x[b:b + 1], w, sh, sw, pad, dh, dw, groups).tobytes() == y[b:b + 1].tobytes()
+            assert nb.conv2d_grad_input(y[b:b + 1], w, shape[2], shape[3], sh, sw, pad, dh, dw,
+                                        groups).tobytes() == gx[b:b + 1].tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_image_products_do_not_depend_on_blas_threads(dtype, rng):
+    """toolbox_lenet's second convolution (the row lowering, 1.75 M multiply-adds a sample): whole,
+    OpenBLAS ran it on its blocked GEMM, whose bits changed with its thread count (and which handed
+    off to a second thread for every sample); in blocks, the same bits on one BLAS thread and on two."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    assert conv.lowering("forward", 10, 25, 14, 14, 5, 5, 1, 1, (0, 0, 0, 0), 1, 1, 1) == "rows"
+    x = rng.normal(size=(3, 10, 14, 14)).astype(dtype)
+    x[:, :, ::2] = 0
+    w = rng.normal(size=(25, 10, 5, 5)).astype(dtype)
+    out = []
+    for threads in (1, 2):
+        with threadpoolctl.threadpool_limits(threads, "blas"):
+            y = nb.conv2d(x, w, 1, 1, (0, 0, 0, 0), 1, 1, 1)
+            out.append(y.tobytes() + nb.conv2d_grad_input(y, w, 14, 14, 1, 1, (0, 0, 0, 0), 1, 1, 1).tobytes())
+    assert out[0] == out[1]

@@ -288,6 +288,46 @@ def _matmul_groups(a, b, groups, rows_a, rows_b, transpose_a=False, out=None):
     return out
 
 
+# ----- small products -----
+#
+# OpenBLAS multiplies products of up to about 1e6 multiply-adds in its small-matrix kernels (no
+# packing, on the calling thread); larger ones in its blocked GEMM, on all its threads.  A sample's
+# product in the lowerings for small images ("rows", "channels last", "strided") is often just
+# above that: toolbox_lenet's 10 x 700 x 250, one sample per call, cost its batch 3x the CPU time in
+# the blocked GEMM, handing off to a second thread for microseconds of work.  So those products, up
+# to SPLIT_GEMM multiply-adds, run in blocks of at most SMALL_GEMM, split along the longer of their
+# outer axes at bounds set by the sample's shape: the same calls for a sample in every batch, each
+# on the calling thread (on lenet5's and toolbox_lenet's shapes they gave the same bits with one BLAS
+# thread and with two, where toolbox_lenet's whole products did not), and the kernels' threads
+# (``each_sample``) keep both cores busy.  Larger products stay whole: there BLAS's
+# own threads pay off, and they are a sample's only parallelism at batch 1.
+
+#: Multiply-adds per BLAS call in the small-image lowerings (OpenBLAS's small-matrix kernels).
+SMALL_GEMM = 10 ** 6
+#: Products of more multiply-adds than this are not split.
+SPLIT_GEMM = 16 * 10 ** 6
+
+
+def _matmul_small(a, b, out):
+    """``out[...] = a @ b`` for 2-D ``a`` (M, K) and ``b`` (K, N): up to :data:`SPLIT_GEMM`
+    multiply-adds in blocks of rows of ``a`` or columns of ``b`` of at most :data:`SMALL_GEMM` each
+    (at least 8 rows or columns), larger products in one call."""
+    m, k = a.shape
+    n = b.shape[1]
+    blocks = -(-m * k * n // SMALL_GEMM)
+    if blocks <= 1 or m * k * n > SPLIT_GEMM:
+        return np.matmul(a, b, out=out)
+    if n >= m:
+        step = max(8, -(-n // blocks))
+        for j in range(0, n, step):
+            np.matmul(a, b[:, j:j + step], out=out[:, j:j + step])
+    else:
+        step = max(8, -(-m // blocks))
+        for i in range(0, m, step):
+            np.matmul(a[i:i + step], b, out=out[i:i + step])
+    return out
+
+
 # ----- im2col by jitted loops (other strides) -----
 
 def _cols_strided(x, kh, kw, sh, sw, padding, dh, dw, oh, ow, name):
@@ -306,7 +346,10 @@ def _conv_strided(x, w, sh, sw, padding, dh, dw, groups):
         out = scratch("strided out", (o, oh * ow), y.dtype)
         for b in range(lo, hi):  # one sample per GEMM (batch invariance)
             cols = _cols_strided(x[b:b + 1], kh, kw, sh, sw, padding, dh, dw, oh, ow, "cols")
-            _matmul_groups(w.reshape(o, cg * kh * kw), cols, groups, o // groups, cg * kh * kw, out=out)
+            if groups == 1:
+                _matmul_small(w.reshape(o, cg * kh * kw), cols, out)
+            else:
+                _matmul_groups(w.reshape(o, cg * kh * kw), cols, groups, o // groups, cg * kh * kw, out=out)
             y[b] = out.reshape(o, oh, ow)
     each_sample(n, run_samples)
     return y
@@ -322,7 +365,10 @@ def _conv_strided_grad_input(gy, w, h, wd, sh, sw, padding, dh, dw, groups):
         gcols = scratch("gcols", (k * groups, oh * ow), gx.dtype)
         for b in range(lo, hi):  # one sample per GEMM (batch invariance)
             g2 = np.ascontiguousarray(gy[b]).reshape(o, oh * ow)
-            _matmul_groups(w.reshape(o, k), g2, groups, o // groups, k, transpose_a=True, out=gcols)
+            if groups == 1:
+                _matmul_small(w.reshape(o, k).T, g2, gcols)
+            else:
+                _matmul_groups(w.reshape(o, k), g2, groups, o // groups, k, transpose_a=True, out=gcols)
             gx[b] = _col2im(gcols, 1, c, h, wd, kh, kw, sh, sw, padding[0], padding[2], dh, dw, oh, ow)[0]
     each_sample(n, run_samples)
     return gx
@@ -394,7 +440,7 @@ def _conv_rows(x, w, sh, sw, padding, dh, dw):
         np.copyto(rows, np.ndarray(rows.shape, xp.dtype, xp, 0, (s0, sh * s1, dh * s1, s2, s3)))
         out = scratch("rows out", (m, oh, o * ow), y.dtype)  # a kept buffer: fresh pages cost
         for b in range(m):  # one sample per GEMM (batch invariance)
-            np.matmul(rows[b].reshape(oh, -1), band, out=out[b])
+            _matmul_small(rows[b].reshape(oh, -1), band, out[b])
         y[lo:hi] = out.reshape(m, oh, o, ow).transpose(0, 2, 1, 3)
     each_sample(n, run_samples)
     return y
@@ -413,7 +459,7 @@ def _conv_rows_grad_input(gy, w, h, wd, sh, sw, padding, dh, dw):
         g[...] = gy[lo:hi].transpose(0, 2, 1, 3)
         grows = scratch("rows grad", (m, oh, band_t.shape[1]), gx.dtype)
         for b in range(m):  # one sample per GEMM (batch invariance)
-            np.matmul(g[b].reshape(oh, o * ow), band_t, out=grows[b])
+            _matmul_small(g[b].reshape(oh, o * ow), band_t, grows[b])
         grows = grows.reshape(m, oh, kh, c, used)
         gxp = np.zeros((m, h + padding[0] + padding[1], c, max(used, padding[2] + wd)), gx.dtype)
         for i in range(kh):
@@ -455,7 +501,7 @@ def _conv_channels_last(x, w, sh, sw, padding, dh, dw):
         out = np.empty((m, oh, ow, o), y.dtype)
         for b in range(m):
             for p in range(0, oh, rows):
-                np.matmul(windows[b, p:p + rows].reshape(-1, k), matrix, out=out[b, p:p + rows].reshape(-1, o))
+                _matmul_small(windows[b, p:p + rows].reshape(-1, k), matrix, out[b, p:p + rows].reshape(-1, o))
         y[lo:hi] = out.transpose(0, 3, 1, 2)
     each_sample(n, run_samples)
     return y
