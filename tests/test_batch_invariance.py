@@ -216,3 +216,18 @@ def test_pixel_flipping_curves(incremental, backend, images):
             return evaluate.pixel_flipping(net, b[:, :1], b[:, 1:], target=3, features_per_step=9, steps=16,
                                            incremental=incremental, progress=False).curves
         assert_invariant(curves, both, sizes=(7,), what=f"pixel flipping {np.dtype(dtype).name}")
+
+
+@pytest.mark.parametrize("rule", [L.Gamma(0.25), L.ZPlus(), L.AlphaBeta(2, 1)], ids=repr)
+def test_signs_of_zeros(rule, backend):
+    """A sample without negative inputs (-0 among them) skips the x- terms alone but not in a batch
+    with negative inputs, where their exact zeros are added: relevance equal to the sign of its zeros."""
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        net = L.Sequential(L.Flatten(), L.Linear(20, 3, rng=rng, dtype=dtype))
+        sample = np.abs(rng.normal(size=(1, 20))).astype(dtype)
+        sample[0, ::3] = -0.0
+        batch = np.concatenate([sample, rng.normal(size=(2, 20)).astype(dtype)])
+        alone = L.explain(net, sample, rule=rule, target=1).relevance
+        inside = L.explain(net, batch, rule=rule, target=1).relevance
+        assert bitwise(alone[0], inside[0]), np.signbit(alone[0]) ^ np.signbit(inside[0])

@@ -62,7 +62,8 @@ def test_conv_kernels_agree(case, contiguous, lowering, rng, monkeypatch):
     shape, o, (kh, kw), (sh, sw), pad, (dh, dw), groups = case
     if lowering != "chosen":  # every lowering on every case (rows and channels last take groups == 1 only,
         # the direct kernel stride 1 and groups == 1; it is written for any number of input channels)
-        _force(monkeypatch, {"im2col by rows": "im2col", "channels last by rows": "channels last"}.get(lowering, lowering))
+        _force(monkeypatch, {"im2col by rows": "im2col", "channels last by rows": "channels last"}.get(lowering,
+                                                                                                    lowering))
     if lowering == "im2col by rows":  # the column matrix one output row at a time
         monkeypatch.setattr(conv, "COLUMN_BYTES", 1)
     if lowering == "channels last by rows":  # the window matrix one output row at a time

@@ -9,8 +9,8 @@
 
 Each family chooses how a call runs in one function, ``lowering``, documented there.  numba itself
 is imported on the first call of a jitted kernel, not when this module is (importing numba costs a
-fresh process a noticeable fraction of a second), and small calls (one small input) run NumPy code that gives the same
-numbers, so explaining one small input never imports numba.
+fresh process a noticeable fraction of a second), and small calls (one small input) run NumPy
+code that gives the same numbers, so explaining one small input never imports numba.
 """
 
 from ._common import THREADS, jit_all, release_workspace  # noqa: F401

@@ -90,7 +90,8 @@ def lrp_step2(z, R, mask, epsilon, channels):
         sums[:, 1] = sums[:, 3] = sums[:, 0]
         sums[:, 2] = t.sum(axis=1)
     else:
-        m = np.zeros((1, 1), bool) if mask is None else np.ascontiguousarray(np.broadcast_to(mask, z.shape)).reshape(n, -1)
+        m = (np.zeros((1, 1), bool) if mask is None
+             else np.ascontiguousarray(np.broadcast_to(mask, z.shape)).reshape(n, -1))
         kept = scratch("step2 kept", z2.shape, z.dtype)
         _lrp_step2(z2, R2, m, mask is not None, z.dtype.type(epsilon), s, kept, t)
         sums[:, 0] = kept.sum(axis=1)
