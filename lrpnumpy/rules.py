@@ -174,8 +174,9 @@ def ledger(groups, accounts, epsilon):
     """
     out, kept = {}, 0
     for g, a in zip(groups, accounts):
-        if a.bias is not None:  # sum s * b, reduced per output channel first
-            _add(out, "bias", g.coef * (a.per_channel @ a.bias))
+        if a.bias is not None:  # sum s * b, reduced per output channel first, then per sample (a product
+            # with the whole batch, per_channel @ bias, is a gemv whose sums change with the batch's length)
+            _add(out, "bias", g.coef * (a.per_channel * a.bias).sum(axis=1))
         if epsilon > 0:  # every denominator is finite, moved by +-epsilon
             _add(out, "stabilizer", g.coef * a.sums[:, 2])
             kept = kept + g.coef * a.sums[:, 0]

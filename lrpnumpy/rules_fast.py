@@ -28,11 +28,14 @@ from .trace import Step
 
 def propagate(rule, layer, step, R):
     """``(R_in, ledger)`` of an :class:`~lrpnumpy.rules.AffineRule` on its (checked) ``layer``."""
+    negative = _samples_with_negative_input(layer, step)
+    if negative is not None:  # both kinds of samples in the batch: each kind on its own (see below)
+        return _by_kind(rule, layer, step, R, negative)
     blocks = row_blocks(layer)
     if blocks is None:
         groups = groups_for(rule, layer, step)
         R_in, values = four_steps_fast(layer, step, groups, R, rule.epsilon)
-        return layer.split(R_in), rules.ledger(groups, values, rule.epsilon)
+        return layer.split(_unsigned_zeros(R_in)), rules.ledger(groups, values, rule.epsilon)
     # a large dense layer, one block of output neurons at a time: every rule's denominators
     # belong to single output neurons, so the blocks' relevance adds up at the shared input
     R_in, absorbed = 0, {}
@@ -43,7 +46,52 @@ def propagate(rule, layer, step, R):
         R_in = R_in + r
         for key, value in rules.ledger(groups, values, rule.epsilon).items():
             _add(absorbed, key, value)
-    return layer.split(R_in), absorbed
+    return layer.split(_unsigned_zeros(R_in)), absorbed
+
+
+def _samples_with_negative_input(layer, step):
+    """Which samples have a negative input, when some do and some do not (else None).
+
+    Whether the x- terms vanish, and whether gamma is written through the traced ``z``, is decided
+    on the whole input: a sample without negative inputs would take a path (and get rounding) that
+    depends on the rest of its batch.  Such a batch is explained in two parts, each of one kind,
+    so that every sample takes the path it takes alone.  (Layers with a backward state are not
+    split; their rules here do not look at signs.)"""
+    xs = step.inputs
+    if (step.state is not None or not all(isinstance(x, np.ndarray) and x.ndim >= 2 for x in xs)
+            or len({len(x) for x in xs}) != 1 or len(xs[0]) < 2):
+        return None
+    negative = np.zeros(len(xs[0]), bool)
+    for x in xs:  # every input batch first (a several-input layer's joint input stacks them)
+        negative |= (x < 0).reshape(len(x), -1).any(axis=1)
+    return negative if negative.any() and not negative.all() else None
+
+
+def _by_kind(rule, layer, step, R, negative):
+    """:func:`propagate` on the samples with and those without a negative input, put back in order."""
+    R_in, ledger = None, {}
+    for idx in (np.flatnonzero(negative), np.flatnonzero(~negative)):
+        sub = Step(step.layer, [x[idx] for x in step.inputs], step.output[idx], None, step.index, step.parents)
+        r, values = propagate(rule, layer, sub, R[idx])
+        parts = r if isinstance(r, tuple) else (r,)
+        if R_in is None:
+            R_in = tuple(np.empty((len(negative),) + p.shape[1:], p.dtype) for p in parts)
+        for whole, part in zip(R_in, parts):
+            whole[idx] = part
+        for key, value in values.items():
+            value = np.asarray(value)
+            ledger.setdefault(key, np.zeros(len(negative), value.dtype))[idx] = value
+    return (R_in if isinstance(r, tuple) else R_in[0]), ledger
+
+
+def _unsigned_zeros(R):
+    """``R`` with every -0 made +0 (in place when ``R`` is a new array): whether a term that vanishes
+    (the x- of ZPlus on inputs >= 0) is skipped depends on the whole batch, and where it is not,
+    its exact zeros, added, can turn a -0 into +0; so a sample's zeros would keep their sign only
+    in some batches."""
+    if isinstance(R, np.ndarray) and R.base is None and R.flags.writeable:
+        return np.add(R, R.dtype.type(0), out=R)
+    return R + np.zeros((), np.result_type(R))
 
 
 def groups_for(rule, layer, step):

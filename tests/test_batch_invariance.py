@@ -178,3 +178,56 @@ def test_sequence_and_attention_models_are_batch_invariant(case, backend):
                 assert a.relevance[0].tobytes() == b.relevance[pos].tobytes(), (n, pos)
     finally:
         kernels.set_backend(previous)
+
+
+def _ledger(explanation):
+    """The conservation report's per-sample columns, (N, layers, columns)."""
+    report = explanation.conservation()
+    return np.stack([np.stack([np.asarray(row[c]) for c in report.columns]) for row in report.rows]).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("name", ["fashion_cnn_maxpool", "residual"])
+def test_conservation_ledger_sums(name, backend, images):
+    """The ledger's per-sample sums (relevance in and out, bias, stabilizer, dropped) at every layer:
+    step 2 sums them per sample, by NumPy or in the jitted pass, chosen by the call's size; the bias
+    column was a product with the whole batch (float32: 7e-9 of 0.076 at batch 7)."""
+    for dtype in (np.float32, np.float64):
+        net, x = model(name, dtype), inputs(name, images, dtype)
+        egb = composites.get("epsilon_gamma_box", low=0.0, high=1.0)
+        for comp in (egb, L.EpsilonPlus(), composites.get("epsilon_alpha2_beta1")):
+            assert_invariant(lambda b: _ledger(L.explain(net, b, composite=comp)), x, sizes=(7,),
+                             what=f"ledger {comp!r} {np.dtype(dtype).name}")
+        for rule in (L.Epsilon(0.0), L.Gamma(0.25)):  # epsilon 0: zero denominators drop relevance
+            assert_invariant(lambda b: _ledger(L.explain(net, b, rule=rule)), x, sizes=(7,),
+                             what=f"ledger {rule!r} {np.dtype(dtype).name}")
+
+
+@pytest.mark.parametrize("incremental", [True, False], ids=["incremental", "plain"])
+def test_pixel_flipping_curves(incremental, backend, images):
+    """A sample's perturbation curve, on the incremental path (the first layers' outputs updated
+    where each step's change reaches) and the plain one."""
+    from lrpnumpy import evaluate
+    for dtype in (np.float32, np.float64):
+        net, x = model("fashion_cnn_maxpool", dtype), images.astype(dtype)[:7]
+        relevance = methods.gradient_x_input(net, x, target=3).relevance  # each sample's own, batch invariant
+        both = np.concatenate([x, relevance], axis=1)
+
+        def curves(b):
+            return evaluate.pixel_flipping(net, b[:, :1], b[:, 1:], target=3, features_per_step=9, steps=16,
+                                           incremental=incremental, progress=False).curves
+        assert_invariant(curves, both, sizes=(7,), what=f"pixel flipping {np.dtype(dtype).name}")
+
+
+@pytest.mark.parametrize("rule", [L.Gamma(0.25), L.ZPlus(), L.AlphaBeta(2, 1)], ids=repr)
+def test_signs_of_zeros(rule, backend):
+    """A sample without negative inputs (-0 among them) skips the x- terms alone but not in a batch
+    with negative inputs, where their exact zeros are added: relevance equal to the sign of its zeros."""
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        net = L.Sequential(L.Flatten(), L.Linear(20, 3, rng=rng, dtype=dtype))
+        sample = np.abs(rng.normal(size=(1, 20))).astype(dtype)
+        sample[0, ::3] = -0.0
+        batch = np.concatenate([sample, rng.normal(size=(2, 20)).astype(dtype)])
+        alone = L.explain(net, sample, rule=rule, target=1).relevance
+        inside = L.explain(net, batch, rule=rule, target=1).relevance
+        assert bitwise(alone[0], inside[0]), np.signbit(alone[0]) ^ np.signbit(inside[0])

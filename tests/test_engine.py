@@ -85,7 +85,8 @@ def test_explaining_writes_nothing_to_layers_rules_composites_or_modules(rng):
              L.Rho("gamma", bias="raw")]
     modules = [kernels, ref, L.rules, L.composites, sys.modules["lrpnumpy.explain"]]
     if kernels.BACKEND == "numba":
-        modules.append(sys.modules["lrpnumpy.kernels.numba_kernels"])
+        modules += [sys.modules[f"lrpnumpy.kernels.{name}"] for name in ("numba_kernels", "_common", "convolution",
+                                                                          "pooling", "step2")]
     watched = list(net) + comps + rules + [r for c in comps for _, r in c.layer_map + c.first_map] + modules
     before = [_snapshot(o) for o in watched]
     arrays = {(i, p): getattr(layer, p).copy() for i, layer in enumerate(net) for p in layer.params}

@@ -12,6 +12,7 @@ from lrpnumpy.errors import LRPError
 from lrpnumpy.kernels import reference as ref
 
 nb = pytest.importorskip("lrpnumpy.kernels.numba_kernels", reason="numba is not installed")
+from lrpnumpy.kernels import convolution as conv, pooling as pool, step2  # noqa: E402  (numba is there)
 
 # (N, C, H, W), O, (kh, kw), (sh, sw), padding, (dh, dw), groups
 CONV_CASES = [
@@ -26,6 +27,19 @@ CONV_CASES = [
     ((3, 1, 9, 8), 4, (3, 2), (1, 1), (2, 1, 0, 3), (2, 1), 1),  # one input channel: the direct kernel
     ((2, 1, 4, 5), 2, (2, 2), (1, 1), (3, 1, 0, 4), (1, 1), 1),  # ... with padding wider than the kernel
 ]
+
+
+def _force(monkeypatch, forced):
+    """Make convolution.lowering choose ``forced`` ("direct", "rows", "channels last" or "im2col")
+    wherever that lowering applies (the direct kernel: stride 1, one group; rows and channels last:
+    one group; channels last: the forward pass only, its gradient by rows), else im2col."""
+    def lowering(direction, c, o, h, w, kh, kw, sh, sw, padding, dh, dw, groups, same_dtype=True):
+        if forced == "direct" and groups == 1 and sh == sw == 1:
+            return "direct"
+        if forced in ("rows", "channels last") and groups == 1:
+            return forced if direction == "forward" else "rows"
+        return "wide" if sh == sw == 1 else "strided"
+    monkeypatch.setattr(conv, "lowering", lowering)
 
 
 def _close(a, b):
@@ -48,15 +62,12 @@ def test_conv_kernels_agree(case, contiguous, lowering, rng, monkeypatch):
     shape, o, (kh, kw), (sh, sw), pad, (dh, dw), groups = case
     if lowering != "chosen":  # every lowering on every case (rows and channels last take groups == 1 only,
         # the direct kernel stride 1 and groups == 1; it is written for any number of input channels)
-        monkeypatch.setattr(nb, "_prefer_direct", lambda c, g, sh, sw, x, w, most=12: lowering == "direct" and g == 1
-                            and sh == sw == 1)
-        monkeypatch.setattr(nb, "_prefer_rows", lambda *shapes: lowering != "im2col" and lowering != "im2col by rows"
-                            and shapes[-1] == 1)
-        monkeypatch.setattr(nb, "_prefer_channels_last", lambda c, kw: lowering.startswith("channels last"))
+        _force(monkeypatch, {"im2col by rows": "im2col", "channels last by rows": "channels last"}.get(lowering,
+                                                                                                    lowering))
     if lowering == "im2col by rows":  # the column matrix one output row at a time
-        monkeypatch.setattr(nb, "COLUMN_BYTES", 1)
+        monkeypatch.setattr(conv, "COLUMN_BYTES", 1)
     if lowering == "channels last by rows":  # the window matrix one output row at a time
-        monkeypatch.setattr(nb, "WINDOW_BYTES", 1)
+        monkeypatch.setattr(conv, "WINDOW_BYTES", 1)
     x = rng.normal(size=shape)
     w = rng.normal(size=(o, shape[1] // groups, kh, kw))
     xin = x if contiguous else _noncontiguous(x)
@@ -88,7 +99,7 @@ POOL_CASES = [((1, 2, 6, 6), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),
 def test_pool_kernels_agree(case, ties, jitted, rng, monkeypatch):
     shape, (kh, kw), (sh, sw), pad, (dh, dw) = case
     if jitted:  # the jitted loops even on these small inputs
-        monkeypatch.setattr(nb, "SMALL_POOL", 0)
+        monkeypatch.setattr(pool, "SMALL_POOL", 0)
     geo = (kh, kw, sh, sw, pad, dh, dw)
     x = rng.integers(0, 3, size=shape).astype(float) if ties else rng.normal(size=shape)
     y, idx = ref.max_pool2d(x, *geo)
@@ -119,7 +130,7 @@ def test_small_disjoint_max_pools_take_the_reference_bit_for_bit(ties, rng, monk
         small = nb.max_pool2d(x, *geo)
         g = rng.normal(size=small[0].shape).astype(x.dtype)
         small_grad = nb.max_pool2d_grad(g, small[1], shape[2], shape[3], *geo)
-        monkeypatch.setattr(nb, "SMALL_POOL", 0)
+        monkeypatch.setattr(pool, "SMALL_POOL", 0)
         big = nb.max_pool2d(x, *geo)
         np.testing.assert_array_equal(small[0], big[0])
         np.testing.assert_array_equal(small[1], big[1])
@@ -135,15 +146,15 @@ def test_two_by_two_max_pool_equals_the_general_loop(dtype, stride, rng):
     nb.jit_all()
     x = rng.choice(np.array([-np.inf, -1.0, -0.0, 0.0, 2.0, np.inf]), size=(3, 2, 9, 8)).astype(dtype)
     oh, ow = (9 - 2) // stride[0] + 1, (8 - 2) // stride[1] + 1
-    general = nb._max_pool(x, 2, 2, *stride, 0, 0, 1, 1, oh, ow)
-    unrolled = nb._max_pool_2x2(x, *stride, oh, ow)
+    general = pool._max_pool(x, 2, 2, *stride, 0, 0, 1, 1, oh, ow)
+    unrolled = pool._max_pool_2x2(x, *stride, oh, ow)
     for a, b in zip(unrolled, general):
         np.testing.assert_array_equal(a, b)
     assert np.array_equal(np.signbit(unrolled[0]), np.signbit(general[0]))
     np.testing.assert_array_equal(nb.max_pool2d(x, 2, 2, *stride, (0, 0, 0, 0))[1], general[1])
     x[1, 1, 3, 4] = np.nan
     y, idx = nb.max_pool2d(x, 2, 2, *stride, (0, 0, 0, 0))
-    np.testing.assert_array_equal(idx, nb._max_pool(x, 2, 2, *stride, 0, 0, 1, 1, oh, ow)[1])
+    np.testing.assert_array_equal(idx, pool._max_pool(x, 2, 2, *stride, 0, 0, 1, 1, oh, ow)[1])
     assert np.isnan(y).sum() == np.isnan(ref.max_pool2d(x, 2, 2, *stride, (0, 0, 0, 0))[0]).sum() > 0
 
 
@@ -242,28 +253,28 @@ def test_banded_matrices_are_kept_only_for_weights_that_cannot_change(rng):
     base = w.copy()
     view = base[:]
     view.flags.writeable = False  # read-only, but its base can still change
-    _close(nb._conv_rows(x, view, 1, 1, (1, 1, 0, 2), 1, 1), want)
-    assert not any(k[0] == id(view) for k in nb._BANDED)
+    _close(conv._conv_rows(x, view, 1, 1, (1, 1, 0, 2), 1, 1), want)
+    assert not any(k[0] == id(view) for k in conv._BANDED)
     frozen = w.copy()
     frozen.flags.writeable = False
-    _close(nb._conv_rows(x, frozen, 1, 1, (1, 1, 0, 2), 1, 1), want)
-    assert sum(k[0] == id(frozen) for k in nb._BANDED) == 1
-    _close(nb._conv_rows(x, frozen, 1, 1, (1, 1, 0, 2), 1, 1), want)  # from the kept matrix
+    _close(conv._conv_rows(x, frozen, 1, 1, (1, 1, 0, 2), 1, 1), want)
+    assert sum(k[0] == id(frozen) for k in conv._BANDED) == 1
+    _close(conv._conv_rows(x, frozen, 1, 1, (1, 1, 0, 2), 1, 1), want)  # from the kept matrix
     g = rng.normal(size=want.shape)
     for _ in range(2):  # the gradient's contiguous transpose, kept too
-        _close(nb._conv_rows_grad_input(g, frozen, 9, 8, 1, 1, (1, 1, 0, 2), 1, 1),
+        _close(conv._conv_rows_grad_input(g, frozen, 9, 8, 1, 1, (1, 1, 0, 2), 1, 1),
                ref.conv2d_grad_input(g, w, 9, 8, 1, 1, (1, 1, 0, 2), 1, 1, 1))
-    assert sum(k[0] == id(frozen) for k in nb._BANDED) == 2
+    assert sum(k[0] == id(frozen) for k in conv._BANDED) == 2
     key = id(frozen)
     del frozen
     gc.collect()
-    assert not any(k[0] == key for k in nb._BANDED)  # dropped with the weight
+    assert not any(k[0] == key for k in conv._BANDED)  # dropped with the weight
 
 
 def test_kernel_bodies_run_as_plain_python():
     """NUMBA_DISABLE_JIT=1 runs the kernel bodies as Python (as a coverage run would)."""
     code = ("import numpy as np\n"
-            "from lrpnumpy.kernels import numba_kernels as nb, reference as ref\n"
+            "from lrpnumpy.kernels import convolution as conv, numba_kernels as nb, reference as ref\n"
             "rng = np.random.default_rng(0)\n"
             "x, w = rng.normal(size=(1, 2, 5, 5)), rng.normal(size=(3, 2, 3, 3))\n"
             "y = nb.conv2d(x, w, 2, 1, (1, 0, 1, 1), 1, 1, 1)\n"
@@ -274,7 +285,7 @@ def test_kernel_bodies_run_as_plain_python():
             "ok &= np.allclose(y, ref.conv2d(x, w, 2, 1, (1, 0, 1, 1), 1, 1, 1), rtol=1e-12)\n"
             "ok &= np.allclose(g, ref.conv2d_grad_input(y, w, 5, 5, 2, 1, (1, 0, 1, 1), 1, 1, 1), rtol=1e-12)\n"
             "ok &= np.array_equal(m, ref.max_pool2d(x, 2, 2, 1, 1, (0, 0, 0, 0))[0])\n"
-            "nb.SMALL_DIRECT = 0\n"  # the direct kernel on one input channel
+            "conv.SMALL_DIRECT = 0\n"  # the direct kernel on one input channel
             "x1, w1 = x[:, :1], w[:, :1]\n"
             "yd = nb.conv2d(x1, w1, 1, 1, (1, 0, 2, 1), 2, 1, 1)\n"
             "ok &= np.allclose(yd, ref.conv2d(x1, w1, 1, 1, (1, 0, 2, 1), 2, 1, 1), rtol=1e-12)\n"
@@ -289,9 +300,10 @@ def test_kernel_bodies_run_as_plain_python():
 @pytest.mark.parametrize("mask", ["none", "full", "per channel"])
 def test_lrp_step2_agrees(dtype, epsilon, mask, rng, monkeypatch):
     """The one-pass step 2 (stabilize, mask, divide, and the ledger's sums) against the reference,
-    which is stabilize() and NumPy: s bit for bit, sums to 1e-12 (float64; float32: its rounding),
-    zero denominators (epsilon 0: s = 0, not counted as kept or as stabilizer)."""
-    monkeypatch.setattr(nb, "SMALL_STEP2", 0)  # the jitted pass even on this small input
+    which is stabilize() and NumPy: s, the sums and the per-channel sums bit for bit (the call's size
+    picks one or the other, so they must agree for a sample's sums not to depend on its batch), zero
+    denominators (epsilon 0: s = 0, not counted as kept or as stabilizer)."""
+    monkeypatch.setattr(step2, "SMALL_STEP2", 0)  # the jitted pass even on this small input
     z = rng.normal(size=(3, 4, 5, 6)).astype(dtype)
     z[0, 1, 2] = 0
     R = rng.normal(size=z.shape).astype(dtype)
@@ -303,6 +315,7 @@ def test_lrp_step2_agrees(dtype, epsilon, mask, rng, monkeypatch):
     tol = 1e-12 if dtype == np.float64 else 1e-5
     for a, b in ((sums, sums0), (per_channel, per_channel0)):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
+        assert a.tobytes() == b.tobytes()
     if epsilon == 0:
         assert (s[0, 1, 2] == 0).all()
         R_g = R if m is None else np.where(m, R, 0)
@@ -325,9 +338,7 @@ def test_lowerings_return_their_own_array(lowering, o, h, rng, monkeypatch):
     """The lowerings multiply into kept per-thread buffers; their result must be a new array even
     when the reordering is a no-op (one output channel, or one output row), or the next call would
     overwrite the first one's output."""
-    monkeypatch.setattr(nb, "_prefer_rows", lambda *shapes: lowering != "im2col")
-    monkeypatch.setattr(nb, "_prefer_channels_last", lambda c, kw: lowering == "channels last")
-    monkeypatch.setattr(nb, "_prefer_direct", lambda *args: lowering == "direct")
+    _force(monkeypatch, lowering)
     x, w = rng.normal(size=(2, 2, h, 5)), rng.normal(size=(o, 2, 3, 3))
     g = rng.normal(size=(2, o, h - 2, 3))
     first, first_grad = nb.conv2d(x, w, 1, 1, (0, 0, 0, 0), 1, 1, 1), nb.conv2d_grad_input(g, w, h, 5, 1, 1,
@@ -349,12 +360,9 @@ def test_conv_kernels_are_batch_invariant(case, lowering, rng, monkeypatch):
     7 (first, middle, last), on every lowering: each runs one sample per GEMM, its shape a sample's."""
     shape, o, (kh, kw), (sh, sw), pad, (dh, dw), groups = case
     if lowering not in ("chosen", "reference"):
-        monkeypatch.setattr(nb, "_prefer_direct", lambda c, g, sh, sw, x, w, most=12: lowering == "direct" and g == 1
-                            and sh == sw == 1)
-        monkeypatch.setattr(nb, "_prefer_rows", lambda *shapes: not lowering.startswith("im2col") and shapes[-1] == 1)
-        monkeypatch.setattr(nb, "_prefer_channels_last", lambda c, kw: lowering == "channels last")
+        _force(monkeypatch, "im2col" if lowering == "im2col by rows" else lowering)
     if lowering == "im2col by rows":
-        monkeypatch.setattr(nb, "COLUMN_BYTES", 1)
+        monkeypatch.setattr(conv, "COLUMN_BYTES", 1)
     module = ref if lowering == "reference" else nb
     x = rng.normal(size=(7,) + shape[1:])
     x[:, :, ::2] = 0  # zeros, as in images after a ReLU
@@ -403,7 +411,44 @@ def test_paths_chosen_by_batch_size_give_the_same_bits(dtype, rng, monkeypatch):
                 nb.max_pool2d_grad(g, idx, 10, 12, *geo)) + tuple(nb.lrp_step2(z, R, None, 0.25, 4))
 
     small = run()
-    monkeypatch.setattr(nb, "SMALL_POOL", 0)
-    monkeypatch.setattr(nb, "SMALL_STEP2", 0)
+    monkeypatch.setattr(pool, "SMALL_POOL", 0)
+    monkeypatch.setattr(step2, "SMALL_STEP2", 0)
     for a, b in zip(small, run()):
         assert a.dtype == b.dtype and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+
+
+@pytest.mark.parametrize("lowering", ["rows", "channels last", "im2col"])
+def test_split_products_agree_and_are_batch_invariant(lowering, rng, monkeypatch):
+    """The small-image lowerings' products in blocks (SMALL_GEMM made tiny, so that every product is
+    split, along rows or columns): the convolution's numbers, the same bits alone and in a batch."""
+    _force(monkeypatch, lowering)
+    monkeypatch.setattr(conv, "SMALL_GEMM", 200)
+    for shape, o, (kh, kw), (sh, sw), pad, (dh, dw), groups in CONV_CASES:
+        x = rng.normal(size=(5,) + shape[1:])
+        w = rng.normal(size=(o, shape[1] // groups, kh, kw))
+        y = nb.conv2d(x, w, sh, sw, pad, dh, dw, groups)
+        _close(y, ref.conv2d(x, w, sh, sw, pad, dh, dw, groups))
+        gx = nb.conv2d_grad_input(y, w, shape[2], shape[3], sh, sw, pad, dh, dw, groups)
+        _close(gx, ref.conv2d_grad_input(y, w, shape[2], shape[3], sh, sw, pad, dh, dw, groups))
+        for b in (0, 4):
+            assert nb.conv2d(x[b:b + 1], w, sh, sw, pad, dh, dw, groups).tobytes() == y[b:b + 1].tobytes()
+            assert nb.conv2d_grad_input(y[b:b + 1], w, shape[2], shape[3], sh, sw, pad, dh, dw,
+                                        groups).tobytes() == gx[b:b + 1].tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_image_products_do_not_depend_on_blas_threads(dtype, rng):
+    """toolbox_lenet's second convolution (the row lowering, 1.75 M multiply-adds a sample): whole,
+    OpenBLAS ran it on its blocked GEMM, whose bits changed with its thread count (and which handed
+    off to a second thread for every sample); in blocks, the same bits on one BLAS thread and on two."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    assert conv.lowering("forward", 10, 25, 14, 14, 5, 5, 1, 1, (0, 0, 0, 0), 1, 1, 1) == "rows"
+    x = rng.normal(size=(3, 10, 14, 14)).astype(dtype)
+    x[:, :, ::2] = 0
+    w = rng.normal(size=(25, 10, 5, 5)).astype(dtype)
+    out = []
+    for threads in (1, 2):
+        with threadpoolctl.threadpool_limits(threads, "blas"):
+            y = nb.conv2d(x, w, 1, 1, (0, 0, 0, 0), 1, 1, 1)
+            out.append(y.tobytes() + nb.conv2d_grad_input(y, w, 14, 14, 1, 1, (0, 0, 0, 0), 1, 1, 1).tobytes())
+    assert out[0] == out[1]

@@ -1,8 +1,9 @@
 """Private compute kernels behind one small interface.
 
-The backend is chosen once, at import: the numba kernels (:mod:`.numba_kernels`) when numba
-imports, else the plain NumPy reference (:mod:`.reference`), which is also the oracle the tests
-compare every faster kernel with.  ``LRPNUMPY_KERNELS=numpy`` forces the reference.  Kernels
+The backend is chosen once, at import: the numba kernels when numba imports (by family:
+:mod:`.convolution`, :mod:`.pooling`, :mod:`.step2`, gathered in :mod:`.numba_kernels`), else the
+plain NumPy reference (:mod:`.reference`), which is also the oracle the tests compare every faster
+kernel with.  ``LRPNUMPY_KERNELS=numpy`` forces the reference.  Kernels
 take arrays and ints only.  Every entry point here checks, in Python and before any jitted
 code runs, that the shapes it will index agree (a mismatch is a ShapeError, never an
 out-of-bounds read); the layers validate user input before that.  ``max_pool2d_grad_split``

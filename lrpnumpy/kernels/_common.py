@@ -1,0 +1,157 @@
+"""What the numba kernels of every family share: lazy jitting, per-thread scratch buffers, and the
+pool of threads that runs a batch's samples side by side.
+
+numba itself is imported, and the jitted functions made, on the first call of one of them
+(:func:`jitted`), so that importing lrpnumpy, or explaining one small input with the NumPy paths,
+never pays numba's import and cache load.  All registered kernels are jitted together, so that
+a kernel calling another kernel of its module sees the jitted one when numba compiles it (which
+is why a jitted kernel only calls kernels of its own module).  No ``fastmath``: it would reorder
+sums, and sums are what conservation measures.  NumPy's error model: with Python's, every
+division checks for zero and raises, and that branch keeps LLVM from vectorising.
+"""
+
+import functools
+import math
+import os
+import sys
+import threading
+
+import numpy as np
+
+_JIT = dict(nopython=True, cache=True, nogil=True, error_model="numpy")
+_PLAIN = {}  # (module name, function name) -> the Python function, jitted (all together) on first use
+_JIT_LOCK = threading.Lock()
+_JITTED = False
+
+
+def jitted(fn):
+    """Register ``fn`` as a kernel that numba compiles when any kernel is first called; the name
+    in ``fn``'s module is then rebound to the jitted function."""
+    _PLAIN[fn.__module__, fn.__name__] = fn
+
+    @functools.wraps(fn)
+    def first_call(*args):
+        jit_all()
+        return vars(sys.modules[fn.__module__])[fn.__name__](*args)
+    return first_call
+
+
+def jit_all():
+    """Import numba and rebind every registered kernel to its jitted version (once; thread-safe)."""
+    global _JITTED
+    if _JITTED:
+        return
+    import numba
+    with _JIT_LOCK:
+        if not _JITTED:
+            for (module, name), fn in _PLAIN.items():
+                vars(sys.modules[module])[name] = numba.jit(**_JIT)(fn)
+            _JITTED = True
+
+
+def jit(fn):
+    """``fn`` compiled now with the kernels' options (for kernels made at run time, one per size)."""
+    jit_all()
+    import numba
+    return numba.jit(**_JIT)(fn)
+
+
+# ----- scratch buffers: large temporaries reused, so their pages are not faulted in on every call -----
+# One set per thread: threads explaining at the same time, and the threads that run one batch's
+# samples side by side (see below), never share a buffer.  A kernel's result never aliases a
+# scratch buffer (outputs are fresh arrays), so reuse across calls is safe.
+
+_LOCAL = threading.local()
+
+
+def scratch(name, shape, dtype):
+    """A buffer of ``shape`` kept by this thread under ``name`` (contents undefined)."""
+    size = math.prod(shape)
+    try:
+        workspace = _LOCAL.workspace
+    except AttributeError:
+        workspace = _LOCAL.workspace = {}
+    key = (name, np.dtype(dtype))
+    buf = workspace.get(key)
+    if buf is None or buf.size < size:
+        buf = workspace[key] = np.empty(size, dtype)
+    return buf[:size].reshape(shape)
+
+
+def release_workspace():
+    """Free this thread's scratch buffers (they are reallocated on its next convolution)."""
+    _LOCAL.__dict__.pop("workspace", None)  # the calling thread's own attribute
+
+
+def immutable(a):
+    """True when neither ``a`` nor any array it views can be written."""
+    while isinstance(a, np.ndarray):
+        if a.flags.writeable:
+            return False
+        a = a.base
+    return a is None
+
+
+# ----- samples side by side -----
+#
+# Batch invariance puts one sample in each BLAS call (see :mod:`.convolution`), and a sample's
+# products are small: below about 2.6e5 multiply-adds OpenBLAS runs them on the calling thread
+# alone, and above it pays a hand-off to its second thread for each one.  So a batch's samples are
+# split into contiguous runs, one per thread, each thread making the same calls, with the same
+# shapes, that it would make for the samples one by one: the numbers are those of the serial loop,
+# bit for bit (OpenBLAS's thread count is not touched; it changes the last bits of some products).
+# NumPy releases the GIL in its products and copies.
+
+def _threads():
+    value = os.environ.get("LRPNUMPY_THREADS", "")
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+#: Threads that share a batch's samples (``LRPNUMPY_THREADS``, default the cores this process may
+#: use; 1 runs every sample on the calling thread).
+THREADS = _threads()
+_POOL = {}  # "executor": the worker threads, started on first use
+_POOL_LOCK = threading.Lock()
+
+
+def _pool():
+    executor = _POOL.get("executor")
+    if executor is None:
+        with _POOL_LOCK:
+            if "executor" not in _POOL:
+                from concurrent.futures import ThreadPoolExecutor
+                _POOL["executor"] = ThreadPoolExecutor(THREADS - 1, thread_name_prefix="lrpnumpy-kernels")
+            executor = _POOL["executor"]
+    return executor
+
+
+def each_sample(n, run, least=1):
+    """``run(lo, hi)`` over samples [0, n) in contiguous runs, one per thread (``THREADS``); the
+    calling thread takes the first.  ``run`` must write only its own samples' part of any output
+    and use only its thread's scratch buffers.  Batches of fewer than ``least`` samples per
+    thread run on the calling thread."""
+    threads = min(THREADS, n // max(1, least))
+    if threads <= 1 or getattr(_LOCAL, "in_pool", False):
+        run(0, n)
+        return
+    bounds = [n * t // threads for t in range(threads + 1)]
+
+    def task(lo, hi):
+        _LOCAL.in_pool = True
+        try:
+            run(lo, hi)
+        finally:
+            _LOCAL.in_pool = False
+    futures = [_pool().submit(task, bounds[t], bounds[t + 1]) for t in range(1, threads)]
+    try:
+        run(bounds[0], bounds[1])
+    finally:
+        errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error

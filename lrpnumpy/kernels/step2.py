@@ -1,0 +1,105 @@
+"""Step 2 of the four LRP steps (numba backend): stabilize, mask and divide in one jitted pass over
+z and R, and the sums the conservation ledger reads; :func:`lowering` chooses how it runs.
+
+The jitted pass writes, element by element, what the NumPy form (:func:`.reference.lrp_step2`)
+computes in ~10 passes: the quotient ``s`` and the arrays whose sums the ledger reads (``R`` where
+the mask keeps it; ``s (zs - z)``, or with epsilon 0 ``R`` where the denominator is finite).  Those
+sums are then NumPy's own reductions over each sample's values, written as the reference writes
+them, so that both give the same numbers bit for bit (tested): which one a call takes may then
+depend on its size.  The stabilizer is :func:`lrpnumpy.stabilize.stabilize`'s, written out element
+by element.  Measured timings are in ``benchmarks/README.rst``.
+"""
+
+import numpy as np
+
+from . import reference as _reference
+from ._common import jitted, scratch
+
+#: Calls with at most this many values run the NumPy reference: no numba import for a small
+#: explanation, where the one pass saves little.
+SMALL_STEP2 = 1 << 15
+
+#: The names :func:`lowering` returns.
+LOWERINGS = ("numpy", "plain", "masked")
+
+
+def lowering(has_mask, epsilon, elements):
+    """How step 2 runs on a call of ``elements`` values: ``"numpy"`` (the reference) for at most
+    :data:`SMALL_STEP2`; else ``"plain"`` (no mask and epsilon > 0: every denominator finite, only
+    ``s`` and ``s (zs - z)`` to write; selects only, so LLVM vectorises it) or ``"masked"`` (the
+    general pass).  All three give the same bits, so the call's size may decide."""
+    if elements <= SMALL_STEP2:
+        return "numpy"
+    return "plain" if not has_mask and epsilon > 0 else "masked"
+
+
+@jitted
+def _lrp_step2_plain(z, R, eps, s, t):
+    """``s = R / zs`` and ``t = s (zs - z)`` elementwise, every denominator finite (epsilon > 0)."""
+    n, m = z.shape
+    for b in range(n):
+        zb, Rb, sb, tb = z[b], R[b], s[b], t[b]
+        for k in range(m):
+            zk = zb[k]
+            zs = zk + eps if zk >= 0 else zk - eps
+            v = Rb[k] / zs
+            sb[k] = v
+            tb[k] = v * (zs - zk)
+    return s
+
+
+@jitted
+def _lrp_step2(z, R, mask, use_mask, eps, s, kept, t):
+    """``kept = R`` where the mask keeps it (0 elsewhere), ``s = kept / zs``, and ``t = s (zs - z)``
+    (epsilon > 0) or ``t = kept`` where zs is finite (epsilon 0: z = 0 makes zs +inf, and s is
+    R / inf)."""
+    n, m = z.shape
+    zero, inf = z.dtype.type(0), z.dtype.type(np.inf)  # (a float64 inf would make zs, s and t float64)
+    absorbs = eps > 0
+    for b in range(n):
+        for k in range(m):
+            r = R[b, k]
+            if use_mask and not mask[b, k]:
+                r = zero
+            zk = z[b, k]
+            zs = zk + eps if zk >= 0 else zk - eps
+            if zs == 0:
+                zs = inf
+            v = r / zs
+            kept[b, k] = r
+            s[b, k] = v
+            if absorbs:
+                t[b, k] = v * (zs - zk)
+            else:
+                t[b, k] = r if np.isfinite(zs) else zero
+    return s
+
+
+def lrp_step2(z, R, mask, epsilon, channels):
+    how = lowering(mask is not None, epsilon, z.size)
+    if how == "numpy":
+        return _reference.lrp_step2(z, R, mask, epsilon, channels)
+    n = len(z)
+    z2, R2 = np.ascontiguousarray(z).reshape(n, -1), np.ascontiguousarray(R).reshape(n, -1)
+    s = np.empty(z2.shape, z.dtype)
+    t = scratch("step2 t", z2.shape, z.dtype)
+    sums = np.empty((n, 4), z.dtype)
+    if how == "plain":  # kept = finite = total, all of R
+        _lrp_step2_plain(z2, R2, z.dtype.type(epsilon), s, t)
+        sums[:, 0] = R2.sum(axis=1)
+        sums[:, 1] = sums[:, 3] = sums[:, 0]
+        sums[:, 2] = t.sum(axis=1)
+    else:
+        m = (np.zeros((1, 1), bool) if mask is None
+             else np.ascontiguousarray(np.broadcast_to(mask, z.shape)).reshape(n, -1))
+        kept = scratch("step2 kept", z2.shape, z.dtype)
+        _lrp_step2(z2, R2, m, mask is not None, z.dtype.type(epsilon), s, kept, t)
+        sums[:, 0] = kept.sum(axis=1)
+        if epsilon > 0:
+            sums[:, 1] = sums[:, 0]
+            sums[:, 2] = t.sum(axis=1)
+        else:
+            sums[:, 1] = t.sum(axis=1)
+            sums[:, 2] = 0
+        sums[:, 3] = sums[:, 0] if mask is None else R2.sum(axis=1)
+    return s.reshape(z.shape), sums, s.reshape(n, channels, -1).sum(axis=2)
