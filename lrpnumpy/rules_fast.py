@@ -4,14 +4,18 @@ Everything here exists only for speed; the numbers are those of the literal
 :func:`lrpnumpy.rules.four_steps` (tested equal for every rule and layer, and end to end by
 ``explain(..., reference=True)``).  Compared with the literal steps, :func:`propagate`
 
-* skips terms whose input vanishes (``Term.vanishes``: the negative part after a ReLU),
+* leaves out, sample by sample, the terms on an input that is all zero for that sample and that
+  add no bias (the negative part after a ReLU): they add nothing but signed zeros, and a sample's
+  relevance, the signs of its zeros included, must not depend on the other samples of its batch
+  (:func:`_left_out`; the term is skipped outright where it vanishes for the whole batch),
 * runs each distinct (input, weight) pair once, however many terms and groups use it, and pairs
   on one input as one pass over stacked weights; the layer's own weight and bias on its own input
   need no pass at all: that is the traced forward pass's output (:func:`_is_traced`),
 * does step 2 in one pass with the sums the ledger reads (``kernels.lrp_step2``),
 * runs a dense layer above :data:`ROW_BLOCK_BYTES` one block of output neurons at a time,
 * writes the gamma rule on input without a negative part through the traced ``z`` and
-  ``u = W+ a + b+`` (:func:`groups_for`): one forward pass instead of two.
+  ``u = W+ a + b+`` (:func:`groups_for`): one forward pass instead of two (decided per sample:
+  a batch of samples with and without a negative part runs both forms, each sample keeps its own).
 
 Modified weights are cached on frozen layers by the rules themselves (``layer.derived``).
 """
@@ -30,28 +34,63 @@ def propagate(rule, layer, step, R):
     """``(R_in, ledger)`` of an :class:`~lrpnumpy.rules.AffineRule` on its (checked) ``layer``."""
     blocks = row_blocks(layer)
     if blocks is None:
-        groups = groups_for(rule, layer, step)
-        R_in, values = four_steps_fast(layer, step, groups, R, rule.epsilon)
-        return layer.split(R_in), rules.ledger(groups, values, rule.epsilon)
+        R_in, absorbed = _per_sample_form(rule, layer, step, R)
+        return layer.split(R_in), absorbed
     # a large dense layer, one block of output neurons at a time: every rule's denominators
     # belong to single output neurons, so the blocks' relevance adds up at the shared input
     R_in, absorbed = 0, {}
     for rows, part in blocks:
         sub = Step(part, step.inputs, step.output[..., rows], step.state, step.index, step.parents)
-        groups = groups_for(rule, part, sub)
-        r, values = four_steps_fast(part, sub, groups, R[..., rows], rule.epsilon)
+        r, ledger = _per_sample_form(rule, part, sub, R[..., rows])
         R_in = R_in + r
-        for key, value in rules.ledger(groups, values, rule.epsilon).items():
+        for key, value in ledger.items():
             _add(absorbed, key, value)
     return layer.split(R_in), absorbed
 
 
-def groups_for(rule, layer, step):
+def _per_sample_form(rule, layer, step, R):
+    """``(R_in, ledger)`` of the rule's groups in :func:`groups_for`'s form; a batch where that form
+    differs between samples (the gamma rule, samples with and without a negative input part) runs
+    both forms and each sample keeps the result of its own, bit for bit what it gets alone."""
+    rewrite = _gamma_rewritable(rule, layer, step)
+    if rewrite.all() or not rewrite.any():
+        groups = groups_for(rule, layer, step, bool(rewrite.all()))
+        R_in, values = four_steps_fast(layer, step, groups, R, rule.epsilon)
+        return R_in, rules.ledger(groups, values, rule.epsilon)
+    out = []
+    for form in (True, False):
+        groups = groups_for(rule, layer, step, form)
+        R_in, values = four_steps_fast(layer, step, groups, R, rule.epsilon)
+        out.append((R_in, rules.ledger(groups, values, rule.epsilon)))
+    (R_a, ledger_a), (R_b, ledger_b) = out
+    return (np.where(_rows(rewrite, np.ndim(R_a)), R_a, R_b),
+            {k: np.where(rewrite, ledger_a.get(k, 0), ledger_b.get(k, 0)) for k in {**ledger_a, **ledger_b}})
+
+
+def _gamma_rewritable(rule, layer, step):
+    """Per sample: may the gamma rule run through the traced ``z`` (input without a negative part)?"""
+    n = len(step.output)
+    if type(rule).groups is not Gamma.groups:
+        return np.zeros(n, bool)
+    if step.input.shape[:1] != (n,):  # not one row per sample: decided for the whole batch
+        return np.full(n, step.input.min() >= 0)
+    return ~(step.input.reshape(n, -1) < 0).any(axis=1)
+
+
+def _rows(rows, ndim):
+    """A per-sample boolean ``(N,)`` shaped to broadcast against an array of ``ndim`` axes."""
+    return rows.reshape((-1,) + (1,) * (ndim - 1))
+
+
+def groups_for(rule, layer, step, rewrite=None):
     """The rule's groups in the form with the fewest passes: ``rule.groups``, except for the gamma
     rule on input without a negative part (as after a ReLU), written through the traced
     ``z = W a + b`` (no pass) and ``u = W+ a + b+`` (one pass): ``W + gamma W+`` is ``z + gamma u``
-    and ``W + gamma W-`` is ``(1 + gamma) z - gamma u``."""
-    if type(rule).groups is Gamma.groups and step.input.min() >= 0:
+    and ``W + gamma W-`` is ``(1 + gamma) z - gamma u``.  ``rewrite``: use that form (True), or not
+    (False); None: when no sample has a negative input part."""
+    if rewrite is None:
+        rewrite = bool(_gamma_rewritable(rule, layer, step).all())
+    if rewrite and type(rule).groups is Gamma.groups:
         a, W, b, z, gamma = step.input, layer.weight, layer.bias, step.output, rule.gamma
         Wp, bp = layer.derived("positive-part", lambda: (_pos(W), _pos(b)))
         return [Group([Term(a, W, b), Term(a, Wp, bp, coef=gamma)], mask=z > 0),
@@ -62,13 +101,18 @@ def groups_for(rule, layer, step):
 def four_steps_fast(layer, step, groups, R, epsilon):
     """:func:`four_steps` with fewer passes; same arguments, same results up to rounding.
 
-    Terms whose input vanishes are skipped; each distinct (input, weight) pair runs one forward and
+    Terms on an input that is all zero and that add no bias are left out (:func:`_left_out`); each
+    distinct (input, weight) pair runs one forward and
     one backward pass however many terms use it (the backward pass is linear in ``s``, so the
     terms' ``coef * s`` add up before it), and pairs on one input run together, with stacked
     weights.  The layer's own weight on its own input needs no forward pass at all: that is the
     traced forward pass's output.
     """
-    live = [t for g in groups for t in g.terms if not t.vanishes]
+    left_out = _left_out(groups, len(R))
+    gone = {x for x, rows in left_out.items() if rows.all()}  # skipped outright: no pass
+    groups = [g._replace(terms=[t for t in g.terms if id(t.x) not in gone]) for g in groups]
+    left_out = {x: rows for x, rows in left_out.items() if x not in gone}
+    live = [t for g in groups for t in g.terms]
     if len(groups) == 1 and len(live) == 1:  # Epsilon, Norm, ZPlus after a ReLU, ...: fewer steps in Python
         return _one_term(layer, step, groups[0], live[0], R, epsilon)
     pairs = _pairs(groups)
@@ -91,7 +135,7 @@ def four_steps_fast(layer, step, groups, R, epsilon):
                     if id(bias) not in with_bias:
                         with_bias[id(bias)] = outs[id(u)][0] + layer.bias_view(bias, R.ndim)
                     out = with_bias[id(bias)]
-                z[gi].append(_scaled(coef, out))
+                z[gi].append(_leave_out(_scaled(coef, out), left_out.get(id(x))))
     # step 2: s = R / stabilize(z), each group's in one pass with the sums its ledger reads
     s, accounts = [], []
     for g, zg in zip(groups, z):
@@ -105,9 +149,51 @@ def four_steps_fast(layer, step, groups, R, epsilon):
     # step 4: R = a * c (summed over the inputs the terms use)
     def s_of(pair):  # the pair's terms' s, each scaled by its group's and its own coefficient
         return _total([_scaled(groups[gi].coef * coef, s[gi]) for gi, coef, _ in pair.terms])
-    R_in = _total([_times(x, layer.backward_with_many([(s_of(u), u.weight) for u in uses], step))
-                   for x, uses in _by_input(pairs)])
+    R_in = _total([_leave_out(_times(x, layer.backward_with_many([(s_of(u), u.weight) for u in uses], step)),
+                              left_out.get(id(x))) for x, uses in _by_input(pairs)])
     return R_in, accounts
+
+
+def _left_out(groups, n):
+    """``{id(x): rows}``: the samples (boolean ``(N,)``) for which the terms on input ``x`` are left out.
+
+    That is where ``x`` is all zero, no term on ``x`` adds a bias (the terms add nothing but signed
+    zeros there), and each group using ``x`` keeps a term on another input for that sample.  Decided
+    from each sample's own numbers, so a sample's result does not depend on its batch; where terms
+    are left out for some samples only, their values there become ``-0``, which leaves any sum it is
+    added to unchanged bit for bit (:func:`_leave_out`): the same bits as without the terms.
+    """
+    inputs = {}  # id(x) -> (x, [group indices])
+    for gi, g in enumerate(groups):
+        for t in g.terms:
+            inputs.setdefault(id(t.x), (t.x, set()))[1].add(gi)
+    biased = {id(t.x) for g in groups for t in g.terms if t.bias is not None}
+    shared = [{id(t.x) for t in g.terms} for g in groups]
+    candidates = {}
+    for key, (x, used_by) in inputs.items():
+        if key in biased or any(len(shared[gi]) < 2 for gi in used_by) or np.shape(x)[:1] != (n,):
+            continue
+        zero = ~np.asarray(x).reshape(n, -1).any(axis=1)
+        if zero.any():
+            candidates[key] = zero
+    out = {}
+    for key, zero in candidates.items():
+        for gi in inputs[key][1]:  # a group left with no term for a sample keeps them all there
+            others = [candidates.get(k) for k in shared[gi] if k != key]
+            everything = zero.copy()
+            for rows in others:
+                everything &= rows if rows is not None else False
+            zero = zero & ~everything
+        if zero.any():
+            out[key] = zero
+    return out
+
+
+def _leave_out(v, rows):
+    """``v`` with the samples ``rows`` set to ``-0`` (the identity of addition, signs of zeros included)."""
+    if rows is None:
+        return v
+    return np.where(_rows(rows, np.ndim(v)), np.asarray(v).dtype.type(-0.0), v)
 
 
 def _one_term(layer, step, g, t, R, epsilon):
@@ -159,12 +245,10 @@ class _Pair(NamedTuple):
 
 
 def _pairs(groups):
-    """The distinct (input, weight) pairs of the terms that do not vanish (by identity)."""
+    """The distinct (input, weight) pairs of the groups' terms (by identity)."""
     pairs = []
     for gi, g in enumerate(groups):
         for t in g.terms:
-            if t.vanishes:
-                continue
             pair = next((p for p in pairs if p.x is t.x and p.weight is t.weight), None)
             if pair is None:
                 pair = _Pair(t.x, t.weight, [])

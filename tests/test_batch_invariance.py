@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import lrpnumpy as L
-from lrpnumpy import composites, datasets, kernels, methods, zoo
+from lrpnumpy import composites, datasets, kernels, methods, rules, zoo
 from lrpnumpy.io import load_model
 
 from lrpnumpy.datasets import DATA_DIR as DATA  # the shipped package data
@@ -178,3 +178,21 @@ def test_sequence_and_attention_models_are_batch_invariant(case, backend):
                 assert a.relevance[0].tobytes() == b.relevance[pos].tobytes(), (n, pos)
     finally:
         kernels.set_backend(previous)
+
+
+@pytest.mark.parametrize("rule", [L.ZPlus(), L.AlphaBeta(2, 1), L.Gamma(0.25), rules.ToolboxAlphaBeta(2.0)], ids=repr)
+def test_signed_zeros_do_not_depend_on_another_samples_negative_inputs(rule, backend):
+    """Issue 25: a first-layer rule that splits its input by sign, on a sample without a negative
+    part, explained alone and next to a sample with one: the same bits, the signs of zeros included
+    (the fast path used to skip the term on x- only when no sample of the batch had a negative part)."""
+    rng = np.random.default_rng(3)
+    net = L.Sequential([L.Linear(12, 9, rng=rng), L.ReLU(), L.Linear(9, 5, rng=rng)])
+    nonneg = np.maximum(rng.normal(size=(1, 12)), 0)  # about half its inputs exactly zero
+    signed = rng.normal(size=(1, 12))
+    R = rng.normal(size=(1, 5))  # relevance of both signs: zeros come out as -0 and +0
+    alone = L.explain(net, nonneg, rule=rule, relevance_out=R).relevance[0]
+    assert np.signbit(alone[alone == 0]).any() and (alone == 0).any()  # the case this is about
+    for batch, pos in ((np.concatenate([signed, nonneg]), 1), (np.concatenate([nonneg, signed, signed]), 0)):
+        inside = L.explain(net, batch, rule=rule, relevance_out=np.repeat(R, len(batch), axis=0)).relevance[pos]
+        assert bitwise(inside, alone), f"{rule!r}: differs in the batch of {len(batch)}"
+        np.testing.assert_array_equal(np.signbit(inside), np.signbit(alone))
