@@ -53,8 +53,8 @@ def _per_sample_form(rule, layer, step, R):
     differs between samples (the gamma rule, samples with and without a negative input part) runs
     both forms and each sample keeps the result of its own, bit for bit what it gets alone."""
     rewrite = _gamma_rewritable(rule, layer, step)
-    if rewrite.all() or not rewrite.any():
-        groups = groups_for(rule, layer, step, bool(rewrite.all()))
+    if rewrite is None or rewrite.all() or not rewrite.any():
+        groups = groups_for(rule, layer, step, rewrite is not None and bool(rewrite.all()))
         R_in, values = four_steps_fast(layer, step, groups, R, rule.epsilon)
         return R_in, rules.ledger(groups, values, rule.epsilon)
     out = []
@@ -68,10 +68,11 @@ def _per_sample_form(rule, layer, step, R):
 
 
 def _gamma_rewritable(rule, layer, step):
-    """Per sample: may the gamma rule run through the traced ``z`` (input without a negative part)?"""
+    """Per sample: may the gamma rule run through the traced ``z`` (input without a negative part)?
+    None for other rules."""
     n = len(step.output)
     if type(rule).groups is not Gamma.groups:
-        return np.zeros(n, bool)
+        return None
     if step.input.shape[:1] != (n,):  # not one row per sample: decided for the whole batch
         return np.full(n, step.input.min() >= 0)
     return ~(step.input.reshape(n, -1) < 0).any(axis=1)
@@ -89,7 +90,8 @@ def groups_for(rule, layer, step, rewrite=None):
     and ``W + gamma W-`` is ``(1 + gamma) z - gamma u``.  ``rewrite``: use that form (True), or not
     (False); None: when no sample has a negative input part."""
     if rewrite is None:
-        rewrite = bool(_gamma_rewritable(rule, layer, step).all())
+        rewritable = _gamma_rewritable(rule, layer, step)
+        rewrite = rewritable is not None and bool(rewritable.all())
     if rewrite and type(rule).groups is Gamma.groups:
         a, W, b, z, gamma = step.input, layer.weight, layer.bias, step.output, rule.gamma
         Wp, bp = layer.derived("positive-part", lambda: (_pos(W), _pos(b)))
@@ -108,13 +110,15 @@ def four_steps_fast(layer, step, groups, R, epsilon):
     weights.  The layer's own weight on its own input needs no forward pass at all: that is the
     traced forward pass's output.
     """
+    if len(groups) == 1 and len(groups[0].terms) == 1:  # Epsilon, Norm, ...: fewer steps in Python
+        return _one_term(layer, step, groups[0], groups[0].terms[0], R, epsilon)
     left_out = _left_out(groups, len(R))
-    gone = {x for x, rows in left_out.items() if rows.all()}  # skipped outright: no pass
-    groups = [g._replace(terms=[t for t in g.terms if id(t.x) not in gone]) for g in groups]
-    left_out = {x: rows for x, rows in left_out.items() if x not in gone}
-    live = [t for g in groups for t in g.terms]
-    if len(groups) == 1 and len(live) == 1:  # Epsilon, Norm, ZPlus after a ReLU, ...: fewer steps in Python
-        return _one_term(layer, step, groups[0], live[0], R, epsilon)
+    gone = {key for key, rows in left_out.items() if rows.all()}  # left out for every sample: no pass
+    if gone:
+        groups = [Group([t for t in g.terms if id(t.x) not in gone], g.coef, g.mask) for g in groups]
+        left_out = {key: rows for key, rows in left_out.items() if key not in gone}
+        if len(groups) == 1 and len(groups[0].terms) == 1:  # ZPlus after a ReLU: its term on x- left out
+            return _one_term(layer, step, groups[0], groups[0].terms[0], R, epsilon)
     pairs = _pairs(groups)
     # step 1: z = forward pass of the rule-modified layer (each group: the sum of its terms)
     z = [[] for _ in groups]
@@ -163,30 +167,27 @@ def _left_out(groups, n):
     are left out for some samples only, their values there become ``-0``, which leaves any sum it is
     added to unchanged bit for bit (:func:`_leave_out`): the same bits as without the terms.
     """
-    inputs = {}  # id(x) -> (x, [group indices])
-    for gi, g in enumerate(groups):
-        for t in g.terms:
-            inputs.setdefault(id(t.x), (t.x, set()))[1].add(gi)
+    inputs = [[t.x for t in g.terms] for g in groups]
     biased = {id(t.x) for g in groups for t in g.terms if t.bias is not None}
-    shared = [{id(t.x) for t in g.terms} for g in groups]
-    candidates = {}
-    for key, (x, used_by) in inputs.items():
-        if key in biased or any(len(shared[gi]) < 2 for gi in used_by) or np.shape(x)[:1] != (n,):
-            continue
-        zero = ~np.asarray(x).reshape(n, -1).any(axis=1)
-        if zero.any():
-            candidates[key] = zero
-    out = {}
-    for key, zero in candidates.items():
-        for gi in inputs[key][1]:  # a group left with no term for a sample keeps them all there
-            others = [candidates.get(k) for k in shared[gi] if k != key]
-            everything = zero.copy()
-            for rows in others:
-                everything &= rows if rows is not None else False
-            zero = zero & ~everything
-        if zero.any():
-            out[key] = zero
-    return out
+    zero = {}  # candidates: id(x) -> samples where x is all zero
+    for xs in inputs:
+        if any(x is not xs[0] for x in xs):  # a group with at least two inputs
+            for x in xs:
+                if id(x) not in biased and id(x) not in zero and np.shape(x)[:1] == (n,):
+                    zero[id(x)] = ~np.asarray(x).reshape(n, -1).any(axis=1)
+    out = {key: rows for key, rows in zero.items() if rows.any()}
+    if not out:
+        return out
+    for xs in inputs:  # an input alone in its group is never left out
+        if all(x is xs[0] for x in xs):
+            out.pop(id(xs[0]), None)
+    for xs in inputs:  # a group that would be left with no term for a sample keeps them all there
+        keys = {id(x) for x in xs}
+        if keys <= out.keys():
+            everything = np.logical_and.reduce([out[key] for key in keys])
+            for key in keys:
+                out[key] = out[key] & ~everything
+    return {key: rows for key, rows in out.items() if rows.any()}
 
 
 def _leave_out(v, rows):

@@ -196,3 +196,17 @@ def test_signed_zeros_do_not_depend_on_another_samples_negative_inputs(rule, bac
         inside = L.explain(net, batch, rule=rule, relevance_out=np.repeat(R, len(batch), axis=0)).relevance[pos]
         assert bitwise(inside, alone), f"{rule!r}: differs in the batch of {len(batch)}"
         np.testing.assert_array_equal(np.signbit(inside), np.signbit(alone))
+
+
+@pytest.mark.parametrize("rule", [L.ZPlus(), L.AlphaBeta(2, 1), L.Gamma(0.25)], ids=repr)
+def test_a_sample_of_zeros_without_bias_keeps_its_bits_in_a_batch(rule, backend):
+    """Both split parts of an all-zero sample vanish on a layer without bias: the fast path keeps one
+    group's terms rather than none, sample by sample, so alone and next to signed samples agree bit for bit."""
+    rng = np.random.default_rng(4)
+    net = L.Sequential([L.Linear(6, 5, bias=False, rng=rng), L.ReLU(), L.Linear(5, 3, rng=rng)])
+    zeros, signed = np.zeros((1, 6)), rng.normal(size=(2, 6))
+    R = -np.ones((1, 3))
+    alone = L.explain(net, zeros, rule=rule, relevance_out=R).relevance[0]
+    for batch, pos in ((np.concatenate([signed, zeros]), 2), (np.concatenate([zeros, np.maximum(signed, 0)]), 0)):
+        inside = L.explain(net, batch, rule=rule, relevance_out=np.repeat(R, len(batch), axis=0)).relevance[pos]
+        assert bitwise(inside, alone), f"{rule!r}: differs in the batch of {len(batch)}"
