@@ -56,15 +56,14 @@ register = REGISTRY.register
 class Term(NamedTuple):
     """One forward pass ``coef * forward(x; weight, bias)`` of the modified layer.
 
-    ``vanishes`` states that the term's input is all zero (the negative part of an input after a
-    ReLU; its bias is then None): the term adds nothing, which the fast path uses to skip it.
-    ``coef`` scales the term (a modified weight written as a combination of others).
+    ``coef`` scales the term (a modified weight written as a combination of others).  Which terms
+    add nothing (an input that is all zero, as the negative part after a ReLU) is the fast path's
+    business (:mod:`lrpnumpy.rules_fast`), not the rule's.
     """
 
     x: np.ndarray
     weight: Optional[np.ndarray]
     bias: Optional[np.ndarray] = None
-    vanishes: bool = False
     coef: float = 1.0
 
 
@@ -229,11 +228,8 @@ def _plus_gamma(W, g, part):
 
 
 def _split(a):
-    """``(a+, a-, a- vanishes)``; when ``a`` has no negative part (as after a ReLU), ``a+`` is ``a``
-    itself (no copy, and terms on it share one pass) and ``a-`` is zeros the fast path never reads."""
-    if a.min() >= 0:
-        return a, np.zeros(a.shape, a.dtype), True
-    return np.maximum(a, 0), np.minimum(a, 0), False
+    """``(a+, a-)``, elementwise (so each sample's parts depend on that sample alone)."""
+    return np.maximum(a, 0), np.minimum(a, 0)
 
 
 class Rule:
@@ -426,9 +422,9 @@ class ZPlus(AffineRule):
         self.epsilon = _check_epsilon(epsilon)
 
     def groups(self, layer, step):
-        ap, an, vanishes = _split(step.input)
+        ap, an = _split(step.input)
         Wp, Wn, bp, _ = _sign_split(layer)
-        return [Group([Term(ap, Wp, bp), Term(an, Wn, None, vanishes)])]
+        return [Group([Term(ap, Wp, bp), Term(an, Wn)])]
 
 
 @register("alpha_beta")
@@ -460,11 +456,11 @@ class AlphaBeta(AffineRule):
         self.epsilon = _check_epsilon(epsilon)
 
     def groups(self, layer, step):
-        ap, an, vanishes = _split(step.input)
+        ap, an = _split(step.input)
         Wp, Wn, bp, bn = _sign_split(layer)
-        groups = [Group([Term(ap, Wp, bp), Term(an, Wn, None, vanishes)], self.alpha)]
+        groups = [Group([Term(ap, Wp, bp), Term(an, Wn)], self.alpha)]
         if self.beta:
-            groups.append(Group([Term(ap, Wn, bn), Term(an, Wp, None, vanishes)], -self.beta))
+            groups.append(Group([Term(ap, Wn, bn), Term(an, Wp)], -self.beta))
         return groups
 
 
@@ -487,13 +483,13 @@ class ToolboxAlphaBeta(AffineRule):
         self.epsilon = _check_epsilon(epsilon)
 
     def groups(self, layer, step):
-        ap, an, vanishes = _split(step.input)
+        ap, an = _split(step.input)
         if layer.weight is None:  # pooling: positive and negative inputs
             pos, neg = [Term(ap, None)], [Term(an, None)]  # an empty side is computed, as zeros
         else:
             Wp, Wn, bp, bn = _sign_split(layer)
-            pos = [Term(ap, Wp, bp), Term(an, Wn, None, vanishes)]
-            neg = [Term(ap, Wn, bn), Term(an, Wp, None, vanishes)]
+            pos = [Term(ap, Wp, bp), Term(an, Wn)]
+            neg = [Term(ap, Wn, bn), Term(an, Wp)]
         return [g for g in (Group(pos, self.alpha), Group(neg, 1 - self.alpha)) if g.coef != 0]
 
 
@@ -514,7 +510,7 @@ class Gamma(AffineRule):
         self.epsilon = _check_epsilon(epsilon)
 
     def groups(self, layer, step):
-        ap, an, vanishes = _split(step.input)
+        ap, an = _split(step.input)
         W, b = layer.weight, layer.bias
         z = step.output  # the sign of the original z = W a + b picks the branch
         g = W.dtype.type(self.gamma)
@@ -523,8 +519,8 @@ class Gamma(AffineRule):
             bp, bn = (None, None) if b is None else (b + g * _pos(b), b + g * _neg(b))
             return _plus_gamma(W, g, np.maximum), _plus_gamma(W, g, np.minimum), bp, bn
         Wp, Wn, bp, bn = layer.derived(("gamma", self.gamma), modified)
-        return [Group([Term(ap, Wp, bp), Term(an, Wn, None, vanishes)], mask=z > 0),
-                Group([Term(ap, Wn, bn), Term(an, Wp, None, vanishes)], mask=z < 0)]
+        return [Group([Term(ap, Wp, bp), Term(an, Wn)], mask=z > 0),
+                Group([Term(ap, Wn, bn), Term(an, Wp)], mask=z < 0)]
 
 
 @register("zbox")

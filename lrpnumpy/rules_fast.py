@@ -4,14 +4,18 @@ Everything here exists only for speed; the numbers are those of the literal
 :func:`lrpnumpy.rules.four_steps` (tested equal for every rule and layer, and end to end by
 ``explain(..., reference=True)``).  Compared with the literal steps, :func:`propagate`
 
-* skips terms whose input vanishes (``Term.vanishes``: the negative part after a ReLU),
+* leaves out, sample by sample, the terms on an input that is all zero for that sample and that
+  add no bias (the negative part after a ReLU): they add nothing but signed zeros, and a sample's
+  relevance, the signs of its zeros included, must not depend on the other samples of its batch
+  (:func:`_left_out`; the term is skipped outright where it vanishes for the whole batch),
 * runs each distinct (input, weight) pair once, however many terms and groups use it, and pairs
   on one input as one pass over stacked weights; the layer's own weight and bias on its own input
   need no pass at all: that is the traced forward pass's output (:func:`_is_traced`),
 * does step 2 in one pass with the sums the ledger reads (``kernels.lrp_step2``),
 * runs a dense layer above :data:`ROW_BLOCK_BYTES` one block of output neurons at a time,
 * writes the gamma rule on input without a negative part through the traced ``z`` and
-  ``u = W+ a + b+`` (:func:`groups_for`): one forward pass instead of two.
+  ``u = W+ a + b+`` (:func:`groups_for`): one forward pass instead of two (decided per sample:
+  a batch of samples with and without a negative part runs both forms, each sample keeps its own).
 
 Modified weights are cached on frozen layers by the rules themselves (``layer.derived``).
 """
@@ -28,78 +32,67 @@ from .trace import Step
 
 def propagate(rule, layer, step, R):
     """``(R_in, ledger)`` of an :class:`~lrpnumpy.rules.AffineRule` on its (checked) ``layer``."""
-    negative = _samples_with_negative_input(layer, step)
-    if negative is not None:  # both kinds of samples in the batch: each kind on its own (see below)
-        return _by_kind(rule, layer, step, R, negative)
     blocks = row_blocks(layer)
     if blocks is None:
-        groups = groups_for(rule, layer, step)
-        R_in, values = four_steps_fast(layer, step, groups, R, rule.epsilon)
-        return layer.split(_unsigned_zeros(R_in)), rules.ledger(groups, values, rule.epsilon)
+        R_in, absorbed = _per_sample_form(rule, layer, step, R)
+        return layer.split(R_in), absorbed
     # a large dense layer, one block of output neurons at a time: every rule's denominators
     # belong to single output neurons, so the blocks' relevance adds up at the shared input
     R_in, absorbed = 0, {}
     for rows, part in blocks:
         sub = Step(part, step.inputs, step.output[..., rows], step.state, step.index, step.parents)
-        groups = groups_for(rule, part, sub)
-        r, values = four_steps_fast(part, sub, groups, R[..., rows], rule.epsilon)
+        r, ledger = _per_sample_form(rule, part, sub, R[..., rows])
         R_in = R_in + r
-        for key, value in rules.ledger(groups, values, rule.epsilon).items():
+        for key, value in ledger.items():
             _add(absorbed, key, value)
-    return layer.split(_unsigned_zeros(R_in)), absorbed
+    return layer.split(R_in), absorbed
 
 
-def _samples_with_negative_input(layer, step):
-    """Which samples have a negative input, when some do and some do not (else None).
+def _per_sample_form(rule, layer, step, R):
+    """``(R_in, ledger)`` of the rule's groups in :func:`groups_for`'s form; a batch where that form
+    differs between samples (the gamma rule, samples with and without a negative input part) runs
+    both forms and each sample keeps the result of its own, bit for bit what it gets alone."""
+    rewrite = _gamma_rewritable(rule, layer, step)
+    if rewrite is None or rewrite.all() or not rewrite.any():
+        groups = groups_for(rule, layer, step, rewrite is not None and bool(rewrite.all()))
+        R_in, values = four_steps_fast(layer, step, groups, R, rule.epsilon)
+        return R_in, rules.ledger(groups, values, rule.epsilon)
+    out = []
+    for form in (True, False):
+        groups = groups_for(rule, layer, step, form)
+        R_in, values = four_steps_fast(layer, step, groups, R, rule.epsilon)
+        out.append((R_in, rules.ledger(groups, values, rule.epsilon)))
+    (R_a, ledger_a), (R_b, ledger_b) = out
+    return (np.where(_rows(rewrite, np.ndim(R_a)), R_a, R_b),
+            {k: np.where(rewrite, ledger_a.get(k, 0), ledger_b.get(k, 0)) for k in {**ledger_a, **ledger_b}})
 
-    Whether the x- terms vanish, and whether gamma is written through the traced ``z``, is decided
-    on the whole input: a sample without negative inputs would take a path (and get rounding) that
-    depends on the rest of its batch.  Such a batch is explained in two parts, each of one kind,
-    so that every sample takes the path it takes alone.  (Layers with a backward state are not
-    split; their rules here do not look at signs.)"""
-    xs = step.inputs
-    if (step.state is not None or not all(isinstance(x, np.ndarray) and x.ndim >= 2 for x in xs)
-            or len({len(x) for x in xs}) != 1 or len(xs[0]) < 2):
+
+def _gamma_rewritable(rule, layer, step):
+    """Per sample: may the gamma rule run through the traced ``z`` (input without a negative part)?
+    None for other rules."""
+    n = len(step.output)
+    if type(rule).groups is not Gamma.groups:
         return None
-    negative = np.zeros(len(xs[0]), bool)
-    for x in xs:  # every input batch first (a several-input layer's joint input stacks them)
-        negative |= (x < 0).reshape(len(x), -1).any(axis=1)
-    return negative if negative.any() and not negative.all() else None
+    if step.input.shape[:1] != (n,):  # not one row per sample: decided for the whole batch
+        return np.full(n, step.input.min() >= 0)
+    return ~(step.input.reshape(n, -1) < 0).any(axis=1)
 
 
-def _by_kind(rule, layer, step, R, negative):
-    """:func:`propagate` on the samples with and those without a negative input, put back in order."""
-    R_in, ledger = None, {}
-    for idx in (np.flatnonzero(negative), np.flatnonzero(~negative)):
-        sub = Step(step.layer, [x[idx] for x in step.inputs], step.output[idx], None, step.index, step.parents)
-        r, values = propagate(rule, layer, sub, R[idx])
-        parts = r if isinstance(r, tuple) else (r,)
-        if R_in is None:
-            R_in = tuple(np.empty((len(negative),) + p.shape[1:], p.dtype) for p in parts)
-        for whole, part in zip(R_in, parts):
-            whole[idx] = part
-        for key, value in values.items():
-            value = np.asarray(value)
-            ledger.setdefault(key, np.zeros(len(negative), value.dtype))[idx] = value
-    return (R_in if isinstance(r, tuple) else R_in[0]), ledger
+def _rows(rows, ndim):
+    """A per-sample boolean ``(N,)`` shaped to broadcast against an array of ``ndim`` axes."""
+    return rows.reshape((-1,) + (1,) * (ndim - 1))
 
 
-def _unsigned_zeros(R):
-    """``R`` with every -0 made +0 (in place when ``R`` is a new array): whether a term that vanishes
-    (the x- of ZPlus on inputs >= 0) is skipped depends on the whole batch, and where it is not,
-    its exact zeros, added, can turn a -0 into +0; so a sample's zeros would keep their sign only
-    in some batches."""
-    if isinstance(R, np.ndarray) and R.base is None and R.flags.writeable:
-        return np.add(R, R.dtype.type(0), out=R)
-    return R + np.zeros((), np.result_type(R))
-
-
-def groups_for(rule, layer, step):
+def groups_for(rule, layer, step, rewrite=None):
     """The rule's groups in the form with the fewest passes: ``rule.groups``, except for the gamma
     rule on input without a negative part (as after a ReLU), written through the traced
     ``z = W a + b`` (no pass) and ``u = W+ a + b+`` (one pass): ``W + gamma W+`` is ``z + gamma u``
-    and ``W + gamma W-`` is ``(1 + gamma) z - gamma u``."""
-    if type(rule).groups is Gamma.groups and step.input.min() >= 0:
+    and ``W + gamma W-`` is ``(1 + gamma) z - gamma u``.  ``rewrite``: use that form (True), or not
+    (False); None: when no sample has a negative input part."""
+    if rewrite is None:
+        rewritable = _gamma_rewritable(rule, layer, step)
+        rewrite = rewritable is not None and bool(rewritable.all())
+    if rewrite and type(rule).groups is Gamma.groups:
         a, W, b, z, gamma = step.input, layer.weight, layer.bias, step.output, rule.gamma
         Wp, bp = layer.derived("positive-part", lambda: (_pos(W), _pos(b)))
         return [Group([Term(a, W, b), Term(a, Wp, bp, coef=gamma)], mask=z > 0),
@@ -110,15 +103,22 @@ def groups_for(rule, layer, step):
 def four_steps_fast(layer, step, groups, R, epsilon):
     """:func:`four_steps` with fewer passes; same arguments, same results up to rounding.
 
-    Terms whose input vanishes are skipped; each distinct (input, weight) pair runs one forward and
+    Terms on an input that is all zero and that add no bias are left out (:func:`_left_out`); each
+    distinct (input, weight) pair runs one forward and
     one backward pass however many terms use it (the backward pass is linear in ``s``, so the
     terms' ``coef * s`` add up before it), and pairs on one input run together, with stacked
     weights.  The layer's own weight on its own input needs no forward pass at all: that is the
     traced forward pass's output.
     """
-    live = [t for g in groups for t in g.terms if not t.vanishes]
-    if len(groups) == 1 and len(live) == 1:  # Epsilon, Norm, ZPlus after a ReLU, ...: fewer steps in Python
-        return _one_term(layer, step, groups[0], live[0], R, epsilon)
+    if len(groups) == 1 and len(groups[0].terms) == 1:  # Epsilon, Norm, ...: fewer steps in Python
+        return _one_term(layer, step, groups[0], groups[0].terms[0], R, epsilon)
+    left_out = _left_out(groups, len(R))
+    gone = {key for key, rows in left_out.items() if rows.all()}  # left out for every sample: no pass
+    if gone:
+        groups = [Group([t for t in g.terms if id(t.x) not in gone], g.coef, g.mask) for g in groups]
+        left_out = {key: rows for key, rows in left_out.items() if key not in gone}
+        if len(groups) == 1 and len(groups[0].terms) == 1:  # ZPlus after a ReLU: its term on x- left out
+            return _one_term(layer, step, groups[0], groups[0].terms[0], R, epsilon)
     pairs = _pairs(groups)
     # step 1: z = forward pass of the rule-modified layer (each group: the sum of its terms)
     z = [[] for _ in groups]
@@ -139,7 +139,7 @@ def four_steps_fast(layer, step, groups, R, epsilon):
                     if id(bias) not in with_bias:
                         with_bias[id(bias)] = outs[id(u)][0] + layer.bias_view(bias, R.ndim)
                     out = with_bias[id(bias)]
-                z[gi].append(_scaled(coef, out))
+                z[gi].append(_leave_out(_scaled(coef, out), left_out.get(id(x))))
     # step 2: s = R / stabilize(z), each group's in one pass with the sums its ledger reads
     s, accounts = [], []
     for g, zg in zip(groups, z):
@@ -153,9 +153,48 @@ def four_steps_fast(layer, step, groups, R, epsilon):
     # step 4: R = a * c (summed over the inputs the terms use)
     def s_of(pair):  # the pair's terms' s, each scaled by its group's and its own coefficient
         return _total([_scaled(groups[gi].coef * coef, s[gi]) for gi, coef, _ in pair.terms])
-    R_in = _total([_times(x, layer.backward_with_many([(s_of(u), u.weight) for u in uses], step))
-                   for x, uses in _by_input(pairs)])
+    R_in = _total([_leave_out(_times(x, layer.backward_with_many([(s_of(u), u.weight) for u in uses], step)),
+                              left_out.get(id(x))) for x, uses in _by_input(pairs)])
     return R_in, accounts
+
+
+def _left_out(groups, n):
+    """``{id(x): rows}``: the samples (boolean ``(N,)``) for which the terms on input ``x`` are left out.
+
+    That is where ``x`` is all zero, no term on ``x`` adds a bias (the terms add nothing but signed
+    zeros there), and each group using ``x`` keeps a term on another input for that sample.  Decided
+    from each sample's own numbers, so a sample's result does not depend on its batch; where terms
+    are left out for some samples only, their values there become ``-0``, which leaves any sum it is
+    added to unchanged bit for bit (:func:`_leave_out`): the same bits as without the terms.
+    """
+    inputs = [[t.x for t in g.terms] for g in groups]
+    biased = {id(t.x) for g in groups for t in g.terms if t.bias is not None}
+    zero = {}  # candidates: id(x) -> samples where x is all zero
+    for xs in inputs:
+        if any(x is not xs[0] for x in xs):  # a group with at least two inputs
+            for x in xs:
+                if id(x) not in biased and id(x) not in zero and np.shape(x)[:1] == (n,):
+                    zero[id(x)] = ~np.asarray(x).reshape(n, -1).any(axis=1)
+    out = {key: rows for key, rows in zero.items() if rows.any()}
+    if not out:
+        return out
+    for xs in inputs:  # an input alone in its group is never left out
+        if all(x is xs[0] for x in xs):
+            out.pop(id(xs[0]), None)
+    for xs in inputs:  # a group that would be left with no term for a sample keeps them all there
+        keys = {id(x) for x in xs}
+        if keys <= out.keys():
+            everything = np.logical_and.reduce([out[key] for key in keys])
+            for key in keys:
+                out[key] = out[key] & ~everything
+    return {key: rows for key, rows in out.items() if rows.any()}
+
+
+def _leave_out(v, rows):
+    """``v`` with the samples ``rows`` set to ``-0`` (the identity of addition, signs of zeros included)."""
+    if rows is None:
+        return v
+    return np.where(_rows(rows, np.ndim(v)), np.asarray(v).dtype.type(-0.0), v)
 
 
 def _one_term(layer, step, g, t, R, epsilon):
@@ -207,12 +246,10 @@ class _Pair(NamedTuple):
 
 
 def _pairs(groups):
-    """The distinct (input, weight) pairs of the terms that do not vanish (by identity)."""
+    """The distinct (input, weight) pairs of the groups' terms (by identity)."""
     pairs = []
     for gi, g in enumerate(groups):
         for t in g.terms:
-            if t.vanishes:
-                continue
             pair = next((p for p in pairs if p.x is t.x and p.weight is t.weight), None)
             if pair is None:
                 pair = _Pair(t.x, t.weight, [])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import lrpnumpy as L
-from lrpnumpy import composites, datasets, kernels, methods, zoo
+from lrpnumpy import composites, datasets, kernels, methods, rules, zoo
 from lrpnumpy.io import load_model
 
 from lrpnumpy.datasets import DATA_DIR as DATA  # the shipped package data
@@ -231,3 +231,35 @@ def test_signs_of_zeros(rule, backend):
         alone = L.explain(net, sample, rule=rule, target=1).relevance
         inside = L.explain(net, batch, rule=rule, target=1).relevance
         assert bitwise(alone[0], inside[0]), np.signbit(alone[0]) ^ np.signbit(inside[0])
+
+
+@pytest.mark.parametrize("rule", [L.ZPlus(), L.AlphaBeta(2, 1), L.Gamma(0.25), rules.ToolboxAlphaBeta(2.0)], ids=repr)
+def test_signed_zeros_do_not_depend_on_another_samples_negative_inputs(rule, backend):
+    """Issue 25: a first-layer rule that splits its input by sign, on a sample without a negative
+    part, explained alone and next to a sample with one: the same bits, the signs of zeros included
+    (the fast path used to skip the term on x- only when no sample of the batch had a negative part)."""
+    rng = np.random.default_rng(3)
+    net = L.Sequential([L.Linear(12, 9, rng=rng), L.ReLU(), L.Linear(9, 5, rng=rng)])
+    nonneg = np.maximum(rng.normal(size=(1, 12)), 0)  # about half its inputs exactly zero
+    signed = rng.normal(size=(1, 12))
+    R = rng.normal(size=(1, 5))  # relevance of both signs: zeros come out as -0 and +0
+    alone = L.explain(net, nonneg, rule=rule, relevance_out=R).relevance[0]
+    assert np.signbit(alone[alone == 0]).any() and (alone == 0).any()  # the case this is about
+    for batch, pos in ((np.concatenate([signed, nonneg]), 1), (np.concatenate([nonneg, signed, signed]), 0)):
+        inside = L.explain(net, batch, rule=rule, relevance_out=np.repeat(R, len(batch), axis=0)).relevance[pos]
+        assert bitwise(inside, alone), f"{rule!r}: differs in the batch of {len(batch)}"
+        np.testing.assert_array_equal(np.signbit(inside), np.signbit(alone))
+
+
+@pytest.mark.parametrize("rule", [L.ZPlus(), L.AlphaBeta(2, 1), L.Gamma(0.25)], ids=repr)
+def test_a_sample_of_zeros_without_bias_keeps_its_bits_in_a_batch(rule, backend):
+    """Both split parts of an all-zero sample vanish on a layer without bias: the fast path keeps one
+    group's terms rather than none, sample by sample, so alone and next to signed samples agree bit for bit."""
+    rng = np.random.default_rng(4)
+    net = L.Sequential([L.Linear(6, 5, bias=False, rng=rng), L.ReLU(), L.Linear(5, 3, rng=rng)])
+    zeros, signed = np.zeros((1, 6)), rng.normal(size=(2, 6))
+    R = -np.ones((1, 3))
+    alone = L.explain(net, zeros, rule=rule, relevance_out=R).relevance[0]
+    for batch, pos in ((np.concatenate([signed, zeros]), 2), (np.concatenate([zeros, np.maximum(signed, 0)]), 0)):
+        inside = L.explain(net, batch, rule=rule, relevance_out=np.repeat(R, len(batch), axis=0)).relevance[pos]
+        assert bitwise(inside, alone), f"{rule!r}: differs in the batch of {len(batch)}"
