@@ -284,7 +284,7 @@ def test_other_methods_against_captum_and_zennit(seed, bias):
     1e-10 relative (Captum's occlusion, which it rounds to float32: 1e-6)."""
     import sys
     sys.path.insert(0, __import__("os").path.dirname(__file__))
-    from test_methods_more import cnn
+    from test_methods import cnn
     rng = np.random.default_rng(seed)
     net, x = cnn(rng, bias), rng.random((3, 2, 8, 8))
     rows = verify.compare(net, x, against=("captum", "zennit"), methods=OTHER_METHODS)
@@ -337,7 +337,7 @@ def test_filtering_by_channel_agrees_with_zennit_crp(layer, channels):
     from crp.attribution import CondAttribution
     import sys
     sys.path.insert(0, __import__("os").path.dirname(__file__))
-    from test_methods_more import cnn
+    from test_methods import cnn
     rng = np.random.default_rng(layer)
     net, x = cnn(rng), rng.random((3, 2, 8, 8))
     target = L.methods.gradient(net, x).target

@@ -178,3 +178,14 @@ def test_heatmap_in_a_script_keeps_the_users_backend_so_plt_show_shows_it(tmp_pa
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "backend: module://recording_backend" in r.stdout and "shown: ['mine']" in r.stdout
+
+
+def test_pictures(tmp_path, rng):
+    from lrpnumpy import viz
+    from lrpnumpy.demo import sample_input
+    from lrpnumpy.zoo import lenet5
+    e = L.explain(lenet5(), sample_input(), composite=L.EpsilonPlus())
+    fig = viz.plot_conservation(e.conservation())
+    fig.savefig(tmp_path / "c.png")
+    viz.heatmap(e.relevance[0]).figure.savefig(tmp_path / "h.png")
+    assert (tmp_path / "c.png").stat().st_size > 1000 and (tmp_path / "h.png").stat().st_size > 1000
