@@ -14,7 +14,7 @@ import pytest
 
 import lrpnumpy as L
 from lrpnumpy import composites
-from lrpnumpy.errors import ShapeError, UnsupportedLayerError
+from lrpnumpy.errors import ModelFormatError, ShapeError, UnsupportedLayerError
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -141,9 +141,16 @@ def test_other_patterns_are_named():
     with pytest.raises(UnsupportedLayerError, match=r"'pick' \(Gather\).*only one token"):
         load_onnx(_graph(nodes, inits, out=(1, 2, 2)))
     inits, nodes = _tokens([helper.make_node("Gather", ["t", "i"], ["y"], name="pick", axis=1)],
-                           {"i": np.array(-1, np.int64)})
+                           {"i": np.array(-4, np.int64)})  # token 0 counted from the end
     net = load_onnx(_graph(nodes, inits, out=(1, 2)))
-    assert isinstance(net.layers[-1], L.SelectToken) and net.layers[-1].index == 3
+    assert isinstance(net.layers[-1], L.SelectToken) and net.layers[-1].index == 0
+    inits, nodes = _tokens([helper.make_node("Gather", ["t", "i"], ["y"], name="pick", axis=1)],
+                           {"i": np.array(2, np.int64)})  # another token than the class token's
+    with pytest.raises(UnsupportedLayerError, match=r"'pick' \(Gather\): Gather of activations"):
+        load_onnx(_graph(nodes, inits, out=(1, 2)))
+    inits["i"] = np.array(8, np.int64)  # 8 % 4 == 0, but out of range
+    with pytest.raises(ModelFormatError, match=r"'pick' \(Gather\): token index 8 out of range for 4 tokens"):
+        load_onnx(_graph(nodes, inits, out=(1, 2)))
 
 
 def test_position_embedding_of_the_wrong_length_is_named():

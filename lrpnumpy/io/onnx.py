@@ -1630,7 +1630,7 @@ def _vision_node(n, consts, data, ins, in_shapes, region, dtype):
       (after a patch Conv, the two become a :class:`~lrpnumpy.layers.PatchEmbedding`: :func:`_patch_embeddings`);
     * ``Concat([Expand(class token), tokens], axis=1)``: :class:`~lrpnumpy.layers.ClassToken`;
     * ``Add`` of a constant (1, T, E) to tokens (N, T, E): :class:`~lrpnumpy.layers.PositionEmbedding`;
-    * ``Gather`` of one constant index on axis 1 of tokens: :class:`~lrpnumpy.layers.SelectToken`.
+    * ``Gather`` of token 0 on axis 1 of tokens: :class:`~lrpnumpy.layers.SelectToken` (the class token's).
 
     Each is checked (shapes, axes); a Concat of a constant with activations or a Reshape of feature maps
     that fits none is refused here, naming the node."""
@@ -1680,14 +1680,16 @@ def _vision_node(n, consts, data, ins, in_shapes, region, dtype):
     if op == "Gather" and len(data) == 1 and n.node.input[0] == data[0] and shape is not None and len(shape) == 2:
         index = consts.get(n.node.input[1]) if len(n.node.input) > 1 else None
         axis = int(n.get("axis", 0))
+        if index is not None and np.ndim(index) == 0 and np.asarray(index).dtype.kind in "iu" and axis in (1, -2) \
+                and int(index) not in (0, -shape[0]):
+            if not -shape[0] <= int(index) < shape[0]:
+                raise ModelFormatError(f"{n.label}: token index {int(index)} out of range for {shape[0]} tokens")
+            return None  # not the class token (e.g. a sequence's last step): _gather_node names it
         if index is None or np.ndim(index) != 0 or np.asarray(index).dtype.kind not in "iu" or axis not in (1, -2):
             raise n.unsupported(f"Gather on tokens (N, {shape[0]}, {shape[1]}) with axis={axis} and index "
                                 f"{brief(None if index is None else np.asarray(index).tolist())}: only one token "
                                 f"(a constant scalar index on axis 1, as the class token's selection) is supported")
-        k = int(index)
-        if not -shape[0] <= k < shape[0]:
-            raise ModelFormatError(f"{n.label}: token index {k} out of range for {shape[0]} tokens")
-        return [(out, Lyr.SelectToken(k % shape[0]), src, None)]
+        return [(out, Lyr.SelectToken(0), src, None)]
     return None
 
 
