@@ -87,6 +87,25 @@ def test_dynamic_batch_axis():
     np.testing.assert_allclose(net.forward(x.numpy()), module(x).detach().numpy(), rtol=0, atol=1e-5)
 
 
+def test_default_exporter():
+    """torch's default (dynamo) exporter: the same pieces, and attention heads reshaped differently."""
+    pytest.importorskip("onnxscript")
+    import contextlib
+    module = small_vit(2)
+    x = torch.randn(2, 3, 32, 32)
+    f = io.BytesIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), f, dynamo=True)
+    net = load_onnx(f.getvalue())
+    kinds = [type(layer) for layer in net.layers]
+    assert kinds[:3] == [L.PatchEmbedding, L.ClassToken, L.PositionEmbedding] and L.SelectToken in kinds
+    assert [a.num_heads for a in net.layers if isinstance(a, L.MultiheadAttention)] == [4, 4]
+    want = module(x).detach().numpy()
+    assert np.abs(want).max() > 0.1
+    np.testing.assert_allclose(net.forward(x.numpy()), want, rtol=0, atol=1e-5)
+
+
 def test_attnlrp_on_the_loaded_vit_conserves_per_layer(vit):
     _, data = vit
     net = load_onnx(data, dtype=np.float64)

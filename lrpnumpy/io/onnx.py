@@ -1316,6 +1316,10 @@ def _attention_block(n, consts, src, shape, region, dtype):
     heads = {int(np.asarray(consts[m.input[1]]).ravel()[1]) for m in inside if m.op_type == "Reshape"
              and m.input[1] in consts and np.asarray(consts[m.input[1]]).size == 4}
     heads = {h for h in heads if h >= 1 and e % h == 0}
+    if len(heads) > 1:  # the default exporter also reshapes to (T, N, 3, E): keep targets (N, H, T, E / H)
+        heads = {int(np.asarray(consts[m.input[1]]).ravel()[1]) for m in inside if m.op_type == "Reshape"
+                 and m.input[1] in consts and np.asarray(consts[m.input[1]]).size == 4
+                 and np.asarray(consts[m.input[1]]).ravel()[1] * np.asarray(consts[m.input[1]]).ravel()[3] == e}
     if len(heads) != 1:
         raise n.unsupported("the number of heads cannot be read: the block's reshape to (N, H, T, head_dim) must "
                             "have a target shape computed from constants and the input's static shape")
