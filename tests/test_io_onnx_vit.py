@@ -179,3 +179,36 @@ def test_position_embedding_of_the_wrong_length_is_named():
     assert isinstance(net.layers[-1], L.PositionEmbedding)
     with pytest.raises(ShapeError, match="the sequence has 9 tokens but there are position embeddings for 4"):
         net.forward(np.ones((1, 3, 12, 12), np.float32))
+
+
+@pytest.mark.parametrize("bad", [(6, 6), (5, 6)])
+def test_attention_mask_of_the_wrong_shape_is_named(bad):
+    """A constant mask added to the scores must end in (T, T): a causal mask for 6 tokens on 5, or a mask that is not
+    square, is named with its shape (not a reshape error or 'not causal')."""
+    t, e = 5, 8
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(e, 2, 16, dropout=0.0, batch_first=True)
+    mask = torch.randn(t, t)
+
+    class Masked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x):
+            return self.layer(x, src_mask=mask)
+    model = onnx.load_from_string(export(Masked(), torch.randn(2, t, e)))
+    holders = [nd for nd in model.graph.node if nd.op_type == "Constant" and
+               numpy_helper.to_array(nd.attribute[0].t).size == t * t and
+               np.allclose(numpy_helper.to_array(nd.attribute[0].t).ravel(), mask.numpy().ravel())]
+    assert len(holders) == 1
+    # a causal mask for 6 tokens; zeros (-inf is allowed only in a square mask) of shape (5, 6)
+    value = np.where(np.triu(np.ones(bad, bool), 1) & (bad[0] == bad[1]), -np.inf, 0).astype(np.float32)
+    holders[0].attribute[0].t.CopyFrom(numpy_helper.from_array(value))
+    with pytest.raises(UnsupportedLayerError, match=rf"adds an attention mask of shape \({bad[0]}, {bad[1]}\) to "
+                                                    rf"scores over 5 tokens; a mask must end in \(T, T\) = \(5, 5\)"):
+        load_onnx(model)
+    value = np.where(np.triu(np.ones((t, t), bool), 1), -np.inf, 0).astype(np.float32)  # the right one loads
+    holders[0].attribute[0].t.CopyFrom(numpy_helper.from_array(value))
+    net = load_onnx(model)
+    assert [a.causal for a in net.layers if isinstance(a, L.MultiheadAttention)] == [True]

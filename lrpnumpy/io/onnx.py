@@ -1336,6 +1336,10 @@ def _attention_block(n, consts, src, shape, region, dtype):
         for mask in masks:
             t = mask.shape[-1]
             n.limits.count(n.label, "the attention mask", mask.shape)
+            if mask.shape[-2:] != (shape[0], shape[0]):
+                raise n.unsupported(f"node {brief(m.name)!r} ({m.op_type}) adds an attention mask of shape "
+                                    f"{brief(mask.shape)} to scores over {shape[0]} tokens; a mask must end in "
+                                    f"(T, T) = ({shape[0]}, {shape[0]})")
             future = np.triu(np.ones((t, t), bool), 1)
             m2 = np.asarray(mask).reshape(-1, t, t)
             if mask.dtype == bool and m.op_type == "Where":
