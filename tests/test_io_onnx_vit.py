@@ -212,3 +212,22 @@ def test_attention_mask_of_the_wrong_shape_is_named(bad):
     holders[0].attribute[0].t.CopyFrom(numpy_helper.from_array(value))
     net = load_onnx(model)
     assert [a.causal for a in net.layers if isinstance(a, L.MultiheadAttention)] == [True]
+
+
+def test_vit_b_16_loads():
+    """torchvision's ViT-B/16 (random weights, 224 x 224, 86 million parameters): 12 blocks load and give torch's
+    logits (about 25 s: export, load and one forward pass each)."""
+    torch.manual_seed(5)
+    module = torchvision.models.vit_b_16(weights=None).eval()
+    with torch.no_grad():
+        module.heads.head.weight.normal_(0, 0.02)
+        module.class_token.normal_(0, 0.5)
+    x = torch.randn(1, 3, 224, 224)
+    net = load_onnx(export(module, x))
+    kinds = [type(layer) for layer in net.layers]
+    assert kinds[:3] == [L.PatchEmbedding, L.ClassToken, L.PositionEmbedding] and kinds[-2] is L.SelectToken
+    assert [a.num_heads for a in net.layers if isinstance(a, L.MultiheadAttention)] == [12] * 12
+    assert net.layers[2].num_tokens == 197 and net.layers[0].patch_size == 16
+    want = module(x).detach().numpy()
+    assert want.shape == (1, 1000) and np.abs(want).max() > 0.1
+    np.testing.assert_allclose(net.forward(x.numpy()), want, rtol=0, atol=1e-5)
