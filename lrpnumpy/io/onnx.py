@@ -11,7 +11,9 @@ time, ``LSTM`` and ``GRU`` nodes (ONNX's gate order and sequence-first layout fo
 Transpose/Squeeze/Gather/Concat/Reshape nodes around them; see :func:`_sequence_node`), torch's
 ``nn.MultiheadAttention`` block taken whole into :class:`~lrpnumpy.layers.MultiheadAttention`
 (:func:`_attention_block`, causal mask included), ``LayerNormalization`` and ``Gelu`` and their
-decomposed forms (opset < 17 / < 20).  Shape arithmetic (``Shape``, ``Gather``, ``Concat``, ``Expand``,
+decomposed forms (opset < 17 / < 20); around them torchvision's ViT: the patch Conv read as tokens
+(:class:`~lrpnumpy.layers.PatchEmbedding`), the class token, the position embedding and the class token's
+selection (:func:`_vision_node`).  Shape arithmetic (``Shape``, ``Gather``, ``Concat``, ``Expand``,
 ``Cast``, ``Mod``, ``Sqrt``...) on constants and static shapes is evaluated at load time
 (:func:`_fold_node`), each result's size checked first.
 
