@@ -18,7 +18,6 @@ is measured in a child process for each library (``ru_maxrss`` minus the residen
 import argparse
 import importlib
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -140,7 +139,6 @@ if fwd is not None:
     V.lxt_relevance(fwd, x, torch)  # warm-up: torch's allocator and kernels
 else:
     L.explain(net, x, composite=composites.get('attnlrp', epsilon=1e-12))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 import gc; gc.collect()
 base = int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize() / 1024
 if fwd is not None:
