@@ -1,6 +1,6 @@
 """Which explanation method ranks pixels best on the shipped vision transformer?  Pixel flipping.
 
-    python benchmarks/evaluate_vit.py [--images 1000] [--out evaluation_vit.json]
+    python benchmarks/evaluate_vit.py [--images 1000] [--out data/evaluation_vit.json]
 
 On the shipped ViT (``fashion_vit``: patches 7 x 7, width 64, two pre-norm encoder blocks) and the
 shipped Fashion-MNIST test images (the same 1,000 as the CNN's table in
@@ -24,7 +24,7 @@ from lrpnumpy import composites, datasets, evaluate as E, methods as M
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=1000)
-    p.add_argument("--out", default="evaluation_vit.json")
+    p.add_argument("--out", default="data/evaluation_vit.json")
     args = p.parse_args()
     net = L.zoo.trained("fashion_vit", dtype=np.float32).freeze()
     sample = datasets.sample(np.float32)
