@@ -163,11 +163,14 @@ def main():
     p.add_argument("--big-layers", type=int, default=12)
     p.add_argument("--big-batch16", action="store_true", help="also time the big model at batch 16")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--memory-only", action="store_true", help="only the peak memory of the big model")
     args = p.parse_args()
     import threadpoolctl
     import torch
     torch.set_num_threads(args.threads)
     threadpoolctl.threadpool_limits(args.threads)
+    if args.memory_only:
+        return memory(args)
     attnlrp = composites.get("attnlrp", epsilon=1e-12)  # lxt's efficient mode has no epsilon; the time is the same
 
     # 1. the same relevance: the shipped ViT in float64, epsilon 1e-12 (lxt's efficient mode has none)
@@ -204,11 +207,14 @@ def main():
     print(f"{'model':<52} {'batch':>5} {'lrpnumpy ms':>12} {'lxt ms':>9} {'ratio':>6}")
     for name, batch, a, b, _ in rows:
         print(f"{name:<52} {batch:>5} {a * 1e3:>12.1f} {b * 1e3:>9.1f} {a / b:>6.2f}")
-    if not args.no_memory:
-        for which in ("lrpnumpy", "lxt"):
-            extra, total = peak_child(which, args.big_layers, args.threads)
-            print(f"peak memory, ViT-B/16-sized ({args.big_layers} blocks), batch 1, {which}: "
-                  f"{extra:.0f} MB above the model and warm-up ({total:.0f} MB max resident)")
+    return 0 if args.no_memory else memory(args)
+
+
+def memory(args):
+    for which in ("lrpnumpy", "lxt"):
+        extra, total = peak_child(which, args.big_layers, args.threads)
+        print(f"peak memory, ViT-B/16-sized ({args.big_layers} blocks), batch 1, {which}: "
+              f"{extra:.0f} MB above the model and warm-up ({total:.0f} MB max resident)", flush=True)
     return 0
 
 
