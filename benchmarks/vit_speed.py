@@ -12,7 +12,8 @@ Before timing, each model's relevance is checked against lrpnumpy's ``attnlrp`` 
 in float64 to 1e-8 with epsilon 1e-12; the timed float32 runs to float32 tolerance).  Times are the
 minimum over ``--repeats`` rounds (10 times as many for the shipped ViT; lrpnumpy and lxt in turns) of forward + relevance for the predicted class, float32, with torch and
 NumPy's BLAS limited to ``--threads`` threads.  The peak memory of one ViT-B/16-sized explanation (batch 1)
-is measured in a child process for each library (``ru_maxrss`` minus the resident size before it).
+is measured in a child process for each library, after one untimed explanation: the peak resident size
+(``VmHWM``, reset through ``/proc/self/clear_refs``) minus the resident size before it.
 """
 
 import argparse
@@ -143,12 +144,16 @@ if fwd is not None:
 else:
     L.explain(net, x, composite=composites.get('attnlrp', epsilon=1e-12))
 import gc; gc.collect()
-base = int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize() / 1024
+def status(key):  # kB
+    return next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith(key + ':'))
+base = status('VmRSS')
+with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')  # resets VmHWM, the peak resident size, to the current one (Linux >= 4.0)
 if fwd is not None:
     V.lxt_relevance(fwd, x, torch)
 else:
     L.explain(net, x, composite=composites.get('attnlrp', epsilon=1e-12))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = status('VmHWM')
 print((peak - base) / 1024, peak / 1024)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
