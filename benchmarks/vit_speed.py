@@ -12,7 +12,7 @@ Before timing, each model's relevance is checked against lrpnumpy's ``attnlrp`` 
 in float64 to 1e-8 with epsilon 1e-12; the timed float32 runs to float32 tolerance).  Times are the
 minimum over ``--repeats`` rounds (10 times as many for the shipped ViT; lrpnumpy and lxt in turns) of forward + relevance for the predicted class, float32, with torch and
 NumPy's BLAS limited to ``--threads`` threads.  The peak memory of one ViT-B/16-sized explanation (batch 1)
-is measured in a child process for each library, after one untimed explanation: the peak resident size
+is measured in a child process for each library, the first explanation after building the model: the peak resident size
 (``VmHWM``, reset through ``/proc/self/clear_refs``) minus the resident size before it.
 """
 
@@ -139,10 +139,6 @@ from lrpnumpy import composites
 net = V.lrpnumpy_vit(depth={depth}, **V.BIG).freeze()
 x = np.random.default_rng(1).random((1, 3, 224, 224)).astype(np.float32)
 fwd = V.torch_vit(net, torch.float32) if {which!r} == 'lxt' else None
-if fwd is not None:
-    V.lxt_relevance(fwd, x, torch)  # warm-up: torch's allocator and kernels
-else:
-    L.explain(net, x, composite=composites.get('attnlrp', epsilon=1e-12))
 import gc; gc.collect()
 def status(key):  # kB
     return next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith(key + ':'))
@@ -219,7 +215,7 @@ def memory(args):
     for which in ("lrpnumpy", "lxt"):
         extra, total = peak_child(which, args.big_layers, args.threads)
         print(f"peak memory, ViT-B/16-sized ({args.big_layers} blocks), batch 1, {which}: "
-              f"{extra:.0f} MB above the model and warm-up ({total:.0f} MB max resident)", flush=True)
+              f"{extra:.0f} MB above the built model ({total:.0f} MB peak resident)", flush=True)
     return 0
 
 
