@@ -452,3 +452,19 @@ def test_small_image_products_do_not_depend_on_blas_threads(dtype, rng):
             y = nb.conv2d(x, w, 1, 1, (0, 0, 0, 0), 1, 1, 1)
             out.append(y.tobytes() + nb.conv2d_grad_input(y, w, 14, 14, 1, 1, (0, 0, 0, 0), 1, 1, 1).tobytes())
     assert out[0] == out[1]
+
+
+def test_each_sample_threads_follow_the_callers_errstate(monkeypatch):
+    """np.errstate is thread-local: the kernels' other threads run under the caller's, so an overflow
+    the caller chose to ignore (pixel flipping's fill of 1e10 on huge weights) is not a warning there."""
+    from lrpnumpy.kernels import _common
+    monkeypatch.setattr(_common, "THREADS", 2)
+    big = np.full(4, 1e300)
+
+    def run(lo, hi):
+        big[lo:hi] * 1e300  # overflows in both threads
+    with np.errstate(over="raise"):
+        with pytest.raises(FloatingPointError):
+            _common.each_sample(4, run)
+    with np.errstate(over="ignore"):
+        _common.each_sample(4, run)  # no warning (pytest turns warnings into errors) in either thread

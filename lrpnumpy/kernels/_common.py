@@ -140,11 +140,13 @@ def each_sample(n, run, least=1):
         run(0, n)
         return
     bounds = [n * t // threads for t in range(threads + 1)]
+    errstate = np.geterr()  # the caller's np.errstate is thread-local: the other threads take it over
 
     def task(lo, hi):
         _LOCAL.in_pool = True
         try:
-            run(lo, hi)
+            with np.errstate(**errstate):
+                run(lo, hi)
         finally:
             _LOCAL.in_pool = False
     futures = [_pool().submit(task, bounds[t], bounds[t + 1]) for t in range(1, threads)]
