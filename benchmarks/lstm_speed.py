@@ -37,77 +37,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import interleaved_medians, reference_modules, write_json  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from oracles import reference_lrp_all  # noqa: E402  (the per-sentence LRP_for_LSTM formulas the tests use)
 
 import lrpnumpy as L  # noqa: E402
 from lrpnumpy import composites, methods  # noqa: E402
-
-
-# ----- the reference: Arras et al.'s LRP_for_LSTM formulas, one sentence at a time, plain NumPy -----
-
-def lrp_linear(hin, w, b, hout, Rout, bias_nb_units, eps, bias_factor):
-    """Relevance at ``hin`` (D,) of ``hout = w^T hin + b`` (``w`` (D, M)): the epsilon rule, sign-matched
-    stabilizer, ``bias_factor`` sharing the bias and stabilizer among ``bias_nb_units`` inputs."""
-    sign_out = np.where(hout >= 0, 1.0, -1.0)
-    numer = w * hin[:, None] + bias_factor * (b + eps * sign_out) / bias_nb_units
-    return (numer / (hout + eps * sign_out) * Rout).sum(axis=1)
-
-
-def _sigm(x):
-    return 1 / (1 + np.exp(-x))
-
-
-def lstm_forward(x, Wxh, Whh, bxh, bhh):
-    """One direction over a sentence ``x`` (T, e), gates in torch's order i, f, g, o; row -1 of h and c is the
-    initial zero state."""
-    T, d = len(x), Whh.shape[1]
-    h, c = np.zeros((T + 1, d)), np.zeros((T + 1, d))
-    pre, gates = np.zeros((T, 4 * d)), np.zeros((T, 4 * d))
-    for t in range(T):
-        pre[t] = Wxh @ x[t] + bxh + Whh @ h[t - 1] + bhh
-        gates[t] = np.concatenate([_sigm(pre[t, :2 * d]), np.tanh(pre[t, 2 * d:3 * d]), _sigm(pre[t, 3 * d:])])
-        i, f, g, o = np.split(gates[t], 4)
-        c[t] = f * c[t - 1] + i * g
-        h[t] = o * np.tanh(c[t])
-    return h, c, pre, gates
-
-
-def lstm_lrp(x, params, fwd, Rh_last, eps, bias_factor):
-    """LRP-all back through one direction: the cell update split by lrp_linear, the products' relevance all to
-    the signal g, then the g gate's pre-activation split between x[t] and h[t-1]."""
-    Wxh, Whh, bxh, bhh = params
-    h, c, pre, gates = fwd
-    T, e = x.shape
-    d = Whh.shape[1]
-    rows = slice(2 * d, 3 * d)
-    Rx, Rh, Rc = np.zeros((T, e)), np.zeros((T + 1, d)), np.zeros((T + 1, d))
-    Rh[T - 1] = Rh_last
-    eye, zero = np.identity(d), np.zeros(d)
-    for t in reversed(range(T)):
-        i, f, g, o = np.split(gates[t], 4)
-        Rc[t] += Rh[t]
-        Rc[t - 1] = lrp_linear(f * c[t - 1], eye, zero, c[t], Rc[t], 2 * d, eps, bias_factor)
-        Rg = lrp_linear(i * g, eye, zero, c[t], Rc[t], 2 * d, eps, bias_factor)
-        b = bxh[rows] + bhh[rows]
-        Rx[t] = lrp_linear(x[t], Wxh[rows].T, b, pre[t, rows], Rg, d + e, eps, bias_factor)
-        Rh[t - 1] = lrp_linear(h[t - 1], Whh[rows].T, b, pre[t, rows], Rg, d + e, eps, bias_factor)
-    return Rx
-
-
-def reference_lrp_all(x, params, W_out, target, eps=0.001, bias_factor=0.0):
-    """``(scores, relevance (T, e))`` of one sentence ``x`` (T, e): Arras et al.'s bidirectional LSTM, scores
-    ``W_left h_left[T-1] + W_right h_right[T-1]`` explained from the raw target score."""
-    d = params[0][1].shape[1]
-    left, right = lstm_forward(x, *params[0]), lstm_forward(x[::-1], *params[1])
-    T = len(x)
-    W_left, W_right = W_out[:, :d], W_out[:, d:]
-    s = W_left @ left[0][T - 1] + W_right @ right[0][T - 1]
-    Rout = s * (np.arange(len(s)) == target)
-    zeros = np.zeros(len(s))
-    R_left = lrp_linear(left[0][T - 1], W_left.T, zeros, s, Rout, 2 * d, eps, bias_factor)
-    R_right = lrp_linear(right[0][T - 1], W_right.T, zeros, s, Rout, 2 * d, eps, bias_factor)
-    Rx = lstm_lrp(x, params[0], left, R_left, eps, bias_factor)
-    Rx_rev = lstm_lrp(x[::-1], params[1], right, R_right, eps, bias_factor)
-    return s, Rx + Rx_rev[::-1]
 
 
 # ----- the run -----

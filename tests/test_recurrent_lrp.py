@@ -7,73 +7,15 @@ import pytest
 import lrpnumpy as lp
 from lrpnumpy import composites
 from lrpnumpy.errors import RuleParameterError, UnsupportedLayerError
+from oracles import _sigm, lrp_linear, lstm_forward, reference_lrp_all
 
 
-# ----- the oracle: Arras et al.'s formulas (LRP_for_LSTM), one sentence at a time, plain NumPy -----
-
-def lrp_linear(hin, w, b, hout, Rout, bias_nb_units, eps, bias_factor):
-    """Relevance at ``hin`` (D,) of a linear map ``w`` (D, M) with bias ``b`` (M,) and output ``hout``."""
-    sign_out = np.where(hout >= 0, 1.0, -1.0)
-    numer = w * hin[:, None] + bias_factor * (b + eps * sign_out) / bias_nb_units
-    denom = hout + eps * sign_out
-    return (numer / denom * Rout).sum(axis=1)
-
-
-def _sigm(x):
-    return 1 / (1 + np.exp(-x))
-
-
-def lstm_forward(x, Wxh, Whh, bxh, bhh):
-    """One direction over a sentence x (T, e); gate rows in torch's order i, f, g, o. Row -1 (= T)
-    of h and c is the initial zero state."""
-    T, d = len(x), Whh.shape[1]
-    h, c = np.zeros((T + 1, d)), np.zeros((T + 1, d))
-    pre, gates = np.zeros((T, 4 * d)), np.zeros((T, 4 * d))
-    for t in range(T):
-        pre[t] = Wxh @ x[t] + bxh + Whh @ h[t - 1] + bhh
-        gates[t] = np.concatenate([_sigm(pre[t, :2 * d]), np.tanh(pre[t, 2 * d:3 * d]), _sigm(pre[t, 3 * d:])])
-        i, f, g, o = np.split(gates[t], 4)
-        c[t] = f * c[t - 1] + i * g
-        h[t] = o * np.tanh(c[t])
-    return h, c, pre, gates
-
-
-def lstm_lrp(x, params, fwd, Rh_last, eps, bias_factor):
-    """LRP-all through one direction: the cell update split by lrp_linear, all to the signal."""
-    Wxh, Whh, bxh, bhh = params
-    h, c, pre, gates = fwd
-    T, e = x.shape
-    d = Whh.shape[1]
-    g_rows = slice(2 * d, 3 * d)
-    Rx, Rh, Rc = np.zeros((T, e)), np.zeros((T + 1, d)), np.zeros((T + 1, d))
-    Rh[T - 1] = Rh_last
-    eye, zero = np.identity(d), np.zeros(d)
-    for t in reversed(range(T)):
-        i, f, g, o = np.split(gates[t], 4)
-        Rc[t] += Rh[t]
-        Rc[t - 1] = lrp_linear(f * c[t - 1], eye, zero, c[t], Rc[t], 2 * d, eps, bias_factor)
-        Rg = lrp_linear(i * g, eye, zero, c[t], Rc[t], 2 * d, eps, bias_factor)
-        b = bxh[g_rows] + bhh[g_rows]
-        Rx[t] = lrp_linear(x[t], Wxh[g_rows].T, b, pre[t, g_rows], Rg, d + e, eps, bias_factor)
-        Rh[t - 1] = lrp_linear(h[t - 1], Whh[g_rows].T, b, pre[t, g_rows], Rg, d + e, eps, bias_factor)
-    return Rx
-
+# ----- the oracle: Arras et al.'s formulas (LRP_for_LSTM), one sentence at a time, plain NumPy (tests/oracles.py) -----
 
 def arras_bilstm(x, lstm, W_out, target, eps, bias_factor):
     """Their bidirectional LSTM: score W_left h_left[T-1] + W_right h_right[T-1], explained from the raw score."""
-    d = lstm.hidden_size
     P = [(lstm.weight_ih[k], lstm.weight_hh[k], lstm.bias_ih[k], lstm.bias_hh[k]) for k in (0, 1)]
-    left, right = lstm_forward(x, *P[0]), lstm_forward(x[::-1], *P[1])
-    T = len(x)
-    W_left, W_right = W_out[:, :d], W_out[:, d:]
-    s = W_left @ left[0][T - 1] + W_right @ right[0][T - 1]
-    Rout = s * (np.arange(len(s)) == target)
-    zeros = np.zeros(len(s))
-    R_left = lrp_linear(left[0][T - 1], W_left.T, zeros, s, Rout, 2 * d, eps, bias_factor)
-    R_right = lrp_linear(right[0][T - 1], W_right.T, zeros, s, Rout, 2 * d, eps, bias_factor)
-    Rx = lstm_lrp(x, P[0], left, R_left, eps, bias_factor)
-    Rx_rev = lstm_lrp(x[::-1], P[1], right, R_right, eps, bias_factor)
-    return s, Rx + Rx_rev[::-1]
+    return reference_lrp_all(x, P, W_out, target, eps, bias_factor)
 
 
 def bilstm_net(e=5, d=4, classes=3, seed=0):
