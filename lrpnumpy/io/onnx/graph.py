@@ -35,6 +35,8 @@ SUPPORTED = _CNN_OPS + tuple(op for op in SEQUENCE_OPS + FOLDED if op not in _CN
 
 
 def _convert(model, where, onnx, numpy_helper, limits):
+    """``model`` (its tensors' sizes already checked) as an lrpnumpy network (BatchNorm folded into the layer
+    before it where possible); errors name ``where`` and the node."""
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
