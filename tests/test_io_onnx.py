@@ -443,3 +443,26 @@ def test_a_huge_constant_view_is_free_until_something_would_copy_it():
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     assert peak < 4 << 20
+
+
+def test_the_onnx_loader_is_a_package_of_short_documented_modules_with_the_same_public_names():
+    import importlib
+    import pkgutil
+
+    import lrpnumpy.io.onnx as pkg
+    from lrpnumpy.io.onnx import (FOLDED, MAX_BLOCK_NODES, MAX_ELEMENTS, MAX_SHAPE_VALUES, ONNX_WRITERS,  # noqa: F401
+                                  SEQUENCE_OPS, SUPPORTED, load_onnx as load, save_onnx)
+    from lrpnumpy.io.onnx.graph import HANDLERS
+    modules = {m.name for m in pkgutil.iter_modules(pkg.__path__)}
+    assert modules == {"reading", "graph", "folding", "cnn", "sequence", "transformer", "vit", "write"}
+    for name in sorted(modules) + [None]:
+        module = importlib.import_module(f"lrpnumpy.io.onnx.{name}") if name else pkg
+        assert module.__doc__ and len(module.__doc__.split()) >= 10, name
+        with open(module.__file__) as f:
+            assert len(f.readlines()) <= 400, name
+    assert L.io.load_onnx is load is load_onnx and L.io.save_onnx is save_onnx
+    # an operator outside the set: the message lists every operator some family or the folding takes
+    with pytest.raises(UnsupportedLayerError, match=r"'e' \(Erf\): operator not supported; supported: Conv, ") as e:
+        load_onnx(_chain_model([helper.make_node("Erf", ["x"], ["y"], name="e")], {}, [1, 4], "y"))
+    listed = str(e.value).split("supported: ")[1].split(", ")
+    assert set(listed) == set(SUPPORTED) == set(HANDLERS) | set(SEQUENCE_OPS) | set(FOLDED) | {"Constant"}
