@@ -465,4 +465,5 @@ def test_the_onnx_loader_is_a_package_of_short_documented_modules_with_the_same_
     with pytest.raises(UnsupportedLayerError, match=r"'e' \(Erf\): operator not supported; supported: Conv, ") as e:
         load_onnx(_chain_model([helper.make_node("Erf", ["x"], ["y"], name="e")], {}, [1, 4], "y"))
     listed = str(e.value).split("supported: ")[1].split(", ")
+    assert len(listed) == len(set(listed)), "an operator is listed twice"
     assert set(listed) == set(SUPPORTED) == set(HANDLERS) | set(SEQUENCE_OPS) | set(FOLDED) | {"Constant"}

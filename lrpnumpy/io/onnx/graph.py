@@ -31,7 +31,7 @@ _CNN_OPS = ("Conv", "Gemm", "MatMul", "Add", "Sum", "Mul", "Concat", "Relu", "Ta
             "Constant", "ConstantOfShape", "ChannelShuffle")
 #: Every operator the loader takes, as its error message lists them: the CNN operators and constants, the
 #: sequence operators and the shape arithmetic, the transformer operators.
-SUPPORTED = _CNN_OPS + tuple(op for op in SEQUENCE_OPS + FOLDED if op not in _CNN_OPS) + tuple(transformer.HANDLERS)
+SUPPORTED = tuple(dict.fromkeys(_CNN_OPS + SEQUENCE_OPS + FOLDED + tuple(transformer.HANDLERS)))  # each once
 
 
 def _convert(model, where, onnx, numpy_helper, limits):
