@@ -166,53 +166,55 @@ def _read_only(model):
             for layer in model]
 
 
+_REFREEZE_LOCK = threading.Lock()
+
+
 def _refrozen(model, read_only):
-    """The network as unpickled on a worker, its frozen parameters read-only again (see :class:`_Shipped`):
-    each one copied into an array of its own (an unpickled array views the message's buffer, which
-    the kernels cannot tell is never written) and made read-only."""
-    for layer, flags in zip(model, read_only):
-        for p, frozen in zip(layer.params, flags):
-            value = getattr(layer, p)
-            if frozen and (value.flags.writeable or value.base is not None):
-                value = np.array(value)
-                value.flags.writeable = False
-                setattr(layer, p, value)
+    """The network as a worker holds it, its parameters that were frozen (read-only) in the client read-only
+    again; once per network object (later calls find nothing to do).  Pickling drops NumPy's read-only
+    flag, and a network whose weights can be written caches nothing (``Layer.derived``, the
+    convolutions' banded matrices): every chunk on a worker would compute them again (a third of a
+    lenet5 chunk).  Each such parameter is copied into an array of its own (an unpickled array views
+    the message's buffer, which the kernels cannot tell is never written) and made read-only."""
+    def stale(layer, p, frozen):
+        value = getattr(layer, p)
+        return frozen and value is not None and (value.flags.writeable or value.base is not None)
+    pairs = [(layer, flags) for layer, flags in zip(model, read_only)]
+    if not any(stale(layer, p, f) for layer, flags in pairs for p, f in zip(layer.params, flags)):
+        return model
+    with _REFREEZE_LOCK:
+        for layer, flags in pairs:
+            for p, frozen in zip(layer.params, flags):
+                if stale(layer, p, frozen):
+                    value = np.array(getattr(layer, p))
+                    value.flags.writeable = False
+                    setattr(layer, p, value)
     return model
 
 
-class _Shipped:
-    """A network on its way to another process: it arrives as the network itself, with the parameters
-    that were frozen (read-only) here read-only there.  Pickling drops NumPy's read-only flag, and a
-    network whose weights can be written caches nothing (``Layer.derived``, the convolutions' banded
-    matrices): every chunk on a worker would compute them again (a third of a lenet5 chunk)."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __reduce__(self):
-        return _refrozen, (self.model, _read_only(self.model))
-
-
-#: Bytes from which glibc's malloc gives a Dask worker's arrays pages of their own (see _tune_malloc).
-MMAP_THRESHOLD = 32 << 20
+#: Bytes from which glibc's malloc gives a Dask worker's arrays pages of their own, and free bytes it
+#: keeps at the top of its heap (see _tune_malloc): where glibc's own adjustment ends.
+MMAP_THRESHOLD, TRIM_THRESHOLD = 32 << 20, 64 << 20
 _TUNED = {}
 
 
 def _tune_malloc():
     """Once per process, in a process whose environment sets ``MALLOC_TRIM_THRESHOLD_`` (Dask's nanny sets
     it to 64 KiB for its workers) and not ``MALLOC_MMAP_THRESHOLD_``: glibc's malloc then keeps its mmap
-    threshold at 128 KiB instead of raising it, so every array above 128 KiB gets fresh pages from the
-    kernel, which zeroes them on first touch (about 20,000 page faults, 35 % of a chunk's time, for a
-    chunk of 512 lenet5 inputs).  The threshold is set to :data:`MMAP_THRESHOLD` (where glibc's own
-    adjustment stops), as in a plain Python process after a few chunks; memory is still trimmed.
-    Returns whether it was set (glibc only)."""
+    threshold at 128 KiB instead of raising it as arrays are freed, and returns every freed top of its
+    heap, so each array above 128 KiB is fresh pages, which the kernel zeroes on first touch (about
+    20,000 page faults, a third of a chunk's time, for 512 lenet5 inputs).  The thresholds are set to
+    where glibc's own adjustment ends in a plain process (:data:`MMAP_THRESHOLD`,
+    :data:`TRIM_THRESHOLD`): a worker keeps up to 64 MB free for its next chunk, as this process
+    does.  Returns whether they were set (glibc only)."""
     if "done" in _TUNED:
         return _TUNED["done"]
     done = False
     if "MALLOC_TRIM_THRESHOLD_" in os.environ and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         try:
             import ctypes
-            done = ctypes.CDLL(None).mallopt(-3, MMAP_THRESHOLD) == 1  # M_MMAP_THRESHOLD
+            mallopt = ctypes.CDLL(None).mallopt
+            done = mallopt(-3, MMAP_THRESHOLD) == 1 and mallopt(-1, TRIM_THRESHOLD) == 1  # M_MMAP_, M_TRIM_
         except (OSError, AttributeError):  # not glibc
             done = False
     _TUNED["done"] = done
@@ -246,13 +248,14 @@ def _worker_threads(client):
     return shares
 
 
-def _task(job, model, x, target, path, limit=False, start=None, stop=None, threads=None):
+def _task(job, model, x, target, path, limit=False, start=None, stop=None, threads=None, read_only=None):
     """One chunk: compute it (unless it is on disk already and complete: a retried task) and write it;
     ``limit``: one BLAS thread in this task (for a process of its own, where nothing else runs);
     ``start``: the index of its first input, which an lrpnumpy error of the chunk then names.
     ``x``: the chunk's inputs, or with ``stop`` a source (:mod:`lrpnumpy.sources`) that this task reads
     inputs ``start:stop`` of, where it runs.  ``threads``: on a Dask worker, the kernel threads per
     worker address (:func:`_worker_threads`); the worker's malloc is tuned first (:func:`_tune_malloc`).
+    ``read_only``: in another process, which parameters of the network were frozen (:func:`_refrozen`).
 
     Returns the result, or with ``path`` only its shape and dtype (the chunk is on disk: nothing large
     travels back to the client or stays in its memory)."""
@@ -262,6 +265,8 @@ def _task(job, model, x, target, path, limit=False, start=None, stop=None, threa
         if done is not None:
             return _Written(done.shape, done.dtype.str)
     share = None
+    if read_only is not None:
+        model = _refrozen(model, read_only)
     if threads is not None:
         from distributed import get_worker
         _tune_malloc()
@@ -744,14 +749,15 @@ def _on_dask(job, model, data, chunks, todo, targets, paths, scheduler, progress
         return {}
     if not isinstance(scheduler, str):
         return _on_client(scheduler, job, model, data, chunks, todo, targets, paths, progress, finished)
-    m, j = dask.delayed(_Shipped(model) if scheduler == "processes" else model, pure=True), dask.delayed(job, pure=True)
+    m, j = dask.delayed(model, pure=True), dask.delayed(job, pure=True)
+    frozen = _read_only(model) if scheduler == "processes" else None
     if scheduler == "processes" and isinstance(data, ArraySource):
         # an array in memory would be pickled with every task: each task gets its own slice instead
-        tasks = [dask.delayed(_task)(j, m, data.read(a, b), targets(a, b), paths[i], True, a)
+        tasks = [dask.delayed(_task)(j, m, data.read(a, b), targets(a, b), paths[i], True, a, None, None, frozen)
                  for i, (a, b) in ((i, chunks[i]) for i in todo)]
     else:  # the source itself (threads share it; a file source pickles as its path): each task reads its chunk
         d = dask.delayed(data, name=f"lrpnumpy-data-{id(data):x}")
-        tasks = [dask.delayed(_task)(j, m, d, targets(a, b), paths[i], scheduler == "processes", a, b)
+        tasks = [dask.delayed(_task)(j, m, d, targets(a, b), paths[i], scheduler == "processes", a, b, None, frozen)
                  for i, (a, b) in ((i, chunks[i]) for i in todo)]
     try:
         shown = _inputs_bar(chunks, todo, progress)
@@ -776,9 +782,9 @@ def _on_client(client, job, model, data, chunks, todo, targets, paths, progress,
     try:
         # the model, the job and the data (an array in memory, or a file source: a path) go once to every
         # worker, not with each chunk; a task carries (source, start, stop) and its worker reads the chunk
-        m, j, d, t = client.scatter([_Shipped(model), job, data, _worker_threads(client)], broadcast=True,
-                                    hash=False)
-        futures = {client.submit(_task, j, m, d, targets(a, b), paths[i], False, a, b, t, pure=False): i
+        m, j, d, t = client.scatter([model, job, data, _worker_threads(client)], broadcast=True, hash=False)
+        frozen = _read_only(model)
+        futures = {client.submit(_task, j, m, d, targets(a, b), paths[i], False, a, b, t, frozen, pure=False): i
                    for i, (a, b) in ((i, chunks[i]) for i in todo)}
         shown = _inputs_bar(chunks, todo, progress)
         for future in as_completed(futures):
