@@ -44,7 +44,18 @@ thread per chunk is what the workers use anyway while the chunks use the cores.
 ``dask.distributed`` starts its worker processes with ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``
 and ``MKL_NUM_THREADS`` set to 1 (its ``distributed.nanny.pre-spawn-environ`` setting); lrpnumpy's
 numba kernels are compiled serial.  Without threadpoolctl installed BLAS keeps its threads, and
-results may differ from one mode to another by rounding (1e-16).
+results may differ from one mode to another by rounding (1e-16).  A batch's samples are shared
+among kernel threads (:mod:`lrpnumpy.kernels._common`; the numbers do not depend on how many), by
+default as many as the process's cores; on a ``dask.distributed.Client`` each worker's tasks use
+its share of its machine's cores, the cores divided by the task threads of all the workers on that
+machine (:func:`_worker_threads`; ``LRPNUMPY_THREADS`` in a worker's environment is kept), so that
+two workers on two cores run two threads, not four.
+
+On a worker, as fast as here: a network frozen here is frozen there (:func:`_refrozen`: pickling
+drops NumPy's read-only flag, and without it the rules' derived weights and the convolutions'
+banded matrices were computed again for every chunk), and where Dask pins glibc's trim threshold
+the worker's malloc thresholds are set where glibc's own adjustment ends (:func:`_tune_malloc`:
+otherwise every array above 128 KiB is fresh pages, faulted in on every chunk).
 """
 
 import concurrent.futures
