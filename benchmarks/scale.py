@@ -29,13 +29,16 @@ least 1.8x one worker (one core each against one core).
 
 Every mode's result is first asserted equal, bit for bit, to the serial one; then each is timed
 (best of ``--repeat``, the modes taking turns; the clusters are started and warmed up before
-timing).  Printed: seconds and inputs/s per mode, the ratios, the per-task overhead on a worker
+timing).  Printed: seconds, inputs/s and CPU seconds per mode (this process, whose threads include
+a LocalCluster's scheduler, plus the workers: what the mode costs whatever else runs on the
+machine), the ratios, the per-task overhead on a worker
 ((1 worker - serial) / tasks, at one core) and the round trip of an empty task on the cluster.
 """
 
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -48,13 +51,20 @@ from lrpnumpy import parallel, sources, zoo
 from lrpnumpy.kernels import _common
 
 
-def timed(fn, repeat):
-    best, out = np.inf, None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+def cpu_seconds():
+    """CPU seconds of this process so far (its threads included: a LocalCluster's scheduler runs here)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def timed_cpu(fn, client):
+    """Wall seconds of ``fn()`` and the CPU seconds it took, here and on ``client``'s workers."""
+    before = {} if client is None else client.run(cpu_seconds)
+    c, t = cpu_seconds(), time.perf_counter()
+    fn()
+    wall, here = time.perf_counter() - t, cpu_seconds() - c
+    after = {} if client is None else client.run(cpu_seconds)
+    return wall, here + sum(after[w] - before.get(w, 0.0) for w in after)
 
 
 def empty_task_seconds(client, tasks=200):
@@ -133,13 +143,16 @@ def main():
                     if scheduler is not None and not isinstance(scheduler, str):
                         fn(net, x[:batch * 2], batch_size=batch, scheduler=scheduler, progress=False, **kw)  # warm
                     assert np.array_equal(run(scheduler), reference), f"{name}, {mode}: differs from the serial run"
-                times = {mode: np.inf for mode, _ in modes}
+                times, cpu = {mode: np.inf for mode, _ in modes}, {}
                 for _ in range(args.repeat):  # the modes in turn, so that a shared machine's load hits each alike
                     for mode, scheduler in modes:
-                        times[mode] = min(times[mode], timed(lambda s=scheduler: run(s), 1)[0])
+                        wall, used = timed_cpu(lambda s=scheduler: run(s),
+                                               None if scheduler is None or isinstance(scheduler, str) else scheduler)
+                        if wall < times[mode]:
+                            times[mode], cpu[mode] = wall, used
                 s1, s_all, _, t1, t1_all, t2 = (times[m] for m, _ in modes)
                 report["jobs"][name] = {
-                    "batch_size": batch, "tasks": tasks, "seconds": times,
+                    "batch_size": batch, "tasks": tasks, "seconds": times, "cpu_seconds": cpu,
                     "one_worker_vs_serial": t1 / s1, "one_worker_vs_serial_all_cores": t1_all / s_all,
                     "two_vs_one_worker": t1 / t2, "two_workers_vs_serial_all_cores": s_all / t2,
                     "overhead_per_task_ms": 1e3 * (t1 - s1) / tasks,
@@ -154,7 +167,7 @@ def main():
         print(f"{name}: batch size {r['batch_size']} (chosen{' by --batch-size' if args.batch_size else ' automatically'}), "
               f"{r['tasks']} tasks of {r['serial_ms_per_task']:.1f} ms serially")
         for mode, t in r["seconds"].items():
-            print(f"  {mode:<44} {t:7.3f} s   {args.images / t:8.0f} inputs/s")
+            print(f"  {mode:<44} {t:7.3f} s   {args.images / t:8.0f} inputs/s   CPU {r['cpu_seconds'][mode]:7.3f} s")
 
         def met(ok):
             return "met" if ok else "NOT met"
