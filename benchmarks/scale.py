@@ -115,7 +115,7 @@ def main():
             report["empty_task_ms"] = 1e3 * empty_task_seconds(client1)
             report["kernel_threads"] = {"serial": _common.THREADS,
                                         "1 worker (all cores)": list(parallel._worker_threads(client1a).values()),
-                                        "1 worker (1 core)": list(client1.run(parallel._worker_facts).values()),
+                                        "1 worker (1 core)": [f[1] for f in client1.run(parallel._worker_facts).values()],
                                         "2 workers": list(parallel._worker_threads(client2).values())}
             for name, (job, fn, kw) in jobs.items():
                 batch = args.batch_size or parallel.choose_batch_size(job, net, data, scheduler=client2)
