@@ -157,7 +157,7 @@ def kernel_threads(n):
 
 
 def each_sample(n, run, least=1):
-    """``run(lo, hi)`` over samples [0, n) in contiguous runs, one per thread (``THREADS``); the
+    """``run(lo, hi)`` over samples [0, n) in contiguous runs, one per thread (:func:`threads`); the
     calling thread takes the first.  ``run`` must write only its own samples' part of any output
     and use only its thread's scratch buffers.  Batches of fewer than ``least`` samples per
     thread run on the calling thread."""
