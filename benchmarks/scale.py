@@ -12,16 +12,33 @@ chunk long enough that the per-task overhead stays under 10 % of its time), unle
 is given; every mode uses the same one.  ``--out``: every mode writes its chunks to a folder (the
 workers write them; only shapes travel back).
 
+Cores: a batch's samples are shared among kernel threads (``lrpnumpy.kernels._common``), by default
+as many as the process's cores; on a Dask cluster each worker takes its share of its machine's cores
+(cores / task threads of the workers there; ``LRPNUMPY_THREADS`` in a worker's environment
+overrides it).  So the modes are timed at two core counts:
+
+* one core: serial with one kernel thread against one worker process with one kernel thread
+  (``LRPNUMPY_THREADS=1`` in its environment): the per-task overhead of a worker, at equal cores;
+  and two workers (one core each, their share) against that one worker: how the cluster scales;
+* all cores: serial (this process, 2 threads on 2 cores) against one worker process that has the
+  machine to itself (its share: all the cores), and two workers against serial: whether the
+  cluster beats one plain process.
+
+Targets (issue 31): one worker at most 1.25x serial (at one core, and at all cores), two workers at
+least 1.8x one worker (one core each against one core).
+
 Every mode's result is first asserted equal, bit for bit, to the serial one; then each is timed
-(best of ``--repeat``, the modes taking turns; the clusters are started and warmed up before timing).  Printed: seconds and
-inputs/s per mode, one worker against serial (target: at most 1.25x), two workers against one
-(target: at least 1.8x), the per-task overhead on a worker ((1 worker - serial) / tasks) and the
-round trip of an empty task on the cluster.
+(best of ``--repeat``, the modes taking turns; the clusters are started and warmed up before
+timing).  Printed: seconds, inputs/s and CPU seconds per mode (this process, whose threads include
+a LocalCluster's scheduler, plus the workers: what the mode costs whatever else runs on the
+machine), the ratios, the per-task overhead on a worker
+((1 worker - serial) / tasks, at one core) and the round trip of an empty task on the cluster.
 """
 
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -31,15 +48,23 @@ import numpy as np
 
 import lrpnumpy as L
 from lrpnumpy import parallel, sources, zoo
+from lrpnumpy.kernels import _common
 
 
-def timed(fn, repeat):
-    best, out = np.inf, None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+def cpu_seconds():
+    """CPU seconds of this process so far (its threads included: a LocalCluster's scheduler runs here)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def timed_cpu(fn, client):
+    """Wall seconds of ``fn()`` and the CPU seconds it took, here and on ``client``'s workers."""
+    before = {} if client is None else client.run(cpu_seconds)
+    c, t = cpu_seconds(), time.perf_counter()
+    fn()
+    wall, here = time.perf_counter() - t, cpu_seconds() - c
+    after = {} if client is None else client.run(cpu_seconds)
+    return wall, here + sum(after[w] - before.get(w, 0.0) for w in after)
 
 
 def empty_task_seconds(client, tasks=200):
@@ -81,11 +106,17 @@ def main():
                     dict(composite=L.EpsilonPlus(), metric="pixel_flipping", steps=16))}
         report = {"images": args.images, "data": "in memory" if args.in_memory else ".npy file (NpySource)",
                   "out": args.out, "jobs": {}}
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          silence_logs=40, **parallel.cluster_options()) as cluster2, Client(cluster2) as client2, \
-                LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                             silence_logs=40, **parallel.cluster_options()) as cluster1, Client(cluster1) as client1:
+        opts = dict(threads_per_worker=1, processes=True, host="127.0.0.1", silence_logs=40,
+                    **parallel.cluster_options())
+        with LocalCluster(n_workers=2, **opts) as cluster2, Client(cluster2) as client2, \
+                LocalCluster(n_workers=1, **opts) as cluster1a, Client(cluster1a) as client1a, \
+                LocalCluster(n_workers=1, env={"LRPNUMPY_THREADS": "1"}, **opts) as cluster1, \
+                Client(cluster1) as client1:
             report["empty_task_ms"] = 1e3 * empty_task_seconds(client1)
+            report["kernel_threads"] = {"serial": _common.THREADS,
+                                        "1 worker (all cores)": list(parallel._worker_threads(client1a).values()),
+                                        "1 worker (1 core)": [f[1] for f in client1.run(parallel._worker_facts).values()],
+                                        "2 workers": list(parallel._worker_threads(client2).values())}
             for name, (job, fn, kw) in jobs.items():
                 batch = args.batch_size or parallel.choose_batch_size(job, net, data, scheduler=client2)
                 tasks = -(-args.images // batch)
@@ -95,42 +126,58 @@ def main():
                     extra = {}
                     if args.out:
                         extra = dict(out=os.path.join(tmp, f"out{next(counter)}"), overwrite=True)
-                    out = fn(net, data, batch_size=batch, scheduler=scheduler, progress=False, **kw, **extra)
+                    threads = 1 if scheduler == "serial-1" else None
+                    scheduler = None if scheduler == "serial-1" else scheduler
+                    with _common.kernel_threads(threads):
+                        out = fn(net, data, batch_size=batch, scheduler=scheduler, progress=False, **kw, **extra)
                     if args.out and not isinstance(out, np.ndarray):
                         out = parallel.load(out)
                     return out
-                modes = [("serial (this process)", None), ("Dask threads, 2", "threads"),
-                         ("Dask cluster, 1 worker process", client1), ("Dask cluster, 2 worker processes", client2)]
+                modes = [("serial, 1 core (this process)", "serial-1"), ("serial, all cores (this process)", None),
+                         ("Dask threads, 2", "threads"),
+                         ("Dask cluster, 1 worker process, 1 core", client1),
+                         ("Dask cluster, 1 worker process, all cores", client1a),
+                         ("Dask cluster, 2 worker processes", client2)]
                 reference = run(None)
-                for mode, scheduler in modes[1:]:
+                for mode, scheduler in modes:
                     if scheduler is not None and not isinstance(scheduler, str):
                         fn(net, x[:batch * 2], batch_size=batch, scheduler=scheduler, progress=False, **kw)  # warm
                     assert np.array_equal(run(scheduler), reference), f"{name}, {mode}: differs from the serial run"
-                times = {mode: np.inf for mode, _ in modes}
+                times, cpu = {mode: np.inf for mode, _ in modes}, {}
                 for _ in range(args.repeat):  # the modes in turn, so that a shared machine's load hits each alike
                     for mode, scheduler in modes:
-                        times[mode] = min(times[mode], timed(lambda s=scheduler: run(s), 1)[0])
-                t_serial, t1, t2 = (times[m] for m, _ in (modes[0], modes[2], modes[3]))
+                        wall, used = timed_cpu(lambda s=scheduler: run(s),
+                                               None if scheduler is None or isinstance(scheduler, str) else scheduler)
+                        if wall < times[mode]:
+                            times[mode], cpu[mode] = wall, used
+                s1, s_all, _, t1, t1_all, t2 = (times[m] for m, _ in modes)
                 report["jobs"][name] = {
-                    "batch_size": batch, "tasks": tasks, "seconds": times,
-                    "one_worker_vs_serial": t1 / t_serial, "two_vs_one_worker": t1 / t2,
-                    "overhead_per_task_ms": 1e3 * (t1 - t_serial) / tasks,
-                    "serial_ms_per_task": 1e3 * t_serial / tasks}
+                    "batch_size": batch, "tasks": tasks, "seconds": times, "cpu_seconds": cpu,
+                    "one_worker_vs_serial": t1 / s1, "one_worker_vs_serial_all_cores": t1_all / s_all,
+                    "two_vs_one_worker": t1 / t2, "two_workers_vs_serial_all_cores": s_all / t2,
+                    "overhead_per_task_ms": 1e3 * (t1 - s1) / tasks,
+                    "serial_ms_per_task": 1e3 * s1 / tasks}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{args.model} float32, {args.images} inputs ({report['data']}{', chunks written by the workers' if args.out else ''}); "
           f"results equal bit for bit in every mode")
-    print(f"  empty task round trip on the cluster: {report['empty_task_ms']:.2f} ms")
+    print(f"  empty task round trip on the cluster: {report['empty_task_ms']:.2f} ms; kernel threads: "
+          + ", ".join(f"{k} {v}" for k, v in report["kernel_threads"].items()))
     for name, r in report["jobs"].items():
         print(f"{name}: batch size {r['batch_size']} (chosen{' by --batch-size' if args.batch_size else ' automatically'}), "
               f"{r['tasks']} tasks of {r['serial_ms_per_task']:.1f} ms serially")
         for mode, t in r["seconds"].items():
-            print(f"  {mode:<36} {t:7.3f} s   {args.images / t:8.0f} inputs/s")
-        ok1 = "met" if r["one_worker_vs_serial"] <= 1.25 else "NOT met"
-        ok2 = "met" if r["two_vs_one_worker"] >= 1.8 else "NOT met"
-        print(f"  1 worker / serial: {r['one_worker_vs_serial']:.2f}x (target <= 1.25x: {ok1}); "
-              f"2 workers speed-up over 1: {r['two_vs_one_worker']:.2f}x (target >= 1.8x: {ok2}); "
-              f"overhead per task on a worker: {r['overhead_per_task_ms']:.1f} ms")
+            print(f"  {mode:<44} {t:7.3f} s   {args.images / t:8.0f} inputs/s   CPU {r['cpu_seconds'][mode]:7.3f} s")
+
+        def met(ok):
+            return "met" if ok else "NOT met"
+        print(f"  1 worker / serial, 1 core each: {r['one_worker_vs_serial']:.2f}x (target <= 1.25x: "
+              f"{met(r['one_worker_vs_serial'] <= 1.25)}); all cores: {r['one_worker_vs_serial_all_cores']:.2f}x "
+              f"({met(r['one_worker_vs_serial_all_cores'] <= 1.25)})")
+        print(f"  2 workers speed-up over 1 worker of 1 core: {r['two_vs_one_worker']:.2f}x (target >= 1.8x: "
+              f"{met(r['two_vs_one_worker'] >= 1.8)}); over serial on all cores: "
+              f"{r['two_workers_vs_serial_all_cores']:.2f}x; overhead per task on a worker: "
+              f"{r['overhead_per_task_ms']:.1f} ms")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -44,7 +44,18 @@ thread per chunk is what the workers use anyway while the chunks use the cores.
 ``dask.distributed`` starts its worker processes with ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``
 and ``MKL_NUM_THREADS`` set to 1 (its ``distributed.nanny.pre-spawn-environ`` setting); lrpnumpy's
 numba kernels are compiled serial.  Without threadpoolctl installed BLAS keeps its threads, and
-results may differ from one mode to another by rounding (1e-16).
+results may differ from one mode to another by rounding (1e-16).  A batch's samples are shared
+among kernel threads (:mod:`lrpnumpy.kernels._common`; the numbers do not depend on how many), by
+default as many as the process's cores; on a ``dask.distributed.Client`` each worker's tasks use
+its share of its machine's cores, the cores divided by the task threads of all the workers on that
+machine (:func:`_worker_threads`; ``LRPNUMPY_THREADS`` in a worker's environment is kept), so that
+two workers on two cores run two threads, not four.
+
+On a worker, as fast as here: a network frozen here is frozen there (:func:`_refrozen`: pickling
+drops NumPy's read-only flag, and without it the rules' derived weights and the convolutions'
+banded matrices were computed again for every chunk), and where Dask pins glibc's trim threshold
+the worker's malloc thresholds are set where glibc's own adjustment ends (:func:`_tune_malloc`:
+otherwise every array above 128 KiB is fresh pages, faulted in on every chunk).
 """
 
 import concurrent.futures
@@ -65,6 +76,7 @@ import numpy as np
 
 from .errors import (DTypeError, LRPError, ManifestError, MissingDependencyError, NonFiniteError, RuleParameterError, SaveError,
                      ShapeError, WorkerError)
+from .kernels._common import kernel_threads
 from .progress import bar
 
 #: The record of a run in its ``out`` folder.
@@ -159,12 +171,102 @@ def _limit_blas():
     return threadpool_limits(1)
 
 
-def _task(job, model, x, target, path, limit=False, start=None, stop=None):
+def _read_only(model):
+    """For each parameter of each layer (in the network's order), whether it is read-only (frozen)."""
+    return [[getattr(layer, p) is not None and not getattr(layer, p).flags.writeable for p in layer.params]
+            for layer in model]
+
+
+_REFREEZE_LOCK = threading.Lock()
+
+
+def _refrozen(model, read_only):
+    """The network as a worker holds it, its parameters that were frozen (read-only) in the client read-only
+    again; once per network object (later calls find nothing to do).  Pickling drops NumPy's read-only
+    flag, and a network whose weights can be written caches nothing (``Layer.derived``, the
+    convolutions' banded matrices): every chunk on a worker would compute them again (a third of a
+    lenet5 chunk).  Each such parameter is copied into an array of its own (an unpickled array views
+    the message's buffer, which the kernels cannot tell is never written) and made read-only."""
+    def stale(layer, p, frozen):
+        value = getattr(layer, p)
+        return frozen and value is not None and (value.flags.writeable or value.base is not None)
+    pairs = [(layer, flags) for layer, flags in zip(model, read_only)]
+    if not any(stale(layer, p, f) for layer, flags in pairs for p, f in zip(layer.params, flags)):
+        return model
+    with _REFREEZE_LOCK:
+        for layer, flags in pairs:
+            for p, frozen in zip(layer.params, flags):
+                if stale(layer, p, frozen):
+                    value = np.array(getattr(layer, p))
+                    value.flags.writeable = False
+                    setattr(layer, p, value)
+    return model
+
+
+#: Bytes from which glibc's malloc gives a Dask worker's arrays pages of their own, and free bytes it
+#: keeps at the top of its heap (see _tune_malloc): where glibc's own adjustment ends.
+MMAP_THRESHOLD, TRIM_THRESHOLD = 32 << 20, 64 << 20
+_TUNED = {}
+
+
+def _tune_malloc():
+    """Once per process, in a process whose environment sets ``MALLOC_TRIM_THRESHOLD_`` (Dask's nanny sets
+    it to 64 KiB for its workers) and not ``MALLOC_MMAP_THRESHOLD_``: glibc's malloc then keeps its mmap
+    threshold at 128 KiB instead of raising it as arrays are freed, and returns every freed top of its
+    heap, so each array above 128 KiB is fresh pages, which the kernel zeroes on first touch (about
+    20,000 page faults, a third of a chunk's time, for 512 lenet5 inputs).  The thresholds are set to
+    where glibc's own adjustment ends in a plain process (:data:`MMAP_THRESHOLD`,
+    :data:`TRIM_THRESHOLD`): a worker keeps up to 64 MB free for its next chunk, as this process
+    does.  Returns whether they were set (glibc only)."""
+    if "done" in _TUNED:
+        return _TUNED["done"]
+    done = False
+    if "MALLOC_TRIM_THRESHOLD_" in os.environ and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        try:
+            import ctypes
+            mallopt = ctypes.CDLL(None).mallopt
+            done = mallopt(-3, MMAP_THRESHOLD) == 1 and mallopt(-1, TRIM_THRESHOLD) == 1  # M_MMAP_, M_TRIM_
+        except (OSError, AttributeError):  # not glibc
+            done = False
+    _TUNED["done"] = done
+    return done
+
+
+def _worker_facts():
+    """On a Dask worker: the cores its process may use and its ``LRPNUMPY_THREADS`` (None if unset)."""
+    from .kernels._common import _env_threads, cores
+    return cores(), _env_threads()
+
+
+def _worker_threads(client):
+    """Kernel threads for a task on each worker of ``client`` (address -> threads): its share of its
+    machine's cores, the cores divided by the task threads of all the workers on that machine, so that
+    workers side by side do not run more threads than there are cores; None for a worker whose
+    environment sets ``LRPNUMPY_THREADS`` (that is kept), and for a worker that cannot tell."""
+    try:
+        facts = client.run(_worker_facts, on_error="ignore")
+        info = client.scheduler_info(n_workers=-1)["workers"]
+    except Exception:  # noqa: BLE001 (a client that cannot tell: each worker's default)
+        return {}
+    per_host = {}
+    for address, w in info.items():
+        per_host[w.get("host")] = per_host.get(w.get("host"), 0) + int(w.get("nthreads") or 1)
+    shares = {}
+    for address, fact in facts.items():
+        if not (isinstance(fact, tuple) and address in info) or fact[1] is not None:
+            continue
+        shares[address] = max(1, fact[0] // max(1, per_host[info[address].get("host")]))
+    return shares
+
+
+def _task(job, model, x, target, path, limit=False, start=None, stop=None, threads=None, read_only=None):
     """One chunk: compute it (unless it is on disk already and complete: a retried task) and write it;
     ``limit``: one BLAS thread in this task (for a process of its own, where nothing else runs);
     ``start``: the index of its first input, which an lrpnumpy error of the chunk then names.
     ``x``: the chunk's inputs, or with ``stop`` a source (:mod:`lrpnumpy.sources`) that this task reads
-    inputs ``start:stop`` of, where it runs.
+    inputs ``start:stop`` of, where it runs.  ``threads``: on a Dask worker, the kernel threads per
+    worker address (:func:`_worker_threads`); the worker's malloc is tuned first (:func:`_tune_malloc`).
+    ``read_only``: in another process, which parameters of the network were frozen (:func:`_refrozen`).
 
     Returns the result, or with ``path`` only its shape and dtype (the chunk is on disk: nothing large
     travels back to the client or stays in its memory)."""
@@ -173,8 +275,15 @@ def _task(job, model, x, target, path, limit=False, start=None, stop=None):
         done, _ = _read_chunk(path, rows)
         if done is not None:
             return _Written(done.shape, done.dtype.str)
+    share = None
+    if read_only is not None:
+        model = _refrozen(model, read_only)
+    if threads is not None:
+        from distributed import get_worker
+        _tune_malloc()
+        share = threads.get(get_worker().address)
     try:
-        with (_limit_blas() if limit else contextlib.nullcontext()):
+        with (_limit_blas() if limit else contextlib.nullcontext()), kernel_threads(share):
             if stop is not None:
                 x = x.read(start, stop)
             result = job(model, np.asarray(x), target)
@@ -652,13 +761,14 @@ def _on_dask(job, model, data, chunks, todo, targets, paths, scheduler, progress
     if not isinstance(scheduler, str):
         return _on_client(scheduler, job, model, data, chunks, todo, targets, paths, progress, finished)
     m, j = dask.delayed(model, pure=True), dask.delayed(job, pure=True)
+    frozen = _read_only(model) if scheduler == "processes" else None
     if scheduler == "processes" and isinstance(data, ArraySource):
         # an array in memory would be pickled with every task: each task gets its own slice instead
-        tasks = [dask.delayed(_task)(j, m, data.read(a, b), targets(a, b), paths[i], True, a)
+        tasks = [dask.delayed(_task)(j, m, data.read(a, b), targets(a, b), paths[i], True, a, None, None, frozen)
                  for i, (a, b) in ((i, chunks[i]) for i in todo)]
     else:  # the source itself (threads share it; a file source pickles as its path): each task reads its chunk
         d = dask.delayed(data, name=f"lrpnumpy-data-{id(data):x}")
-        tasks = [dask.delayed(_task)(j, m, d, targets(a, b), paths[i], scheduler == "processes", a, b)
+        tasks = [dask.delayed(_task)(j, m, d, targets(a, b), paths[i], scheduler == "processes", a, b, None, frozen)
                  for i, (a, b) in ((i, chunks[i]) for i in todo)]
     try:
         shown = _inputs_bar(chunks, todo, progress)
@@ -683,8 +793,9 @@ def _on_client(client, job, model, data, chunks, todo, targets, paths, progress,
     try:
         # the model, the job and the data (an array in memory, or a file source: a path) go once to every
         # worker, not with each chunk; a task carries (source, start, stop) and its worker reads the chunk
-        m, j, d = client.scatter([model, job, data], broadcast=True, hash=False)
-        futures = {client.submit(_task, j, m, d, targets(a, b), paths[i], False, a, b, pure=False): i
+        m, j, d, t = client.scatter([model, job, data, _worker_threads(client)], broadcast=True, hash=False)
+        frozen = _read_only(model)
+        futures = {client.submit(_task, j, m, d, targets(a, b), paths[i], False, a, b, t, frozen, pure=False): i
                    for i, (a, b) in ((i, chunks[i]) for i in todo)}
         shown = _inputs_bar(chunks, todo, progress)
         for future in as_completed(futures):

@@ -242,3 +242,99 @@ def test_cli_dashboard_is_opt_in(tmp_path, capsys):
     assert "Dask dashboard: http://" in capsys.readouterr().err
     assert main(["explain-dataset", model, str(tmp_path / "x.npy"), "--quiet", "--workers", "1"]) == 0
     assert "dashboard" not in capsys.readouterr().err
+
+
+def test_workers_get_the_network_frozen_once_and_their_share_of_the_cores(lenet, tmp_path):
+    """A frozen network reached a worker writeable (pickling drops NumPy's read-only flag), so nothing it
+    derives was cached and every chunk recomputed it; each worker ran as many kernel threads as the
+    machine has cores, side by side with the others.  Now: frozen there too, one copy per worker, not
+    per task, kernel threads = cores / task threads on the machine, malloc tuned (glibc)."""
+    distributed = pytest.importorskip("distributed")
+    net = lenet[0].copy().freeze()
+    x = lenet[1][:64]
+
+    def probe(model, v, target=None):
+        from lrpnumpy import parallel
+        from lrpnumpy.kernels._common import immutable, threads
+        frozen = all(immutable(getattr(layer, p)) for layer in model for p in layer.params
+                     if getattr(layer, p) is not None)
+        facts = [frozen, threads(), id(model) % 2 ** 40, parallel._TUNED.get("done", False)]
+        return np.tile(np.array(facts, np.float64), (len(v), 1))
+
+    cores = len(os.sched_getaffinity(0))
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  **P.cluster_options()) as cluster, distributed.Client(cluster) as client:
+        out = P.explain_dataset(net, x, method=probe, batch_size=4, scheduler=client)
+        assert P.load(P.explain_dataset(net, x, method=probe, batch_size=4, scheduler=client,
+                                        out=str(tmp_path / "o"))).shape == out.shape
+    assert out[:, 0].all(), "the network reached a worker with writeable weights"
+    assert set(out[:, 1]) == {max(1, cores // 2)}
+    assert len(set(out[:, 2])) <= 2, "the network was unpickled more than once per worker"
+    import platform
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert out[:, 3].all()
+    # in the processes scheduler too; an unfrozen network stays writeable there
+    out = P.explain_dataset(net, x[:16], method=probe, batch_size=8, scheduler="processes")
+    assert out[:, 0].all()
+    assert not P.explain_dataset(lenet[0].copy(), x[:16], method=probe, batch_size=8, scheduler="processes")[:, 0].any()
+
+
+def test_worker_threads_share_the_cores_of_each_machine():
+    class Client:
+        def run(self, fn, on_error=None):
+            return {"a": (8, None), "b": (8, None), "c": (8, 3), "d": (2, None), "e": RuntimeError("gone")}
+
+        def scheduler_info(self, n_workers=-1):
+            return {"workers": {"a": {"host": "h1", "nthreads": 2}, "b": {"host": "h1", "nthreads": 1},
+                                "c": {"host": "h1", "nthreads": 1}, "d": {"host": "h2", "nthreads": 4},
+                                "e": {"host": "h3", "nthreads": 1}}}
+    # h1: 8 cores for 4 task threads; c keeps its LRPNUMPY_THREADS; d: fewer cores than threads; e: no answer
+    assert P._worker_threads(Client()) == {"a": 2, "b": 2, "d": 1}
+
+
+def test_kernel_threads_change_the_cores_not_the_numbers(lenet):
+    from lrpnumpy.kernels import _common
+    net, x = lenet
+    seen = {}
+    with _common.kernel_threads(1):
+        one = L.explain(net, x[:64], composite=L.EpsilonPlus()).relevance
+        seen["inside"] = _common.threads()
+        other = threading.Thread(target=lambda: seen.setdefault("other", _common.threads()))
+        other.start()
+        other.join()
+    with _common.kernel_threads(3):
+        three = L.explain(net, x[:64], composite=L.EpsilonPlus()).relevance
+    assert seen == {"inside": 1, "other": _common.THREADS} and _common.threads() == _common.THREADS
+    np.testing.assert_array_equal(one, three)
+
+
+@pytest.mark.skipif(not (os.uname().sysname == "Linux" and __import__("platform").libc_ver()[0] == "glibc"),
+                    reason="glibc's malloc only")
+def test_malloc_tuned_where_dask_pins_the_trim_threshold(tmp_path):
+    """Dask's workers start with MALLOC_TRIM_THRESHOLD_=65536, which stops glibc raising its mmap
+    threshold: every array above 128 KiB was fresh pages, zeroed by the kernel on first touch."""
+    import subprocess
+    import sys
+    code = """if True:
+        import os, resource, numpy as np, lrpnumpy as L
+        from lrpnumpy import parallel as P
+        net = L.io.load(os.path.join(L.datasets.DATA_DIR, "fashion_cnn_maxpool.npz"), dtype=np.float64).freeze()
+        x = L.datasets.sample(np.float64).images[:128]
+        def faults():
+            L.explain(net, x, composite=L.EpsilonPlus())
+            f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            L.explain(net, x, composite=L.EpsilonPlus())
+            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f
+        import sys
+        if sys.argv[1] == "tuned":  # as a worker's first task does
+            assert P._tune_malloc() and P._tune_malloc()
+        print(faults())
+    """
+    env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="65536", LRPNUMPY_THREADS="1")
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    before, after = (int(subprocess.run([sys.executable, "-c", code, arg], env=env, check=True, capture_output=True,
+                                        text=True).stdout) for arg in ("plain", "tuned"))
+    assert before > 1000 and after < before / 10, (before, after)
+    env.pop("MALLOC_TRIM_THRESHOLD_")  # without Dask's setting, nothing is changed
+    assert subprocess.run([sys.executable, "-c", "from lrpnumpy import parallel as P; assert not P._tune_malloc()"],
+                          env=env).returncode == 0

@@ -10,6 +10,7 @@ sums, and sums are what conservation measures.  NumPy's error model: with Python
 division checks for zero and raises, and that branch keeps LLVM from vectorising.
 """
 
+import contextlib
 import functools
 import math
 import os
@@ -102,19 +103,22 @@ def immutable(a):
 # bit for bit (OpenBLAS's thread count is not touched; it changes the last bits of some products).
 # NumPy releases the GIL in its products and copies.
 
-def _threads():
-    value = os.environ.get("LRPNUMPY_THREADS", "")
-    if value.isdigit() and int(value) >= 1:
-        return int(value)
+def cores():
+    """The cores this process may use."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
 
 
+def _env_threads():
+    value = os.environ.get("LRPNUMPY_THREADS", "")
+    return int(value) if value.isdigit() and int(value) >= 1 else None
+
+
 #: Threads that share a batch's samples (``LRPNUMPY_THREADS``, default the cores this process may
 #: use; 1 runs every sample on the calling thread).
-THREADS = _threads()
+THREADS = _env_threads() or cores()
 _POOL = {}  # "executor": the worker threads, started on first use
 _POOL_LOCK = threading.Lock()
 
@@ -125,17 +129,39 @@ def _pool():
         with _POOL_LOCK:
             if "executor" not in _POOL:
                 from concurrent.futures import ThreadPoolExecutor
-                _POOL["executor"] = ThreadPoolExecutor(THREADS - 1, thread_name_prefix="lrpnumpy-kernels")
+                # threads start as tasks need them: room for kernel_threads() above THREADS
+                _POOL["executor"] = ThreadPoolExecutor(max(THREADS, cores()) - 1 or 1,
+                                                       thread_name_prefix="lrpnumpy-kernels")
             executor = _POOL["executor"]
     return executor
 
 
+def threads():
+    """The threads that share a batch's samples on the calling thread: ``kernel_threads``'s, else
+    ``THREADS``."""
+    return getattr(_LOCAL, "threads", None) or THREADS
+
+
+@contextlib.contextmanager
+def kernel_threads(n):
+    """Inside the block, batches explained on the calling thread share their samples among ``n``
+    threads (None: ``THREADS``); other threads are not affected.  Results are the same bit for bit
+    at every thread count (each thread makes the calls it would make for its samples alone); the
+    thread count only sets how many cores a batch uses (a Dask worker's share of its machine)."""
+    before = getattr(_LOCAL, "threads", None)
+    _LOCAL.threads = None if n is None else max(1, int(n))
+    try:
+        yield
+    finally:
+        _LOCAL.threads = before
+
+
 def each_sample(n, run, least=1):
-    """``run(lo, hi)`` over samples [0, n) in contiguous runs, one per thread (``THREADS``); the
+    """``run(lo, hi)`` over samples [0, n) in contiguous runs, one per thread (:func:`threads`); the
     calling thread takes the first.  ``run`` must write only its own samples' part of any output
     and use only its thread's scratch buffers.  Batches of fewer than ``least`` samples per
     thread run on the calling thread."""
-    threads = min(THREADS, n // max(1, least))
+    threads = min(getattr(_LOCAL, "threads", None) or THREADS, n // max(1, least))
     if threads <= 1 or getattr(_LOCAL, "in_pool", False):
         run(0, n)
         return
