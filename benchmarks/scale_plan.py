@@ -71,7 +71,7 @@ def chunk_size(cost, overhead, images, workers, share=SHARE, max_batch=parallel.
 
 def plan(costs, overhead, rate, images=50_000, machines=100, cores=2, share=SHARE, batch=None,
          task_bytes_in=0, task_bytes_out=0, input_bytes=0, result_bytes=0, model_bytes=0,
-         storage_bandwidth=1e9, network_bandwidth=1.25e9):
+         storage_bandwidth=1e9, network_bandwidth=1.25e9, worker_factor=1.0):
     """The throughput model of a data-set run on ``machines`` x ``cores`` single-threaded workers.
 
     Parameters
@@ -93,6 +93,9 @@ def plan(costs, overhead, rate, images=50_000, machines=100, cores=2, share=SHAR
         worker to worker, doubling the holders each round).
     storage_bandwidth, network_bandwidth : float
         Bytes/s: the shared storage's aggregate bandwidth; one machine's network link.
+    worker_factor : float
+        How much longer the same work takes in a worker process than in one plain process (``costs``
+        are the latter's).
 
     Returns
     -------
@@ -101,7 +104,7 @@ def plan(costs, overhead, rate, images=50_000, machines=100, cores=2, share=SHAR
         needs (``compute``: the work plus the per-task overhead spread over the workers, plus the last
         task of each run; ``scheduler``: tasks / rate; ``storage``: bytes / storage bandwidth),
         ``startup`` (the model's broadcast), ``wall`` (the largest of the three plus the startup),
-        ``limit`` (which of the three), ``ideal`` (the work alone over the workers), ``efficiency``
+        ``limit`` (which of the three), ``ideal`` (the work alone, at ``costs``, over the workers), ``efficiency``
         (ideal / wall), ``overhead_share`` per method, the scheduler's load (``tasks_per_s_needed``
         against ``rate``) and the bytes through the scheduler and the storage.
     """
@@ -114,8 +117,8 @@ def plan(costs, overhead, rate, images=50_000, machines=100, cores=2, share=SHAR
     total_tasks = sum(tasks.values())
     work = images * sum(costs.values())  # core-seconds
     ideal = work / workers
-    tail = sum(batches[m] * costs[m] for m in costs)  # each run ends with one task still running
-    seconds = {"compute": (work + total_tasks * overhead) / workers + tail,
+    tail = worker_factor * sum(batches[m] * costs[m] for m in costs)  # each run ends with one task running
+    seconds = {"compute": (worker_factor * work + total_tasks * overhead) / workers + tail,
                "scheduler": total_tasks / rate,
                "storage": images * len(costs) * (input_bytes + result_bytes) / storage_bandwidth}
     startup = model_bytes * math.ceil(math.log2(workers + 1)) / network_bandwidth
@@ -233,6 +236,24 @@ def method_costs(net, inputs, measure_steps, steps):
     return measured, costs
 
 
+def _timed(job, model, x):
+    with parallel._limit_blas():
+        job(model, x[:1], None)  # warm-up: compiles the worker's kernels
+        t = time.perf_counter()
+        job(model, x, None)
+        return time.perf_counter() - t
+
+
+def worker_factor(client1, net, inputs, name="gradient_x_input"):
+    """(d'): the same job on the same inputs timed inside a worker process and in this one."""
+    x = np.random.default_rng(1).random((inputs,) + net.input_shape).astype(np.float32)
+    job = method_jobs(2)[name]
+    m, j = client1.scatter([net, job], broadcast=True, hash=False)
+    on_worker = client1.submit(_timed, j, m, x, pure=False).result()
+    here = _timed(job, net, x)
+    return {"method": name, "inputs": inputs, "worker_s": on_worker, "here_s": here, "factor": on_worker / here}
+
+
 # --------------------------------------------------------------------------- (e) the simulated run
 
 def stand_in(job, model, source, target, path, limit, start, stop):
@@ -337,27 +358,33 @@ def main(argv=None):
             report["costs"] = {"model": name, "build_s": build, "measured_s_per_input": measured,
                                "s_per_input": costs, "steps": args.steps, "measure_steps": args.measure_steps,
                                "sample_shape": list(sample_shape)}
-            del net
         input_bytes = result_bytes = int(np.prod(sample_shape)) * 4
         with contextlib.ExitStack() as stack:
             cluster1, client1 = _cluster(1)
             stack.enter_context(cluster1)
             stack.enter_context(client1)
+            if not args.reuse:
+                net.clear()  # the model as built goes to the worker, not this process's cached weights
+                report["costs"]["worker"] = worker_factor(client1, net, args.cost_inputs)
+                del net
             report["overhead"] = task_overhead(client1, args.overhead_images, args.overhead_batch, args.repeat, tmp)
             stack.close()
         overhead = max(report["overhead"]["overhead_s"], 1e-4)
+        factor = report["costs"].get("worker", {}).get("factor", 1.0)
         with contextlib.ExitStack() as stack:
             cluster, client = _cluster(local)
             stack.enter_context(cluster)
             stack.enter_context(client)
-            first = plan(costs, overhead, rate=1.0, images=args.images, machines=args.machines, cores=args.cores)
+            first = plan(costs, overhead, rate=1.0, images=args.images, machines=args.machines, cores=args.cores,
+                         worker_factor=factor)
             rate_tasks = min(first["tasks"], args.rate_tasks)
             report["rate"] = {"tasks": rate_tasks, "workers": local, "tasks_per_s": task_rate(client, rate_tasks)}
             b = report["bytes"]
             model = plan(costs, overhead, report["rate"]["tasks_per_s"], images=args.images, machines=args.machines,
                          cores=args.cores, task_bytes_in=b["to_worker"], task_bytes_out=b["back"],
                          input_bytes=input_bytes, result_bytes=result_bytes, model_bytes=b["model_once"],
-                         storage_bandwidth=args.storage_gbps * 1e9, network_bandwidth=args.network_gbps * 1e9)
+                         storage_bandwidth=args.storage_gbps * 1e9, network_bandwidth=args.network_gbps * 1e9,
+                         worker_factor=factor)
             report["plan"] = model
             # (e): the plan's task count (capped), each task's duration scaled so that the run's work is
             # about --sim-seconds on this machine's workers (and never shorter than the real tasks would
@@ -405,6 +432,10 @@ def print_report(r):
           f"timed at {c['measure_steps']}):")
     for name, cost in c["s_per_input"].items():
         print(f"    {name:<24} {cost:8.3f} s   (timed: {c['measured_s_per_input'][name]:.3f} s)")
+    if "worker" in c:
+        w = c["worker"]
+        print(f"    on a worker process: {w['method']} of {w['inputs']} inputs {w['worker_s']:.2f} s against "
+              f"{w['here_s']:.2f} s in this process: x{w['factor']:.2f} (the plan's worker factor)")
     print(f"plan: {args['images']} inputs x {len(c['s_per_input'])} methods on {args['machines']} machines x "
           f"{args['cores']} cores = {m['workers']} workers (storage {args['storage_gbps']} GB/s aggregate, "
           f"network {args['network_gbps']} GB/s per machine)")

@@ -60,6 +60,10 @@ def test_plan_formulas(sp):
     assert m["scheduler_bytes"] == 100_000 * 370 and m["broadcast_bytes"] == int(1.25e9) * 200
     assert m["tasks_per_s_needed"] == pytest.approx(100_000 / compute)
     assert m["overhead_share"]["b"] == pytest.approx(0.02 / 0.52)
+    # work that runs 1.2x slower in a worker process than here: the work and the last tasks stretch, the ideal not
+    slow = sp.plan(costs, overhead=0.02, rate=1000, images=50_000, machines=100, cores=2, worker_factor=1.2)
+    assert slow["seconds"]["compute"] == pytest.approx((1.2 * 75_000 + 2_000) / 200 + 1.2 * 1.5)
+    assert slow["ideal"] == pytest.approx(375) and slow["efficiency"] == pytest.approx(375 / slow["wall"])
 
 
 def test_plan_switches_to_the_scheduler_and_to_storage(sp):
