@@ -22,7 +22,11 @@ Measured here, on a ``distributed.LocalCluster`` of single-threaded worker proce
 (d) the per-input cost of VGG-16 (``zoo.vgg16``, random weights, float32, 3 x 224 x 224) on one core,
     for five methods: LRP with ``EpsilonPlusFlat`` and with ``EpsilonGammaBox``, gradient x input,
     integrated gradients and SmoothGrad (``--steps`` each; measured at ``--measure-steps`` and
-    extended by one gradient x input pass per further step).
+    extended by one gradient x input pass per further step); and the same job timed inside a worker
+    process and here, in turn (the worker factor: work on a worker runs slower, never faster, than here).
+
+``LRPNUMPY_THREADS=1`` is set for this process and inherited by the workers (lrpnumpy's kernels
+otherwise share a batch among every core of each process).
 
 Then the throughput model (:func:`plan`, pure arithmetic: chunk size, task count, scheduler load,
 bytes through the scheduler and storage, wall time, efficiency and what limits it) for
