@@ -338,3 +338,18 @@ def test_malloc_tuned_where_dask_pins_the_trim_threshold(tmp_path):
     env.pop("MALLOC_TRIM_THRESHOLD_")  # without Dask's setting, nothing is changed
     assert subprocess.run([sys.executable, "-c", "from lrpnumpy import parallel as P; assert not P._tune_malloc()"],
                           env=env).returncode == 0
+
+
+def test_a_network_travels_without_its_derived_weights():
+    """Sent to workers (pickled), a frozen network that has explained something is as small as a fresh one:
+    the rules' cached weights stay behind (they match nothing after unpickling)."""
+    import pickle
+    net = L.zoo.lenet5(seed=0).freeze()
+    fresh = len(pickle.dumps(net))
+    L.explain(net, np.random.default_rng(0).random((2,) + net.input_shape), composite=L.EpsilonGammaBox(low=0, high=1))
+    assert any("_derived" in layer.__dict__ for layer in net.layers)  # the cache is there in this process
+    sent = pickle.loads(pickle.dumps(net))
+    assert len(pickle.dumps(net)) == fresh
+    assert not any("_derived" in layer.__dict__ for layer in sent.layers)
+    x = np.random.default_rng(1).random((3,) + net.input_shape)
+    assert np.array_equal(L.explain(sent, x).relevance, L.explain(net, x).relevance)

@@ -363,6 +363,13 @@ class Layer:
         """Drop the weights that rules derived from a frozen layer's parameters (see :meth:`derived`)."""
         self.__dict__.pop("_derived", None)
 
+    def __getstate__(self):
+        """Pickled without the derived weights: unpickled parameters are writeable copies that no cache
+        matches, and the cache can be several times the parameters' size (a network sent to workers)."""
+        state = dict(self.__dict__)
+        state.pop("_derived", None)
+        return state
+
     def derived(self, key, compute, inputs=None):
         """``compute()``, cached on the layer while ``inputs`` are read-only and the same objects.
 
