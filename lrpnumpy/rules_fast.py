@@ -59,7 +59,7 @@ def _per_sample_form(rule, layer, step, R):
     if rewrite is None or rewrite.all() or not rewrite.any():
         groups, zero = _groups_and_zero(rule, layer, step, rewrite is not None and bool(rewrite.all()))
         R_in, values = four_steps_fast(layer, step, groups, R, rule.epsilon, zero)
-        return R_in, rules.ledger(groups, values, rule.epsilon)
+        return R_in, _ledger(groups, values, rule.epsilon)
     out = []
     for form in (True, False):
         groups = groups_for(rule, layer, step, form)
@@ -68,6 +68,25 @@ def _per_sample_form(rule, layer, step, R):
     (R_a, ledger_a), (R_b, ledger_b) = out
     return (np.where(_rows(rewrite, np.ndim(R_a)), R_a, R_b),
             {k: np.where(rewrite, ledger_a.get(k, 0), ledger_b.get(k, 0)) for k in {**ledger_a, **ledger_b}})
+
+
+def _ledger(groups, accounts, epsilon):
+    """:func:`lrpnumpy.rules.ledger`, the same bits, in fewer array operations for one group of
+    coefficient 1 (the epsilon rule, z+ after a ReLU, ...: most layers), where multiplying by the
+    coefficient changes no bit; what ``0 + v`` does (-0 to +0) is kept."""
+    g = groups[0]
+    if len(groups) != 1 or type(g.coef) is not float or g.coef != 1:
+        return rules.ledger(groups, accounts, epsilon)
+    a, out = accounts[0], {}
+    if a.bias is not None:
+        out["bias"] = 0 + (a.per_channel * a.bias).sum(axis=1)
+    if epsilon > 0:
+        out["stabilizer"] = 0 + a.sums[:, 2]
+        kept = 0 + a.sums[:, 0]
+    else:
+        kept = 0 + a.sums[:, 1]
+    out["dropped"] = 0 + (a.sums[:, 3] - kept)
+    return out
 
 
 def _gamma_rewritable(rule, layer, step):

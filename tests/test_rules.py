@@ -453,6 +453,31 @@ def test_a_negative_zero_input_keeps_its_signs(rng):
     assert _bits(got) == _bits(want) and _bits(got[:, 2]) != _bits(unsplit[:, 2])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_ledger_has_the_bits_of_the_ledger(dtype, rng):
+    """rules_fast's ledger for one group of coefficient 1 (fewer array operations) gives the bits of
+    rules.ledger, -0 sums included (0 + -0 is +0 in both); other groups go to rules.ledger itself."""
+    from lrpnumpy.rules import Account, Group, ledger
+    from lrpnumpy.rules_fast import _ledger
+    sums = rng.normal(size=(5, 4)).astype(dtype)
+    sums[1] = -0.0
+    sums[2, ::2] = 0.0
+    per_channel = rng.normal(size=(5, 3)).astype(dtype)
+    per_channel[3] = -0.0
+    for bias in (None, rng.normal(size=3).astype(dtype), np.zeros(3, dtype)):
+        for epsilon in (0.0, 1e-6):
+            for coef in (1.0, 2.0, -1.0, np.float64(1.0)):
+                groups, accounts = [Group([], coef)], [Account(sums, per_channel, bias)]
+                got, want = _ledger(groups, accounts, epsilon), ledger(groups, accounts, epsilon)
+                assert got.keys() == want.keys()
+                for key in want:
+                    assert got[key].dtype == want[key].dtype and _bits(got[key]) == _bits(want[key]), key
+    two = [Group([], 2.0), Group([], -1.0)]
+    accounts = [Account(sums, per_channel, None), Account(-sums, per_channel, None)]
+    got, want = _ledger(two, accounts, 1e-6), ledger(two, accounts, 1e-6)
+    assert all(_bits(got[k]) == _bits(want[k]) for k in want)
+
+
 def test_rules_module_holds_no_speed_machinery():
     """The readable rules: no kernels, pairing, stacking or row blocks in rules.py itself (they are
     rules_fast's); the old names still resolve there."""
