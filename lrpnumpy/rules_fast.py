@@ -11,7 +11,8 @@ Everything here exists only for speed; the numbers are those of the literal
 * runs each distinct (input, weight) pair once, however many terms and groups use it, and pairs
   on one input as one pass over stacked weights; the layer's own weight and bias on its own input
   need no pass at all: that is the traced forward pass's output (:func:`_is_traced`),
-* does step 2 in one pass with the sums the ledger reads (``kernels.lrp_step2``),
+* does step 2 in one pass with the sums the ledger reads (``kernels.lrp_step2``), and reads the
+  ledger of one group of coefficient 1 in fewer array operations (:func:`_ledger`),
 * runs a dense layer above :data:`ROW_BLOCK_BYTES` one block of output neurons at a time,
 * writes the gamma rule on input without a negative part through the traced ``z`` and
   ``u = W+ a + b+`` (:func:`groups_for`): one forward pass instead of two (decided per sample:
