@@ -11,11 +11,14 @@ Everything here exists only for speed; the numbers are those of the literal
 * runs each distinct (input, weight) pair once, however many terms and groups use it, and pairs
   on one input as one pass over stacked weights; the layer's own weight and bias on its own input
   need no pass at all: that is the traced forward pass's output (:func:`_is_traced`),
-* does step 2 in one pass with the sums the ledger reads (``kernels.lrp_step2``),
+* does step 2 in one pass with the sums the ledger reads (``kernels.lrp_step2``), and reads the
+  ledger of one group of coefficient 1 in fewer array operations (:func:`_ledger`),
 * runs a dense layer above :data:`ROW_BLOCK_BYTES` one block of output neurons at a time,
 * writes the gamma rule on input without a negative part through the traced ``z`` and
   ``u = W+ a + b+`` (:func:`groups_for`): one forward pass instead of two (decided per sample:
-  a batch of samples with and without a negative part runs both forms, each sample keeps its own).
+  a batch of samples with and without a negative part runs both forms, each sample keeps its own),
+* splits no input by sign whose values all lack a sign bit (as after a ReLU or a max pool over one):
+  there ``a+`` is ``a`` itself and ``a-`` is +0 everywhere, known without looking (:func:`_unsigned`).
 
 Modified weights are cached on frozen layers by the rules themselves (``layer.derived``).
 """
@@ -26,7 +29,8 @@ import numpy as np
 
 from . import kernels, rules
 from .layers import AffineLayer, Linear
-from .rules import Account, Gamma, Group, Term, _add, _group_bias, _pos, _scaled
+from .rules import (AlphaBeta, Account, Gamma, Group, Term, ToolboxAlphaBeta, ZPlus, _add, _group_bias, _pos,
+                    _scaled, _sign_split)
 from .trace import Step
 
 
@@ -54,9 +58,9 @@ def _per_sample_form(rule, layer, step, R):
     both forms and each sample keeps the result of its own, bit for bit what it gets alone."""
     rewrite = _gamma_rewritable(rule, layer, step)
     if rewrite is None or rewrite.all() or not rewrite.any():
-        groups = groups_for(rule, layer, step, rewrite is not None and bool(rewrite.all()))
-        R_in, values = four_steps_fast(layer, step, groups, R, rule.epsilon)
-        return R_in, rules.ledger(groups, values, rule.epsilon)
+        groups, zero = _groups_and_zero(rule, layer, step, rewrite is not None and bool(rewrite.all()))
+        R_in, values = four_steps_fast(layer, step, groups, R, rule.epsilon, zero)
+        return R_in, _ledger(groups, values, rule.epsilon)
     out = []
     for form in (True, False):
         groups = groups_for(rule, layer, step, form)
@@ -67,6 +71,25 @@ def _per_sample_form(rule, layer, step, R):
             {k: np.where(rewrite, ledger_a.get(k, 0), ledger_b.get(k, 0)) for k in {**ledger_a, **ledger_b}})
 
 
+def _ledger(groups, accounts, epsilon):
+    """:func:`lrpnumpy.rules.ledger`, the same bits, in fewer array operations for one group of
+    coefficient 1 (the epsilon rule, z+ after a ReLU, ...: most layers), where multiplying by the
+    coefficient changes no bit; what ``0 + v`` does (-0 to +0) is kept."""
+    g = groups[0]
+    if len(groups) != 1 or type(g.coef) is not float or g.coef != 1:
+        return rules.ledger(groups, accounts, epsilon)
+    a, out = accounts[0], {}
+    if a.bias is not None:
+        out["bias"] = 0 + (a.per_channel * a.bias).sum(axis=1)
+    if epsilon > 0:
+        out["stabilizer"] = 0 + a.sums[:, 2]
+        kept = 0 + a.sums[:, 0]
+    else:
+        kept = 0 + a.sums[:, 1]
+    out["dropped"] = 0 + (a.sums[:, 3] - kept)
+    return out
+
+
 def _gamma_rewritable(rule, layer, step):
     """Per sample: may the gamma rule run through the traced ``z`` (input without a negative part)?
     None for other rules."""
@@ -75,7 +98,51 @@ def _gamma_rewritable(rule, layer, step):
         return None
     if step.input.shape[:1] != (n,):  # not one row per sample: decided for the whole batch
         return np.full(n, step.input.min() >= 0)
+    if _unsigned(step.input):  # no negative part anywhere (one reduction, not one per sample)
+        return np.ones(n, bool)
     return ~(step.input.reshape(n, -1) < 0).any(axis=1)
+
+
+#: The bits of +inf, by item size: a float whose bits, read as an unsigned integer, are at most
+#: these is +0, positive or +inf (no sign bit, not NaN).
+_PLUS_INF = {4: (np.uint32, 0x7F800000), 8: (np.uint64, 0x7FF0000000000000)}
+
+
+def _unsigned(a):
+    """True when no value of ``a`` has its sign bit set and none is NaN (as after a ReLU: ``max(-0.0,
+    0)`` is +0).  Then ``max(a, 0)`` is ``a`` and ``min(a, 0)`` is +0 everywhere, bit for bit; a
+    -0.0 makes this False (``max(-0.0, 0)`` is +0: not ``a``'s bits).  One reduction over the bits."""
+    bits = _PLUS_INF.get(a.dtype.itemsize) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else None
+    return bits is not None and a.size > 0 and a.view(bits[0]).max() <= bits[1]
+
+
+def _split_free_groups(rule, layer, step):
+    """``(groups, zero)``: ``rule.groups(layer, step)`` for a rule whose terms are on the sign split
+    ``(a+, a-)`` of an input :func:`_unsigned` says has no sign bits, without two copies of the input:
+    ``a`` itself for ``a+``, and for ``a-`` one array of +0 (``zero``), or, on a layer with a bias,
+    no terms at all: each group keeps a term with a bias, so :func:`_left_out` would leave out the
+    terms on ``a-`` for every sample.  The same numbers, bit for bit.  ``(None, None)`` for other
+    rules and inputs."""
+    kind = type(rule).groups
+    a, zero = step.input, None
+    if (kind not in (ZPlus.groups, AlphaBeta.groups, ToolboxAlphaBeta.groups)
+            or np.shape(a)[:1] != np.shape(step.output)[:1] or not _unsigned(a)):  # (one row per sample)
+        return None, None
+    if layer.weight is None:  # ToolboxAlphaBeta on a pooling layer: positive and negative inputs
+        zero = np.zeros(a.shape, a.dtype)
+        pos, neg = [Term(a, None)], [Term(zero, None)]
+    else:
+        Wp, Wn, bp, bn = _sign_split(layer)
+        if bp is not None:
+            pos, neg = [Term(a, Wp, bp)], [Term(a, Wn, bn)]
+        else:
+            zero = np.zeros(a.shape, a.dtype)
+            pos, neg = [Term(a, Wp), Term(zero, Wn)], [Term(a, Wn), Term(zero, Wp)]
+    if kind is ZPlus.groups:
+        return [Group(pos)], zero
+    if kind is AlphaBeta.groups:
+        return [Group(pos, rule.alpha)] + ([Group(neg, -rule.beta)] if rule.beta else []), zero
+    return [g for g in (Group(pos, rule.alpha), Group(neg, 1 - rule.alpha)) if g.coef != 0], zero
 
 
 def _rows(rows, ndim):
@@ -89,6 +156,12 @@ def groups_for(rule, layer, step, rewrite=None):
     ``z = W a + b`` (no pass) and ``u = W+ a + b+`` (one pass): ``W + gamma W+`` is ``z + gamma u``
     and ``W + gamma W-`` is ``(1 + gamma) z - gamma u``.  ``rewrite``: use that form (True), or not
     (False); None: when no sample has a negative input part."""
+    return _groups_and_zero(rule, layer, step, rewrite)[0]
+
+
+def _groups_and_zero(rule, layer, step, rewrite=None):
+    """``(groups, zero)``: :func:`groups_for`'s groups and the input among their terms known to be +0
+    everywhere (None when there is none; :func:`_split_free_groups`)."""
     if rewrite is None:
         rewritable = _gamma_rewritable(rule, layer, step)
         rewrite = rewritable is not None and bool(rewritable.all())
@@ -96,12 +169,14 @@ def groups_for(rule, layer, step, rewrite=None):
         a, W, b, z, gamma = step.input, layer.weight, layer.bias, step.output, rule.gamma
         Wp, bp = layer.derived("positive-part", lambda: (_pos(W), _pos(b)))
         return [Group([Term(a, W, b), Term(a, Wp, bp, coef=gamma)], mask=z > 0),
-                Group([Term(a, W, b, coef=1 + gamma), Term(a, Wp, bp, coef=-gamma)], mask=z < 0)]
-    return rule.groups(layer, step)
+                Group([Term(a, W, b, coef=1 + gamma), Term(a, Wp, bp, coef=-gamma)], mask=z < 0)], None
+    groups, zero = _split_free_groups(rule, layer, step)
+    return (groups, zero) if groups is not None else (rule.groups(layer, step), None)
 
 
-def four_steps_fast(layer, step, groups, R, epsilon):
-    """:func:`four_steps` with fewer passes; same arguments, same results up to rounding.
+def four_steps_fast(layer, step, groups, R, epsilon, zero=None):
+    """:func:`four_steps` with fewer passes; same arguments, same results up to rounding.  ``zero``:
+    an input among the terms' known to be +0 everywhere (not looked at to find that out).
 
     Terms on an input that is all zero and that add no bias are left out (:func:`_left_out`); each
     distinct (input, weight) pair runs one forward and
@@ -110,9 +185,9 @@ def four_steps_fast(layer, step, groups, R, epsilon):
     weights.  The layer's own weight on its own input needs no forward pass at all: that is the
     traced forward pass's output.
     """
-    if len(groups) == 1 and len(groups[0].terms) == 1:  # Epsilon, Norm, ...: fewer steps in Python
+    if len(groups) == 1 and len(groups[0].terms) == 1:  # Epsilon, Norm, ZPlus after a ReLU, ...: fewer steps
         return _one_term(layer, step, groups[0], groups[0].terms[0], R, epsilon)
-    left_out = _left_out(groups, len(R))
+    left_out = _left_out(groups, len(R), zero)
     gone = {key for key, rows in left_out.items() if rows.all()}  # left out for every sample: no pass
     if gone:
         groups = [Group([t for t in g.terms if id(t.x) not in gone], g.coef, g.mask) for g in groups]
@@ -158,7 +233,7 @@ def four_steps_fast(layer, step, groups, R, epsilon):
     return R_in, accounts
 
 
-def _left_out(groups, n):
+def _left_out(groups, n, zero=None):
     """``{id(x): rows}``: the samples (boolean ``(N,)``) for which the terms on input ``x`` are left out.
 
     That is where ``x`` is all zero, no term on ``x`` adds a bias (the terms add nothing but signed
@@ -166,16 +241,17 @@ def _left_out(groups, n):
     from each sample's own numbers, so a sample's result does not depend on its batch; where terms
     are left out for some samples only, their values there become ``-0``, which leaves any sum it is
     added to unchanged bit for bit (:func:`_leave_out`): the same bits as without the terms.
+    ``zero``: an input known to be zero everywhere (its samples are not looked at).
     """
     inputs = [[t.x for t in g.terms] for g in groups]
     biased = {id(t.x) for g in groups for t in g.terms if t.bias is not None}
-    zero = {}  # candidates: id(x) -> samples where x is all zero
+    found = {}  # candidates: id(x) -> samples where x is all zero
     for xs in inputs:
         if any(x is not xs[0] for x in xs):  # a group with at least two inputs
             for x in xs:
-                if id(x) not in biased and id(x) not in zero and np.shape(x)[:1] == (n,):
-                    zero[id(x)] = ~np.asarray(x).reshape(n, -1).any(axis=1)
-    out = {key: rows for key, rows in zero.items() if rows.any()}
+                if id(x) not in biased and id(x) not in found and np.shape(x)[:1] == (n,):
+                    found[id(x)] = np.ones(n, bool) if x is zero else ~np.asarray(x).reshape(n, -1).any(axis=1)
+    out = {key: rows for key, rows in found.items() if rows.any()}
     if not out:
         return out
     for xs in inputs:  # an input alone in its group is never left out

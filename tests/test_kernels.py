@@ -468,3 +468,23 @@ def test_each_sample_threads_follow_the_callers_errstate(monkeypatch):
             _common.each_sample(4, run)
     with np.errstate(over="ignore"):
         _common.each_sample(4, run)  # no warning (pytest turns warnings into errors) in either thread
+
+
+def test_the_lowering_is_remembered_with_the_constants_it_reads(monkeypatch):
+    """conv.lowering remembers choose_lowering's answer for the same shape (no cost model on every call)
+    and asks again when a constant the choice reads changes (SMALL_DIRECT, DIRECT_OUT)."""
+    args = ("forward", 1, 6, 28, 28, 5, 5, 1, 1, (2, 2, 2, 2), 1, 1, 1, True)
+    calls = []
+    choose = conv.choose_lowering
+    monkeypatch.setattr(conv, "choose_lowering", lambda *a: calls.append(a) or choose(*a))
+    conv._CHOSEN.clear()
+    first = conv.lowering(*args)
+    assert conv.lowering(*args) == first == choose(*args) != "direct" and len(calls) == 1
+    monkeypatch.setattr(conv, "SMALL_DIRECT", 0)
+    assert conv.lowering(*args) == "direct" == choose(*args) and len(calls) == 2
+    monkeypatch.setattr(conv, "DIRECT_OUT", {"forward": 4, "grad_input": 4})
+    assert conv.lowering(*args) == choose(*args) != "direct" and len(calls) == 3
+    for direction in ("forward", "grad_input"):  # every test shape: the remembered choice is the chosen one
+        for shape, o, (kh, kw), (sh, sw), padding, (dh, dw), groups in CONV_CASES:
+            a = (direction, shape[1], o, shape[2], shape[3], kh, kw, sh, sw, padding, dh, dw, groups)
+            assert conv.lowering(*a) == conv.lowering(*a) == choose(*a)

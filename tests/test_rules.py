@@ -5,6 +5,7 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 
 import lrpnumpy as L
+from lrpnumpy.rules import ToolboxAlphaBeta as TAB
 from lrpnumpy.errors import DTypeError, RuleParameterError, ShapeError, UnsupportedLayerError
 import oracles as O
 
@@ -375,6 +376,106 @@ def test_fast_ledger_equals_the_literal_ledger(layer_name, positive, epsilon, rn
         for key in want_ledger:
             np.testing.assert_allclose(fast_ledger[key], want_ledger[key], rtol=1e-10, atol=1e-12 * scale,
                                        err_msg=f"{key} of {rule!r} on {layer!r}")
+
+
+def _bits(*arrays):
+    return [np.ascontiguousarray(a).tobytes() for a in arrays]
+
+
+SPLIT_RULES = [L.ZPlus(), L.AlphaBeta(2, 1), L.AlphaBeta(1, 0), TAB(2.0), TAB(0.5),
+               TAB(1.0)]
+
+
+@pytest.mark.parametrize("layer_name,rule", [(name, rule) for name in sorted(REFERENCE_LAYERS) if name != "maxpool"
+                                              for rule in SPLIT_RULES if LAYERS.get(name) or isinstance(rule, TAB)],
+                         ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unsigned_input_skips_the_sign_split_bit_for_bit(layer_name, rule, dtype, rng):
+    """On input without sign bits (as after a ReLU) the fast path uses the input itself for a+ and
+    knows a- is +0 without computing it; relevance and ledger are the bits of the fast path on the
+    rule's own groups (a+ = max(a, 0), a- = min(a, 0) computed and looked at), signs of zeros included,
+    and each sample's bits are those it gets alone."""
+    import lrpnumpy.rules_fast as F
+    layer, shape = REFERENCE_LAYERS[layer_name](rng)
+    layer = layer.astype(dtype)
+    x = np.abs(rng.normal(size=(4,) + shape[1:])).astype(dtype)
+    x[1] = 0.0                                             # a sample of +0 (all its terms on a+ vanish too)
+    x[2].flat[::3] = 0.0
+    y, step = layer.forward_trace(x)
+    assert F._unsigned(step.input) and F.groups_for(rule, layer, step)[0].terms[0].x is step.input  # no copy
+    R = rng.normal(size=y.shape).astype(dtype)
+    R[0].flat[::4] = -0.0
+    got, got_ledger = rule.propagate(step, R)
+    with np.errstate(all="ignore"):  # the same rule through its own groups (the split computed)
+        groups = rule.groups(layer, step)
+        want, values = F.four_steps_fast(layer, step, groups, R, rule.epsilon)
+        want_ledger = L.rules.ledger(groups, values, rule.epsilon)
+    assert _bits(got) == _bits(layer.split(want))
+    assert got_ledger.keys() == want_ledger.keys()
+    for key in want_ledger:
+        assert _bits(got_ledger[key]) == _bits(want_ledger[key]), key
+    for i in range(len(x)):  # batch invariance, bit for bit
+        _, alone = layer.forward_trace(x[i:i + 1])
+        r, led = rule.propagate(alone, R[i:i + 1])
+        assert _bits(r) == _bits(got[i:i + 1]), i
+        for key in led:
+            assert _bits(led[key]) == _bits(got_ledger[key][i:i + 1]), (i, key)
+
+
+def test_unsigned_means_no_sign_bit_and_no_nan():
+    """Only +0, positive numbers and +inf pass: -0.0 (max(-0.0, 0) is +0, other bits), negatives and
+    NaN (max(nan, 0) is nan, min(nan, 0) is not +0) take the sign split; other dtypes too."""
+    from lrpnumpy.rules_fast import _unsigned
+    for dtype in (np.float32, np.float64):
+        ok = np.array([[0.0, 1.5, np.inf, np.finfo(dtype).tiny / 4]], dtype)
+        assert _unsigned(ok) and _unsigned(ok[:, ::2]) and _unsigned(np.maximum(-ok, 0))  # ReLU of -x: +0
+        for bad in (-0.0, -1e-30, -np.inf, np.nan, -np.nan):
+            v = ok.copy()
+            v[0, 1] = bad
+            assert not _unsigned(v), (dtype, bad)
+        assert not _unsigned(np.zeros((0, 3), dtype))
+    assert not _unsigned(np.ones(3, np.float16)) and not _unsigned(np.ones(3, np.int64))
+
+
+def test_a_negative_zero_input_keeps_its_signs(rng):
+    """An input whose only sign bits are -0.0 is not unsigned: a+ = max(a, 0) is +0 there, and the
+    relevance there is +0 * c, as the rule's own groups give (the shortcut would give -0 * c)."""
+    import lrpnumpy.rules_fast as F
+    layer = with_bias(L.Linear(6, 4, rng=rng), rng)
+    x = np.abs(rng.normal(size=(2, 6)))
+    x[:, 2] = -0.0
+    y, step = layer.forward_trace(x)
+    R = rng.normal(size=y.shape)
+    got = L.ZPlus().relevance(step, R)
+    want = F.four_steps_fast(layer, step, L.ZPlus().groups(layer, step), R, 1e-6)[0]
+    Wp, _, bp, _ = L.rules._sign_split(layer)
+    unsplit = F.four_steps_fast(layer, step, [L.rules.Group([L.rules.Term(x, Wp, bp)])], R, 1e-6)[0]
+    assert _bits(got) == _bits(want) and _bits(got[:, 2]) != _bits(unsplit[:, 2])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_ledger_has_the_bits_of_the_ledger(dtype, rng):
+    """rules_fast's ledger for one group of coefficient 1 (fewer array operations) gives the bits of
+    rules.ledger, -0 sums included (0 + -0 is +0 in both); other groups go to rules.ledger itself."""
+    from lrpnumpy.rules import Account, Group, ledger
+    from lrpnumpy.rules_fast import _ledger
+    sums = rng.normal(size=(5, 4)).astype(dtype)
+    sums[1] = -0.0
+    sums[2, ::2] = 0.0
+    per_channel = rng.normal(size=(5, 3)).astype(dtype)
+    per_channel[3] = -0.0
+    for bias in (None, rng.normal(size=3).astype(dtype), np.zeros(3, dtype)):
+        for epsilon in (0.0, 1e-6):
+            for coef in (1.0, 2.0, -1.0, np.float64(1.0)):
+                groups, accounts = [Group([], coef)], [Account(sums, per_channel, bias)]
+                got, want = _ledger(groups, accounts, epsilon), ledger(groups, accounts, epsilon)
+                assert got.keys() == want.keys()
+                for key in want:
+                    assert got[key].dtype == want[key].dtype and _bits(got[key]) == _bits(want[key]), key
+    two = [Group([], 2.0), Group([], -1.0)]
+    accounts = [Account(sums, per_channel, None), Account(-sums, per_channel, None)]
+    got, want = _ledger(two, accounts, 1e-6), ledger(two, accounts, 1e-6)
+    assert all(_bits(got[k]) == _bits(want[k]) for k in want)
 
 
 def test_rules_module_holds_no_speed_machinery():

@@ -106,7 +106,24 @@ SMALL_DIRECT = 12288
 DIRECT_OUT = {"forward": 16, "grad_input": 12}
 
 
+_CHOSEN = {}  # lowering's arguments and the constants it reads -> its choice (a pure function of them)
+
+
 def lowering(direction, c, o, h, w, kh, kw, sh, sw, padding, dh, dw, groups, same_dtype=True):
+    """:func:`choose_lowering`, remembered: a layer asks on every call, with the same few shapes
+    (the cost model's arithmetic took a few microseconds a call, a dict lookup well under one)."""
+    key = (direction, c, o, h, w, kh, kw, sh, sw, tuple(padding), dh, dw, groups, same_dtype, SMALL_DIRECT,
+           DIRECT_OUT["forward"], DIRECT_OUT["grad_input"])
+    how = _CHOSEN.get(key)
+    if how is None:
+        if len(_CHOSEN) > 4096:  # a bound for programs that see endless shapes
+            _CHOSEN.clear()
+        how = _CHOSEN[key] = choose_lowering(direction, c, o, h, w, kh, kw, sh, sw, padding, dh, dw, groups,
+                                             same_dtype)
+    return how
+
+
+def choose_lowering(direction, c, o, h, w, kh, kw, sh, sw, padding, dh, dw, groups, same_dtype=True):
     """The lowering that convolves one sample of ``c`` x ``h`` x ``w`` with ``o`` x ``c/groups`` x
     ``kh`` x ``kw`` weights, for ``direction`` "forward" (:func:`conv2d`) or "grad_input"
     (:func:`conv2d_grad_input`); one of :data:`LOWERINGS`.
