@@ -1,0 +1,111 @@
+"""The products behind transformers, fast and batch invariant: a Linear on tokens (N, T, K) with T >= 32
+multiplies each sample in one product of its own, and MatMul's stacks of per-head products run each
+head's product in small blocks on the kernels' threads.  Each equals the plain product to rounding
+and gives a sample the same bits alone and anywhere in a batch."""
+
+import numpy as np
+import pytest
+
+import lrpnumpy as L
+from lrpnumpy import composites
+from lrpnumpy.kernels import _common
+from lrpnumpy.layers import attention, linear
+
+
+def bitwise(a, b):
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+TOL = {np.float64: 1e-12, np.float32: 2e-5}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_linear_on_tokens_one_product_per_sample(dtype, monkeypatch):
+    rng = np.random.default_rng(0)
+    layer = L.Linear(24, 40, rng=1, dtype=dtype)
+    layer.bias = rng.standard_normal(40).astype(dtype)
+    x = rng.standard_normal((7, 33, 24)).astype(dtype)
+    blocks = []
+    real = linear.matmul_rows
+    monkeypatch.setattr(linear, "matmul_rows", lambda a, b: blocks.append(a.shape) or real(a, b))
+    y = layer.forward(x)
+    g = layer.backward(y, layer.forward_trace(x)[1])
+    assert blocks == []  # 33 tokens: no blocks of 32 rows
+    assert y.base is None and g.base is None  # new arrays (the rules multiply into them)
+    scale = np.abs(x).max() * np.abs(layer.weight).sum(axis=1).max()
+    np.testing.assert_allclose(y, x @ layer.weight.T + layer.bias, atol=TOL[dtype] * scale, rtol=0)
+    np.testing.assert_allclose(g, y @ layer.weight, atol=TOL[dtype] * np.abs(y).max() * 40, rtol=0)
+    for i in (0, 3, 6):  # a sample alone and in the batch: the same bits
+        assert bitwise(layer.forward(x[i:i + 1])[0], y[i])
+        assert bitwise(layer.backward(y[i:i + 1], layer.forward_trace(x[i:i + 1])[1])[0], g[i])
+
+
+def test_linear_on_few_tokens_keeps_blocks_of_rows(monkeypatch):
+    """Below 32 rows a sample stays in matmul_rows' fixed blocks (a row's bits whatever the batch)."""
+    layer = L.Linear(8, 5, rng=1)
+    x = np.random.default_rng(0).standard_normal((3, 31, 8))
+    blocks = []
+    real = linear.matmul_rows
+    monkeypatch.setattr(linear, "matmul_rows", lambda a, b: blocks.append(a.shape) or real(a, b))
+    y = layer.forward(x)
+    assert blocks == [(93, 8)]
+    assert bitwise(layer.forward(x[1:2])[0], y[1])
+
+
+def _stack(rng, n, dtype, m=40, k=24, p=36):
+    return rng.standard_normal((n, 3, m, k)).astype(dtype), rng.standard_normal((n, 3, k, p)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_stacked_products_equal_matmul_and_are_batch_invariant(dtype, transpose, monkeypatch):
+    monkeypatch.setattr(attention, "_STACK_GEMM", 0)  # these small heads too
+    monkeypatch.setattr(attention, "SPLIT_GEMM", 10 ** 9)
+    rng = np.random.default_rng(2)
+    a, b = _stack(rng, 9, dtype)
+    if transpose:  # the backward pass's operands: transposed views
+        a, b = np.swapaxes(np.ascontiguousarray(np.swapaxes(a, -1, -2)), -1, -2), np.swapaxes(
+            np.ascontiguousarray(np.swapaxes(b, -1, -2)), -1, -2)
+    blocks = []
+    real = attention._matmul_small
+    monkeypatch.setattr(attention, "_matmul_small", lambda x, y, out: blocks.append(x.shape) or real(x, y, out))
+    out = attention._products(a, b)
+    assert len(blocks) == 27
+    np.testing.assert_allclose(out, np.matmul(a, b), atol=TOL[dtype] * 24 * 16, rtol=0)
+    for i in (0, 4, 8):
+        assert bitwise(attention._products(a[i:i + 1], b[i:i + 1])[0], out[i])
+    monkeypatch.setattr(_common, "THREADS", 1)  # every product on the calling thread: the same bits
+    assert bitwise(attention._products(a, b), out)
+
+
+def test_stacked_products_fall_back_to_matmul():
+    """Broadcast leading axes and tiny stacks keep NumPy's loop, bit for bit."""
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((5, 2, 6, 4)), rng.standard_normal((1, 2, 4, 3))
+    assert bitwise(attention._products(a, b), np.matmul(a, b))
+    a, b = rng.standard_normal((2, 2, 6, 4)), rng.standard_normal((2, 2, 4, 3))
+    assert bitwise(attention._products(a, b), np.matmul(a, b))
+    assert attention._products(a[:0], b[:0]).shape == (0, 2, 6, 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vit_with_many_tokens_is_batch_invariant(dtype, monkeypatch):
+    """A ViT of 50 tokens (both fast paths; the per-head path forced for its small heads): a sample's output
+    and AttnLRP relevance alone and first, inside or last of batches of 2, 5 and 9, bit for bit."""
+    monkeypatch.setattr(attention, "_STACK_GEMM", 0)
+    rng = np.random.default_rng(6)
+    blocks = [L.TransformerEncoderLayer(32, 4, 64, rng=3 + i, dtype=dtype) for i in range(2)]
+    net = L.Sequential(L.PatchEmbedding(3, 32, 4, rng=0, dtype=dtype), L.ClassToken(32, rng=1, dtype=dtype),
+                       L.PositionEmbedding(50, 32, rng=2, dtype=dtype), *blocks, L.LayerNorm(32, dtype=dtype),
+                       L.SelectToken(0), L.Linear(32, 10, rng=9, dtype=dtype)).freeze()
+    x = rng.random((9, 3, 28, 28)).astype(dtype)
+    attnlrp = composites.get("attnlrp")
+    alone = {i: L.explain(net, x[i:i + 1], composite=attnlrp) for i in (0, 4, 8)}
+    for order in ([0, 8], [3, 0, 4, 1, 8], list(range(9))):
+        e = L.explain(net, x[order], composite=attnlrp)
+        for i in alone:
+            if i in order:
+                pos = order.index(i)
+                assert bitwise(e.output[pos], alone[i].output[0]), (order, i)
+                assert bitwise(e.relevance[pos], alone[i].relevance[0]), (order, i)
