@@ -109,3 +109,34 @@ def test_vit_with_many_tokens_is_batch_invariant(dtype, monkeypatch):
                 pos = order.index(i)
                 assert bitwise(e.output[pos], alone[i].output[0]), (order, i)
                 assert bitwise(e.relevance[pos], alone[i].relevance[0]), (order, i)
+
+
+def test_gelu_in_place_keeps_the_formulas_bits():
+    import math
+
+    from scipy.special import erf
+    rng = np.random.default_rng(7)
+    for dtype in (np.float32, np.float64):
+        a = (rng.standard_normal(5000) * 6).astype(dtype)
+        a[:6] = [0, -0.0, 1e-40, -1e-40, 40, -40]
+        t = a.dtype.type
+        assert bitwise(L.GELU().forward(a[None])[0], t(0.5) * a * (1 + erf(a / t(math.sqrt(2.0)))))
+
+
+@pytest.mark.parametrize("make", [lambda: L.MultiheadAttention(8, 2, rng=0),
+                                  lambda: L.TransformerEncoderLayer(8, 2, 16, rng=0)], ids=["attention", "block"])
+def test_inner_graph_built_once_while_frozen(make):
+    """A frozen layer keeps its inner graph between calls; a new parameter (or an unfrozen layer) gets a new one."""
+    layer = make()
+    x = np.random.default_rng(0).standard_normal((2, 5, 8))
+    first = layer.forward_trace(x)[1].state[0]
+    assert layer.forward_trace(x)[1].state[0] is not first  # unfrozen: rebuilt, in-place changes seen
+    layer.freeze()
+    first = layer.forward_trace(x)[1].state[0]
+    assert layer.forward_trace(x)[1].state[0] is first
+    y = layer.forward(x)
+    name = "in_proj_weight" if isinstance(layer, L.MultiheadAttention) else "self_attn.in_proj_weight"
+    setattr(layer, name, getattr(layer, name) * 2)  # a new array: the old graph's views are stale
+    step = layer.forward_trace(x)[1]
+    assert step.state[0] is not first and not np.allclose(step.output, y)
+    np.testing.assert_array_equal(step.output, layer.copy().forward(x))

@@ -99,7 +99,12 @@ class GELU(_SameShape):
         t = a.dtype.type
         if self.approximate == "tanh":
             return t(0.5) * a * (1 + np.tanh(t(self._K) * (a + t(0.044715) * a ** 3)))
-        return t(0.5) * a * (1 + erf(a / t(math.sqrt(2.0))))
+        # t(0.5) * a * (1 + erf(a / sqrt 2)), the same operations in the same order, in two arrays, not four
+        out, e = t(0.5) * a, a / t(math.sqrt(2.0))
+        erf(e, out=e)
+        e += 1
+        out *= e
+        return out
 
     def _backward(self, grad, step):
         x, t = step.input, grad.dtype.type
@@ -405,12 +410,12 @@ class MultiheadAttention(Layer):
 
     def _apply(self, a):
         """The output, and as state the inner graph with its trace (what backward and LRP walk)."""
-        graph = self.graph()
+        graph = self.derived("graph", self.graph)  # built once for a frozen layer (see Layer.derived)
         y, trace = graph.forward_trace(a)
         return y, (graph, trace)
 
     def _forward(self, a):
-        return self.graph().forward(a)
+        return self.derived("graph", self.graph).forward(a)
 
     def _backward(self, grad, step):
         _, trace = step.state
