@@ -1,7 +1,8 @@
-"""The products behind transformers, fast and batch invariant: a Linear on tokens (N, T, K) with T >= 32
-multiplies each sample in one product of its own, and MatMul's stacks of per-head products run each
-head's product in small blocks on the kernels' threads.  Each equals the plain product to rounding
-and gives a sample the same bits alone and anywhere in a batch."""
+"""The fast paths behind transformers, each equal to the plain form: a Linear on tokens (N, T, K) with
+T >= 32 multiplies each sample in one product of its own, MatMul's stacks of per-head products run each
+head's product in small blocks on the kernels' threads (both to rounding, and a sample keeps its bits
+alone and anywhere in a batch); GELU in chunks, step 2 without zero denominators and the softmax rule in
+one array keep the formulas' bits; a frozen block builds its inner graph once."""
 
 import numpy as np
 import pytest
@@ -140,3 +141,68 @@ def test_inner_graph_built_once_while_frozen(make):
     step = layer.forward_trace(x)[1]
     assert step.state[0] is not first and not np.allclose(step.output, y)
     np.testing.assert_array_equal(step.output, layer.copy().forward(x))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_on_the_kernels_threads_keeps_the_formulas_bits(dtype, monkeypatch):
+    """Large inputs run in chunks on the kernels' threads (elementwise: the same bits however cut)."""
+    import math
+
+    from scipy.special import erf
+    a = (np.random.default_rng(8).standard_normal((3, 70, 1000)) * 6).astype(dtype)
+    t = a.dtype.type
+    runs = []
+    real = attention.each_sample
+    monkeypatch.setattr(attention, "each_sample", lambda n, run, least=1: runs.append(n) or real(n, run, least))
+    monkeypatch.setattr(_common, "THREADS", 2)
+    y = L.GELU().forward(a)
+    assert runs == [a.size]
+    assert bitwise(y, t(0.5) * a * (1 + erf(a / t(math.sqrt(2.0)))))
+    assert bitwise(L.GELU().forward(a[1:2])[0], y[1])
+
+
+def _stabilized_formula(z, R, epsilon):
+    from lrpnumpy.layers.base import per_sample_sum
+    from lrpnumpy.stabilize import stabilize
+    zs = stabilize(z, epsilon)
+    s = R / zs
+    finite = np.isfinite(zs)
+    ledger = {"stabilizer": per_sample_sum(np.where(finite, s * (np.where(finite, zs, 0) - z), 0))}
+    if epsilon == 0:
+        ledger["dropped"] = per_sample_sum(np.where(finite, 0, R))
+    return s, ledger
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("epsilon", [0.0, 1e-6, 0.1])
+@pytest.mark.parametrize("zeros", [False, True])
+def test_stabilized_fast_path_keeps_the_formulas_bits(dtype, epsilon, zeros):
+    """Without zero denominators step 2 skips its masking passes: the same s and ledger, bit for bit."""
+    from lrpnumpy.rules_transformer import _stabilized
+    rng = np.random.default_rng(9)
+    z, R = rng.standard_normal((2, 3, 4, 5, 6)).astype(dtype)
+    if zeros:
+        z[0, 1, 2] = 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s, ledger = _stabilized(z, R, epsilon)
+        s_ref, ledger_ref = _stabilized_formula(z, R, epsilon)
+    assert bitwise(s, s_ref) and ledger.keys() == ledger_ref.keys()
+    assert all(bitwise(ledger[k], ledger_ref[k]) for k in ledger)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("causal", [False, True])
+def test_softmax_rule_in_one_array_keeps_the_formulas_bits(dtype, causal):
+    from lrpnumpy.rules_transformer import SoftmaxRule
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(dtype)
+    if causal:
+        x = attention.CausalMask().forward(x)
+    layer = L.Softmax(axis=-1)
+    y, step = layer.forward_trace(x)
+    R = rng.standard_normal(y.shape).astype(dtype)
+    R_in, ledger = SoftmaxRule().propagate(step, R)
+    x0 = np.where(np.isneginf(x), x.dtype.type(0), x)
+    ref = x0 * (R - y * R.sum(axis=-1, keepdims=True))
+    assert bitwise(R_in, ref)
+    assert bitwise(ledger["softmax"], R.reshape(2, -1).sum(axis=1) - ref.reshape(2, -1).sum(axis=1))

@@ -76,6 +76,10 @@ class _SameShape(Layer):
         return tuple(input_shape)
 
 
+#: Elements of GELU's input per thread at least (below it, the calling thread alone).
+_GELU_CHUNK = 1 << 16
+
+
 class GELU(_SameShape):
     r"""``x Phi(x)`` with ``Phi`` the standard normal CDF; ``approximate="tanh"``:
     ``x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` (PyTorch's GELU).
@@ -99,11 +103,17 @@ class GELU(_SameShape):
         t = a.dtype.type
         if self.approximate == "tanh":
             return t(0.5) * a * (1 + np.tanh(t(self._K) * (a + t(0.044715) * a ** 3)))
-        # t(0.5) * a * (1 + erf(a / sqrt 2)), the same operations in the same order, in two arrays, not four
-        out, e = t(0.5) * a, a / t(math.sqrt(2.0))
-        erf(e, out=e)
-        e += 1
-        out *= e
+        out = np.empty(a.shape, a.dtype)
+        flat, flat_out = a.reshape(-1), out.reshape(-1)
+
+        def run(lo, hi):  # t(0.5) * a * (1 + erf(a / sqrt 2)): the same operations, in two arrays, not four
+            o, e = flat_out[lo:hi], flat[lo:hi] / t(math.sqrt(2.0))
+            np.multiply(flat[lo:hi], t(0.5), out=o)
+            erf(e, out=e)
+            e += 1
+            o *= e
+        # elementwise, so the same bits however it is cut: erf (scipy's, not vectorised) on the kernels' threads
+        each_sample(flat.size, run, least=_GELU_CHUNK)
         return out
 
     def _backward(self, grad, step):
