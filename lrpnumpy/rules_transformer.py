@@ -46,6 +46,13 @@ def _stabilized(z, R, epsilon):
     zs = stabilize(z, epsilon)
     s = R / zs
     finite = np.isfinite(zs)
+    if finite.all():  # no zero denominator (the usual case): the same numbers without the masking passes
+        absorbed = zs - z
+        absorbed *= s
+        ledger = {"stabilizer": per_sample_sum(absorbed)}
+        if epsilon == 0:
+            ledger["dropped"] = np.zeros(len(R), R.dtype)
+        return s, ledger
     ledger = {"stabilizer": per_sample_sum(np.where(finite, s * (np.where(finite, zs, 0) - z), 0))}
     if epsilon == 0:
         ledger["dropped"] = per_sample_sum(np.where(finite, 0, R))
@@ -137,8 +144,12 @@ class SoftmaxRule(Rule):
         if not isinstance(layer, Softmax) or layer.flatten:
             raise UnsupportedLayerError(f"{self!r} applies to Softmax on one axis, not to {layer!r}")
         x, s = step.input, step.output
-        x = np.where(np.isneginf(x), x.dtype.type(0), x)
-        R_in = x * (R - s * R.sum(axis=layer.axis, keepdims=True))
+        masked = np.isneginf(x)
+        if masked.any():
+            x = np.where(masked, x.dtype.type(0), x)
+        R_in = s * R.sum(axis=layer.axis, keepdims=True)  # x (R - s sum(R)), in one array
+        np.subtract(R, R_in, out=R_in)
+        R_in *= x
         return R_in, {"softmax": per_sample_sum(R) - per_sample_sum(R_in)}
 
 

@@ -15,9 +15,10 @@ from lrpnumpy import composites
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 
-@pytest.mark.reference
-def test_shipped_vit_matches_lxt_efficient(monkeypatch):
-    torch = pytest.importorskip("torch")
+@pytest.fixture
+def vit_speed(monkeypatch):
+    """benchmarks/vit_speed.py, with lxt.efficient's rules importable (torch and lxt required)."""
+    pytest.importorskip("torch")
     lxt = pytest.importorskip("lxt")
     stub = types.ModuleType("lxt.efficient")  # lxt.efficient's __init__ imports Hugging Face transformers
     stub.__path__ = [os.path.join(os.path.dirname(lxt.__file__), "efficient")]
@@ -26,7 +27,12 @@ def test_shipped_vit_matches_lxt_efficient(monkeypatch):
     del sys.modules["lxt.efficient.rules"]
     monkeypatch.syspath_prepend(BENCH)
     monkeypatch.delitem(sys.modules, "vit_speed", raising=False)
-    vit_speed = importlib.import_module("vit_speed")
+    return importlib.import_module("vit_speed")
+
+
+@pytest.mark.reference
+def test_shipped_vit_matches_lxt_efficient(vit_speed):
+    import torch
     net = L.zoo.trained("fashion_vit", dtype=np.float64)
     x = L.datasets.sample(np.float64).images[:3]
     theirs, y = vit_speed.lxt_relevance(vit_speed.torch_vit(net, torch.float64), x, torch)
@@ -37,3 +43,22 @@ def test_shipped_vit_matches_lxt_efficient(monkeypatch):
     # a different rule (CP-LRP) would not pass: the comparison can fail
     cp = L.explain(net, x, composite=composites.get("cp_lrp", epsilon=1e-12)).relevance
     assert np.abs(cp - theirs).max() > 1e-3
+
+
+@pytest.mark.reference
+def test_vit_of_37_tokens_matches_lxt_efficient(vit_speed, monkeypatch):
+    """37 tokens: the Linear layers' one product per sample and the attention's per-head products on the
+    kernels' threads (forced here for these small heads) give lxt's relevance too."""
+    import torch
+    from lrpnumpy.layers import attention
+    monkeypatch.setattr(attention, "_STACK_GEMM", 0)
+    calls = []
+    monkeypatch.setattr(attention, "_matmul_small", lambda a, b, out: calls.append(1) or np.matmul(a, b, out=out))
+    net = vit_speed.lrpnumpy_vit(image=24, channels=3, patch=4, width=48, heads=4, depth=2, mlp=96, classes=10,
+                                 dtype=np.float64)
+    x = np.random.default_rng(5).random((3, 3, 24, 24))
+    theirs, y = vit_speed.lxt_relevance(vit_speed.torch_vit(net, torch.float64), x, torch)
+    np.testing.assert_allclose(y, net.forward(x), rtol=1e-10, atol=1e-10)
+    ours = L.explain(net, x, composite=composites.get("attnlrp", epsilon=1e-12)).relevance
+    assert calls and np.abs(theirs).max() > 1e-3
+    np.testing.assert_allclose(ours, theirs, rtol=1e-8, atol=1e-8 * np.abs(theirs).max())

@@ -14,11 +14,46 @@ import numpy as np
 from scipy.special import erf
 
 from ..errors import LayerParameterError, ShapeError
+from ..kernels._common import each_sample
+from ..kernels.convolution import SPLIT_GEMM, _matmul_small
 from .activation import Softmax
 from .base import Layer, as_dtype, make_rng
 from .graph import Graph
 from .linear import Linear
 from .merge import _MultiInput
+
+
+def _products(a, b):
+    """``a @ b`` over the last two axes for stacks with the same leading axes (attention's (N, H, T, d)
+    heads): each matrix product alone, its numbers fixed by its own shape, so never by the batch.
+
+    NumPy's ``matmul`` on a stack makes one BLAS call per matrix, and a head's product (ViT-B/16:
+    197 x 64 x 197, 2.5e6 multiply-adds) is large enough for OpenBLAS to hand it to its second thread
+    and small enough that the hand-off costs more than it saves (at batch 16 the stack took 5 times as long
+    as with one BLAS thread).  So a stack of such products runs like a convolution's samples
+    (:mod:`lrpnumpy.kernels.convolution`): each product in blocks that OpenBLAS keeps on the calling
+    thread, the products shared among the kernels' threads (``each_sample``), each one the same calls
+    wherever it is in the stack.  Tiny stacks, broadcast leading axes and products above
+    ``SPLIT_GEMM`` keep NumPy's loop."""
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    lead = a.shape[:-2]
+    count = math.prod(lead)
+    if (a.ndim < 3 or b.shape[:-2] != lead or m * k * n > SPLIT_GEMM or count * m * k * n < _STACK_GEMM
+            or m * k * n == 0):
+        return np.matmul(a, b)
+    out = np.empty(lead + (m, n), np.result_type(a, b))
+    a3, b3, o3 = a.reshape(count, m, k), b.reshape(count, k, n), out.reshape(count, m, n)
+
+    def run(lo, hi):
+        for i in range(lo, hi):  # a transposed operand copied: OpenBLAS's small kernels were 2-6x slower on it
+            _matmul_small(np.ascontiguousarray(a3[i]), np.ascontiguousarray(b3[i]), o3[i])
+    each_sample(count, run)
+    return out
+
+
+#: Multiply-adds below which a stack of products keeps NumPy's loop on the calling thread (handing
+#: products to the kernels' threads costs tens of microseconds).
+_STACK_GEMM = 4 * 10 ** 6
 
 
 def _reduce_to(g, shape):
@@ -39,6 +74,10 @@ class _SameShape(Layer):
 
     def output_shape(self, input_shape):
         return tuple(input_shape)
+
+
+#: Elements of GELU's input per thread at least (below it, the calling thread alone).
+_GELU_CHUNK = 1 << 16
 
 
 class GELU(_SameShape):
@@ -64,7 +103,18 @@ class GELU(_SameShape):
         t = a.dtype.type
         if self.approximate == "tanh":
             return t(0.5) * a * (1 + np.tanh(t(self._K) * (a + t(0.044715) * a ** 3)))
-        return t(0.5) * a * (1 + erf(a / t(math.sqrt(2.0))))
+        out = np.empty(a.shape, a.dtype)
+        flat, flat_out = a.reshape(-1), out.reshape(-1)
+
+        def run(lo, hi):  # t(0.5) * a * (1 + erf(a / sqrt 2)): the same operations, in two arrays, not four
+            o, e = flat_out[lo:hi], flat[lo:hi] / t(math.sqrt(2.0))
+            np.multiply(flat[lo:hi], t(0.5), out=o)
+            erf(e, out=e)
+            e += 1
+            o *= e
+        # elementwise, so the same bits however it is cut: erf (scipy's, not vectorised) on the kernels' threads
+        each_sample(flat.size, run, least=_GELU_CHUNK)
+        return out
 
     def _backward(self, grad, step):
         x, t = step.input, grad.dtype.type
@@ -213,12 +263,12 @@ class MatMul(_MultiInput, Layer):
         return tuple(lead) + (a[-2], b[-1])
 
     def _forward_many(self, inputs):
-        return np.matmul(*inputs)
+        return _products(*inputs)
 
     def _backward(self, grad, step):
         a, b = step.inputs
-        return (_reduce_to(grad @ np.swapaxes(b, -1, -2), a.shape),
-                _reduce_to(np.swapaxes(a, -1, -2) @ grad, b.shape))
+        return (_reduce_to(_products(grad, np.swapaxes(b, -1, -2)), a.shape),
+                _reduce_to(_products(np.swapaxes(a, -1, -2), grad), b.shape))
 
 
 class Mul(_MultiInput, Layer):
@@ -370,12 +420,12 @@ class MultiheadAttention(Layer):
 
     def _apply(self, a):
         """The output, and as state the inner graph with its trace (what backward and LRP walk)."""
-        graph = self.graph()
+        graph = self.derived("graph", self.graph)  # built once for a frozen layer (see Layer.derived)
         y, trace = graph.forward_trace(a)
         return y, (graph, trace)
 
     def _forward(self, a):
-        return self.graph().forward(a)
+        return self.derived("graph", self.graph).forward(a)
 
     def _backward(self, grad, step):
         _, trace = step.state

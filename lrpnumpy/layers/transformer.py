@@ -160,13 +160,18 @@ class GraphLayer(Layer):
         """The block as a Graph whose nodes are this layer's children (the same objects) and primitives."""
         raise NotImplementedError
 
+    def _graph(self):
+        """:meth:`graph`, built once for a frozen layer (kept while its parameters are the same read-only
+        arrays, as rules keep derived weights: :meth:`~lrpnumpy.layers.Layer.derived`), else every call."""
+        return self.derived("graph", self.graph)
+
     def _apply(self, a):
-        graph = self.graph()
+        graph = self._graph()
         y, trace = graph.forward_trace(a)
         return y, _InnerState((graph, trace))
 
     def _forward(self, a):
-        return self.graph().forward(a)
+        return self._graph().forward(a)
 
     def _backward(self, grad, step):
         memo = step.state.memo
