@@ -238,6 +238,18 @@ def _worker_facts():
     return cores(), _env_threads()
 
 
+def _slots(client):
+    """One worker address per task thread of ``client``'s workers (a worker of 2 threads twice), in a
+    fixed order; empty for a client that cannot tell.  Chunks are placed on them in turn: left to
+    itself the scheduler put all 4 chunks of a run on one of 2 idle workers (it guesses a task's
+    duration before it has seen one), so 2 workers took as long as one."""
+    try:
+        info = client.scheduler_info(n_workers=-1)["workers"]
+    except Exception:  # noqa: BLE001 (a client that cannot tell: the scheduler places the chunks)
+        return []
+    return [a for a in sorted(info) for _ in range(max(1, int(info[a].get("nthreads") or 1)))]
+
+
 def _worker_threads(client):
     """Kernel threads for a task on each worker of ``client`` (address -> threads): its share of its
     machine's cores, the cores divided by the task threads of all the workers on that machine, so that
@@ -283,7 +295,9 @@ def _task(job, model, x, target, path, limit=False, start=None, stop=None, threa
         _tune_malloc()
         share = threads.get(get_worker().address)
     try:
-        with (_limit_blas() if limit else contextlib.nullcontext()), kernel_threads(share):
+        # a worker's share of its machine; elsewhere the caller's kernel_threads (None would reset it)
+        with (_limit_blas() if limit else contextlib.nullcontext()), \
+                (kernel_threads(share) if share is not None else contextlib.nullcontext()):
             if stop is not None:
                 x = x.read(start, stop)
             result = job(model, np.asarray(x), target)
@@ -795,8 +809,10 @@ def _on_client(client, job, model, data, chunks, todo, targets, paths, progress,
         # worker, not with each chunk; a task carries (source, start, stop) and its worker reads the chunk
         m, j, d, t = client.scatter([model, job, data, _worker_threads(client)], broadcast=True, hash=False)
         frozen = _read_only(model)
-        futures = {client.submit(_task, j, m, d, targets(a, b), paths[i], False, a, b, t, frozen, pure=False): i
-                   for i, (a, b) in ((i, chunks[i]) for i in todo)}
+        slots = _slots(client)  # a hint (allow_other_workers): a worker that dies or lags gives its chunks up
+        futures = {client.submit(_task, j, m, d, targets(a, b), paths[i], False, a, b, t, frozen, pure=False,
+                                 workers=[slots[k % len(slots)]] if slots else None, allow_other_workers=True): i
+                   for k, (i, (a, b)) in enumerate((i, chunks[i]) for i in todo)}
         shown = _inputs_bar(chunks, todo, progress)
         for future in as_completed(futures):
             i = futures[future]

@@ -258,8 +258,14 @@ def test_workers_get_the_network_frozen_once_and_their_share_of_the_cores(lenet,
         from lrpnumpy.kernels._common import immutable, threads
         frozen = all(immutable(getattr(layer, p)) for layer in model for p in layer.params
                      if getattr(layer, p) is not None)
-        facts = [frozen, threads(), id(model) % 2 ** 40, parallel._TUNED.get("done", False)]
+        facts = [frozen, threads(), id(model) % 2 ** 40, parallel._TUNED.get("done", False), os.getpid()]
         return np.tile(np.array(facts, np.float64), (len(v), 1))
+
+    def slow_probe(model, v, target=None):  # a chunk of a real run keeps its worker busy for a while
+        end = time.perf_counter() + 0.25
+        while time.perf_counter() < end:
+            pass
+        return probe(model, v, target)
 
     cores = len(os.sched_getaffinity(0))
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -267,6 +273,10 @@ def test_workers_get_the_network_frozen_once_and_their_share_of_the_cores(lenet,
         out = P.explain_dataset(net, x, method=probe, batch_size=4, scheduler=client)
         assert P.load(P.explain_dataset(net, x, method=probe, batch_size=4, scheduler=client,
                                         out=str(tmp_path / "o"))).shape == out.shape
+        # 4 chunks on 2 idle workers: 2 each (left to itself the scheduler ran all 4 on one worker)
+        for _ in range(2):  # the second time, the scheduler knows how long a chunk takes
+            pids = P.explain_dataset(net, x, method=slow_probe, batch_size=16, scheduler=client)[::16, 4]
+        assert sorted(np.unique(pids, return_counts=True)[1]) == [2, 2], pids
     assert out[:, 0].all(), "the network reached a worker with writeable weights"
     assert set(out[:, 1]) == {max(1, cores // 2)}
     assert len(set(out[:, 2])) <= 2, "the network was unpickled more than once per worker"
@@ -290,6 +300,13 @@ def test_worker_threads_share_the_cores_of_each_machine():
                                 "e": {"host": "h3", "nthreads": 1}}}
     # h1: 8 cores for 4 task threads; c keeps its LRPNUMPY_THREADS; d: fewer cores than threads; e: no answer
     assert P._worker_threads(Client()) == {"a": 2, "b": 2, "d": 1}
+    # chunks are placed on the task threads in turn (a hint: a worker that dies or lags gives them up)
+    assert P._slots(Client()) == ["a", "a", "b", "c", "d", "d", "d", "d", "e"]
+
+    class Silent:
+        def scheduler_info(self, n_workers=-1):
+            raise OSError("gone")
+    assert P._slots(Silent()) == []
 
 
 def test_kernel_threads_change_the_cores_not_the_numbers(lenet):
@@ -353,3 +370,19 @@ def test_a_network_travels_without_its_derived_weights():
     assert not any("_derived" in layer.__dict__ for layer in sent.layers)
     x = np.random.default_rng(1).random((3,) + net.input_shape)
     assert np.array_equal(L.explain(sent, x).relevance, L.explain(net, x).relevance)
+
+
+def test_a_task_in_this_process_keeps_the_callers_kernel_threads():
+    """Only a worker's share replaces the kernel threads: a serial run inside ``kernel_threads(1)`` stays on
+    one thread (a task used to reset it to all cores, and "serial, 1 core" in benchmarks/scale.py ran on 2)."""
+    from lrpnumpy.kernels._common import kernel_threads, threads
+    seen = []
+
+    def job(model, x, target):
+        seen.append(threads())
+        return np.zeros(len(x))
+    with kernel_threads(1):
+        P._task(job, None, np.zeros((3, 2)), None, None)
+    with kernel_threads(3):
+        P._task(job, None, np.zeros((3, 2)), None, None)
+    assert seen == [1, 3]
