@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -488,3 +490,20 @@ def test_the_lowering_is_remembered_with_the_constants_it_reads(monkeypatch):
         for shape, o, (kh, kw), (sh, sw), padding, (dh, dw), groups in CONV_CASES:
             a = (direction, shape[1], o, shape[2], shape[3], kh, kw, sh, sw, padding, dh, dw, groups)
             assert conv.lowering(*a) == conv.lowering(*a) == choose(*a)
+
+
+def test_lrpnumpy_threads_set_after_import_counts(monkeypatch):
+    """A Dask nanny sets its workers' environment after they have imported lrpnumpy: a worker started with
+    ``LRPNUMPY_THREADS=1`` ran 2 kernel threads (THREADS is read at import), so "one worker of one core"
+    in benchmarks/scale.py used two."""
+    from lrpnumpy.kernels import _common
+    monkeypatch.setattr(_common, "THREADS", 2)
+    monkeypatch.delenv("LRPNUMPY_THREADS", raising=False)
+    assert _common.threads() == 2
+    monkeypatch.setenv("LRPNUMPY_THREADS", "1")
+    assert _common.threads() == 1
+    used = set()
+    _common.each_sample(8, lambda lo, hi: used.add(threading.get_ident()))
+    assert used == {threading.get_ident()}
+    with _common.kernel_threads(2):  # an explicit share still wins
+        assert _common.threads() == 2

@@ -123,6 +123,12 @@ _POOL = {}  # "executor": the worker threads, started on first use
 _POOL_LOCK = threading.Lock()
 
 
+def _default_threads():
+    """``LRPNUMPY_THREADS`` as the environment says it now (a Dask nanny sets its workers' environment
+    after they imported lrpnumpy), else :data:`THREADS`."""
+    return _env_threads() or THREADS
+
+
 def _pool():
     executor = _POOL.get("executor")
     if executor is None:
@@ -139,7 +145,7 @@ def _pool():
 def threads():
     """The threads that share a batch's samples on the calling thread: ``kernel_threads``'s, else
     ``THREADS``."""
-    return getattr(_LOCAL, "threads", None) or THREADS
+    return getattr(_LOCAL, "threads", None) or _default_threads()
 
 
 @contextlib.contextmanager
@@ -161,11 +167,11 @@ def each_sample(n, run, least=1):
     calling thread takes the first.  ``run`` must write only its own samples' part of any output
     and use only its thread's scratch buffers.  Batches of fewer than ``least`` samples per
     thread run on the calling thread."""
-    threads = min(getattr(_LOCAL, "threads", None) or THREADS, n // max(1, least))
-    if threads <= 1 or getattr(_LOCAL, "in_pool", False):
+    parts = min(threads(), n // max(1, least))
+    if parts <= 1 or getattr(_LOCAL, "in_pool", False):
         run(0, n)
         return
-    bounds = [n * t // threads for t in range(threads + 1)]
+    bounds = [n * t // parts for t in range(parts + 1)]
     errstate = np.geterr()  # the caller's np.errstate is thread-local: the other threads take it over
 
     def task(lo, hi):
@@ -175,7 +181,7 @@ def each_sample(n, run, least=1):
                 run(lo, hi)
         finally:
             _LOCAL.in_pool = False
-    futures = [_pool().submit(task, bounds[t], bounds[t + 1]) for t in range(1, threads)]
+    futures = [_pool().submit(task, bounds[t], bounds[t + 1]) for t in range(1, parts)]
     try:
         run(bounds[0], bounds[1])
     finally:
