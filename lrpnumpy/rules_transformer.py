@@ -199,22 +199,58 @@ class Inner(Rule):
 
     def __init__(self, composite):
         self.composite = composite
+        self._resolved = {}
 
     def __repr__(self):
         return f"Inner({type(self.composite).__name__})"
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_resolved", None)  # rebuilt on use (keys are classes, values rule objects)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
     def check_dtype(self, dtype):
         return self
 
+    def _rules(self, graph):
+        """The rule of each of ``graph``'s layers, resolved once per sequence of layer types.
+
+        The composite's type map depends on a layer's type only, so the resolution is kept on this rule,
+        keyed by the types, with the map it was resolved against (an entry whose map entries are no longer
+        the same type and rule objects is resolved again).  Nothing is kept on the layers; the rules'
+        parameters are read at each call.  Reading and replacing dict entries is atomic, so threads share
+        it safely (two may resolve the same key; they get equal lists).
+        """
+        from .composites import default_rule
+        layer_map = self.composite.layer_map
+        key = tuple(map(type, graph))
+        cache = self.__dict__.get("_resolved")
+        if cache is None:
+            cache = self.__dict__.setdefault("_resolved", {})
+        hit = cache.get(key)
+        if hit is not None:
+            pairs, rules = hit
+            if len(pairs) == len(layer_map) and all(
+                    t is u and r is q for (t, r), (u, q) in zip(pairs, layer_map)):
+                return rules
+        pairs = tuple((types, rule) for types, rule in layer_map)
+        rules = tuple(next((rule for types, rule in pairs if isinstance(layer, types)), None) or default_rule(layer)
+                      for layer in graph)
+        if len(cache) >= 64:  # a bound for programs that build many kinds of blocks
+            cache.clear()
+        cache[key] = (pairs, rules)
+        return rules
+
     def _propagate(self, step, R):
-        from .composites import Composite, default_rule
         if not isinstance(step.layer, (MultiheadAttention, GraphLayer)):
             raise UnsupportedLayerError(f"{self!r} applies to MultiheadAttention and transformer blocks (GraphLayer), "
                                         f"not to {step.layer!r}")
         graph, trace = step.state
         # the type map only: index, name and first-layer maps address the outer network's layers
-        inner = Composite(self.composite.layer_map)
-        rules = [r if r is not None else default_rule(layer) for r, layer in zip(inner.rules(graph), graph)]
+        rules = self._rules(graph)
         absorbed = {}
 
         def visit(s, R_out):

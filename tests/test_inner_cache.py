@@ -1,0 +1,98 @@
+"""The Inner rule's cached resolution of a block's primitives (rules_transformer.Inner._rules)."""
+
+import pickle
+import threading
+
+import numpy as np
+
+import lrpnumpy as L
+from lrpnumpy import composites
+from lrpnumpy.layers import Softmax
+from lrpnumpy.rules import Pass
+from lrpnumpy.rules_transformer import Inner
+
+
+def _net():
+    net = L.zoo.trained("fashion_vit", dtype=np.float64)
+    net.freeze()
+    return net, L.datasets.sample(np.float64).images[:3]
+
+
+def _inner(composite):
+    return next(rule for _, rule in composite.layer_map if isinstance(rule, Inner))
+
+
+def test_resolution_is_kept_per_type_sequence_and_matches_the_composite():
+    net, x = _net()
+    comp = composites.get("attnlrp", epsilon=1e-9)
+    inner = _inner(comp)
+    block = net[3]
+    graph = block._graph()
+    first = inner._rules(graph)
+    assert inner._rules(graph) is first  # cached
+    assert inner._rules(block.graph()) is first  # a rebuilt graph of the same types: the same entry
+    expected = [r if r is not None else composites.default_rule(layer)
+                for r, layer in zip(composites.Composite(comp.layer_map).rules(graph), graph)]
+    assert list(first) == expected and all(a is b for a, b in zip(first, expected))
+    assert not any("_resolved" in vars(layer) or "_rules" in vars(layer) for layer in graph)
+
+
+def test_two_composites_with_different_epsilon_keep_their_own_results():
+    net, x = _net()
+    a, b = composites.get("attnlrp", epsilon=1e-9), composites.get("attnlrp", epsilon=0.5)
+    ra, rb = (L.explain(net, x, composite=c).relevance for c in (a, b))
+    rb2, ra2 = [L.explain(net, x, composite=c).relevance for c in (b, a)]
+    assert not np.allclose(ra, rb)
+    np.testing.assert_array_equal(ra, ra2)
+    np.testing.assert_array_equal(rb, rb2)
+    fresh = L.explain(net, x, composite=composites.get("attnlrp", epsilon=0.5)).relevance
+    np.testing.assert_array_equal(rb, fresh)
+
+
+def test_changed_layer_map_and_replaced_parameters_are_seen():
+    net, x = _net()
+    comp = composites.get("attnlrp", epsilon=1e-9)
+    before = L.explain(net, x, composite=comp).relevance
+    i = next(i for i, (types, _) in enumerate(comp.layer_map) if types is Softmax)
+    comp.layer_map[i] = (Softmax, Pass())  # a new rule object for a primitive type
+    changed = L.explain(net, x, composite=comp).relevance
+    assert not np.allclose(before, changed)
+    fresh = composites.get("attnlrp", epsilon=1e-9)
+    fresh.layer_map[i] = (Softmax, Pass())
+    np.testing.assert_array_equal(changed, L.explain(net, x, composite=fresh).relevance)
+
+    comp = composites.get("attnlrp", epsilon=1e-9)
+    L.explain(net, x, composite=comp)
+    block = net[3]
+    block.norm2.weight = np.asarray(block.norm2.weight * 1.5)  # a replaced (writeable) parameter
+    after = L.explain(net, x, composite=comp).relevance
+    copy = net.copy()
+    np.testing.assert_array_equal(after, L.explain(copy, x, composite=composites.get("attnlrp", epsilon=1e-9)).relevance)
+    assert not np.allclose(before, after)
+
+
+def test_threads_share_a_composite_and_pickling_drops_the_cache():
+    net, x = _net()
+    comps = [composites.get("attnlrp", epsilon=e) for e in (1e-9, 0.1)]
+    serial = [L.explain(net, x, composite=composites.get("attnlrp", epsilon=e)).relevance for e in (1e-9, 0.1)]
+    results, errors = {}, []
+
+    def work(t):
+        try:
+            for k in range(5):
+                j = (t + k) % 2
+                results.setdefault((t, j), []).append(L.explain(net, x, composite=comps[j]).relevance)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    for (t, j), rs in results.items():
+        for r in rs:
+            np.testing.assert_array_equal(r, serial[j])
+    clone = pickle.loads(pickle.dumps(comps[1]))
+    assert "_resolved" not in vars(_inner(clone))
+    np.testing.assert_array_equal(L.explain(net, x, composite=clone).relevance, serial[1])
