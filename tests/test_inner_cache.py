@@ -96,3 +96,26 @@ def test_threads_share_a_composite_and_pickling_drops_the_cache():
     clone = pickle.loads(pickle.dumps(comps[1]))
     assert "_resolved" not in vars(_inner(clone))
     np.testing.assert_array_equal(L.explain(net, x, composite=clone).relevance, serial[1])
+
+
+def test_inner_trace_matches_the_checked_graph_trace_and_keeps_the_blocks_checks():
+    import pytest
+    from lrpnumpy.errors import NonFiniteError, ShapeError
+    from lrpnumpy.layers.attention import inner_trace
+    net, x = _net()
+    tokens = net[:3].forward(x) if hasattr(net, "__getitem__") else None
+    for layer in (net[3], net[3].self_attn):
+        graph = layer._graph() if hasattr(layer, "_graph") else layer.graph()
+        y1, t1 = graph.forward_trace(tokens)
+        y2, t2 = inner_trace(graph, tokens)
+        assert y1.tobytes() == y2.tobytes() and len(t1.steps) == len(t2.steps)
+        for s1, s2 in zip(t1, t2):
+            assert s1.layer is s2.layer and s1.index == s2.index and s1.parents == s2.parents
+            assert s1.output.tobytes() == s2.output.tobytes()
+    assert net[3].checked_graph and not L.layers.transformer.GraphLayer.checked_graph
+    bad = tokens.copy()
+    bad[0, 1, 2] = np.nan
+    with pytest.raises(NonFiniteError):  # LayerNorm's own check still runs inside the block
+        L.explain(net[3:], bad, composite=composites.get("attnlrp"))
+    with pytest.raises(ShapeError):
+        net[3].forward_trace(tokens[:, :, :5])

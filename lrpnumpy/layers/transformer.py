@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import LayerParameterError, LRPError, ShapeError
 from .activation import ReLU
-from .attention import GELU, MultiheadAttention, Mul, SiLU
+from .attention import GELU, MultiheadAttention, Mul, SiLU, inner_trace
 from .base import Layer, as_dtype, make_rng
 from .conv import Conv2d
 from .graph import Graph
@@ -115,6 +115,10 @@ class GraphLayer(Layer):
 
     abstract = True
     children = ()
+    #: Whether :meth:`graph` is built from the checked children alone, so that the inner primitives need no
+    #: input checks of their own once the block's input is checked (see :func:`~lrpnumpy.layers.attention.inner_trace`);
+    #: the built-in blocks say so, a subclass elsewhere keeps every check unless it does.
+    checked_graph = False
 
     # ----- nested parameter names -----
 
@@ -167,7 +171,7 @@ class GraphLayer(Layer):
 
     def _apply(self, a):
         graph = self._graph()
-        y, trace = graph.forward_trace(a)
+        y, trace = inner_trace(graph, a) if self.checked_graph else graph.forward_trace(a)
         return y, _InnerState((graph, trace))
 
     def _forward(self, a):
@@ -226,6 +230,7 @@ class TransformerEncoderLayer(GraphLayer):
     dtype : float32 or float64, optional
     """
 
+    checked_graph = True
     children = ("self_attn", "linear1", "linear2", "norm1", "norm2")
     params, optional = _dotted([("self_attn", MultiheadAttention), ("linear1", Linear), ("linear2", Linear),
                                 ("norm1", LayerNorm), ("norm2", LayerNorm)])
@@ -303,6 +308,7 @@ class SwiGLUBlock(GraphLayer):
     dtype : float32 or float64, optional
     """
 
+    checked_graph = True
     children = ("norm", "gate_proj", "up_proj", "down_proj")
     params, optional = _dotted([("norm", RMSNorm), ("gate_proj", Linear), ("up_proj", Linear),
                                 ("down_proj", Linear)])
@@ -369,6 +375,7 @@ class PatchEmbedding(GraphLayer):
     H and W must be multiples of the patch size.
     """
 
+    checked_graph = True
     children = ("proj",)
     params, optional = _dotted([("proj", Conv2d)])
     config_keys = ("in_channels", "embed_dim", "patch_size")
