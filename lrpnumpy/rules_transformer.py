@@ -45,18 +45,32 @@ def _stabilized(z, R, epsilon):
     (``sum s (stabilize(z) - z)``) and what reached zero denominators (dropped, only when epsilon is 0)."""
     zs = stabilize(z, epsilon)
     s = R / zs
-    finite = np.isfinite(zs)
-    if finite.all():  # no zero denominator (the usual case): the same numbers without the masking passes
-        absorbed = zs - z
-        absorbed *= s
-        ledger = {"stabilizer": per_sample_sum(absorbed)}
+    # the usual case first, in zs's memory (these arrays are (N, H, T, T) in attention): a non-finite
+    # denominator makes its term NaN (inf - z times 0, or NaN), so a finite sum proves every one finite
+    with np.errstate(invalid="ignore"):  # (inf - inf, inf * 0: the NaN that sends us to the masked form)
+        np.subtract(zs, z, out=zs)
+        zs *= s
+    stabilizer = per_sample_sum(zs)
+    del zs
+    if np.isfinite(stabilizer).all() or np.isfinite(stabilize(z, epsilon)).all():
+        ledger = {"stabilizer": stabilizer}
         if epsilon == 0:
             ledger["dropped"] = np.zeros(len(R), R.dtype)
         return s, ledger
+    zs = stabilize(z, epsilon)  # the same numbers again, for the masked form
+    finite = np.isfinite(zs)
     ledger = {"stabilizer": per_sample_sum(np.where(finite, s * (np.where(finite, zs, 0) - z), 0))}
     if epsilon == 0:
         ledger["dropped"] = per_sample_sum(np.where(finite, 0, R))
     return s, ledger
+
+
+def _times(x, c):
+    """``x * c``, in ``c``'s memory when ``c`` is a fresh array of the product's shape (the rules' step 4)."""
+    if (type(c) is np.ndarray and c.flags.owndata and c.flags.writeable and c.shape == np.broadcast_shapes(
+            x.shape, c.shape) and c.dtype == np.result_type(x, c)):
+        return np.multiply(x, c, out=c)
+    return x * c
 
 
 def _check_two(rule, step):
@@ -89,9 +103,11 @@ class Uniform(Rule):
         a, b = step.inputs
         z = step.output                                                  # step 1: z = a @ b (the forward pass)
         s, ledger = _stabilized(z, R, self.epsilon)                      # step 2: s = R / stabilize(z)
-        half = s * s.dtype.type(0.5)
-        c_a, c_b = step.layer.backward(half, step)                       # step 3: c = backward(s / 2), per input
-        return (a * c_a, b * c_b), ledger                                # step 4: R = a * c
+        s *= s.dtype.type(0.5)                                           # s / 2 (s is this call's own array)
+        c_a, c_b = step.layer.backward(s, step)                          # step 3: c = backward(s / 2), per input
+        if c_b is c_a:  # (one array for both inputs: not written into)
+            return (a * c_a, b * c_b), ledger
+        return (_times(a, c_a), _times(b, c_b)), ledger                  # step 4: R = a * c
 
 
 class HoldConstant(Rule):
@@ -144,9 +160,10 @@ class SoftmaxRule(Rule):
         if not isinstance(layer, Softmax) or layer.flatten:
             raise UnsupportedLayerError(f"{self!r} applies to Softmax on one axis, not to {layer!r}")
         x, s = step.input, step.output
-        masked = np.isneginf(x)
-        if masked.any():
-            x = np.where(masked, x.dtype.type(0), x)
+        if not x.size or not x.min() > -np.inf:  # one pass without a temporary in the usual case (NaN: checked too)
+            masked = np.isneginf(x)
+            if masked.any():
+                x = np.where(masked, x.dtype.type(0), x)
         R_in = s * R.sum(axis=layer.axis, keepdims=True)  # x (R - s sum(R)), in one array
         np.subtract(R, R_in, out=R_in)
         R_in *= x
@@ -177,11 +194,16 @@ class LayerNormEpsilon(Rule):
         axes = layer._axes(x.ndim)
         sigma = layer.scale(x)                                           # held constant
         s, ledger = _stabilized(y, R, self.epsilon)                      # step 1: z = y; step 2: s = R / z
-        ws = s if layer.weight is None else s * layer.weight
-        c = (ws - ws.mean(axis=axes, keepdims=True)) / sigma             # step 3: c = backward with sigma fixed
         if layer.bias is not None:
             ledger["bias"] = per_sample_sum(s * layer.bias)
-        return x * c, ledger                                             # step 4: R = x * c
+        if (layer.weight is None or np.result_type(s, layer.weight) == s.dtype) and np.result_type(s, sigma) == s.dtype:
+            ws = s if layer.weight is None else np.multiply(s, layer.weight, out=s)  # s is this call's own array
+            c = np.subtract(ws, ws.mean(axis=axes, keepdims=True), out=ws)  # step 3: c = backward with sigma fixed
+            c /= sigma
+        else:
+            ws = s if layer.weight is None else s * layer.weight
+            c = (ws - ws.mean(axis=axes, keepdims=True)) / sigma
+        return _times(x, c), ledger                                      # step 4: R = x * c
 
 
 class Inner(Rule):

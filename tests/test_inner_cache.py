@@ -119,3 +119,76 @@ def test_inner_trace_matches_the_checked_graph_trace_and_keeps_the_blocks_checks
         L.explain(net[3:], bad, composite=composites.get("attnlrp"))
     with pytest.raises(ShapeError):
         net[3].forward_trace(tokens[:, :, :5])
+
+
+def _stabilized_reference(z, R, epsilon):
+    """The masked form for every input (what _stabilized's usual-case shortcut must agree with)."""
+    from lrpnumpy.layers.base import per_sample_sum
+    from lrpnumpy.stabilize import stabilize
+    zs = stabilize(z, epsilon)
+    s = R / zs
+    finite = np.isfinite(zs)
+    ledger = {"stabilizer": per_sample_sum(np.where(finite, s * (np.where(finite, zs, 0) - z), 0))}
+    if epsilon == 0:
+        ledger["dropped"] = per_sample_sum(np.where(finite, 0, R))
+    return s, ledger
+
+
+def test_stabilized_in_place_form_agrees_with_the_masked_form_on_zero_inf_and_nan_denominators():
+    from lrpnumpy.rules_transformer import _stabilized
+    rng = np.random.default_rng(0)
+    for dt in (np.float32, np.float64):
+        for poison in (None, 0.0, np.inf, -np.inf, np.nan):
+            for eps in (0.0, 1e-6):
+                z = rng.standard_normal((3, 2, 5, 5)).astype(dt)
+                R = rng.standard_normal(z.shape).astype(dt)
+                if poison is not None:
+                    z[1, 0, 2, 3] = poison
+                z0 = z.copy()
+                with np.errstate(invalid="ignore" if poison not in (None, 0.0) else "raise"):  # (a non-finite z)
+                    s, ledger = _stabilized(z, R, eps)
+                    s_ref, ref = _stabilized_reference(z, R, eps)
+                assert z.tobytes() == z0.tobytes()  # the forward output is not written into
+                assert s.tobytes() == s_ref.tobytes() and sorted(ledger) == sorted(ref)
+                for key in ref:
+                    np.testing.assert_array_equal(ledger[key], ref[key])
+                    if poison is None or (poison == 0.0 and eps):
+                        assert ledger[key].tobytes() == ref[key].tobytes()
+
+
+def test_rules_write_only_into_their_own_arrays():
+    from lrpnumpy.rules_transformer import _times
+    x = np.arange(6.0).reshape(2, 3)
+    view = np.ones((2, 6))[:, :3]
+    assert _times(x, view) is not view and np.all(view == 1)  # a view is not written into
+    frozen = np.ones((2, 3))
+    frozen.flags.writeable = False
+    assert _times(x, frozen) is not frozen
+    small = np.ones((1, 3))
+    assert _times(x, small).shape == (2, 3) and np.all(small == 1)  # a broadcast one neither
+    own = np.full((2, 3), 2.0)
+    assert _times(x, own) is own and np.array_equal(own, 2 * x)
+
+    net, x = _net()  # the traced inputs and outputs are unchanged by an explanation
+    out, trace = net.forward_trace(x)
+    before = [s.output.tobytes() for s in trace]
+    inner = [s.output.tobytes() for st in trace if isinstance(st.state, tuple) for s in st.state[1]]
+    L.explain(net, x, composite=composites.get("attnlrp"))
+    out2, trace2 = net.forward_trace(x)
+    assert before == [s.output.tobytes() for s in trace2]
+    assert inner == [s.output.tobytes() for st in trace2 if isinstance(st.state, tuple) for s in st.state[1]]
+
+
+def test_softmax_rule_masks_minus_inf_also_next_to_nan():
+    from lrpnumpy.layers import Softmax
+    from lrpnumpy.rules_transformer import SoftmaxRule
+    x = np.array([[[0.5, -np.inf, 1.0, 2.0]], [[np.nan, -np.inf, 1.0, 0.0]]])
+    layer = Softmax(axis=-1)
+    y, step = layer.forward_trace(x)
+    R = np.ones_like(y)
+    R_in, _ = SoftmaxRule().propagate(step, R)
+    assert R_in[0, 0, 1] == 0 and np.isfinite(R_in[0]).all()
+    assert R_in[1, 0, 1] == 0 or np.isnan(R_in[1, 0, 1])
+    x0 = np.where(np.isneginf(x), 0, x)
+    expected = x0 * (R - y * R.sum(-1, keepdims=True))
+    np.testing.assert_array_equal(R_in, expected)
