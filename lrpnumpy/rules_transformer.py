@@ -40,23 +40,38 @@ from .rules import Rule, _check_epsilon
 from .stabilize import stabilize
 
 
+#: Arrays of at least this many elements are worked on in place (fewer passes, no temporaries); on smaller
+#: ones the per-call cost of doing so outweighs it.  The numbers are the same either way.
+_LARGE = 1 << 16
+
+
+def _usual_ledger(stabilizer, R, epsilon):
+    ledger = {"stabilizer": stabilizer}
+    if epsilon == 0:
+        ledger["dropped"] = np.zeros(len(R), R.dtype)
+    return ledger
+
+
 def _stabilized(z, R, epsilon):
     """Step 2 with its ledger: ``s = R / stabilize(z)``, and per sample what the stabilizer absorbed
     (``sum s (stabilize(z) - z)``) and what reached zero denominators (dropped, only when epsilon is 0)."""
     zs = stabilize(z, epsilon)
     s = R / zs
-    # the usual case first, in zs's memory (these arrays are (N, H, T, T) in attention): a non-finite
-    # denominator makes its term NaN (inf - z times 0, or NaN), so a finite sum proves every one finite
-    with np.errstate(invalid="ignore"):  # (inf - inf, inf * 0: the NaN that sends us to the masked form)
-        np.subtract(zs, z, out=zs)
-        zs *= s
-    stabilizer = per_sample_sum(zs)
-    del zs
-    if np.isfinite(stabilizer).all() or np.isfinite(stabilize(z, epsilon)).all():
-        ledger = {"stabilizer": stabilizer}
-        if epsilon == 0:
-            ledger["dropped"] = np.zeros(len(R), R.dtype)
-        return s, ledger
+    if zs.size < _LARGE:  # small arrays: the finiteness pass is cheaper than the error-state switch below
+        if np.isfinite(zs).all():
+            absorbed = zs - z
+            absorbed *= s
+            return s, _usual_ledger(per_sample_sum(absorbed), R, epsilon)
+    else:
+        # large ones (attention's (N, H, T, T)): the usual case first, in zs's memory; a non-finite
+        # denominator makes its term NaN (inf - z times 0, or NaN), so a finite sum proves every one finite
+        with np.errstate(invalid="ignore"):
+            np.subtract(zs, z, out=zs)
+            zs *= s
+        stabilizer = per_sample_sum(zs)
+        del zs
+        if np.isfinite(stabilizer).all() or np.isfinite(stabilize(z, epsilon)).all():
+            return s, _usual_ledger(stabilizer, R, epsilon)
     zs = stabilize(z, epsilon)  # the same numbers again, for the masked form
     finite = np.isfinite(zs)
     ledger = {"stabilizer": per_sample_sum(np.where(finite, s * (np.where(finite, zs, 0) - z), 0))}
@@ -67,8 +82,8 @@ def _stabilized(z, R, epsilon):
 
 def _times(x, c):
     """``x * c``, in ``c``'s memory when ``c`` is a fresh array of the product's shape (the rules' step 4)."""
-    if (type(c) is np.ndarray and c.flags.owndata and c.flags.writeable and c.shape == np.broadcast_shapes(
-            x.shape, c.shape) and c.dtype == np.result_type(x, c)):
+    if (type(c) is np.ndarray and c.shape == x.shape and c.dtype == x.dtype and c.flags.owndata
+            and c.flags.writeable):
         return np.multiply(x, c, out=c)
     return x * c
 
@@ -196,7 +211,8 @@ class LayerNormEpsilon(Rule):
         s, ledger = _stabilized(y, R, self.epsilon)                      # step 1: z = y; step 2: s = R / z
         if layer.bias is not None:
             ledger["bias"] = per_sample_sum(s * layer.bias)
-        if (layer.weight is None or np.result_type(s, layer.weight) == s.dtype) and np.result_type(s, sigma) == s.dtype:
+        if ((layer.weight is None or layer.weight.dtype == s.dtype) and getattr(sigma, "dtype", None) == s.dtype
+                and type(s) is np.ndarray):
             ws = s if layer.weight is None else np.multiply(s, layer.weight, out=s)  # s is this call's own array
             c = np.subtract(ws, ws.mean(axis=axes, keepdims=True), out=ws)  # step 3: c = backward with sigma fixed
             c /= sigma

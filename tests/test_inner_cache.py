@@ -4,6 +4,7 @@ import pickle
 import threading
 
 import numpy as np
+import pytest
 
 import lrpnumpy as L
 from lrpnumpy import composites
@@ -99,7 +100,6 @@ def test_threads_share_a_composite_and_pickling_drops_the_cache():
 
 
 def test_inner_trace_matches_the_checked_graph_trace_and_keeps_the_blocks_checks():
-    import pytest
     from lrpnumpy.errors import NonFiniteError, ShapeError
     from lrpnumpy.layers.attention import inner_trace
     net, x = _net()
@@ -134,8 +134,12 @@ def _stabilized_reference(z, R, epsilon):
     return s, ledger
 
 
-def test_stabilized_in_place_form_agrees_with_the_masked_form_on_zero_inf_and_nan_denominators():
+@pytest.mark.parametrize("large", [0, None])
+def test_stabilized_in_place_form_agrees_with_the_masked_form_on_zero_inf_and_nan_denominators(large, monkeypatch):
+    from lrpnumpy import rules_transformer
     from lrpnumpy.rules_transformer import _stabilized
+    if large is not None:  # every array takes the in-place form
+        monkeypatch.setattr(rules_transformer, "_LARGE", large)
     rng = np.random.default_rng(0)
     for dt in (np.float32, np.float64):
         for poison in (None, 0.0, np.inf, -np.inf, np.nan):
