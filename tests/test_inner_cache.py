@@ -196,3 +196,18 @@ def test_softmax_rule_masks_minus_inf_also_next_to_nan():
     x0 = np.where(np.isneginf(x), 0, x)
     expected = x0 * (R - y * R.sum(-1, keepdims=True))
     np.testing.assert_array_equal(R_in, expected)
+
+
+def test_dotted_parameter_names_are_class_properties_that_follow_the_children():
+    from lrpnumpy.layers.transformer import TransformerEncoderLayer
+    block = TransformerEncoderLayer(8, 2, 16, rng=0)
+    assert isinstance(vars(TransformerEncoderLayer)["norm1.weight"], property)
+    new = np.full(8, 2.0)
+    setattr(block, "norm1.weight", new)
+    assert getattr(block, "norm1.weight") is block.norm1.weight and np.array_equal(block.norm1.weight, new)
+    block.norm1 = L.LayerNorm(8)  # a replaced child is what the name reads
+    assert getattr(block, "norm1.weight") is block.norm1.weight
+    blank = object.__new__(TransformerEncoderLayer)
+    assert not hasattr(blank, "norm1.weight")
+    copy = block.copy()
+    assert getattr(copy, "linear1.weight") is copy.linear1.weight is not block.linear1.weight

@@ -103,6 +103,15 @@ def _attention_grads(mha, step, grad):
                   "out_proj_weight": g["out_proj.weight"], "out_proj_bias": g["out_proj.bias"] if bias else None}
 
 
+def _child_param(head, rest):
+    def get(self):
+        child = self.__dict__.get(head)
+        if child is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {head + '.' + rest!r}")
+        return getattr(child, rest)
+    return get
+
+
 class GraphLayer(Layer):
     """A layer made of named sub-layers wired as a Graph (:meth:`graph`).
 
@@ -121,6 +130,15 @@ class GraphLayer(Layer):
     checked_graph = False
 
     # ----- nested parameter names -----
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # a read-only property per dotted parameter name ("norm1.weight"): getattr finds it in the class
+        # without the failed lookup and __getattr__ call (layers read their parameters on every call)
+        for name in cls.__dict__.get("params", ()):
+            head, dot, rest = name.partition(".")
+            if dot and not isinstance(getattr(cls, name, None), property):
+                setattr(cls, name, property(_child_param(head, rest)))
 
     def __getattr__(self, name):
         head, dot, rest = name.partition(".")
