@@ -40,23 +40,52 @@ from .rules import Rule, _check_epsilon
 from .stabilize import stabilize
 
 
+#: Arrays of at least this many elements are worked on in place (fewer passes, no temporaries); on smaller
+#: ones the per-call cost of doing so outweighs it.  The numbers are the same either way.
+_LARGE = 1 << 16
+
+
+def _usual_ledger(stabilizer, R, epsilon):
+    ledger = {"stabilizer": stabilizer}
+    if epsilon == 0:
+        ledger["dropped"] = np.zeros(len(R), R.dtype)
+    return ledger
+
+
 def _stabilized(z, R, epsilon):
     """Step 2 with its ledger: ``s = R / stabilize(z)``, and per sample what the stabilizer absorbed
     (``sum s (stabilize(z) - z)``) and what reached zero denominators (dropped, only when epsilon is 0)."""
     zs = stabilize(z, epsilon)
     s = R / zs
+    if zs.size < _LARGE:  # small arrays: the finiteness pass is cheaper than the error-state switch below
+        if np.isfinite(zs).all():
+            absorbed = zs - z
+            absorbed *= s
+            return s, _usual_ledger(per_sample_sum(absorbed), R, epsilon)
+    else:
+        # large ones (attention's (N, H, T, T)): the usual case first, in zs's memory; a non-finite
+        # denominator makes its term NaN (inf - z times 0, or NaN), so a finite sum proves every one finite
+        with np.errstate(invalid="ignore"):
+            np.subtract(zs, z, out=zs)
+            zs *= s
+        stabilizer = per_sample_sum(zs)
+        del zs
+        if np.isfinite(stabilizer).all() or np.isfinite(stabilize(z, epsilon)).all():
+            return s, _usual_ledger(stabilizer, R, epsilon)
+    zs = stabilize(z, epsilon)  # the same numbers again, for the masked form
     finite = np.isfinite(zs)
-    if finite.all():  # no zero denominator (the usual case): the same numbers without the masking passes
-        absorbed = zs - z
-        absorbed *= s
-        ledger = {"stabilizer": per_sample_sum(absorbed)}
-        if epsilon == 0:
-            ledger["dropped"] = np.zeros(len(R), R.dtype)
-        return s, ledger
     ledger = {"stabilizer": per_sample_sum(np.where(finite, s * (np.where(finite, zs, 0) - z), 0))}
     if epsilon == 0:
         ledger["dropped"] = per_sample_sum(np.where(finite, 0, R))
     return s, ledger
+
+
+def _times(x, c):
+    """``x * c``, in ``c``'s memory when ``c`` is a fresh array of the product's shape (the rules' step 4)."""
+    if (type(c) is np.ndarray and c.shape == x.shape and c.dtype == x.dtype and c.flags.owndata
+            and c.flags.writeable):
+        return np.multiply(x, c, out=c)
+    return x * c
 
 
 def _check_two(rule, step):
@@ -89,9 +118,11 @@ class Uniform(Rule):
         a, b = step.inputs
         z = step.output                                                  # step 1: z = a @ b (the forward pass)
         s, ledger = _stabilized(z, R, self.epsilon)                      # step 2: s = R / stabilize(z)
-        half = s * s.dtype.type(0.5)
-        c_a, c_b = step.layer.backward(half, step)                       # step 3: c = backward(s / 2), per input
-        return (a * c_a, b * c_b), ledger                                # step 4: R = a * c
+        s *= s.dtype.type(0.5)                                           # s / 2 (s is this call's own array)
+        c_a, c_b = step.layer.backward(s, step)                          # step 3: c = backward(s / 2), per input
+        if c_b is c_a:  # (one array for both inputs: not written into)
+            return (a * c_a, b * c_b), ledger
+        return (_times(a, c_a), _times(b, c_b)), ledger                  # step 4: R = a * c
 
 
 class HoldConstant(Rule):
@@ -144,9 +175,10 @@ class SoftmaxRule(Rule):
         if not isinstance(layer, Softmax) or layer.flatten:
             raise UnsupportedLayerError(f"{self!r} applies to Softmax on one axis, not to {layer!r}")
         x, s = step.input, step.output
-        masked = np.isneginf(x)
-        if masked.any():
-            x = np.where(masked, x.dtype.type(0), x)
+        if not x.size or not x.min() > -np.inf:  # one pass without a temporary in the usual case (NaN: checked too)
+            masked = np.isneginf(x)
+            if masked.any():
+                x = np.where(masked, x.dtype.type(0), x)
         R_in = s * R.sum(axis=layer.axis, keepdims=True)  # x (R - s sum(R)), in one array
         np.subtract(R, R_in, out=R_in)
         R_in *= x
@@ -177,11 +209,17 @@ class LayerNormEpsilon(Rule):
         axes = layer._axes(x.ndim)
         sigma = layer.scale(x)                                           # held constant
         s, ledger = _stabilized(y, R, self.epsilon)                      # step 1: z = y; step 2: s = R / z
-        ws = s if layer.weight is None else s * layer.weight
-        c = (ws - ws.mean(axis=axes, keepdims=True)) / sigma             # step 3: c = backward with sigma fixed
         if layer.bias is not None:
             ledger["bias"] = per_sample_sum(s * layer.bias)
-        return x * c, ledger                                             # step 4: R = x * c
+        if ((layer.weight is None or layer.weight.dtype == s.dtype) and getattr(sigma, "dtype", None) == s.dtype
+                and type(s) is np.ndarray):
+            ws = s if layer.weight is None else np.multiply(s, layer.weight, out=s)  # s is this call's own array
+            c = np.subtract(ws, ws.mean(axis=axes, keepdims=True), out=ws)  # step 3: c = backward with sigma fixed
+            c /= sigma
+        else:
+            ws = s if layer.weight is None else s * layer.weight
+            c = (ws - ws.mean(axis=axes, keepdims=True)) / sigma
+        return _times(x, c), ledger                                      # step 4: R = x * c
 
 
 class Inner(Rule):
@@ -199,22 +237,58 @@ class Inner(Rule):
 
     def __init__(self, composite):
         self.composite = composite
+        self._resolved = {}
 
     def __repr__(self):
         return f"Inner({type(self.composite).__name__})"
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_resolved", None)  # rebuilt on use (keys are classes, values rule objects)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
     def check_dtype(self, dtype):
         return self
 
+    def _rules(self, graph):
+        """The rule of each of ``graph``'s layers, resolved once per sequence of layer types.
+
+        The composite's type map depends on a layer's type only, so the resolution is kept on this rule,
+        keyed by the types, with the map it was resolved against (an entry whose map entries are no longer
+        the same type and rule objects is resolved again).  Nothing is kept on the layers; the rules'
+        parameters are read at each call.  Reading and replacing dict entries is atomic, so threads share
+        it safely (two may resolve the same key; they get equal lists).
+        """
+        from .composites import default_rule
+        layer_map = self.composite.layer_map
+        key = tuple(map(type, graph))
+        cache = self.__dict__.get("_resolved")
+        if cache is None:
+            cache = self.__dict__.setdefault("_resolved", {})
+        hit = cache.get(key)
+        if hit is not None:
+            pairs, rules = hit
+            if len(pairs) == len(layer_map) and all(
+                    t is u and r is q for (t, r), (u, q) in zip(pairs, layer_map)):
+                return rules
+        pairs = tuple((types, rule) for types, rule in layer_map)
+        rules = tuple(next((rule for types, rule in pairs if isinstance(layer, types)), None) or default_rule(layer)
+                      for layer in graph)
+        if len(cache) >= 64:  # a bound for programs that build many kinds of blocks
+            cache.clear()
+        cache[key] = (pairs, rules)
+        return rules
+
     def _propagate(self, step, R):
-        from .composites import Composite, default_rule
         if not isinstance(step.layer, (MultiheadAttention, GraphLayer)):
             raise UnsupportedLayerError(f"{self!r} applies to MultiheadAttention and transformer blocks (GraphLayer), "
                                         f"not to {step.layer!r}")
         graph, trace = step.state
         # the type map only: index, name and first-layer maps address the outer network's layers
-        inner = Composite(self.composite.layer_map)
-        rules = [r if r is not None else default_rule(layer) for r, layer in zip(inner.rules(graph), graph)]
+        rules = self._rules(graph)
         absorbed = {}
 
         def visit(s, R_out):

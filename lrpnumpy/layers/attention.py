@@ -21,6 +21,7 @@ from .base import Layer, as_dtype, make_rng
 from .graph import Graph
 from .linear import Linear
 from .merge import _MultiInput
+from ..trace import Step, Trace
 
 
 def _products(a, b):
@@ -236,6 +237,26 @@ class MergeHeads(Layer):
         return np.ascontiguousarray(grad.reshape(n, t, h, d).transpose(0, 2, 1, 3))
 
 
+def inner_trace(graph, x):
+    """``graph.forward_trace(x)`` for the graph of a block whose own input ``x`` was checked: the primitives
+    whose check is :meth:`Layer.check_input` itself (a float array of the shape and dtype the layer takes) run
+    without it, since the block's check already covers them (its parameters are theirs, one dtype; the
+    graph's shapes follow from the input's).  Layers with their own checks (LayerNorm's finiteness) and
+    several inputs keep them.  The steps are those Graph.forward_trace makes."""
+    outputs, steps = [], []
+    for i, (layer, parents) in enumerate(zip(graph.layers, graph._parents)):
+        args = tuple(x if p < 0 else outputs[p] for p in parents)
+        kind = type(layer)
+        if kind.apply is Layer.apply and kind.check_input is Layer.check_input:
+            y, state = layer._apply(args[0])
+        else:
+            y, state = layer.apply(*args)
+        steps.append(Step(layer, args, y, state, index=i, parents=parents))
+        outputs.append(y)
+    trace = Trace(x, steps)
+    return trace.output, trace
+
+
 class MatMul(_MultiInput, Layer):
     """``a @ b`` over the last two axes, the leading axes broadcast (NumPy's and PyTorch's matmul).
 
@@ -421,7 +442,7 @@ class MultiheadAttention(Layer):
     def _apply(self, a):
         """The output, and as state the inner graph with its trace (what backward and LRP walk)."""
         graph = self.derived("graph", self.graph)  # built once for a frozen layer (see Layer.derived)
-        y, trace = graph.forward_trace(a)
+        y, trace = inner_trace(graph, a)
         return y, (graph, trace)
 
     def _forward(self, a):

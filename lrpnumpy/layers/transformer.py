@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import LayerParameterError, LRPError, ShapeError
 from .activation import ReLU
-from .attention import GELU, MultiheadAttention, Mul, SiLU
+from .attention import GELU, MultiheadAttention, Mul, SiLU, inner_trace
 from .base import Layer, as_dtype, make_rng
 from .conv import Conv2d
 from .graph import Graph
@@ -103,6 +103,15 @@ def _attention_grads(mha, step, grad):
                   "out_proj_weight": g["out_proj.weight"], "out_proj_bias": g["out_proj.bias"] if bias else None}
 
 
+def _child_param(head, rest):
+    def get(self):
+        child = self.__dict__.get(head)
+        if child is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {head + '.' + rest!r}")
+        return getattr(child, rest)
+    return get
+
+
 class GraphLayer(Layer):
     """A layer made of named sub-layers wired as a Graph (:meth:`graph`).
 
@@ -115,8 +124,21 @@ class GraphLayer(Layer):
 
     abstract = True
     children = ()
+    #: Whether :meth:`graph` is built from the checked children alone, so that the inner primitives need no
+    #: input checks of their own once the block's input is checked (see :func:`~lrpnumpy.layers.attention.inner_trace`);
+    #: the built-in blocks say so, a subclass elsewhere keeps every check unless it does.
+    checked_graph = False
 
     # ----- nested parameter names -----
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # a read-only property per dotted parameter name ("norm1.weight"): getattr finds it in the class
+        # without the failed lookup and __getattr__ call (layers read their parameters on every call)
+        for name in cls.__dict__.get("params", ()):
+            head, dot, rest = name.partition(".")
+            if dot and not isinstance(getattr(cls, name, None), property):
+                setattr(cls, name, property(_child_param(head, rest)))
 
     def __getattr__(self, name):
         head, dot, rest = name.partition(".")
@@ -167,7 +189,7 @@ class GraphLayer(Layer):
 
     def _apply(self, a):
         graph = self._graph()
-        y, trace = graph.forward_trace(a)
+        y, trace = inner_trace(graph, a) if self.checked_graph else graph.forward_trace(a)
         return y, _InnerState((graph, trace))
 
     def _forward(self, a):
@@ -226,6 +248,7 @@ class TransformerEncoderLayer(GraphLayer):
     dtype : float32 or float64, optional
     """
 
+    checked_graph = True
     children = ("self_attn", "linear1", "linear2", "norm1", "norm2")
     params, optional = _dotted([("self_attn", MultiheadAttention), ("linear1", Linear), ("linear2", Linear),
                                 ("norm1", LayerNorm), ("norm2", LayerNorm)])
@@ -303,6 +326,7 @@ class SwiGLUBlock(GraphLayer):
     dtype : float32 or float64, optional
     """
 
+    checked_graph = True
     children = ("norm", "gate_proj", "up_proj", "down_proj")
     params, optional = _dotted([("norm", RMSNorm), ("gate_proj", Linear), ("up_proj", Linear),
                                 ("down_proj", Linear)])
@@ -369,6 +393,7 @@ class PatchEmbedding(GraphLayer):
     H and W must be multiples of the patch size.
     """
 
+    checked_graph = True
     children = ("proj",)
     params, optional = _dotted([("proj", Conv2d)])
     config_keys = ("in_channels", "embed_dim", "patch_size")
