@@ -190,3 +190,18 @@ def reference_lrp_all(x, params, W_out, target, eps=0.001, bias_factor=0.0):
     Rx = lstm_lrp(x, params[0], left, R_left, eps, bias_factor)
     Rx_rev = lstm_lrp(x[::-1], params[1], right, R_right, eps, bias_factor)
     return s, Rx + Rx_rev[::-1]
+
+
+def stabilized_masked(z, R, epsilon):
+    """Step 2 of the transformer rules in its masked form, for every denominator (zero, inf and NaN
+    included): ``s = R / stabilize(z)`` where that is finite, and the ledger of the stabilizer's share
+    (and, with epsilon 0, of the relevance dropped at non-finite denominators), per sample."""
+    from lrpnumpy.layers.base import per_sample_sum
+    from lrpnumpy.stabilize import stabilize
+    zs = stabilize(z, epsilon)
+    s = R / zs
+    finite = np.isfinite(zs)
+    ledger = {"stabilizer": per_sample_sum(np.where(finite, s * (np.where(finite, zs, 0) - z), 0))}
+    if epsilon == 0:
+        ledger["dropped"] = per_sample_sum(np.where(finite, 0, R))
+    return s, ledger
