@@ -19,6 +19,7 @@ from lrpnumpy.errors import ModelFormatError, ShapeError, UnsupportedLayerError
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 onnx = pytest.importorskip("onnx")
+from test_io_onnx_transformer import export  # noqa: E402  (torch and onnx are there)
 from onnx import helper, numpy_helper  # noqa: E402
 
 from lrpnumpy.io import load_onnx  # noqa: E402
@@ -36,12 +37,6 @@ def small_vit(seed=0):
     return module
 
 
-def export(module, x, **kwargs):
-    f = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (x,), f, dynamo=False, **kwargs)
-    return f.getvalue()
 
 
 @pytest.fixture(scope="module")
