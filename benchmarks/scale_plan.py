@@ -277,18 +277,19 @@ def stand_in(job, model, source, target, path, limit, start, stop):
 
 
 def simulate(client, tasks, seconds_per_task, sample_shape, folder):
-    """Submit ``tasks`` stand-ins as ``parallel._on_client`` submits chunks; the wall time from the first
-    submit to the last result, every result checked."""
-    from distributed import as_completed
+    """Submit ``tasks`` stand-ins as ``parallel._on_client`` submits chunks (``parallel._in_turn``: a few per
+    worker thread in flight, the next one as one finishes); the wall time from the first submit to the
+    last result, every result checked."""
     job, model, source = client.scatter([seconds_per_task, tuple(sample_shape), folder], broadcast=True,
                                         hash=False)
+
+    def submit(i, workers):
+        hint = {} if workers is None else dict(workers=workers, allow_other_workers=True)
+        return client.submit(stand_in, job, model, source, None, os.path.join(folder, f"chunk_{i:09d}_{i + 1:09d}.npy"),
+                             False, i, i + 1, pure=False, **hint)
     t = time.perf_counter()
-    futures = {client.submit(stand_in, job, model, source, None,
-                             os.path.join(folder, f"chunk_{i:09d}_{i + 1:09d}.npy"), False, i, i + 1,
-                             pure=False): i for i in range(tasks)}
     done = set()
-    for future in as_completed(futures):
-        i = futures[future]
+    for i, future in parallel._in_turn(client, submit, tasks, parallel._slots(client), {}):
         start, r = future.result()
         assert start == i and r.shape == (1,) + tuple(sample_shape) and r.dtype == "<f4", f"task {i} returned {r}"
         done.add(i)

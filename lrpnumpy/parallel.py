@@ -799,10 +799,39 @@ def _on_dask(job, model, data, chunks, todo, targets, paths, scheduler, progress
     return dict(zip(todo, values))
 
 
-def _on_client(client, job, model, data, chunks, todo, targets, paths, progress, finished):
-    """Chunks as futures on a dask.distributed Client; distributed's own errors become WorkerError naming the
-    chunk (an lrpnumpy error raised by a task is passed on as it is)."""
+#: Tasks kept in flight per task thread of a dask.distributed cluster: one running and one waiting, so
+#: that no worker idles between two tasks; the others are submitted as tasks finish (see _in_turn).
+IN_FLIGHT_PER_SLOT = 2
+
+
+def _in_turn(client, submit, count, slots, futures):
+    """Yield ``(k, future)`` for ``k`` in ``range(count)`` as the futures finish, ``submit(k, workers)``
+    making the k-th, with at most :data:`IN_FLIGHT_PER_SLOT` per slot (:func:`_slots`) in flight; the
+    first ones placed on the slots in turn (a hint), the later ones where the scheduler finds room.
+    ``futures`` (future -> k) holds those in flight, for a caller that must cancel them.  250,000 tasks
+    submitted at once (scale_plan.py's simulated run on a 2-core machine) lost the client's connection
+    to its scheduler: it stopped answering while it took them in."""
     from distributed import as_completed
+    window = max(1, len(slots)) * IN_FLIGHT_PER_SLOT
+    pending = as_completed()
+    for k in range(min(count, window)):
+        future = submit(k, [slots[k % len(slots)]] if slots else None)
+        futures[future] = k
+        pending.add(future)
+    k = min(count, window)
+    for future in pending:
+        yield futures.pop(future), future
+        if k < count:
+            nxt = submit(k, None)
+            futures[nxt] = k
+            pending.add(nxt)
+            k += 1
+
+
+def _on_client(client, job, model, data, chunks, todo, targets, paths, progress, finished):
+    """Chunks as futures on a dask.distributed Client, a few per worker in flight at a time
+    (:func:`_in_turn`); distributed's own errors become WorkerError naming the chunk (an lrpnumpy error
+    raised by a task is passed on as it is)."""
     futures, results, i = {}, {}, None
     try:
         # the model, the job and the data (an array in memory, or a file source: a path) go once to every
@@ -810,12 +839,15 @@ def _on_client(client, job, model, data, chunks, todo, targets, paths, progress,
         m, j, d, t = client.scatter([model, job, data, _worker_threads(client)], broadcast=True, hash=False)
         frozen = _read_only(model)
         slots = _slots(client)  # a hint (allow_other_workers): a worker that dies or lags gives its chunks up
-        futures = {client.submit(_task, j, m, d, targets(a, b), paths[i], False, a, b, t, frozen, pure=False,
-                                 workers=[slots[k % len(slots)]] if slots else None, allow_other_workers=True): i
-                   for k, (i, (a, b)) in enumerate((i, chunks[i]) for i in todo)}
+
+        def submit(k, workers):
+            a, b = chunks[todo[k]]
+            hint = {} if workers is None else dict(workers=workers, allow_other_workers=True)
+            return client.submit(_task, j, m, d, targets(a, b), paths[todo[k]], False, a, b, t, frozen, pure=False,
+                                 **hint)
         shown = _inputs_bar(chunks, todo, progress)
-        for future in as_completed(futures):
-            i = futures[future]
+        for k, future in _in_turn(client, submit, len(todo), slots, futures):
+            i = todo[k]
             results[i] = future.result()
             finished(i, results[i])
             if shown is not None:

@@ -386,3 +386,24 @@ def test_a_task_in_this_process_keeps_the_callers_kernel_threads():
     with kernel_threads(3):
         P._task(job, None, np.zeros((3, 2)), None, None)
     assert seen == [1, 3]
+
+
+def test_a_client_gets_a_few_chunks_per_worker_at_a_time(lenet, serial, monkeypatch):
+    """A run of many chunks keeps at most IN_FLIGHT_PER_SLOT per worker thread submitted (250,000 tasks
+    submitted at once lost a client's connection to its scheduler); every chunk still comes back, and
+    the result is the serial one bit for bit."""
+    distributed = pytest.importorskip("distributed")
+    net, x = lenet
+    in_flight, turn = [], P._in_turn
+
+    def watched(client, submit, count, slots, futures):
+        for k, future in turn(client, submit, count, slots, futures):
+            in_flight.append(len(futures) + 1)  # those still out, and this one
+            yield k, future
+    monkeypatch.setattr(P, "_in_turn", watched)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) \
+            as cluster, distributed.Client(cluster) as client:
+        got = P.explain_dataset(net, x, composite=L.EpsilonPlus(), batch_size=8, scheduler=client)
+    assert got.tobytes() == serial.tobytes()
+    assert len(in_flight) == 64 and max(in_flight) <= 2 * P.IN_FLIGHT_PER_SLOT
+    assert in_flight[0] == 2 * P.IN_FLIGHT_PER_SLOT  # the window was full while chunks remained
