@@ -379,6 +379,55 @@ def test_conv_kernels_are_batch_invariant(case, lowering, rng, monkeypatch):
         assert alone.tobytes() == np.ascontiguousarray(gx[b:b + 1]).tobytes()
 
 
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+@pytest.mark.parametrize("lowering", ["im2col", "rows", "channels last", "direct"])
+def test_conv_kernels_in_blocks_of_samples_give_the_same_bits(case, lowering, rng, monkeypatch):
+    """The lowerings run a thread's samples in blocks of at most BLOCK_BYTES of their arrays (at least
+    one sample): blocks of one sample, of two, and the whole batch give the same convolution and
+    input gradient bit for bit, and blocks are what each run sees."""
+    from lrpnumpy.kernels import _common
+    shape, o, (kh, kw), (sh, sw), pad, (dh, dw), groups = case
+    _force(monkeypatch, lowering)
+    x = rng.normal(size=(7,) + shape[1:])
+    w = rng.normal(size=(o, shape[1] // groups, kh, kw))
+    gy = rng.normal(size=nb.conv2d(x, w, sh, sw, pad, dh, dw, groups).shape)
+
+    def both():
+        return (nb.conv2d(x, w, sh, sw, pad, dh, dw, groups),
+                nb.conv2d_grad_input(gy, w, shape[2], shape[3], sh, sw, pad, dh, dw, groups))
+    whole = both()
+    calls, each = [], _common.each_sample
+    monkeypatch.setattr(conv, "each_sample", lambda n, run, least=1, sample_bytes=0: each(
+        n, lambda lo, hi: (calls.append((hi - lo, sample_bytes)), run(lo, hi)), least, sample_bytes))
+    for block_bytes in (1, 2 << 30):
+        calls.clear()
+        monkeypatch.setattr(_common, "BLOCK_BYTES", block_bytes)
+        for got, want in zip(both(), whole):
+            assert got.tobytes() == want.tobytes()
+        blocked = [rows for rows, sample_bytes in calls if sample_bytes > 0]
+        if block_bytes == 1:
+            assert set(blocked) <= {1}  # one sample per run wherever the lowering gives its size
+        else:
+            assert not blocked or min(blocked) >= 3  # a thread's whole share of the 7 (one or two threads)
+
+
+def test_each_sample_runs_blocks_sized_by_the_sample(monkeypatch):
+    """``sample_bytes``: each run covers at most BLOCK_BYTES // sample_bytes samples (at least one), the
+    same blocks whatever the batch around them, on one thread and on two."""
+    from lrpnumpy.kernels import _common
+    monkeypatch.setattr(_common, "BLOCK_BYTES", 1000)
+    for threads in (1, 2):
+        for n in (1, 7, 10):
+            seen = []
+            with _common.kernel_threads(threads):
+                _common.each_sample(n, lambda lo, hi: seen.append((lo, hi)), sample_bytes=300)
+            assert sorted(seen)[0][0] == 0 and sum(hi - lo for lo, hi in seen) == n
+            assert all(1 <= hi - lo <= 3 for lo, hi in seen)
+        seen.clear()
+        _common.each_sample(5, lambda lo, hi: seen.append((lo, hi)), sample_bytes=5000)  # more than a block
+        assert sorted(seen) == [(i, i + 1) for i in range(5)]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("k, n", [(784, 300), (300, 100), (100, 10), (400, 120), (84, 10)])
 def test_matmul_rows_is_batch_invariant(dtype, k, n, rng):

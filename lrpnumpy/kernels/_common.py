@@ -162,11 +162,26 @@ def kernel_threads(n):
         _LOCAL.threads = before
 
 
-def each_sample(n, run, least=1):
+#: Bytes of a kernel's per-sample arrays that one call of its ``run`` handles at a time (see
+#: :func:`each_sample`): about what stays in a core's L2 cache.
+BLOCK_BYTES = 1 << 20
+
+
+def each_sample(n, run, least=1, sample_bytes=0):
     """``run(lo, hi)`` over samples [0, n) in contiguous runs, one per thread (:func:`threads`); the
     calling thread takes the first.  ``run`` must write only its own samples' part of any output
     and use only its thread's scratch buffers.  Batches of fewer than ``least`` samples per
-    thread run on the calling thread."""
+    thread run on the calling thread.  ``sample_bytes``: the bytes of ``run``'s arrays per sample;
+    each thread's run is then made in blocks of samples of at most :data:`BLOCK_BYTES` (at least one
+    sample): a block's arrays stay in cache from one pass to the next, where a whole batch's would
+    go to memory and back (lenet5's LRP over chunks of 1024 took 1.16x the CPU time without blocks).  A
+    block's size is set by the sample's shape, never by the batch, so its calls are the same."""
+    if sample_bytes > 0:
+        block, whole = max(1, BLOCK_BYTES // sample_bytes), run
+
+        def run(lo, hi):
+            for a in range(lo, hi, block):
+                whole(a, min(hi, a + block))
     parts = min(threads(), n // max(1, least))
     if parts <= 1 or getattr(_LOCAL, "in_pool", False):
         run(0, n)

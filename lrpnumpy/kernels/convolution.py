@@ -255,7 +255,7 @@ def _conv_wide(x, w, padding, dh, dw, groups):
                         cols[:, i, j] = xf[b, :, off:off + run]
                 _matmul_groups(w.reshape(o, k), cols.reshape(c * kh * kw, run), groups, o // groups, k, out=out)
                 y[lo + b, :, p0:p1] = out.reshape(o, p1 - p0, wp)[:, :, :ow]
-    each_sample(n, run_samples)
+    each_sample(n, run_samples, sample_bytes=x.itemsize * (c * (hp + 1) * wp + o * oh * ow))
     return y
 
 
@@ -283,7 +283,7 @@ def _conv_wide_grad_input(gy, w, h, wd, padding, dh, dw, groups):
                     for j in range(kw):
                         off = (p0 + i * dh) * wp + j * dw
                         gx[b, :, off:off + run] += gc[:, i, j]
-    each_sample(n, run_samples)
+    each_sample(n, run_samples, sample_bytes=gx.itemsize * (c * (hp + 1) * wp + o * oh * ow))
     gx = gx.reshape(n, c, hp + 1, wp)
     return np.ascontiguousarray(gx[:, :, padding[0]:padding[0] + h, padding[2]:padding[2] + wd])
 
@@ -459,7 +459,8 @@ def _conv_rows(x, w, sh, sw, padding, dh, dw):
         for b in range(m):  # one sample per GEMM (batch invariance)
             _matmul_small(rows[b].reshape(oh, -1), band, out[b])
         y[lo:hi] = out.reshape(m, oh, o, ow).transpose(0, 2, 1, 3)
-    each_sample(n, run_samples)
+    each_sample(n, run_samples, sample_bytes=x.itemsize * ((h + padding[0] + padding[1]) * c * max(used, padding[2] + wd)
+                                                       + oh * kh * c * used + 2 * o * oh * ow))
     return y
 
 
@@ -482,7 +483,8 @@ def _conv_rows_grad_input(gy, w, h, wd, sh, sw, padding, dh, dw):
         for i in range(kh):
             gxp[:, i * dh:i * dh + span:sh, :, :used] += grows[:, :, i]
         gx[lo:hi] = gxp[:, padding[0]:padding[0] + h, :, padding[2]:padding[2] + wd].transpose(0, 2, 1, 3)
-    each_sample(n, run_samples)
+    each_sample(n, run_samples, sample_bytes=gx.itemsize * (2 * o * oh * ow + oh * kh * c * used
+                                                         + (h + padding[0] + padding[1]) * c * max(used, padding[2] + wd)))
     return gx
 
 
@@ -520,7 +522,7 @@ def _conv_channels_last(x, w, sh, sw, padding, dh, dw):
             for p in range(0, oh, rows):
                 _matmul_small(windows[b, p:p + rows].reshape(-1, k), matrix, out[b, p:p + rows].reshape(-1, o))
         y[lo:hi] = out.transpose(0, 3, 1, 2)
-    each_sample(n, run_samples)
+    each_sample(n, run_samples, sample_bytes=x.itemsize * ((h + pt + pb) * (wd + pl + pr) * c + 2 * o * oh * ow))
     return y
 
 
@@ -609,7 +611,7 @@ def _conv_direct_grad_input(gy, w, h, wd, padding, dh, dw):
         if rows.start < rows.stop and cols.start < cols.stop:
             gp[:, :, r0 + rows.start:r0 + rows.stop, c0 + cols.start:c0 + cols.stop] = gy[lo:hi, :, rows, cols]
         kernel(gp.reshape(hi - lo, o, -1), flipped, dh, dw, width, np.empty(h * width, gy.dtype), gx[lo:hi])
-    each_sample(n, run_samples)
+    each_sample(n, run_samples, sample_bytes=gy.itemsize * (o * (h + a + 1) * width + c * h * wd))
     return gx
 
 
