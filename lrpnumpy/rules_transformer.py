@@ -35,6 +35,7 @@ import numpy as np
 from .errors import RuleParameterError, UnsupportedLayerError
 from .layers import LayerNorm, MultiheadAttention, Softmax
 from .layers.transformer import ClassToken, GraphLayer, PositionEmbedding
+from .layers.transformer_norm import _mean
 from .layers.base import per_sample_sum
 from .rules import Rule, _check_epsilon
 from .stabilize import stabilize
@@ -207,18 +208,18 @@ class LayerNormEpsilon(Rule):
             raise UnsupportedLayerError(f"{self!r} applies to LayerNorm, not to {layer!r}")
         x, y = step.input, step.output
         axes = layer._axes(x.ndim)
-        sigma = layer.scale(x)                                           # held constant
+        sigma = layer.held_scale(step)                                   # held constant (the forward pass's)
         s, ledger = _stabilized(y, R, self.epsilon)                      # step 1: z = y; step 2: s = R / z
         if layer.bias is not None:
             ledger["bias"] = per_sample_sum(s * layer.bias)
         if ((layer.weight is None or layer.weight.dtype == s.dtype) and getattr(sigma, "dtype", None) == s.dtype
                 and type(s) is np.ndarray):
             ws = s if layer.weight is None else np.multiply(s, layer.weight, out=s)  # s is this call's own array
-            c = np.subtract(ws, ws.mean(axis=axes, keepdims=True), out=ws)  # step 3: c = backward with sigma fixed
+            c = np.subtract(ws, _mean(ws, axes), out=ws)  # step 3: c = backward with sigma fixed
             c /= sigma
         else:
             ws = s if layer.weight is None else s * layer.weight
-            c = (ws - ws.mean(axis=axes, keepdims=True)) / sigma
+            c = (ws - _mean(ws, axes)) / sigma
         return _times(x, c), ledger                                      # step 4: R = x * c
 
 
