@@ -28,14 +28,17 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import kernels, rules
-from .layers import AffineLayer, Linear
-from .rules import (AlphaBeta, Account, Gamma, Group, Term, ToolboxAlphaBeta, ZPlus, _add, _group_bias, _pos,
+from .layers import Add, AffineLayer, Linear
+from .rules import (AlphaBeta, Account, Epsilon, Gamma, Group, Norm, Term, ToolboxAlphaBeta, ZPlus, _add, _group_bias,
+                    _pos,
                     _scaled, _sign_split)
 from .trace import Step
 
 
 def propagate(rule, layer, step, R):
     """``(R_in, ledger)`` of an :class:`~lrpnumpy.rules.AffineRule` on its (checked) ``layer``."""
+    if type(layer) is Add and type(rule).groups is Norm.groups and layer.coefficients is None and len(step.inputs) == 2:
+        return _sum_of_two(rule, step, R)
     blocks = row_blocks(layer)
     if blocks is None:
         R_in, absorbed = _per_sample_form(rule, layer, step, R)
@@ -56,6 +59,11 @@ def _per_sample_form(rule, layer, step, R):
     """``(R_in, ledger)`` of the rule's groups in :func:`groups_for`'s form; a batch where that form
     differs between samples (the gamma rule, samples with and without a negative input part) runs
     both forms and each sample keeps the result of its own, bit for bit what it gets alone."""
+    kind = type(rule).groups
+    if kind is Epsilon.groups or kind is Norm.groups:  # one group of one term, whatever the input: no forms to choose
+        g = rule.groups(layer, step)[0]
+        R_in, values = _one_term(layer, step, g, g.terms[0], R, rule.epsilon)
+        return R_in, _ledger([g], values, rule.epsilon)
     rewrite = _gamma_rewritable(rule, layer, step)
     if rewrite is None or rewrite.all() or not rewrite.any():
         groups, zero = _groups_and_zero(rule, layer, step, rewrite is not None and bool(rewrite.all()))
@@ -71,6 +79,17 @@ def _per_sample_form(rule, layer, step, R):
             {k: np.where(rewrite, ledger_a.get(k, 0), ledger_b.get(k, 0)) for k in {**ledger_a, **ledger_b}})
 
 
+def _sum_of_two(rule, step, R):
+    """:class:`~lrpnumpy.rules.Norm` on an :class:`~lrpnumpy.layers.Add` of two inputs without coefficients (a
+    residual connection): :func:`_one_term`'s numbers without stacking the inputs.  Its ``z``, the stacked
+    inputs summed, is the traced output ``x0 + x1`` but for the sign of a zero (the sum over the stack
+    starts from +0), which neither the stabilized ``z`` nor ``zs - z`` sees; ``c = s`` for both inputs."""
+    a, b = step.inputs
+    s, sums, per_channel = kernels.lrp_step2(step.output, R, None, rule.epsilon, 1)   # steps 1-2: z, s = R / z
+    R_b = b * s                                                                         # steps 3-4: R = x * s
+    return (_times(a, s), R_b), _one_group_ledger(Account(sums, per_channel, None), rule.epsilon)  # (s reused last)
+
+
 def _ledger(groups, accounts, epsilon):
     """:func:`lrpnumpy.rules.ledger`, the same bits, in fewer array operations for one group of
     coefficient 1 (the epsilon rule, z+ after a ReLU, ...: most layers), where multiplying by the
@@ -78,7 +97,12 @@ def _ledger(groups, accounts, epsilon):
     g = groups[0]
     if len(groups) != 1 or type(g.coef) is not float or g.coef != 1:
         return rules.ledger(groups, accounts, epsilon)
-    a, out = accounts[0], {}
+    return _one_group_ledger(accounts[0], epsilon)
+
+
+def _one_group_ledger(a, epsilon):
+    """:func:`_ledger` of one group of coefficient 1 and its :class:`~lrpnumpy.rules.Account` ``a``."""
+    out = {}
     if a.bias is not None:
         out["bias"] = 0 + (a.per_channel * a.bias).sum(axis=1)
     if epsilon > 0:
