@@ -23,6 +23,7 @@ Everything here exists only for speed; the numbers are those of the literal
 Modified weights are cached on frozen layers by the rules themselves (``layer.derived``).
 """
 
+import functools
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -35,13 +36,14 @@ from .rules import (AlphaBeta, Account, Epsilon, Gamma, Group, Norm, Term, Toolb
 from .trace import Step
 
 
-def propagate(rule, layer, step, R):
-    """``(R_in, ledger)`` of an :class:`~lrpnumpy.rules.AffineRule` on its (checked) ``layer``."""
+def propagate(rule, layer, step, R, defer=False):
+    """``(R_in, ledger)`` of an :class:`~lrpnumpy.rules.AffineRule` on its (checked) ``layer``.  ``defer``: the
+    ledger of one group of one term may be a callable giving the dict (see ``Rule._propagate_deferred``)."""
     if type(layer) is Add and type(rule).groups is Norm.groups and layer.coefficients is None and len(step.inputs) == 2:
-        return _sum_of_two(rule, step, R)
+        return _sum_of_two(rule, step, R, defer)
     blocks = row_blocks(layer)
     if blocks is None:
-        R_in, absorbed = _per_sample_form(rule, layer, step, R)
+        R_in, absorbed = _per_sample_form(rule, layer, step, R, defer)
         return layer.split(R_in), absorbed
     # a large dense layer, one block of output neurons at a time: every rule's denominators
     # belong to single output neurons, so the blocks' relevance adds up at the shared input
@@ -55,7 +57,7 @@ def propagate(rule, layer, step, R):
     return layer.split(R_in), absorbed
 
 
-def _per_sample_form(rule, layer, step, R):
+def _per_sample_form(rule, layer, step, R, defer=False):
     """``(R_in, ledger)`` of the rule's groups in :func:`groups_for`'s form; a batch where that form
     differs between samples (the gamma rule, samples with and without a negative input part) runs
     both forms and each sample keeps the result of its own, bit for bit what it gets alone."""
@@ -63,6 +65,8 @@ def _per_sample_form(rule, layer, step, R):
     if kind is Epsilon.groups or kind is Norm.groups:  # one group of one term, whatever the input: no forms to choose
         g = rule.groups(layer, step)[0]
         R_in, values = _one_term(layer, step, g, g.terms[0], R, rule.epsilon)
+        if defer and type(g.coef) is float and g.coef == 1:  # (holding the account only, not the group's input)
+            return R_in, functools.partial(_one_group_ledger, values[0], rule.epsilon)
         return R_in, _ledger([g], values, rule.epsilon)
     rewrite = _gamma_rewritable(rule, layer, step)
     if rewrite is None or rewrite.all() or not rewrite.any():
@@ -79,7 +83,7 @@ def _per_sample_form(rule, layer, step, R):
             {k: np.where(rewrite, ledger_a.get(k, 0), ledger_b.get(k, 0)) for k in {**ledger_a, **ledger_b}})
 
 
-def _sum_of_two(rule, step, R):
+def _sum_of_two(rule, step, R, defer=False):
     """:class:`~lrpnumpy.rules.Norm` on an :class:`~lrpnumpy.layers.Add` of two inputs without coefficients (a
     residual connection): :func:`_one_term`'s numbers without stacking the inputs.  Its ``z``, the stacked
     inputs summed, is the traced output ``x0 + x1`` but for the sign of a zero (the sum over the stack
@@ -87,7 +91,8 @@ def _sum_of_two(rule, step, R):
     a, b = step.inputs
     s, sums, per_channel = kernels.lrp_step2(step.output, R, None, rule.epsilon, 1)   # steps 1-2: z, s = R / z
     R_b = b * s                                                                         # steps 3-4: R = x * s
-    return (_times(a, s), R_b), _one_group_ledger(Account(sums, per_channel, None), rule.epsilon)  # (s reused last)
+    ledger = functools.partial(_one_group_ledger, Account(sums, per_channel, None), rule.epsilon)
+    return (_times(a, s), R_b), ledger if defer else ledger()  # (s reused last)
 
 
 def _ledger(groups, accounts, epsilon):

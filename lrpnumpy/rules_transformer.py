@@ -30,6 +30,8 @@ References
    through Conservative Propagation". ICML 2022.
 """
 
+import functools
+
 import numpy as np
 
 from .errors import RuleParameterError, UnsupportedLayerError
@@ -284,21 +286,40 @@ class Inner(Rule):
         return rules
 
     def _propagate(self, step, R):
+        R_in, ledger = self._walk(step, R)
+        return R_in, ledger()
+
+    def _propagate_deferred(self, step, R):
+        if type(self).propagate is not Rule.propagate or type(self)._propagate is not Inner._propagate:
+            return self.propagate(step, R)
+        step.layer.check_grad(R, step, "relevance")
+        return self._walk(step, R)
+
+    def _walk(self, step, R):
+        """The relevance through the primitives, and a callable giving the ledger: the primitives' ledgers
+        added up key by key in the walk's order (the sums kept until the report is asked for)."""
         if not isinstance(step.layer, (MultiheadAttention, GraphLayer)):
             raise UnsupportedLayerError(f"{self!r} applies to MultiheadAttention and transformer blocks (GraphLayer), "
                                         f"not to {step.layer!r}")
         graph, trace = step.state
         # the type map only: index, name and first-layer maps address the outer network's layers
         rules = self._rules(graph)
-        absorbed = {}
+        ledgers = []
 
         def visit(s, R_out):
-            R_in, ledger = rules[s.index].propagate(s, R_out)
-            for key, value in ledger.items():
-                absorbed[key] = absorbed.get(key, 0) + value
+            R_in, ledger = rules[s.index]._propagate_deferred(s, R_out)
+            ledgers.append(ledger)
             return R_in
-        return trace.reverse(R, visit), absorbed
+        return trace.reverse(R, visit), functools.partial(_added_up, ledgers)
 
+
+def _added_up(ledgers):
+    """The ledgers (dicts, or callables giving them) added up key by key, in order."""
+    absorbed = {}
+    for ledger in ledgers:
+        for key, value in (ledger() if callable(ledger) else ledger).items():
+            absorbed[key] = absorbed.get(key, 0) + value
+    return absorbed
 
 
 class AddedParameter(Rule):
