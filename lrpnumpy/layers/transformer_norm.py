@@ -65,7 +65,9 @@ class _LastAxesNorm(Layer):
 
     def check_input(self, a):
         a = super().check_input(a)
-        return check_finite(a, f"input of {self!r}")
+        if not np.isfinite(a).all():  # (the message, with the layer's repr, formatted only then)
+            check_finite(a, f"input of {self!r}")
+        return a
 
     def _reduce(self, v, ndim):
         """``v`` summed over the leading (not normalised) axes: a parameter's gradient."""
