@@ -171,3 +171,14 @@ def test_rules_that_change_the_fast_path_keep_their_own_ledger():
     block = trace[3]
     _, led = Plain(comp)._propagate_deferred(block, np.ones_like(block.output))
     assert "extra" in led
+
+
+def test_an_explanation_with_deferred_ledgers_pickles_and_reports_the_same():
+    import pickle
+    net, x = _network_and_input(np.float32)
+    comp = composites.get("attnlrp", epsilon=1e-6)
+    e = L.explain(net, x, composite=comp)
+    assert any(callable(ledger) for ledger in e._ledgers)
+    again = pickle.loads(pickle.dumps(e))
+    assert again.conservation().to_text() == e.conservation().to_text()
+    np.testing.assert_array_equal(again.conservation().residual(), e.conservation().residual())
