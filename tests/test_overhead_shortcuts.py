@@ -182,3 +182,28 @@ def test_an_explanation_with_deferred_ledgers_pickles_and_reports_the_same():
     again = pickle.loads(pickle.dumps(e))
     assert again.conservation().to_text() == e.conservation().to_text()
     np.testing.assert_array_equal(again.conservation().residual(), e.conservation().residual())
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_step2_on_tokens_asks_the_kernel_for_no_block_sums_and_gives_the_same_bits(batch, monkeypatch):
+    layer = L.Linear(64, 128, rng=5, dtype=np.float32)
+    layer.bias = np.random.default_rng(6).standard_normal(128).astype(np.float32)
+    x = np.random.default_rng(7).standard_normal((batch, 17, 64)).astype(np.float32)
+    _, step = layer.forward_trace(x)
+    R = np.random.default_rng(8).standard_normal(step.output.shape).astype(np.float32)
+    seen, step2 = [], rules_fast.kernels.lrp_step2
+
+    def spy(z, R, mask, epsilon, channels):
+        seen.append(channels)
+        return step2(z, R, mask, epsilon, channels)
+    monkeypatch.setattr(rules_fast.kernels, "lrp_step2", spy)
+    for rule in (L.Epsilon(1e-6), L.Gamma(0.25)):  # the one-term path and the general one
+        R_in, ledger = rule.propagate(step, R)
+        monkeypatch.setattr(rules_fast, "_step2_channels", lambda layer, bias, R: 1 if bias is None else bias.size)
+        R_old, ledger_old = rule.propagate(step, R)  # the block sums as before: not used, the same numbers
+        monkeypatch.undo()
+        monkeypatch.setattr(rules_fast.kernels, "lrp_step2", spy)
+        _same_bits(R_in, R_old)
+        assert ledger.keys() == ledger_old.keys() and all(np.array_equal(_bits(ledger[k]), _bits(ledger_old[k]))
+                                                          for k in ledger)
+    assert 1 in seen and 128 in seen and seen[0] == 1
