@@ -4,6 +4,8 @@ Every explanation method in lrpnumpy returns an :class:`Explanation`; it and the
 vocabulary (targets, one-hot, the checked forward pass) are :mod:`lrpnumpy.explanation`'s.
 """
 
+import functools
+
 import numpy as np
 
 from .composites import Composite, SingleRule, default_rule
@@ -111,10 +113,11 @@ def _explain(net, x, rules, target, rule, composite, relevance_out, masks, refer
         if step.index in masks:
             R_out = R_out * masks[step.index]
         rule_k = rules[step.index]
-        R_in, absorbed = (rule_k.propagate_reference if reference else rule_k.propagate)(step, R_out)
+        R_in, absorbed = (rule_k.propagate_reference if reference else rule_k._propagate_deferred)(step, R_out)
         parts = [total(r) for r in R_in] if isinstance(R_in, tuple) else None
-        ledgers[step.index] = dict(absorbed, relevance_in=total(R_in) if parts is None else sum(parts),
-                                   relevance_out=total(R_out), parts=parts)
+        sums = dict(relevance_in=total(R_in) if parts is None else sum(parts), relevance_out=total(R_out), parts=parts)
+        # a rule's deferred ledger is made into its dict when the report is asked for (Explanation.conservation)
+        ledgers[step.index] = functools.partial(_row, absorbed, sums) if callable(absorbed) else dict(absorbed, **sums)
         relevances[step.index] = R_in
         return R_in
 
@@ -129,6 +132,11 @@ def _explain(net, x, rules, target, rule, composite, relevance_out, masks, refer
     params.update({"reference": True} if reference else {})
     return Explanation(relevance, output, t, method="lrp", params=params,
                        layers=relevances + [R], network=net, rules=rules, ledgers=ledgers)
+
+
+def _row(absorbed, sums):
+    """A layer's ledger from its rule's deferred one and the relevance sums at its input and output."""
+    return dict(absorbed(), **sums)
 
 
 def _empty_explanation(net, x, trace, output, R, t, rules, rule, composite, relevance_out):

@@ -149,6 +149,8 @@ class Explanation:
         """
         if self._ledgers is None:
             raise LRPError(f"a {self.method} explanation has no per-layer conservation report; it is LRP's")
+        if any(callable(ledger) for ledger in self._ledgers):  # explain leaves a rule's arithmetic on its sums until now
+            self._ledgers = [ledger() if callable(ledger) else ledger for ledger in self._ledgers]
         net = self.network
         return ConservationReport([
             dict(index=i, name=name, layer=repr(layer), rule=repr(rule), inputs=list(net.inputs_of(i)),

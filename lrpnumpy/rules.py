@@ -285,6 +285,12 @@ class Rule:
                                      f"{info.tiny:.4g}")
         return self
 
+    def _propagate_deferred(self, step, R):
+        """:meth:`propagate` as ``explain`` calls it: the ledger may be a callable that gives the dict when
+        the conservation report is asked for, the arithmetic on the per-sample sums left until then (the
+        same operations on the same small arrays, so the same numbers).  Here the dict itself."""
+        return self.propagate(step, R)
+
     def relevance(self, step, R):
         """Relevance at the input of ``step.layer`` (the first part of :meth:`propagate`)."""
         return self.propagate(step, R)[0]
@@ -330,6 +336,14 @@ class AffineRule(Rule):
 
     def _propagate(self, step, R):
         return rules_fast.propagate(self, self.layer_for(step), step, R)
+
+    def _propagate_deferred(self, step, R):
+        kind = type(self)
+        if kind.propagate is not Rule.propagate or kind._propagate not in (AffineRule._propagate, Epsilon._propagate) \
+                or getattr(self, "bias_factor", 0):  # a rule that changes the fast path's result: as it is
+            return self.propagate(step, R)
+        step.layer.check_grad(R, step, "relevance")
+        return rules_fast.propagate(self, self.layer_for(step), step, R, defer=True)
 
     def reference(self, step, R):
         """The relevance by :func:`four_steps` itself: the literal form the fast path is tested against."""

@@ -30,11 +30,14 @@ References
    through Conservative Propagation". ICML 2022.
 """
 
+import functools
+
 import numpy as np
 
 from .errors import RuleParameterError, UnsupportedLayerError
 from .layers import LayerNorm, MultiheadAttention, Softmax
 from .layers.transformer import ClassToken, GraphLayer, PositionEmbedding
+from .layers.transformer_norm import _mean
 from .layers.base import per_sample_sum
 from .rules import Rule, _check_epsilon
 from .stabilize import stabilize
@@ -207,18 +210,18 @@ class LayerNormEpsilon(Rule):
             raise UnsupportedLayerError(f"{self!r} applies to LayerNorm, not to {layer!r}")
         x, y = step.input, step.output
         axes = layer._axes(x.ndim)
-        sigma = layer.scale(x)                                           # held constant
+        sigma = layer.held_scale(step)                                   # held constant (the forward pass's)
         s, ledger = _stabilized(y, R, self.epsilon)                      # step 1: z = y; step 2: s = R / z
         if layer.bias is not None:
             ledger["bias"] = per_sample_sum(s * layer.bias)
         if ((layer.weight is None or layer.weight.dtype == s.dtype) and getattr(sigma, "dtype", None) == s.dtype
                 and type(s) is np.ndarray):
             ws = s if layer.weight is None else np.multiply(s, layer.weight, out=s)  # s is this call's own array
-            c = np.subtract(ws, ws.mean(axis=axes, keepdims=True), out=ws)  # step 3: c = backward with sigma fixed
+            c = np.subtract(ws, _mean(ws, axes), out=ws)  # step 3: c = backward with sigma fixed
             c /= sigma
         else:
             ws = s if layer.weight is None else s * layer.weight
-            c = (ws - ws.mean(axis=axes, keepdims=True)) / sigma
+            c = (ws - _mean(ws, axes)) / sigma
         return _times(x, c), ledger                                      # step 4: R = x * c
 
 
@@ -283,21 +286,40 @@ class Inner(Rule):
         return rules
 
     def _propagate(self, step, R):
+        R_in, ledger = self._walk(step, R)
+        return R_in, ledger()
+
+    def _propagate_deferred(self, step, R):
+        if type(self).propagate is not Rule.propagate or type(self)._propagate is not Inner._propagate:
+            return self.propagate(step, R)
+        step.layer.check_grad(R, step, "relevance")
+        return self._walk(step, R)
+
+    def _walk(self, step, R):
+        """The relevance through the primitives, and a callable giving the ledger: the primitives' ledgers
+        added up key by key in the walk's order (the sums kept until the report is asked for)."""
         if not isinstance(step.layer, (MultiheadAttention, GraphLayer)):
             raise UnsupportedLayerError(f"{self!r} applies to MultiheadAttention and transformer blocks (GraphLayer), "
                                         f"not to {step.layer!r}")
         graph, trace = step.state
         # the type map only: index, name and first-layer maps address the outer network's layers
         rules = self._rules(graph)
-        absorbed = {}
+        ledgers = []
 
         def visit(s, R_out):
-            R_in, ledger = rules[s.index].propagate(s, R_out)
-            for key, value in ledger.items():
-                absorbed[key] = absorbed.get(key, 0) + value
+            R_in, ledger = rules[s.index]._propagate_deferred(s, R_out)
+            ledgers.append(ledger)
             return R_in
-        return trace.reverse(R, visit), absorbed
+        return trace.reverse(R, visit), functools.partial(_added_up, ledgers)
 
+
+def _added_up(ledgers):
+    """The ledgers (dicts, or callables giving them) added up key by key, in order."""
+    absorbed = {}
+    for ledger in ledgers:
+        for key, value in (ledger() if callable(ledger) else ledger).items():
+            absorbed[key] = absorbed.get(key, 0) + value
+    return absorbed
 
 
 class AddedParameter(Rule):

@@ -16,6 +16,9 @@ gradient-based method, and ``explain`` walks it with the rules.
 """
 
 
+_NOTHING = object()  # (no value pending for a step)
+
+
 class Step:
     """One layer's part of a forward pass.
 
@@ -99,11 +102,16 @@ class Trace:
         """
         pending = {len(self.steps) - 1: seed}
         for step in reversed(self.steps):
-            if step.index not in pending:
+            value = pending.pop(step.index, _NOTHING)
+            if value is _NOTHING:
                 continue  # feeds nothing that reaches the output
-            back = visit(step, pending.pop(step.index))
-            back = back if isinstance(back, tuple) else (back,)
-            for parent, value in zip(step.parents, back):
+            back = visit(step, value)
+            parents = step.parents
+            if len(parents) == 1:  # (most steps: one value to send back)
+                parent, value = parents[0], back[0] if isinstance(back, tuple) else back
+                pending[parent] = value if parent not in pending else pending[parent] + value
+                continue
+            for parent, value in zip(parents, back if isinstance(back, tuple) else (back,)):
                 pending[parent] = value if parent not in pending else pending[parent] + value
         return pending.get(-1)
 

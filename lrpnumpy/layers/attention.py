@@ -245,7 +245,10 @@ def inner_trace(graph, x):
     several inputs keep them.  The steps are those Graph.forward_trace makes."""
     outputs, steps = [], []
     for i, (layer, parents) in enumerate(zip(graph.layers, graph._parents)):
-        args = tuple(x if p < 0 else outputs[p] for p in parents)
+        if len(parents) == 1:  # (most nodes: no generator for one argument)
+            args = (x if parents[0] < 0 else outputs[parents[0]],)
+        else:
+            args = tuple(x if p < 0 else outputs[p] for p in parents)
         kind = type(layer)
         if kind.apply is Layer.apply and kind.check_input is Layer.check_input:
             y, state = layer._apply(args[0])

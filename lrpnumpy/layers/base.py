@@ -256,8 +256,9 @@ class Layer:
         if not isinstance(a, np.ndarray) or a.dtype not in FLOAT_DTYPES or isinstance(a, np.ma.MaskedArray):
             check_array(a, f"input of {self!r}")  # raises, naming the layer (formatted only then)
         self.output_shape(a.shape)
-        dt = self.dtype
-        if any(getattr(self, p) is not None and getattr(self, p).dtype != dt for p in self.params):
+        dtypes = [v.dtype for v in [getattr(self, p) for p in self.params] if v is not None]  # each read once
+        dt = (dtypes[0] if dtypes else None) if type(self).dtype is Layer.dtype else self.dtype
+        if any(d != dt for d in dtypes):
             raise DTypeError(f"the parameters of {self!r} have mixed dtypes "
                              f"{sorted({str(getattr(self, p).dtype) for p in self.params if getattr(self, p) is not None})}; "
                              f"convert the layer with astype(...)")

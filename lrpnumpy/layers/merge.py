@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import DTypeError, LayerParameterError, ResourceError, ShapeError
 from ..trace import Step
-from .base import AffineLayer, Layer, as_dtype, check_array
+from .base import FLOAT_DTYPES, AffineLayer, Layer, as_dtype, check_array
 
 
 class _MultiInput:
@@ -22,7 +22,8 @@ class _MultiInput:
         if not inputs:
             raise ShapeError(f"{self!r} needs at least one input")
         for i, a in enumerate(inputs):
-            check_array(a, f"input {i} of {self!r}")
+            if type(a) is not np.ndarray or a.dtype not in FLOAT_DTYPES:  # (the message formatted only then)
+                check_array(a, f"input {i} of {self!r}")
         self.output_shape(*(a.shape for a in inputs))
         if len({a.dtype for a in inputs}) > 1:
             raise DTypeError(f"the inputs of {self!r} have different dtypes {[str(a.dtype) for a in inputs]}")
