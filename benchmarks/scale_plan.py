@@ -189,7 +189,8 @@ def _tiny(i):
 
 
 def task_rate(client, tasks):
-    """(b): tiny tasks per second through the scheduler, all submitted at once (as explain_dataset does)."""
+    """(b): tiny tasks per second through the scheduler, all submitted at once (the scheduler's own rate;
+    explain_dataset keeps only a few per worker in flight, see the simulated run)."""
     client.gather(client.map(_tiny, range(min(tasks, 100)), pure=False))  # warm
     t = time.perf_counter()
     futures = client.map(_tiny, range(tasks), pure=False)
