@@ -43,6 +43,21 @@ def test_linear_on_tokens_one_product_per_sample(dtype, monkeypatch):
         assert bitwise(layer.backward(y[i:i + 1], layer.forward_trace(x[i:i + 1])[1])[0], g[i])
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_token_product_is_each_samples_own_matmul(dtype, layout):
+    """Each sample's product is ``np.matmul(x_n, w)`` itself, bit for bit, for weights in either layout
+    (the forward pass's ``W^T`` view, the backward pass's ``W``): one call per sample, of one shape."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((4, 45, 96)).astype(dtype)
+    w = rng.standard_normal((96, 130)).astype(dtype)
+    w = w if layout == "C" else np.asfortranarray(w)
+    out = linear._matmul(x, w)
+    assert out.base is None and out.flags.c_contiguous
+    for n in range(len(x)):
+        assert bitwise(out[n], np.matmul(x[n], w))
+
+
 def test_linear_on_few_tokens_keeps_blocks_of_rows(monkeypatch):
     """Below 32 rows a sample stays in matmul_rows' fixed blocks (a row's bits whatever the batch)."""
     layer = L.Linear(8, 5, rng=1)
