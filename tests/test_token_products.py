@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import lrpnumpy as L
-from lrpnumpy import composites
+from lrpnumpy import composites, kernels
 from lrpnumpy.kernels import _common
 from lrpnumpy.layers import attention, linear
 from oracles import stabilized_masked
@@ -161,7 +161,8 @@ def test_inner_graph_built_once_while_frozen(make):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gelu_on_the_kernels_threads_keeps_the_formulas_bits(dtype, monkeypatch):
-    """Large inputs run in chunks on the kernels' threads (elementwise: the same bits however cut)."""
+    """Large inputs run in chunks on the kernels' threads (elementwise: the same bits however cut); SciPy's
+    erf (the numpy backend's: test_kernels_elementwise has the numba backend's float32 kernel)."""
     import math
 
     from scipy.special import erf
@@ -171,6 +172,7 @@ def test_gelu_on_the_kernels_threads_keeps_the_formulas_bits(dtype, monkeypatch)
     real = attention.each_sample
     monkeypatch.setattr(attention, "each_sample", lambda n, run, least=1: runs.append(n) or real(n, run, least))
     monkeypatch.setattr(_common, "THREADS", 2)
+    monkeypatch.setattr(kernels, "BACKEND", "numpy")
     y = L.GELU().forward(a)
     assert runs == [a.size]
     assert bitwise(y, t(0.5) * a * (1 + erf(a / t(math.sqrt(2.0)))))
