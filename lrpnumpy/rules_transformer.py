@@ -32,7 +32,9 @@ References
 
 import numpy as np
 
+from . import kernels
 from .errors import RuleParameterError, UnsupportedLayerError
+from .kernels import step2
 from .layers import LayerNorm, MultiheadAttention, Softmax
 from .layers.transformer import ClassToken, GraphLayer, PositionEmbedding
 from .layers.base import per_sample_sum
@@ -52,9 +54,23 @@ def _usual_ledger(stabilizer, R, epsilon):
     return ledger
 
 
-def _stabilized(z, R, epsilon):
-    """Step 2 with its ledger: ``s = R / stabilize(z)``, and per sample what the stabilizer absorbed
-    (``sum s (stabilize(z) - z)``) and what reached zero denominators (dropped, only when epsilon is 0)."""
+def _stabilized(z, R, epsilon, scale=None):
+    """Step 2 with its ledger: ``s = R / stabilize(z)`` (times ``scale`` if given), and per sample what the
+    stabilizer absorbed (``sum s (stabilize(z) - z)``, ``s`` unscaled) and what reached zero denominators
+    (dropped, only when epsilon is 0).  Large arrays with epsilon > 0 take one jitted pass under the numba
+    backend (:func:`lrpnumpy.kernels.step2.stabilized_quotient`, the same bits)."""
+    if (epsilon > 0 and z.size >= _LARGE and kernels.BACKEND == "numba" and z.dtype == R.dtype
+            and z.shape == R.shape and type(z) is np.ndarray and type(R) is np.ndarray):
+        s, stabilizer = step2.stabilized_quotient(z, R, epsilon, 1.0 if scale is None else scale)
+        if np.isfinite(stabilizer).all():  # a non-finite denominator makes its term NaN: all were finite
+            return s, _usual_ledger(stabilizer, R, epsilon)
+    s, ledger = _stabilized_numpy(z, R, epsilon)
+    if scale is not None:
+        s *= s.dtype.type(scale)
+    return s, ledger
+
+
+def _stabilized_numpy(z, R, epsilon):
     zs = stabilize(z, epsilon)
     s = R / zs
     if zs.size < _LARGE:  # small arrays: the finiteness pass is cheaper than the error-state switch below
@@ -117,8 +133,7 @@ class Uniform(Rule):
         _check_two(self, step)
         a, b = step.inputs
         z = step.output                                                  # step 1: z = a @ b (the forward pass)
-        s, ledger = _stabilized(z, R, self.epsilon)                      # step 2: s = R / stabilize(z)
-        s *= s.dtype.type(0.5)                                           # s / 2 (s is this call's own array)
+        s, ledger = _stabilized(z, R, self.epsilon, 0.5)                 # step 2: s = R / stabilize(z), halved
         c_a, c_b = step.layer.backward(s, step)                          # step 3: c = backward(s / 2), per input
         if c_b is c_a:  # (one array for both inputs: not written into)
             return (a * c_a, b * c_b), ledger

@@ -197,6 +197,41 @@ def test_stabilized_fast_path_keeps_the_formulas_bits(dtype, epsilon, zeros):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("scale", [None, 0.5])
+def test_stabilized_jitted_pass_keeps_the_formulas_bits(dtype, threads, scale, monkeypatch):
+    """Large arrays with epsilon > 0 take one jitted pass (kernels.step2.stabilized_quotient), the samples on
+    the kernels' threads: the same s (times scale) and ledger as the masked formula, bit for bit; a
+    non-finite denominator or relevance falls back to the NumPy passes, with the same numbers."""
+    if kernels.BACKEND != "numba":
+        pytest.skip("the numpy backend is forced")
+    from lrpnumpy.kernels import step2
+    from lrpnumpy.rules_transformer import _stabilized
+    calls = []
+    real = step2.stabilized_quotient
+    monkeypatch.setattr(step2, "stabilized_quotient", lambda *a: calls.append(a[0].shape) or real(*a))
+    monkeypatch.setattr(_common, "THREADS", threads)
+    rng = np.random.default_rng(12)
+    z, R = rng.standard_normal((2, 5, 4, 70, 70)).astype(dtype)
+    z[0, 1, 2, :3] = [0, -0.0, 1e-30]
+    for case in ("finite", "nan z", "inf R"):
+        if case == "nan z":
+            z[1, 2, 5, 5] = np.nan
+        elif case == "inf R":
+            z[1, 2, 5, 5] = 1
+            R[0, 0, 0, 0] = np.inf
+        with np.errstate(invalid="ignore"):
+            s, ledger = _stabilized(z, R, 1e-6, scale)
+            s_ref, ledger_ref = stabilized_masked(z, R, 1e-6)
+        if scale is not None:
+            s_ref *= s_ref.dtype.type(scale)
+        assert bitwise(s, s_ref) and ledger.keys() == ledger_ref.keys() == {"stabilizer"}, case
+        assert bitwise(ledger["stabilizer"], ledger_ref["stabilizer"]), case
+        assert bitwise(_stabilized(z[1:], R[1:], 1e-6, scale)[1]["stabilizer"], ledger["stabilizer"][1:]), case
+    assert calls == [z.shape, z[1:].shape] * 3
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("causal", [False, True])
 def test_softmax_rule_in_one_array_keeps_the_formulas_bits(dtype, causal):
     from lrpnumpy.rules_transformer import SoftmaxRule
