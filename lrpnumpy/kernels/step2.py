@@ -122,24 +122,35 @@ def lrp_step2(z, R, mask, epsilon, channels):
     n = len(z)
     z2, R2 = np.ascontiguousarray(z).reshape(n, -1), np.ascontiguousarray(R).reshape(n, -1)
     s = np.empty(z2.shape, z.dtype)
-    t = scratch("step2 t", z2.shape, z.dtype)
+    t = scratch("step2 t", z2.shape, z.dtype)  # the calling thread's; each thread writes its samples' rows
     sums = np.empty((n, 4), z.dtype)
+    per_channel = np.empty((n, channels), z.dtype)
+    eps = z.dtype.type(epsilon)
     if how == "plain":  # kept = finite = total, all of R
-        _lrp_step2_plain(z2, R2, z.dtype.type(epsilon), s, t)
-        sums[:, 0] = R2.sum(axis=1)
-        sums[:, 1] = sums[:, 3] = sums[:, 0]
-        sums[:, 2] = t.sum(axis=1)
+        def run(lo, hi):
+            _lrp_step2_plain(z2[lo:hi], R2[lo:hi], eps, s[lo:hi], t[lo:hi])
+            sums[lo:hi, 0] = R2[lo:hi].sum(axis=1)
+            sums[lo:hi, 1] = sums[lo:hi, 3] = sums[lo:hi, 0]
+            sums[lo:hi, 2] = t[lo:hi].sum(axis=1)
+            per_channel[lo:hi] = s[lo:hi].reshape(hi - lo, channels, -1).sum(axis=2)
     else:
-        m = (np.zeros((1, 1), bool) if mask is None
+        m = (None if mask is None
              else np.ascontiguousarray(np.broadcast_to(mask, z.shape)).reshape(n, -1))
+        no_mask = np.zeros((1, 1), bool)
         kept = scratch("step2 kept", z2.shape, z.dtype)
-        _lrp_step2(z2, R2, m, mask is not None, z.dtype.type(epsilon), s, kept, t)
-        sums[:, 0] = kept.sum(axis=1)
-        if epsilon > 0:
-            sums[:, 1] = sums[:, 0]
-            sums[:, 2] = t.sum(axis=1)
-        else:
-            sums[:, 1] = t.sum(axis=1)
-            sums[:, 2] = 0
-        sums[:, 3] = sums[:, 0] if mask is None else R2.sum(axis=1)
-    return s.reshape(z.shape), sums, s.reshape(n, channels, -1).sum(axis=2)
+
+        def run(lo, hi):
+            _lrp_step2(z2[lo:hi], R2[lo:hi], no_mask if m is None else m[lo:hi], m is not None, eps, s[lo:hi],
+                       kept[lo:hi], t[lo:hi])
+            sums[lo:hi, 0] = kept[lo:hi].sum(axis=1)
+            if epsilon > 0:
+                sums[lo:hi, 1] = sums[lo:hi, 0]
+                sums[lo:hi, 2] = t[lo:hi].sum(axis=1)
+            else:
+                sums[lo:hi, 1] = t[lo:hi].sum(axis=1)
+                sums[lo:hi, 2] = 0
+            sums[lo:hi, 3] = sums[lo:hi, 0] if m is None else R2[lo:hi].sum(axis=1)
+            per_channel[lo:hi] = s[lo:hi].reshape(hi - lo, channels, -1).sum(axis=2)
+    # each sample's values and sums on one thread, in the order NumPy takes a row: the same bits at any split
+    each_sample(n, run, least=max(1, SMALL_STEP2 // max(1, z2.shape[1])))
+    return s.reshape(z.shape), sums, per_channel
