@@ -35,6 +35,7 @@ import numpy as np
 from . import kernels
 from .errors import RuleParameterError, UnsupportedLayerError
 from .kernels import step2
+from .kernels._common import each_sample
 from .layers import LayerNorm, MultiheadAttention, Softmax
 from .layers.transformer import ClassToken, GraphLayer, PositionEmbedding
 from .layers.base import per_sample_sum
@@ -100,7 +101,13 @@ def _times(x, c):
     """``x * c``, in ``c``'s memory when ``c`` is a fresh array of the product's shape (the rules' step 4)."""
     if (type(c) is np.ndarray and c.shape == x.shape and c.dtype == x.dtype and c.flags.owndata
             and c.flags.writeable):
-        return np.multiply(x, c, out=c)
+        if c.size < _LARGE or not c.ndim:
+            return np.multiply(x, c, out=c)
+
+        def run(lo, hi):  # elementwise: the same bits however the samples are shared among the kernels' threads
+            np.multiply(x[lo:hi], c[lo:hi], out=c[lo:hi])
+        each_sample(len(c), run, least=max(1, _LARGE // max(1, c.size // len(c))))
+        return c
     return x * c
 
 
@@ -194,10 +201,24 @@ class SoftmaxRule(Rule):
             masked = np.isneginf(x)
             if masked.any():
                 x = np.where(masked, x.dtype.type(0), x)
-        R_in = s * R.sum(axis=layer.axis, keepdims=True)  # x (R - s sum(R)), in one array
-        np.subtract(R, R_in, out=R_in)
-        R_in *= x
-        return R_in, {"softmax": per_sample_sum(R) - per_sample_sum(R_in)}
+        axis = layer.axis % x.ndim
+        if axis == 0 or R.size < _LARGE or not (R.dtype == x.dtype == s.dtype and R.flags.c_contiguous
+                                                and x.flags.c_contiguous and s.flags.c_contiguous):
+            R_in = s * R.sum(axis=axis, keepdims=True)  # x (R - s sum(R)), in one array
+            np.subtract(R, R_in, out=R_in)
+            R_in *= x
+            return R_in, {"softmax": per_sample_sum(R) - per_sample_sum(R_in)}
+        # large (attention's (N, H, T, T)): the same operations, the samples on the kernels' threads
+        R_in, total, total_in = np.empty(R.shape, R.dtype), np.empty(len(R), R.dtype), np.empty(len(R), R.dtype)
+
+        def run(lo, hi):
+            r, out = R[lo:hi], R_in[lo:hi]
+            np.multiply(s[lo:hi], r.sum(axis=axis, keepdims=True), out=out)
+            np.subtract(r, out, out=out)
+            out *= x[lo:hi]
+            total[lo:hi], total_in[lo:hi] = per_sample_sum(r), per_sample_sum(out)
+        each_sample(len(R), run, least=max(1, _LARGE // max(1, R.size // len(R))))
+        return R_in, {"softmax": total - total_in}
 
 
 class LayerNormEpsilon(Rule):

@@ -247,3 +247,56 @@ def test_softmax_rule_in_one_array_keeps_the_formulas_bits(dtype, causal):
     ref = x0 * (R - y * R.sum(axis=-1, keepdims=True))
     assert bitwise(R_in, ref)
     assert bitwise(ledger["softmax"], R.reshape(2, -1).sum(axis=1) - ref.reshape(2, -1).sum(axis=1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("causal", [False, True])
+def test_large_softmax_and_its_rule_on_the_kernels_threads_keep_the_formulas_bits(dtype, threads, causal,
+                                                                                   monkeypatch):
+    """Attention-sized softmaxes (forward and AttnLRP's rule) run their samples on the kernels' threads, in one
+    array: the formulas' bits, at one thread or two, a sample alone or in the batch."""
+    from lrpnumpy.layers import activation
+    from lrpnumpy import rules_transformer
+    from lrpnumpy.rules_transformer import SoftmaxRule
+    runs = []
+    for module in (activation, rules_transformer):
+        real = module.each_sample
+        monkeypatch.setattr(module, "each_sample", lambda n, run, least=1, real=real: runs.append(
+            real(n, lambda lo, hi: runs.append((lo, hi)) or run(lo, hi), least)))
+    monkeypatch.setattr(_common, "THREADS", threads)
+    rng = np.random.default_rng(13)
+    x = (rng.standard_normal((6, 4, 100, 100)) * 3).astype(dtype)
+    if causal:
+        x = attention.CausalMask().forward(x)
+    layer = L.Softmax(axis=-1)
+    y, step = layer.forward_trace(x)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    assert bitwise(y, e / e.sum(axis=-1, keepdims=True))
+    R = rng.standard_normal(y.shape).astype(dtype)
+    R_in, ledger = SoftmaxRule().propagate(step, R)
+    x0 = np.where(np.isneginf(x), x.dtype.type(0), x)
+    ref = x0 * (R - y * R.sum(axis=-1, keepdims=True))
+    assert bitwise(R_in, ref)
+    assert bitwise(ledger["softmax"], R.reshape(6, -1).sum(axis=1) - ref.reshape(6, -1).sum(axis=1))
+    split = [(0, 6)] if threads == 1 else [(0, 3), (3, 6)]
+    assert sorted(r for r in runs if r is not None) == sorted(split * 2)
+    y1, step1 = layer.forward_trace(x[3:4])
+    assert bitwise(y1[0], y[3]) and bitwise(SoftmaxRule().propagate(step1, R[3:4])[0][0], R_in[3])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_step4_in_place_on_the_kernels_threads(threads, monkeypatch):
+    """Step 4 of the transformer rules (``R = x * c`` into ``c``) on attention-sized arrays shares the samples
+    among the kernels' threads: the product's bits, in c's memory."""
+    from lrpnumpy import rules_transformer
+    runs = []
+    real = rules_transformer.each_sample
+    monkeypatch.setattr(rules_transformer, "each_sample", lambda n, run, least=1: runs.append(
+        real(n, lambda lo, hi: runs.append((lo, hi)) or run(lo, hi), least)))
+    monkeypatch.setattr(_common, "THREADS", threads)
+    rng = np.random.default_rng(14)
+    x, c = (rng.standard_normal((6, 4, 100, 100)).astype(np.float32) for _ in range(2))
+    want = x * c
+    assert rules_transformer._times(x, c) is c and bitwise(c, want)
+    assert sorted(r for r in runs if r is not None) == ([(0, 6)] if threads == 1 else [(0, 3), (3, 6)])
