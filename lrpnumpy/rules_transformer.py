@@ -34,7 +34,7 @@ import numpy as np
 
 from . import kernels
 from .errors import RuleParameterError, UnsupportedLayerError
-from .kernels import step2
+from .kernels import elementwise, step2
 from .kernels._common import each_sample
 from .layers import LayerNorm, MultiheadAttention, Softmax
 from .layers.transformer import ClassToken, GraphLayer, PositionEmbedding
@@ -101,13 +101,7 @@ def _times(x, c):
     """``x * c``, in ``c``'s memory when ``c`` is a fresh array of the product's shape (the rules' step 4)."""
     if (type(c) is np.ndarray and c.shape == x.shape and c.dtype == x.dtype and c.flags.owndata
             and c.flags.writeable):
-        if c.size < _LARGE or not c.ndim:
-            return np.multiply(x, c, out=c)
-
-        def run(lo, hi):  # elementwise: the same bits however the samples are shared among the kernels' threads
-            np.multiply(x[lo:hi], c[lo:hi], out=c[lo:hi])
-        each_sample(len(c), run, least=max(1, _LARGE // max(1, c.size // len(c))))
-        return c
+        return elementwise.multiply_into(x, c)  # large ones: the samples on the kernels' threads
     return x * c
 
 

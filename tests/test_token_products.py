@@ -287,16 +287,20 @@ def test_large_softmax_and_its_rule_on_the_kernels_threads_keep_the_formulas_bit
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_large_step4_in_place_on_the_kernels_threads(threads, monkeypatch):
-    """Step 4 of the transformer rules (``R = x * c`` into ``c``) on attention-sized arrays shares the samples
-    among the kernels' threads: the product's bits, in c's memory."""
-    from lrpnumpy import rules_transformer
+    """Step 4 of the rules (``R = x * c`` into ``c``: the transformer rules' and rules_fast's) on
+    attention-sized arrays shares the samples among the kernels' threads: the product's bits, in c's memory."""
+    from lrpnumpy import rules_fast, rules_transformer
+    from lrpnumpy.kernels import elementwise
     runs = []
-    real = rules_transformer.each_sample
-    monkeypatch.setattr(rules_transformer, "each_sample", lambda n, run, least=1: runs.append(
+    real = elementwise.each_sample
+    monkeypatch.setattr(elementwise, "each_sample", lambda n, run, least=1: runs.append(
         real(n, lambda lo, hi: runs.append((lo, hi)) or run(lo, hi), least)))
     monkeypatch.setattr(_common, "THREADS", threads)
     rng = np.random.default_rng(14)
-    x, c = (rng.standard_normal((6, 4, 100, 100)).astype(np.float32) for _ in range(2))
-    want = x * c
-    assert rules_transformer._times(x, c) is c and bitwise(c, want)
-    assert sorted(r for r in runs if r is not None) == ([(0, 6)] if threads == 1 else [(0, 3), (3, 6)])
+    split = [(0, 6)] if threads == 1 else [(0, 3), (3, 6)]
+    for times in (rules_transformer._times, rules_fast._times):
+        runs.clear()
+        x, c = (rng.standard_normal((6, 4, 100, 100)).astype(np.float32) for _ in range(2))
+        want = x * c
+        assert times(x, c) is c and bitwise(c, want)
+        assert sorted(r for r in runs if r is not None) == split

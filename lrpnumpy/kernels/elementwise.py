@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from ._common import jitted
+from ._common import each_sample, jitted
 
 #: Samples (values per sample) from which a float32 GELU runs :func:`gelu_float32` under the numba backend.
 GELU_KERNEL_SIZE = 1 << 15
@@ -38,6 +38,10 @@ ERF_CHEB = (
     1.4065982103776436e-08, -2.8444520091865383e-09, 5.485996650313322e-10, -1.0109936971883259e-10,
     1.7833937543687844e-11, -3.0158624720793414e-12, 4.90219172340778e-13, -7.602584168256749e-14,
     1.25914094240942e-14)
+
+#: Products of at least this many values share their samples among the kernels' threads
+#: (:func:`multiply_into`); at least this many values per thread.
+THREADED_SIZE = 1 << 16
 
 _COEF = np.array(ERF_CHEB)  # a constant in the jitted code
 _SQRT2 = math.sqrt(2.0)
@@ -66,3 +70,17 @@ def gelu_float32(x, out):
             e = math.copysign(1.0, d)
         out[i] = (v * half) * (np.float32(e) + one)
     return out
+
+
+def multiply_into(x, c):
+    """``c *= x`` elementwise for ``x`` and ``c`` (N, ...) of one shape, ``c`` writeable; returns ``c``.  Arrays
+    of at least :data:`THREADED_SIZE` values share their samples among the kernels' threads (NumPy's multiply,
+    exact: the same bits however they are shared).  The rules' step 4 ``R = x * c`` into the backward pass's
+    fresh ``c``."""
+    if c.size < THREADED_SIZE or not c.ndim:
+        return np.multiply(x, c, out=c)
+
+    def run(lo, hi):
+        np.multiply(x[lo:hi], c[lo:hi], out=c[lo:hi])
+    each_sample(len(c), run, least=max(1, THREADED_SIZE // max(1, c.size // len(c))))
+    return c
