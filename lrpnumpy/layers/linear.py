@@ -21,9 +21,10 @@ def _matmul(x, w):
     on a ViT-B/16's ten products (197 tokens; K, M from 768 to 3072; each product's forward and backward
     weight layout): with one BLAS thread ``x_n @ w`` took 4 % less time in total in float32 (at most 3 %
     more on one product), 13 % less in float64, at batch 1 and 16; with two threads on an idle machine
-    up to 13 % less.  Only while another process kept the second core busy did its two OpenBLAS threads
-    wait on each other longer than the transposed form's.  Fewer rows per sample: fixed blocks of rows
-    (kernels.matmul_rows)."""
+    up to 13 % less.  But while other processes kept the cores busy, its two OpenBLAS threads waited on
+    each other longer than the transposed form's (up to 2-3 times on one product, a whole ViT-B/16
+    explanation at batch 16 a quarter longer; both forms were then several times slower than on an idle
+    machine).  Fewer rows per sample: fixed blocks of rows (kernels.matmul_rows)."""
     rows = math.prod(x.shape[1:-1])
     if x.ndim < 3 or rows < BLOCK_ROWS or not len(x):
         return matmul_rows(x.reshape(-1, x.shape[-1]), w).reshape(x.shape[:-1] + (w.shape[1],))
