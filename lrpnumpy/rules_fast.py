@@ -29,10 +29,10 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import kernels, rules
+from .kernels import elementwise
 from .layers import Add, AffineLayer, Linear
 from .rules import (AlphaBeta, Account, Epsilon, Gamma, Group, Norm, Term, ToolboxAlphaBeta, ZPlus, _add, _group_bias,
-                    _pos,
-                    _scaled, _sign_split)
+                    _pos, _scaled, _sign_split)
 from .trace import Step
 
 
@@ -339,7 +339,7 @@ def _times(x, c):
     pass's result, used nowhere else): one array fewer to allocate and fault in."""
     if (isinstance(c, np.ndarray) and c.base is None and c.flags.writeable and c is not x
             and c.shape == np.shape(x) and c.dtype == np.result_type(x, c)):
-        return np.multiply(x, c, out=c)
+        return elementwise.multiply_into(x, c)  # (large ones: the samples on the kernels' threads)
     return x * c
 
 

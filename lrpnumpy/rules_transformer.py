@@ -34,7 +34,10 @@ import functools
 
 import numpy as np
 
+from . import kernels
 from .errors import RuleParameterError, UnsupportedLayerError
+from .kernels import elementwise, step2
+from .kernels._common import each_sample
 from .layers import LayerNorm, MultiheadAttention, Softmax
 from .layers.transformer import ClassToken, GraphLayer, PositionEmbedding
 from .layers.transformer_norm import _mean
@@ -55,9 +58,23 @@ def _usual_ledger(stabilizer, R, epsilon):
     return ledger
 
 
-def _stabilized(z, R, epsilon):
-    """Step 2 with its ledger: ``s = R / stabilize(z)``, and per sample what the stabilizer absorbed
-    (``sum s (stabilize(z) - z)``) and what reached zero denominators (dropped, only when epsilon is 0)."""
+def _stabilized(z, R, epsilon, scale=None):
+    """Step 2 with its ledger: ``s = R / stabilize(z)`` (times ``scale`` if given), and per sample what the
+    stabilizer absorbed (``sum s (stabilize(z) - z)``, ``s`` unscaled) and what reached zero denominators
+    (dropped, only when epsilon is 0).  Large arrays with epsilon > 0 take one jitted pass under the numba
+    backend (:func:`lrpnumpy.kernels.step2.stabilized_quotient`, the same bits)."""
+    if (epsilon > 0 and z.size >= _LARGE and kernels.BACKEND == "numba" and z.dtype == R.dtype
+            and z.shape == R.shape and type(z) is np.ndarray and type(R) is np.ndarray):
+        s, stabilizer = step2.stabilized_quotient(z, R, epsilon, 1.0 if scale is None else scale)
+        if np.isfinite(stabilizer).all():  # a non-finite denominator makes its term NaN: all were finite
+            return s, _usual_ledger(stabilizer, R, epsilon)
+    s, ledger = _stabilized_numpy(z, R, epsilon)
+    if scale is not None:
+        s *= s.dtype.type(scale)
+    return s, ledger
+
+
+def _stabilized_numpy(z, R, epsilon):
     zs = stabilize(z, epsilon)
     s = R / zs
     if zs.size < _LARGE:  # small arrays: the finiteness pass is cheaper than the error-state switch below
@@ -87,7 +104,7 @@ def _times(x, c):
     """``x * c``, in ``c``'s memory when ``c`` is a fresh array of the product's shape (the rules' step 4)."""
     if (type(c) is np.ndarray and c.shape == x.shape and c.dtype == x.dtype and c.flags.owndata
             and c.flags.writeable):
-        return np.multiply(x, c, out=c)
+        return elementwise.multiply_into(x, c)  # large ones: the samples on the kernels' threads
     return x * c
 
 
@@ -120,8 +137,7 @@ class Uniform(Rule):
         _check_two(self, step)
         a, b = step.inputs
         z = step.output                                                  # step 1: z = a @ b (the forward pass)
-        s, ledger = _stabilized(z, R, self.epsilon)                      # step 2: s = R / stabilize(z)
-        s *= s.dtype.type(0.5)                                           # s / 2 (s is this call's own array)
+        s, ledger = _stabilized(z, R, self.epsilon, 0.5)                 # step 2: s = R / stabilize(z), halved
         c_a, c_b = step.layer.backward(s, step)                          # step 3: c = backward(s / 2), per input
         if c_b is c_a:  # (one array for both inputs: not written into)
             return (a * c_a, b * c_b), ledger
@@ -182,10 +198,24 @@ class SoftmaxRule(Rule):
             masked = np.isneginf(x)
             if masked.any():
                 x = np.where(masked, x.dtype.type(0), x)
-        R_in = s * R.sum(axis=layer.axis, keepdims=True)  # x (R - s sum(R)), in one array
-        np.subtract(R, R_in, out=R_in)
-        R_in *= x
-        return R_in, {"softmax": per_sample_sum(R) - per_sample_sum(R_in)}
+        axis = layer.axis % x.ndim
+        if axis == 0 or R.size < _LARGE or not (R.dtype == x.dtype == s.dtype and R.flags.c_contiguous
+                                                and x.flags.c_contiguous and s.flags.c_contiguous):
+            R_in = s * R.sum(axis=axis, keepdims=True)  # x (R - s sum(R)), in one array
+            np.subtract(R, R_in, out=R_in)
+            R_in *= x
+            return R_in, {"softmax": per_sample_sum(R) - per_sample_sum(R_in)}
+        # large (attention's (N, H, T, T)): the same operations, the samples on the kernels' threads
+        R_in, total, total_in = np.empty(R.shape, R.dtype), np.empty(len(R), R.dtype), np.empty(len(R), R.dtype)
+
+        def run(lo, hi):
+            r, out = R[lo:hi], R_in[lo:hi]
+            np.multiply(s[lo:hi], r.sum(axis=axis, keepdims=True), out=out)
+            np.subtract(r, out, out=out)
+            out *= x[lo:hi]
+            total[lo:hi], total_in[lo:hi] = per_sample_sum(r), per_sample_sum(out)
+        each_sample(len(R), run, least=max(1, _LARGE // max(1, R.size // len(R))))
+        return R_in, {"softmax": total - total_in}
 
 
 class LayerNormEpsilon(Rule):

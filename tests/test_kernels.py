@@ -300,18 +300,27 @@ def test_kernel_bodies_run_as_plain_python():
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("epsilon", [0.0, 1e-3])
 @pytest.mark.parametrize("mask", ["none", "full", "per channel"])
-def test_lrp_step2_agrees(dtype, epsilon, mask, rng, monkeypatch):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lrp_step2_agrees(dtype, epsilon, mask, threads, rng, monkeypatch):
     """The one-pass step 2 (stabilize, mask, divide, and the ledger's sums) against the reference,
     which is stabilize() and NumPy: s, the sums and the per-channel sums bit for bit (the call's size
     picks one or the other, so they must agree for a sample's sums not to depend on its batch), zero
-    denominators (epsilon 0: s = 0, not counted as kept or as stabilizer)."""
+    denominators (epsilon 0: s = 0, not counted as kept or as stabilizer); the samples on one thread or
+    shared among two."""
+    from lrpnumpy.kernels import _common
     monkeypatch.setattr(step2, "SMALL_STEP2", 0)  # the jitted pass even on this small input
+    monkeypatch.setattr(_common, "threads", lambda: threads)  # (whatever the environment says)
+    runs = []
+    real = step2.each_sample
+    monkeypatch.setattr(step2, "each_sample", lambda n, run, least=1: runs.append(
+        real(n, lambda lo, hi: runs.append((lo, hi)) or run(lo, hi), least)))
     z = rng.normal(size=(3, 4, 5, 6)).astype(dtype)
     z[0, 1, 2] = 0
     R = rng.normal(size=z.shape).astype(dtype)
     m = {"none": None, "full": z > 0.3, "per channel": rng.random((3, 4, 1, 1)) > 0.5}[mask]
     s, sums, per_channel = nb.lrp_step2(z, R, m, epsilon, 4)
     s0, sums0, per_channel0 = ref.lrp_step2(z, R, m, epsilon, 4)
+    assert sorted(r for r in runs if r is not None) == ([(0, 3)] if threads == 1 else [(0, 1), (1, 3)])
     np.testing.assert_array_equal(s, s0)
     assert sums.dtype == per_channel.dtype == s.dtype == np.dtype(dtype)
     tol = 1e-12 if dtype == np.float64 else 1e-5

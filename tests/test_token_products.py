@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import lrpnumpy as L
-from lrpnumpy import composites
+from lrpnumpy import composites, kernels
 from lrpnumpy.kernels import _common
 from lrpnumpy.layers import attention, linear
 from oracles import stabilized_masked
@@ -41,6 +41,21 @@ def test_linear_on_tokens_one_product_per_sample(dtype, monkeypatch):
     for i in (0, 3, 6):  # a sample alone and in the batch: the same bits
         assert bitwise(layer.forward(x[i:i + 1])[0], y[i])
         assert bitwise(layer.backward(y[i:i + 1], layer.forward_trace(x[i:i + 1])[1])[0], g[i])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_token_product_is_each_samples_own_matmul(dtype, layout):
+    """Each sample's product is ``np.matmul(x_n, w)`` itself, bit for bit, for weights in either layout
+    (the forward pass's ``W^T`` view, the backward pass's ``W``): one call per sample, of one shape."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((4, 45, 96)).astype(dtype)
+    w = rng.standard_normal((96, 130)).astype(dtype)
+    w = w if layout == "C" else np.asfortranarray(w)
+    out = linear._matmul(x, w)
+    assert out.base is None and out.flags.c_contiguous
+    for n in range(len(x)):
+        assert bitwise(out[n], np.matmul(x[n], w))
 
 
 def test_linear_on_few_tokens_keeps_blocks_of_rows(monkeypatch):
@@ -146,7 +161,8 @@ def test_inner_graph_built_once_while_frozen(make):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gelu_on_the_kernels_threads_keeps_the_formulas_bits(dtype, monkeypatch):
-    """Large inputs run in chunks on the kernels' threads (elementwise: the same bits however cut)."""
+    """Large inputs run in chunks on the kernels' threads (elementwise: the same bits however cut); SciPy's
+    erf (the numpy backend's: test_kernels_elementwise has the numba backend's float32 kernel)."""
     import math
 
     from scipy.special import erf
@@ -156,6 +172,7 @@ def test_gelu_on_the_kernels_threads_keeps_the_formulas_bits(dtype, monkeypatch)
     real = attention.each_sample
     monkeypatch.setattr(attention, "each_sample", lambda n, run, least=1: runs.append(n) or real(n, run, least))
     monkeypatch.setattr(_common, "THREADS", 2)
+    monkeypatch.setattr(kernels, "BACKEND", "numpy")
     y = L.GELU().forward(a)
     assert runs == [a.size]
     assert bitwise(y, t(0.5) * a * (1 + erf(a / t(math.sqrt(2.0)))))
@@ -180,6 +197,41 @@ def test_stabilized_fast_path_keeps_the_formulas_bits(dtype, epsilon, zeros):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("scale", [None, 0.5])
+def test_stabilized_jitted_pass_keeps_the_formulas_bits(dtype, threads, scale, monkeypatch):
+    """Large arrays with epsilon > 0 take one jitted pass (kernels.step2.stabilized_quotient), the samples on
+    the kernels' threads: the same s (times scale) and ledger as the masked formula, bit for bit; a
+    non-finite denominator or relevance falls back to the NumPy passes, with the same numbers."""
+    if kernels.BACKEND != "numba":
+        pytest.skip("the numpy backend is forced")
+    from lrpnumpy.kernels import step2
+    from lrpnumpy.rules_transformer import _stabilized
+    calls = []
+    real = step2.stabilized_quotient
+    monkeypatch.setattr(step2, "stabilized_quotient", lambda *a: calls.append(a[0].shape) or real(*a))
+    monkeypatch.setattr(_common, "threads", lambda: threads)  # (whatever the environment says)
+    rng = np.random.default_rng(12)
+    z, R = rng.standard_normal((2, 5, 4, 70, 70)).astype(dtype)
+    z[0, 1, 2, :3] = [0, -0.0, 1e-30]
+    for case in ("finite", "nan z", "inf R"):
+        if case == "nan z":
+            z[1, 2, 5, 5] = np.nan
+        elif case == "inf R":
+            z[1, 2, 5, 5] = 1
+            R[0, 0, 0, 0] = np.inf
+        with np.errstate(invalid="ignore"):
+            s, ledger = _stabilized(z, R, 1e-6, scale)
+            s_ref, ledger_ref = stabilized_masked(z, R, 1e-6)
+        if scale is not None:
+            s_ref *= s_ref.dtype.type(scale)
+        assert bitwise(s, s_ref) and ledger.keys() == ledger_ref.keys() == {"stabilizer"}, case
+        assert bitwise(ledger["stabilizer"], ledger_ref["stabilizer"]), case
+        assert bitwise(_stabilized(z[1:], R[1:], 1e-6, scale)[1]["stabilizer"], ledger["stabilizer"][1:]), case
+    assert calls == [z.shape, z[1:].shape] * 3
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("causal", [False, True])
 def test_softmax_rule_in_one_array_keeps_the_formulas_bits(dtype, causal):
     from lrpnumpy.rules_transformer import SoftmaxRule
@@ -195,3 +247,60 @@ def test_softmax_rule_in_one_array_keeps_the_formulas_bits(dtype, causal):
     ref = x0 * (R - y * R.sum(axis=-1, keepdims=True))
     assert bitwise(R_in, ref)
     assert bitwise(ledger["softmax"], R.reshape(2, -1).sum(axis=1) - ref.reshape(2, -1).sum(axis=1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("causal", [False, True])
+def test_large_softmax_and_its_rule_on_the_kernels_threads_keep_the_formulas_bits(dtype, threads, causal,
+                                                                                   monkeypatch):
+    """Attention-sized softmaxes (forward and AttnLRP's rule) run their samples on the kernels' threads, in one
+    array: the formulas' bits, at one thread or two, a sample alone or in the batch."""
+    from lrpnumpy.layers import activation
+    from lrpnumpy import rules_transformer
+    from lrpnumpy.rules_transformer import SoftmaxRule
+    runs = []
+    for module in (activation, rules_transformer):
+        real = module.each_sample
+        monkeypatch.setattr(module, "each_sample", lambda n, run, least=1, real=real: runs.append(
+            real(n, lambda lo, hi: runs.append((lo, hi)) or run(lo, hi), least)))
+    monkeypatch.setattr(_common, "threads", lambda: threads)  # (whatever the environment says)
+    rng = np.random.default_rng(13)
+    x = (rng.standard_normal((6, 4, 100, 100)) * 3).astype(dtype)
+    if causal:
+        x = attention.CausalMask().forward(x)
+    layer = L.Softmax(axis=-1)
+    y, step = layer.forward_trace(x)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    assert bitwise(y, e / e.sum(axis=-1, keepdims=True))
+    R = rng.standard_normal(y.shape).astype(dtype)
+    R_in, ledger = SoftmaxRule().propagate(step, R)
+    x0 = np.where(np.isneginf(x), x.dtype.type(0), x)
+    ref = x0 * (R - y * R.sum(axis=-1, keepdims=True))
+    assert bitwise(R_in, ref)
+    assert bitwise(ledger["softmax"], R.reshape(6, -1).sum(axis=1) - ref.reshape(6, -1).sum(axis=1))
+    split = [(0, 6)] if threads == 1 else [(0, 3), (3, 6)]
+    assert sorted(r for r in runs if r is not None) == sorted(split * 2)
+    y1, step1 = layer.forward_trace(x[3:4])
+    assert bitwise(y1[0], y[3]) and bitwise(SoftmaxRule().propagate(step1, R[3:4])[0][0], R_in[3])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_step4_in_place_on_the_kernels_threads(threads, monkeypatch):
+    """Step 4 of the rules (``R = x * c`` into ``c``: the transformer rules' and rules_fast's) on
+    attention-sized arrays shares the samples among the kernels' threads: the product's bits, in c's memory."""
+    from lrpnumpy import rules_fast, rules_transformer
+    from lrpnumpy.kernels import elementwise
+    runs = []
+    real = elementwise.each_sample
+    monkeypatch.setattr(elementwise, "each_sample", lambda n, run, least=1: runs.append(
+        real(n, lambda lo, hi: runs.append((lo, hi)) or run(lo, hi), least)))
+    monkeypatch.setattr(_common, "threads", lambda: threads)  # (whatever the environment says)
+    rng = np.random.default_rng(14)
+    split = [(0, 6)] if threads == 1 else [(0, 3), (3, 6)]
+    for times in (rules_transformer._times, rules_fast._times):
+        runs.clear()
+        x, c = (rng.standard_normal((6, 4, 100, 100)).astype(np.float32) for _ in range(2))
+        want = x * c
+        assert times(x, c) is c and bitwise(c, want)
+        assert sorted(r for r in runs if r is not None) == split

@@ -4,6 +4,7 @@
   incremental forward pass); five lowerings to BLAS products, one per sample;
 * :mod:`.pooling`: max and sum pooling and their gradients;
 * :mod:`.step2`: step 2 of the four LRP steps with the ledger's sums;
+* :mod:`.elementwise`: GELU's float32 ``erf`` as a series (called by the layer itself, by a sample's size);
 * :mod:`._common`: lazy jitting, per-thread scratch buffers, and the threads that run a batch's
   samples side by side.
 

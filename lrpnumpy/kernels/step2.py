@@ -13,7 +13,7 @@ by element.  Measured timings are in ``benchmarks/README.rst``.
 import numpy as np
 
 from . import reference as _reference
-from ._common import jitted, scratch
+from ._common import each_sample, jitted, scratch
 
 #: Calls with at most this many values run the NumPy reference: no numba import for a small
 #: explanation, where the one pass saves little.
@@ -46,6 +46,46 @@ def _lrp_step2_plain(z, R, eps, s, t):
             sb[k] = v
             tb[k] = v * (zs - zk)
     return s
+
+
+@jitted
+def _quotient_scaled(z, R, eps, scale, s, t):
+    """:func:`_lrp_step2_plain` with ``s`` times ``scale`` (AttnLRP's half for each input of a product):
+    ``s = scale (R / zs)``, ``t = (R / zs) (zs - z)``."""
+    n, m = z.shape
+    for b in range(n):
+        zb, Rb, sb, tb = z[b], R[b], s[b], t[b]
+        for k in range(m):
+            zk = zb[k]
+            zs = zk + eps if zk >= 0 else zk - eps
+            v = Rb[k] / zs
+            sb[k] = v * scale
+            tb[k] = v * (zs - zk)
+    return s
+
+
+def stabilized_quotient(z, R, epsilon, scale=1.0):
+    """``(scale * R / stabilize(z), sum s (stabilize(z) - z) per sample)`` for ``epsilon > 0`` and z, R of one
+    shape (N, ...) and dtype, in one jitted pass over each sample's values, the samples shared among the
+    kernels' threads (each sample's sum is NumPy's over its row, as ``per_sample_sum`` takes it).
+
+    The transformer rules' step 2 (:func:`lrpnumpy.rules_transformer._stabilized`) on large arrays (the
+    attention scores (N, H, T, T)), which in NumPy takes seven passes.  The same bits as
+    ``R / stabilize(z, epsilon)`` times ``scale`` and the per-sample sum of ``(R / zs) (zs - z)`` (the
+    stabilizer written out element by element, as in :func:`_lrp_step2_plain`).  Non-finite
+    denominators are not looked for: the caller checks that the sums are finite."""
+    n = len(z)
+    z2, R2 = np.ascontiguousarray(z).reshape(n, -1), np.ascontiguousarray(R).reshape(n, -1)
+    s = np.empty(z2.shape, z.dtype)
+    t = scratch("quotient t", z2.shape, z.dtype)  # the calling thread's; each thread writes its samples' rows
+    sums = np.empty(n, z.dtype)
+    eps, factor = z.dtype.type(epsilon), z.dtype.type(scale)
+
+    def run(lo, hi):
+        _quotient_scaled(z2[lo:hi], R2[lo:hi], eps, factor, s[lo:hi], t[lo:hi])
+        sums[lo:hi] = t[lo:hi].sum(axis=1)
+    each_sample(n, run)
+    return s.reshape(z.shape), sums
 
 
 @jitted
@@ -82,24 +122,35 @@ def lrp_step2(z, R, mask, epsilon, channels):
     n = len(z)
     z2, R2 = np.ascontiguousarray(z).reshape(n, -1), np.ascontiguousarray(R).reshape(n, -1)
     s = np.empty(z2.shape, z.dtype)
-    t = scratch("step2 t", z2.shape, z.dtype)
+    t = scratch("step2 t", z2.shape, z.dtype)  # the calling thread's; each thread writes its samples' rows
     sums = np.empty((n, 4), z.dtype)
+    per_channel = np.empty((n, channels), z.dtype)
+    eps = z.dtype.type(epsilon)
     if how == "plain":  # kept = finite = total, all of R
-        _lrp_step2_plain(z2, R2, z.dtype.type(epsilon), s, t)
-        sums[:, 0] = R2.sum(axis=1)
-        sums[:, 1] = sums[:, 3] = sums[:, 0]
-        sums[:, 2] = t.sum(axis=1)
+        def run(lo, hi):
+            _lrp_step2_plain(z2[lo:hi], R2[lo:hi], eps, s[lo:hi], t[lo:hi])
+            sums[lo:hi, 0] = R2[lo:hi].sum(axis=1)
+            sums[lo:hi, 1] = sums[lo:hi, 3] = sums[lo:hi, 0]
+            sums[lo:hi, 2] = t[lo:hi].sum(axis=1)
+            per_channel[lo:hi] = s[lo:hi].reshape(hi - lo, channels, -1).sum(axis=2)
     else:
-        m = (np.zeros((1, 1), bool) if mask is None
+        m = (None if mask is None
              else np.ascontiguousarray(np.broadcast_to(mask, z.shape)).reshape(n, -1))
+        no_mask = np.zeros((1, 1), bool)
         kept = scratch("step2 kept", z2.shape, z.dtype)
-        _lrp_step2(z2, R2, m, mask is not None, z.dtype.type(epsilon), s, kept, t)
-        sums[:, 0] = kept.sum(axis=1)
-        if epsilon > 0:
-            sums[:, 1] = sums[:, 0]
-            sums[:, 2] = t.sum(axis=1)
-        else:
-            sums[:, 1] = t.sum(axis=1)
-            sums[:, 2] = 0
-        sums[:, 3] = sums[:, 0] if mask is None else R2.sum(axis=1)
-    return s.reshape(z.shape), sums, s.reshape(n, channels, -1).sum(axis=2)
+
+        def run(lo, hi):
+            _lrp_step2(z2[lo:hi], R2[lo:hi], no_mask if m is None else m[lo:hi], m is not None, eps, s[lo:hi],
+                       kept[lo:hi], t[lo:hi])
+            sums[lo:hi, 0] = kept[lo:hi].sum(axis=1)
+            if epsilon > 0:
+                sums[lo:hi, 1] = sums[lo:hi, 0]
+                sums[lo:hi, 2] = t[lo:hi].sum(axis=1)
+            else:
+                sums[lo:hi, 1] = t[lo:hi].sum(axis=1)
+                sums[lo:hi, 2] = 0
+            sums[lo:hi, 3] = sums[lo:hi, 0] if m is None else R2[lo:hi].sum(axis=1)
+            per_channel[lo:hi] = s[lo:hi].reshape(hi - lo, channels, -1).sum(axis=2)
+    # each sample's values and sums on one thread, in the order NumPy takes a row: the same bits at any split
+    each_sample(n, run, least=max(1, SMALL_STEP2 // max(1, z2.shape[1])))
+    return s.reshape(z.shape), sums, per_channel

@@ -5,7 +5,12 @@ import numbers
 import numpy as np
 
 from ..errors import LayerParameterError, ShapeError
+from ..kernels._common import each_sample
 from .base import Layer
+
+#: Softmax inputs of at least this many values run their samples on the kernels' threads (one sample's rows
+#: on one thread: the same bits at any split); at least this many values per thread.
+_THREADED = 1 << 16
 
 
 class _Elementwise(Layer):
@@ -78,8 +83,20 @@ class Softmax(Layer):
         rows = self._rows(a)
         if rows is not None:
             return Softmax(axis=1)._forward(rows).reshape(a.shape)
-        e = np.exp(a - a.max(axis=self.axis, keepdims=True))
-        return e / e.sum(axis=self.axis, keepdims=True)
+        axis = self.axis % a.ndim
+        if axis == 0 or a.size < _THREADED or not a.flags.c_contiguous:
+            e = np.exp(a - a.max(axis=axis, keepdims=True))
+            return e / e.sum(axis=axis, keepdims=True)
+        out = np.empty(a.shape, a.dtype)
+
+        def run(lo, hi):  # the same operations, in one array: exp(a - max) / sum, each sample's rows alone
+            x = a[lo:hi]
+            e = np.subtract(x, x.max(axis=axis, keepdims=True), out=out[lo:hi])
+            np.exp(e, out=e)
+            e /= e.sum(axis=axis, keepdims=True)
+        # samples on the kernels' threads (attention's (N, H, T, T)); each row's numbers whatever the split
+        each_sample(len(a), run, least=max(1, _THREADED // max(1, a.size // len(a))))
+        return out
 
     def _backward(self, grad, step):
         y = step.output

@@ -15,18 +15,23 @@ def _matmul(x, w):
     batch, for inputs of any rank.
 
     A sample of at least :data:`~lrpnumpy.kernels.reference.BLOCK_ROWS` rows (tokens (N, T, K) with
-    T >= 32) is one product of its own, the same call in every batch, written ``(w^T x_n^T)^T``: the
-    weights as the long operand.  Blocks of 32 rows re-packed the weights for every block (a ViT-B/16
-    product 3-5 times slower than whole), and ``x_n @ w`` itself, with its 197 rows, made OpenBLAS's
-    two threads wait on each other (1.5-4 times the transposed product's time, measured at batch 1 to
-    16).  Fewer rows per sample: fixed blocks of rows (kernels.matmul_rows)."""
+    T >= 32) is one product of its own, ``x_n @ w`` written into its part of the output: the same
+    call in every batch.  Blocks of 32 rows re-packed the weights for every block (a ViT-B/16 product
+    3-5 times slower than whole).  The transposed form ``(w^T x_n^T)^T``, used before, measured again
+    on a ViT-B/16's ten products (197 tokens; K, M from 768 to 3072; each product's forward and backward
+    weight layout): with one BLAS thread ``x_n @ w`` took 4 % less time in total in float32 (at most 3 %
+    more on one product), 13 % less in float64, at batch 1 and 16; with two threads on an idle machine
+    up to 13 % less.  But while other processes kept the cores busy, its two OpenBLAS threads waited on
+    each other longer than the transposed form's (up to 2-3 times on one product, a whole ViT-B/16
+    explanation at batch 16 a quarter longer; both forms were then several times slower than on an idle
+    machine).  Fewer rows per sample: fixed blocks of rows (kernels.matmul_rows)."""
     rows = math.prod(x.shape[1:-1])
     if x.ndim < 3 or rows < BLOCK_ROWS or not len(x):
         return matmul_rows(x.reshape(-1, x.shape[-1]), w).reshape(x.shape[:-1] + (w.shape[1],))
     out = np.empty(x.shape[:-1] + (w.shape[1],), np.result_type(x, w))  # new, not a view: _times reuses it
     a, o = x.reshape(len(x), rows, x.shape[-1]), out.reshape(len(x), rows, w.shape[1])
     for n in range(len(x)):
-        o[n] = (w.T @ a[n].T).T
+        np.matmul(a[n], w, out=o[n])
     return out
 
 

@@ -1,0 +1,108 @@
+"""GELU's float32 kernel (kernels.elementwise) against SciPy's erf: the series, the jitted pass, when the layer
+takes it (a sample's size, never the batch's), and the package without numba."""
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from numpy.polynomial import chebyshev
+from scipy.special import erf
+
+import lrpnumpy as L
+from lrpnumpy import kernels
+from lrpnumpy.kernels import _common, elementwise
+
+pytest.importorskip("numba", reason="numba is not installed")
+
+
+def _scipy_gelu(a):
+    t = a.dtype.type
+    return t(0.5) * a * (1 + erf(a / t(math.sqrt(2.0))))
+
+
+def _bitwise(a, b):
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def test_series_is_erf_to_3e_14():
+    d = np.concatenate([np.random.default_rng(0).uniform(0, elementwise.ERF_CLAMP, 10 ** 6),
+                        np.linspace(1e-12, elementwise.ERF_CLAMP, 10 ** 5), [1e-300, 1e-20, 1e-8]])
+    approx = d * chebyshev.chebval(2 * d * d / elementwise.ERF_CLAMP ** 2 - 1, np.array(elementwise.ERF_CHEB))
+    assert np.abs(approx / erf(d) - 1).max() < 4e-14
+    assert np.float32(erf(elementwise.ERF_CLAMP)) == 1  # beyond the clamp float32's erf is 1 already
+
+
+def _values(dtype=np.float32):
+    rng = np.random.default_rng(1)
+    clamp = np.float32(elementwise.ERF_CLAMP * math.sqrt(2.0))
+    edges = [0, -0.0, 1e-40, -1e-40, 1e-30, -1e-30, 40, -40, 3e38, -3e38, np.inf, -np.inf, np.nan,
+             clamp, -clamp, np.nextafter(clamp, 0), np.nextafter(-clamp, 0), np.nextafter(clamp, 9)]
+    return np.concatenate([edges, rng.standard_normal(300_000) * 3, rng.uniform(-8, 8, 300_000),
+                           rng.standard_normal(50_000) * 1e-3]).astype(dtype)
+
+
+def test_kernel_is_scipys_gelu_to_one_ulp_and_nearly_always_bitwise():
+    a = _values()
+    ours = elementwise.gelu_float32(a, np.empty_like(a))
+    with np.errstate(invalid="ignore", over="ignore"):
+        ref = _scipy_gelu(a)
+    assert np.array_equal(np.isnan(ours), np.isnan(ref)) and np.array_equal(ours[np.isinf(ref)], ref[np.isinf(ref)])
+    finite = np.isfinite(ref)
+    # erf may differ by one float32 ulp (2^-24 below 1, 2^-23 above): the result by |x/2| times that
+    ulp = np.abs(a[finite]).astype(np.float64) * 2.0 ** -23
+    assert (np.abs(ours[finite].astype(np.float64) - ref[finite]) <= ulp).all()
+    same = (ours == ref) & (np.signbit(ours) == np.signbit(ref)) | np.isnan(ref)
+    assert same.mean() > 1 - 1e-5, same.size - same.sum()
+    assert np.signbit(ours[1]) and ours[7] == 0  # -0.0 stays -0.0; GELU(-40) is 0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_layer_takes_the_kernel_by_a_samples_size(threads, monkeypatch):
+    if kernels.BACKEND != "numba":
+        pytest.skip("the numpy backend is forced")
+    calls = []
+    real = elementwise.gelu_float32
+    monkeypatch.setattr(elementwise, "gelu_float32", lambda x, out: calls.append(x.size) or real(x, out))
+    monkeypatch.setattr(_common, "threads", lambda: threads)  # (whatever the environment says)
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((5, 40, 1000)) * 3).astype(np.float32)  # 40,000 values a sample
+    y = L.GELU().forward(x)
+    assert sum(calls) == x.size and len(calls) == threads
+    np.testing.assert_allclose(y, _scipy_gelu(x), rtol=2.4e-7, atol=1e-30)
+    for i in (0, 2, 4):  # a sample alone and in the batch: the same bits
+        assert _bitwise(L.GELU().forward(x[i:i + 1])[0], y[i])
+    calls.clear()
+    small = x[:, :30]  # 30,000 values a sample, at batch 5 150,000: SciPy's erf, whatever the batch
+    assert _bitwise(L.GELU().forward(small), _scipy_gelu(small)) and calls == []
+    assert _bitwise(L.GELU().forward(x.astype(np.float64)), _scipy_gelu(x.astype(np.float64))) and calls == []
+    previous = kernels.set_backend("numpy")
+    try:
+        assert _bitwise(L.GELU().forward(x), _scipy_gelu(x)) and calls == []
+    finally:
+        kernels.set_backend(previous)
+    assert L.GELU().forward(x[:0]).shape == (0, 40, 1000) and calls == []
+
+
+def _python(code, **env):
+    return subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
+def test_kernel_body_runs_as_python_and_layer_works_without_numba():
+    code = ("import math, numpy as np\n"
+            "from scipy.special import erf\n"
+            "from lrpnumpy.kernels import elementwise as e\n"
+            "a = (np.random.default_rng(3).standard_normal(2000) * 4).astype(np.float32)\n"
+            "ref = np.float32(0.5) * a * (1 + erf(a / np.float32(math.sqrt(2.0))))\n"
+            "print(np.array_equal(e.gelu_float32(a, np.empty_like(a)), ref))")
+    assert _python(code, NUMBA_DISABLE_JIT="1") == ["True"]
+    code = ("import sys; sys.modules['numba'] = None\n"
+            "import math, numpy as np, lrpnumpy as L, lrpnumpy.kernels as k\n"
+            "from scipy.special import erf\n"
+            "a = np.random.default_rng(3).standard_normal((2, 40, 1000)).astype(np.float32)\n"
+            "ref = np.float32(0.5) * a * (1 + erf(a / np.float32(math.sqrt(2.0))))\n"
+            "print(k.BACKEND, np.array_equal(L.GELU().forward(a), ref))")
+    assert _python(code) == ["numpy", "True"]
