@@ -165,7 +165,13 @@ def main():
     p.add_argument("--big-batch16", action="store_true", help="also time the big model at batch 16")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--memory-only", action="store_true", help="only the peak memory of the big model")
+    p.add_argument("--tune-malloc", action="store_true",
+                   help="lrpnumpy.parallel.tune_malloc() first (glibc keeps freed memory for the next large array; "
+                        "both libraries run in this process)")
     args = p.parse_args()
+    if args.tune_malloc:
+        from lrpnumpy import parallel
+        print(f"malloc tuned: {parallel.tune_malloc()}")
     import threadpoolctl
     import torch
     torch.set_num_threads(args.threads)

@@ -209,6 +209,29 @@ MMAP_THRESHOLD, TRIM_THRESHOLD = 32 << 20, 64 << 20
 _TUNED = {}
 
 
+def tune_malloc(mmap_bytes=256 << 20, trim_bytes=512 << 20):
+    """Let glibc's malloc keep freed memory for the next large array: arrays below ``mmap_bytes`` come
+    from the heap, and up to ``trim_bytes`` of freed memory stays there (``mallopt``'s
+    ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD``).  For the whole process, from now on.
+
+    glibc raises its own threshold as arrays are freed, but not above 32 MB: every larger array is
+    fresh pages from the kernel, zeroed on first touch.  A ViT-B/16-sized explanation at batch 16 has
+    many such arrays (the MLP's (16, 197, 3072) activations are 39 MB in float32); with the default
+    settings it took 11.6-12.3 s, with this call 9.6 s (``benchmarks/vit_speed.py --tune-malloc``).  The
+    price: the process keeps up to ``trim_bytes`` of memory it no longer uses.  Dask workers are tuned
+    for their chunks on their first task (to 32 MB and 64 MB, where glibc's own adjustment ends).
+    Returns whether the settings were applied (glibc only; elsewhere nothing changes)."""
+    for name, value in (("mmap_bytes", mmap_bytes), ("trim_bytes", trim_bytes)):
+        if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 < value < 2 ** 31):
+            raise RuleParameterError(f"tune_malloc: {name} must be an int in (0, 2**31), got {value!r}")
+    try:
+        import ctypes
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return mallopt(-3, int(mmap_bytes)) == 1 and mallopt(-1, int(trim_bytes)) == 1  # M_MMAP_, M_TRIM_THRESHOLD
+
+
 def _tune_malloc():
     """Once per process, in a process whose environment sets ``MALLOC_TRIM_THRESHOLD_`` (Dask's nanny sets
     it to 64 KiB for its workers) and not ``MALLOC_MMAP_THRESHOLD_``: glibc's malloc then keeps its mmap
@@ -216,18 +239,13 @@ def _tune_malloc():
     heap, so each array above 128 KiB is fresh pages, which the kernel zeroes on first touch (about
     20,000 page faults, a third of a chunk's time, for 512 lenet5 inputs).  The thresholds are set to
     where glibc's own adjustment ends in a plain process (:data:`MMAP_THRESHOLD`,
-    :data:`TRIM_THRESHOLD`): a worker keeps up to 64 MB free for its next chunk, as this process
-    does.  Returns whether they were set (glibc only)."""
+    :data:`TRIM_THRESHOLD`; :func:`tune_malloc`): a worker keeps up to 64 MB free for its next chunk, as
+    this process does.  Returns whether they were set (glibc only)."""
     if "done" in _TUNED:
         return _TUNED["done"]
     done = False
     if "MALLOC_TRIM_THRESHOLD_" in os.environ and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        try:
-            import ctypes
-            mallopt = ctypes.CDLL(None).mallopt
-            done = mallopt(-3, MMAP_THRESHOLD) == 1 and mallopt(-1, TRIM_THRESHOLD) == 1  # M_MMAP_, M_TRIM_
-        except (OSError, AttributeError):  # not glibc
-            done = False
+        done = tune_malloc(MMAP_THRESHOLD, TRIM_THRESHOLD)
     _TUNED["done"] = done
     return done
 
