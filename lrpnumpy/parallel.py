@@ -217,7 +217,7 @@ def tune_malloc(mmap_bytes=256 << 20, trim_bytes=512 << 20):
     glibc raises its own threshold as arrays are freed, but not above 32 MB: every larger array is
     fresh pages from the kernel, zeroed on first touch.  A ViT-B/16-sized explanation at batch 16 has
     many such arrays (the MLP's (16, 197, 3072) activations are 39 MB in float32); with the default
-    settings it took 11.6-12.3 s, with this call 9.6 s (``benchmarks/vit_speed.py --tune-malloc``).  The
+    settings it took 11.6-12.3 s, with this call 9.6-9.8 s (``benchmarks/vit_speed.py --tune-malloc``).  The
     price: the process keeps up to ``trim_bytes`` of memory it no longer uses.  Dask workers are tuned
     for their chunks on their first task (to 32 MB and 64 MB, where glibc's own adjustment ends).
     Returns whether the settings were applied (glibc only; elsewhere nothing changes)."""
