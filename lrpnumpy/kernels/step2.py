@@ -34,24 +34,10 @@ def lowering(has_mask, epsilon, elements):
 
 
 @jitted
-def _lrp_step2_plain(z, R, eps, s, t):
-    """``s = R / zs`` and ``t = s (zs - z)`` elementwise, every denominator finite (epsilon > 0)."""
-    n, m = z.shape
-    for b in range(n):
-        zb, Rb, sb, tb = z[b], R[b], s[b], t[b]
-        for k in range(m):
-            zk = zb[k]
-            zs = zk + eps if zk >= 0 else zk - eps
-            v = Rb[k] / zs
-            sb[k] = v
-            tb[k] = v * (zs - zk)
-    return s
-
-
-@jitted
 def _quotient_scaled(z, R, eps, scale, s, t):
-    """:func:`_lrp_step2_plain` with ``s`` times ``scale`` (AttnLRP's half for each input of a product):
-    ``s = scale (R / zs)``, ``t = (R / zs) (zs - z)``."""
+    """``s = scale (R / zs)`` and ``t = (R / zs) (zs - z)`` elementwise, every denominator finite (epsilon
+    > 0).  ``scale``: AttnLRP's half for each input of a product; 1 for the plain step 2 (a product by
+    1 changes no bit)."""
     n, m = z.shape
     for b in range(n):
         zb, Rb, sb, tb = z[b], R[b], s[b], t[b]
@@ -72,7 +58,7 @@ def stabilized_quotient(z, R, epsilon, scale=1.0):
     The transformer rules' step 2 (:func:`lrpnumpy.rules_transformer._stabilized`) on large arrays (the
     attention scores (N, H, T, T)), which in NumPy takes seven passes.  The same bits as
     ``R / stabilize(z, epsilon)`` times ``scale`` and the per-sample sum of ``(R / zs) (zs - z)`` (the
-    stabilizer written out element by element, as in :func:`_lrp_step2_plain`).  Non-finite
+    stabilizer written out element by element).  Non-finite
     denominators are not looked for: the caller checks that the sums are finite."""
     n = len(z)
     z2, R2 = np.ascontiguousarray(z).reshape(n, -1), np.ascontiguousarray(R).reshape(n, -1)
@@ -125,10 +111,10 @@ def lrp_step2(z, R, mask, epsilon, channels):
     t = scratch("step2 t", z2.shape, z.dtype)  # the calling thread's; each thread writes its samples' rows
     sums = np.empty((n, 4), z.dtype)
     per_channel = np.empty((n, channels), z.dtype)
-    eps = z.dtype.type(epsilon)
+    eps, one = z.dtype.type(epsilon), z.dtype.type(1)
     if how == "plain":  # kept = finite = total, all of R
         def run(lo, hi):
-            _lrp_step2_plain(z2[lo:hi], R2[lo:hi], eps, s[lo:hi], t[lo:hi])
+            _quotient_scaled(z2[lo:hi], R2[lo:hi], eps, one, s[lo:hi], t[lo:hi])
             sums[lo:hi, 0] = R2[lo:hi].sum(axis=1)
             sums[lo:hi, 1] = sums[lo:hi, 3] = sums[lo:hi, 0]
             sums[lo:hi, 2] = t[lo:hi].sum(axis=1)
