@@ -417,8 +417,9 @@ def test_tune_malloc_keeps_large_arrays_off_fresh_pages():
     import subprocess
     import sys
     code = """if True:
-        import resource, sys, numpy as np
+        import ctypes, resource, sys, numpy as np
         from lrpnumpy import parallel as P
+        ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: 4 kB pages, a fault each (huge pages: 165 in all)
         if sys.argv[1] == "tuned":
             assert P.tune_malloc()
         def faults():
