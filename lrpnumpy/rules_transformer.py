@@ -37,7 +37,6 @@ import numpy as np
 from . import kernels
 from .errors import RuleParameterError, UnsupportedLayerError
 from .kernels import elementwise, step2
-from .kernels._common import each_sample
 from .layers import LayerNorm, MultiheadAttention, Softmax
 from .layers.transformer import ClassToken, GraphLayer, PositionEmbedding
 from .layers.transformer_norm import _mean
@@ -214,7 +213,7 @@ class SoftmaxRule(Rule):
             np.subtract(r, out, out=out)
             out *= x[lo:hi]
             total[lo:hi], total_in[lo:hi] = per_sample_sum(r), per_sample_sum(out)
-        each_sample(len(R), run, least=max(1, _LARGE // max(1, R.size // len(R))))
+        elementwise.by_samples(run, R)
         return R_in, {"softmax": total - total_in}
 
 

@@ -262,14 +262,11 @@ def test_large_softmax_and_its_rule_on_the_kernels_threads_keep_the_formulas_bit
                                                                                    monkeypatch):
     """Attention-sized softmaxes (forward and AttnLRP's rule) run their samples on the kernels' threads, in one
     array: the formulas' bits, at one thread or two, a sample alone or in the batch."""
-    from lrpnumpy.layers import activation
-    from lrpnumpy import rules_transformer
+    from lrpnumpy.kernels import elementwise
     from lrpnumpy.rules_transformer import SoftmaxRule
-    runs = []
-    for module in (activation, rules_transformer):
-        real = module.each_sample
-        monkeypatch.setattr(module, "each_sample", lambda n, run, least=1, real=real: runs.append(
-            real(n, lambda lo, hi: runs.append((lo, hi)) or run(lo, hi), least)))
+    runs, real = [], elementwise.each_sample  # (both share their samples through elementwise.by_samples)
+    monkeypatch.setattr(elementwise, "each_sample", lambda n, run, least=1: runs.append(
+        real(n, lambda lo, hi: runs.append((lo, hi)) or run(lo, hi), least)))
     monkeypatch.setattr(_common, "threads", lambda: threads)  # (whatever the environment says)
     rng = np.random.default_rng(13)
     x = (rng.standard_normal((6, 4, 100, 100)) * 3).astype(dtype)

@@ -82,5 +82,12 @@ def multiply_into(x, c):
 
     def run(lo, hi):
         np.multiply(x[lo:hi], c[lo:hi], out=c[lo:hi])
-    each_sample(len(c), run, least=max(1, THREADED_SIZE // max(1, c.size // len(c))))
+    by_samples(run, c)
     return c
+
+
+def by_samples(run, a):
+    """``run(lo, hi)`` over the samples of ``a`` (N, ...), shared among the kernels' threads
+    (:func:`~lrpnumpy.kernels._common.each_sample`) with at least :data:`THREADED_SIZE` values per thread
+    (on the calling thread alone below that)."""
+    each_sample(len(a), run, least=max(1, THREADED_SIZE // max(1, a.size // max(1, len(a)))))

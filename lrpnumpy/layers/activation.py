@@ -5,12 +5,8 @@ import numbers
 import numpy as np
 
 from ..errors import LayerParameterError, ShapeError
-from ..kernels._common import each_sample
+from ..kernels.elementwise import THREADED_SIZE, by_samples
 from .base import Layer
-
-#: Softmax inputs of at least this many values run their samples on the kernels' threads (one sample's rows
-#: on one thread: the same bits at any split); at least this many values per thread.
-_THREADED = 1 << 16
 
 
 class _Elementwise(Layer):
@@ -84,7 +80,7 @@ class Softmax(Layer):
         if rows is not None:
             return Softmax(axis=1)._forward(rows).reshape(a.shape)
         axis = self.axis % a.ndim
-        if axis == 0 or a.size < _THREADED or not a.flags.c_contiguous:
+        if axis == 0 or a.size < THREADED_SIZE or not a.flags.c_contiguous:  # (else: on the kernels' threads)
             e = np.exp(a - a.max(axis=axis, keepdims=True))
             return e / e.sum(axis=axis, keepdims=True)
         out = np.empty(a.shape, a.dtype)
@@ -95,7 +91,7 @@ class Softmax(Layer):
             np.exp(e, out=e)
             e /= e.sum(axis=axis, keepdims=True)
         # samples on the kernels' threads (attention's (N, H, T, T)); each row's numbers whatever the split
-        each_sample(len(a), run, least=max(1, _THREADED // max(1, a.size // len(a))))
+        by_samples(run, a)
         return out
 
     def _backward(self, grad, step):
