@@ -14,6 +14,13 @@ minimum over ``--repeats`` rounds (10 times as many for the shipped ViT; lrpnump
 NumPy's BLAS limited to ``--threads`` threads.  The peak memory of one ViT-B/16-sized explanation (batch 1)
 is measured in a child process for each library, the first explanation after building the model: the peak resident size
 (``VmHWM``, reset through ``/proc/self/clear_refs``) minus the resident size before it.
+
+``--products``: for the ViT-B/16-sized model at each timed batch, the token products alone, as one
+explanation makes them (every ``Linear``'s forward ``x W^T`` and step 3 ``s W``, recorded from a real
+explanation and replayed on its own operands): one product per sample, as lrpnumpy computes them for
+batch invariance, and one product over the whole batch, as torch does; each replayed result is first
+checked bitwise against the recorded one, the whole-batch one to float32 tolerance.  Timed in turns with
+lxt's whole explanation: the part of lrpnumpy's time no other work can remove.
 """
 
 import argparse
@@ -123,6 +130,44 @@ def best(fns, repeats):
     return [min(t) for t in times]
 
 
+def token_products(net, x, composite):
+    """The (input, weight, output) of every token product ``lrpnumpy.layers.linear._matmul`` makes in one
+    explanation of ``x``: the forward ``x W^T`` and step 3's ``s W`` of each Linear (projections included)."""
+    from lrpnumpy.layers import linear
+    calls, real = [], linear._matmul
+
+    def record(a, w):
+        out = real(a, w)
+        calls.append((a.copy(), w, out.copy()))  # copies: the callers go on to change both in place
+        return out
+    linear._matmul = record
+    try:
+        L.explain(net, x, composite=composite)
+    finally:
+        linear._matmul = real
+    return calls
+
+
+def products_floor(net, x, composite, fwd, torch, repeats):
+    """Seconds of the recorded token products one sample at a time and whole-batch, and of lxt's whole
+    explanation, timed in turns; the replays first checked against the recorded products."""
+    from lrpnumpy.layers.linear import _matmul
+    calls = [(a, w, out) for a, w, out in token_products(net, x, composite) if a.ndim == 3]
+    for a, w, out in calls:
+        assert np.array_equal(_matmul(a, w), out)  # the replay is what explain computed, bit for bit
+        whole = np.matmul(a.reshape(-1, a.shape[-1]), w).reshape(out.shape)
+        np.testing.assert_allclose(whole, out, rtol=1e-4, atol=1e-4 * np.abs(out).max())
+
+    def per_sample():
+        for a, w, _ in calls:
+            _matmul(a, w)
+
+    def whole_batch():
+        for a, w, _ in calls:
+            np.matmul(a.reshape(-1, a.shape[-1]), w)
+    return len(calls), best([per_sample, whole_batch, lambda: lxt_relevance(fwd, x, torch)], repeats)
+
+
 BIG = dict(image=224, channels=3, patch=16, width=768, heads=12, mlp=3072, classes=1000)
 
 
@@ -165,6 +210,8 @@ def main():
     p.add_argument("--big-batch16", action="store_true", help="also time the big model at batch 16")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--memory-only", action="store_true", help="only the peak memory of the big model")
+    p.add_argument("--products", action="store_true",
+                   help="also time the big model's token products alone, per sample and whole-batch, against lxt")
     p.add_argument("--tune-malloc", action="store_true",
                    help="lrpnumpy.parallel.tune_malloc() first (glibc keeps freed memory for the next large array; "
                         "both libraries run in this process)")
@@ -190,7 +237,7 @@ def main():
     print(f"shipped ViT, float64, 8 images: lrpnumpy == lxt to 1e-8 (max |difference| "
           f"{np.abs(ours - theirs).max():.1e}, max |R| {np.abs(theirs).max():.2f})")
 
-    rows = []
+    rows, floors = [], []
     models = [("shipped ViT (2 blocks, width 64, 17 tokens)", L.zoo.trained("fashion_vit", dtype=np.float32),
                (1, 28, 28), [1, 16]),
               (f"ViT-B/16-sized ({args.big_layers} blocks, width 768, 197 tokens)",
@@ -210,10 +257,21 @@ def main():
             rows.append((name, batch, t_ours, t_lxt, err))
             print(f"{name}, batch {batch}: lrpnumpy {t_ours * 1e3:.1f} ms, lxt {t_lxt * 1e3:.1f} ms "
                   f"(ratio {t_ours / t_lxt:.2f}; max |difference| / max |R| {err:.1e})", flush=True)
+            if args.products and x.size >= 10 ** 5:
+                count, (t_each, t_whole, t_lxt2) = products_floor(net, x, attnlrp, fwd, torch, args.repeats)
+                floors.append((batch, count, t_each, t_whole, t_lxt2))
+                print(f"  its {count} token products alone: one per sample {t_each * 1e3:.1f} ms, whole batch "
+                      f"{t_whole * 1e3:.1f} ms (per sample / whole {t_each / t_whole:.2f}); lxt's explanation "
+                      f"{t_lxt2 * 1e3:.1f} ms (products per sample / lxt {t_each / t_lxt2:.2f})", flush=True)
     print(f"\nAttnLRP, float32, {args.threads} threads, min of {args.repeats} rounds ({10 * args.repeats} for the shipped ViT)\n")
     print(f"{'model':<52} {'batch':>5} {'lrpnumpy ms':>12} {'lxt ms':>9} {'ratio':>6}")
     for name, batch, a, b, _ in rows:
         print(f"{name:<52} {batch:>5} {a * 1e3:>12.1f} {b * 1e3:>9.1f} {a / b:>6.2f}")
+    if floors:
+        print("\nThe big model's token products alone (ms) against lxt's whole explanation\n")
+        print(f"{'batch':>5} {'products':>8} {'per sample':>11} {'whole batch':>12} {'lxt':>9} {'per sample / lxt':>17}")
+        for batch, count, each, whole, lxt in floors:
+            print(f"{batch:>5} {count:>8} {each * 1e3:>11.1f} {whole * 1e3:>12.1f} {lxt * 1e3:>9.1f} {each / lxt:>17.2f}")
     return 0 if args.no_memory else memory(args)
 
 
