@@ -59,6 +59,44 @@ def test_kernel_is_scipys_gelu_to_one_ulp_and_nearly_always_bitwise():
     assert np.signbit(ours[1]) and ours[7] == 0  # -0.0 stays -0.0; GELU(-40) is 0
 
 
+def _clenshaw_gelu(x, out):
+    """The kernel as first written (one value at a time): the four-stream kernel must give its bits."""
+    half, root2, one = np.float32(0.5), np.float32(math.sqrt(2.0)), np.float32(1.0)
+    clamp, coef = elementwise.ERF_CLAMP, np.array(elementwise.ERF_CHEB)
+    scale = 2.0 / (clamp * clamp)
+    for i in range(x.size):
+        v = x[i]
+        d = np.float64(v / root2)
+        dc = min(max(d, -clamp), clamp)
+        t = dc * dc * scale - 1.0
+        t2 = 2.0 * t
+        b1 = 0.0
+        b2 = 0.0
+        for k in range(len(coef) - 1, 0, -1):
+            b1, b2 = coef[k] + t2 * b1 - b2, b1
+        e = dc * (coef[0] + t * b1 - b2)
+        if abs(d) >= clamp:
+            e = math.copysign(1.0, d)
+        out[i] = (v * half) * (np.float32(e) + one)
+    return out
+
+
+def test_kernel_gives_the_one_value_loops_bits():
+    import numba
+    reference = numba.njit(error_model="numpy")(_clenshaw_gelu)
+    rng = np.random.default_rng(4)
+    clamp = np.float32(elementwise.ERF_CLAMP * math.sqrt(2.0))
+    near_clamp = (np.float32(clamp).view(np.int32) + np.arange(-500, 500, dtype=np.int32)).view(np.float32)
+    a = np.concatenate([_values(), near_clamp, -near_clamp, rng.uniform(-6, 6, 200_000).astype(np.float32),
+                        rng.integers(0, 1 << 32, 200_000, dtype=np.uint64).astype(np.uint32).view(np.float32)])
+    a = a[rng.permutation(a.size)]  # every kind of value in each of the four streams and in the tail
+    with np.errstate(invalid="ignore", over="ignore"):
+        assert _bitwise(elementwise.gelu_float32(a, np.empty_like(a)), reference(a, np.empty_like(a)))
+        for n in (0, 1, 3, 127, 128, 129, 255, 256, 1000, 4352):  # whole blocks of 128 and a rest
+            part = a[n:2 * n]
+            assert _bitwise(elementwise.gelu_float32(part, np.empty_like(part)), reference(part, np.empty_like(part)))
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_layer_takes_the_kernel_by_a_samples_size(threads, monkeypatch):
     if kernels.BACKEND != "numba":

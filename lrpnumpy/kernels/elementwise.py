@@ -47,15 +47,67 @@ _COEF = np.array(ERF_CHEB)  # a constant in the jitted code
 _SQRT2 = math.sqrt(2.0)
 
 
+#: Values in each of the four streams that :func:`gelu_float32` evaluates side by side.
+_STREAM = 32
+
+
 @jitted
 def gelu_float32(x, out):
     """``out = x/2 (1 + erf(x / sqrt 2))`` for 1-D float32 ``x`` and ``out``, in the reference's float32
-    operations (``(x * 0.5) * (erf(x / sqrt2) + 1)``), ``erf`` as the module docstring says."""
+    operations (``(x * 0.5) * (erf(x / sqrt2) + 1)``), ``erf`` as the module docstring says.
+
+    Each value's operations are those of the plain loop at the end (which does the last ``n % 128``
+    values), in the same order, so every value gets the same bits.  The main loop runs four
+    independent streams (values ``i``, ``i + 32``, ``i + 64``, ``i + 96`` of each block of 128) in
+    lock-step: LLVM vectorises it (16 values an instruction pair) either way, but one stream's
+    Clenshaw recurrence is a chain of 72 dependent operations, and with one stream the processor
+    waits on it (3.7 ns a value; four streams: 2.1 ns, one thread).  The recurrence is written as
+    two loops of 12 steps so that LLVM unrolls both fully; one loop of 24 steps over four streams
+    is not unrolled, and the main loop then is not vectorised at all (17 ns a value)."""
     half, root2, one = np.float32(0.5), np.float32(_SQRT2), np.float32(1.0)
     clamp = ERF_CLAMP
     scale = 2.0 / (clamp * clamp)
-    last = len(_COEF) - 1
-    for i in range(x.size):
+    last, mid, s = len(_COEF) - 1, (len(_COEF) - 1) // 2, _STREAM
+    n = x.size
+    full = n - n % (4 * s)
+    for lo in range(0, full, 4 * s):
+        for i in range(lo, lo + s):
+            v0, v1, v2, v3 = x[i], x[i + s], x[i + 2 * s], x[i + 3 * s]
+            d0, d1 = np.float64(v0 / root2), np.float64(v1 / root2)
+            d2, d3 = np.float64(v2 / root2), np.float64(v3 / root2)
+            c0, c1 = min(max(d0, -clamp), clamp), min(max(d1, -clamp), clamp)
+            c2, c3 = min(max(d2, -clamp), clamp), min(max(d3, -clamp), clamp)
+            t0, t1 = c0 * c0 * scale - 1.0, c1 * c1 * scale - 1.0
+            t2, t3 = c2 * c2 * scale - 1.0, c3 * c3 * scale - 1.0
+            u0, u1, u2, u3 = 2.0 * t0, 2.0 * t1, 2.0 * t2, 2.0 * t3
+            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = 0.0
+            for k in range(last, mid, -1):  # Clenshaw's recurrence, as below (a: b1, b: b2), in two halves
+                c = _COEF[k]
+                a0, b0 = c + u0 * a0 - b0, a0
+                a1, b1 = c + u1 * a1 - b1, a1
+                a2, b2 = c + u2 * a2 - b2, a2
+                a3, b3 = c + u3 * a3 - b3, a3
+            for k in range(mid, 0, -1):
+                c = _COEF[k]
+                a0, b0 = c + u0 * a0 - b0, a0
+                a1, b1 = c + u1 * a1 - b1, a1
+                a2, b2 = c + u2 * a2 - b2, a2
+                a3, b3 = c + u3 * a3 - b3, a3
+            e0, e1 = c0 * (_COEF[0] + t0 * a0 - b0), c1 * (_COEF[0] + t1 * a1 - b1)
+            e2, e3 = c2 * (_COEF[0] + t2 * a2 - b2), c3 * (_COEF[0] + t3 * a3 - b3)
+            if abs(d0) >= clamp:
+                e0 = math.copysign(1.0, d0)
+            if abs(d1) >= clamp:
+                e1 = math.copysign(1.0, d1)
+            if abs(d2) >= clamp:
+                e2 = math.copysign(1.0, d2)
+            if abs(d3) >= clamp:
+                e3 = math.copysign(1.0, d3)
+            out[i] = (v0 * half) * (np.float32(e0) + one)
+            out[i + s] = (v1 * half) * (np.float32(e1) + one)
+            out[i + 2 * s] = (v2 * half) * (np.float32(e2) + one)
+            out[i + 3 * s] = (v3 * half) * (np.float32(e3) + one)
+    for i in range(full, n):
         v = x[i]
         d = np.float64(v / root2)
         dc = min(max(d, -clamp), clamp)  # (NaN: any value; v * half makes the result NaN)
