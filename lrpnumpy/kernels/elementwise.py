@@ -8,7 +8,8 @@ loop, with ``erf`` of the float32 argument evaluated in float64 as ``d g(d^2)`` 
 11 million points, a million times less than float32's rounding), and ``sign(d)`` beyond (where float32's
 ``erf`` is 1 already), then rounded to float32 as SciPy's is: the float32 result differs from SciPy's only
 where the exact ``erf`` lies within 3.2e-14 (relative) of a rounding boundary (none of 9.7 million normal
-values of standard deviation 3; tested against SciPy to one ulp).  3.6 ns an element, in one thread.  float64 keeps SciPy (a series to float64's precision is not this short).
+values of standard deviation 3; tested against SciPy to one ulp).  2.1 ns an element, in one thread.
+float64 keeps SciPy (a series to float64's precision is not this short).
 
 The NumPy reference (SciPy's ``erf``) is what :class:`~lrpnumpy.layers.GELU` runs without numba, with
 ``LRPNUMPY_KERNELS=numpy``, in float64, and on samples of fewer than :data:`GELU_KERNEL_SIZE` values (the
