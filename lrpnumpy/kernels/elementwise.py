@@ -24,11 +24,11 @@ from ._common import each_sample, jitted
 
 #: Samples (values per sample) from which a float32 GELU runs :func:`gelu_float32` under the numba backend.
 #: The kernel is faster than SciPy's ``erf`` at every size (a call of 16 values: 1.3 us against 3.6; of
-#: 4,352: 10.5 us against 47), but its first call imports numba and loads its cache (0.7 s), about what
-#: 20,000 calls of 4,096 values save: smaller samples (a small model's, which may run no other jitted
-#: kernel) keep SciPy.  The shipped ViT's (17 tokens x 256, whose patch convolution runs a jitted kernel
+#: 2,176: 6 us against 26), but its first call imports numba and loads its cache (0.7 s), about what
+#: 40,000 calls of 2,048 values save: smaller samples (a small model's, which may run no other jitted
+#: kernel) keep SciPy.  The shipped ViT's (17 tokens x 128, whose patch convolution runs a jitted kernel
 #: anyway) take the kernel.
-GELU_KERNEL_SIZE = 1 << 12
+GELU_KERNEL_SIZE = 1 << 11
 
 #: ``|d|`` from which float32's ``erf(d)`` is ``sign(d)`` (``1 - erf(3.95) = 2.3e-8``, under half an ulp of 1, 3.0e-8).
 ERF_CLAMP = 3.95
