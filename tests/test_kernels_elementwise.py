@@ -84,7 +84,7 @@ def _clenshaw_gelu(x, out):
 #: The 40 float32 inputs of +-[0.125, 5.6] whose result changes when the float64 ``erf`` of the series moves
 #: least (8 to 360 float64 ulps) across a float32 rounding boundary, found by a scan of every float32 there:
 #: where a change in the kernel's arithmetic shows first.  (Elsewhere the float32 rounding of ``erf`` and
-#: of ``1 + erf`` absorbs changes of thousands of ulps.)
+#: of ``1 + erf`` absorbs changes of thousands of ulps.)  ``benchmarks/gelu_speed.py --near-boundary`` lists them.
 _NEAR_BOUNDARY = np.array([
     0xbf8b34c2, 0xbf3affc6, 0xbf3affc7, 0x3ed6d024, 0xbed6d024, 0xbe779717, 0xbf65c1d0, 0xbf65c1d1, 0x408c52c3,
     0xc08c52c3, 0x3eb43ef5, 0xbf9a3a1e, 0xc0317812, 0xbfa2a716, 0x3f8f327f, 0xbf8f327f, 0xbfa447a0, 0xc0a81ef0,
