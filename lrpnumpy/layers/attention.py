@@ -90,7 +90,7 @@ class GELU(_SameShape):
     For LRP, AttnLRP passes relevance through it unchanged (the identity rule).  In float32, samples
     of at least 2,048 values (:data:`~lrpnumpy.kernels.elementwise.GELU_KERNEL_SIZE`) take
     :func:`lrpnumpy.kernels.elementwise.gelu_float32` under the numba backend (SciPy's ``erf`` to
-    float32's rounding, 4-7 times as fast); otherwise SciPy's ``erf``.
+    float32's rounding, 5-8 times as fast); otherwise SciPy's ``erf``.
     """
 
     config_keys = ("approximate",)
