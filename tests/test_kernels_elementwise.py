@@ -59,6 +59,58 @@ def test_kernel_is_scipys_gelu_to_one_ulp_and_nearly_always_bitwise():
     assert np.signbit(ours[1]) and ours[7] == 0  # -0.0 stays -0.0; GELU(-40) is 0
 
 
+def _clenshaw_gelu(x, out):
+    """The kernel as first written (one value at a time): the four-stream kernel must give its bits."""
+    half, root2, one = np.float32(0.5), np.float32(math.sqrt(2.0)), np.float32(1.0)
+    clamp, coef = elementwise.ERF_CLAMP, np.array(elementwise.ERF_CHEB)
+    scale = 2.0 / (clamp * clamp)
+    for i in range(x.size):
+        v = x[i]
+        d = np.float64(v / root2)
+        dc = min(max(d, -clamp), clamp)
+        t = dc * dc * scale - 1.0
+        t2 = 2.0 * t
+        b1 = 0.0
+        b2 = 0.0
+        for k in range(len(coef) - 1, 0, -1):
+            b1, b2 = coef[k] + t2 * b1 - b2, b1
+        e = dc * (coef[0] + t * b1 - b2)
+        if abs(d) >= clamp:
+            e = math.copysign(1.0, d)
+        out[i] = (v * half) * (np.float32(e) + one)
+    return out
+
+
+#: The 40 float32 inputs of +-[0.125, 5.6] whose result changes when the float64 ``erf`` of the series moves
+#: least (8 to 360 float64 ulps) across a float32 rounding boundary, found by a scan of every float32 there:
+#: where a change in the kernel's arithmetic shows first.  (Elsewhere the float32 rounding of ``erf`` and
+#: of ``1 + erf`` absorbs changes of thousands of ulps.)  ``benchmarks/gelu_speed.py --near-boundary`` lists them.
+_NEAR_BOUNDARY = np.array([
+    0xbf8b34c2, 0xbf3affc6, 0xbf3affc7, 0x3ed6d024, 0xbed6d024, 0xbe779717, 0xbf65c1d0, 0xbf65c1d1, 0x408c52c3,
+    0xc08c52c3, 0x3eb43ef5, 0xbf9a3a1e, 0xc0317812, 0xbfa2a716, 0x3f8f327f, 0xbf8f327f, 0xbfa447a0, 0xc0a81ef0,
+    0x3f3c5f21, 0xbf3c5f21, 0xc07498ab, 0xbf48109e, 0xc092b0d6, 0xbf1b04a3, 0xc0b15cee, 0xbf26770c, 0xc0a620b2,
+    0xbe1bdefe, 0x409bea70, 0xc09bea70, 0xc071dd09, 0xc071dd0a, 0xc04d03fd, 0xbea19f51, 0x3f3ad071, 0xbf3ad071,
+    0xbf3ad072, 0xc07be334, 0x40ab1ae8, 0xc0ab1ae8], np.uint32).view(np.float32)
+
+
+def test_kernel_gives_the_one_value_loops_bits():
+    """The same bits as the one-value loop (checked once on all 2^32 float32 inputs: none differs) on
+    random values, every kind of special value, and the inputs nearest a rounding boundary, each of
+    them in each of the four streams and in the rest."""
+    import numba
+    reference = numba.njit(error_model="numpy")(_clenshaw_gelu)
+    rng = np.random.default_rng(4)
+    clamp = np.float32(elementwise.ERF_CLAMP * math.sqrt(2.0))
+    near_clamp = (np.float32(clamp).view(np.int32) + np.arange(-500, 500, dtype=np.int32)).view(np.float32)
+    a = np.concatenate([_values(), near_clamp, -near_clamp, rng.uniform(-6, 6, 200_000).astype(np.float32),
+                        rng.integers(0, 1 << 32, 200_000, dtype=np.uint64).astype(np.uint32).view(np.float32)])
+    a = a[rng.permutation(a.size)]  # every kind of value in each of the four streams and in the rest
+    hard = np.concatenate([np.resize(_NEAR_BOUNDARY, 4096), _NEAR_BOUNDARY])  # 40 values cycle through 128
+    with np.errstate(invalid="ignore", over="ignore"):
+        for x in (a, hard) + tuple(a[n:2 * n] for n in (0, 1, 3, 127, 128, 129, 255, 256, 1000, 4352)):
+            assert _bitwise(elementwise.gelu_float32(x, np.empty_like(x)), reference(x, np.empty_like(x)))
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_layer_takes_the_kernel_by_a_samples_size(threads, monkeypatch):
     if kernels.BACKEND != "numba":
@@ -75,7 +127,12 @@ def test_layer_takes_the_kernel_by_a_samples_size(threads, monkeypatch):
     for i in (0, 2, 4):  # a sample alone and in the batch: the same bits
         assert _bitwise(L.GELU().forward(x[i:i + 1])[0], y[i])
     calls.clear()
-    small = x[:, :30]  # 30,000 values a sample, at batch 5 150,000: SciPy's erf, whatever the batch
+    vit = x[:, :17, :128]  # the shipped ViT's MLP: 2,176 values a sample take the kernel
+    assert _bitwise(L.GELU().forward(vit), real(vit.ravel(), np.empty(vit.size, np.float32)).reshape(vit.shape))
+    assert sum(calls) == vit.size
+    calls.clear()
+    small = (rng.standard_normal((80, 17, 120)) * 3).astype(np.float32)  # 2,040 a sample, 163,200 in all
+    assert elementwise.GELU_KERNEL_SIZE == 2048  # SciPy's erf, whatever the batch
     assert _bitwise(L.GELU().forward(small), _scipy_gelu(small)) and calls == []
     assert _bitwise(L.GELU().forward(x.astype(np.float64)), _scipy_gelu(x.astype(np.float64))) and calls == []
     previous = kernels.set_backend("numpy")

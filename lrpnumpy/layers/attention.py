@@ -88,8 +88,9 @@ class GELU(_SameShape):
     ``x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` (PyTorch's GELU).
 
     For LRP, AttnLRP passes relevance through it unchanged (the identity rule).  In float32, samples
-    of at least 32,768 values take :func:`lrpnumpy.kernels.elementwise.gelu_float32` under the numba
-    backend (SciPy's ``erf`` to float32's rounding, five times as fast); otherwise SciPy's ``erf``.
+    of at least 2,048 values (:data:`~lrpnumpy.kernels.elementwise.GELU_KERNEL_SIZE`) take
+    :func:`lrpnumpy.kernels.elementwise.gelu_float32` under the numba backend (SciPy's ``erf`` to
+    float32's rounding, 5-8 times as fast); otherwise SciPy's ``erf``.
     """
 
     config_keys = ("approximate",)
