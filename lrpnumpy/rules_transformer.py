@@ -175,7 +175,7 @@ class HoldConstant(Rule):
         a, b = step.inputs
         z = step.output                                                  # step 1: z = a @ b
         s, ledger = _stabilized(z, R, self.epsilon)                      # step 2: s = R / stabilize(z)
-        c = _free_grad(step, s, 1 - self.constant)                        # step 3: c, the free input's only
+        c = _free_grad(step, s, 1 - self.constant)                       # step 3: c, the free input's only
         free = step.inputs[1 - self.constant]
         R_free = free * c                                                # step 4: R = x * c
         zero = np.zeros(step.inputs[self.constant].shape, R.dtype)

@@ -51,7 +51,7 @@ def _products(a, b):
     """
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     macs = m * k * n
-    lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    lead = a.shape[:-2] if a.shape[:-2] == b.shape[:-2] else np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     count = math.prod(lead)
     split = convolution.SMALL_GEMM < macs <= SPLIT_GEMM
     if not lead or not count or not macs or macs > SPLIT_GEMM or (count * macs < _STACK_GEMM and not split):
@@ -305,7 +305,7 @@ class MatMul(_MultiInput, Layer):
 
     Both inputs are activations (attention scores ``q @ k^T``, the context ``softmax @ v``); both
     need at least two axes.  ``backward`` gives ``(grad @ b^T, a^T @ grad)``, each summed to its
-    input's shape.
+    input's shape; ``input_grad(grad, step, i)`` gives one of them (one product).
     """
 
     n_inputs, products = 2, True
@@ -347,7 +347,8 @@ class MatMul(_MultiInput, Layer):
 class Mul(_MultiInput, Layer):
     """``a * b`` elementwise with broadcasting (a gate times a value: SwiGLU, LSTM gates).
 
-    ``backward`` gives ``(grad * b, grad * a)``, each summed to its input's shape.
+    ``backward`` gives ``(grad * b, grad * a)``, each summed to its input's shape; ``input_grad(grad, step,
+    i)`` gives one of them.
     """
 
     n_inputs, products = 2, True
