@@ -143,6 +143,12 @@ class Uniform(Rule):
         return (_times(a, c_a), _times(b, c_b)), ledger                  # step 4: R = a * c
 
 
+def _free_grad(step, s, i):
+    """``backward(s)[i]``: the layer's one product for input ``i`` when it has it (MatMul, Mul), not both."""
+    one = getattr(step.layer, "input_grad", None)
+    return one(s, step, i) if one is not None else step.layer.backward(s, step)[i]
+
+
 class HoldConstant(Rule):
     r"""CP-LRP's rule for a product of two activations: input ``constant`` held fixed.
 
@@ -169,7 +175,7 @@ class HoldConstant(Rule):
         a, b = step.inputs
         z = step.output                                                  # step 1: z = a @ b
         s, ledger = _stabilized(z, R, self.epsilon)                      # step 2: s = R / stabilize(z)
-        c = step.layer.backward(s, step)[1 - self.constant]              # step 3: c, the free input's only
+        c = _free_grad(step, s, 1 - self.constant)                       # step 3: c, the free input's only
         free = step.inputs[1 - self.constant]
         R_free = free * c                                                # step 4: R = x * c
         zero = np.zeros(step.inputs[self.constant].shape, R.dtype)

@@ -9,7 +9,7 @@ import pytest
 
 import lrpnumpy as L
 from lrpnumpy import composites, kernels
-from lrpnumpy.kernels import _common
+from lrpnumpy.kernels import _common, convolution
 from lrpnumpy.layers import attention, linear
 from oracles import stabilized_masked
 
@@ -78,7 +78,7 @@ def _stack(rng, n, dtype, m=40, k=24, p=36):
 @pytest.mark.parametrize("transpose", [False, True])
 def test_stacked_products_equal_matmul_and_are_batch_invariant(dtype, transpose, monkeypatch):
     monkeypatch.setattr(attention, "_STACK_GEMM", 0)  # these small heads too
-    monkeypatch.setattr(attention, "SPLIT_GEMM", 10 ** 9)
+    monkeypatch.setattr(convolution, "SMALL_GEMM", 10 ** 4)  # and in blocks, as ViT-B/16's
     rng = np.random.default_rng(2)
     a, b = _stack(rng, 9, dtype)
     if transpose:  # the backward pass's operands: transposed views
@@ -108,9 +108,10 @@ def test_stacked_products_fall_back_to_matmul():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_vit_with_many_tokens_is_batch_invariant(dtype, monkeypatch):
-    """A ViT of 50 tokens (both fast paths; the per-head path forced for its small heads): a sample's output
-    and AttnLRP relevance alone and first, inside or last of batches of 2, 5 and 9, bit for bit."""
+    """A ViT of 50 tokens (both fast paths; the per-head path in blocks forced for its small heads): a sample's
+    output and AttnLRP relevance alone and first, inside or last of batches of 2, 5 and 9, bit for bit."""
     monkeypatch.setattr(attention, "_STACK_GEMM", 0)
+    monkeypatch.setattr(convolution, "SMALL_GEMM", 5000)
     rng = np.random.default_rng(6)
     blocks = [L.TransformerEncoderLayer(32, 4, 64, rng=3 + i, dtype=dtype) for i in range(2)]
     net = L.Sequential(L.PatchEmbedding(3, 32, 4, rng=0, dtype=dtype), L.ClassToken(32, rng=1, dtype=dtype),

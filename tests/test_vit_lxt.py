@@ -51,7 +51,9 @@ def test_vit_of_37_tokens_matches_lxt_efficient(vit_speed, monkeypatch):
     kernels' threads (forced here for these small heads) give lxt's relevance too."""
     import torch
     from lrpnumpy.layers import attention
+    from lrpnumpy.kernels import convolution
     monkeypatch.setattr(attention, "_STACK_GEMM", 0)
+    monkeypatch.setattr(convolution, "SMALL_GEMM", 2000)  # products of 16,428 multiply-adds in blocks
     calls = []
     monkeypatch.setattr(attention, "_matmul_small", lambda a, b, out: calls.append(1) or np.matmul(a, b, out=out))
     net = vit_speed.lrpnumpy_vit(image=24, channels=3, patch=4, width=48, heads=4, depth=2, mlp=96, classes=10,

@@ -14,9 +14,10 @@ import numpy as np
 from scipy.special import erf
 
 from .. import kernels
-from ..errors import LayerParameterError, ShapeError
+from ..errors import LayerParameterError, ParameterError, ResourceError, ShapeError
 from ..kernels import elementwise
 from ..kernels._common import each_sample
+from ..kernels import convolution
 from ..kernels.convolution import SPLIT_GEMM, _matmul_small
 from .activation import Softmax
 from .base import Layer, as_dtype, make_rng
@@ -27,35 +28,65 @@ from ..trace import Step, Trace
 
 
 def _products(a, b):
-    """``a @ b`` over the last two axes for stacks with the same leading axes (attention's (N, H, T, d)
-    heads): each matrix product alone, its numbers fixed by its own shape, so never by the batch.
+    """``a @ b`` over the last two axes (leading axes broadcast), each matrix product made by the same BLAS
+    calls wherever it is in the stack, so a sample's numbers are fixed by its shapes, never by the batch.
 
-    NumPy's ``matmul`` on a stack makes one BLAS call per matrix, and a head's product (ViT-B/16:
-    197 x 64 x 197, 2.5e6 multiply-adds) is large enough for OpenBLAS to hand it to its second thread
-    and small enough that the hand-off costs more than it saves (at batch 16 the stack took 5 times as long
-    as with one BLAS thread).  So a stack of such products runs like a convolution's samples
-    (:mod:`lrpnumpy.kernels.convolution`): each product in blocks that OpenBLAS keeps on the calling
-    thread, the products shared among the kernels' threads (``each_sample``), each one the same calls
-    wherever it is in the stack.  Tiny stacks, broadcast leading axes and products above
-    ``SPLIT_GEMM`` keep NumPy's loop."""
+    The calls are chosen by one product's shape (``m * k * n`` multiply-adds), never by the stack's size:
+
+    * up to ``SMALL_GEMM``: one call per matrix, the operands as they are (NumPy's loop; a stack of at least
+      ``_STACK_GEMM`` in all shares its samples among the kernels' threads, each NumPy's loop over its own);
+    * up to ``SPLIT_GEMM`` (ViT-B/16's heads: 197 x 64 x 197, 2.5e6): each product in blocks of at most
+      ``SMALL_GEMM`` (:func:`~lrpnumpy.kernels.convolution._matmul_small`: OpenBLAS's small-matrix kernels,
+      on the calling thread), the products shared among the kernels' threads (``each_sample``) when the
+      stack reaches ``_STACK_GEMM``.  As one call, OpenBLAS would hand such a product to its second thread
+      for microseconds of work (at batch 16 the stack took 5 times as long as with one BLAS thread).  A
+      transposed operand (the backward pass's ``g @ b^T`` and ``a^T @ g``) is copied first, one head at a
+      time: with ``b`` transposed OpenBLAS leaves its small kernels for the blocked ones; an ``a``
+      transposed read in place was faster while in cache (ViT-B/16 at batch 1: 10-19 %) but slower from
+      memory (the attention weights' ``A^T @ g`` at batch 16: 12 %), and other in its last bits;
+    * above ``SPLIT_GEMM``: one call per matrix, on BLAS's threads.
+
+    (The path was once chosen by the whole stack's size, and a sample's last bits could change with the
+    batch: test_attention_products.)
+    """
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
-    lead = a.shape[:-2]
+    macs = m * k * n
+    lead = a.shape[:-2] if a.shape[:-2] == b.shape[:-2] else np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     count = math.prod(lead)
-    if (a.ndim < 3 or b.shape[:-2] != lead or m * k * n > SPLIT_GEMM or count * m * k * n < _STACK_GEMM
-            or m * k * n == 0):
-        return np.matmul(a, b)
+    split = convolution.SMALL_GEMM < macs <= SPLIT_GEMM
+    if not lead or not count or not macs or macs > SPLIT_GEMM or (count * macs < _STACK_GEMM and not split):
+        return np.matmul(a, b)  # one call per matrix (NumPy's loop), whatever the batch
     out = np.empty(lead + (m, n), np.result_type(a, b))
-    a3, b3, o3 = a.reshape(count, m, k), b.reshape(count, k, n), out.reshape(count, m, n)
+    if not split:
+        a, b = np.broadcast_to(a, lead + (m, k)), np.broadcast_to(b, lead + (k, n))
+
+        def run(lo, hi):  # samples lo..hi: the calls NumPy's loop over the whole stack makes
+            np.matmul(a[lo:hi], b[lo:hi], out=out[lo:hi])
+        each_sample(lead[0], run)
+        return out
+    a3, b3, o3 = _matrices(a, lead), _matrices(b, lead), out.reshape(count, m, n)
 
     def run(lo, hi):
-        for i in range(lo, hi):  # a transposed operand copied: OpenBLAS's small kernels were 2-6x slower on it
+        for i in range(lo, hi):  # (copies: see above)
             _matmul_small(np.ascontiguousarray(a3[i]), np.ascontiguousarray(b3[i]), o3[i])
-    each_sample(count, run)
+    if count * macs < _STACK_GEMM:
+        run(0, count)
+    else:
+        each_sample(count, run)
     return out
 
 
-#: Multiply-adds below which a stack of products keeps NumPy's loop on the calling thread (handing
-#: products to the kernels' threads costs tens of microseconds).
+def _matrices(x, lead):
+    """The matrices of ``x`` broadcast to the leading axes ``lead``, indexable 0 .. prod(lead) - 1: a reshaped
+    view for a stack of that shape (a copy if it must be: the same numbers), else views one by one."""
+    if x.shape[:-2] == lead:
+        return x.reshape((-1,) + x.shape[-2:])
+    x = np.broadcast_to(x, lead + x.shape[-2:])
+    return [x[at] for at in np.ndindex(*lead)]
+
+
+#: Multiply-adds below which a stack of products stays on the calling thread (handing products to the
+#: kernels' threads costs tens of microseconds).
 _STACK_GEMM = 4 * 10 ** 6
 
 
@@ -274,7 +305,7 @@ class MatMul(_MultiInput, Layer):
 
     Both inputs are activations (attention scores ``q @ k^T``, the context ``softmax @ v``); both
     need at least two axes.  ``backward`` gives ``(grad @ b^T, a^T @ grad)``, each summed to its
-    input's shape.
+    input's shape; ``input_grad(grad, step, i)`` gives one of them (one product).
     """
 
     n_inputs, products = 2, True
@@ -299,15 +330,25 @@ class MatMul(_MultiInput, Layer):
         return _products(*inputs)
 
     def _backward(self, grad, step):
+        return self._one_grad(grad, step, 0), self._one_grad(grad, step, 1)
+
+    def input_grad(self, grad, step, i):
+        """``backward(grad, step)[i]`` alone (one product, not two: CP-LRP's rule needs one input's)."""
+        return _input_grad(self, grad, step, i)
+
+    @staticmethod
+    def _one_grad(grad, step, i):
         a, b = step.inputs
-        return (_reduce_to(_products(grad, np.swapaxes(b, -1, -2)), a.shape),
-                _reduce_to(_products(np.swapaxes(a, -1, -2), grad), b.shape))
+        if i == 0:
+            return _reduce_to(_products(grad, np.swapaxes(b, -1, -2)), a.shape)
+        return _reduce_to(_products(np.swapaxes(a, -1, -2), grad), b.shape)
 
 
 class Mul(_MultiInput, Layer):
     """``a * b`` elementwise with broadcasting (a gate times a value: SwiGLU, LSTM gates).
 
-    ``backward`` gives ``(grad * b, grad * a)``, each summed to its input's shape.
+    ``backward`` gives ``(grad * b, grad * a)``, each summed to its input's shape; ``input_grad(grad, step,
+    i)`` gives one of them.
     """
 
     n_inputs, products = 2, True
@@ -327,8 +368,28 @@ class Mul(_MultiInput, Layer):
         return inputs[0] * inputs[1]
 
     def _backward(self, grad, step):
+        return self._one_grad(grad, step, 0), self._one_grad(grad, step, 1)
+
+    def input_grad(self, grad, step, i):
+        """``backward(grad, step)[i]`` alone."""
+        return _input_grad(self, grad, step, i)
+
+    @staticmethod
+    def _one_grad(grad, step, i):
         a, b = step.inputs
-        return _reduce_to(grad * b, a.shape), _reduce_to(grad * a, b.shape)
+        return _reduce_to(grad * b, a.shape) if i == 0 else _reduce_to(grad * a, b.shape)
+
+
+def _input_grad(layer, grad, step, i):
+    """A two-input product's gradient for input ``i`` only, checked as :meth:`Layer.backward` checks."""
+    if i not in (0, 1) or isinstance(i, bool):
+        raise ParameterError(f"{layer!r} has inputs 0 and 1, got input {i!r}")
+    layer.check_grad(grad, step)
+    try:
+        return layer._one_grad(grad, step, i)
+    except MemoryError:
+        raise ResourceError(f"{layer!r}: not enough memory for the gradient of input {i} of shape "
+                            f"{step.inputs[i].shape}") from None
 
 
 def _heads(num_heads):
