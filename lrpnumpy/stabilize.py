@@ -34,8 +34,20 @@ def stabilize(z, epsilon):
     # epsilon with the sign of z + 0, where -0.0 + 0.0 is +0.0: sign(0) = +1 for both zeros (half
     # the time of np.where(z >= 0, eps, -eps), with the same numbers; NaN stays NaN either way)
     out = z + z.dtype.type(0)
-    out = np.copysign(eps, out, out=out if isinstance(out, np.ndarray) else None)  # (a 0-d z gives a scalar)
+    bits = _SIGN.get(out.dtype.str) if isinstance(out, np.ndarray) else None
+    if bits is None:  # (a 0-d z gives a scalar)
+        out = np.copysign(eps, out, out=out if isinstance(out, np.ndarray) else None)
+    else:  # copysign in two integer passes over the bits (NumPy's copysign took 2.5 of them)
+        kind, sign = bits
+        view = out.view(kind)
+        np.bitwise_and(view, sign, out=view)
+        np.bitwise_or(view, abs(eps).view(kind), out=view)
     out += z
     if eps == 0:
         out[out == 0] = np.inf
     return out
+
+
+#: The unsigned integer of a float's size and its sign bit, by the float dtype's ``str``.
+_SIGN = {np.dtype(t).str: (np.dtype(u), np.dtype(u).type(1 << (8 * np.dtype(u).itemsize - 1)))
+         for t, u in ((np.float32, np.uint32), (np.float64, np.uint64))}
