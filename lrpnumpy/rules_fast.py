@@ -331,7 +331,7 @@ def _last_axis_channels(layer, s, bias, per_channel):
     on the last axis, not in the contiguous blocks ``kernels.lrp_step2`` sums over."""
     if bias is None or s.ndim <= 2 or not isinstance(layer, Linear):
         return per_channel
-    return s.reshape(len(s), -1, s.shape[-1]).sum(axis=1)
+    return np.add.reduce(s.reshape(len(s), -1, s.shape[-1]), axis=1)  # (sum's bits, without its Python wrapper)
 
 
 def _times(x, c):
