@@ -1,9 +1,13 @@
 """The single stabilizer: ``z + epsilon * sign(z)`` with sign(0) = +1, bit for bit as NumPy's copysign gives it."""
 
+import sys
+
 import numpy as np
 import pytest
 
 from lrpnumpy.stabilize import stabilize
+
+module = sys.modules["lrpnumpy.stabilize"]  # (the package exports the function under the module's name)
 
 
 def _copysign_form(z, epsilon):
@@ -15,9 +19,12 @@ def _copysign_form(z, epsilon):
     return out
 
 
+@pytest.mark.parametrize("through_bits", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("epsilon", [0.0, 1e-12, 0.25, 1e30, -0.25])
-def test_stabilize_is_the_copysign_form_bit_for_bit(dtype, epsilon, rng):
+def test_stabilize_is_the_copysign_form_bit_for_bit(through_bits, dtype, epsilon, rng, monkeypatch):
+    """Both ways to give epsilon z's sign (large arrays through the bits, small ones by copysign)."""
+    monkeypatch.setattr(module, "BITS_FROM", 0 if through_bits else 10 ** 9)
     info = np.finfo(dtype)
     special = np.array([0.0, -0.0, np.nan, -np.nan, np.inf, -np.inf, info.tiny, -info.tiny, info.tiny / 4,
                         -info.tiny / 4, info.max, -info.max, 1.0, -1.0], dtype)
@@ -31,5 +38,6 @@ def test_stabilize_is_the_copysign_form_bit_for_bit(dtype, epsilon, rng):
     assert stabilize(view, epsilon).tobytes() == _copysign_form(view, epsilon).tobytes()
 
 
-def test_stabilize_of_a_0d_array():
+def test_stabilize_of_a_0d_array(monkeypatch):
+    monkeypatch.setattr(module, "BITS_FROM", -1)
     assert stabilize(np.array(-0.0), 0.5) == 0.5 and stabilize(np.float32(-2.0), 0.5) == np.float32(-2.5)
