@@ -571,6 +571,20 @@ def test_patches_only_where_the_windows_tile_the_input():
         assert conv.choose_lowering("forward", **{**args, **change}) != "patches", change
 
 
+def test_step2_takes_the_jitted_pass_from_fewer_values_once_numba_is_imported(monkeypatch):
+    """Above LOADED_STEP2 (4096) values, step 2 takes its jitted pass once another kernel has imported numba
+    (a shipped ViT's tokens at batch 16: 25 against 31 us); before, up to SMALL_STEP2 (a small explanation
+    imports no numba); SMALL_STEP2 = 0 still forces the jitted pass (the tests' switch)."""
+    from lrpnumpy.kernels import _common
+    for loaded, elements, want in [(True, 4096, "numpy"), (True, 4097, "plain"), (True, 17408, "plain"),
+                                   (False, 17408, "numpy"), (False, 1 << 15, "numpy"), (False, (1 << 15) + 1, "plain")]:
+        monkeypatch.setattr(_common, "_JITTED", loaded)
+        assert step2.lowering(False, 1e-6, elements) == want, (loaded, elements)
+        assert step2.lowering(True, 1e-6, elements) == want.replace("plain", "masked")
+    monkeypatch.setattr(step2, "SMALL_STEP2", 0)
+    assert step2.lowering(False, 1e-6, 10) == "plain"
+
+
 def test_the_lowering_is_remembered_with_the_constants_it_reads(monkeypatch):
     """conv.lowering remembers choose_lowering's answer for the same shape (no cost model on every call)
     and asks again when a constant the choice reads changes (SMALL_DIRECT, DIRECT_OUT)."""
