@@ -1,4 +1,4 @@
-"""Convolution kernels (numba backend): five lowerings to BLAS products, and the one function,
+"""Convolution kernels (numba backend): six lowerings to BLAS products, and the one function,
 :func:`lowering`, that chooses between them from one sample's shape.
 
 Every lowering multiplies one sample per GEMM, with shapes set by one sample's shape: BLAS's
