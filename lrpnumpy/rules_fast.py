@@ -62,7 +62,10 @@ def _per_sample_form(rule, layer, step, R, defer=False):
     differs between samples (the gamma rule, samples with and without a negative input part) runs
     both forms and each sample keeps the result of its own, bit for bit what it gets alone."""
     kind = type(rule).groups
-    if kind is Epsilon.groups or kind is Norm.groups:  # one group of one term, whatever the input: no forms to choose
+    if kind is Epsilon.groups:  # the layer's own weight and bias on its input: no groups to build
+        R_in, account = _epsilon_term(layer, step, R, rule.epsilon)
+        return R_in, (functools.partial if defer else _call)(_one_group_ledger, account, rule.epsilon)
+    if kind is Norm.groups:  # one group of one term, whatever the input: no forms to choose
         g = rule.groups(layer, step)[0]
         R_in, values = _one_term(layer, step, g, g.terms[0], R, rule.epsilon)
         if defer and type(g.coef) is float and g.coef == 1:  # (holding the account only, not the group's input)
@@ -317,6 +320,26 @@ def _one_term(layer, step, g, t, R, epsilon):
     return _times(t.x, c), [Account(sums, per_channel, bias)]                           # step 4: R
 
 
+def _epsilon_term(layer, step, R, epsilon):
+    """``(R_in, account)``: :func:`_one_term` for the epsilon rule's one term, ``Term(step.input, layer.weight,
+    layer.bias)`` of coefficient 1 in a group of coefficient 1 without mask, the same calls without the
+    group, term and pair objects and the tests they answer (this is most layers of most composites)."""
+    x, W, b = step.input, layer.weight, layer.bias
+    kind = type(layer)
+    if step.layer is layer and kind._forward is AffineLayer._forward and kind._apply is AffineLayer._apply:
+        z = step.output                                                                  # step 1: z (traced)
+    else:
+        z = layer.forward_with_many(x, [W], step, [b])[0]
+    s, sums, per_channel = kernels.lrp_step2(z, R, None, epsilon, _step2_channels(layer, b, R))  # step 2: s
+    per_channel = _last_axis_channels(layer, s, b, per_channel)
+    c = layer.backward_with_many([(s, W)], step)                                         # step 3: c
+    return _times(x, c), Account(sums, per_channel, b)                                  # step 4: R
+
+
+def _call(fn, *args):
+    return fn(*args)
+
+
 def _step2_channels(layer, bias, R):
     """The ``channels`` argument of ``kernels.lrp_step2``: the bias's size, or 1 where :func:`_last_axis_channels`
     sums ``s`` per channel itself (a Linear on tokens), so that the kernel's sums over blocks, which those would
@@ -331,7 +354,7 @@ def _last_axis_channels(layer, s, bias, per_channel):
     on the last axis, not in the contiguous blocks ``kernels.lrp_step2`` sums over."""
     if bias is None or s.ndim <= 2 or not isinstance(layer, Linear):
         return per_channel
-    return s.reshape(len(s), -1, s.shape[-1]).sum(axis=1)
+    return np.add.reduce(s.reshape(len(s), -1, s.shape[-1]), axis=1)  # (sum's bits, without its Python wrapper)
 
 
 def _times(x, c):

@@ -28,6 +28,8 @@ CONV_CASES = [
     ((2, 1, 5, 4), 3, (2, 3), (1, 2), (3, 0, 1, 4), (1, 2), 1),  # padding wider than the kernel
     ((3, 1, 9, 8), 4, (3, 2), (1, 1), (2, 1, 0, 3), (2, 1), 1),  # one input channel: the direct kernel
     ((2, 1, 4, 5), 2, (2, 2), (1, 1), (3, 1, 0, 4), (1, 1), 1),  # ... with padding wider than the kernel
+    ((2, 3, 8, 6), 5, (2, 3), (2, 3), (0, 0, 0, 0), (1, 1), 1),  # windows that tile the input: "patches"
+    ((3, 2, 9, 7), 4, (4, 3), (4, 3), (0, 0, 0, 0), (1, 1), 1),  # ... but for a row and a column
 ]
 
 
@@ -528,6 +530,59 @@ def test_each_sample_threads_follow_the_callers_errstate(monkeypatch):
             _common.each_sample(4, run)
     with np.errstate(over="ignore"):
         _common.each_sample(4, run)  # no warning (pytest turns warnings into errors) in either thread
+
+
+PATCH_CASES = [((3, 3, 8, 6), 5, 2, 3), ((3, 2, 9, 7), 4, 4, 3), ((2, 1, 28, 28), 64, 7, 7), ((2, 3, 5, 4), 6, 5, 4),
+               ((3, 2, 12, 12), 300, 6, 6)]  # (N, C, H, W), O, kh, kw: the last one's products in blocks
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_patches_give_the_strided_lowerings_bits(dtype, threads, rng, monkeypatch):
+    """Windows that tile the input (a patch embedding): the "patches" lowering copies the input into its
+    column matrix with one transpose instead of the jitted per-pixel loop, around the same products: the
+    same bits as "strided", forward and input gradient (rows and columns of no window: +0),
+    alone and in a batch, on the calling thread and with the samples shared among two threads."""
+    from lrpnumpy.kernels import _common
+    monkeypatch.setattr(_common, "THREADS", threads)
+    monkeypatch.setattr(conv, "THREAD_WORK", 1)  # every batch split among the threads
+    for shape, o, kh, kw in PATCH_CASES:
+        geometry = (kh, kw, (0, 0, 0, 0), 1, 1, 1)
+        assert conv.lowering("forward", shape[1], o, shape[2], shape[3], kh, kw, *geometry) == "patches"
+        assert conv.lowering("grad_input", shape[1], o, shape[2], shape[3], kh, kw, *geometry) == "patches"
+        x = rng.normal(size=shape).astype(dtype)
+        w = rng.normal(size=(o, shape[1], kh, kw)).astype(dtype)
+        y = nb.conv2d(x, w, *geometry)
+        assert y.tobytes() == conv._conv_strided(x, w, *geometry).tobytes()
+        g = rng.normal(size=y.shape).astype(dtype)
+        gx = nb.conv2d_grad_input(g, w, shape[2], shape[3], *geometry)
+        assert gx.tobytes() == conv._conv_strided_grad_input(g, w, shape[2], shape[3], *geometry).tobytes()
+        for b in (0, len(x) - 1):  # a sample alone: its bits in the batch
+            assert nb.conv2d(x[b:b + 1], w, *geometry).tobytes() == y[b:b + 1].tobytes()
+            assert nb.conv2d_grad_input(g[b:b + 1], w, shape[2], shape[3], *geometry).tobytes() == gx[b:b + 1].tobytes()
+
+
+def test_patches_only_where_the_windows_tile_the_input():
+    """Stride = kernel > 1 without padding, dilation or groups; a 1 x 1 kernel at stride 1 keeps its lowering."""
+    args = dict(c=3, o=8, h=12, w=12, kh=4, kw=4, sh=4, sw=4, padding=(0, 0, 0, 0), dh=1, dw=1, groups=1)
+    assert conv.choose_lowering("forward", **args) == "patches"
+    for change in [dict(padding=(1, 1, 1, 1)), dict(dh=2), dict(groups=3, o=9), dict(sh=2), dict(sw=2),
+                   dict(kh=1, kw=1, sh=1, sw=1)]:
+        assert conv.choose_lowering("forward", **{**args, **change}) != "patches", change
+
+
+def test_step2_takes_the_jitted_pass_from_fewer_values_once_numba_is_imported(monkeypatch):
+    """Above LOADED_STEP2 (4096) values, step 2 takes its jitted pass once another kernel has imported numba
+    (a shipped ViT's tokens at batch 16: 25 against 31 us); before, up to SMALL_STEP2 (a small explanation
+    imports no numba); SMALL_STEP2 = 0 still forces the jitted pass (the tests' switch)."""
+    from lrpnumpy.kernels import _common
+    for loaded, elements, want in [(True, 4096, "numpy"), (True, 4097, "plain"), (True, 17408, "plain"),
+                                   (False, 17408, "numpy"), (False, 1 << 15, "numpy"), (False, (1 << 15) + 1, "plain")]:
+        monkeypatch.setattr(_common, "_JITTED", loaded)
+        assert step2.lowering(False, 1e-6, elements) == want, (loaded, elements)
+        assert step2.lowering(True, 1e-6, elements) == want.replace("plain", "masked")
+    monkeypatch.setattr(step2, "SMALL_STEP2", 0)
+    assert step2.lowering(False, 1e-6, 10) == "plain"
 
 
 def test_the_lowering_is_remembered_with_the_constants_it_reads(monkeypatch):

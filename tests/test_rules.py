@@ -453,6 +453,46 @@ def test_a_negative_zero_input_keeps_its_signs(rng):
     assert _bits(got) == _bits(want) and _bits(got[:, 2]) != _bits(unsplit[:, 2])
 
 
+@pytest.mark.parametrize("layer_name", sorted(LAYERS) + ["tokens", "avgpool", "untraced"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_epsilon_without_groups_is_its_one_term_bit_for_bit(layer_name, dtype, rng, monkeypatch):
+    """The epsilon rule's lean path (no Group, Term or pair objects: rules_fast._epsilon_term) gives the bits
+    of _one_term on the rule's own group, relevance and every number of the ledger (a Linear on tokens with
+    its per-channel sums, pooling without weights, and a step whose output is not the layer's own pass)."""
+    import functools
+    import lrpnumpy.rules_fast as F
+    from lrpnumpy.layers import AffineLayer
+    if layer_name == "tokens":
+        layer, x = with_bias(L.Linear(7, 5, rng=rng), rng), rng.normal(size=(3, 4, 7))
+    elif layer_name == "avgpool":
+        layer, x = L.AvgPool2d(2), rng.normal(size=(2, 3, 6, 6))
+    else:
+        layer, shape = LAYERS["linear" if layer_name == "untraced" else layer_name](rng)
+        x = rng.normal(size=shape)
+    layer, x = layer.astype(dtype), x.astype(dtype)
+    y, step = layer.forward_trace(x)
+    if layer_name == "untraced":  # a subclass with its own forward pass: z computed again, not read from the trace
+        class Own(type(layer)):
+            def _forward(self, a):
+                return AffineLayer._forward(self, a)
+        own = Own.__new__(Own)
+        own.__dict__.update(layer.__dict__)
+        layer, (y, step) = own, own.forward_trace(x)
+    R = rng.normal(size=y.shape).astype(dtype)
+    one_term = F._one_term
+    monkeypatch.setattr(F, "_one_term", None)  # (not called: the lean path)
+    for rule in (L.Epsilon(0.25), L.Epsilon(1e-9), L.LRP0()):
+        got, ledger = F.propagate(rule, layer, step, R, defer=True)
+        g = rule.groups(layer, step)[0]
+        want, accounts = one_term(layer, step, g, g.terms[0], R, rule.epsilon)
+        assert _bits(got) == _bits(want)
+        assert isinstance(ledger, functools.partial)
+        assert {k: _bits(v) for k, v in ledger().items()} == {k: _bits(v) for k, v in
+                                                             F._ledger([g], accounts, rule.epsilon).items()}
+        undeferred = F.propagate(rule, layer, step, R)[1]
+        assert {k: _bits(v) for k, v in undeferred.items()} == {k: _bits(v) for k, v in ledger().items()}
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fast_ledger_has_the_bits_of_the_ledger(dtype, rng):
     """rules_fast's ledger for one group of coefficient 1 (fewer array operations) gives the bits of

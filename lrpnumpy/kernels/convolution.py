@@ -1,4 +1,4 @@
-"""Convolution kernels (numba backend): five lowerings to BLAS products, and the one function,
+"""Convolution kernels (numba backend): six lowerings to BLAS products, and the one function,
 :func:`lowering`, that chooses between them from one sample's shape.
 
 Every lowering multiplies one sample per GEMM, with shapes set by one sample's shape: BLAS's
@@ -17,6 +17,10 @@ threads (:func:`._common.each_sample`), each making the calls it would make alon
   (forward only; the input gradient takes ``"rows"``).
 * ``"wide"``: stride 1 otherwise: im2col at the padded width (each tap one contiguous run),
   at most :data:`COLUMN_BYTES` of column matrix at a time.
+* ``"patches"``: stride equal to the kernel (above 1), no padding, no dilation, one group (a vision
+  transformer's patch embedding): the windows tile the input, so im2col is one reshape and transpose
+  copy of the input and col2im the copy back (each input value in at most one window), around the
+  same per-sample products as ``"strided"``: the same bits, without the per-pixel loops.
 * ``"strided"``: other strides: im2col and col2im as jitted per-pixel loops.
 
 Measured timings behind the choice and the constants are in ``benchmarks/README.rst``.  Same
@@ -27,11 +31,11 @@ import weakref
 
 import numpy as np
 
-from ._common import each_sample, immutable, jit, jitted, scratch
+from ._common import BLOCK_BYTES, each_sample, immutable, jit, jitted, scratch
 from .reference import output_size
 
 #: The names :func:`lowering` returns.
-LOWERINGS = ("direct", "rows", "channels last", "wide", "strided")
+LOWERINGS = ("direct", "patches", "rows", "channels last", "wide", "strided")
 
 
 @jitted
@@ -138,7 +142,7 @@ def choose_lowering(direction, c, o, h, w, kh, kw, sh, sw, padding, dh, dw, grou
        64``): one group and the row lowering estimated cheaper than im2col by a cost model in ns
        (copies at 0.45-1 ns a value, GEMMs at ~85 multiply-adds a ns, less with fewer than 64
        output channels; constants fitted on this project's benchmark shapes).
-    3. ``"wide"`` for stride 1, else ``"strided"``.
+    4. ``"wide"`` for stride 1, else ``"strided"``.
     """
     oh = output_size(h, kh, sh, padding[0], padding[1], dh)
     ow = output_size(w, kw, sw, padding[2], padding[3], dw)
@@ -146,6 +150,9 @@ def choose_lowering(direction, c, o, h, w, kh, kw, sh, sw, padding, dh, dw, grou
     if (c == 1 and groups == 1 and sh == sw == 1 and same_dtype and o <= DIRECT_OUT[direction]
             and o * plane >= SMALL_DIRECT):
         return "direct"
+    if (groups == 1 and (sh, sw) == (kh, kw) != (1, 1) and (dh, dw) == (1, 1) and not any(padding)
+            and oh >= 1 and ow >= 1):
+        return "patches"
     if groups == 1:
         used = (ow - 1) * sw + (kw - 1) * dw + 1  # input columns a row of outputs reads
         width = ow if (sh, sw) != (1, 1) else _wide_shape(h, w, kh, kw, padding, dh, dw)[3]
@@ -162,6 +169,8 @@ def conv2d(x, w, sh, sw, padding, dh, dw, groups):
                    x.dtype == w.dtype)
     if how == "direct":
         return _conv_direct(x, w, padding, dh, dw)
+    if how == "patches":
+        return _conv_patches(x, w)
     if how == "channels last":
         return _conv_channels_last(x, w, sh, sw, padding, dh, dw)
     if how == "rows":
@@ -177,6 +186,8 @@ def conv2d_grad_input(gy, w, h, wd, sh, sw, padding, dh, dw, groups):
                    gy.dtype == w.dtype)
     if how == "direct":
         return _conv_direct_grad_input(gy, w, h, wd, padding, dh, dw)
+    if how == "patches":
+        return _conv_patches_grad_input(gy, w, h, wd)
     if how == "rows":
         return _conv_rows_grad_input(gy, w, h, wd, sh, sw, padding, dh, dw)
     if how == "wide":
@@ -343,6 +354,86 @@ def _matmul_small(a, b, out):
         for i in range(0, m, step):
             np.matmul(a[i:i + step], b, out=out[i:i + step])
     return out
+
+
+# ----- windows that tile the input (a patch embedding) -----
+#
+# With stride = kernel, no padding and no dilation, window (p, q) is the input's block of rows
+# p*kh .. p*kh + kh - 1 and columns q*kw .. q*kw + kw - 1, and no two windows share a value: the
+# column matrix of ``"strided"``, cols[(c, i, j), (p, q)] = x[c, p*kh + i, q*kw + j], is the input
+# (cropped to whole windows) read in another order: one reshape and transpose copy for the whole
+# batch instead of a jitted loop per pixel.  Its adjoint, col2im, adds each column entry onto a
+# zero: a copy back, written as ``+ 0`` (a -0 becomes +0 as there).  The products are ``"strided"``'s,
+# one per sample of the sample's shape, so the two lowerings give the same bits.
+
+
+def _products(a, b, out):
+    """``out[i] = a @ b[i]`` for every sample i (``b`` (M, K, T) contiguous), each with the calls
+    :func:`_matmul_small` makes for one sample: one product each, made by NumPy's loop over the
+    samples (one Python call), unless :func:`_matmul_small` splits it."""
+    m, k = a.shape
+    size = m * k * b.shape[2]
+    if size <= SMALL_GEMM or size > SPLIT_GEMM:
+        return np.matmul(a, b, out=out)
+    for i in range(len(b)):
+        _matmul_small(a, b[i], out[i])
+    return out
+
+
+def _tiles(a, kh, kw, oh, ow):
+    """View (N, C, oh, kh, ow, kw) of the whole windows of ``a`` (N, C, H, W): window (p, q) is ``[:, :, p, :, q]``."""
+    n, c = a.shape[:2]
+    return a[:, :, :oh * kh, :ow * kw].reshape(n, c, oh, kh, ow, kw)  # (splitting axes: always a view)
+
+
+def _conv_patches(x, w):
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    oh, ow, k = h // kh, wd // kw, c * kh * kw
+    y = np.empty((n, o, oh, ow), np.result_type(x, w))
+
+    def run_samples(lo, hi):
+        cols = scratch("patches", (hi - lo, c, kh, kw, oh, ow), x.dtype)
+        np.copyto(cols, _tiles(x[lo:hi], kh, kw, oh, ow).transpose(0, 1, 3, 5, 2, 4))
+        _products(w.reshape(o, k), cols.reshape(hi - lo, k, oh * ow), y[lo:hi].reshape(hi - lo, o, oh * ow))
+    _each_sample(n, run_samples, o * k * oh * ow, x.itemsize * (k + o) * oh * ow)
+    return y
+
+
+def _conv_patches_grad_input(gy, w, h, wd):
+    n, o, oh, ow = gy.shape
+    _, c, kh, kw = w.shape
+    k = c * kh * kw
+    dtype = np.result_type(gy, w)
+    whole = (h, wd) == (oh * kh, ow * kw)
+    gx = np.empty((n, c, h, wd), dtype) if whole else np.zeros((n, c, h, wd), dtype)  # (rows and columns
+    # of no window get no gradient)
+
+    def run_samples(lo, hi):
+        g = np.ascontiguousarray(gy[lo:hi]).reshape(hi - lo, o, oh * ow)
+        gcols = scratch("patches grad", (hi - lo, k, oh * ow), dtype)
+        _products(w.reshape(o, k).T, g, gcols)
+        np.add(gcols.reshape(hi - lo, c, kh, kw, oh, ow).transpose(0, 1, 4, 2, 5, 3), dtype.type(0),
+               out=_tiles(gx[lo:hi], kh, kw, oh, ow))
+    _each_sample(n, run_samples, o * k * oh * ow, gx.itemsize * (k + o) * oh * ow)
+    return gx
+
+
+#: Multiply-adds below which a batch's products run on the calling thread alone (see :func:`_each_sample`).
+THREAD_WORK = 1 << 21
+
+
+def _each_sample(n, run, sample_work, sample_bytes):
+    """``each_sample(n, run, least, sample_bytes)`` with ``least`` such that a thread gets at least
+    :data:`THREAD_WORK` multiply-adds (samples of ``sample_work`` each): handing a run of samples to
+    another thread costs about as much (measured: a shipped ViT's patch embedding, 50 000 a sample, at
+    batch 16 took 1.5 times as long on two threads as on one).  A batch that would run on the calling
+    thread in one block runs without ``each_sample`` (a few microseconds of a small explanation)."""
+    least = max(1, THREAD_WORK // max(1, sample_work))
+    if n < 2 * least and n * sample_bytes <= BLOCK_BYTES:
+        run(0, n)
+    else:
+        each_sample(n, run, least=least, sample_bytes=sample_bytes)
 
 
 # ----- im2col by jitted loops (other strides) -----

@@ -12,12 +12,17 @@ by element.  Measured timings are in ``benchmarks/README.rst``.
 
 import numpy as np
 
-from . import reference as _reference
+from . import _common, reference as _reference
 from ._common import each_sample, jitted, scratch
 
 #: Calls with at most this many values run the NumPy reference: no numba import for a small
 #: explanation, where the one pass saves little.
 SMALL_STEP2 = 1 << 15
+
+#: Once numba is imported (another kernel ran), calls of more values than this take the jitted pass: it
+#: and the reference took the same time between 4,096 and 4,704 values (float32, each lowering, with and
+#: without mask; 17,408 values, a shipped ViT's tokens at batch 16: 25 against 31 us, masked 37 against 55).
+LOADED_STEP2 = 1 << 12
 
 #: The names :func:`lowering` returns.
 LOWERINGS = ("numpy", "plain", "masked")
@@ -25,10 +30,11 @@ LOWERINGS = ("numpy", "plain", "masked")
 
 def lowering(has_mask, epsilon, elements):
     """How step 2 runs on a call of ``elements`` values: ``"numpy"`` (the reference) for at most
-    :data:`SMALL_STEP2`; else ``"plain"`` (no mask and epsilon > 0: every denominator finite, only
-    ``s`` and ``s (zs - z)`` to write; selects only, so LLVM vectorises it) or ``"masked"`` (the
-    general pass).  All three give the same bits, so the call's size may decide."""
-    if elements <= SMALL_STEP2:
+    :data:`SMALL_STEP2`, and once numba is imported at most :data:`LOADED_STEP2` too; else ``"plain"``
+    (no mask and epsilon > 0: every denominator finite, only ``s`` and ``s (zs - z)`` to write; selects
+    only, so LLVM vectorises it) or ``"masked"`` (the general pass).  All three give the same bits, so
+    the call's size, and whether numba is imported, may decide."""
+    if elements <= SMALL_STEP2 and (elements <= LOADED_STEP2 or not _common._JITTED):
         return "numpy"
     return "plain" if not has_mask and epsilon > 0 else "masked"
 

