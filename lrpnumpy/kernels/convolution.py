@@ -138,7 +138,9 @@ def choose_lowering(direction, c, o, h, w, kh, kw, sh, sw, padding, dh, dw, grou
     1. ``"direct"``: one input channel, one group, stride 1, equal dtypes, at most
        :data:`DIRECT_OUT` output channels and at least :data:`SMALL_DIRECT` outputs (output
        channels x the plane: the input's for the forward pass, the output's for the gradient).
-    2. ``"rows"`` (or, forward only, ``"channels last"`` when a window row is long, ``c * kw >=
+    2. ``"patches"``: one group, stride equal to the kernel (not 1 x 1), no padding, no dilation:
+       the windows tile the input (a ViT's patch embedding), so im2col is one transposed copy.
+    3. ``"rows"`` (or, forward only, ``"channels last"`` when a window row is long, ``c * kw >=
        64``): one group and the row lowering estimated cheaper than im2col by a cost model in ns
        (copies at 0.45-1 ns a value, GEMMs at ~85 multiply-adds a ns, less with fewer than 64
        output channels; constants fitted on this project's benchmark shapes).

@@ -1,7 +1,7 @@
 """The numba backend: every kernel of :data:`lrpnumpy.kernels.NAMES` from its family's module.
 
 * :mod:`.convolution`: ``conv2d``, its gradients and ``conv2d_add_pixels`` (pixel flipping's
-  incremental forward pass); five lowerings to BLAS products, one per sample;
+  incremental forward pass); six lowerings to BLAS products, one per sample;
 * :mod:`.pooling`: max and sum pooling and their gradients;
 * :mod:`.step2`: step 2 of the four LRP steps with the ledger's sums;
 * :mod:`.elementwise`: GELU's float32 ``erf`` as a series (called by the layer itself, by a sample's size);
