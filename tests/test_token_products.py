@@ -306,3 +306,31 @@ def test_large_step4_in_place_on_the_kernels_threads(threads, monkeypatch):
         want = x * c
         assert times(x, c) is c and bitwise(c, want)
         assert sorted(r for r in runs if r is not None) == split
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_few_tokens_multiply_a_contiguous_transpose(dtype, monkeypatch):
+    """Fewer than 32 tokens a sample and a small weight: the forward product reads a contiguous copy of W^T
+    (OpenBLAS's small-matrix kernels read the view W.T 1.6-1.8x slower), cached on a frozen layer, with the
+    view's bits on the shipped ViT's shapes; many tokens or a large weight keep the view (no copy)."""
+    rng = np.random.default_rng(0)
+    operands = []
+    real = linear.matmul_rows
+    monkeypatch.setattr(linear, "matmul_rows", lambda a, b: operands.append(b) or real(a, b))
+    for k, n in ((64, 192), (256, 64), (64, 256)):
+        layer = L.Linear(k, n, rng=1, dtype=dtype).freeze()
+        x = rng.standard_normal((5, 17, k)).astype(dtype)
+        operands.clear()
+        y, again = layer.forward(x), layer.forward(x)
+        assert all(b.flags.c_contiguous for b in operands) and operands[0] is operands[1] and bitwise(y, again)
+        assert bitwise(y, real(x.reshape(-1, k), layer.weight.T).reshape(5, 17, n) + layer.bias)
+        assert bitwise(y[2:3], layer.forward(x[2:3]))
+    layer = L.Linear(64, 192, rng=1, dtype=dtype)
+    for x in (rng.standard_normal((3, 40, 64)), rng.standard_normal((3, 64))):  # tokens >= 32; plain (N, K)
+        operands.clear()
+        layer.forward(x.astype(dtype))
+        assert all(b.base is layer.weight for b in operands)
+    big = L.Linear(768, 768, rng=1, dtype=dtype)  # 32 x 768 x 768 multiply-adds: the blocked GEMM packs either way
+    operands.clear()
+    big.forward(rng.standard_normal((2, 17, 768)).astype(dtype))
+    assert all(b.base is big.weight for b in operands)
